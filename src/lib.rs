@@ -1,1 +1,87 @@
+//! stratus: launch Hadoop clusters on EC2, or as local processes, for a class.
+//!
+//! The binary is a thin shell over [`main`]; everything lives here so tests can drive it.
+//! See `DESIGN.md` for the architecture: CLI -> cluster lifecycle -> provider trait (ec2 |
+//! local), with SSH, templates and one SQLite state file beside it.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod accounting;
+pub mod app;
+pub mod cli;
+pub mod cluster;
+pub mod commands;
+pub mod config;
+pub mod error;
+pub mod printer;
+pub mod store;
+pub mod sys;
+pub mod templates;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{Cli, Command};
+use crate::printer::{MakeLogWriter, Printer};
+
+/// Parses the command line, runs the command, prints any error, and picks the exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            // Usage errors are bad input (2); --help and --version are not errors.
+            return ExitCode::from(if e.use_stderr() {
+                error::exit::BAD_INPUT
+            } else {
+                error::exit::OK
+            });
+        }
+    };
+    if let Command::Node { dir } = &cli.command {
+        init_logging(None, 1);
+        return cluster::provider::local::run_node(dir);
+    }
+    let printer = Arc::new(Printer::new(cli.command.json(), cli.quiet));
+    init_logging(Some(printer.clone()), cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            printer.error(&format!("error: cannot start the async runtime: {e}"));
+            return ExitCode::from(error::exit::FAILURE);
+        }
+    };
+    let result = runtime.block_on(commands::run(cli, printer.clone()));
+    // Do not wait for lingering blocking tasks (a stdin read, say).
+    runtime.shutdown_background();
+    match result {
+        Ok(code) => code,
+        Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
+        Err(e) => {
+            printer.error(&error::render(&e));
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Logs go to stderr, through the printer when there is one (so they never tear a progress
+/// bar). `-v` raises the level; `RUST_LOG` overrides it.
+fn init_logging(printer: Option<Arc<Printer>>, verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("stratus={level},warn")));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    let _ = match printer {
+        Some(p) => builder.with_writer(MakeLogWriter(p)).try_init(),
+        None => builder.with_writer(std::io::stderr).try_init(),
+    };
+}

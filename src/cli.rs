@@ -1,0 +1,157 @@
+//! The command line, as plain data (clap derive). Nothing here acts: `commands` resolves these
+//! into validated requests and runs them.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+const AFTER_HELP: &str = "\
+Exit codes:
+  0  success
+  1  failure at run time (a cloud or SSH error, a remote command that failed)
+  2  bad input or refused by policy (nothing was created)
+
+Environment:
+  STRATUS_CONFIG  site config file (default /etc/stratus/config.toml)
+  STRATUS_HOME    state directory (default $XDG_DATA_HOME/stratus or ~/.local/share/stratus)
+  RUST_LOG        log filter, overriding -v";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "stratus",
+    version,
+    about = "Launch Hadoop clusters on EC2, or on this machine, for a class",
+    after_help = AFTER_HELP,
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Site config file (overrides STRATUS_CONFIG)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// More log output (-v info, -vv debug, -vvv trace)
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Print only results and errors
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Launch a master and N workers
+    LaunchCluster(LaunchCluster),
+    /// Launch a cluster's master only (add workers with launch-slaves)
+    LaunchMaster(LaunchMaster),
+    /// Add N workers to a running cluster and update the master's workers file
+    LaunchSlaves {
+        name: String,
+        count: u32,
+    },
+    /// List clusters, or one cluster's nodes
+    List {
+        name: Option<String>,
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
+    /// Open a shell on the master (runs the system ssh with the cluster's key and pinned host key)
+    Login {
+        name: String,
+        /// Extra arguments for ssh, after --
+        #[arg(last = true)]
+        ssh_args: Vec<String>,
+    },
+    /// Run a command on the master, or on every node with --all
+    Exec {
+        name: String,
+        /// Run on every node, not just the master
+        #[arg(long)]
+        all: bool,
+        /// Machine-readable output: one object per node with its exit status and output
+        #[arg(long)]
+        json: bool,
+        /// The command, after --; its words are joined with spaces, as ssh does
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Copy a file to the master (or every node with --all)
+    Push {
+        name: String,
+        file: PathBuf,
+        /// Destination path on the node (default: the file's name, in the home directory)
+        dest: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Rewrite the master's workers file from the running workers
+    UpdateSlavesFile { name: String },
+    /// Terminate every node of a cluster and delete its resources
+    TerminateCluster {
+        name: String,
+        /// Do not ask for confirmation
+        #[arg(long, short = 'y', alias = "force")]
+        yes: bool,
+    },
+    /// Instance hours and estimated cost per cluster
+    Usage {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List cluster profiles, or show one resolved
+    Profiles {
+        #[command(subcommand)]
+        action: Option<ProfilesAction>,
+    },
+    /// Run a local node (started by the local provider; not for direct use)
+    #[command(name = "__node", hide = true)]
+    Node { dir: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProfilesAction {
+    /// Print a profile with inheritance resolved
+    Show { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct LaunchOptions {
+    /// Cluster profile (see `stratus profiles`)
+    #[arg(long, short = 'p')]
+    pub profile: Option<String>,
+    /// A value for the templates, as KEY=VALUE (repeatable; `{{env.KEY}}`)
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Wait for the nodes to run, but do not connect to them or configure anything
+    #[arg(long)]
+    pub no_configure: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LaunchCluster {
+    pub name: String,
+    /// Number of workers
+    pub count: u32,
+    #[command(flatten)]
+    pub options: LaunchOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct LaunchMaster {
+    pub name: String,
+    #[command(flatten)]
+    pub options: LaunchOptions,
+}
+
+impl Command {
+    /// Whether the command prints JSON (which hides progress bars and status lines).
+    pub fn json(&self) -> bool {
+        matches!(
+            self,
+            Command::List { json: true, .. }
+                | Command::Exec { json: true, .. }
+                | Command::Usage { json: true }
+        )
+    }
+}

@@ -1,0 +1,1002 @@
+//! The cluster lifecycle: launch (and grow), configure over SSH, observe, terminate. This is the
+//! one place that orders the steps, and it only speaks to the `Provider` trait.
+//!
+//! A launch is a state machine kept in the store (reserved -> requested -> running ->
+//! configured, or failed): every node is recorded as soon as the provider returns it, so a
+//! failure or an interrupt at any step rolls back exactly what this request launched, found both
+//! from the store and from the provider by the request's tag.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use russh::keys::PrivateKey;
+
+use crate::app::App;
+use crate::cluster::profile::{FileTarget, Profile, parse_mode};
+use crate::cluster::provider::{
+    ClusterRef, Instance, InstanceState, NodeSpec, Provider, Selector, SshAccess,
+};
+use crate::cluster::ssh::{self, Client, Target};
+use crate::cluster::{ClusterName, Owner, RequestId, Role, Tags, node_name};
+use crate::error::{Error, InputError};
+use crate::store::{ClusterRecord, ClusterRow, ClusterState, NewCluster, NodeRow, now_millis};
+use crate::templates::{BootContext, ConfigureContext, NodeFacts, Renderer};
+
+/// Provider calls in flight at once during a launch (RunInstances and friends).
+const PROVIDER_PARALLEL: usize = 8;
+/// How long an instance may be missing from describe before it counts as vanished (EC2's
+/// describe is eventually consistent just after a launch).
+const VANISH_GRACE_MS: i64 = 10 * 60 * 1000;
+/// How long terminate waits for the provider to report everything gone.
+const TERMINATE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+/// What `launch-cluster` and `launch-master` ask for, validated.
+#[derive(Debug, Clone)]
+pub struct LaunchRequest {
+    pub name: ClusterName,
+    pub workers: u32,
+    pub profile: Profile,
+    pub env: BTreeMap<String, String>,
+    pub configure: bool,
+}
+
+/// The files of one cluster's SSH identity in the state directory.
+#[derive(Debug, Clone)]
+pub struct ClusterKeys {
+    pub dir: PathBuf,
+}
+
+impl ClusterKeys {
+    pub fn of(app: &App, cluster: &ClusterRow) -> Self {
+        Self {
+            dir: app.cluster_dir(cluster),
+        }
+    }
+    pub fn private_key(&self) -> PathBuf {
+        self.dir.join("id_ed25519")
+    }
+    pub fn public_key(&self) -> PathBuf {
+        self.dir.join("id_ed25519.pub")
+    }
+    pub fn known_hosts(&self) -> PathBuf {
+        self.dir.join("known_hosts")
+    }
+
+    fn create(&self, key: &PrivateKey) -> Result<(), Error> {
+        crate::store::create_private_dir(&self.dir)?;
+        let private = ssh::private_key_openssh(key)?;
+        crate::cluster::provider::local::write_private(&self.private_key(), private.as_bytes())?;
+        let public = ssh::public_key_openssh(key.public_key());
+        crate::cluster::provider::local::write_atomic(
+            &self.public_key(),
+            format!("{public}\n").as_bytes(),
+            0o644,
+        )?;
+        Ok(())
+    }
+
+    pub fn load(&self) -> Result<PrivateKey, Error> {
+        let text = std::fs::read_to_string(self.private_key()).map_err(|e| {
+            Error::runtime(format!(
+                "cannot read the cluster key {}",
+                self.private_key().display()
+            ))
+            .with_source(e)
+        })?;
+        Ok(ssh::parse_private_key(&text)?)
+    }
+
+    /// Rewrites known_hosts from the pinned keys, for the system `ssh` (`login`, `proxy`).
+    pub fn write_known_hosts(&self, nodes: &[NodeRow]) -> Result<(), Error> {
+        let mut text = String::new();
+        for n in nodes {
+            if let (Some(addr), Some(key)) = (&n.address, &n.host_key) {
+                if n.state.is_gone() {
+                    continue;
+                }
+                let host = if n.ssh_port == 22 {
+                    addr.clone()
+                } else {
+                    format!("[{addr}]:{}", n.ssh_port)
+                };
+                text.push_str(&format!("{host} {}\n", key.trim()));
+            }
+        }
+        crate::cluster::provider::local::write_private(&self.known_hosts(), text.as_bytes())?;
+        Ok(())
+    }
+}
+
+/// The facts every template of a cluster shares.
+struct Meta<'a> {
+    cluster: &'a ClusterName,
+    owner: &'a Owner,
+    profile: &'a Profile,
+    env: &'a BTreeMap<String, String>,
+    request: &'a RequestId,
+}
+
+impl<'a> Meta<'a> {
+    fn boot(&self, role: Role, index: u32) -> BootContext<'a> {
+        BootContext {
+            cluster: self.cluster.as_str(),
+            owner: self.owner.as_str(),
+            role,
+            index,
+            node_name: node_name(self.cluster, role, index),
+            request_id: self.request.as_str(),
+            profile: self.profile.into(),
+            env: self.env,
+        }
+    }
+
+    fn tags(&self, role: Option<Role>) -> Tags {
+        Tags {
+            owner: self.owner.clone(),
+            cluster: self.cluster.clone(),
+            role,
+            profile: self.profile.name.clone(),
+            request: self.request.clone(),
+        }
+    }
+
+    /// The node specs for `(role, index)` pairs, user-data rendered and checked.
+    fn specs(&self, renderer: &Renderer, nodes: &[(Role, u32)]) -> Result<Vec<NodeSpec>, Error> {
+        nodes
+            .iter()
+            .map(|&(role, index)| {
+                let settings = self.profile.role(role);
+                let user_data = renderer.user_data(&settings.user_data, &self.boot(role, index))?;
+                let name = node_name(self.cluster, role, index);
+                Ok(NodeSpec {
+                    role,
+                    index,
+                    client_token: format!("{}-{}", self.request, name_suffix(role, index)),
+                    name,
+                    image: settings.image.clone(),
+                    instance_type: settings.instance_type.clone(),
+                    spot: settings.spot,
+                    volume_gb: settings.volume_gb,
+                    user_data,
+                    tags: self.tags(Some(role)),
+                })
+            })
+            .collect()
+    }
+
+    /// Renders every configure-time template once with stand-in addresses, so a missing
+    /// variable is reported before anything is launched.
+    fn check_configure_templates(&self, renderer: &Renderer) -> Result<(), Error> {
+        let fake = |role, index, n: u8| NodeFacts {
+            name: node_name(self.cluster, role, index),
+            role,
+            index,
+            // TEST-NET-1 (RFC 5737): never a real node.
+            address: format!("192.0.2.{n}"),
+        };
+        for f in &self.profile.files {
+            let roles: &[Role] = match f.to {
+                FileTarget::Master => &[Role::Master],
+                FileTarget::Workers => &[Role::Worker],
+                FileTarget::All => &[Role::Master, Role::Worker],
+            };
+            for &role in roles {
+                let index = if role == Role::Master { 0 } else { 1 };
+                let ctx = ConfigureContext {
+                    boot: self.boot(role, index),
+                    node: fake(role, index, 1 + index as u8),
+                    master: fake(Role::Master, 0, 1),
+                    workers: vec![fake(Role::Worker, 1, 2)],
+                };
+                renderer.render(&f.template, &ctx)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn name_suffix(role: Role, index: u32) -> String {
+    match role {
+        Role::Master => "m".into(),
+        Role::Worker => format!("w{index}"),
+    }
+}
+
+fn cluster_ref(c: &ClusterRow) -> ClusterRef {
+    ClusterRef {
+        owner: c.owner.clone(),
+        name: c.name.clone(),
+        profile: c.profile.clone(),
+        request: c.request_id.clone(),
+    }
+}
+
+fn access(profile: &Profile, key: &PrivateKey) -> SshAccess {
+    SshAccess {
+        user: profile.ssh_user.clone(),
+        public_key: ssh::public_key_openssh(key.public_key()),
+        port: profile.ssh_port,
+        web_ports: profile.ports.clone(),
+    }
+}
+
+/// Resolves when the user interrupts (^C), the terminal hangs up, or the process is asked to
+/// terminate: the moments a launch must roll back instead of leaving instances behind.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "interrupted",
+        _ = term.recv() => "terminated by a signal",
+        _ = hup.recv() => "the terminal hung up",
+    }
+}
+
+/// Checks what a launch asks for against the profile and provider; nothing is created.
+pub fn validate_request(
+    profile: &Profile,
+    provider: crate::config::ProviderKind,
+    workers: u32,
+    existing_workers: u32,
+) -> Result<(), Error> {
+    if !profile.supports(provider) {
+        let list: Vec<&str> = profile.providers.iter().map(|p| p.as_str()).collect();
+        return Err(Error::invalid(format!(
+            "profile {} runs on {}, but this site uses the {provider} provider",
+            profile.name,
+            list.join(", ")
+        )));
+    }
+    if workers + existing_workers > profile.max_workers {
+        return Err(Error::invalid(if existing_workers == 0 {
+            format!(
+                "{workers} workers is more than profile {} allows (max_workers = {})",
+                profile.name, profile.max_workers
+            )
+        } else {
+            format!(
+                "adding {workers} workers to the {existing_workers} running would exceed profile {}'s max_workers = {}",
+                profile.name, profile.max_workers
+            )
+        }));
+    }
+    Ok(())
+}
+
+/// Launches a new cluster: a master and `workers` workers, then (unless asked not to) waits for
+/// SSH and configures it. On any failure everything launched is terminated again.
+pub async fn launch<P: Provider>(app: &App, provider: &P, req: LaunchRequest) -> Result<ClusterRow, Error> {
+    validate_request(&req.profile, provider.kind(), req.workers, 0)?;
+    let request = RequestId::new();
+    let meta = Meta {
+        cluster: &req.name,
+        owner: &app.owner,
+        profile: &req.profile,
+        env: &req.env,
+        request: &request,
+    };
+    // Everything that can be checked without creating anything, first.
+    let renderer = Renderer::for_profile(&req.profile)?;
+    let mut roles = vec![(Role::Master, 0)];
+    roles.extend((1..=req.workers).map(|i| (Role::Worker, i)));
+    let specs = meta.specs(&renderer, &roles)?;
+    meta.check_configure_templates(&renderer)?;
+    let key = ssh::generate_key()?;
+
+    let record = ClusterRecord {
+        profile: req.profile.clone(),
+        env: req.env.clone(),
+    };
+    let cluster = app
+        .store
+        .create_cluster(&NewCluster {
+            name: &req.name,
+            owner: &app.owner,
+            provider: provider.kind().as_str(),
+            request_id: &request,
+            record: &record,
+        })?
+        .ok_or_else(|| InputError::NameInUse(req.name.to_string()))?;
+    tracing::info!(cluster = %cluster.name, request = %request, "launch reserved");
+
+    let keys = ClusterKeys::of(app, &cluster);
+    let work = async {
+        keys.create(&key)?;
+        let access = access(&req.profile, &key);
+        let client = Client::new(key.clone(), connect_timeout(app));
+        app.store
+            .set_cluster_state(cluster.id, ClusterState::Requested, None)?;
+        provider.prepare(&cluster_ref(&cluster), &access).await?;
+        let nodes = bring_up(app, provider, &cluster, &access, &client, &request, specs, &req.profile, req.configure)
+            .await?;
+        app.store
+            .set_cluster_state(cluster.id, ClusterState::Running, None)?;
+        keys.write_known_hosts(&app.store.nodes_of(cluster.id)?)?;
+        if req.configure {
+            configure(app, &cluster, &client, &renderer, &meta, &nodes, &nodes, Step::Launch).await?;
+            app.store
+                .set_cluster_state(cluster.id, ClusterState::Configured, None)?;
+        }
+        Ok::<_, Error>(())
+    };
+    let outcome = tokio::select! {
+        r = work => r,
+        why = interrupted() => Err(Error::runtime(format!("launch {why}"))),
+    };
+    match outcome {
+        Ok(()) => Ok(app.store.cluster_by_id(cluster.id)?.unwrap_or(cluster)),
+        Err(e) => {
+            app.printer.warn(format!(
+                "launch of {} failed; terminating everything it launched",
+                cluster.name
+            ));
+            if let Err(rb) = rollback(app, provider, &cluster, &request, true).await {
+                app.printer.warn(format!(
+                    "rollback incomplete: {}; run `stratus terminate-cluster {} --yes`",
+                    crate::error::render(&rb),
+                    cluster.name
+                ));
+            }
+            app.store.set_cluster_state(
+                cluster.id,
+                ClusterState::Failed,
+                Some(&crate::error::render(&e)),
+            )?;
+            Err(e)
+        }
+    }
+}
+
+/// Adds `count` workers to a live cluster, then rewrites the master's workers file and runs the
+/// profile's `on_workers_change` commands. A failure terminates only the new workers.
+pub async fn add_workers<P: Provider>(
+    app: &App,
+    provider: &P,
+    cluster: &ClusterRow,
+    count: u32,
+) -> Result<Vec<NodeRow>, Error> {
+    let profile = &cluster.record.profile;
+    let existing = live_nodes(app, cluster)?;
+    let existing_workers = existing.iter().filter(|n| n.role == Role::Worker).count() as u32;
+    validate_request(profile, provider.kind(), count, existing_workers)?;
+    if !existing.iter().any(|n| n.role == Role::Master) {
+        return Err(Error::invalid(format!(
+            "cluster {} has no running master",
+            cluster.name
+        )));
+    }
+    let request = RequestId::new();
+    let meta = Meta {
+        cluster: &cluster.name,
+        owner: &cluster.owner,
+        profile,
+        env: &cluster.record.env,
+        request: &request,
+    };
+    let renderer = Renderer::for_profile(profile)?;
+    let next = app
+        .store
+        .nodes_of(cluster.id)?
+        .iter()
+        .filter(|n| n.role == Role::Worker)
+        .map(|n| n.index)
+        .max()
+        .unwrap_or(0);
+    let roles: Vec<(Role, u32)> = (next + 1..=next + count).map(|i| (Role::Worker, i)).collect();
+    let specs = meta.specs(&renderer, &roles)?;
+    let keys = ClusterKeys::of(app, cluster);
+    let key = keys.load()?;
+    let access = access(profile, &key);
+    let client = Client::new(key, connect_timeout(app));
+    let work = async {
+        let added = bring_up(app, provider, cluster, &access, &client, &request, specs, profile, true).await?;
+        let all = live_nodes(app, cluster)?;
+        keys.write_known_hosts(&all)?;
+        configure(app, cluster, &client, &renderer, &meta, &all, &added, Step::AddWorkers).await?;
+        Ok::<_, Error>(added)
+    };
+    let outcome = tokio::select! {
+        r = work => r,
+        why = interrupted() => Err(Error::runtime(format!("launch-slaves {why}"))),
+    };
+    match outcome {
+        Ok(added) => Ok(added),
+        Err(e) => {
+            app.printer.warn("adding workers failed; terminating the new workers");
+            if let Err(rb) = rollback(app, provider, cluster, &request, false).await {
+                app.printer.warn(format!("rollback incomplete: {}", crate::error::render(&rb)));
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Rewrites the master's workers file from the running workers and runs `on_workers_change`.
+pub async fn update_workers_file(app: &App, cluster: &ClusterRow) -> Result<usize, Error> {
+    let profile = &cluster.record.profile;
+    let request = cluster.request_id.clone();
+    let meta = Meta {
+        cluster: &cluster.name,
+        owner: &cluster.owner,
+        profile,
+        env: &cluster.record.env,
+        request: &request,
+    };
+    let renderer = Renderer::for_profile(profile)?;
+    let key = ClusterKeys::of(app, cluster).load()?;
+    let client = Client::new(key, connect_timeout(app));
+    let all = live_nodes(app, cluster)?;
+    configure(app, cluster, &client, &renderer, &meta, &all, &[], Step::WorkersFile).await?;
+    Ok(all.iter().filter(|n| n.role == Role::Worker).count())
+}
+
+pub fn connect_timeout(app: &App) -> Duration {
+    Duration::from_secs(app.config.ssh.connect_timeout_secs.max(1))
+}
+
+/// The cluster's nodes that are not gone, master first.
+pub fn live_nodes(app: &App, cluster: &ClusterRow) -> Result<Vec<NodeRow>, Error> {
+    Ok(app
+        .store
+        .nodes_of(cluster.id)?
+        .into_iter()
+        .filter(|n| !n.state.is_gone())
+        .collect())
+}
+
+fn node_row(cluster: &ClusterRow, request: &RequestId, spec: &NodeSpec, inst: &Instance) -> NodeRow {
+    NodeRow {
+        instance_id: inst.id.clone(),
+        cluster_id: cluster.id,
+        role: spec.role,
+        index: spec.index,
+        request_id: request.to_string(),
+        state: inst.state,
+        address: inst.address.clone(),
+        ssh_port: inst.ssh_port,
+        instance_type: inst.instance_type.clone(),
+        image: inst.image.clone(),
+        spot: inst.spot,
+        host_key: inst.host_key.clone(),
+        launched_at: inst.launched_at.unwrap_or_else(now_millis),
+        ended_at: None,
+    }
+}
+
+pub fn target(node: &NodeRow, cluster: &ClusterRow) -> Result<Target, Error> {
+    let name = node_name(&cluster.name, node.role, node.index);
+    let host = node.address.clone().ok_or_else(|| {
+        Error::runtime(format!("{name} ({}) has no address yet", node.instance_id))
+    })?;
+    let host_key = node.host_key.as_deref().map(ssh::parse_public_key).transpose()?;
+    Ok(Target {
+        name,
+        host,
+        port: node.ssh_port,
+        user: cluster.record.profile.ssh_user.clone(),
+        host_key,
+    })
+}
+
+/// Launches `specs`, waits for them to run and (when `ssh` is set) to answer SSH, replacing
+/// failed workers while the profile allows. Returns the nodes that are up; an error if the master
+/// failed or too few workers are left.
+#[allow(clippy::too_many_arguments)]
+async fn bring_up<P: Provider>(
+    app: &App,
+    provider: &P,
+    cluster: &ClusterRow,
+    access: &SshAccess,
+    client: &Client,
+    request: &RequestId,
+    specs: Vec<NodeSpec>,
+    profile: &Profile,
+    ssh: bool,
+) -> Result<Vec<NodeRow>, Error> {
+    let wanted_workers = specs.iter().filter(|s| s.role == Role::Worker).count() as u32;
+    let min_workers = profile.min_workers.unwrap_or(wanted_workers).min(wanted_workers);
+    let mut replacements_left = profile.max_replacements;
+    let mut ready: Vec<NodeRow> = Vec::new();
+    let mut pending = specs;
+    let mut attempt = 0u32;
+    let bar = app.printer.bar(pending.len() as u64, "starting nodes");
+    loop {
+        let (up, failed) = bring_up_once(app, provider, cluster, access, client, request, &pending, profile, ssh, &bar).await?;
+        ready.extend(up);
+        if failed.is_empty() {
+            break;
+        }
+        if let Some((_, e)) = failed.iter().find(|(s, _)| s.role == Role::Master) {
+            bar.finish_and_clear();
+            return Err(Error::runtime("the master did not come up").with_source(Box::new(e.clone_message())));
+        }
+        for (spec, e) in &failed {
+            app.printer.warn(format!("{}: {}", spec.name, e.message));
+        }
+        let n = failed.len() as u32;
+        if replacements_left >= n {
+            replacements_left -= n;
+            attempt += 1;
+            app.printer.status(format!("replacing {n} failed worker(s)"));
+            pending = failed
+                .into_iter()
+                .map(|(mut s, _)| {
+                    s.client_token = format!("{}-r{attempt}", s.client_token);
+                    s
+                })
+                .collect();
+            continue;
+        }
+        let up_workers = ready.iter().filter(|n| n.role == Role::Worker).count() as u32;
+        if up_workers >= min_workers {
+            app.printer.warn(format!(
+                "continuing with {up_workers} of {wanted_workers} workers (min_workers = {min_workers})"
+            ));
+            break;
+        }
+        bar.finish_and_clear();
+        let (spec, e) = failed.into_iter().next().expect("failed is not empty");
+        return Err(Error::runtime(format!(
+            "{} failed, and only {up_workers} of {wanted_workers} workers are up (at least {min_workers} needed)",
+            spec.name
+        ))
+        .with_source(Box::new(e.clone_message())));
+    }
+    bar.finish_and_clear();
+    Ok(ready)
+}
+
+/// Why one node did not come up; the message is kept for the final error.
+#[derive(Debug)]
+struct NodeFailure {
+    message: String,
+}
+
+impl NodeFailure {
+    fn from_err(e: &(dyn std::error::Error + 'static)) -> Self {
+        Self {
+            message: crate::error::render(e)
+                .trim_start_matches("error: ")
+                .replace("\n  caused by: ", ": "),
+        }
+    }
+    fn clone_message(&self) -> std::io::Error {
+        std::io::Error::other(self.message.clone())
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn bring_up_once<P: Provider>(
+    app: &App,
+    provider: &P,
+    cluster: &ClusterRow,
+    access: &SshAccess,
+    client: &Client,
+    request: &RequestId,
+    specs: &[NodeSpec],
+    profile: &Profile,
+    ssh: bool,
+    bar: &indicatif::ProgressBar,
+) -> Result<(Vec<NodeRow>, Vec<(NodeSpec, NodeFailure)>), Error> {
+    let cref = cluster_ref(cluster);
+    let mut failed: Vec<(NodeSpec, NodeFailure)> = Vec::new();
+
+    // 1. Launch, recording each node the moment the provider returns it.
+    bar.set_message("launching");
+    let launched: Vec<(NodeSpec, Result<Instance, crate::cluster::provider::ProviderError>)> =
+        futures_util::stream::iter(specs.iter().cloned())
+            .map(|spec| async {
+                let r = provider.launch(&cref, access, &spec).await;
+                (spec, r)
+            })
+            .buffer_unordered(PROVIDER_PARALLEL)
+            .collect()
+            .await;
+    let mut nodes: Vec<(NodeSpec, NodeRow)> = Vec::new();
+    for (spec, r) in launched {
+        match r {
+            Ok(inst) => {
+                let row = node_row(cluster, request, &spec, &inst);
+                app.store.insert_node(cluster, &row)?;
+                tracing::info!(node = %spec.name, instance = %inst.id, "launched");
+                nodes.push((spec, row));
+            }
+            Err(e) if e.is_bad_input() => return Err(e.into()),
+            Err(e) => failed.push((spec, NodeFailure::from_err(&e))),
+        }
+    }
+
+    // 2. Wait until the provider reports them running.
+    bar.set_message("waiting for running");
+    let deadline = Instant::now() + Duration::from_secs(profile.ready_timeout_secs);
+    let mut delay = Duration::from_millis(500);
+    let mut waiting: BTreeSet<String> = nodes.iter().map(|(_, r)| r.instance_id.clone()).collect();
+    while !waiting.is_empty() {
+        let seen: HashMap<String, Instance> = provider
+            .describe(&Selector {
+                request: Some(request.clone()),
+                ..Default::default()
+            })
+            .await?
+            .into_iter()
+            .map(|i| (i.id.clone(), i))
+            .collect();
+        for (_, row) in nodes.iter_mut() {
+            let Some(inst) = seen.get(&row.instance_id) else { continue };
+            if !waiting.contains(&row.instance_id) {
+                continue;
+            }
+            app.store
+                .observe_node(&row.instance_id, inst.state, inst.address.as_deref(), now_millis())?;
+            row.state = inst.state;
+            if inst.address.is_some() {
+                row.address = inst.address.clone();
+            }
+            if row.host_key.is_none() {
+                row.host_key = inst.host_key.clone();
+            }
+            if inst.state == InstanceState::Running && row.address.is_some() {
+                waiting.remove(&row.instance_id);
+            } else if inst.state.is_gone() || inst.state == InstanceState::Stopped {
+                waiting.remove(&row.instance_id);
+            }
+        }
+        if waiting.is_empty() || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+    let mut running: Vec<(NodeSpec, NodeRow)> = Vec::new();
+    let mut dead: Vec<String> = Vec::new();
+    for (spec, row) in nodes {
+        if row.state == InstanceState::Running && !waiting.contains(&row.instance_id) {
+            running.push((spec, row));
+        } else {
+            let why = if waiting.contains(&row.instance_id) {
+                format!("{} did not reach running within {}s", spec.name, profile.ready_timeout_secs)
+            } else {
+                format!("{} went {} before it was ready", spec.name, row.state)
+            };
+            dead.push(row.instance_id.clone());
+            failed.push((spec, NodeFailure { message: why }));
+        }
+    }
+
+    // 3. Wait until each answers SSH; pin host keys learned on first contact.
+    let mut up: Vec<NodeRow> = Vec::new();
+    if ssh {
+        bar.set_message("waiting for SSH");
+        let timeout = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+        let mut jobs = Vec::new();
+        for (spec, row) in running {
+            let t = target(&row, cluster)?;
+            jobs.push((spec, row, t));
+        }
+        let client2 = client.clone();
+        let results = ssh::fan_out(jobs, app.config.ssh.max_parallel, move |(spec, row, t)| {
+            let client = client2.clone();
+            async move {
+                let r = client.wait_ready(&t, timeout).await;
+                let r = match r {
+                    Ok(session) => {
+                        let key = ssh::public_key_openssh(&session.host_key);
+                        session.close().await;
+                        Ok(key)
+                    }
+                    Err(e) => Err(e),
+                };
+                (spec, row, r)
+            }
+        })
+        .await;
+        for (spec, mut row, r) in results {
+            match r {
+                Ok(key) => {
+                    if row.host_key.is_none() {
+                        app.store.set_host_key(&row.instance_id, &key)?;
+                        row.host_key = Some(key);
+                    }
+                    bar.inc(1);
+                    up.push(row);
+                }
+                Err(e) => {
+                    dead.push(row.instance_id.clone());
+                    failed.push((spec, NodeFailure::from_err(&e)));
+                }
+            }
+        }
+    } else {
+        bar.inc(running.len() as u64);
+        up.extend(running.into_iter().map(|(_, r)| r));
+    }
+
+    // Failed nodes are terminated now, whatever happens next.
+    if !dead.is_empty() {
+        provider.terminate(&dead).await?;
+        for id in &dead {
+            app.store
+                .observe_node(id, InstanceState::Terminated, None, now_millis())?;
+        }
+    }
+    Ok((up, failed))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// First configuration after launch: every file, the workers file, `configure`.
+    Launch,
+    /// Workers were added: files to the master and the new workers, then `on_workers_change`.
+    AddWorkers,
+    /// `update-slaves-file`: the workers file, then `on_workers_change`.
+    WorkersFile,
+}
+
+/// Pushes the profile's files, writes the workers file and runs the configure commands on the
+/// master.
+#[allow(clippy::too_many_arguments)]
+async fn configure(
+    app: &App,
+    cluster: &ClusterRow,
+    client: &Client,
+    renderer: &Renderer,
+    meta: &Meta<'_>,
+    all: &[NodeRow],
+    new_nodes: &[NodeRow],
+    step: Step,
+) -> Result<(), Error> {
+    let profile = meta.profile;
+    let facts = |n: &NodeRow| NodeFacts {
+        name: node_name(&cluster.name, n.role, n.index),
+        role: n.role,
+        index: n.index,
+        address: n.address.clone().unwrap_or_default(),
+    };
+    let master = all
+        .iter()
+        .find(|n| n.role == Role::Master)
+        .ok_or_else(|| Error::runtime(format!("cluster {} has no master", cluster.name)))?;
+    let mut workers: Vec<&NodeRow> = all.iter().filter(|n| n.role == Role::Worker).collect();
+    workers.sort_by_key(|n| n.index);
+    let worker_facts: Vec<NodeFacts> = workers.iter().map(|n| facts(n)).collect();
+
+    // Which files go where in this step.
+    let mut uploads: Vec<(Target, Vec<(String, Vec<u8>, u32)>)> = Vec::new();
+    if step != Step::WorkersFile {
+        let mut targets: Vec<&NodeRow> = new_nodes.iter().collect();
+        if step == Step::AddWorkers {
+            targets.push(master);
+        }
+        for node in targets {
+            let mut files = Vec::new();
+            for f in &profile.files {
+                let wanted = match f.to {
+                    FileTarget::All => true,
+                    FileTarget::Master => node.role == Role::Master,
+                    FileTarget::Workers => node.role == Role::Worker,
+                };
+                if !wanted {
+                    continue;
+                }
+                let ctx = ConfigureContext {
+                    boot: meta.boot(node.role, node.index),
+                    node: facts(node),
+                    master: facts(master),
+                    workers: worker_facts.clone(),
+                };
+                let text = renderer.render(&f.template, &ctx)?;
+                let mode = parse_mode(&f.mode).map_err(Error::invalid)?;
+                files.push((f.dest.clone(), text.into_bytes(), mode));
+            }
+            if !files.is_empty() {
+                uploads.push((target(node, cluster)?, files));
+            }
+        }
+    }
+    if !uploads.is_empty() {
+        let spinner = app.printer.spinner("pushing files");
+        let c = client.clone();
+        let results = ssh::fan_out(uploads, app.config.ssh.max_parallel, move |(t, files)| {
+            let client = c.clone();
+            async move {
+                let session = client.connect(&t).await?;
+                for (dest, data, mode) in &files {
+                    session.upload(data, dest, *mode).await?;
+                }
+                session.close().await;
+                Ok::<_, ssh::SshError>(())
+            }
+        })
+        .await;
+        spinner.finish_and_clear();
+        for r in results {
+            r?;
+        }
+    }
+
+    let session = client.connect(&target(master, cluster)?).await?;
+    if let Some(path) = &profile.workers_file {
+        let mut list = String::new();
+        for w in &worker_facts {
+            list.push_str(&w.address);
+            list.push('\n');
+        }
+        session.upload(list.as_bytes(), path, 0o644).await?;
+    }
+    let commands = match step {
+        Step::Launch => &profile.configure,
+        Step::AddWorkers | Step::WorkersFile => &profile.on_workers_change,
+    };
+    if !commands.is_empty() {
+        let spinner = app.printer.spinner("configuring the master");
+        for command in commands {
+            tracing::info!(cluster = %cluster.name, command = %command, "running on the master");
+            let out = session.run(command).await;
+            if let Err(e) = out {
+                spinner.finish_and_clear();
+                session.close().await;
+                return Err(e.into());
+            }
+        }
+        spinner.finish_and_clear();
+    }
+    session.close().await;
+    Ok(())
+}
+
+/// Terminates what `request` launched in `cluster` (found in the store and by the request's tag
+/// at the provider), waits until it is gone, and (for a whole cluster) releases the cluster's
+/// resources.
+async fn rollback<P: Provider>(
+    app: &App,
+    provider: &P,
+    cluster: &ClusterRow,
+    request: &RequestId,
+    whole_cluster: bool,
+) -> Result<(), Error> {
+    let mut ids: BTreeSet<String> = app
+        .store
+        .nodes_of(cluster.id)?
+        .into_iter()
+        .filter(|n| n.request_id == request.as_str() && !n.state.is_gone())
+        .map(|n| n.instance_id)
+        .collect();
+    let tagged = provider
+        .describe(&Selector {
+            request: Some(request.clone()),
+            ..Default::default()
+        })
+        .await?;
+    ids.extend(tagged.into_iter().filter(|i| !i.state.is_gone()).map(|i| i.id));
+    let ids: Vec<String> = ids.into_iter().collect();
+    terminate_and_wait(app, provider, cluster, &ids).await?;
+    if whole_cluster {
+        provider.release(&cluster_ref(cluster)).await?;
+    }
+    Ok(())
+}
+
+async fn terminate_and_wait<P: Provider>(
+    app: &App,
+    provider: &P,
+    cluster: &ClusterRow,
+    ids: &[String],
+) -> Result<(), Error> {
+    if !ids.is_empty() {
+        provider.terminate(ids).await?;
+    }
+    let spinner = app.printer.spinner(format!("waiting for {} nodes to terminate", ids.len()));
+    let deadline = Instant::now() + TERMINATE_TIMEOUT;
+    let mut delay = Duration::from_millis(250);
+    let selector = Selector {
+        owner: Some(cluster.owner.clone()),
+        cluster: Some(cluster.name.clone()),
+        ..Default::default()
+    };
+    loop {
+        let now = now_millis();
+        let seen: HashMap<String, Instance> = provider
+            .describe(&selector)
+            .await?
+            .into_iter()
+            .map(|i| (i.id.clone(), i))
+            .collect();
+        let mut left = 0;
+        for id in ids {
+            match seen.get(id) {
+                Some(i) => {
+                    app.store.observe_node(id, i.state, None, now)?;
+                    if !i.state.is_gone() {
+                        left += 1;
+                    }
+                }
+                None => app.store.observe_node(id, InstanceState::Terminated, None, now)?,
+            }
+        }
+        if left == 0 {
+            break;
+        }
+        if Instant::now() >= deadline {
+            spinner.finish_and_clear();
+            return Err(Error::runtime(format!(
+                "{left} nodes of {} are still not terminated after {} minutes",
+                cluster.name,
+                TERMINATE_TIMEOUT.as_secs() / 60
+            )));
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+    spinner.finish_and_clear();
+    Ok(())
+}
+
+/// Terminates a whole cluster: every node the store knows and every instance the provider holds
+/// under its tags, then its per-cluster resources.
+pub async fn terminate<P: Provider>(app: &App, provider: &P, cluster: &ClusterRow) -> Result<usize, Error> {
+    app.store
+        .set_cluster_state(cluster.id, ClusterState::Terminating, None)?;
+    let mut ids: BTreeSet<String> = live_nodes(app, cluster)?
+        .into_iter()
+        .map(|n| n.instance_id)
+        .collect();
+    let tagged = provider
+        .describe(&Selector {
+            owner: Some(cluster.owner.clone()),
+            cluster: Some(cluster.name.clone()),
+            ..Default::default()
+        })
+        .await?;
+    // Instances under this cluster's tags that belong to no other live cluster of the name.
+    ids.extend(tagged.into_iter().filter(|i| !i.state.is_gone()).map(|i| i.id));
+    let ids: Vec<String> = ids.into_iter().collect();
+    terminate_and_wait(app, provider, cluster, &ids).await?;
+    provider.release(&cluster_ref(cluster)).await?;
+    app.store
+        .set_cluster_state(cluster.id, ClusterState::Terminated, None)?;
+    Ok(ids.len())
+}
+
+/// Brings the store up to date with what the provider reports for the owner's clusters: node
+/// states and addresses, and usage intervals (a sighting, or an end).
+pub async fn refresh<P: Provider>(app: &App, provider: &P, clusters: &[ClusterRow]) -> Result<(), Error> {
+    let watched: Vec<&ClusterRow> = clusters
+        .iter()
+        .filter(|c| c.provider == provider.kind().as_str())
+        .collect();
+    let mut nodes: Vec<NodeRow> = Vec::new();
+    for c in &watched {
+        nodes.extend(app.store.nodes_of(c.id)?.into_iter().filter(|n| n.ended_at.is_none()));
+    }
+    if nodes.is_empty() {
+        return Ok(());
+    }
+    let seen: HashMap<String, Instance> = provider
+        .describe(&Selector {
+            owner: Some(app.owner.clone()),
+            ..Default::default()
+        })
+        .await?
+        .into_iter()
+        .map(|i| (i.id.clone(), i))
+        .collect();
+    let now = now_millis();
+    for n in nodes {
+        match seen.get(&n.instance_id) {
+            Some(i) => app
+                .store
+                .observe_node(&n.instance_id, i.state, i.address.as_deref(), now)?,
+            None if now - n.launched_at > VANISH_GRACE_MS => app.store.node_vanished(&n.instance_id)?,
+            None => {}
+        }
+    }
+    Ok(())
+}

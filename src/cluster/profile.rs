@@ -1,0 +1,615 @@
+//! Cluster profiles: what a cluster is made of (images, instance types, user-data templates for
+//! master and workers), how many workers it may have, what is pushed and run on the master once
+//! every node answers, and which provider it is for.
+//!
+//! A profile is a TOML file in `cluster-profiles/` (shipped, embedded in the binary) or in the
+//! site's `profiles_dir`. `extends = "other"` inherits: tables merge key by key, anything else in
+//! the child replaces the parent's value. Each file is checked against the schema on its own, so a
+//! typo is reported with the file and key that hold it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ProviderKind, toml_message};
+
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/embedded_profiles.rs"));
+}
+
+/// Workers per cluster no profile may exceed: a guard against a typo costing a term's budget.
+pub const HARD_MAX_WORKERS: u32 = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("unknown profile {name:?}; known profiles: {}", known.join(", "))]
+    Unknown { name: String, known: Vec<String> },
+    #[error("profile {name} ({source_name}): {message}")]
+    Invalid {
+        name: String,
+        source_name: String,
+        message: String,
+    },
+    #[error("profile {name}: `extends` makes a cycle: {}", chain.join(" -> "))]
+    Cycle { name: String, chain: Vec<String> },
+    #[error("profile {name}: template {template} not found (looked in {looked})")]
+    MissingTemplate {
+        name: String,
+        template: String,
+        looked: String,
+    },
+    #[error("cannot read profiles directory {path}")]
+    ReadDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One role's machine: image, instance type, user-data template.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleSettings {
+    pub image: String,
+    pub instance_type: String,
+    /// Path of the user-data template, relative to the profiles directory.
+    pub user_data: String,
+    /// Run this role on spot capacity (workers only; the master is always on-demand).
+    #[serde(default)]
+    pub spot: bool,
+    /// Size of the root volume in GiB; the image's default if unset.
+    #[serde(default)]
+    pub volume_gb: Option<u32>,
+}
+
+/// Which nodes a file is pushed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileTarget {
+    #[default]
+    Master,
+    Workers,
+    All,
+}
+
+/// A file rendered from a template once every node's address is known, and pushed over SSH
+/// before the configure commands run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushFile {
+    pub template: String,
+    /// Destination path on the node; relative paths are relative to the SSH user's home.
+    pub dest: String,
+    /// Octal file mode, as a string: "0644".
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    #[serde(default)]
+    pub to: FileTarget,
+}
+
+fn default_mode() -> String {
+    "0644".into()
+}
+
+fn default_ssh_port() -> u16 {
+    22
+}
+
+fn default_ready_timeout() -> u64 {
+    300
+}
+
+/// A resolved profile: inheritance applied, every field checked, template texts loaded. This is
+/// what a cluster record keeps, so later commands render exactly what the launch rendered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Providers this profile is meant for; empty means any.
+    #[serde(default)]
+    pub providers: Vec<ProviderKind>,
+    pub max_workers: u32,
+    /// Fewest workers that must answer for a launch to count as a success. Defaults to all
+    /// that were asked for.
+    #[serde(default)]
+    pub min_workers: Option<u32>,
+    /// How many failed workers a launch may replace before giving up.
+    #[serde(default)]
+    pub max_replacements: u32,
+    pub ssh_user: String,
+    #[serde(default = "default_ssh_port")]
+    pub ssh_port: u16,
+    /// Seconds to wait for every node to answer SSH before the launch fails.
+    #[serde(default = "default_ready_timeout")]
+    pub ready_timeout_secs: u64,
+    /// Where the master keeps the list of workers (one address per line).
+    #[serde(default)]
+    pub workers_file: Option<String>,
+    /// Extra TCP ports (web UIs) opened to the client networks.
+    #[serde(default)]
+    pub ports: Vec<u16>,
+    pub master: RoleSettings,
+    pub worker: RoleSettings,
+    #[serde(default)]
+    pub files: Vec<PushFile>,
+    /// Commands run on the master, in order, once every node answers and the files are pushed.
+    #[serde(default)]
+    pub configure: Vec<String>,
+    /// Commands run on the master after workers are added or the workers file is rewritten.
+    #[serde(default)]
+    pub on_workers_change: Vec<String>,
+    /// Free-form values for the templates (`{{profile.vars.x}}`).
+    #[serde(default)]
+    pub vars: BTreeMap<String, serde_json::Value>,
+    /// The texts of every template the profile uses, by path.
+    #[serde(default)]
+    pub templates: BTreeMap<String, String>,
+}
+
+/// The schema of one profile file: every key optional (a parent may supply it), unknown keys
+/// refused. `name` and `templates` are filled in by stratus, so a file may not set them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // Only deserialized, to check the keys of one file.
+struct ProfileFile {
+    description: Option<String>,
+    extends: Option<String>,
+    providers: Option<Vec<ProviderKind>>,
+    max_workers: Option<u32>,
+    min_workers: Option<u32>,
+    max_replacements: Option<u32>,
+    ssh_user: Option<String>,
+    ssh_port: Option<u16>,
+    ready_timeout_secs: Option<u64>,
+    workers_file: Option<String>,
+    ports: Option<Vec<u16>>,
+    master: Option<RoleFile>,
+    worker: Option<RoleFile>,
+    files: Option<Vec<PushFile>>,
+    configure: Option<Vec<String>>,
+    on_workers_change: Option<Vec<String>>,
+    vars: Option<toml::Table>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct RoleFile {
+    image: Option<String>,
+    instance_type: Option<String>,
+    user_data: Option<String>,
+    spot: Option<bool>,
+    volume_gb: Option<u32>,
+}
+
+/// Where a profile file came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Shipped,
+    Site(PathBuf),
+}
+
+impl Source {
+    fn describe(&self, name: &str) -> String {
+        match self {
+            Source::Shipped => format!("shipped cluster-profiles/{name}.toml"),
+            Source::Site(p) => p.display().to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct RawProfile {
+    text: String,
+    source: Source,
+}
+
+/// A summary line for `stratus profiles`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProfileSummary {
+    pub name: String,
+    pub description: String,
+    pub source: String,
+}
+
+/// All profiles known to this installation: the shipped ones, overridden or extended by the
+/// site's directory.
+#[derive(Debug, Clone)]
+pub struct ProfileSet {
+    profiles: BTreeMap<String, RawProfile>,
+    site_dir: Option<PathBuf>,
+}
+
+impl ProfileSet {
+    pub fn load(site_dir: Option<&Path>) -> Result<Self, ProfileError> {
+        let mut profiles = BTreeMap::new();
+        for (path, text) in embedded::EMBEDDED {
+            if let Some(name) = path.strip_suffix(".toml").filter(|n| !n.contains('/')) {
+                profiles.insert(
+                    name.to_owned(),
+                    RawProfile {
+                        text: (*text).to_owned(),
+                        source: Source::Shipped,
+                    },
+                );
+            }
+        }
+        if let Some(dir) = site_dir {
+            let read_err = |source| ProfileError::ReadDir {
+                path: dir.to_path_buf(),
+                source,
+            };
+            for entry in std::fs::read_dir(dir).map_err(read_err)? {
+                let path = entry.map_err(read_err)?.path();
+                let Some(name) = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_suffix(".toml"))
+                else {
+                    continue;
+                };
+                if !path.is_file() {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).map_err(|source| ProfileError::ReadDir {
+                    path: path.clone(),
+                    source,
+                })?;
+                profiles.insert(
+                    name.to_owned(),
+                    RawProfile {
+                        text,
+                        source: Source::Site(path),
+                    },
+                );
+            }
+        }
+        Ok(Self {
+            profiles,
+            site_dir: site_dir.map(Path::to_path_buf),
+        })
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.profiles.keys().cloned().collect()
+    }
+
+    /// One line per profile; a profile that does not parse still gets a line saying so.
+    pub fn summaries(&self) -> Vec<ProfileSummary> {
+        self.profiles
+            .iter()
+            .map(|(name, raw)| {
+                let description = match self.resolve(name) {
+                    Ok(p) => p.description,
+                    Err(e) => format!("(invalid: {e})"),
+                };
+                ProfileSummary {
+                    name: name.clone(),
+                    description,
+                    source: raw.source.describe(name),
+                }
+            })
+            .collect()
+    }
+
+    /// Resolves a profile by name: inheritance, schema, templates.
+    pub fn resolve(&self, name: &str) -> Result<Profile, ProfileError> {
+        let mut chain: Vec<String> = Vec::new();
+        let merged = self.merged_table(name, &mut chain)?;
+        let raw = &self.profiles[name];
+        let invalid = |message: String| ProfileError::Invalid {
+            name: name.to_owned(),
+            source_name: raw.source.describe(name),
+            message,
+        };
+        let mut table = merged;
+        table.remove("extends");
+        table.insert("name".into(), toml::Value::String(name.to_owned()));
+        let mut profile: Profile = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| invalid(toml_message(&e)))?;
+        profile.validate().map_err(invalid)?;
+        self.load_templates(&mut profile)?;
+        Ok(profile)
+    }
+
+    fn merged_table(
+        &self,
+        name: &str,
+        chain: &mut Vec<String>,
+    ) -> Result<toml::Table, ProfileError> {
+        if chain.iter().any(|n| n == name) {
+            chain.push(name.to_owned());
+            return Err(ProfileError::Cycle {
+                name: chain[0].clone(),
+                chain: chain.clone(),
+            });
+        }
+        chain.push(name.to_owned());
+        let raw = self.profiles.get(name).ok_or_else(|| ProfileError::Unknown {
+            name: name.to_owned(),
+            known: self.names(),
+        })?;
+        let invalid = |message: String| ProfileError::Invalid {
+            name: name.to_owned(),
+            source_name: raw.source.describe(name),
+            message,
+        };
+        // Check this file's keys on their own, so an error names the file that has the typo.
+        toml::from_str::<ProfileFile>(&raw.text).map_err(|e| invalid(toml_message(&e)))?;
+        let table: toml::Table = toml::from_str(&raw.text).map_err(|e| invalid(toml_message(&e)))?;
+        match table.get("extends") {
+            None => Ok(table),
+            Some(toml::Value::String(parent)) => {
+                let mut base = self.merged_table(parent, chain)?;
+                merge(&mut base, table);
+                Ok(base)
+            }
+            Some(_) => Err(invalid("`extends` must be a profile name".into())),
+        }
+    }
+
+    fn load_templates(&self, profile: &mut Profile) -> Result<(), ProfileError> {
+        let mut wanted: BTreeSet<String> = BTreeSet::new();
+        wanted.insert(profile.master.user_data.clone());
+        wanted.insert(profile.worker.user_data.clone());
+        for f in &profile.files {
+            wanted.insert(f.template.clone());
+        }
+        for path in wanted {
+            let text = self.template_text(&profile.name, &path)?;
+            profile.templates.insert(path, text);
+        }
+        Ok(())
+    }
+
+    /// A template's text: from the site directory first, then the shipped ones.
+    fn template_text(&self, profile: &str, rel: &str) -> Result<String, ProfileError> {
+        let mut looked = Vec::new();
+        if !is_safe_relative(rel) {
+            return Err(ProfileError::Invalid {
+                name: profile.to_owned(),
+                source_name: "template path".into(),
+                message: format!(
+                    "template path {rel:?} must be relative to the profiles directory, without '..'"
+                ),
+            });
+        }
+        if let Some(dir) = &self.site_dir {
+            let p = dir.join(rel);
+            looked.push(p.display().to_string());
+            if let Ok(text) = std::fs::read_to_string(&p) {
+                return Ok(text);
+            }
+        }
+        looked.push("the shipped profiles".into());
+        if let Some((_, text)) = embedded::EMBEDDED.iter().find(|(p, _)| *p == rel) {
+            return Ok((*text).to_owned());
+        }
+        Err(ProfileError::MissingTemplate {
+            name: profile.to_owned(),
+            template: rel.to_owned(),
+            looked: looked.join(", "),
+        })
+    }
+}
+
+fn is_safe_relative(p: &str) -> bool {
+    let path = Path::new(p);
+    !p.is_empty()
+        && path
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+}
+
+/// Merges `child` over `base`: tables merge key by key, other values are replaced.
+fn merge(base: &mut toml::Table, child: toml::Table) {
+    for (k, v) in child {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(c)) => merge(b, c),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+impl Profile {
+    fn validate(&self) -> Result<(), String> {
+        if self.max_workers > HARD_MAX_WORKERS {
+            return Err(format!(
+                "max_workers = {} is above the limit of {HARD_MAX_WORKERS}",
+                self.max_workers
+            ));
+        }
+        if let Some(min) = self.min_workers {
+            if min > self.max_workers {
+                return Err(format!(
+                    "min_workers = {min} is above max_workers = {}",
+                    self.max_workers
+                ));
+            }
+        }
+        if self.ssh_user.is_empty()
+            || !self
+                .ssh_user
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
+            return Err(format!("ssh_user {:?} is not a valid user name", self.ssh_user));
+        }
+        if self.ready_timeout_secs == 0 {
+            return Err("ready_timeout_secs must be at least 1".into());
+        }
+        if self.master.spot {
+            return Err("the master cannot run on spot capacity: set spot only under [worker]".into());
+        }
+        for (role, s) in [("master", &self.master), ("worker", &self.worker)] {
+            if s.image.is_empty() || s.instance_type.is_empty() {
+                return Err(format!("[{role}] needs a non-empty image and instance_type"));
+            }
+        }
+        for f in &self.files {
+            parse_mode(&f.mode).map_err(|m| format!("files: {}: {m}", f.dest))?;
+            if f.dest.is_empty() {
+                return Err(format!("files: {}: empty dest", f.template));
+            }
+        }
+        if let Some(w) = &self.workers_file {
+            if w.is_empty() {
+                return Err("workers_file must not be empty".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether this profile may run on `provider`.
+    pub fn supports(&self, provider: ProviderKind) -> bool {
+        self.providers.is_empty() || self.providers.contains(&provider)
+    }
+
+    pub fn role(&self, role: crate::cluster::Role) -> &RoleSettings {
+        match role {
+            crate::cluster::Role::Master => &self.master,
+            crate::cluster::Role::Worker => &self.worker,
+        }
+    }
+
+    /// A minimal valid profile, for unit tests of other modules.
+    #[doc(hidden)]
+    pub fn for_tests(name: &str) -> Self {
+        let role = RoleSettings {
+            image: "img".into(),
+            instance_type: "local".into(),
+            user_data: "t.hbs".into(),
+            spot: false,
+            volume_gb: None,
+        };
+        Profile {
+            name: name.into(),
+            description: String::new(),
+            providers: vec![],
+            max_workers: 4,
+            min_workers: None,
+            max_replacements: 0,
+            ssh_user: "stratus".into(),
+            ssh_port: 22,
+            ready_timeout_secs: 30,
+            workers_file: None,
+            ports: vec![],
+            master: role.clone(),
+            worker: role,
+            files: vec![],
+            configure: vec![],
+            on_workers_change: vec![],
+            vars: BTreeMap::new(),
+            templates: BTreeMap::from([("t.hbs".into(), "#!/bin/sh\n".into())]),
+        }
+    }
+}
+
+/// Parses an octal mode string such as "0644".
+pub fn parse_mode(s: &str) -> Result<u32, String> {
+    let m = u32::from_str_radix(s, 8).map_err(|_| format!("mode {s:?} is not octal, like \"0644\""))?;
+    if m > 0o7777 {
+        return Err(format!("mode {s:?} is out of range"));
+    }
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(files: &[(&str, &str)]) -> (tempfile::TempDir, ProfileSet) {
+        let dir = tempfile::tempdir().unwrap();
+        for (p, text) in files {
+            let path = dir.path().join(p);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        let set = ProfileSet::load(Some(dir.path())).unwrap();
+        (dir, set)
+    }
+
+    const BASE: &str = r#"
+description = "base"
+max_workers = 4
+ssh_user = "u"
+[master]
+image = "a"
+instance_type = "t1"
+user_data = "x.hbs"
+[worker]
+image = "a"
+instance_type = "t1"
+user_data = "x.hbs"
+[vars]
+a = 1
+b = 2
+"#;
+
+    #[test]
+    fn shipped_profiles_resolve() {
+        let set = ProfileSet::load(None).unwrap();
+        assert!(set.names().contains(&"local-demo".to_string()));
+        for name in set.names() {
+            set.resolve(&name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+
+    #[test]
+    fn extends_merges_tables_and_replaces_values() {
+        let (_d, set) = site(&[
+            ("base.toml", BASE),
+            ("x.hbs", "#!/bin/sh\n"),
+            (
+                "child.toml",
+                "extends = \"base\"\nmax_workers = 8\n[worker]\ninstance_type = \"t2\"\n[vars]\nb = 3\n",
+            ),
+        ]);
+        let p = set.resolve("child").unwrap();
+        assert_eq!(p.max_workers, 8);
+        assert_eq!(p.worker.instance_type, "t2");
+        assert_eq!(p.worker.image, "a");
+        assert_eq!(p.vars["a"], 1);
+        assert_eq!(p.vars["b"], 3);
+        assert_eq!(p.description, "base");
+    }
+
+    #[test]
+    fn a_typo_names_the_file_and_key() {
+        let (_d, set) = site(&[
+            ("base.toml", BASE),
+            ("x.hbs", ""),
+            ("child.toml", "extends = \"base\"\n[worker]\nimage_id = \"b\"\n"),
+        ]);
+        let err = set.resolve("child").unwrap_err().to_string();
+        assert!(err.contains("child.toml"), "{err}");
+        assert!(err.contains("image_id"), "{err}");
+    }
+
+    #[test]
+    fn unknown_profiles_and_cycles() {
+        let (_d, set) = site(&[
+            ("a.toml", "extends = \"b\""),
+            ("b.toml", "extends = \"a\""),
+        ]);
+        let err = set.resolve("nope").unwrap_err().to_string();
+        assert!(err.contains("local-demo"), "{err}");
+        assert!(matches!(set.resolve("a"), Err(ProfileError::Cycle { .. })));
+    }
+
+    #[test]
+    fn template_paths_stay_inside() {
+        let (_d, set) = site(&[(
+            "evil.toml",
+            &BASE.replace("user_data = \"x.hbs\"", "user_data = \"../../etc/passwd\""),
+        )]);
+        let err = set.resolve("evil").unwrap_err().to_string();
+        assert!(err.contains("must be relative"), "{err}");
+    }
+}

@@ -1,0 +1,482 @@
+//! The local provider: each "instance" is a `stratus __node` process on this machine, with its
+//! own directory (its disk), its own loopback address (on Linux a distinct 127.x.y.z per node;
+//! elsewhere a distinct port on 127.0.0.1) and an embedded SSH server that accepts only the
+//! cluster's key. It runs the rendered user-data at boot, as cloud-init would.
+//!
+//! Truthful describe: a node holds a POSIX lock on `node.lock` for as long as it lives, and the
+//! lock names its holder's pid, so a dead node (even one killed with SIGKILL) is never reported
+//! running, and a recycled pid is never mistaken for a node.
+//!
+//! Everything a node starts carries `STRATUS_NODE_ID=<id>` in its environment and starts in the
+//! node's session; terminate signals the node, then sweeps both the process group and every
+//! process carrying the marker, so a daemon that detached itself still goes.
+
+mod node;
+mod server;
+
+pub use node::run_node;
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
+
+use super::{
+    ClusterRef, Instance, InstanceState, NodeSpec, Provider, ProviderError, Selector, SshAccess,
+};
+use crate::cluster::{Role, Tags};
+use crate::config::{LocalConfig, ProviderKind};
+use crate::store::{Millis, now_millis};
+use crate::sys;
+
+/// The environment variable that marks every process a node starts.
+pub const NODE_ID_ENV: &str = "STRATUS_NODE_ID";
+
+/// How long a node gets to stop what it started before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// What a node process is told about itself (`node.json` in its directory).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub id: String,
+    pub name: String,
+    pub tags: Tags,
+    pub role: Role,
+    pub index: u32,
+    pub address: String,
+    pub port: u16,
+    pub ssh_user: String,
+    /// The cluster's public key, the only one the node's SSH server accepts.
+    pub authorized_key: String,
+    pub host_public_key: String,
+    pub image: String,
+    pub instance_type: String,
+    pub spot: bool,
+    pub launched_at: Millis,
+}
+
+/// Files in a node's directory. `home/` is the node's disk: the SSH user's home, where
+/// user-data and sessions run.
+pub struct NodePaths {
+    pub dir: PathBuf,
+}
+
+impl NodePaths {
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("node.json")
+    }
+    pub fn lock(&self) -> PathBuf {
+        self.dir.join("node.lock")
+    }
+    pub fn host_key(&self) -> PathBuf {
+        self.dir.join("ssh_host_ed25519_key")
+    }
+    pub fn user_data(&self) -> PathBuf {
+        self.dir.join("user-data")
+    }
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("node.log")
+    }
+    pub fn boot_log(&self) -> PathBuf {
+        self.dir.join("boot.log")
+    }
+    pub fn boot_finished(&self) -> PathBuf {
+        self.dir.join("boot-finished")
+    }
+    pub fn terminated(&self) -> PathBuf {
+        self.dir.join("terminated")
+    }
+    pub fn home(&self) -> PathBuf {
+        self.dir.join("home")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LocalProvider {
+    root: PathBuf,
+    exe: PathBuf,
+    config: LocalConfig,
+}
+
+impl LocalProvider {
+    /// Nodes live under `<state dir>/local/`.
+    pub fn new(state_dir: &Path, config: LocalConfig) -> Result<Self, ProviderError> {
+        let exe = std::env::current_exe()
+            .map_err(ProviderError::io("cannot find the stratus executable"))?;
+        Ok(Self {
+            root: state_dir.join("local"),
+            exe,
+            config,
+        })
+    }
+
+    fn paths(&self, id: &str) -> NodePaths {
+        NodePaths {
+            dir: self.root.join(id),
+        }
+    }
+
+    /// Binds the node's listening socket, which is handed to the node process: the address is
+    /// taken the moment it is chosen, so two launches never pick the same one.
+    fn allocate(&self) -> Result<(TcpListener, String, u16), ProviderError> {
+        if cfg!(target_os = "linux") {
+            let first = u32::from(self.config.first_address);
+            for n in first..first.saturating_add(65_536) {
+                let addr = Ipv4Addr::from(n);
+                if addr.octets()[0] != 127 {
+                    break;
+                }
+                if matches!(addr.octets()[3], 0 | 255) {
+                    continue;
+                }
+                match TcpListener::bind((addr, self.config.ssh_port)) {
+                    Ok(l) => return Ok((l, addr.to_string(), self.config.ssh_port)),
+                    Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+                    Err(e) => {
+                        return Err(ProviderError::Io {
+                            what: format!(
+                                "cannot listen on {addr}:{} for a local node",
+                                self.config.ssh_port
+                            ),
+                            source: e,
+                        });
+                    }
+                }
+            }
+            Err(ProviderError::Other(
+                "no free loopback address is left for a local node".into(),
+            ))
+        } else {
+            let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                .map_err(ProviderError::io("cannot listen on 127.0.0.1 for a local node"))?;
+            let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
+            Ok((l, Ipv4Addr::LOCALHOST.to_string(), port))
+        }
+    }
+
+    async fn spawn_node(
+        &self,
+        paths: &NodePaths,
+        listener: TcpListener,
+    ) -> Result<(), ProviderError> {
+        let (ready_r, ready_w) =
+            std::io::pipe().map_err(ProviderError::io("cannot create a pipe"))?;
+        let listener_fd = sys::dup_cloexec_above(listener.as_raw_fd(), 10)
+            .map_err(ProviderError::io("cannot pass the socket to the node"))?;
+        let ready_fd = sys::dup_cloexec_above(ready_w.as_raw_fd(), 10)
+            .map_err(ProviderError::io("cannot pass the pipe to the node"))?;
+        drop(ready_w);
+        drop(listener);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(paths.log())
+            .map_err(ProviderError::io("cannot create the node log"))?;
+        let log2 = log
+            .try_clone()
+            .map_err(ProviderError::io("cannot create the node log"))?;
+        let mut cmd = std::process::Command::new(&self.exe);
+        cmd.arg("__node")
+            .arg(&paths.dir)
+            .current_dir(&paths.dir)
+            .env_clear()
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        // The node's environment is built from an allow-list: nothing of the caller's (cloud
+        // credentials least of all) reaches a node.
+        for key in ["PATH", "LANG", "LC_ALL", "TZ", "RUST_LOG"] {
+            if let Some(v) = std::env::var_os(key) {
+                cmd.env(key, v);
+            }
+        }
+        sys::detach_with_fds(
+            &mut cmd,
+            vec![
+                (listener_fd.as_raw_fd(), node::LISTEN_FD),
+                (ready_fd.as_raw_fd(), node::READY_FD),
+            ],
+        );
+        let child = cmd
+            .spawn()
+            .map_err(ProviderError::io("cannot start a local node process"))?;
+        drop(listener_fd);
+        drop(ready_fd);
+
+        // The node writes "ready" once it holds its lock and listens; it closes the pipe (or
+        // dies) otherwise.
+        let fd: std::os::fd::OwnedFd = ready_r.into();
+        sys::set_nonblocking(fd.as_raw_fd()).map_err(ProviderError::io("pipe"))?;
+        let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
+            .map_err(ProviderError::io("pipe"))?;
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(30), rx.read_to_end(&mut buf)).await;
+        let ready = matches!(read, Ok(Ok(_))) && buf.starts_with(b"ready");
+        if !ready {
+            let log = std::fs::read_to_string(paths.log()).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            let _ = sys::kill(child.id(), libc::SIGKILL);
+            return Err(ProviderError::Other(format!(
+                "local node {} did not start: {}",
+                paths.dir.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+            )));
+        }
+        Ok(())
+    }
+
+    fn read_config(paths: &NodePaths) -> Option<NodeConfig> {
+        let text = std::fs::read_to_string(paths.config()).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// The pid of the live node process, if it is alive.
+    fn holder(paths: &NodePaths) -> Option<u32> {
+        let f = std::fs::File::open(paths.lock()).ok()?;
+        sys::lock_holder(&f).ok().flatten()
+    }
+
+    fn state_of(paths: &NodePaths) -> (InstanceState, Option<String>) {
+        if Self::holder(paths).is_some() {
+            if paths.terminated().exists() {
+                (InstanceState::ShuttingDown, None)
+            } else {
+                (InstanceState::Running, None)
+            }
+        } else if paths.terminated().exists() {
+            (InstanceState::Terminated, Some("terminated by request".into()))
+        } else {
+            (
+                InstanceState::Terminated,
+                Some("the node process exited without being asked to".into()),
+            )
+        }
+    }
+
+    fn instance(cfg: &NodeConfig, state: InstanceState, reason: Option<String>) -> Instance {
+        Instance {
+            id: cfg.id.clone(),
+            role: Some(cfg.role),
+            index: Some(cfg.index),
+            state,
+            reason,
+            address: Some(cfg.address.clone()),
+            ssh_port: cfg.port,
+            instance_type: cfg.instance_type.clone(),
+            image: cfg.image.clone(),
+            spot: cfg.spot,
+            tags: Some(cfg.tags.clone()),
+            host_key: Some(cfg.host_public_key.clone()),
+            launched_at: Some(cfg.launched_at),
+        }
+    }
+
+    fn all_nodes(&self) -> Vec<(NodePaths, NodeConfig)> {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            let paths = NodePaths { dir: entry.path() };
+            if let Some(cfg) = Self::read_config(&paths) {
+                out.push((paths, cfg));
+            }
+        }
+        out.sort_by(|a, b| a.1.launched_at.cmp(&b.1.launched_at));
+        out
+    }
+
+    /// Stops one node and everything it started; returns once nothing of it is left.
+    async fn stop_node(&self, id: &str) -> Result<(), ProviderError> {
+        let paths = self.paths(id);
+        if !paths.dir.exists() {
+            return Ok(());
+        }
+        write_private(&paths.terminated(), now_millis().to_string().as_bytes())
+            .map_err(ProviderError::io(format!("cannot mark node {id} terminated")))?;
+        if let Some(pid) = Self::holder(&paths) {
+            let _ = sys::kill(pid, libc::SIGTERM);
+            // A node stopped with SIGSTOP would never see the SIGTERM.
+            let _ = sys::kill(pid, libc::SIGCONT);
+            let deadline = Instant::now() + STOP_GRACE * 2;
+            while Self::holder(&paths).is_some() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            if Self::holder(&paths).is_some() {
+                let _ = sys::kill(pid, libc::SIGKILL);
+                let deadline = Instant::now() + STOP_GRACE;
+                while Self::holder(&paths).is_some() && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+            }
+            let _ = sys::kill_group(pid, libc::SIGKILL);
+        }
+        sweep(id, libc::SIGKILL, None);
+        if Self::holder(&paths).is_some() {
+            return Err(ProviderError::Other(format!(
+                "local node {id} is still running after SIGKILL"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Signals every process (but `except`) whose environment carries this node's marker; returns
+/// how many were signalled. Linux only; elsewhere the process group has to do.
+pub(crate) fn sweep(id: &str, signal: i32, except: Option<u32>) -> usize {
+    let marker = format!("{NODE_ID_ENV}={id}");
+    let mut n = 0;
+    for pid in processes_with_env(&marker) {
+        if Some(pid) != except {
+            let _ = sys::kill(pid, signal);
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Pids of the processes whose environment contains `entry` (`KEY=value`) exactly.
+pub fn processes_with_env(entry: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let needle = entry.as_bytes();
+    let mut pids = Vec::new();
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(e.path().join("environ")) else {
+            continue;
+        };
+        if env.split(|b| *b == 0).any(|kv| kv == needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Writes a file that only its owner can read, mode set before any byte is written, atomically
+/// (temp file, fsync, rename).
+pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    write_atomic(path, data, 0o600)
+}
+
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)?;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)
+}
+
+fn random_id() -> String {
+    use rand::RngExt;
+    let n: u64 = rand::rng().random();
+    format!("local-{:012x}", n & 0xffff_ffff_ffff)
+}
+
+impl Provider for LocalProvider {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Local
+    }
+
+    async fn prepare(&self, _cluster: &ClusterRef, _access: &SshAccess) -> Result<(), ProviderError> {
+        crate::store::create_private_dir(&self.root)
+            .map_err(|e| ProviderError::Other(e.to_string()))
+    }
+
+    async fn launch(
+        &self,
+        _cluster: &ClusterRef,
+        access: &SshAccess,
+        node: &NodeSpec,
+    ) -> Result<Instance, ProviderError> {
+        let id = random_id();
+        let paths = self.paths(&id);
+        crate::store::create_private_dir(&paths.home())
+            .map_err(|e| ProviderError::Other(e.to_string()))?;
+        let host_key = crate::cluster::ssh::generate_key()
+            .map_err(|e| ProviderError::Other(format!("cannot generate a host key: {e}")))?;
+        let private = crate::cluster::ssh::private_key_openssh(&host_key)
+            .map_err(|e| ProviderError::Other(e.to_string()))?;
+        write_private(&paths.host_key(), private.as_bytes())
+            .map_err(ProviderError::io("cannot write the node's host key"))?;
+        write_atomic(&paths.user_data(), node.user_data.as_bytes(), 0o700)
+            .map_err(ProviderError::io("cannot write the node's user-data"))?;
+        let (listener, address, port) = self.allocate()?;
+        let cfg = NodeConfig {
+            id: id.clone(),
+            name: node.name.clone(),
+            tags: node.tags.clone(),
+            role: node.role,
+            index: node.index,
+            address,
+            port,
+            ssh_user: access.user.clone(),
+            authorized_key: access.public_key.clone(),
+            host_public_key: crate::cluster::ssh::public_key_openssh(host_key.public_key()),
+            image: node.image.clone(),
+            instance_type: node.instance_type.clone(),
+            spot: node.spot,
+            launched_at: now_millis(),
+        };
+        let json = serde_json::to_vec_pretty(&cfg).map_err(|e| ProviderError::Other(e.to_string()))?;
+        write_private(&paths.config(), &json)
+            .map_err(ProviderError::io("cannot write the node's configuration"))?;
+        tracing::debug!(node = %node.name, instance = %id, address = %cfg.address, "starting local node");
+        self.spawn_node(&paths, listener).await?;
+        Ok(Self::instance(&cfg, InstanceState::Running, None))
+    }
+
+    async fn describe(&self, selector: &Selector) -> Result<Vec<Instance>, ProviderError> {
+        Ok(self
+            .all_nodes()
+            .into_iter()
+            .filter(|(_, cfg)| selector.matches(&cfg.tags))
+            .map(|(paths, cfg)| {
+                let (state, reason) = Self::state_of(&paths);
+                Self::instance(&cfg, state, reason)
+            })
+            .collect())
+    }
+
+    async fn terminate(&self, ids: &[String]) -> Result<(), ProviderError> {
+        let results = futures_util::future::join_all(ids.iter().map(|id| self.stop_node(id))).await;
+        results.into_iter().collect()
+    }
+
+    async fn release(&self, cluster: &ClusterRef) -> Result<(), ProviderError> {
+        for (paths, cfg) in self.all_nodes() {
+            if cfg.tags.owner == cluster.owner
+                && cfg.tags.cluster == cluster.name
+                && Self::holder(&paths).is_none()
+            {
+                std::fs::remove_dir_all(&paths.dir).map_err(ProviderError::io(format!(
+                    "cannot remove {}",
+                    paths.dir.display()
+                )))?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,213 @@
+//! The local node process (`stratus __node DIR`): what an EC2 instance is to the ec2 provider.
+//!
+//! It takes its lock (its liveness, for describe), its listening socket (bound by the launcher,
+//! fd 3), serves SSH, tells the launcher it is up (fd 4), runs its user-data as cloud-init would,
+//! and on SIGTERM stops everything it started before it exits.
+
+use std::io::Write;
+use std::os::fd::RawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::server::{self, ServerConfig};
+use super::{NODE_ID_ENV, NodeConfig, NodePaths, STOP_GRACE, processes_with_env, sweep};
+use crate::error::BoxError;
+use crate::sys;
+
+/// The descriptor the node's listening socket arrives on.
+pub const LISTEN_FD: RawFd = 3;
+/// The descriptor the node writes "ready" to once it serves.
+pub const READY_FD: RawFd = 4;
+
+/// Entry point of `stratus __node DIR`.
+pub fn run_node(dir: &Path) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the node's runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(node_main(dir));
+    match result {
+        Ok(()) => {
+            tracing::info!("node stopped");
+            // Blocking reads on terminals may still hold runtime threads; they die with us.
+            std::process::exit(0)
+        }
+        Err(e) => {
+            tracing::error!("node failed: {}", crate::error::render(e.as_ref()));
+            std::process::exit(1)
+        }
+    }
+}
+
+async fn node_main(dir: &Path) -> Result<(), BoxError> {
+    let paths = NodePaths {
+        dir: dir.to_path_buf(),
+    };
+    let cfg: NodeConfig = serde_json::from_slice(&std::fs::read(paths.config())?)?;
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(paths.lock())?;
+    if !sys::try_lock_file(&lock)? {
+        return Err(format!("node {} is already running", cfg.id).into());
+    }
+    let listener = std::net::TcpListener::from(sys::take_inherited_fd(LISTEN_FD)?);
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+
+    let host_key = russh::keys::PrivateKey::from_openssh(std::fs::read_to_string(paths.host_key())?)?;
+    let authorized = russh::keys::PublicKey::from_openssh(&cfg.authorized_key)?;
+    let env = node_env(&cfg, &paths);
+    let server_cfg = Arc::new(ServerConfig {
+        host_key,
+        user: cfg.ssh_user.clone(),
+        authorized,
+        env: env.clone(),
+        home: paths.home(),
+        shell: shell(),
+    });
+    let mut server = tokio::spawn(server::serve(listener, server_cfg));
+
+    // Ready: the launcher may now describe this node as running and connect to it.
+    let mut ready = std::fs::File::from(sys::take_inherited_fd(READY_FD)?);
+    ready.write_all(b"ready\n")?;
+    drop(ready);
+    tracing::info!(node = %cfg.name, address = %cfg.address, port = cfg.port, "node up");
+
+    tokio::spawn(boot(paths.dir.clone(), env));
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let outcome = tokio::select! {
+        _ = term.recv() => Ok(()),
+        _ = int.recv() => Ok(()),
+        _ = hup.recv() => Ok(()),
+        r = &mut server => match r {
+            Ok(Ok(())) => Err("the SSH server stopped".into()),
+            Ok(Err(e)) => Err(BoxError::from(e)),
+            Err(e) => Err(BoxError::from(e)),
+        },
+    };
+    tracing::info!("stopping everything this node started");
+    stop_descendants(&cfg.id).await;
+    drop(lock);
+    outcome
+}
+
+/// SIGTERM to the node's process group and to every process carrying its marker; SIGKILL to
+/// the marked ones still alive after the grace period.
+async fn stop_descendants(id: &str) {
+    let me = std::process::id();
+    // The node leads its own session and group; signalling the group reaches this process too,
+    // where the signal handler above absorbs it.
+    let _ = sys::kill_group(me, libc::SIGTERM);
+    sweep(id, libc::SIGTERM, Some(me));
+    let marker = format!("{NODE_ID_ENV}={id}");
+    let deadline = Instant::now() + STOP_GRACE;
+    while Instant::now() < deadline
+        && processes_with_env(&marker).iter().any(|p| *p != me)
+    {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    sweep(id, libc::SIGKILL, Some(me));
+}
+
+fn shell() -> PathBuf {
+    ["/bin/bash", "/usr/bin/bash", "/bin/sh"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("/bin/sh"))
+}
+
+/// The environment of everything the node runs, from an allow-list plus the node's facts (what
+/// an instance would learn from its metadata service).
+fn node_env(cfg: &NodeConfig, paths: &NodePaths) -> Vec<(String, String)> {
+    let var = |k: &str, default: &str| std::env::var(k).unwrap_or_else(|_| default.to_owned());
+    vec![
+        ("PATH".into(), var("PATH", "/usr/local/bin:/usr/bin:/bin")),
+        ("LANG".into(), var("LANG", "C.UTF-8")),
+        ("HOME".into(), paths.home().display().to_string()),
+        ("USER".into(), cfg.ssh_user.clone()),
+        ("LOGNAME".into(), cfg.ssh_user.clone()),
+        ("SHELL".into(), shell().display().to_string()),
+        (NODE_ID_ENV.into(), cfg.id.clone()),
+        ("STRATUS_NODE_NAME".into(), cfg.name.clone()),
+        ("STRATUS_NODE_ROLE".into(), cfg.role.to_string()),
+        ("STRATUS_NODE_INDEX".into(), cfg.index.to_string()),
+        ("STRATUS_NODE_ADDRESS".into(), cfg.address.clone()),
+        ("STRATUS_CLUSTER".into(), cfg.tags.cluster.to_string()),
+        ("STRATUS_BOOT_LOG".into(), paths.boot_log().display().to_string()),
+        (
+            "STRATUS_BOOT_FINISHED".into(),
+            paths.boot_finished().display().to_string(),
+        ),
+    ]
+}
+
+/// Runs the user-data once, as cloud-init runs a `#!` script: output to the boot log, and
+/// `boot-finished` written with the exit status when it is done.
+async fn boot(dir: PathBuf, env: Vec<(String, String)>) {
+    let paths = NodePaths { dir };
+    let status = run_user_data(&paths, &env).await;
+    let line = match &status {
+        Ok(code) => format!("exit={code}\n"),
+        Err(e) => format!("error={e}\n"),
+    };
+    match &status {
+        Ok(0) => tracing::info!("user-data finished"),
+        Ok(code) => tracing::warn!("user-data exited with status {code}"),
+        Err(e) => tracing::warn!("user-data did not run: {e}"),
+    }
+    if let Err(e) = super::write_atomic(&paths.boot_finished(), line.as_bytes(), 0o644) {
+        tracing::warn!("cannot write boot-finished: {e}");
+    }
+}
+
+async fn run_user_data(paths: &NodePaths, env: &[(String, String)]) -> Result<i32, BoxError> {
+    let script = paths.user_data();
+    let head = std::fs::read(&script)?;
+    if !head.starts_with(b"#!") {
+        return Err("user-data is not a script starting with #! (the local provider runs only scripts)".into());
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o644)
+        .open(paths.boot_log())?;
+    let mut child = tokio::process::Command::new(&script)
+        .current_dir(paths.home())
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    let status = child.wait().await?;
+    Ok(exit_code(status))
+}
+
+/// The shell's view of an exit status: the code, or 128 + the signal.
+pub(super) fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(255)
+}

@@ -1,0 +1,403 @@
+//! The SSH client (russh): wait until nodes answer, run commands with their exit status, upload
+//! files, and fan out over a cluster's nodes with a bounded number of sessions in flight.
+//!
+//! Host keys are never accepted blindly. A node's key is pinned before first contact when the
+//! provider knows it (the local provider generates it), or recorded on first contact and then
+//! enforced; a mismatch is a hard error naming the node. Uploads go through `cat` on the remote
+//! side, so any sshd works (no SFTP subsystem needed).
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use russh::client;
+use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+use russh::{ChannelMsg, Disconnect};
+
+use crate::cluster::shell_quote;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    #[error("cannot connect to {node} ({addr})")]
+    Connect {
+        node: String,
+        addr: String,
+        #[source]
+        source: russh::Error,
+    },
+    #[error("{node} ({addr}) did not answer SSH within {}s", after.as_secs())]
+    Timeout {
+        node: String,
+        addr: String,
+        after: Duration,
+        #[source]
+        last: Option<Box<SshError>>,
+    },
+    #[error("host key mismatch for {node} ({addr}): expected {expected}, got {got}; someone may be intercepting the connection, or the node was replaced")]
+    HostKeyMismatch {
+        node: String,
+        addr: String,
+        expected: String,
+        got: String,
+    },
+    #[error("{node} refused the cluster key for user {user}")]
+    Auth { node: String, user: String },
+    #[error("SSH session with {node} failed")]
+    Session {
+        node: String,
+        #[source]
+        source: russh::Error,
+    },
+    #[error("{node}: {message}")]
+    Remote { node: String, message: String },
+    #[error("invalid SSH key: {0}")]
+    Key(String),
+}
+
+impl SshError {
+    /// Errors that another attempt cannot fix.
+    fn is_permanent(&self) -> bool {
+        matches!(self, SshError::HostKeyMismatch { .. })
+    }
+}
+
+/// A new ed25519 key pair (cluster keys and local nodes' host keys).
+pub fn generate_key() -> Result<PrivateKey, SshError> {
+    PrivateKey::random(&mut rand::rng(), russh::keys::Algorithm::Ed25519)
+        .map_err(|e| SshError::Key(e.to_string()))
+}
+
+/// A private key in OpenSSH format, for a file of mode 0600.
+pub fn private_key_openssh(key: &PrivateKey) -> Result<String, SshError> {
+    key.to_openssh(russh::keys::ssh_key::LineEnding::LF)
+        .map(|z| z.to_string())
+        .map_err(|e| SshError::Key(e.to_string()))
+}
+
+pub fn parse_private_key(text: &str) -> Result<PrivateKey, SshError> {
+    PrivateKey::from_openssh(text).map_err(|e| SshError::Key(e.to_string()))
+}
+
+/// A public key as one OpenSSH line, without comment.
+pub fn public_key_openssh(key: &PublicKey) -> String {
+    let mut key = key.clone();
+    key.set_comment("");
+    key.to_openssh().unwrap_or_default()
+}
+
+pub fn parse_public_key(line: &str) -> Result<PublicKey, SshError> {
+    PublicKey::from_openssh(line.trim()).map_err(|e| SshError::Key(e.to_string()))
+}
+
+pub fn fingerprint(key: &PublicKey) -> String {
+    key.fingerprint(HashAlg::Sha256).to_string()
+}
+
+/// Where and as whom to connect, and the host key to insist on.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The node's name, for messages.
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    /// The pinned host key; `None` records whatever the node presents on this first contact.
+    pub host_key: Option<PublicKey>,
+}
+
+impl Target {
+    fn addr(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Checks the host key against the pin and remembers what was presented.
+struct Checker {
+    expected: Option<PublicKey>,
+    seen: Arc<Mutex<Option<PublicKey>>>,
+}
+
+impl client::Handler for Checker {
+    type Error = russh::Error;
+
+    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        let PublicKeyOrCertificate::PublicKey { key, .. } = key else {
+            // Host certificates are not part of stratus's trust model.
+            return Ok(false);
+        };
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(key.clone());
+        Ok(match &self.expected {
+            Some(expected) => expected.key_data() == key.key_data(),
+            None => true,
+        })
+    }
+}
+
+/// An SSH client holding the cluster's key.
+#[derive(Clone)]
+pub struct Client {
+    key: Arc<PrivateKey>,
+    connect_timeout: Duration,
+}
+
+impl Client {
+    pub fn new(key: PrivateKey, connect_timeout: Duration) -> Self {
+        Self {
+            key: Arc::new(key),
+            connect_timeout,
+        }
+    }
+
+    /// One connection attempt, authenticated.
+    pub async fn connect(&self, target: &Target) -> Result<Session, SshError> {
+        self.connect_within(target, self.connect_timeout).await
+    }
+
+    async fn connect_within(&self, target: &Target, limit: Duration) -> Result<Session, SshError> {
+        let addr = target.addr();
+        let mut config = client::Config {
+            inactivity_timeout: None,
+            keepalive_interval: Some(Duration::from_secs(15)),
+            keepalive_max: 4,
+            nodelay: true,
+            ..Default::default()
+        };
+        if let Some(k) = &target.host_key {
+            // Ask for the pinned key's algorithm first, so a server with several host keys
+            // presents the one we know.
+            let mut algs = vec![k.algorithm()];
+            algs.extend(config.preferred.key.iter().filter(|a| **a != k.algorithm()).cloned());
+            config.preferred.key = algs.into();
+        }
+        let seen = Arc::new(Mutex::new(None));
+        let checker = Checker {
+            expected: target.host_key.clone(),
+            seen: seen.clone(),
+        };
+        let attempt = async {
+            let connected =
+                client::connect(Arc::new(config), (target.host.as_str(), target.port), checker).await;
+            let mut handle = match connected {
+                Ok(h) => h,
+                Err(e) => {
+                    let presented = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    if let (Some(expected), Some(got)) = (&target.host_key, presented) {
+                        if expected.key_data() != got.key_data() {
+                            return Err(SshError::HostKeyMismatch {
+                                node: target.name.clone(),
+                                addr: addr.clone(),
+                                expected: fingerprint(expected),
+                                got: fingerprint(&got),
+                            });
+                        }
+                    }
+                    return Err(SshError::Connect {
+                        node: target.name.clone(),
+                        addr: addr.clone(),
+                        source: e,
+                    });
+                }
+            };
+            let auth = handle
+                .authenticate_publickey(
+                    target.user.clone(),
+                    PrivateKeyWithHashAlg::new(self.key.clone(), None),
+                )
+                .await
+                .map_err(|e| SshError::Session {
+                    node: target.name.clone(),
+                    source: e,
+                })?;
+            if !auth.success() {
+                return Err(SshError::Auth {
+                    node: target.name.clone(),
+                    user: target.user.clone(),
+                });
+            }
+            let host_key = seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .ok_or_else(|| SshError::Key("the server presented no host key".into()))?;
+            Ok(Session {
+                handle,
+                node: target.name.clone(),
+                host_key,
+            })
+        };
+        match tokio::time::timeout(limit, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(SshError::Timeout {
+                node: target.name.clone(),
+                addr,
+                after: limit,
+                last: None,
+            }),
+        }
+    }
+
+    /// Connects, retrying with backoff until `timeout` has passed. A host key mismatch is not
+    /// retried.
+    pub async fn wait_ready(&self, target: &Target, timeout: Duration) -> Result<Session, SshError> {
+        let start = Instant::now();
+        let deadline = start + timeout;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let err = match self.connect_within(target, left.min(self.connect_timeout)).await {
+                Ok(s) => return Ok(s),
+                Err(e) if e.is_permanent() => return Err(e),
+                Err(e) => e,
+            };
+            tracing::debug!(node = %target.name, "not answering yet: {err}");
+            if Instant::now() + delay >= deadline {
+                return Err(SshError::Timeout {
+                    node: target.name.clone(),
+                    addr: target.addr(),
+                    after: timeout,
+                    last: Some(Box::new(err)),
+                });
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+/// What a remote command did.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOutput {
+    /// The exit status; `None` if the server reported none (the command was killed, or the
+    /// connection dropped).
+    pub status: Option<u32>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl ExecOutput {
+    pub fn success(&self) -> bool {
+        self.status == Some(0)
+    }
+}
+
+/// An authenticated connection to one node.
+pub struct Session {
+    handle: client::Handle<Checker>,
+    pub node: String,
+    /// The host key the node presented (for pinning on first contact).
+    pub host_key: PublicKey,
+}
+
+impl Session {
+    /// Runs `command` through the remote user's shell, feeding it `stdin` (then EOF).
+    pub async fn exec(&self, command: &str, stdin: Option<&[u8]>) -> Result<ExecOutput, SshError> {
+        let err = |source| SshError::Session {
+            node: self.node.clone(),
+            source,
+        };
+        let mut ch = self.handle.channel_open_session().await.map_err(err)?;
+        ch.exec(true, command).await.map_err(err)?;
+        if let Some(data) = stdin {
+            ch.data(data).await.map_err(err)?;
+        }
+        ch.eof().await.map_err(err)?;
+        let mut out = ExecOutput::default();
+        while let Some(msg) = ch.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
+                ChannelMsg::ExtendedData { data, ext: 1 } => out.stderr.extend_from_slice(&data),
+                ChannelMsg::ExitStatus { exit_status } => out.status = Some(exit_status),
+                ChannelMsg::Failure => {
+                    return Err(SshError::Remote {
+                        node: self.node.clone(),
+                        message: "the server refused to run the command".into(),
+                    });
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs a command and fails unless it exits 0, with its stderr in the error.
+    pub async fn run(&self, command: &str) -> Result<ExecOutput, SshError> {
+        let out = self.exec(command, None).await?;
+        self.check(command, out)
+    }
+
+    fn check(&self, what: &str, out: ExecOutput) -> Result<ExecOutput, SshError> {
+        if out.success() {
+            return Ok(out);
+        }
+        let status = out
+            .status
+            .map(|s| format!("exit status {s}"))
+            .unwrap_or_else(|| "no exit status".into());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        Err(SshError::Remote {
+            node: self.node.clone(),
+            message: format!(
+                "`{what}` failed ({status}){}{}",
+                if tail.is_empty() { "" } else { ": " },
+                tail.join(" / ")
+            ),
+        })
+    }
+
+    /// Writes `data` to `dest` (relative paths are relative to the remote home) with `mode`,
+    /// atomically: a temporary file renamed into place, parent directories created.
+    pub async fn upload(&self, data: &[u8], dest: &str, mode: u32) -> Result<(), SshError> {
+        let q = shell_quote(dest);
+        let command = format!(
+            "set -e; d=$(dirname -- {q}); mkdir -p -- \"$d\"; t=\"$d/.stratus-upload.$$\"; \
+             trap 'rm -f -- \"$t\"' EXIT; cat > \"$t\"; chmod {mode:o} -- \"$t\"; mv -f -- \"$t\" {q}; trap - EXIT"
+        );
+        let out = self.exec(&command, Some(data)).await?;
+        self.check(&format!("upload to {dest}"), out).map(drop)
+    }
+
+    pub async fn close(self) {
+        let _ = self
+            .handle
+            .disconnect(Disconnect::ByApplication, "", "en")
+            .await;
+    }
+}
+
+/// Runs `f` over `items` with at most `limit` in flight; results come back in input order.
+pub async fn fan_out<I, T, F, Fut>(items: Vec<I>, limit: usize, f: F) -> Vec<T>
+where
+    I: Send + 'static,
+    T: Send + 'static,
+    F: Fn(I) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = T> + Send + 'static,
+{
+    let sem = Arc::new(tokio::sync::Semaphore::new(limit.max(1)));
+    let f = Arc::new(f);
+    let mut set = tokio::task::JoinSet::new();
+    let n = items.len();
+    for (i, item) in items.into_iter().enumerate() {
+        let sem = sem.clone();
+        let f = f.clone();
+        set.spawn(async move {
+            // The semaphore is never closed, so acquire cannot fail.
+            let _permit = sem.acquire_owned().await.ok();
+            (i, f(item).await)
+        });
+    }
+    let mut out: Vec<Option<T>> = (0..n).map(|_| None).collect();
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok((i, v)) => out[i] = Some(v),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => {}
+        }
+    }
+    out.into_iter().flatten().collect()
+}

@@ -1,0 +1,301 @@
+//! The site configuration (`/etc/stratus/config.toml` or the file named by `--config` or
+//! `STRATUS_CONFIG`) and the state directory.
+//!
+//! The file is optional: with none, stratus runs on the local provider with built-in defaults.
+//! Every table denies unknown keys, so a typo is an error naming the file and the key rather than
+//! a setting silently ignored.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/stratus/config.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the site config {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid site config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid site config {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("cannot find a state directory: set STRATUS_HOME or HOME")]
+    NoStateDir,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    #[default]
+    Local,
+    Ec2,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Local => "local",
+            ProviderKind::Ec2 => "ec2",
+        }
+    }
+}
+
+impl std::fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    /// `local` (the default) or `ec2`.
+    #[serde(default)]
+    pub provider: ProviderKind,
+    /// A directory of extra cluster profiles; a profile here overrides a shipped one of the
+    /// same name.
+    pub profiles_dir: Option<PathBuf>,
+    /// The profile `launch-cluster` uses without `--profile`.
+    pub default_profile: Option<String>,
+    #[serde(default)]
+    pub local: LocalConfig,
+    pub ec2: Option<Ec2Config>,
+    #[serde(default)]
+    pub ssh: SshConfig,
+    /// On-demand price in dollars per instance-hour, by instance type; overrides the built-in
+    /// table.
+    #[serde(default)]
+    pub prices: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalConfig {
+    /// The port every local node's SSH server listens on (each node has its own address).
+    pub ssh_port: u16,
+    /// The first address handed to a local node; later nodes count up from it.
+    pub first_address: std::net::Ipv4Addr,
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        Self {
+            ssh_port: 2222,
+            first_address: std::net::Ipv4Addr::new(127, 77, 0, 2),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SshConfig {
+    /// Seconds allowed for one TCP connect plus SSH handshake.
+    pub connect_timeout_secs: u64,
+    /// Most SSH sessions open at once when fanning out over a cluster's nodes.
+    pub max_parallel: usize,
+}
+
+impl Default for SshConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout_secs: 10,
+            max_parallel: 16,
+        }
+    }
+}
+
+/// Which address of an EC2 instance stratus connects to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AddressKind {
+    #[default]
+    PublicIp,
+    PrivateIp,
+    PublicDns,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ec2Config {
+    pub region: String,
+    /// Any EC2-compatible endpoint (also taken from AWS_ENDPOINT_URL when unset here).
+    pub endpoint_url: Option<String>,
+    /// A named profile in the shared AWS config and credentials files.
+    pub profile: Option<String>,
+    /// A credentials file of the service account (INI, as the AWS CLI writes it).
+    pub credentials_file: Option<PathBuf>,
+    pub vpc_id: Option<String>,
+    pub subnet_id: Option<String>,
+    #[serde(default)]
+    pub address: AddressKind,
+    /// Networks allowed to reach SSH and the profiles' web-UI ports.
+    #[serde(default)]
+    pub client_cidrs: Vec<String>,
+    /// Allow 0.0.0.0/0 in `client_cidrs`. Off unless the site says so.
+    #[serde(default)]
+    pub allow_world: bool,
+}
+
+impl SiteConfig {
+    /// Reads the site config: `explicit` (from `--config`), else `STRATUS_CONFIG`, else
+    /// `/etc/stratus/config.toml` if it exists, else the defaults. Returns the path it read.
+    pub fn load(
+        explicit: Option<&Path>,
+        env_path: Option<&Path>,
+    ) -> Result<(Self, Option<PathBuf>), ConfigError> {
+        let path = match (explicit, env_path) {
+            (Some(p), _) => Some(p.to_path_buf()),
+            (None, Some(p)) => Some(p.to_path_buf()),
+            (None, None) => {
+                let p = Path::new(DEFAULT_CONFIG_PATH);
+                p.exists().then(|| p.to_path_buf())
+            }
+        };
+        let Some(path) = path else {
+            return Ok((Self::default(), None));
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let config = Self::parse(&text, &path)?;
+        Ok((config, Some(path)))
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let mut config: SiteConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: toml_message(&e),
+        })?;
+        if let Some(dir) = &config.profiles_dir {
+            if dir.is_relative() {
+                // Relative to the file that names it, as a reader of the file would expect.
+                let base = path.parent().unwrap_or(Path::new("."));
+                config.profiles_dir = Some(base.join(dir));
+            }
+        }
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        if self.provider == ProviderKind::Ec2 && self.ec2.is_none() {
+            return Err(invalid(
+                "provider = \"ec2\" needs an [ec2] table with at least `region`".into(),
+            ));
+        }
+        if let Some(ec2) = &self.ec2 {
+            for cidr in &ec2.client_cidrs {
+                crate::cluster::provider::parse_cidr(cidr)
+                    .map_err(|m| invalid(format!("[ec2] client_cidrs: {m}")))?;
+                if cidr.ends_with("/0") && !ec2.allow_world {
+                    return Err(invalid(format!(
+                        "[ec2] client_cidrs contains {cidr}, which opens SSH to the whole internet; set allow_world = true if that is really meant"
+                    )));
+                }
+            }
+        }
+        if self.ssh.max_parallel == 0 {
+            return Err(invalid("[ssh] max_parallel must be at least 1".into()));
+        }
+        for (ty, price) in &self.prices {
+            if !price.is_finite() || *price < 0.0 {
+                return Err(invalid(format!("[prices] {ty:?} must be a price >= 0")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The first line of a TOML error plus its location, without the multi-line source excerpt.
+pub fn toml_message(e: &toml::de::Error) -> String {
+    let msg = e.message().trim().to_owned();
+    match e.span() {
+        Some(_) => {
+            // `Display` renders "TOML parse error at line L, column C" first; keep that part.
+            let rendered = e.to_string();
+            let location = rendered
+                .lines()
+                .next()
+                .and_then(|l| l.strip_prefix("TOML parse error at "))
+                .map(str::to_owned);
+            match location {
+                Some(loc) => format!("{msg} (at {loc})"),
+                None => msg,
+            }
+        }
+        None => msg,
+    }
+}
+
+/// The directory holding the state database, keys and local nodes: `STRATUS_HOME`, else
+/// `$XDG_DATA_HOME/stratus`, else `~/.local/share/stratus`.
+pub fn state_dir(
+    stratus_home: Option<&Path>,
+    xdg_data_home: Option<&Path>,
+    home: Option<&Path>,
+) -> Result<PathBuf, ConfigError> {
+    if let Some(p) = stratus_home.filter(|p| !p.as_os_str().is_empty()) {
+        return Ok(p.to_path_buf());
+    }
+    if let Some(p) = xdg_data_home.filter(|p| p.is_absolute()) {
+        return Ok(p.join("stratus"));
+    }
+    if let Some(h) = home.filter(|p| p.is_absolute()) {
+        return Ok(h.join(".local/share/stratus"));
+    }
+    Err(ConfigError::NoStateDir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_names_file_and_key() {
+        let err = SiteConfig::parse("provider = \"local\"\nprovder = 1\n", Path::new("/x/c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/x/c.toml"), "{err}");
+        assert!(err.contains("provder"), "{err}");
+    }
+
+    #[test]
+    fn ec2_needs_its_table_and_refuses_the_world() {
+        assert!(SiteConfig::parse("provider = \"ec2\"", Path::new("c")).is_err());
+        let err = SiteConfig::parse(
+            "provider = \"ec2\"\n[ec2]\nregion = \"us-east-1\"\nclient_cidrs = [\"0.0.0.0/0\"]\n",
+            Path::new("c"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("allow_world"), "{err}");
+    }
+
+    #[test]
+    fn state_dir_order() {
+        let p = |s: &str| PathBuf::from(s);
+        assert_eq!(
+            state_dir(Some(&p("/s")), Some(&p("/x")), Some(&p("/h"))).unwrap(),
+            p("/s")
+        );
+        assert_eq!(
+            state_dir(None, Some(&p("/x")), Some(&p("/h"))).unwrap(),
+            p("/x/stratus")
+        );
+        assert_eq!(
+            state_dir(None, None, Some(&p("/h"))).unwrap(),
+            p("/h/.local/share/stratus")
+        );
+        assert!(state_dir(None, None, None).is_err());
+    }
+}

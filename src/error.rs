@@ -1,0 +1,132 @@
+//! The one error type the commands return, and the mapping to exit codes.
+//!
+//! Each layer has its own error enum (config, profiles, templates, store, provider, SSH); this
+//! type wraps them, so `main` can print `error: …` with one `caused by: …` line per cause and pick
+//! the exit code: 2 for bad input or a refusal by policy, 1 for a failure at run time.
+
+use std::error::Error as StdError;
+
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// Exit codes, documented in `--help`.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const FAILURE: u8 = 1;
+    pub const BAD_INPUT: u8 = 2;
+}
+
+/// Something the user asked for that cannot be done as asked. Always exit code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error(
+        "invalid cluster name {name:?}: {reason} (names are 1 to 40 characters of a-z, 0-9 and '-', starting with a letter or digit)"
+    )]
+    InvalidClusterName { name: String, reason: String },
+    #[error("user name {0:?} cannot own clusters: it must be 1 to 32 characters of a-z, 0-9, '_', '-' and '.'")]
+    InvalidOwner(String),
+    #[error("no cluster named {0}")]
+    UnknownCluster(String),
+    #[error("a cluster named {0} already exists; terminate it first or choose another name")]
+    NameInUse(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Profile(#[from] crate::cluster::profile::ProfileError),
+    #[error(transparent)]
+    Template(#[from] crate::templates::TemplateError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Provider(#[from] crate::cluster::provider::ProviderError),
+    #[error(transparent)]
+    Ssh(#[from] crate::cluster::ssh::SshError),
+    #[error("{message}")]
+    Runtime {
+        message: String,
+        #[source]
+        source: Option<BoxError>,
+    },
+}
+
+impl Error {
+    pub fn runtime(message: impl Into<String>) -> Self {
+        Error::Runtime {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Error::Input(InputError::Invalid(message.into()))
+    }
+
+    /// Attaches a cause to a runtime error (other kinds keep their own causes).
+    pub fn with_source(self, source: impl Into<BoxError>) -> Self {
+        match self {
+            Error::Runtime { message, .. } => Error::Runtime {
+                message,
+                source: Some(source.into()),
+            },
+            other => other,
+        }
+    }
+
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Input(_) | Error::Config(_) | Error::Profile(_) | Error::Template(_) => {
+                exit::BAD_INPUT
+            }
+            Error::Provider(e) if e.is_bad_input() => exit::BAD_INPUT,
+            _ => exit::FAILURE,
+        }
+    }
+
+    /// Whether this error is only a closed stdout (`stratus list | head`), which is not a failure.
+    pub fn is_broken_pipe(&self) -> bool {
+        let mut cur: Option<&(dyn StdError + 'static)> = Some(self);
+        while let Some(e) = cur {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                if io.kind() == std::io::ErrorKind::BrokenPipe {
+                    return true;
+                }
+            }
+            cur = e.source();
+        }
+        false
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        let message = e.to_string();
+        Error::Runtime {
+            message,
+            source: Some(Box::new(e)),
+        }
+    }
+}
+
+/// Formats an error as `error: …` and one `caused by: …` line per distinct cause.
+pub fn render(err: &(dyn StdError + 'static)) -> String {
+    let mut out = format!("error: {err}");
+    let mut last = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let msg = e.to_string();
+        // Wrappers often repeat their cause's text; say each thing once.
+        if !last.contains(&msg) {
+            out.push_str(&format!("\n  caused by: {msg}"));
+        }
+        last = msg;
+        cur = e.source();
+    }
+    out
+}

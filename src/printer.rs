@@ -1,0 +1,180 @@
+//! All user-facing output goes through the `Printer`: results on stdout, status and warnings on
+//! stderr, and the progress bars. Owning the bars here is what keeps them from tearing log lines:
+//! every write to stderr (logs included, see `LogWriter`) suspends the bars first.
+//!
+//! Bars are hidden when stderr is not a terminal, with `--json`, or with `--quiet`.
+
+use std::fmt::Display;
+use std::io::{self, IsTerminal, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+
+#[derive(Debug)]
+pub struct Printer {
+    json: bool,
+    quiet: bool,
+    bars: bool,
+    multi: MultiProgress,
+}
+
+impl Printer {
+    pub fn new(json: bool, quiet: bool) -> Self {
+        let bars = !json && !quiet && io::stderr().is_terminal();
+        let target = if bars {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
+        Self {
+            json,
+            quiet,
+            bars,
+            multi: MultiProgress::with_draw_target(target),
+        }
+    }
+
+    /// A printer that shows nothing but results; for library callers and tests.
+    pub fn quiet() -> Self {
+        Self::new(false, true)
+    }
+
+    pub fn json_mode(&self) -> bool {
+        self.json
+    }
+
+    /// Runs `f` with the progress bars cleared from the screen.
+    pub fn suspend<R>(&self, f: impl FnOnce() -> R) -> R {
+        if self.bars { self.multi.suspend(f) } else { f() }
+    }
+
+    /// Writes a result to stdout.
+    pub fn out(&self, text: impl Display) -> io::Result<()> {
+        self.suspend(|| {
+            let mut out = io::stdout().lock();
+            writeln!(out, "{text}")?;
+            out.flush()
+        })
+    }
+
+    /// Writes raw bytes to stdout (remote command output, which need not be UTF-8).
+    pub fn out_bytes(&self, bytes: &[u8]) -> io::Result<()> {
+        self.suspend(|| {
+            let mut out = io::stdout().lock();
+            out.write_all(bytes)?;
+            out.flush()
+        })
+    }
+
+    /// Writes raw bytes to stderr (remote command errors).
+    pub fn err_bytes(&self, bytes: &[u8]) -> io::Result<()> {
+        self.suspend(|| {
+            let mut err = io::stderr().lock();
+            err.write_all(bytes)?;
+            err.flush()
+        })
+    }
+
+    /// Writes a value as pretty JSON to stdout.
+    pub fn json<T: Serialize + ?Sized>(&self, value: &T) -> io::Result<()> {
+        let text = serde_json::to_string_pretty(value).map_err(io::Error::other)?;
+        self.out(text)
+    }
+
+    /// A line of progress or advice on stderr; hidden by `--quiet` and `--json`.
+    pub fn status(&self, msg: impl Display) {
+        if self.quiet || self.json {
+            return;
+        }
+        self.stderr_line(&msg.to_string());
+    }
+
+    pub fn warn(&self, msg: impl Display) {
+        self.stderr_line(&format!("warning: {msg}"));
+    }
+
+    /// An error report, already formatted (see `error::render`).
+    pub fn error(&self, rendered: &str) {
+        self.stderr_line(rendered);
+    }
+
+    fn stderr_line(&self, line: &str) {
+        self.suspend(|| {
+            let mut err = io::stderr().lock();
+            // Nothing sensible can be done if stderr itself is gone.
+            let _ = writeln!(err, "{line}");
+        });
+    }
+
+    /// A bar counting `len` steps (nodes, usually).
+    pub fn bar(&self, len: u64, msg: impl Into<String>) -> ProgressBar {
+        if !self.bars {
+            return ProgressBar::hidden();
+        }
+        let style = ProgressStyle::with_template("{spinner} {msg} [{bar:20}] {pos}/{len} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+        let pb = self.multi.add(ProgressBar::new(len));
+        pb.set_style(style);
+        pb.set_message(msg.into());
+        pb.enable_steady_tick(Duration::from_millis(120));
+        pb
+    }
+
+    /// A spinner for a wait of unknown length.
+    pub fn spinner(&self, msg: impl Into<String>) -> ProgressBar {
+        if !self.bars {
+            return ProgressBar::hidden();
+        }
+        let style = ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner());
+        let pb = self.multi.add(ProgressBar::new_spinner());
+        pb.set_style(style);
+        pb.set_message(msg.into());
+        pb.enable_steady_tick(Duration::from_millis(120));
+        pb
+    }
+}
+
+/// A `tracing` writer that sends log lines to stderr without tearing the progress bars.
+pub struct LogWriter {
+    printer: Arc<Printer>,
+    buf: Vec<u8>,
+}
+
+impl Write for LogWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let buf = std::mem::take(&mut self.buf);
+        self.printer.suspend(|| io::stderr().lock().write_all(&buf))
+    }
+}
+
+impl Drop for LogWriter {
+    fn drop(&mut self) {
+        let _ = self.flush();
+    }
+}
+
+/// Makes a `LogWriter` per log event.
+#[derive(Clone)]
+pub struct MakeLogWriter(pub Arc<Printer>);
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for MakeLogWriter {
+    type Writer = LogWriter;
+    fn make_writer(&'a self) -> Self::Writer {
+        LogWriter {
+            printer: self.0.clone(),
+            buf: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! Thin wrappers over the Unix calls stratus needs and `std` does not offer: user lookup by uid,
+//! POSIX record locks that report their holder, pseudo-terminals, and signals to process groups.
+//!
+//! Every `unsafe` block of the library lives here, each with a `// SAFETY:` comment; the other
+//! modules are written against these safe functions.
+
+use std::ffi::CStr;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// The real uid of this process (never the effective one: the privileged path relies on this).
+pub fn real_uid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
+}
+
+/// A user's entry in the password database.
+#[derive(Debug, Clone)]
+pub struct Passwd {
+    pub name: String,
+    pub home: std::path::PathBuf,
+}
+
+/// Looks `uid` up in the password database; `None` if it has no entry.
+pub fn passwd(uid: u32) -> io::Result<Option<Passwd>> {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        // SAFETY: `pwd` is plain old data that getpwuid_r fills; `buf` outlives the call and its
+        // length is passed; `result` is written by the call.
+        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        let rc = unsafe {
+            libc::getpwuid_r(
+                uid,
+                &mut pwd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut result,
+            )
+        };
+        if rc == libc::ERANGE && buf.len() < (1 << 20) {
+            buf.resize(buf.len() * 2, 0);
+            continue;
+        }
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        if result.is_null() {
+            return Ok(None);
+        }
+        // SAFETY: on success pw_name and pw_dir point to NUL-terminated strings inside `buf`,
+        // which is still alive.
+        let (name, home) = unsafe { (CStr::from_ptr(pwd.pw_name), CStr::from_ptr(pwd.pw_dir)) };
+        return Ok(Some(Passwd {
+            name: name.to_string_lossy().into_owned(),
+            home: home.to_string_lossy().into_owned().into(),
+        }));
+    }
+}
+
+fn flock_struct(kind: libc::c_short) -> libc::flock {
+    // SAFETY: flock is plain old data; all-zero is a valid value that we then fill in.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = 0;
+    fl.l_len = 0;
+    fl
+}
+
+/// Takes a POSIX write lock on the whole of `file` without waiting. Returns `false` if another
+/// process holds it. The lock lasts until this process closes *any* descriptor of the file, so
+/// the holder must keep exactly one open.
+pub fn try_lock_file(file: &File) -> io::Result<bool> {
+    let fl = flock_struct(libc::F_WRLCK as libc::c_short);
+    // SAFETY: the descriptor is valid for the life of `file`; `fl` is a valid flock.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &fl) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EACCES) | Some(libc::EAGAIN) => Ok(false),
+        _ => Err(err),
+    }
+}
+
+/// The pid of the process holding a POSIX lock on `file`, if any. Unlike a pid file, this cannot
+/// name a recycled pid: the lock dies with its holder.
+pub fn lock_holder(file: &File) -> io::Result<Option<u32>> {
+    let mut fl = flock_struct(libc::F_WRLCK as libc::c_short);
+    // SAFETY: the descriptor is valid for the life of `file`; `fl` is a valid flock that
+    // F_GETLK overwrites.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut fl) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if fl.l_type == libc::F_UNLCK as libc::c_short {
+        Ok(None)
+    } else {
+        Ok(Some(fl.l_pid as u32))
+    }
+}
+
+/// Sends `signal` to one process. A process that no longer exists is not an error.
+pub fn kill(pid: u32, signal: i32) -> io::Result<()> {
+    // SAFETY: kill has no memory-safety preconditions.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, signal) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::ESRCH) {
+        Ok(())
+    } else {
+        Err(err)
+    }
+}
+
+/// Sends `signal` to a whole process group. A group with no members left is not an error.
+pub fn kill_group(pgid: u32, signal: i32) -> io::Result<()> {
+    if pgid <= 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "refusing to signal process group 0 or 1",
+        ));
+    }
+    // SAFETY: killpg has no memory-safety preconditions.
+    let rc = unsafe { libc::killpg(pgid as libc::pid_t, signal) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::ESRCH) {
+        Ok(())
+    } else {
+        Err(err)
+    }
+}
+
+/// Whether a process with this pid exists (it may be a zombie).
+pub fn process_exists(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks for existence and permission.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// To be called between fork and exec: start a new session, so the child is no longer in the
+/// caller's process group, does not get its terminal's signals, and leads a group of its own.
+pub fn setsid_in_child() -> io::Result<()> {
+    // SAFETY: setsid is async-signal-safe and has no memory-safety preconditions.
+    if unsafe { libc::setsid() } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// To be called between fork and exec: duplicate `from` onto descriptor `to`, which dup2 leaves
+/// without close-on-exec, so the program about to run inherits it.
+pub fn dup2_in_child(from: RawFd, to: RawFd) -> io::Result<()> {
+    if from == to {
+        // dup2 would do nothing, and the close-on-exec flag would stay: clear it instead.
+        // SAFETY: fcntl on a descriptor the caller owns; async-signal-safe.
+        let flags = unsafe { libc::fcntl(from, libc::F_GETFD) };
+        if flags < 0
+            || unsafe { libc::fcntl(from, libc::F_SETFD, flags & !libc::FD_CLOEXEC) } < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        return Ok(());
+    }
+    // SAFETY: dup2 is async-signal-safe; both descriptors are plain integers here.
+    if unsafe { libc::dup2(from, to) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A new pseudo-terminal pair (controller, terminal) of the given size.
+pub fn openpty(cols: u16, rows: u16) -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut controller: libc::c_int = -1;
+    let mut terminal: libc::c_int = -1;
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty writes two descriptors into the provided ints; name and termios may be
+    // null; the winsize pointer is valid for the call.
+    let rc = unsafe {
+        libc::openpty(
+            &mut controller,
+            &mut terminal,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &ws,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: openpty succeeded, so both are fresh descriptors that we now own.
+    let (c, t) = unsafe { (OwnedFd::from_raw_fd(controller), OwnedFd::from_raw_fd(terminal)) };
+    set_cloexec(c.as_raw_fd())?;
+    set_cloexec(t.as_raw_fd())?;
+    Ok((c, t))
+}
+
+fn set_cloexec(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Puts a descriptor in non-blocking mode (for use with tokio's `AsyncFd`).
+pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor the caller owns.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Changes the window size of a terminal, which sends SIGWINCH to its foreground group.
+pub fn set_window_size(fd: RawFd, cols: u16, rows: u16) -> io::Result<()> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize from a valid pointer.
+    if unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// To be called between fork and exec, after `setsid_in_child`: make the terminal on stdin the
+/// controlling terminal of the new session, so job control and ^C work in a login shell.
+pub fn set_controlling_terminal_in_child() -> io::Result<()> {
+    // SAFETY: TIOCSCTTY on descriptor 0 with argument 0; async-signal-safe.
+    if unsafe { libc::ioctl(0, libc::TIOCSCTTY as _, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `read(2)` on a raw descriptor (used on a non-blocking pty controller).
+pub fn read_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: buf is valid for writes of buf.len() bytes.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// `write(2)` on a raw descriptor (used on a non-blocking pty controller).
+pub fn write_fd(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: buf is valid for reads of buf.len() bytes.
+    let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Whether `path` lives on a network file system (NFS, SMB/CIFS), where SQLite's locking cannot
+/// be trusted. Always `false` where this cannot be told.
+#[cfg(target_os = "linux")]
+pub fn on_network_fs(path: &std::path::Path) -> io::Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    const NFS: i64 = 0x6969;
+    const SMB: i64 = 0x517B;
+    const CIFS: i64 = 0xFF53_4D42;
+    const SMB2: i64 = 0xFE53_4D42;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    // SAFETY: statfs fills a plain-old-data struct; the path is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    #[allow(clippy::unnecessary_cast)]
+    let kind = st.f_type as i64;
+    Ok(matches!(kind, NFS | SMB | CIFS | SMB2))
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn on_network_fs(_path: &std::path::Path) -> io::Result<bool> {
+    Ok(false)
+}
+
+/// Duplicates `fd` to the lowest free descriptor >= `min`, close-on-exec. Used to move
+/// descriptors out of the way before a child's `dup2` onto fixed numbers.
+pub fn dup_cloexec_above(fd: RawFd, min: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC on a descriptor the caller owns returns a new descriptor.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `new` is a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// Takes ownership of a descriptor this process inherited at a fixed number (the local node's
+/// listening socket and readiness pipe), marking it close-on-exec so no grandchild inherits it.
+pub fn take_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_GETFD only checks that the descriptor is open.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    set_cloexec(fd)?;
+    // SAFETY: the descriptor is open, was handed to this process by its parent for this
+    // purpose, and is taken exactly once (callers pass distinct fixed numbers).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Makes `cmd` start a detached process: a new session (so it outlives the caller's terminal and
+/// leads its own process group), with each `(from, to)` descriptor pair duplicated onto `to`.
+/// The `from` descriptors must be >= 10 (see `dup_cloexec_above`) so no `dup2` clobbers another.
+pub fn detach_with_fds(cmd: &mut std::process::Command, fds: Vec<(RawFd, RawFd)>) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure only calls async-signal-safe functions (setsid, fcntl, dup2) and
+    // does not allocate: `fds` was built before the fork and is only read.
+    unsafe {
+        cmd.pre_exec(move || {
+            setsid_in_child()?;
+            for (from, to) in &fds {
+                dup2_in_child(*from, *to)?;
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Makes `cmd` start in a new session with its stdin terminal as the controlling terminal: what
+/// a login shell on a pseudo-terminal needs for job control and ^C.
+pub fn session_on_terminal(cmd: &mut tokio::process::Command) {
+    // SAFETY: setsid and ioctl(TIOCSCTTY) are async-signal-safe; nothing is allocated.
+    unsafe {
+        cmd.pre_exec(|| {
+            setsid_in_child()?;
+            set_controlling_terminal_in_child()
+        });
+    }
+}
+
+/// Registers an owned descriptor (a pty controller) with tokio's reactor.
+pub fn async_fd(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: an OwnedFd is a valid open descriptor, owned by the AsyncFd from here on, so it
+    // stays open and refers to the same file description until the AsyncFd is dropped, and
+    // `as_raw_fd` always returns the same number.
+    unsafe { tokio::io::unix::AsyncFd::register(fd).map_err(|e| e.into_parts().1) }
+}
