@@ -518,8 +518,8 @@ async fn bring_up<P: Provider>(
             bar.finish_and_clear();
             return Err(Error::runtime("the master did not come up").with_source(Box::new(e.clone_message())));
         }
-        for (spec, e) in &failed {
-            app.printer.warn(format!("{}: {}", spec.name, e.message));
+        for (_, e) in &failed {
+            app.printer.warn(&e.message);
         }
         let n = failed.len() as u32;
         if replacements_left >= n {
@@ -676,6 +676,7 @@ async fn bring_up_once<P: Provider>(
     if ssh {
         bar.set_message("waiting for SSH");
         let timeout = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+        let full_timeout = Duration::from_secs(profile.ready_timeout_secs);
         let mut jobs = Vec::new();
         for (spec, row) in running {
             let t = target(&row, cluster)?;
@@ -685,7 +686,16 @@ async fn bring_up_once<P: Provider>(
         let results = ssh::fan_out(jobs, app.config.ssh.max_parallel, move |(spec, row, t)| {
             let client = client2.clone();
             async move {
-                let r = client.wait_ready(&t, timeout).await;
+                let r = client.wait_ready(&t, timeout).await.map_err(|e| match e {
+                    // Report the profile's timeout, which the user set, not what was left of it.
+                    ssh::SshError::Timeout { node, addr, last, .. } => ssh::SshError::Timeout {
+                        node,
+                        addr,
+                        after: full_timeout,
+                        last,
+                    },
+                    other => other,
+                });
                 let r = match r {
                     Ok(session) => {
                         let key = ssh::public_key_openssh(&session.host_key);
