@@ -63,7 +63,10 @@ impl App {
     }
 
     pub fn local_provider(&self) -> Result<LocalProvider, Error> {
-        Ok(LocalProvider::new(&self.state_dir, self.config.local.clone())?)
+        Ok(LocalProvider::new(
+            &self.state_dir,
+            self.config.local.clone(),
+        )?)
     }
 
     pub fn state_path(&self) -> &Path {

@@ -45,10 +45,7 @@ pub enum Command {
     /// Launch a cluster's master only (add workers with launch-slaves)
     LaunchMaster(LaunchMaster),
     /// Add N workers to a running cluster and update the master's workers file
-    LaunchSlaves {
-        name: String,
-        count: u32,
-    },
+    LaunchSlaves { name: String, count: u32 },
     /// List clusters, or one cluster's nodes
     List {
         name: Option<String>,

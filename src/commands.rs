@@ -40,7 +40,9 @@ fn provider_kind(s: &str) -> Result<ProviderKind, Error> {
     match s {
         "local" => Ok(ProviderKind::Local),
         "ec2" => Ok(ProviderKind::Ec2),
-        other => Err(Error::runtime(format!("unknown provider {other:?} in the state database"))),
+        other => Err(Error::runtime(format!(
+            "unknown provider {other:?} in the state database"
+        ))),
     }
 }
 
@@ -87,7 +89,10 @@ pub async fn run(cli: Cli, printer: Arc<Printer>) -> Result<ExitCode, Error> {
         Command::UpdateSlavesFile { name } => {
             let cluster = live_cluster(&app, &name)?;
             let n = launch::update_workers_file(&app, &cluster).await?;
-            app.printer.status(format!("workers file of {} lists {n} workers", cluster.name));
+            app.printer.status(format!(
+                "workers file of {} lists {n} workers",
+                cluster.name
+            ));
             Ok(ExitCode::SUCCESS)
         }
         Command::TerminateCluster { name, yes } => terminate(&app, &name, yes).await,
@@ -104,7 +109,10 @@ pub fn parse_env(pairs: &[String]) -> Result<BTreeMap<String, String>, Error> {
         let (k, v) = p
             .split_once('=')
             .ok_or_else(|| Error::invalid(format!("--env {p:?}: expected KEY=VALUE")))?;
-        let ok = k.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        let ok = k
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !ok {
             return Err(Error::invalid(format!(
@@ -116,9 +124,17 @@ pub fn parse_env(pairs: &[String]) -> Result<BTreeMap<String, String>, Error> {
     Ok(env)
 }
 
-async fn launch_cmd(app: &App, name: &str, workers: u32, opts: &LaunchOptions) -> Result<ExitCode, Error> {
+async fn launch_cmd(
+    app: &App,
+    name: &str,
+    workers: u32,
+    opts: &LaunchOptions,
+) -> Result<ExitCode, Error> {
     let name = ClusterName::parse(name)?;
-    let profile_name = opts.profile.clone().unwrap_or_else(|| app.default_profile());
+    let profile_name = opts
+        .profile
+        .clone()
+        .unwrap_or_else(|| app.default_profile());
     let profile = app.profiles.resolve(&profile_name)?;
     let env = parse_env(&opts.env)?;
     let req = LaunchRequest {
@@ -159,7 +175,8 @@ async fn launch_slaves(app: &App, name: &str, count: u32) -> Result<ExitCode, Er
         return Err(Error::invalid("launch-slaves needs a count of at least 1"));
     }
     let kind = provider_kind(&cluster.provider)?;
-    let added = with_provider!(app, kind, |p| launch::add_workers(app, &p, &cluster, count).await?);
+    let added = with_provider!(app, kind, |p| launch::add_workers(app, &p, &cluster, count)
+        .await?);
     let names: Vec<String> = added
         .iter()
         .map(|n| node_name(&cluster.name, n.role, n.index))
@@ -199,7 +216,11 @@ fn timestamp(ms: i64) -> String {
 
 fn local_time(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms)
-        .map(|t| t.to_zoned_datetime(jiff::tz::TimeZone::system()).strftime("%Y-%m-%d %H:%M").to_string())
+        .map(|t| {
+            t.to_zoned_datetime(jiff::tz::TimeZone::system())
+                .strftime("%Y-%m-%d %H:%M")
+                .to_string()
+        })
         .unwrap_or_default()
 }
 
@@ -213,10 +234,8 @@ async fn refresh_all(app: &App, clusters: &[ClusterRow]) -> Result<(), Error> {
         }
     }
     for kind in kinds {
-        let r: Result<(), Error> = async {
-            with_provider!(app, kind, |p| launch::refresh(app, &p, clusters).await)
-        }
-        .await;
+        let r: Result<(), Error> =
+            async { with_provider!(app, kind, |p| launch::refresh(app, &p, clusters).await) }.await;
         if let Err(e) = r {
             app.printer.warn(format!(
                 "cannot refresh from the {kind} provider; showing what was last recorded: {}",
@@ -258,7 +277,8 @@ async fn list(app: &App, name: Option<&str>, json: bool) -> Result<ExitCode, Err
         return Ok(ExitCode::SUCCESS);
     }
     if rows.is_empty() {
-        app.printer.status("no clusters; launch one with `stratus launch-cluster NAME N`");
+        app.printer
+            .status("no clusters; launch one with `stratus launch-cluster NAME N`");
         return Ok(ExitCode::SUCCESS);
     }
     if name.is_some() {
@@ -283,7 +303,8 @@ async fn list(app: &App, name: Option<&str>, json: bool) -> Result<ExitCode, Err
                 local_time(c.created_at)
             ))?;
             if let Some(f) = &c.failure {
-                app.printer.out(format!("failure: {}", f.lines().next().unwrap_or("")))?;
+                app.printer
+                    .out(format!("failure: {}", f.lines().next().unwrap_or("")))?;
             }
             app.printer.out(t.render())?;
         }
@@ -334,7 +355,13 @@ impl Table {
     fn render(&self) -> String {
         let cols = self.rows[0].len();
         let widths: Vec<usize> = (0..cols)
-            .map(|i| self.rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+            .map(|i| {
+                self.rows
+                    .iter()
+                    .map(|r| r[i].chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
             .collect();
         self.rows
             .iter()
@@ -386,7 +413,13 @@ struct ExecJson {
     error: Option<String>,
 }
 
-async fn exec(app: &App, name: &str, all: bool, json: bool, command: &str) -> Result<ExitCode, Error> {
+async fn exec(
+    app: &App,
+    name: &str,
+    all: bool,
+    json: bool,
+    command: &str,
+) -> Result<ExitCode, Error> {
     let cluster = live_cluster(app, name)?;
     let nodes = targets(app, &cluster, all)?;
     let client = client_for(app, &cluster)?;
@@ -522,7 +555,10 @@ async fn push(
     let meta = std::fs::metadata(file)
         .map_err(|e| Error::invalid(format!("cannot read {}: {e}", file.display())))?;
     if !meta.is_file() {
-        return Err(Error::invalid(format!("{} is not a regular file", file.display())));
+        return Err(Error::invalid(format!(
+            "{} is not a regular file",
+            file.display()
+        )));
     }
     let data = std::fs::read(file)
         .map_err(|e| Error::invalid(format!("cannot read {}: {e}", file.display())))?;
@@ -588,7 +624,10 @@ fn login(app: &App, name: &str, ssh_args: &[String]) -> Result<ExitCode, Error> 
         .arg(keys.private_key())
         .args(["-o", "IdentitiesOnly=yes"])
         .arg("-o")
-        .arg(format!("UserKnownHostsFile={}", keys.known_hosts().display()))
+        .arg(format!(
+            "UserKnownHostsFile={}",
+            keys.known_hosts().display()
+        ))
         .args(["-o", "GlobalKnownHostsFile=/dev/null"])
         .args(["-o", "StrictHostKeyChecking=yes"])
         .args(["-o", "UpdateHostKeys=no"])
@@ -611,7 +650,8 @@ async fn terminate(app: &App, name: &str, yes: bool) -> Result<ExitCode, Error> 
         .ok_or_else(|| InputError::UnknownCluster(cname.to_string()))?;
     let nodes = launch::live_nodes(app, &cluster)?;
     if cluster.state == crate::store::ClusterState::Terminated && nodes.is_empty() {
-        app.printer.status(format!("cluster {} is already terminated", cluster.name));
+        app.printer
+            .status(format!("cluster {} is already terminated", cluster.name));
         return Ok(ExitCode::SUCCESS);
     }
     if !yes {
@@ -653,7 +693,13 @@ async fn usage(app: &App, json: bool) -> Result<ExitCode, Error> {
     let ids: Vec<i64> = clusters.iter().map(|c| c.id).collect();
     let intervals = app.store.intervals(&ids)?;
     let mut unknown = Vec::new();
-    let rows = accounting::usage_rows(&app.config, &clusters, &intervals, now_millis(), &mut unknown);
+    let rows = accounting::usage_rows(
+        &app.config,
+        &clusters,
+        &intervals,
+        now_millis(),
+        &mut unknown,
+    );
     if !unknown.is_empty() {
         app.printer.warn(format!(
             "no price known for {}; add them under [prices] in the site config",
@@ -705,19 +751,36 @@ fn profiles(app: &App, action: Option<ProfilesAction>) -> Result<ExitCode, Error
         }
         Some(ProfilesAction::Show { name }) => {
             let profile = app.profiles.resolve(&name)?;
-            let mut value = serde_json::to_value(&profile).map_err(|e| Error::runtime(e.to_string()))?;
+            let mut value =
+                serde_json::to_value(&profile).map_err(|e| Error::runtime(e.to_string()))?;
             if let Some(obj) = value.as_object_mut() {
                 obj.remove("templates");
-                obj.retain(|_, v| !v.is_null());
             }
+            strip_nulls(&mut value);
             let text = toml::to_string_pretty(&value).map_err(|e| Error::runtime(e.to_string()))?;
             let templates: Vec<&String> = profile.templates.keys().collect();
             app.printer.out(format!(
                 "# profile {} (resolved)\n# templates: {}\n{text}",
                 profile.name,
-                templates.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                templates
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))?;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Removes null members (unset options), which TOML cannot express.
+fn strip_nulls(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.retain(|_, v| !v.is_null());
+            m.values_mut().for_each(strip_nulls);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
 }

@@ -262,9 +262,12 @@ mod tests {
 
     #[test]
     fn unknown_key_names_file_and_key() {
-        let err = SiteConfig::parse("provider = \"local\"\nprovder = 1\n", Path::new("/x/c.toml"))
-            .unwrap_err()
-            .to_string();
+        let err = SiteConfig::parse(
+            "provider = \"local\"\nprovder = 1\n",
+            Path::new("/x/c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("/x/c.toml"), "{err}");
         assert!(err.contains("provder"), "{err}");
     }

@@ -22,7 +22,9 @@ pub enum InputError {
         "invalid cluster name {name:?}: {reason} (names are 1 to 40 characters of a-z, 0-9 and '-', starting with a letter or digit)"
     )]
     InvalidClusterName { name: String, reason: String },
-    #[error("user name {0:?} cannot own clusters: it must be 1 to 32 characters of a-z, 0-9, '_', '-' and '.'")]
+    #[error(
+        "user name {0:?} cannot own clusters: it must be 1 to 32 characters of a-z, 0-9, '_', '-' and '.'"
+    )]
     InvalidOwner(String),
     #[error("no cluster named {0}")]
     UnknownCluster(String),

@@ -46,7 +46,10 @@ pub fn main() -> ExitCode {
     }
     let printer = Arc::new(Printer::new(cli.command.json(), cli.quiet));
     init_logging(Some(printer.clone()), cli.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             printer.error(&format!("error: cannot start the async runtime: {e}"));

@@ -47,7 +47,11 @@ impl Printer {
 
     /// Runs `f` with the progress bars cleared from the screen.
     pub fn suspend<R>(&self, f: impl FnOnce() -> R) -> R {
-        if self.bars { self.multi.suspend(f) } else { f() }
+        if self.bars {
+            self.multi.suspend(f)
+        } else {
+            f()
+        }
     }
 
     /// Writes a result to stdout.
@@ -113,9 +117,10 @@ impl Printer {
         if !self.bars {
             return ProgressBar::hidden();
         }
-        let style = ProgressStyle::with_template("{spinner} {msg} [{bar:20}] {pos}/{len} {elapsed}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
+        let style =
+            ProgressStyle::with_template("{spinner} {msg} [{bar:20}] {pos}/{len} {elapsed}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
         let pb = self.multi.add(ProgressBar::new(len));
         pb.set_style(style);
         pb.set_message(msg.into());

@@ -24,7 +24,9 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
-    #[error("the state database {0} is on a network file system, where SQLite's locking is unsafe; set STRATUS_HOME to a local directory")]
+    #[error(
+        "the state database {0} is on a network file system, where SQLite's locking is unsafe; set STRATUS_HOME to a local directory"
+    )]
     NetworkFs(PathBuf),
     #[error("cannot create the state directory {path}")]
     Dir {
@@ -32,7 +34,9 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the state database {path} has schema version {found}, newer than this stratus understands ({known}); upgrade stratus")]
+    #[error(
+        "the state database {path} has schema version {found}, newer than this stratus understands ({known}); upgrade stratus"
+    )]
     TooNew {
         path: PathBuf,
         found: i64,
@@ -319,8 +323,8 @@ impl Store {
             return Ok(None);
         }
         let now = now_millis();
-        let record = serde_json::to_string(new.record)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let record =
+            serde_json::to_string(new.record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         tx.execute(
             "INSERT INTO clusters (name, owner, profile, provider, state, request_id, created_at,
                                    updated_at, record)
@@ -628,25 +632,46 @@ mod tests {
         let owner = Owner::parse("alice").unwrap();
         let name = ClusterName::parse("demo").unwrap();
         let rec = record();
-        let new = |req: &RequestId| NewCluster {
-            name: &name,
-            owner: &owner,
-            provider: "local",
-            request_id: req,
-            record: &rec,
-        };
+        fn new<'a>(
+            name: &'a ClusterName,
+            owner: &'a Owner,
+            req: &'a RequestId,
+            rec: &'a ClusterRecord,
+        ) -> NewCluster<'a> {
+            NewCluster {
+                name,
+                owner,
+                provider: "local",
+                request_id: req,
+                record: rec,
+            }
+        }
         let r1 = RequestId::new();
-        let c = store.create_cluster(&new(&r1)).unwrap().unwrap();
+        let c = store
+            .create_cluster(&new(&name, &owner, &r1, &rec))
+            .unwrap()
+            .unwrap();
         assert_eq!(c.state, ClusterState::Reserved);
         let r2 = RequestId::new();
-        assert!(store.create_cluster(&new(&r2)).unwrap().is_none());
+        assert!(
+            store
+                .create_cluster(&new(&name, &owner, &r2, &rec))
+                .unwrap()
+                .is_none()
+        );
         store
             .set_cluster_state(c.id, ClusterState::Terminated, None)
             .unwrap();
-        let c2 = store.create_cluster(&new(&r2)).unwrap().unwrap();
+        let c2 = store
+            .create_cluster(&new(&name, &owner, &r2, &rec))
+            .unwrap()
+            .unwrap();
         assert_ne!(c.id, c2.id);
         // The live one wins a lookup by name.
-        assert_eq!(store.find_cluster(&owner, &name).unwrap().unwrap().id, c2.id);
+        assert_eq!(
+            store.find_cluster(&owner, &name).unwrap().unwrap().id,
+            c2.id
+        );
     }
 
     #[test]

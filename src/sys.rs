@@ -163,9 +163,7 @@ pub fn dup2_in_child(from: RawFd, to: RawFd) -> io::Result<()> {
         // dup2 would do nothing, and the close-on-exec flag would stay: clear it instead.
         // SAFETY: fcntl on a descriptor the caller owns; async-signal-safe.
         let flags = unsafe { libc::fcntl(from, libc::F_GETFD) };
-        if flags < 0
-            || unsafe { libc::fcntl(from, libc::F_SETFD, flags & !libc::FD_CLOEXEC) } < 0
-        {
+        if flags < 0 || unsafe { libc::fcntl(from, libc::F_SETFD, flags & !libc::FD_CLOEXEC) } < 0 {
             return Err(io::Error::last_os_error());
         }
         return Ok(());
@@ -202,7 +200,12 @@ pub fn openpty(cols: u16, rows: u16) -> io::Result<(OwnedFd, OwnedFd)> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: openpty succeeded, so both are fresh descriptors that we now own.
-    let (c, t) = unsafe { (OwnedFd::from_raw_fd(controller), OwnedFd::from_raw_fd(terminal)) };
+    let (c, t) = unsafe {
+        (
+            OwnedFd::from_raw_fd(controller),
+            OwnedFd::from_raw_fd(terminal),
+        )
+    };
     set_cloexec(c.as_raw_fd())?;
     set_cloexec(t.as_raw_fd())?;
     Ok((c, t))
@@ -346,13 +349,26 @@ pub fn detach_with_fds(cmd: &mut std::process::Command, fds: Vec<(RawFd, RawFd)>
 /// Makes `cmd` start in a new session with its stdin terminal as the controlling terminal: what
 /// a login shell on a pseudo-terminal needs for job control and ^C.
 pub fn session_on_terminal(cmd: &mut tokio::process::Command) {
-    // SAFETY: setsid and ioctl(TIOCSCTTY) are async-signal-safe; nothing is allocated.
+    // SAFETY: see `new_session_on_stdin_terminal`.
     unsafe {
-        cmd.pre_exec(|| {
-            setsid_in_child()?;
-            set_controlling_terminal_in_child()
-        });
+        cmd.pre_exec(new_session_on_stdin_terminal);
     }
+}
+
+/// `session_on_terminal` for a `std` command (tests drive `stratus login` this way).
+pub fn session_on_terminal_std(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: see `new_session_on_stdin_terminal`.
+    unsafe {
+        cmd.pre_exec(new_session_on_stdin_terminal);
+    }
+}
+
+/// Runs between fork and exec. Only async-signal-safe calls (setsid, ioctl), no allocation, so
+/// it is sound as a `pre_exec` hook.
+fn new_session_on_stdin_terminal() -> io::Result<()> {
+    setsid_in_child()?;
+    set_controlling_terminal_in_child()
 }
 
 /// Registers an owned descriptor (a pty controller) with tokio's reactor.

@@ -273,7 +273,11 @@ pub fn validate_request(
 
 /// Launches a new cluster: a master and `workers` workers, then (unless asked not to) waits for
 /// SSH and configures it. On any failure everything launched is terminated again.
-pub async fn launch<P: Provider>(app: &App, provider: &P, req: LaunchRequest) -> Result<ClusterRow, Error> {
+pub async fn launch<P: Provider>(
+    app: &App,
+    provider: &P,
+    req: LaunchRequest,
+) -> Result<ClusterRow, Error> {
     validate_request(&req.profile, provider.kind(), req.workers, 0)?;
     let request = RequestId::new();
     let meta = Meta {
@@ -315,13 +319,33 @@ pub async fn launch<P: Provider>(app: &App, provider: &P, req: LaunchRequest) ->
         app.store
             .set_cluster_state(cluster.id, ClusterState::Requested, None)?;
         provider.prepare(&cluster_ref(&cluster), &access).await?;
-        let nodes = bring_up(app, provider, &cluster, &access, &client, &request, specs, &req.profile, req.configure)
-            .await?;
+        let nodes = bring_up(
+            app,
+            provider,
+            &cluster,
+            &access,
+            &client,
+            &request,
+            specs,
+            &req.profile,
+            req.configure,
+        )
+        .await?;
         app.store
             .set_cluster_state(cluster.id, ClusterState::Running, None)?;
         keys.write_known_hosts(&app.store.nodes_of(cluster.id)?)?;
         if req.configure {
-            configure(app, &cluster, &client, &renderer, &meta, &nodes, &nodes, Step::Launch).await?;
+            configure(
+                app,
+                &cluster,
+                &client,
+                &renderer,
+                &meta,
+                &nodes,
+                &nodes,
+                Step::Launch,
+            )
+            .await?;
             app.store
                 .set_cluster_state(cluster.id, ClusterState::Configured, None)?;
         }
@@ -390,17 +414,32 @@ pub async fn add_workers<P: Provider>(
         .map(|n| n.index)
         .max()
         .unwrap_or(0);
-    let roles: Vec<(Role, u32)> = (next + 1..=next + count).map(|i| (Role::Worker, i)).collect();
+    let roles: Vec<(Role, u32)> = (next + 1..=next + count)
+        .map(|i| (Role::Worker, i))
+        .collect();
     let specs = meta.specs(&renderer, &roles)?;
     let keys = ClusterKeys::of(app, cluster);
     let key = keys.load()?;
     let access = access(profile, &key);
     let client = Client::new(key, connect_timeout(app));
     let work = async {
-        let added = bring_up(app, provider, cluster, &access, &client, &request, specs, profile, true).await?;
+        let added = bring_up(
+            app, provider, cluster, &access, &client, &request, specs, profile, true,
+        )
+        .await?;
         let all = live_nodes(app, cluster)?;
         keys.write_known_hosts(&all)?;
-        configure(app, cluster, &client, &renderer, &meta, &all, &added, Step::AddWorkers).await?;
+        configure(
+            app,
+            cluster,
+            &client,
+            &renderer,
+            &meta,
+            &all,
+            &added,
+            Step::AddWorkers,
+        )
+        .await?;
         Ok::<_, Error>(added)
     };
     let outcome = tokio::select! {
@@ -410,9 +449,13 @@ pub async fn add_workers<P: Provider>(
     match outcome {
         Ok(added) => Ok(added),
         Err(e) => {
-            app.printer.warn("adding workers failed; terminating the new workers");
+            app.printer
+                .warn("adding workers failed; terminating the new workers");
             if let Err(rb) = rollback(app, provider, cluster, &request, false).await {
-                app.printer.warn(format!("rollback incomplete: {}", crate::error::render(&rb)));
+                app.printer.warn(format!(
+                    "rollback incomplete: {}",
+                    crate::error::render(&rb)
+                ));
             }
             Err(e)
         }
@@ -434,7 +477,17 @@ pub async fn update_workers_file(app: &App, cluster: &ClusterRow) -> Result<usiz
     let key = ClusterKeys::of(app, cluster).load()?;
     let client = Client::new(key, connect_timeout(app));
     let all = live_nodes(app, cluster)?;
-    configure(app, cluster, &client, &renderer, &meta, &all, &[], Step::WorkersFile).await?;
+    configure(
+        app,
+        cluster,
+        &client,
+        &renderer,
+        &meta,
+        &all,
+        &[],
+        Step::WorkersFile,
+    )
+    .await?;
     Ok(all.iter().filter(|n| n.role == Role::Worker).count())
 }
 
@@ -452,7 +505,12 @@ pub fn live_nodes(app: &App, cluster: &ClusterRow) -> Result<Vec<NodeRow>, Error
         .collect())
 }
 
-fn node_row(cluster: &ClusterRow, request: &RequestId, spec: &NodeSpec, inst: &Instance) -> NodeRow {
+fn node_row(
+    cluster: &ClusterRow,
+    request: &RequestId,
+    spec: &NodeSpec,
+    inst: &Instance,
+) -> NodeRow {
     NodeRow {
         instance_id: inst.id.clone(),
         cluster_id: cluster.id,
@@ -476,7 +534,11 @@ pub fn target(node: &NodeRow, cluster: &ClusterRow) -> Result<Target, Error> {
     let host = node.address.clone().ok_or_else(|| {
         Error::runtime(format!("{name} ({}) has no address yet", node.instance_id))
     })?;
-    let host_key = node.host_key.as_deref().map(ssh::parse_public_key).transpose()?;
+    let host_key = node
+        .host_key
+        .as_deref()
+        .map(ssh::parse_public_key)
+        .transpose()?;
     Ok(Target {
         name,
         host,
@@ -502,21 +564,28 @@ async fn bring_up<P: Provider>(
     ssh: bool,
 ) -> Result<Vec<NodeRow>, Error> {
     let wanted_workers = specs.iter().filter(|s| s.role == Role::Worker).count() as u32;
-    let min_workers = profile.min_workers.unwrap_or(wanted_workers).min(wanted_workers);
+    let min_workers = profile
+        .min_workers
+        .unwrap_or(wanted_workers)
+        .min(wanted_workers);
     let mut replacements_left = profile.max_replacements;
     let mut ready: Vec<NodeRow> = Vec::new();
     let mut pending = specs;
     let mut attempt = 0u32;
     let bar = app.printer.bar(pending.len() as u64, "starting nodes");
     loop {
-        let (up, failed) = bring_up_once(app, provider, cluster, access, client, request, &pending, profile, ssh, &bar).await?;
+        let (up, failed) = bring_up_once(
+            app, provider, cluster, access, client, request, &pending, profile, ssh, &bar,
+        )
+        .await?;
         ready.extend(up);
         if failed.is_empty() {
             break;
         }
         if let Some((_, e)) = failed.iter().find(|(s, _)| s.role == Role::Master) {
             bar.finish_and_clear();
-            return Err(Error::runtime("the master did not come up").with_source(Box::new(e.clone_message())));
+            return Err(Error::runtime("the master did not come up")
+                .with_source(Box::new(e.clone_message())));
         }
         for (_, e) in &failed {
             app.printer.warn(&e.message);
@@ -525,7 +594,8 @@ async fn bring_up<P: Provider>(
         if replacements_left >= n {
             replacements_left -= n;
             attempt += 1;
-            app.printer.status(format!("replacing {n} failed worker(s)"));
+            app.printer
+                .status(format!("replacing {n} failed worker(s)"));
             pending = failed
                 .into_iter()
                 .map(|(mut s, _)| {
@@ -591,15 +661,17 @@ async fn bring_up_once<P: Provider>(
 
     // 1. Launch, recording each node the moment the provider returns it.
     bar.set_message("launching");
-    let launched: Vec<(NodeSpec, Result<Instance, crate::cluster::provider::ProviderError>)> =
-        futures_util::stream::iter(specs.iter().cloned())
-            .map(|spec| async {
-                let r = provider.launch(&cref, access, &spec).await;
-                (spec, r)
-            })
-            .buffer_unordered(PROVIDER_PARALLEL)
-            .collect()
-            .await;
+    let launched: Vec<(
+        NodeSpec,
+        Result<Instance, crate::cluster::provider::ProviderError>,
+    )> = futures_util::stream::iter(specs.iter().cloned())
+        .map(|spec| async {
+            let r = provider.launch(&cref, access, &spec).await;
+            (spec, r)
+        })
+        .buffer_unordered(PROVIDER_PARALLEL)
+        .collect()
+        .await;
     let mut nodes: Vec<(NodeSpec, NodeRow)> = Vec::new();
     for (spec, r) in launched {
         match r {
@@ -630,12 +702,18 @@ async fn bring_up_once<P: Provider>(
             .map(|i| (i.id.clone(), i))
             .collect();
         for (_, row) in nodes.iter_mut() {
-            let Some(inst) = seen.get(&row.instance_id) else { continue };
+            let Some(inst) = seen.get(&row.instance_id) else {
+                continue;
+            };
             if !waiting.contains(&row.instance_id) {
                 continue;
             }
-            app.store
-                .observe_node(&row.instance_id, inst.state, inst.address.as_deref(), now_millis())?;
+            app.store.observe_node(
+                &row.instance_id,
+                inst.state,
+                inst.address.as_deref(),
+                now_millis(),
+            )?;
             row.state = inst.state;
             if inst.address.is_some() {
                 row.address = inst.address.clone();
@@ -662,7 +740,10 @@ async fn bring_up_once<P: Provider>(
             running.push((spec, row));
         } else {
             let why = if waiting.contains(&row.instance_id) {
-                format!("{} did not reach running within {}s", spec.name, profile.ready_timeout_secs)
+                format!(
+                    "{} did not reach running within {}s",
+                    spec.name, profile.ready_timeout_secs
+                )
             } else {
                 format!("{} went {} before it was ready", spec.name, row.state)
             };
@@ -675,7 +756,9 @@ async fn bring_up_once<P: Provider>(
     let mut up: Vec<NodeRow> = Vec::new();
     if ssh {
         bar.set_message("waiting for SSH");
-        let timeout = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+        let timeout = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(1));
         let full_timeout = Duration::from_secs(profile.ready_timeout_secs);
         let mut jobs = Vec::new();
         for (spec, row) in running {
@@ -688,7 +771,9 @@ async fn bring_up_once<P: Provider>(
             async move {
                 let r = client.wait_ready(&t, timeout).await.map_err(|e| match e {
                     // Report the profile's timeout, which the user set, not what was left of it.
-                    ssh::SshError::Timeout { node, addr, last, .. } => ssh::SshError::Timeout {
+                    ssh::SshError::Timeout {
+                        node, addr, last, ..
+                    } => ssh::SshError::Timeout {
                         node,
                         addr,
                         after: full_timeout,
@@ -885,7 +970,12 @@ async fn rollback<P: Provider>(
             ..Default::default()
         })
         .await?;
-    ids.extend(tagged.into_iter().filter(|i| !i.state.is_gone()).map(|i| i.id));
+    ids.extend(
+        tagged
+            .into_iter()
+            .filter(|i| !i.state.is_gone())
+            .map(|i| i.id),
+    );
     let ids: Vec<String> = ids.into_iter().collect();
     terminate_and_wait(app, provider, cluster, &ids).await?;
     if whole_cluster {
@@ -903,7 +993,9 @@ async fn terminate_and_wait<P: Provider>(
     if !ids.is_empty() {
         provider.terminate(ids).await?;
     }
-    let spinner = app.printer.spinner(format!("waiting for {} nodes to terminate", ids.len()));
+    let spinner = app
+        .printer
+        .spinner(format!("waiting for {} nodes to terminate", ids.len()));
     let deadline = Instant::now() + TERMINATE_TIMEOUT;
     let mut delay = Duration::from_millis(250);
     let selector = Selector {
@@ -928,7 +1020,9 @@ async fn terminate_and_wait<P: Provider>(
                         left += 1;
                     }
                 }
-                None => app.store.observe_node(id, InstanceState::Terminated, None, now)?,
+                None => app
+                    .store
+                    .observe_node(id, InstanceState::Terminated, None, now)?,
             }
         }
         if left == 0 {
@@ -951,7 +1045,11 @@ async fn terminate_and_wait<P: Provider>(
 
 /// Terminates a whole cluster: every node the store knows and every instance the provider holds
 /// under its tags, then its per-cluster resources.
-pub async fn terminate<P: Provider>(app: &App, provider: &P, cluster: &ClusterRow) -> Result<usize, Error> {
+pub async fn terminate<P: Provider>(
+    app: &App,
+    provider: &P,
+    cluster: &ClusterRow,
+) -> Result<usize, Error> {
     app.store
         .set_cluster_state(cluster.id, ClusterState::Terminating, None)?;
     let mut ids: BTreeSet<String> = live_nodes(app, cluster)?
@@ -966,7 +1064,12 @@ pub async fn terminate<P: Provider>(app: &App, provider: &P, cluster: &ClusterRo
         })
         .await?;
     // Instances under this cluster's tags that belong to no other live cluster of the name.
-    ids.extend(tagged.into_iter().filter(|i| !i.state.is_gone()).map(|i| i.id));
+    ids.extend(
+        tagged
+            .into_iter()
+            .filter(|i| !i.state.is_gone())
+            .map(|i| i.id),
+    );
     let ids: Vec<String> = ids.into_iter().collect();
     terminate_and_wait(app, provider, cluster, &ids).await?;
     provider.release(&cluster_ref(cluster)).await?;
@@ -977,14 +1080,23 @@ pub async fn terminate<P: Provider>(app: &App, provider: &P, cluster: &ClusterRo
 
 /// Brings the store up to date with what the provider reports for the owner's clusters: node
 /// states and addresses, and usage intervals (a sighting, or an end).
-pub async fn refresh<P: Provider>(app: &App, provider: &P, clusters: &[ClusterRow]) -> Result<(), Error> {
+pub async fn refresh<P: Provider>(
+    app: &App,
+    provider: &P,
+    clusters: &[ClusterRow],
+) -> Result<(), Error> {
     let watched: Vec<&ClusterRow> = clusters
         .iter()
         .filter(|c| c.provider == provider.kind().as_str())
         .collect();
     let mut nodes: Vec<NodeRow> = Vec::new();
     for c in &watched {
-        nodes.extend(app.store.nodes_of(c.id)?.into_iter().filter(|n| n.ended_at.is_none()));
+        nodes.extend(
+            app.store
+                .nodes_of(c.id)?
+                .into_iter()
+                .filter(|n| n.ended_at.is_none()),
+        );
     }
     if nodes.is_empty() {
         return Ok(());
@@ -1001,10 +1113,13 @@ pub async fn refresh<P: Provider>(app: &App, provider: &P, clusters: &[ClusterRo
     let now = now_millis();
     for n in nodes {
         match seen.get(&n.instance_id) {
-            Some(i) => app
-                .store
-                .observe_node(&n.instance_id, i.state, i.address.as_deref(), now)?,
-            None if now - n.launched_at > VANISH_GRACE_MS => app.store.node_vanished(&n.instance_id)?,
+            Some(i) => {
+                app.store
+                    .observe_node(&n.instance_id, i.state, i.address.as_deref(), now)?
+            }
+            None if now - n.launched_at > VANISH_GRACE_MS => {
+                app.store.node_vanished(&n.instance_id)?
+            }
             None => {}
         }
     }

@@ -266,7 +266,17 @@ mod tests {
         for ok in ["a", "demo", "0", "a-b-c", &"x".repeat(40)] {
             assert!(ClusterName::parse(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "-a", "A", "a_b", "../x", "a;b", "a b", &"x".repeat(41), "é"] {
+        for bad in [
+            "",
+            "-a",
+            "A",
+            "a_b",
+            "../x",
+            "a;b",
+            "a b",
+            &"x".repeat(41),
+            "é",
+        ] {
             assert!(ClusterName::parse(bad).is_err(), "{bad}");
         }
     }

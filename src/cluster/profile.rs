@@ -254,10 +254,11 @@ impl ProfileSet {
                 if !path.is_file() {
                     continue;
                 }
-                let text = std::fs::read_to_string(&path).map_err(|source| ProfileError::ReadDir {
-                    path: path.clone(),
-                    source,
-                })?;
+                let text =
+                    std::fs::read_to_string(&path).map_err(|source| ProfileError::ReadDir {
+                        path: path.clone(),
+                        source,
+                    })?;
                 profiles.insert(
                     name.to_owned(),
                     RawProfile {
@@ -329,10 +330,13 @@ impl ProfileSet {
             });
         }
         chain.push(name.to_owned());
-        let raw = self.profiles.get(name).ok_or_else(|| ProfileError::Unknown {
-            name: name.to_owned(),
-            known: self.names(),
-        })?;
+        let raw = self
+            .profiles
+            .get(name)
+            .ok_or_else(|| ProfileError::Unknown {
+                name: name.to_owned(),
+                known: self.names(),
+            })?;
         let invalid = |message: String| ProfileError::Invalid {
             name: name.to_owned(),
             source_name: raw.source.describe(name),
@@ -340,7 +344,8 @@ impl ProfileSet {
         };
         // Check this file's keys on their own, so an error names the file that has the typo.
         toml::from_str::<ProfileFile>(&raw.text).map_err(|e| invalid(toml_message(&e)))?;
-        let table: toml::Table = toml::from_str(&raw.text).map_err(|e| invalid(toml_message(&e)))?;
+        let table: toml::Table =
+            toml::from_str(&raw.text).map_err(|e| invalid(toml_message(&e)))?;
         match table.get("extends") {
             None => Ok(table),
             Some(toml::Value::String(parent)) => {
@@ -439,17 +444,24 @@ impl Profile {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
         {
-            return Err(format!("ssh_user {:?} is not a valid user name", self.ssh_user));
+            return Err(format!(
+                "ssh_user {:?} is not a valid user name",
+                self.ssh_user
+            ));
         }
         if self.ready_timeout_secs == 0 {
             return Err("ready_timeout_secs must be at least 1".into());
         }
         if self.master.spot {
-            return Err("the master cannot run on spot capacity: set spot only under [worker]".into());
+            return Err(
+                "the master cannot run on spot capacity: set spot only under [worker]".into(),
+            );
         }
         for (role, s) in [("master", &self.master), ("worker", &self.worker)] {
             if s.image.is_empty() || s.instance_type.is_empty() {
-                return Err(format!("[{role}] needs a non-empty image and instance_type"));
+                return Err(format!(
+                    "[{role}] needs a non-empty image and instance_type"
+                ));
             }
         }
         for f in &self.files {
@@ -513,7 +525,8 @@ impl Profile {
 
 /// Parses an octal mode string such as "0644".
 pub fn parse_mode(s: &str) -> Result<u32, String> {
-    let m = u32::from_str_radix(s, 8).map_err(|_| format!("mode {s:?} is not octal, like \"0644\""))?;
+    let m =
+        u32::from_str_radix(s, 8).map_err(|_| format!("mode {s:?} is not octal, like \"0644\""))?;
     if m > 0o7777 {
         return Err(format!("mode {s:?} is out of range"));
     }
@@ -585,7 +598,10 @@ b = 2
         let (_d, set) = site(&[
             ("base.toml", BASE),
             ("x.hbs", ""),
-            ("child.toml", "extends = \"base\"\n[worker]\nimage_id = \"b\"\n"),
+            (
+                "child.toml",
+                "extends = \"base\"\n[worker]\nimage_id = \"b\"\n",
+            ),
         ]);
         let err = set.resolve("child").unwrap_err().to_string();
         assert!(err.contains("child.toml"), "{err}");
@@ -594,10 +610,7 @@ b = 2
 
     #[test]
     fn unknown_profiles_and_cycles() {
-        let (_d, set) = site(&[
-            ("a.toml", "extends = \"b\""),
-            ("b.toml", "extends = \"a\""),
-        ]);
+        let (_d, set) = site(&[("a.toml", "extends = \"b\""), ("b.toml", "extends = \"a\"")]);
         let err = set.resolve("nope").unwrap_err().to_string();
         assert!(err.contains("local-demo"), "{err}");
         assert!(matches!(set.resolve("a"), Err(ProfileError::Cycle { .. })));

@@ -33,7 +33,9 @@ pub enum SshError {
         #[source]
         last: Option<Box<SshError>>,
     },
-    #[error("host key mismatch for {node} ({addr}): expected {expected}, got {got}; someone may be intercepting the connection, or the node was replaced")]
+    #[error(
+        "host key mismatch for {node} ({addr}): expected {expected}, got {got}; someone may be intercepting the connection, or the node was replaced"
+    )]
     HostKeyMismatch {
         node: String,
         addr: String,
@@ -124,7 +126,10 @@ struct Checker {
 impl client::Handler for Checker {
     type Error = russh::Error;
 
-    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
         let PublicKeyOrCertificate::PublicKey { key, .. } = key else {
             // Host certificates are not part of stratus's trust model.
             return Ok(false);
@@ -170,7 +175,14 @@ impl Client {
             // Ask for the pinned key's algorithm first, so a server with several host keys
             // presents the one we know.
             let mut algs = vec![k.algorithm()];
-            algs.extend(config.preferred.key.iter().filter(|a| **a != k.algorithm()).cloned());
+            algs.extend(
+                config
+                    .preferred
+                    .key
+                    .iter()
+                    .filter(|a| **a != k.algorithm())
+                    .cloned(),
+            );
             config.preferred.key = algs.into();
         }
         let seen = Arc::new(Mutex::new(None));
@@ -179,8 +191,12 @@ impl Client {
             seen: seen.clone(),
         };
         let attempt = async {
-            let connected =
-                client::connect(Arc::new(config), (target.host.as_str(), target.port), checker).await;
+            let connected = client::connect(
+                Arc::new(config),
+                (target.host.as_str(), target.port),
+                checker,
+            )
+            .await;
             let mut handle = match connected {
                 Ok(h) => h,
                 Err(e) => {
@@ -242,13 +258,20 @@ impl Client {
 
     /// Connects, retrying with backoff until `timeout` has passed. A host key mismatch is not
     /// retried.
-    pub async fn wait_ready(&self, target: &Target, timeout: Duration) -> Result<Session, SshError> {
+    pub async fn wait_ready(
+        &self,
+        target: &Target,
+        timeout: Duration,
+    ) -> Result<Session, SshError> {
         let start = Instant::now();
         let deadline = start + timeout;
         let mut delay = Duration::from_millis(100);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let err = match self.connect_within(target, left.min(self.connect_timeout)).await {
+            let err = match self
+                .connect_within(target, left.min(self.connect_timeout))
+                .await
+            {
                 Ok(s) => return Ok(s),
                 Err(e) if e.is_permanent() => return Err(e),
                 Err(e) => e,
@@ -337,8 +360,14 @@ impl Session {
             .status
             .map(|s| format!("exit status {s}"))
             .unwrap_or_else(|| "no exit status".into());
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
+        // What the command said last explains most failures: its stderr, else its stdout.
+        let said = if out.stderr.iter().any(|b| !b.is_ascii_whitespace()) {
+            &out.stderr
+        } else {
+            &out.stdout
+        };
+        let said = String::from_utf8_lossy(said);
+        let tail: Vec<&str> = said.lines().rev().take(5).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
         Err(SshError::Remote {
             node: self.node.clone(),

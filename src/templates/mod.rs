@@ -38,10 +38,17 @@ pub enum TemplateError {
     },
     #[error("template {template}: {message}")]
     Render { template: String, message: String },
-    #[error("template {template}: rendered user-data is {size} bytes after gzip; EC2 allows {USER_DATA_LIMIT}")]
+    #[error(
+        "template {template}: rendered user-data is {size} bytes after gzip; EC2 allows {USER_DATA_LIMIT}"
+    )]
     TooLarge { template: String, size: usize },
-    #[error("template {template}: rendered user-data contains what looks like {what}; secrets must never go into user-data (it is readable from the instance)")]
-    Secret { template: String, what: &'static str },
+    #[error(
+        "template {template}: rendered user-data contains what looks like {what}; secrets must never go into user-data (it is readable from the instance)"
+    )]
+    Secret {
+        template: String,
+        what: &'static str,
+    },
 }
 
 /// The profile as templates see it (`{{profile.…}}`): its settings without the template texts.
@@ -146,7 +153,10 @@ impl Renderer {
     /// Renders one template with any serializable context.
     pub fn render<T: Serialize>(&self, template: &str, ctx: &T) -> Result<String, TemplateError> {
         self.hb.render(template, ctx).map_err(|e| {
-            let name = e.template_name.clone().unwrap_or_else(|| template.to_owned());
+            let name = e
+                .template_name
+                .clone()
+                .unwrap_or_else(|| template.to_owned());
             match e.reason() {
                 RenderErrorReason::MissingVariable(var) => TemplateError::MissingVariable {
                     template: name,
@@ -162,7 +172,11 @@ impl Renderer {
     }
 
     /// Renders a node's user-data and checks it can be sent: size after gzip and no secrets.
-    pub fn user_data(&self, template: &str, ctx: &BootContext<'_>) -> Result<String, TemplateError> {
+    pub fn user_data(
+        &self,
+        template: &str,
+        ctx: &BootContext<'_>,
+    ) -> Result<String, TemplateError> {
         let text = self.render(template, ctx)?;
         check_user_data(template, &text)?;
         Ok(text)
@@ -241,7 +255,10 @@ mod tests {
         let p = profile("line one\n{{master.address}}\n");
         let env = BTreeMap::new();
         let r = Renderer::for_profile(&p).unwrap();
-        let err = r.user_data("t.hbs", &ctx(&p, &env)).unwrap_err().to_string();
+        let err = r
+            .user_data("t.hbs", &ctx(&p, &env))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("t.hbs"), "{err}");
         assert!(err.contains("master.address"), "{err}");
         assert!(err.contains("line 2"), "{err}");
@@ -253,7 +270,9 @@ mod tests {
         let mut big = String::new();
         let mut x: u64 = 1;
         for _ in 0..40_000 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             big.push(char::from(b'a' + (x >> 59) as u8 % 26));
         }
         assert!(matches!(

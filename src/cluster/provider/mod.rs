@@ -89,7 +89,10 @@ impl InstanceState {
 
     /// Gone for good: it will never run again and no longer bills.
     pub fn is_gone(self) -> bool {
-        matches!(self, InstanceState::ShuttingDown | InstanceState::Terminated)
+        matches!(
+            self,
+            InstanceState::ShuttingDown | InstanceState::Terminated
+        )
     }
 
     /// Billed by the hour in this state.
@@ -210,7 +213,10 @@ pub trait Provider: Send + Sync {
     fn terminate(&self, ids: &[String]) -> impl Future<Output = Result<(), ProviderError>> + Send;
 
     /// Deletes the per-cluster resources once none of its instances is left.
-    fn release(&self, cluster: &ClusterRef) -> impl Future<Output = Result<(), ProviderError>> + Send;
+    fn release(
+        &self,
+        cluster: &ClusterRef,
+    ) -> impl Future<Output = Result<(), ProviderError>> + Send;
 }
 
 /// Checks an IPv4 CIDR block such as `203.0.113.0/24`.

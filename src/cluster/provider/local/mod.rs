@@ -152,8 +152,9 @@ impl LocalProvider {
                 "no free loopback address is left for a local node".into(),
             ))
         } else {
-            let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-                .map_err(ProviderError::io("cannot listen on 127.0.0.1 for a local node"))?;
+            let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(ProviderError::io(
+                "cannot listen on 127.0.0.1 for a local node",
+            ))?;
             let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
             Ok((l, Ipv4Addr::LOCALHOST.to_string(), port))
         }
@@ -250,7 +251,10 @@ impl LocalProvider {
                 (InstanceState::Running, None)
             }
         } else if paths.terminated().exists() {
-            (InstanceState::Terminated, Some("terminated by request".into()))
+            (
+                InstanceState::Terminated,
+                Some("terminated by request".into()),
+            )
         } else {
             (
                 InstanceState::Terminated,
@@ -298,8 +302,9 @@ impl LocalProvider {
         if !paths.dir.exists() {
             return Ok(());
         }
-        write_private(&paths.terminated(), now_millis().to_string().as_bytes())
-            .map_err(ProviderError::io(format!("cannot mark node {id} terminated")))?;
+        write_private(&paths.terminated(), now_millis().to_string().as_bytes()).map_err(
+            ProviderError::io(format!("cannot mark node {id} terminated")),
+        )?;
         if let Some(pid) = Self::holder(&paths) {
             let _ = sys::kill(pid, libc::SIGTERM);
             // A node stopped with SIGSTOP would never see the SIGTERM.
@@ -400,7 +405,11 @@ impl Provider for LocalProvider {
         ProviderKind::Local
     }
 
-    async fn prepare(&self, _cluster: &ClusterRef, _access: &SshAccess) -> Result<(), ProviderError> {
+    async fn prepare(
+        &self,
+        _cluster: &ClusterRef,
+        _access: &SshAccess,
+    ) -> Result<(), ProviderError> {
         crate::store::create_private_dir(&self.root)
             .map_err(|e| ProviderError::Other(e.to_string()))
     }
@@ -440,7 +449,8 @@ impl Provider for LocalProvider {
             spot: node.spot,
             launched_at: now_millis(),
         };
-        let json = serde_json::to_vec_pretty(&cfg).map_err(|e| ProviderError::Other(e.to_string()))?;
+        let json =
+            serde_json::to_vec_pretty(&cfg).map_err(|e| ProviderError::Other(e.to_string()))?;
         write_private(&paths.config(), &json)
             .map_err(ProviderError::io("cannot write the node's configuration"))?;
         tracing::debug!(node = %node.name, instance = %id, address = %cfg.address, "starting local node");
@@ -471,6 +481,8 @@ impl Provider for LocalProvider {
                 && cfg.tags.cluster == cluster.name
                 && Self::holder(&paths).is_none()
             {
+                // A node that died on its own could not stop what it started; do it now.
+                sweep(&cfg.id, libc::SIGKILL, None);
                 std::fs::remove_dir_all(&paths.dir).map_err(ProviderError::io(format!(
                     "cannot remove {}",
                     paths.dir.display()

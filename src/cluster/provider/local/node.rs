@@ -70,7 +70,8 @@ async fn node_main(dir: &Path) -> Result<(), BoxError> {
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
 
-    let host_key = russh::keys::PrivateKey::from_openssh(std::fs::read_to_string(paths.host_key())?)?;
+    let host_key =
+        russh::keys::PrivateKey::from_openssh(std::fs::read_to_string(paths.host_key())?)?;
     let authorized = russh::keys::PublicKey::from_openssh(&cfg.authorized_key)?;
     let env = node_env(&cfg, &paths);
     let server_cfg = Arc::new(ServerConfig {
@@ -120,9 +121,7 @@ async fn stop_descendants(id: &str) {
     sweep(id, libc::SIGTERM, Some(me));
     let marker = format!("{NODE_ID_ENV}={id}");
     let deadline = Instant::now() + STOP_GRACE;
-    while Instant::now() < deadline
-        && processes_with_env(&marker).iter().any(|p| *p != me)
-    {
+    while Instant::now() < deadline && processes_with_env(&marker).iter().any(|p| *p != me) {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     sweep(id, libc::SIGKILL, Some(me));
@@ -153,7 +152,10 @@ fn node_env(cfg: &NodeConfig, paths: &NodePaths) -> Vec<(String, String)> {
         ("STRATUS_NODE_INDEX".into(), cfg.index.to_string()),
         ("STRATUS_NODE_ADDRESS".into(), cfg.address.clone()),
         ("STRATUS_CLUSTER".into(), cfg.tags.cluster.to_string()),
-        ("STRATUS_BOOT_LOG".into(), paths.boot_log().display().to_string()),
+        (
+            "STRATUS_BOOT_LOG".into(),
+            paths.boot_log().display().to_string(),
+        ),
         (
             "STRATUS_BOOT_FINISHED".into(),
             paths.boot_finished().display().to_string(),
@@ -184,7 +186,10 @@ async fn run_user_data(paths: &NodePaths, env: &[(String, String)]) -> Result<i3
     let script = paths.user_data();
     let head = std::fs::read(&script)?;
     if !head.starts_with(b"#!") {
-        return Err("user-data is not a script starting with #! (the local provider runs only scripts)".into());
+        return Err(
+            "user-data is not a script starting with #! (the local provider runs only scripts)"
+                .into(),
+        );
     }
     let log = std::fs::OpenOptions::new()
         .create(true)

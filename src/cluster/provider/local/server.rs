@@ -9,8 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use russh::keys::{PrivateKey, PublicKey};
-use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Server as _, Session, VerifiedPublicKey};
-use russh::{Channel, ChannelId, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, MethodKind, MethodSet, Sig};
+use russh::server::{
+    Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Server as _, Session, VerifiedPublicKey,
+};
+use russh::{
+    Channel, ChannelId, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, MethodKind, MethodSet, Sig,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
@@ -27,7 +31,10 @@ pub struct ServerConfig {
 }
 
 /// Serves SSH on `listener` until the process ends.
-pub async fn serve(listener: tokio::net::TcpListener, cfg: Arc<ServerConfig>) -> std::io::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    cfg: Arc<ServerConfig>,
+) -> std::io::Result<()> {
     let config = Arc::new(russh::server::Config {
         keys: vec![cfg.host_key.clone()],
         methods: MethodSet::from(&[MethodKind::PublicKey][..]),
@@ -127,9 +134,7 @@ impl russh::server::Handler for Connection {
             }
             Err(e) => {
                 tracing::debug!(host = %target.0, port, "direct-tcpip refused: {e}");
-                reply
-                    .reject(russh::ChannelOpenFailure::ConnectFailed)
-                    .await;
+                reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
             }
         }
         Ok(())
@@ -405,7 +410,9 @@ async fn run_on_pty(
     let out_task = tokio::spawn(async move {
         let mut buf = vec![0u8; 16 * 1024];
         loop {
-            let Ok(mut guard) = reader.readable().await else { break };
+            let Ok(mut guard) = reader.readable().await else {
+                break;
+            };
             match guard.try_io(|fd| sys::read_fd(fd.as_raw_fd(), &mut buf)) {
                 Ok(Ok(0)) => break,
                 Ok(Ok(n)) => {
@@ -426,7 +433,9 @@ async fn run_on_pty(
         while let Some(data) = in_rx.recv().await {
             let mut rest: &[u8] = &data;
             while !rest.is_empty() {
-                let Ok(mut guard) = writer.writable().await else { return };
+                let Ok(mut guard) = writer.writable().await else {
+                    return;
+                };
                 match guard.try_io(|fd| sys::write_fd(fd.as_raw_fd(), rest)) {
                     Ok(Ok(n)) => rest = &rest[n..],
                     Ok(Err(_)) => return,

@@ -1,0 +1,281 @@
+//! A local cluster end to end through the real binary: launch, list, exec, push, launch-slaves,
+//! login through a real pseudo-terminal, terminate, usage; a node killed from outside; a node
+//! that never answers SSH.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::{
+    TestContext, eventually, processes_mentioning, processes_of_node, read_line_from,
+};
+
+fn nodes(cluster: &Value) -> Vec<Value> {
+    cluster["nodes"].as_array().unwrap().clone()
+}
+
+fn ids(cluster: &Value) -> Vec<String> {
+    nodes(cluster)
+        .iter()
+        .map(|n| n["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Nothing of these nodes is left: no process carries their marker or runs from their
+/// directories, and their service and SSH ports refuse connections.
+fn assert_nothing_left(ctx: &TestContext, cluster: &Value) {
+    for id in ids(cluster) {
+        let left = eventually(Duration::from_secs(5), || {
+            let p = processes_of_node(&id);
+            p.is_empty().then_some(())
+        });
+        assert!(
+            left.is_some(),
+            "processes of node {id} still alive: {:?}",
+            processes_of_node(&id)
+        );
+        let dir = ctx.state.join("local").join(&id);
+        assert!(
+            processes_mentioning(&dir.display().to_string()).is_empty(),
+            "a process still mentions {}",
+            dir.display()
+        );
+    }
+    for n in nodes(cluster) {
+        let addr = n["address"].as_str().unwrap();
+        assert!(
+            read_line_from(addr, 8480).is_err(),
+            "{addr}:8480 still answers"
+        );
+        let port = n["ssh_port"].as_u64().unwrap() as u16;
+        assert!(
+            std::net::TcpStream::connect((addr, port)).is_err(),
+            "{addr}:{port} still accepts connections"
+        );
+    }
+}
+
+#[test]
+fn a_local_cluster_end_to_end() {
+    let ctx = TestContext::new();
+    let r = ctx.ok(&["launch-cluster", "demo", "2"]);
+    assert!(r.stdout.contains("stratus login demo"), "{r}");
+
+    // Three running nodes with distinct addresses, one master.
+    let c = ctx.cluster_json("demo");
+    assert_eq!(c["state"], "configured");
+    assert_eq!(c["provider"], "local");
+    assert_eq!(c["profile"], "local-demo");
+    let ns = nodes(&c);
+    assert_eq!(ns.len(), 3);
+    assert!(ns.iter().all(|n| n["state"] == "running"), "{c:#}");
+    let addrs: BTreeSet<&str> = ns.iter().map(|n| n["address"].as_str().unwrap()).collect();
+    assert_eq!(addrs.len(), 3, "addresses not distinct: {c:#}");
+    assert_eq!(ns.iter().filter(|n| n["role"] == "master").count(), 1);
+
+    // What the user-data did is visible from outside: each node's service names it.
+    for n in &ns {
+        let line = read_line_from(n["address"].as_str().unwrap(), 8480).expect("node service");
+        assert_eq!(
+            line,
+            format!(
+                "{} {}",
+                n["name"].as_str().unwrap(),
+                n["role"].as_str().unwrap()
+            )
+        );
+    }
+    // The configure step checked every worker from the master, over the network.
+    let r = ctx.ok(&["exec", "demo", "--", "cat", "workers-check.log"]);
+    assert!(
+        r.stdout.contains("2 workers reachable, 0 unreachable"),
+        "{r}"
+    );
+
+    // exec --all: each node's output, prefixed with its name.
+    let r = ctx.ok(&["exec", "demo", "--all", "--", "cat role"]);
+    for n in &ns {
+        let want = format!(
+            "[{}] {}",
+            n["name"].as_str().unwrap(),
+            n["role"].as_str().unwrap()
+        );
+        assert!(
+            r.stdout.lines().any(|l| l == want),
+            "missing {want:?}:\n{r}"
+        );
+    }
+    // A command failing on some nodes: non-zero exit, naming them, and per-node statuses.
+    let r = ctx.run(&[
+        "exec",
+        "demo",
+        "--all",
+        "--json",
+        "--",
+        "test \"$(cat role)\" = master",
+    ]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(
+        r.stderr.contains("demo-worker-1") && r.stderr.contains("demo-worker-2"),
+        "{r}"
+    );
+    assert!(!r.stderr.contains("demo-master"), "{r}");
+    let report: Value = serde_json::from_str(&r.stdout).unwrap();
+    for row in report.as_array().unwrap() {
+        let want = if row["node"] == "demo-master" { 0 } else { 1 };
+        assert_eq!(row["exit_status"], want, "{row}");
+    }
+    let r = ctx.run(&["exec", "demo", "--", "echo out; echo err >&2; exit 3"]);
+    assert_eq!(r.code, 1, "{r}");
+    assert_eq!(r.stdout, "out\n");
+    assert!(
+        r.stderr.contains("err")
+            && r.stderr.contains("demo-master")
+            && r.stderr.contains("exit status 3"),
+        "{r}"
+    );
+
+    // push then exec cat round-trips a file byte for byte.
+    let data: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let local = ctx.root.path().join("blob.bin");
+    std::fs::write(&local, &data).unwrap();
+    ctx.ok(&["push", "demo", local.to_str().unwrap(), "sub dir/blob.bin"]);
+    let r = ctx.ok(&["exec", "demo", "--", "cat 'sub dir/blob.bin'"]);
+    assert!(
+        r.stdout_bytes == data,
+        "pushed file differs: {} bytes back",
+        r.stdout_bytes.len()
+    );
+
+    // launch-slaves adds a worker, and the master's workers file lists it.
+    let r = ctx.ok(&["launch-slaves", "demo", "1"]);
+    assert!(r.stdout.contains("demo-worker-3"), "{r}");
+    let c = ctx.cluster_json("demo");
+    let new = nodes(&c)
+        .into_iter()
+        .find(|n| n["name"] == "demo-worker-3")
+        .expect("demo-worker-3 in list");
+    assert_eq!(new["state"], "running");
+    let r = ctx.ok(&["exec", "demo", "--", "cat", "workers"]);
+    let listed: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(listed.len(), 3, "{r}");
+    assert!(listed.contains(&new["address"].as_str().unwrap()), "{r}");
+    let r = ctx.ok(&["exec", "demo", "--", "cat", "workers-check.log"]);
+    assert!(r.stdout.contains("3 workers reachable"), "{r}");
+
+    // Without a terminal and without --yes, terminate refuses and changes nothing.
+    let r = ctx.run(&["terminate-cluster", "demo"]);
+    assert_eq!(r.code, 2, "{r}");
+    assert!(r.stderr.contains("--yes"), "{r}");
+    assert!(
+        nodes(&ctx.cluster_json("demo"))
+            .iter()
+            .all(|n| n["state"] == "running")
+    );
+
+    // terminate --yes leaves nothing alive; list and usage tell.
+    let before = ctx.cluster_json("demo");
+    ctx.ok(&["terminate-cluster", "demo", "--yes"]);
+    assert_nothing_left(&ctx, &before);
+    let c = ctx.cluster_json("demo");
+    assert_eq!(c["state"], "terminated");
+    assert!(
+        nodes(&c).iter().all(|n| n["state"] == "terminated"),
+        "{c:#}"
+    );
+    let usage: Value = serde_json::from_str(&ctx.ok(&["usage", "--json"]).stdout).unwrap();
+    let row = usage
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["cluster"] == "demo")
+        .expect("usage row for demo")
+        .clone();
+    assert!(row["instance_hours"].as_f64().unwrap() > 0.0, "{row}");
+    assert_eq!(row["open"], false);
+    assert_eq!(row["profile"], "local-demo");
+    assert!(row["estimated_cost"].is_number());
+
+    // The name is free again.
+    ctx.ok(&["launch-master", "demo"]);
+}
+
+#[test]
+fn a_node_killed_from_outside_is_not_running() {
+    let ctx = TestContext::new();
+    ctx.ok(&["launch-cluster", "k", "1"]);
+    let c = ctx.cluster_json("k");
+    let worker = nodes(&c)
+        .into_iter()
+        .find(|n| n["role"] == "worker")
+        .unwrap();
+    let id = worker["id"].as_str().unwrap();
+    let dir = ctx.state.join("local").join(id);
+    let pid = crate::support::node_pid(&dir).expect("the worker's node process holds its lock");
+    stratus::sys::kill(pid, libc::SIGKILL).unwrap();
+    let state = eventually(Duration::from_secs(5), || {
+        let c = ctx.cluster_json("k");
+        let n = nodes(&c).into_iter().find(|n| n["id"] == id).unwrap();
+        (n["state"] != "running").then(|| n["state"].clone())
+    });
+    assert!(state.is_some(), "a killed node still shows as running");
+    // The master is unaffected.
+    let c = ctx.cluster_json("k");
+    assert!(
+        nodes(&c)
+            .iter()
+            .any(|n| n["role"] == "master" && n["state"] == "running")
+    );
+    // Terminate still cleans up what the dead node had started (its service).
+    ctx.ok(&["terminate-cluster", "k", "--yes"]);
+    assert_nothing_left(&ctx, &c);
+}
+
+#[test]
+fn a_node_that_never_answers_ssh_fails_the_launch_and_rolls_back() {
+    let ctx = TestContext::new();
+    ctx.profile_file(
+        "hang.toml",
+        "extends = \"local-demo\"\nready_timeout_secs = 3\n[worker]\nuser_data = \"hang/worker.sh.hbs\"\n",
+    );
+    // The worker's boot stops its own node process dead, as a hung instance would be.
+    ctx.profile_file("hang/worker.sh.hbs", "#!/bin/bash\nkill -STOP \"$PPID\"\n");
+    let started = std::time::Instant::now();
+    let r = ctx.run(&["launch-cluster", "h", "1", "--profile", "hang"]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.stderr.contains("h-worker-1"), "{r}");
+    assert!(r.stderr.contains("did not answer SSH within 3s"), "{r}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
+    let c = ctx.cluster_json("h");
+    assert_eq!(c["state"], "failed");
+    assert_eq!(nodes(&c).len(), 2);
+    assert!(
+        nodes(&c).iter().all(|n| n["state"] == "terminated"),
+        "{c:#}"
+    );
+    assert_nothing_left(&ctx, &c);
+    // The failed launch does not hold the name.
+    ctx.ok(&["launch-master", "h"]);
+}
+
+#[test]
+fn login_gives_a_shell_on_the_master_through_a_pty() {
+    let ctx = TestContext::new();
+    ctx.ok(&["launch-master", "l"]);
+    let mut cmd = ctx.cmd();
+    cmd.args(["login", "l"]);
+    let mut term = crate::support::pty::Pty::spawn(cmd);
+    term.send("test -t 0 && echo \"tty-$((6*7))\"; cat role\n");
+    term.expect("tty-42");
+    term.expect("master");
+    term.send("exit 7\n");
+    let status = term.wait();
+    assert_eq!(status, Some(7), "login should end with the shell's status");
+}

@@ -1,0 +1,8 @@
+//! Integration tests: one binary, one module per area. They run the real `stratus` binary
+//! against real parts: local node processes with the embedded SSH server, OpenSSH's sshd, and
+//! (in `ec2`) moto's EC2 server.
+
+mod cli;
+mod local;
+mod openssh;
+mod support;

@@ -1,0 +1,241 @@
+//! The test context: each test gets its own HOME, state directory and site config, and runs
+//! the real `stratus` binary against them. Dropping the context terminates whatever clusters the
+//! test left, so a failing test does not leak node processes into the next.
+
+#![allow(dead_code)]
+
+pub mod pty;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_stratus");
+
+pub struct TestContext {
+    pub root: tempfile::TempDir,
+    pub home: PathBuf,
+    pub state: PathBuf,
+    pub config: PathBuf,
+    pub profiles: PathBuf,
+}
+
+impl TestContext {
+    /// A context with an empty site config (the local provider) and an empty profiles dir.
+    pub fn new() -> Self {
+        Self::with_config("")
+    }
+
+    /// A context whose site config is `extra` plus `profiles_dir` pointing at `self.profiles`.
+    pub fn with_config(extra: &str) -> Self {
+        let root = tempfile::Builder::new()
+            .prefix("stratus-it-")
+            .tempdir()
+            .unwrap();
+        let home = root.path().join("home");
+        let state = root.path().join("state");
+        let profiles = root.path().join("profiles");
+        for d in [&home, &profiles] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let config = root.path().join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "profiles_dir = {:?}\n{extra}\n",
+                profiles.display().to_string()
+            ),
+        )
+        .unwrap();
+        Self {
+            root,
+            home,
+            state,
+            config,
+            profiles,
+        }
+    }
+
+    /// Writes a file under the site profiles directory.
+    pub fn profile_file(&self, rel: &str, text: &str) {
+        let p = self.profiles.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    /// The binary with this context's environment, and nothing inherited that could redirect it.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &self.home)
+            .env("STRATUS_HOME", &self.state)
+            .env("STRATUS_CONFIG", &self.config)
+            .env("LANG", "C.UTF-8")
+            .stdin(std::process::Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        let out = self.cmd().args(args).output().expect("run stratus");
+        Run::new(args, out)
+    }
+
+    /// Runs and insists on success.
+    pub fn ok(&self, args: &[&str]) -> Run {
+        let r = self.run(args);
+        assert_eq!(r.code, 0, "stratus {args:?} failed:\n{r}");
+        r
+    }
+
+    pub fn list_json(&self) -> Vec<Value> {
+        let r = self.ok(&["list", "--json"]);
+        serde_json::from_str::<Value>(&r.stdout)
+            .unwrap_or_else(|e| panic!("list --json is not JSON ({e}):\n{r}"))
+            .as_array()
+            .expect("an array")
+            .clone()
+    }
+
+    pub fn cluster_json(&self, name: &str) -> Value {
+        self.list_json()
+            .into_iter()
+            .filter(|c| c["name"] == name)
+            .last()
+            .unwrap_or_else(|| panic!("no cluster {name} in list --json"))
+    }
+
+    /// Directories of the local nodes under this context's state.
+    pub fn node_dirs(&self) -> Vec<PathBuf> {
+        match std::fs::read_dir(self.state.join("local")) {
+            Ok(rd) => rd
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+impl Drop for TestContext {
+    fn drop(&mut self) {
+        // Terminate what the test left running, through the binary...
+        if let Ok(out) = self.cmd().args(["list", "--json"]).output() {
+            if let Ok(Value::Array(clusters)) = serde_json::from_slice::<Value>(&out.stdout) {
+                for c in clusters {
+                    let live = c["nodes"]
+                        .as_array()
+                        .is_some_and(|ns| ns.iter().any(|n| n["state"] != "terminated"));
+                    if live {
+                        let name = c["name"].as_str().unwrap_or_default();
+                        let _ = self
+                            .cmd()
+                            .args(["terminate-cluster", name, "--yes"])
+                            .output();
+                    }
+                }
+            }
+        }
+        // ...and, should that have failed, kill any node process still holding its lock.
+        for dir in self.node_dirs() {
+            if let Some(pid) = node_pid(&dir) {
+                let _ = stratus::sys::kill(pid, libc::SIGKILL);
+            }
+            if let Some(id) = dir.file_name().and_then(|n| n.to_str()) {
+                for pid in processes_of_node(id) {
+                    let _ = stratus::sys::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+/// The pid of the live node process of a node directory (the holder of its lock).
+pub fn node_pid(dir: &Path) -> Option<u32> {
+    let f = std::fs::File::open(dir.join("node.lock")).ok()?;
+    stratus::sys::lock_holder(&f).ok().flatten()
+}
+
+/// Every process whose environment marks it as started by this node.
+pub fn processes_of_node(id: &str) -> Vec<u32> {
+    stratus::cluster::provider::local::processes_with_env(&format!("STRATUS_NODE_ID={id}"))
+}
+
+/// Processes whose command line mentions `needle` (a node directory, say).
+pub fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) {
+            let s = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if s.contains(needle) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+/// One line from a TCP service, or the error.
+pub fn read_line_from(addr: &str, port: u16) -> std::io::Result<String> {
+    use std::io::BufRead;
+    let stream = std::net::TcpStream::connect_timeout(
+        &format!("{addr}:{port}").parse().unwrap(),
+        Duration::from_secs(2),
+    )?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut line = String::new();
+    std::io::BufReader::new(stream).read_line(&mut line)?;
+    Ok(line.trim_end().to_owned())
+}
+
+/// Polls `f` until it returns `Some` or `timeout` passes: for conditions with no event to wait
+/// on (a process exiting elsewhere).
+pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The result of one run of the binary.
+pub struct Run {
+    pub args: Vec<String>,
+    pub code: i32,
+    pub stdout: String,
+    pub stdout_bytes: Vec<u8>,
+    pub stderr: String,
+}
+
+impl Run {
+    fn new(args: &[&str], out: Output) -> Self {
+        Self {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stdout_bytes: out.stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "args: {:?}\nexit: {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.args, self.code, self.stdout, self.stderr
+        )
+    }
+}
