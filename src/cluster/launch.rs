@@ -766,8 +766,10 @@ async fn bring_up_once<P: Provider>(
             jobs.push((spec, row, t));
         }
         let client2 = client.clone();
+        let bar2 = bar.clone();
         let results = ssh::fan_out(jobs, app.config.ssh.max_parallel, move |(spec, row, t)| {
             let client = client2.clone();
+            let bar = bar2.clone();
             async move {
                 let r = client.wait_ready(&t, timeout).await.map_err(|e| match e {
                     // Report the profile's timeout, which the user set, not what was left of it.
@@ -785,6 +787,7 @@ async fn bring_up_once<P: Provider>(
                     Ok(session) => {
                         let key = ssh::public_key_openssh(&session.host_key);
                         session.close().await;
+                        bar.inc(1);
                         Ok(key)
                     }
                     Err(e) => Err(e),
@@ -800,7 +803,6 @@ async fn bring_up_once<P: Provider>(
                         app.store.set_host_key(&row.instance_id, &key)?;
                         row.host_key = Some(key);
                     }
-                    bar.inc(1);
                     up.push(row);
                 }
                 Err(e) => {
@@ -957,19 +959,35 @@ async fn rollback<P: Provider>(
     request: &RequestId,
     whole_cluster: bool,
 ) -> Result<(), Error> {
-    let mut ids: BTreeSet<String> = app
+    let known = app
         .store
         .nodes_of(cluster.id)?
         .into_iter()
         .filter(|n| n.request_id == request.as_str() && !n.state.is_gone())
-        .map(|n| n.instance_id)
-        .collect();
-    let tagged = provider
-        .describe(&Selector {
-            request: Some(request.clone()),
-            ..Default::default()
-        })
-        .await?;
+        .map(|n| n.instance_id);
+    let selector = Selector {
+        request: Some(request.clone()),
+        ..Default::default()
+    };
+    terminate_all(app, provider, cluster, known, &selector).await?;
+    if whole_cluster {
+        provider.release(&cluster_ref(cluster)).await?;
+    }
+    Ok(())
+}
+
+/// Terminates the `known` instances and every one the provider reports under `selector` that is
+/// not gone yet (it may have been launched but never recorded), then waits until all are gone.
+/// Returns the ids it terminated.
+async fn terminate_all<P: Provider>(
+    app: &App,
+    provider: &P,
+    cluster: &ClusterRow,
+    known: impl IntoIterator<Item = String>,
+    selector: &Selector,
+) -> Result<Vec<String>, Error> {
+    let mut ids: BTreeSet<String> = known.into_iter().collect();
+    let tagged = provider.describe(selector).await?;
     ids.extend(
         tagged
             .into_iter()
@@ -978,10 +996,7 @@ async fn rollback<P: Provider>(
     );
     let ids: Vec<String> = ids.into_iter().collect();
     terminate_and_wait(app, provider, cluster, &ids).await?;
-    if whole_cluster {
-        provider.release(&cluster_ref(cluster)).await?;
-    }
-    Ok(())
+    Ok(ids)
 }
 
 async fn terminate_and_wait<P: Provider>(
@@ -1052,26 +1067,13 @@ pub async fn terminate<P: Provider>(
 ) -> Result<usize, Error> {
     app.store
         .set_cluster_state(cluster.id, ClusterState::Terminating, None)?;
-    let mut ids: BTreeSet<String> = live_nodes(app, cluster)?
-        .into_iter()
-        .map(|n| n.instance_id)
-        .collect();
-    let tagged = provider
-        .describe(&Selector {
-            owner: Some(cluster.owner.clone()),
-            cluster: Some(cluster.name.clone()),
-            ..Default::default()
-        })
-        .await?;
-    // Instances under this cluster's tags that belong to no other live cluster of the name.
-    ids.extend(
-        tagged
-            .into_iter()
-            .filter(|i| !i.state.is_gone())
-            .map(|i| i.id),
-    );
-    let ids: Vec<String> = ids.into_iter().collect();
-    terminate_and_wait(app, provider, cluster, &ids).await?;
+    let known = live_nodes(app, cluster)?.into_iter().map(|n| n.instance_id);
+    let selector = Selector {
+        owner: Some(cluster.owner.clone()),
+        cluster: Some(cluster.name.clone()),
+        ..Default::default()
+    };
+    let ids = terminate_all(app, provider, cluster, known, &selector).await?;
     provider.release(&cluster_ref(cluster)).await?;
     app.store
         .set_cluster_state(cluster.id, ClusterState::Terminated, None)?;

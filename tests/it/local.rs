@@ -229,6 +229,14 @@ fn a_node_killed_from_outside_is_not_running() {
             .iter()
             .any(|n| n["role"] == "master" && n["state"] == "running")
     );
+    // update-slaves-file drops the dead worker from the master's list.
+    let r = ctx.ok(&["exec", "k", "--", "cat", "workers"]);
+    assert_eq!(r.stdout.lines().count(), 1, "{r}");
+    ctx.ok(&["update-slaves-file", "k"]);
+    let r = ctx.ok(&["exec", "k", "--", "cat", "workers"]);
+    assert_eq!(r.stdout, "", "{r}");
+    let r = ctx.ok(&["exec", "k", "--", "cat", "workers-check.log"]);
+    assert!(r.stdout.contains("0 workers reachable"), "{r}");
     // Terminate still cleans up what the dead node had started (its service).
     ctx.ok(&["terminate-cluster", "k", "--yes"]);
     assert_nothing_left(&ctx, &c);
@@ -278,4 +286,20 @@ fn login_gives_a_shell_on_the_master_through_a_pty() {
     term.send("exit 7\n");
     let status = term.wait();
     assert_eq!(status, Some(7), "login should end with the shell's status");
+
+    // On a terminal, terminate asks; anything but yes keeps the cluster.
+    let mut cmd = ctx.cmd();
+    cmd.args(["terminate-cluster", "l"]);
+    let mut term = crate::support::pty::Pty::spawn(cmd);
+    term.expect("Terminate cluster l");
+    term.send("n\n");
+    assert_eq!(term.wait(), Some(2));
+    assert_eq!(ctx.cluster_json("l")["state"], "configured");
+    let mut cmd = ctx.cmd();
+    cmd.args(["terminate-cluster", "l"]);
+    let mut term = crate::support::pty::Pty::spawn(cmd);
+    term.expect("[y/N]");
+    term.send("y\n");
+    assert_eq!(term.wait(), Some(0));
+    assert_eq!(ctx.cluster_json("l")["state"], "terminated");
 }
