@@ -4,6 +4,8 @@
 //! See `DESIGN.md` for the architecture: CLI -> cluster lifecycle -> provider trait (ec2 |
 //! local), with SSH, templates and one SQLite state file beside it.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
+// Unsafe code lives in `sys` only, each block with a SAFETY comment.
+#![deny(unsafe_code)]
 
 pub mod accounting;
 pub mod app;

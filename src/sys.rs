@@ -3,6 +3,7 @@
 //!
 //! Every `unsafe` block of the library lives here, each with a `// SAFETY:` comment; the other
 //! modules are written against these safe functions.
+#![allow(unsafe_code)]
 
 use std::ffi::CStr;
 use std::fs::File;
