@@ -91,6 +91,18 @@ pub enum Command {
         #[arg(long, short = 'y', alias = "force")]
         yes: bool,
     },
+    /// Remove what is left of a cluster that no longer runs: instances, security group, key pair
+    DeleteCluster { name: String },
+    /// Finish or undo what a crash or an interrupted command left behind (stuck launches,
+    /// unrecorded instances, resources of clusters that are gone)
+    Reconcile {
+        /// Only say what would be done
+        #[arg(long)]
+        dry_run: bool,
+        /// Machine-readable output: what was done
+        #[arg(long)]
+        json: bool,
+    },
     /// Instance hours and estimated cost per cluster
     Usage {
         #[arg(long)]
@@ -149,6 +161,7 @@ impl Command {
             Command::List { json: true, .. }
                 | Command::Exec { json: true, .. }
                 | Command::Usage { json: true }
+                | Command::Reconcile { json: true, .. }
         )
     }
 }

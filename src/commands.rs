@@ -28,9 +28,13 @@ macro_rules! with_provider {
                 $body
             }
             ProviderKind::Ec2 => {
-                return Err(Error::invalid(
-                    "the ec2 provider is not available in this build of stratus",
-                ));
+                let Some(ec2) = $app.config.ec2.as_ref() else {
+                    return Err(Error::invalid(
+                        "this cluster is on ec2, but the site config has no [ec2] table",
+                    ));
+                };
+                let $p = crate::cluster::provider::ec2::Ec2Provider::new(ec2).await?;
+                $body
             }
         }
     };
@@ -96,6 +100,10 @@ pub async fn run(cli: Cli, printer: Arc<Printer>) -> Result<ExitCode, Error> {
             Ok(ExitCode::SUCCESS)
         }
         Command::TerminateCluster { name, yes } => terminate(&app, &name, yes).await,
+        Command::DeleteCluster { name } => reconcile_cmds::delete_cluster(&app, &name).await,
+        Command::Reconcile { dry_run, json } => {
+            reconcile_cmds::reconcile(&app, dry_run, json).await
+        }
         Command::Usage { json } => usage(&app, json).await,
         Command::Profiles { action } => profiles(&app, action),
         Command::Node { .. } => Err(Error::runtime("__node is handled before the app starts")),
@@ -782,5 +790,53 @@ fn strip_nulls(v: &mut serde_json::Value) {
         }
         serde_json::Value::Array(a) => a.iter_mut().for_each(strip_nulls),
         _ => {}
+    }
+}
+
+/// `reconcile` and `delete-cluster` (issue 3): the commands over `cluster::reconcile`.
+mod reconcile_cmds {
+    use super::*;
+    use crate::cluster::reconcile;
+
+    /// Reconciles the caller's clusters on every provider they use, and on the site's.
+    pub async fn reconcile(app: &App, dry_run: bool, json: bool) -> Result<ExitCode, Error> {
+        let mut kinds = vec![app.config.provider];
+        for c in app.store.list_clusters(Some(&app.owner))? {
+            let k = provider_kind(&c.provider)?;
+            if !kinds.contains(&k) {
+                kinds.push(k);
+            }
+        }
+        let mut actions = Vec::new();
+        for kind in kinds {
+            let done = with_provider!(app, kind, |p| reconcile::reconcile(
+                app,
+                &p,
+                &reconcile::Options::new(dry_run)
+            )
+            .await?);
+            actions.extend(done);
+        }
+        if json {
+            app.printer.json(&actions)?;
+        } else if actions.is_empty() {
+            app.printer.status("nothing to reconcile");
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    pub async fn delete_cluster(app: &App, name: &str) -> Result<ExitCode, Error> {
+        let name = ClusterName::parse(name)?;
+        let kind = match app.store.find_cluster(&app.owner, &name)? {
+            Some(c) => provider_kind(&c.provider)?,
+            None => app.config.provider,
+        };
+        let deleted = with_provider!(app, kind, |p| reconcile::delete_cluster(app, &p, &name)
+            .await?);
+        app.printer.status(format!(
+            "deleted what was left of cluster {name} ({} instances terminated)",
+            deleted.instances.len()
+        ));
+        Ok(ExitCode::SUCCESS)
     }
 }

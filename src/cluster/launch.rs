@@ -865,6 +865,23 @@ async fn configure(
     workers.sort_by_key(|n| n.index);
     let worker_facts: Vec<NodeFacts> = workers.iter().map(|n| facts(n)).collect();
 
+    // The intra-cluster key first: pushed files may start services that log in between nodes.
+    if profile.intra_cluster_key && step != Step::WorkersFile {
+        let others = new_nodes
+            .iter()
+            .filter(|n| n.role != Role::Master)
+            .map(|n| target(n, cluster))
+            .collect::<Result<Vec<_>, _>>()?;
+        crate::cluster::intra_key::install(
+            client,
+            &target(master, cluster)?,
+            others,
+            step == Step::Launch,
+            app.config.ssh.max_parallel,
+        )
+        .await?;
+    }
+
     // Which files go where in this step.
     let mut uploads: Vec<(Target, Vec<(String, Vec<u8>, u32)>)> = Vec::new();
     if step != Step::WorkersFile {

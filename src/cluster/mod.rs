@@ -2,9 +2,11 @@
 //! that tie a launch's resources together. Everything above the provider trait speaks in these
 //! types; nothing here knows about EC2 or the local provider.
 
+pub mod intra_key;
 pub mod launch;
 pub mod profile;
 pub mod provider;
+pub mod reconcile;
 pub mod ssh;
 
 use std::fmt;

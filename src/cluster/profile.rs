@@ -131,6 +131,10 @@ pub struct Profile {
     /// Extra TCP ports (web UIs) opened to the client networks.
     #[serde(default)]
     pub ports: Vec<u16>,
+    /// Give the cluster its own SSH key for logins from the master to every node (see
+    /// `cluster::intra_key`).
+    #[serde(default)]
+    pub intra_cluster_key: bool,
     pub master: RoleSettings,
     pub worker: RoleSettings,
     #[serde(default)]
@@ -166,6 +170,7 @@ struct ProfileFile {
     ready_timeout_secs: Option<u64>,
     workers_file: Option<String>,
     ports: Option<Vec<u16>>,
+    intra_cluster_key: Option<bool>,
     master: Option<RoleFile>,
     worker: Option<RoleFile>,
     files: Option<Vec<PushFile>>,
@@ -512,6 +517,7 @@ impl Profile {
             ready_timeout_secs: 30,
             workers_file: None,
             ports: vec![],
+            intra_cluster_key: false,
             master: role.clone(),
             worker: role,
             files: vec![],

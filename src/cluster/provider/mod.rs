@@ -6,6 +6,7 @@
 //! the concurrency, replaces failed workers and rolls back; a provider only has to do each step
 //! once, tag everything it creates as it creates it, and describe what exists truthfully.
 
+pub mod ec2;
 pub mod local;
 
 use std::future::Future;
@@ -211,6 +212,17 @@ pub trait Provider: Send + Sync {
 
     /// Terminates instances and returns once the provider has them shutting down or gone.
     fn terminate(&self, ids: &[String]) -> impl Future<Output = Result<(), ProviderError>> + Send;
+
+    /// The clusters (owner, name) holding per-cluster resources at the provider (EC2: security
+    /// groups and key pairs), all owners' with `None`: `reconcile` releases those of clusters
+    /// that are gone. Providers without such resources have none to report.
+    fn clusters_with_resources(
+        &self,
+        owner: Option<&Owner>,
+    ) -> impl Future<Output = Result<Vec<(Owner, ClusterName)>, ProviderError>> + Send {
+        let _ = owner;
+        std::future::ready(Ok(Vec::new()))
+    }
 
     /// Deletes the per-cluster resources once none of its instances is left.
     fn release(

@@ -232,6 +232,80 @@ impl LocalProvider {
         Ok(())
     }
 
+    /// Nodes run `exe` (the `stratus` binary) instead of the current executable, which in a
+    /// test is the test harness.
+    pub fn with_exe(mut self, exe: PathBuf) -> Self {
+        self.exe = exe;
+        self
+    }
+
+    /// Starts a node listening on exactly `address:port`. A test acting as a cloud's hypervisor
+    /// boots each instance the cloud API reports, at the address the cloud assigned, as a local
+    /// node: its SSH server accepts the instance's key pair and it runs the instance's user-data.
+    pub async fn launch_at(
+        &self,
+        address: Ipv4Addr,
+        port: u16,
+        access: &SshAccess,
+        node: &NodeSpec,
+    ) -> Result<Instance, ProviderError> {
+        self.start(Some((address, port)), access, node).await
+    }
+
+    /// Starts a node: at `at` (an address and port) when given, else at the next free
+    /// loopback address.
+    async fn start(
+        &self,
+        at: Option<(Ipv4Addr, u16)>,
+        access: &SshAccess,
+        node: &NodeSpec,
+    ) -> Result<Instance, ProviderError> {
+        let id = random_id();
+        let paths = self.paths(&id);
+        crate::store::create_private_dir(&paths.home())
+            .map_err(|e| ProviderError::Other(e.to_string()))?;
+        let host_key = crate::cluster::ssh::generate_key()
+            .map_err(|e| ProviderError::Other(format!("cannot generate a host key: {e}")))?;
+        let private = crate::cluster::ssh::private_key_openssh(&host_key)
+            .map_err(|e| ProviderError::Other(e.to_string()))?;
+        write_private(&paths.host_key(), private.as_bytes())
+            .map_err(ProviderError::io("cannot write the node's host key"))?;
+        write_atomic(&paths.user_data(), node.user_data.as_bytes(), 0o700)
+            .map_err(ProviderError::io("cannot write the node's user-data"))?;
+        let (listener, address, port) = match at {
+            None => self.allocate()?,
+            Some((addr, port)) => {
+                let l = TcpListener::bind((addr, port)).map_err(ProviderError::io(format!(
+                    "cannot listen on {addr}:{port} for a local node"
+                )))?;
+                (l, addr.to_string(), port)
+            }
+        };
+        let cfg = NodeConfig {
+            id: id.clone(),
+            name: node.name.clone(),
+            tags: node.tags.clone(),
+            role: node.role,
+            index: node.index,
+            address,
+            port,
+            ssh_user: access.user.clone(),
+            authorized_key: access.public_key.clone(),
+            host_public_key: crate::cluster::ssh::public_key_openssh(host_key.public_key()),
+            image: node.image.clone(),
+            instance_type: node.instance_type.clone(),
+            spot: node.spot,
+            launched_at: now_millis(),
+        };
+        let json =
+            serde_json::to_vec_pretty(&cfg).map_err(|e| ProviderError::Other(e.to_string()))?;
+        write_private(&paths.config(), &json)
+            .map_err(ProviderError::io("cannot write the node's configuration"))?;
+        tracing::debug!(node = %node.name, instance = %id, address = %cfg.address, "starting local node");
+        self.spawn_node(&paths, listener).await?;
+        Ok(Self::instance(&cfg, InstanceState::Running, None))
+    }
+
     fn read_config(paths: &NodePaths) -> Option<NodeConfig> {
         let text = std::fs::read_to_string(paths.config()).ok()?;
         serde_json::from_str(&text).ok()
@@ -420,42 +494,7 @@ impl Provider for LocalProvider {
         access: &SshAccess,
         node: &NodeSpec,
     ) -> Result<Instance, ProviderError> {
-        let id = random_id();
-        let paths = self.paths(&id);
-        crate::store::create_private_dir(&paths.home())
-            .map_err(|e| ProviderError::Other(e.to_string()))?;
-        let host_key = crate::cluster::ssh::generate_key()
-            .map_err(|e| ProviderError::Other(format!("cannot generate a host key: {e}")))?;
-        let private = crate::cluster::ssh::private_key_openssh(&host_key)
-            .map_err(|e| ProviderError::Other(e.to_string()))?;
-        write_private(&paths.host_key(), private.as_bytes())
-            .map_err(ProviderError::io("cannot write the node's host key"))?;
-        write_atomic(&paths.user_data(), node.user_data.as_bytes(), 0o700)
-            .map_err(ProviderError::io("cannot write the node's user-data"))?;
-        let (listener, address, port) = self.allocate()?;
-        let cfg = NodeConfig {
-            id: id.clone(),
-            name: node.name.clone(),
-            tags: node.tags.clone(),
-            role: node.role,
-            index: node.index,
-            address,
-            port,
-            ssh_user: access.user.clone(),
-            authorized_key: access.public_key.clone(),
-            host_public_key: crate::cluster::ssh::public_key_openssh(host_key.public_key()),
-            image: node.image.clone(),
-            instance_type: node.instance_type.clone(),
-            spot: node.spot,
-            launched_at: now_millis(),
-        };
-        let json =
-            serde_json::to_vec_pretty(&cfg).map_err(|e| ProviderError::Other(e.to_string()))?;
-        write_private(&paths.config(), &json)
-            .map_err(ProviderError::io("cannot write the node's configuration"))?;
-        tracing::debug!(node = %node.name, instance = %id, address = %cfg.address, "starting local node");
-        self.spawn_node(&paths, listener).await?;
-        Ok(Self::instance(&cfg, InstanceState::Running, None))
+        self.start(None, access, node).await
     }
 
     async fn describe(&self, selector: &Selector) -> Result<Vec<Instance>, ProviderError> {

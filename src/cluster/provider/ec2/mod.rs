@@ -1,0 +1,1072 @@
+//! The EC2 provider: the `Provider` trait over aws-sdk-ec2, for AWS or any EC2-compatible API
+//! (moto in the tests).
+//!
+//! Per cluster it owns a security group `stratus-<owner>-<cluster>` (all traffic among its
+//! members; SSH and the profile's web ports only from the site's client networks) and a key pair
+//! `<owner>-<cluster>` imported from the cluster key. Every resource is created with
+//! TagSpecifications carrying the cluster's tags, so nothing it makes is ever untagged, even
+//! after a crash (<https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/Using_Tags.html>).
+//! Nodes are launched one RunInstances call each (MinCount = MaxCount = 1), with a ClientToken
+//! for idempotent retries, gzipped user-data, and shutdown behaviour `terminate`.
+//!
+//! SDK types stay in this module: everything is converted to the provider's own types at the
+//! edge, and every `Option` the SDK returns is handled, never unwrapped.
+
+mod client;
+mod error;
+mod rules;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::primitives::Blob;
+use aws_sdk_ec2::types::{
+    BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, InstanceInterruptionBehavior,
+    InstanceLifecycleType, InstanceMarketOptionsRequest, InstanceMetadataEndpointState,
+    InstanceMetadataOptionsRequest, InstanceNetworkInterfaceSpecification, InstanceStateName,
+    InstanceType, MarketType, ResourceType, ShutdownBehavior, SpotInstanceType, SpotMarketOptions,
+    Tag, TagSpecification, VolumeType,
+};
+use base64::Engine;
+
+use super::{
+    ClusterRef, Instance, InstanceState, NodeSpec, Provider, ProviderError, Selector, SshAccess,
+};
+use crate::cluster::{
+    ClusterName, Owner, RequestId, Role, TAG_CLUSTER, TAG_OWNER, TAG_PROFILE, TAG_REQUEST,
+    TAG_ROLE, Tags,
+};
+use crate::config::{AddressKind, Ec2Config, ProviderKind};
+
+/// The SSH port of the node's image, recorded at launch so that `describe` (in any later
+/// process) reports the port stratus must connect to.
+pub const TAG_SSH_PORT: &str = "stratus:ssh-port";
+/// EC2's display name of a resource (the console shows it).
+pub const TAG_NAME: &str = "Name";
+
+/// EC2 allows ClientTokens of at most 64 ASCII characters.
+const CLIENT_TOKEN_MAX: usize = 64;
+/// Instance ids per TerminateInstances or filter value list.
+const IDS_PER_CALL: usize = 200;
+/// How long `release` keeps trying to delete a security group that instances still use (they
+/// hold it until they are fully terminated, a minute or two after shutting-down).
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// The root device of images given as `resolve:ssm:…` (which DescribeImages cannot look up):
+/// Ubuntu's, the distribution the shipped profiles use.
+const DEFAULT_ROOT_DEVICE: &str = "/dev/sda1";
+
+/// The security group of a cluster.
+pub fn group_name(owner: &Owner, cluster: &ClusterName) -> String {
+    format!("stratus-{owner}-{cluster}")
+}
+
+/// The key pair of a cluster.
+pub fn key_name(owner: &Owner, cluster: &ClusterName) -> String {
+    format!("{owner}-{cluster}")
+}
+
+/// An I/O error's reason without the `(os error N)` suffix.
+pub(crate) fn io_reason(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_owned(),
+        None => s,
+    }
+}
+
+pub struct Ec2Provider {
+    client: aws_sdk_ec2::Client,
+    ctx: error::Context,
+    config: Ec2Config,
+    /// Security group ids by name, learned by `prepare` or looked up by `launch`.
+    groups: Mutex<HashMap<String, String>>,
+    /// Root device names by image id.
+    root_devices: Mutex<HashMap<String, String>>,
+}
+
+impl std::fmt::Debug for Ec2Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ec2Provider")
+            .field("endpoint", &self.ctx.endpoint)
+            .field("region", &self.config.region)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A filter on one value.
+fn filter(name: &str, value: impl Into<String>) -> Filter {
+    Filter::builder().name(name).values(value).build()
+}
+
+fn tag_spec(kind: ResourceType, pairs: &[(String, String)]) -> TagSpecification {
+    let mut b = TagSpecification::builder().resource_type(kind);
+    for (k, v) in pairs {
+        b = b.tags(Tag::builder().key(k).value(v).build());
+    }
+    b.build()
+}
+
+fn tag_value<'a>(tags: &'a [Tag], key: &str) -> Option<&'a str> {
+    tags.iter()
+        .find(|t| t.key() == Some(key))
+        .and_then(|t| t.value())
+}
+
+/// The cluster's tags as EC2 holds them, when they are stratus's and valid.
+fn parse_tags(tags: &[Tag]) -> Option<Tags> {
+    Some(Tags {
+        owner: Owner::parse(tag_value(tags, TAG_OWNER)?).ok()?,
+        cluster: ClusterName::parse(tag_value(tags, TAG_CLUSTER)?).ok()?,
+        role: tag_value(tags, TAG_ROLE).and_then(Role::parse),
+        profile: tag_value(tags, TAG_PROFILE).unwrap_or_default().to_owned(),
+        request: RequestId::from_stored(tag_value(tags, TAG_REQUEST)?.to_owned()),
+    })
+}
+
+fn cluster_tags(cluster: &ClusterRef) -> Tags {
+    Tags {
+        owner: cluster.owner.clone(),
+        cluster: cluster.name.clone(),
+        role: None,
+        profile: cluster.profile.clone(),
+        request: cluster.request.clone(),
+    }
+}
+
+fn owned_pairs(tags: &Tags) -> Vec<(String, String)> {
+    tags.pairs()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+}
+
+/// The node's ClientToken: as given when EC2 accepts it, else a stable digest of it (the same
+/// node always gets the same token, so a retried call stays idempotent).
+pub fn client_token(token: &str) -> String {
+    let ok = |c: char| c.is_ascii_graphic();
+    if token.len() <= CLIENT_TOKEN_MAX && !token.is_empty() && token.chars().all(ok) {
+        return token.to_owned();
+    }
+    // FNV-1a, twice with different seeds: stable across processes and releases.
+    let fnv = |seed: u64| {
+        token
+            .bytes()
+            .fold(seed, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+    };
+    let prefix: String = token
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(30)
+        .collect();
+    format!(
+        "{prefix}-{:016x}{:016x}",
+        fnv(0xcbf2_9ce4_8422_2325),
+        fnv(0x8422_2325_cbf2_9ce4)
+    )
+}
+
+fn state_of(name: &InstanceStateName) -> InstanceState {
+    match name {
+        InstanceStateName::Pending => InstanceState::Pending,
+        InstanceStateName::Running => InstanceState::Running,
+        InstanceStateName::Stopping => InstanceState::Stopping,
+        InstanceStateName::Stopped => InstanceState::Stopped,
+        InstanceStateName::ShuttingDown => InstanceState::ShuttingDown,
+        InstanceStateName::Terminated => InstanceState::Terminated,
+        _ => InstanceState::Unknown,
+    }
+}
+
+impl Ec2Provider {
+    /// Builds the client from the site's `[ec2]` table and checks that credentials are at hand.
+    pub async fn new(config: &Ec2Config) -> Result<Self, ProviderError> {
+        for cidr in &config.client_cidrs {
+            super::parse_cidr(cidr).map_err(ProviderError::InvalidRequest)?;
+        }
+        let built = client::build(config).await?;
+        let provider = Self {
+            client: built.client,
+            ctx: built.context,
+            config: config.clone(),
+            groups: Mutex::new(HashMap::new()),
+            root_devices: Mutex::new(HashMap::new()),
+        };
+        provider.check_access().await?;
+        Ok(provider)
+    }
+
+    /// One cheap call the service account needs anyway, so that credentials EC2 rejects (or an
+    /// endpoint that does not answer) stop a command before it records or creates anything.
+    async fn check_access(&self) -> Result<(), ProviderError> {
+        self.client
+            .describe_instances()
+            .filters(filter("tag-key", TAG_CLUSTER))
+            .max_results(5)
+            .send()
+            .await
+            .map_err(|e| self.err("DescribeInstances", e))?;
+        Ok(())
+    }
+
+    fn err<E>(
+        &self,
+        op: &str,
+        e: aws_sdk_ec2::error::SdkError<E, aws_sdk_ec2::config::http::HttpResponse>,
+    ) -> ProviderError
+    where
+        E: aws_sdk_ec2::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        error::classify(op, &self.ctx, e)
+    }
+
+    /// The VPC the cluster's group belongs in: the subnet's, else `vpc_id`, else (None) the
+    /// region's default VPC.
+    async fn vpc(&self) -> Result<Option<String>, ProviderError> {
+        let Some(subnet) = &self.config.subnet_id else {
+            return Ok(self.config.vpc_id.clone());
+        };
+        let out = self
+            .client
+            .describe_subnets()
+            .subnet_ids(subnet)
+            .send()
+            .await
+            .map_err(|e| self.err("DescribeSubnets", e))?;
+        let vpc = out
+            .subnets()
+            .iter()
+            .find(|s| s.subnet_id() == Some(subnet.as_str()))
+            .and_then(|s| s.vpc_id())
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                ProviderError::InvalidRequest(format!(
+                    "[ec2] subnet_id {subnet} does not exist in {}",
+                    self.config.region
+                ))
+            })?;
+        if let Some(want) = &self.config.vpc_id
+            && *want != vpc
+        {
+            return Err(ProviderError::InvalidRequest(format!(
+                "[ec2] subnet_id {subnet} is in VPC {vpc}, not in vpc_id {want}"
+            )));
+        }
+        Ok(Some(vpc))
+    }
+
+    /// The cluster's security group, if it exists (found by name and tags, so a group of the
+    /// same name that is not stratus's is never touched).
+    async fn find_group(
+        &self,
+        owner: &Owner,
+        cluster: &ClusterName,
+        vpc: Option<&str>,
+    ) -> Result<Option<String>, ProviderError> {
+        let name = group_name(owner, cluster);
+        let mut filters = vec![
+            filter("group-name", &name),
+            filter(&format!("tag:{TAG_OWNER}"), owner.as_str()),
+            filter(&format!("tag:{TAG_CLUSTER}"), cluster.as_str()),
+        ];
+        if let Some(v) = vpc {
+            filters.push(filter("vpc-id", v));
+        }
+        let mut pages = self
+            .client
+            .describe_security_groups()
+            .set_filters(Some(filters))
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.err("DescribeSecurityGroups", e))?;
+            if let Some(id) = page
+                .security_groups()
+                .iter()
+                .filter(|g| g.group_name() == Some(name.as_str()))
+                .find_map(|g| g.group_id())
+            {
+                self.groups
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(name.clone(), id.to_owned());
+                return Ok(Some(id.to_owned()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The group id for launching into: from `prepare`, else looked up.
+    async fn group_id(&self, cluster: &ClusterRef) -> Result<String, ProviderError> {
+        let name = group_name(&cluster.owner, &cluster.name);
+        if let Some(id) = self
+            .groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&name)
+        {
+            return Ok(id.clone());
+        }
+        let vpc = self.vpc().await?;
+        self.find_group(&cluster.owner, &cluster.name, vpc.as_deref())
+            .await?
+            .ok_or_else(|| {
+                ProviderError::Other(format!(
+                    "the security group {name} of cluster {} does not exist (was the cluster deleted?)",
+                    cluster.name
+                ))
+            })
+    }
+
+    async fn ensure_group(
+        &self,
+        cluster: &ClusterRef,
+        vpc: Option<&str>,
+        tags: &[(String, String)],
+    ) -> Result<String, ProviderError> {
+        let name = group_name(&cluster.owner, &cluster.name);
+        if let Some(id) = self.find_group(&cluster.owner, &cluster.name, vpc).await? {
+            // A leftover of an earlier cluster of this name: it now belongs to this request.
+            self.retag(&id, tags).await?;
+            return Ok(id);
+        }
+        let created = self
+            .client
+            .create_security_group()
+            .group_name(&name)
+            .description(format!(
+                "stratus cluster {} of {}",
+                cluster.name, cluster.owner
+            ))
+            .set_vpc_id(vpc.map(str::to_owned))
+            .tag_specifications(tag_spec(ResourceType::SecurityGroup, tags))
+            .send()
+            .await;
+        match created {
+            Ok(out) => {
+                let id = out
+                    .group_id()
+                    .map(str::to_owned)
+                    .ok_or_else(|| ProviderError::Api {
+                        op: "CreateSecurityGroup".into(),
+                        message: "the answer has no group id".into(),
+                    })?;
+                tracing::info!(group = %name, id = %id, "created security group");
+                self.groups
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(name, id.clone());
+                Ok(id)
+            }
+            Err(e) if error::code(&e) == Some("InvalidGroup.Duplicate") => {
+                // Created meanwhile by another call, or a group of that name that is not ours.
+                match self.find_group(&cluster.owner, &cluster.name, vpc).await? {
+                    Some(id) => Ok(id),
+                    None => Err(ProviderError::InvalidRequest(format!(
+                        "a security group named {name} exists but is not stratus's group for cluster {}; delete or rename it",
+                        cluster.name
+                    ))),
+                }
+            }
+            Err(e) => Err(self.err("CreateSecurityGroup", e)),
+        }
+    }
+
+    async fn retag(&self, id: &str, tags: &[(String, String)]) -> Result<(), ProviderError> {
+        let tags: Vec<Tag> = tags
+            .iter()
+            .map(|(k, v)| Tag::builder().key(k).value(v).build())
+            .collect();
+        self.client
+            .create_tags()
+            .resources(id)
+            .set_tags(Some(tags))
+            .send()
+            .await
+            .map_err(|e| self.err("CreateTags", e))?;
+        Ok(())
+    }
+
+    /// Makes the group's ingress rules exactly what the site and profile ask for.
+    async fn sync_rules(
+        &self,
+        group_id: &str,
+        access: &SshAccess,
+        tags: &[(String, String)],
+    ) -> Result<(), ProviderError> {
+        let out = self
+            .client
+            .describe_security_groups()
+            .group_ids(group_id)
+            .send()
+            .await
+            .map_err(|e| self.err("DescribeSecurityGroups", e))?;
+        let existing = out
+            .security_groups()
+            .iter()
+            .find(|g| g.group_id() == Some(group_id))
+            .map(|g| rules::from_permissions(g.ip_permissions()))
+            .unwrap_or_default();
+        let mut ports = vec![access.port];
+        ports.extend(access.web_ports.iter().copied());
+        let desired = rules::desired(group_id, &ports, &self.config.client_cidrs);
+        let (add, remove) = rules::diff(&desired, &existing);
+        if !remove.is_empty() {
+            tracing::info!(group = %group_id, rules = remove.len(), "revoking rules the config no longer asks for");
+            self.client
+                .revoke_security_group_ingress()
+                .group_id(group_id)
+                .set_ip_permissions(Some(rules::permissions(&remove, access.port)))
+                .send()
+                .await
+                .map_err(|e| self.err("RevokeSecurityGroupIngress", e))?;
+        }
+        if !add.is_empty() {
+            let r = self
+                .client
+                .authorize_security_group_ingress()
+                .group_id(group_id)
+                .set_ip_permissions(Some(rules::permissions(&add, access.port)))
+                .tag_specifications(tag_spec(ResourceType::SecurityGroupRule, tags))
+                .send()
+                .await;
+            match r {
+                Ok(_) => {}
+                // Added meanwhile by a concurrent prepare: the rule is there, which is the point.
+                Err(e) if error::code(&e) == Some("InvalidPermission.Duplicate") => {}
+                Err(e) => return Err(self.err("AuthorizeSecurityGroupIngress", e)),
+            }
+        }
+        if self.config.client_cidrs.is_empty() {
+            tracing::warn!(
+                "[ec2] client_cidrs is empty: no network outside the cluster may reach its SSH port"
+            );
+        }
+        Ok(())
+    }
+
+    /// The cluster's key pair, imported from the cluster key; a stale one of an earlier cluster of
+    /// the same name is replaced.
+    async fn ensure_key_pair(
+        &self,
+        cluster: &ClusterRef,
+        access: &SshAccess,
+        tags: &[(String, String)],
+    ) -> Result<(), ProviderError> {
+        let name = key_name(&cluster.owner, &cluster.name);
+        for attempt in 0..2 {
+            let out = self
+                .client
+                .describe_key_pairs()
+                .filters(filter("key-name", &name))
+                .include_public_key(true)
+                .send()
+                .await
+                .map_err(|e| self.err("DescribeKeyPairs", e))?;
+            if let Some(kp) = out
+                .key_pairs()
+                .iter()
+                .find(|k| k.key_name() == Some(name.as_str()))
+            {
+                let theirs = parse_tags(kp.tags());
+                let ours = theirs
+                    .as_ref()
+                    .is_some_and(|t| t.owner == cluster.owner && t.cluster == cluster.name);
+                if !ours {
+                    return Err(ProviderError::InvalidRequest(format!(
+                        "an EC2 key pair named {name} exists but is not stratus's key pair for cluster {}; delete or rename it",
+                        cluster.name
+                    )));
+                }
+                let same_key = match kp.public_key() {
+                    Some(k) => same_public_key(k, &access.public_key),
+                    None => theirs.is_some_and(|t| t.request == cluster.request),
+                };
+                if same_key {
+                    return Ok(());
+                }
+                tracing::info!(key_pair = %name, "replacing the key pair of an earlier cluster of this name");
+                self.client
+                    .delete_key_pair()
+                    .key_name(&name)
+                    .send()
+                    .await
+                    .map_err(|e| self.err("DeleteKeyPair", e))?;
+            }
+            let imported = self
+                .client
+                .import_key_pair()
+                .key_name(&name)
+                .public_key_material(Blob::new(access.public_key.trim().as_bytes()))
+                .tag_specifications(tag_spec(ResourceType::KeyPair, tags))
+                .send()
+                .await;
+            match imported {
+                Ok(_) => {
+                    tracing::info!(key_pair = %name, "imported key pair");
+                    return Ok(());
+                }
+                Err(e) if error::code(&e) == Some("InvalidKeyPair.Duplicate") && attempt == 0 => {
+                    continue;
+                }
+                Err(e) => return Err(self.err("ImportKeyPair", e)),
+            }
+        }
+        Err(ProviderError::Other(format!(
+            "the key pair {name} keeps being created by someone else"
+        )))
+    }
+
+    /// The device name of an image's root volume, to resize it.
+    async fn root_device(&self, image: &str) -> Result<String, ProviderError> {
+        if !image.starts_with("ami-") {
+            return Ok(DEFAULT_ROOT_DEVICE.to_owned());
+        }
+        if let Some(d) = self
+            .root_devices
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(image)
+        {
+            return Ok(d.clone());
+        }
+        let out = self
+            .client
+            .describe_images()
+            .image_ids(image)
+            .send()
+            .await
+            .map_err(|e| self.err("DescribeImages", e))?;
+        let device = out
+            .images()
+            .iter()
+            .find(|i| i.image_id() == Some(image))
+            .ok_or_else(|| {
+                ProviderError::InvalidRequest(format!(
+                    "image {image} does not exist in {}",
+                    self.config.region
+                ))
+            })?
+            .root_device_name()
+            .unwrap_or(DEFAULT_ROOT_DEVICE)
+            .to_owned();
+        self.root_devices
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(image.to_owned(), device.clone());
+        Ok(device)
+    }
+
+    /// Converts an SDK instance; `None` for one without an id (never seen, but not unwrapped).
+    fn convert(&self, i: &aws_sdk_ec2::types::Instance) -> Option<Instance> {
+        let id = i.instance_id()?.to_owned();
+        let tags = parse_tags(i.tags());
+        let role = tags.as_ref().and_then(|t| t.role);
+        let index = match (&tags, role) {
+            (_, Some(Role::Master)) => Some(0),
+            (Some(t), Some(Role::Worker)) => tag_value(i.tags(), TAG_NAME)
+                .and_then(|n| n.strip_prefix(&format!("{}-worker-", t.cluster)))
+                .and_then(|n| n.parse().ok()),
+            _ => None,
+        };
+        let state = i
+            .state()
+            .and_then(|s| s.name())
+            .map(state_of)
+            .unwrap_or(InstanceState::Unknown);
+        let non_empty = |s: Option<&str>| s.filter(|s| !s.is_empty()).map(str::to_owned);
+        let address = match self.config.address {
+            AddressKind::PublicIp => non_empty(i.public_ip_address()),
+            AddressKind::PrivateIp => non_empty(i.private_ip_address()),
+            AddressKind::PublicDns => non_empty(i.public_dns_name()),
+        };
+        let reason = if state == InstanceState::Running {
+            None
+        } else {
+            non_empty(i.state_reason().and_then(|r| r.message()))
+                .or_else(|| non_empty(i.state_transition_reason()))
+        };
+        Some(Instance {
+            id,
+            role,
+            index,
+            state,
+            reason,
+            address,
+            ssh_port: tag_value(i.tags(), TAG_SSH_PORT)
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(22),
+            instance_type: i
+                .instance_type()
+                .map(|t| t.as_str().to_owned())
+                .unwrap_or_default(),
+            image: i.image_id().unwrap_or_default().to_owned(),
+            spot: i.instance_lifecycle() == Some(&InstanceLifecycleType::Spot),
+            tags,
+            host_key: None,
+            launched_at: i.launch_time().and_then(|t| t.to_millis().ok()),
+        })
+    }
+
+    /// Cancels the spot requests behind these instances, so none launches a replacement.
+    async fn cancel_spot_requests(&self, ids: &[String]) -> Result<(), ProviderError> {
+        let mut requests = Vec::new();
+        for chunk in ids.chunks(IDS_PER_CALL) {
+            let mut pages = self
+                .client
+                .describe_spot_instance_requests()
+                .filters(
+                    Filter::builder()
+                        .name("instance-id")
+                        .set_values(Some(chunk.to_vec()))
+                        .build(),
+                )
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|e| self.err("DescribeSpotInstanceRequests", e))?;
+                for r in page.spot_instance_requests() {
+                    let open = matches!(
+                        r.state().map(|s| s.as_str()),
+                        Some("open") | Some("active") | Some("disabled")
+                    );
+                    if let (true, Some(id)) = (open, r.spot_instance_request_id()) {
+                        requests.push(id.to_owned());
+                    }
+                }
+            }
+        }
+        for chunk in requests.chunks(IDS_PER_CALL) {
+            tracing::info!(requests = ?chunk, "cancelling spot requests");
+            self.client
+                .cancel_spot_instance_requests()
+                .set_spot_instance_request_ids(Some(chunk.to_vec()))
+                .send()
+                .await
+                .map_err(|e| self.err("CancelSpotInstanceRequests", e))?;
+        }
+        Ok(())
+    }
+
+    async fn terminate_some(&self, ids: &[String]) -> Result<(), ProviderError> {
+        let r = self
+            .client
+            .terminate_instances()
+            .set_instance_ids(Some(ids.to_vec()))
+            .send()
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            // One unknown id fails the whole call: terminate the others one by one.
+            Err(e) if error::code(&e) == Some("InvalidInstanceID.NotFound") && ids.len() > 1 => {
+                for id in ids {
+                    Box::pin(self.terminate_some(std::slice::from_ref(id))).await?;
+                }
+                Ok(())
+            }
+            Err(e) if error::code(&e) == Some("InvalidInstanceID.NotFound") => {
+                tracing::debug!(instance = ?ids, "already gone");
+                Ok(())
+            }
+            Err(e) => Err(self.err("TerminateInstances", e)),
+        }
+    }
+
+    async fn delete_group(&self, id: &str) -> Result<(), ProviderError> {
+        let deadline = Instant::now() + RELEASE_TIMEOUT;
+        let mut delay = Duration::from_secs(2);
+        loop {
+            let r = self
+                .client
+                .delete_security_group()
+                .group_id(id)
+                .send()
+                .await;
+            match r {
+                Ok(_) => return Ok(()),
+                Err(e) if error::code(&e) == Some("InvalidGroup.NotFound") => return Ok(()),
+                // Instances still shutting down hold the group.
+                Err(e)
+                    if error::code(&e) == Some("DependencyViolation")
+                        && Instant::now() + delay < deadline =>
+                {
+                    tracing::debug!(group = %id, "still in use; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(15));
+                }
+                Err(e) => return Err(self.err("DeleteSecurityGroup", e)),
+            }
+        }
+    }
+
+    /// Every stratus security group and key pair of `owner` (all owners with `None`), with the
+    /// cluster each belongs to: what `reconcile` and `delete-cluster` look at.
+    pub async fn cluster_resources(
+        &self,
+        owner: Option<&Owner>,
+    ) -> Result<Vec<ClusterResource>, ProviderError> {
+        let mut filters = vec![
+            Filter::builder()
+                .name("tag-key")
+                .values(TAG_CLUSTER)
+                .build(),
+        ];
+        if let Some(o) = owner {
+            filters.push(filter(&format!("tag:{TAG_OWNER}"), o.as_str()));
+        }
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .describe_security_groups()
+            .set_filters(Some(filters.clone()))
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.err("DescribeSecurityGroups", e))?;
+            for g in page.security_groups() {
+                if let (Some(id), Some(tags)) = (g.group_id(), parse_tags(g.tags())) {
+                    out.push(ClusterResource {
+                        kind: ResourceKind::SecurityGroup,
+                        id: id.to_owned(),
+                        name: g.group_name().unwrap_or_default().to_owned(),
+                        tags,
+                    });
+                }
+            }
+        }
+        let keys = self
+            .client
+            .describe_key_pairs()
+            .set_filters(Some(filters))
+            .send()
+            .await
+            .map_err(|e| self.err("DescribeKeyPairs", e))?;
+        for k in keys.key_pairs() {
+            if let (Some(name), Some(tags)) = (k.key_name(), parse_tags(k.tags())) {
+                out.push(ClusterResource {
+                    kind: ResourceKind::KeyPair,
+                    id: k.key_pair_id().unwrap_or(name).to_owned(),
+                    name: name.to_owned(),
+                    tags,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A per-cluster resource other than an instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterResource {
+    pub kind: ResourceKind,
+    pub id: String,
+    pub name: String,
+    pub tags: Tags,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResourceKind {
+    SecurityGroup,
+    KeyPair,
+}
+
+/// Whether two OpenSSH public key lines hold the same key (comments aside).
+fn same_public_key(a: &str, b: &str) -> bool {
+    let key = |s: &str| {
+        let mut f = s.split_whitespace();
+        (f.next().map(str::to_owned), f.next().map(str::to_owned))
+    };
+    let (ka, kb) = (key(a), key(b));
+    ka.1.is_some() && ka == kb
+}
+
+impl Provider for Ec2Provider {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Ec2
+    }
+
+    async fn prepare(&self, cluster: &ClusterRef, access: &SshAccess) -> Result<(), ProviderError> {
+        for cidr in &self.config.client_cidrs {
+            if cidr.ends_with("/0") && !self.config.allow_world {
+                return Err(ProviderError::InvalidRequest(format!(
+                    "[ec2] client_cidrs contains {cidr}, which opens SSH to the whole internet; set allow_world = true if that is really meant"
+                )));
+            }
+        }
+        let tags = owned_pairs(&cluster_tags(cluster));
+        let vpc = self.vpc().await?;
+        let group = self.ensure_group(cluster, vpc.as_deref(), &tags).await?;
+        self.sync_rules(&group, access, &tags).await?;
+        self.ensure_key_pair(cluster, access, &tags).await?;
+        Ok(())
+    }
+
+    async fn launch(
+        &self,
+        cluster: &ClusterRef,
+        access: &SshAccess,
+        node: &NodeSpec,
+    ) -> Result<Instance, ProviderError> {
+        let group = self.group_id(cluster).await?;
+        let user_data = base64::engine::general_purpose::STANDARD
+            .encode(crate::templates::gzip(node.user_data.as_bytes()));
+        let mut tags = owned_pairs(&node.tags);
+        tags.push((TAG_NAME.to_owned(), node.name.clone()));
+        tags.push((TAG_SSH_PORT.to_owned(), access.port.to_string()));
+        let mut req = self
+            .client
+            .run_instances()
+            .image_id(&node.image)
+            .instance_type(InstanceType::from(node.instance_type.as_str()))
+            // moto honours MinCount only; EC2 launches up to MaxCount. One node per call.
+            .min_count(1)
+            .max_count(1)
+            .key_name(key_name(&cluster.owner, &cluster.name))
+            .user_data(user_data)
+            .client_token(client_token(&node.client_token))
+            .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
+            // IMDSv2 only: a process tricked into fetching a URL cannot read the metadata.
+            .metadata_options(
+                InstanceMetadataOptionsRequest::builder()
+                    .http_endpoint(InstanceMetadataEndpointState::Enabled)
+                    .http_tokens(HttpTokensState::Required)
+                    .build(),
+            )
+            .tag_specifications(tag_spec(ResourceType::Instance, &tags))
+            .tag_specifications(tag_spec(ResourceType::Volume, &tags))
+            .tag_specifications(tag_spec(ResourceType::NetworkInterface, &tags));
+        let public = matches!(
+            self.config.address,
+            AddressKind::PublicIp | AddressKind::PublicDns
+        );
+        req = match &self.config.subnet_id {
+            // A subnet of the site's own VPC may not hand out public addresses by default; stratus
+            // reaches nodes at theirs, so it asks for one (group and subnet then belong to the
+            // network interface).
+            Some(subnet) if public => req.network_interfaces(
+                InstanceNetworkInterfaceSpecification::builder()
+                    .device_index(0)
+                    .subnet_id(subnet)
+                    .groups(group)
+                    .associate_public_ip_address(true)
+                    .delete_on_termination(true)
+                    .build(),
+            ),
+            subnet => req.security_group_ids(group).set_subnet_id(subnet.clone()),
+        };
+        if node.spot {
+            req = req
+                .instance_market_options(
+                    InstanceMarketOptionsRequest::builder()
+                        .market_type(MarketType::Spot)
+                        .spot_options(
+                            SpotMarketOptions::builder()
+                                .spot_instance_type(SpotInstanceType::OneTime)
+                                .instance_interruption_behavior(
+                                    InstanceInterruptionBehavior::Terminate,
+                                )
+                                .build(),
+                        )
+                        .build(),
+                )
+                .tag_specifications(tag_spec(ResourceType::SpotInstancesRequest, &tags));
+        }
+        if let Some(gb) = node.volume_gb {
+            let device = self.root_device(&node.image).await?;
+            let size = i32::try_from(gb).map_err(|_| {
+                ProviderError::InvalidRequest(format!("volume_gb = {gb} is too large"))
+            })?;
+            req = req.block_device_mappings(
+                BlockDeviceMapping::builder()
+                    .device_name(device)
+                    .ebs(
+                        EbsBlockDevice::builder()
+                            .volume_size(size)
+                            .volume_type(VolumeType::Gp3)
+                            .delete_on_termination(true)
+                            .build(),
+                    )
+                    .build(),
+            );
+        }
+        let out = req.send().await.map_err(|e| self.err("RunInstances", e))?;
+        let instance = out
+            .instances()
+            .first()
+            .and_then(|i| self.convert(i))
+            .ok_or_else(|| ProviderError::Api {
+                op: "RunInstances".into(),
+                message: "the answer lists no instance".into(),
+            })?;
+        tracing::info!(node = %node.name, instance = %instance.id, "RunInstances");
+        Ok(Instance {
+            ssh_port: access.port,
+            ..instance
+        })
+    }
+
+    async fn describe(&self, selector: &Selector) -> Result<Vec<Instance>, ProviderError> {
+        let mut filters = Vec::new();
+        if let Some(o) = &selector.owner {
+            filters.push(filter(&format!("tag:{TAG_OWNER}"), o.as_str()));
+        }
+        if let Some(c) = &selector.cluster {
+            filters.push(filter(&format!("tag:{TAG_CLUSTER}"), c.as_str()));
+        }
+        if let Some(r) = &selector.request {
+            filters.push(filter(&format!("tag:{TAG_REQUEST}"), r.as_str()));
+        }
+        if filters.is_empty() {
+            filters.push(filter("tag-key", TAG_CLUSTER));
+        }
+        // Always paginate: EC2 (and moto, at 100 reservations) splits long answers.
+        let mut pages = self
+            .client
+            .describe_instances()
+            .set_filters(Some(filters))
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.err("DescribeInstances", e))?;
+            for r in page.reservations() {
+                for i in r.instances() {
+                    match self.convert(i) {
+                        Some(inst) if inst.tags.as_ref().is_none_or(|t| selector.matches(t)) => {
+                            out.push(inst)
+                        }
+                        Some(_) => {}
+                        None => {
+                            tracing::warn!("DescribeInstances listed an instance without an id")
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn terminate(&self, ids: &[String]) -> Result<(), ProviderError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.cancel_spot_requests(ids).await?;
+        for chunk in ids.chunks(IDS_PER_CALL) {
+            tracing::info!(instances = ?chunk, "TerminateInstances");
+            self.terminate_some(chunk).await?;
+        }
+        Ok(())
+    }
+
+    async fn clusters_with_resources(
+        &self,
+        owner: Option<&Owner>,
+    ) -> Result<Vec<(Owner, ClusterName)>, ProviderError> {
+        let mut out: Vec<(Owner, ClusterName)> = self
+            .cluster_resources(owner)
+            .await?
+            .into_iter()
+            .map(|r| (r.tags.owner, r.tags.cluster))
+            .collect();
+        out.sort_by(|a, b| (a.0.as_str(), a.1.as_str()).cmp(&(b.0.as_str(), b.1.as_str())));
+        out.dedup();
+        Ok(out)
+    }
+
+    async fn release(&self, cluster: &ClusterRef) -> Result<(), ProviderError> {
+        let name = key_name(&cluster.owner, &cluster.name);
+        let owner_filter = filter(&format!("tag:{TAG_OWNER}"), cluster.owner.as_str());
+        let cluster_filter = filter(&format!("tag:{TAG_CLUSTER}"), cluster.name.as_str());
+        let keys = self
+            .client
+            .describe_key_pairs()
+            .filters(filter("key-name", &name))
+            .filters(owner_filter.clone())
+            .filters(cluster_filter.clone())
+            .send()
+            .await
+            .map_err(|e| self.err("DescribeKeyPairs", e))?;
+        for k in keys.key_pairs() {
+            if k.key_name() == Some(name.as_str()) {
+                // By name: moto ignores KeyPairId here.
+                self.client
+                    .delete_key_pair()
+                    .key_name(&name)
+                    .send()
+                    .await
+                    .map_err(|e| self.err("DeleteKeyPair", e))?;
+                tracing::info!(key_pair = %name, "deleted key pair");
+            }
+        }
+        let gname = group_name(&cluster.owner, &cluster.name);
+        let mut ids = Vec::new();
+        let mut pages = self
+            .client
+            .describe_security_groups()
+            .filters(filter("group-name", &gname))
+            .filters(owner_filter)
+            .filters(cluster_filter)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.err("DescribeSecurityGroups", e))?;
+            ids.extend(
+                page.security_groups()
+                    .iter()
+                    .filter(|g| g.group_name() == Some(gname.as_str()))
+                    .filter_map(|g| g.group_id().map(str::to_owned)),
+            );
+        }
+        for id in ids {
+            self.delete_group(&id).await?;
+            tracing::info!(group = %gname, id = %id, "deleted security group");
+        }
+        self.groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&gname);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_tokens_fit_and_are_stable() {
+        assert_eq!(
+            client_token("req-0123456789abcdef-w3"),
+            "req-0123456789abcdef-w3"
+        );
+        let long = format!("req-0123456789abcdef-w3{}", "-r1".repeat(30));
+        let t = client_token(&long);
+        assert!(t.len() <= CLIENT_TOKEN_MAX, "{t}");
+        assert_eq!(t, client_token(&long));
+        assert_ne!(t, client_token(&format!("{long}-r2")));
+    }
+
+    #[test]
+    fn tags_round_trip() {
+        let t = Tags {
+            owner: Owner::parse("alice").unwrap(),
+            cluster: ClusterName::parse("demo").unwrap(),
+            role: Some(Role::Worker),
+            profile: "hadoop".into(),
+            request: RequestId::from_stored("req-1".into()),
+        };
+        let sdk: Vec<Tag> = owned_pairs(&t)
+            .into_iter()
+            .map(|(k, v)| Tag::builder().key(k).value(v).build())
+            .collect();
+        assert_eq!(parse_tags(&sdk), Some(t));
+        assert_eq!(parse_tags(&sdk[1..]), None);
+    }
+
+    #[test]
+    fn public_keys_compare_without_comments() {
+        assert!(same_public_key("ssh-ed25519 AAAA x@y", "ssh-ed25519 AAAA"));
+        assert!(!same_public_key("ssh-ed25519 AAAA", "ssh-ed25519 AAAB"));
+        assert!(!same_public_key("", ""));
+    }
+}
