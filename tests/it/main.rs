@@ -3,6 +3,8 @@
 //! (in `ec2`) moto's EC2 server.
 
 mod cli;
+mod ec2;
+mod hadoop_profile;
 mod local;
 mod openssh;
 mod support;

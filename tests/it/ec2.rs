@@ -1,0 +1,1248 @@
+//! The EC2 provider against moto's EC2 server, through the real binary and the library: tags on
+//! everything it creates, security group rules as configured, user-data as rendered, listing past
+//! moto's 100-reservation pages, terminate and delete leaving nothing behind, a whole cluster
+//! configured over SSH on loopback instances (the test acting as the hypervisor), rollback when a
+//! worker never answers, and one clear sentence when credentials are wrong or missing.
+//!
+//! moto is shared and global: every test here holds `Moto` (an exclusive lock, then a reset)
+//! for its whole run. Without `STRATUS_MOTO_ENDPOINT` they skip, unless
+//! `STRATUS_REQUIRE_MOTO=1`.
+
+#[path = "support/ec2_hypervisor.rs"]
+pub(crate) mod ec2_hypervisor;
+#[path = "support/ec2_moto.rs"]
+pub(crate) mod ec2_moto;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use aws_sdk_ec2::types::{Filter, InstanceLifecycleType, InstanceStateName};
+use serde_json::Value;
+use stratus::cluster::provider::ec2::{Ec2Provider, group_name, key_name};
+use stratus::cluster::provider::{ClusterRef, Provider, ProviderError, Selector, SshAccess};
+use stratus::cluster::{ClusterName, Owner, RequestId};
+use stratus::config::{Ec2Config, SiteConfig};
+
+pub(crate) use crate::support::BIN;
+use crate::support::{TestContext, eventually};
+use ec2_hypervisor::{Hypervisor, HypervisorConfig};
+use ec2_moto::{Moto, UBUNTU_AMI, assert_cluster_tags, tag};
+
+const CIDRS: [&str; 2] = ["203.0.113.0/24", "198.51.100.7/32"];
+
+/// A context whose site config points stratus at this moto, with `ec2_extra` in `[ec2]`.
+pub(crate) fn ec2_context(moto: &Moto, ec2_extra: &str) -> TestContext {
+    let ctx = TestContext::new();
+    let site = moto.site_config(ctx.root.path(), ec2_extra);
+    std::fs::write(
+        &ctx.config,
+        format!(
+            "profiles_dir = {:?}\n{site}",
+            ctx.profiles.display().to_string()
+        ),
+    )
+    .unwrap();
+    ctx
+}
+
+fn owner() -> String {
+    Owner::current().unwrap().to_string()
+}
+
+fn nodes(cluster: &Value) -> Vec<Value> {
+    cluster["nodes"].as_array().unwrap().clone()
+}
+
+/// A profile with everything the provider acts on: SSH and web ports, spot workers with a root
+/// volume size, and user-data that echoes its boot facts.
+const TAGGED: &str = r#"
+description = "EC2 test: tags, rules, user-data"
+providers = ["ec2"]
+max_workers = 200
+ssh_user = "ubuntu"
+ssh_port = 2200
+ports = [9870, 8088]
+ready_timeout_secs = 60
+
+[master]
+image = "IMAGE"
+instance_type = "m5.large"
+user_data = "tagged/node.sh.hbs"
+
+[worker]
+image = "IMAGE"
+instance_type = "m5.xlarge"
+user_data = "tagged/node.sh.hbs"
+spot = true
+volume_gb = 40
+"#;
+
+const TAGGED_USER_DATA: &str = "#!/bin/bash\n# {{node_name}} role={{role}} index={{index}} owner={{owner}} request={{request_id}} profile={{profile.name}}\necho booted\n";
+
+fn tagged_profile(ctx: &TestContext) {
+    ctx.profile_file("tagged.toml", &TAGGED.replace("IMAGE", UBUNTU_AMI));
+    ctx.profile_file("tagged/node.sh.hbs", TAGGED_USER_DATA);
+}
+
+/// The ingress rules of a group as (protocol, from, to, source) atoms.
+fn rules(g: &aws_sdk_ec2::types::SecurityGroup) -> BTreeSet<(String, i32, i32, String)> {
+    let mut set = BTreeSet::new();
+    for p in g.ip_permissions() {
+        let proto = p.ip_protocol().unwrap_or("-1").to_owned();
+        let (from, to) = if proto == "-1" {
+            (-1, -1)
+        } else {
+            (p.from_port().unwrap_or(-1), p.to_port().unwrap_or(-1))
+        };
+        for pair in p.user_id_group_pairs() {
+            set.insert((
+                proto.clone(),
+                from,
+                to,
+                pair.group_id().unwrap_or("?").to_owned(),
+            ));
+        }
+        for r in p.ip_ranges() {
+            set.insert((
+                proto.clone(),
+                from,
+                to,
+                r.cidr_ip().unwrap_or("?").to_owned(),
+            ));
+        }
+        for r in p.ipv6_ranges() {
+            set.insert((
+                proto.clone(),
+                from,
+                to,
+                r.cidr_ipv6().unwrap_or("?").to_owned(),
+            ));
+        }
+    }
+    set
+}
+
+fn first_two_fields(s: &str) -> String {
+    s.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+}
+
+#[test]
+fn launch_list_terminate_tags_everything_and_leaves_nothing() {
+    let Some(moto) = Moto::acquire() else { return };
+    let (vpc, subnet) = moto.loopback_subnet();
+    let ctx = ec2_context(
+        &moto,
+        &format!("subnet_id = \"{subnet}\"\naddress = \"private_ip\"\nclient_cidrs = {CIDRS:?}\n"),
+    );
+    tagged_profile(&ctx);
+    let owner = owner();
+    ctx.ok(&[
+        "launch-cluster",
+        "tg",
+        "2",
+        "-p",
+        "tagged",
+        "--no-configure",
+    ]);
+
+    // Instances: tagged from birth, in our group, with the key pair, terminate on shutdown,
+    // workers on spot, user-data exactly the rendered template.
+    let instances = moto.instances(&[("tag:stratus:cluster", "tg")]);
+    assert_eq!(instances.len(), 3, "{instances:#?}");
+    let requests: BTreeSet<&str> = instances
+        .iter()
+        .filter_map(|i| tag(i.tags(), "stratus:request"))
+        .collect();
+    assert_eq!(requests.len(), 1, "one request for the whole launch");
+    let request = requests.into_iter().next().unwrap().to_owned();
+    let group = moto.groups_named(&format!("stratus-{owner}-tg"));
+    assert_eq!(group.len(), 1, "{group:#?}");
+    let group = &group[0];
+    let group_id = group.group_id().unwrap();
+    let mut workers = 0;
+    for i in &instances {
+        let id = i.instance_id().unwrap();
+        let t = i.tags();
+        assert_cluster_tags(id, t, &owner, "tg", "tagged");
+        let role = tag(t, "stratus:role").unwrap();
+        let name = tag(t, "Name").unwrap();
+        assert_eq!(tag(t, "stratus:ssh-port"), Some("2200"));
+        assert_eq!(
+            i.state().and_then(|s| s.name()),
+            Some(&InstanceStateName::Running)
+        );
+        assert!(
+            i.private_ip_address().unwrap().starts_with("127.0.0."),
+            "{i:?}"
+        );
+        assert_eq!(i.key_name(), Some(format!("{owner}-tg").as_str()));
+        assert!(
+            i.security_groups()
+                .iter()
+                .any(|g| g.group_id() == Some(group_id))
+        );
+        assert_eq!(i.subnet_id(), Some(subnet.as_str()));
+        let index = match role {
+            "master" => {
+                assert_eq!(name, "tg-master");
+                assert_eq!(i.instance_lifecycle(), None, "the master is on-demand");
+                assert_eq!(i.instance_type().map(|t| t.as_str()), Some("m5.large"));
+                0
+            }
+            "worker" => {
+                workers += 1;
+                assert_eq!(i.instance_lifecycle(), Some(&InstanceLifecycleType::Spot));
+                assert_eq!(i.instance_type().map(|t| t.as_str()), Some("m5.xlarge"));
+                name.strip_prefix("tg-worker-")
+                    .unwrap()
+                    .parse::<u32>()
+                    .unwrap()
+            }
+            other => panic!("role {other}"),
+        };
+        assert_eq!(
+            moto.user_data(id),
+            format!(
+                "#!/bin/bash\n# {name} role={role} index={index} owner={owner} request={request} profile=tagged\necho booted\n"
+            )
+        );
+        let shutdown = moto.block_on(async {
+            moto.ec2
+                .describe_instance_attribute()
+                .instance_id(id)
+                .attribute(
+                    aws_sdk_ec2::types::InstanceAttributeName::InstanceInitiatedShutdownBehavior,
+                )
+                .send()
+                .await
+                .unwrap()
+                .instance_initiated_shutdown_behavior()
+                .and_then(|v| v.value())
+                .map(str::to_owned)
+        });
+        assert_eq!(shutdown.as_deref(), Some("terminate"), "{id}");
+    }
+    assert_eq!(workers, 2);
+
+    // Root volumes carry the tags too; the workers' are resized.
+    let volumes = moto.block_on(async {
+        moto.ec2
+            .describe_volumes()
+            .filters(
+                Filter::builder()
+                    .name("tag:stratus:cluster")
+                    .values("tg")
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap()
+            .volumes()
+            .to_vec()
+    });
+    assert_eq!(volumes.len(), 3, "{volumes:#?}");
+    for v in &volumes {
+        assert_cluster_tags("volume", v.tags(), &owner, "tg", "tagged");
+        if tag(v.tags(), "stratus:role") == Some("worker") {
+            assert_eq!(v.size(), Some(40), "{v:?}");
+        }
+    }
+
+    // The group: in the subnet's VPC, tagged, and exactly the configured rules.
+    assert_eq!(group.vpc_id(), Some(vpc.as_str()));
+    assert_cluster_tags("security group", group.tags(), &owner, "tg", "tagged");
+    assert_eq!(tag(group.tags(), "stratus:request"), Some(request.as_str()));
+    let mut want = BTreeSet::from([("-1".to_owned(), -1, -1, group_id.to_owned())]);
+    for port in [2200, 9870, 8088] {
+        for cidr in CIDRS {
+            want.insert(("tcp".to_owned(), port, port, cidr.to_owned()));
+        }
+    }
+    assert_eq!(rules(group), want);
+    // Each ingress rule stratus added is a tagged resource of its own.
+    let sg_rules = moto.block_on(async {
+        moto.ec2
+            .describe_security_group_rules()
+            .filters(Filter::builder().name("group-id").values(group_id).build())
+            .send()
+            .await
+            .unwrap()
+            .security_group_rules()
+            .to_vec()
+    });
+    let ingress: Vec<_> = sg_rules
+        .iter()
+        .filter(|r| r.is_egress() == Some(false))
+        .collect();
+    assert_eq!(ingress.len(), want.len(), "{sg_rules:#?}");
+    for r in ingress {
+        assert_cluster_tags("security group rule", r.tags(), &owner, "tg", "tagged");
+    }
+
+    // The key pair: tagged, holding the cluster key stratus keeps (mode 0600) in its state.
+    let kp = moto.key_pairs_named(&format!("{owner}-tg"));
+    assert_eq!(kp.len(), 1);
+    assert_cluster_tags("key pair", kp[0].tags(), &owner, "tg", "tagged");
+    let dir = std::fs::read_dir(ctx.state.join("clusters"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with("-tg"))
+        .expect("the cluster's key directory");
+    let public = std::fs::read_to_string(dir.join("id_ed25519.pub")).unwrap();
+    assert_eq!(
+        first_two_fields(kp[0].public_key().unwrap()),
+        first_two_fields(&public)
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("id_ed25519"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    // list shows what EC2 reports.
+    let c = ctx.cluster_json("tg");
+    assert_eq!(c["provider"], "ec2");
+    assert_eq!(
+        c["state"], "running",
+        "--no-configure stops at running: {c:#}"
+    );
+    let ns = nodes(&c);
+    assert_eq!(ns.len(), 3);
+    for n in &ns {
+        assert_eq!(n["state"], "running");
+        assert_eq!(n["ssh_port"], 2200);
+        assert!(
+            n["address"].as_str().unwrap().starts_with("127.0.0."),
+            "{n}"
+        );
+    }
+
+    // Terminate: nothing of the cluster runs, and the group and key pair are gone.
+    let r = ctx.ok(&["terminate-cluster", "tg", "--yes"]);
+    assert!(r.stderr.contains("terminated cluster tg (3 nodes)"), "{r}");
+    let live: Vec<_> = moto
+        .instances(&[("tag:stratus:cluster", "tg")])
+        .into_iter()
+        .filter(|i| {
+            !matches!(
+                i.state().and_then(|s| s.name()),
+                Some(InstanceStateName::Terminated | InstanceStateName::ShuttingDown)
+            )
+        })
+        .collect();
+    assert!(live.is_empty(), "still live: {live:#?}");
+    assert!(moto.groups_named(&format!("stratus-{owner}-tg")).is_empty());
+    assert!(moto.key_pairs_named(&format!("{owner}-tg")).is_empty());
+    let c = ctx.cluster_json("tg");
+    assert_eq!(c["state"], "terminated");
+    assert!(
+        nodes(&c).iter().all(|n| n["state"] == "terminated"),
+        "{c:#}"
+    );
+}
+
+fn ec2_config(moto: &Moto, dir: &std::path::Path, extra: &str) -> Ec2Config {
+    let text = moto.site_config(dir, extra);
+    SiteConfig::parse(&text, &dir.join("config.toml"))
+        .unwrap()
+        .ec2
+        .unwrap()
+}
+
+fn access(port: u16, web: &[u16]) -> SshAccess {
+    let key = stratus::cluster::ssh::generate_key().unwrap();
+    SshAccess {
+        user: "ubuntu".into(),
+        public_key: stratus::cluster::ssh::public_key_openssh(key.public_key()),
+        port,
+        web_ports: web.to_vec(),
+    }
+}
+
+#[test]
+fn prepare_is_idempotent_converges_and_never_adopts_foreign_resources() {
+    let Some(moto) = Moto::acquire() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let config = ec2_config(&moto, dir.path(), "client_cidrs = [\"203.0.113.0/24\"]");
+    let provider = moto.block_on(Ec2Provider::new(&config)).unwrap();
+    let owner = Owner::parse("alice").unwrap();
+    let cluster = ClusterRef {
+        owner: owner.clone(),
+        name: ClusterName::parse("idem").unwrap(),
+        profile: "p".into(),
+        request: RequestId::new(),
+    };
+    let gname = group_name(&cluster.owner, &cluster.name);
+    let kname = key_name(&cluster.owner, &cluster.name);
+    let a = access(22, &[8088]);
+    let expected = |gid: &str| {
+        BTreeSet::from([
+            ("-1".to_owned(), -1, -1, gid.to_owned()),
+            ("tcp".to_owned(), 22, 22, "203.0.113.0/24".to_owned()),
+            ("tcp".to_owned(), 8088, 8088, "203.0.113.0/24".to_owned()),
+        ])
+    };
+
+    // Twice: one group with the same rules, one key pair.
+    moto.block_on(provider.prepare(&cluster, &a)).unwrap();
+    moto.block_on(provider.prepare(&cluster, &a)).unwrap();
+    let groups = moto.groups_named(&gname);
+    assert_eq!(groups.len(), 1);
+    let gid = groups[0].group_id().unwrap().to_owned();
+    assert_eq!(rules(&groups[0]), expected(&gid));
+    assert_eq!(moto.key_pairs_named(&kname).len(), 1);
+
+    // A stale opening someone added is revoked; a new cluster key replaces the old key pair.
+    moto.block_on(async {
+        moto.ec2
+            .authorize_security_group_ingress()
+            .group_id(&gid)
+            .ip_protocol("tcp")
+            .from_port(22)
+            .to_port(22)
+            .cidr_ip("0.0.0.0/0")
+            .send()
+            .await
+            .unwrap()
+    });
+    let b = access(22, &[8088]);
+    let cluster2 = ClusterRef {
+        request: RequestId::new(),
+        ..cluster.clone()
+    };
+    moto.block_on(provider.prepare(&cluster2, &b)).unwrap();
+    let groups = moto.groups_named(&gname);
+    assert_eq!(groups.len(), 1);
+    assert_eq!(
+        rules(&groups[0]),
+        expected(&gid),
+        "the 0.0.0.0/0 rule must go"
+    );
+    assert_eq!(
+        tag(groups[0].tags(), "stratus:request"),
+        Some(cluster2.request.as_str()),
+        "a reused group belongs to the new request"
+    );
+    let kp = moto.key_pairs_named(&kname);
+    assert_eq!(kp.len(), 1);
+    assert_eq!(
+        first_two_fields(kp[0].public_key().unwrap()),
+        first_two_fields(&b.public_key)
+    );
+
+    // A key pair of that name that is not stratus's is refused, not adopted or deleted.
+    let foreign = ClusterRef {
+        name: ClusterName::parse("foreign").unwrap(),
+        ..cluster.clone()
+    };
+    moto.block_on(async {
+        moto.ec2
+            .import_key_pair()
+            .key_name(key_name(&foreign.owner, &foreign.name))
+            .public_key_material(aws_sdk_ec2::primitives::Blob::new(a.public_key.as_bytes()))
+            .send()
+            .await
+            .unwrap()
+    });
+    let err = moto.block_on(provider.prepare(&foreign, &a)).unwrap_err();
+    assert!(matches!(err, ProviderError::InvalidRequest(_)), "{err:?}");
+    assert!(err.to_string().contains("not stratus's"), "{err}");
+    moto.block_on(provider.release(&foreign)).unwrap();
+    assert_eq!(
+        moto.key_pairs_named(&key_name(&foreign.owner, &foreign.name))
+            .len(),
+        1,
+        "release must not delete a key pair that is not stratus's"
+    );
+
+    // The whole internet only when the site says so.
+    let text = moto.site_config(dir.path(), "client_cidrs = [\"0.0.0.0/0\"]");
+    assert!(SiteConfig::parse(&text, std::path::Path::new("c")).is_err());
+    let world = ec2_config(
+        &moto,
+        dir.path(),
+        "client_cidrs = [\"0.0.0.0/0\"]\nallow_world = true",
+    );
+    let open = moto.block_on(Ec2Provider::new(&world)).unwrap();
+    moto.block_on(open.prepare(&cluster2, &b)).unwrap();
+    assert!(
+        rules(&moto.groups_named(&gname)[0]).contains(&(
+            "tcp".to_owned(),
+            22,
+            22,
+            "0.0.0.0/0".to_owned()
+        )),
+        "allow_world = true opens SSH to the world"
+    );
+
+    // Release, twice: nothing left, and nothing to complain about the second time.
+    moto.block_on(provider.release(&cluster2)).unwrap();
+    moto.block_on(provider.release(&cluster2)).unwrap();
+    assert!(moto.groups_named(&gname).is_empty());
+    assert!(moto.key_pairs_named(&kname).is_empty());
+}
+
+#[test]
+fn listing_pages_past_moto_s_100_reservations() {
+    let Some(moto) = Moto::acquire() else { return };
+    // The default VPC: instances get random 10.x addresses, and no connection is ever made.
+    let ctx = ec2_context(&moto, &format!("client_cidrs = {CIDRS:?}\n"));
+    tagged_profile(&ctx);
+    let owner = owner();
+    // Neighbours that must never be listed or touched: untagged instances, and another cluster
+    // of the same owner.
+    moto.block_on(async {
+        for (n, tags) in [(3, vec![]), (2, vec![("stratus:cluster", "other")])] {
+            let mut spec = aws_sdk_ec2::types::TagSpecification::builder()
+                .resource_type(aws_sdk_ec2::types::ResourceType::Instance);
+            for (k, v) in tags {
+                spec = spec.tags(aws_sdk_ec2::types::Tag::builder().key(k).value(v).build());
+            }
+            spec = spec.tags(
+                aws_sdk_ec2::types::Tag::builder()
+                    .key("stratus:owner")
+                    .value(&owner)
+                    .build(),
+            );
+            moto.ec2
+                .run_instances()
+                .image_id(UBUNTU_AMI)
+                .min_count(n)
+                .max_count(n)
+                .tag_specifications(spec.build())
+                .send()
+                .await
+                .unwrap();
+        }
+    });
+    let started = std::time::Instant::now();
+    ctx.ok(&[
+        "launch-cluster",
+        "big",
+        "120",
+        "-p",
+        "tagged",
+        "--no-configure",
+    ]);
+    eprintln!("121 nodes launched in {:?}", started.elapsed());
+
+    let c = ctx.cluster_json("big");
+    let ns = nodes(&c);
+    assert_eq!(ns.len(), 121);
+    assert!(ns.iter().all(|n| n["state"] == "running"), "{c:#}");
+
+    // Through the library: every page, and only what the selector names.
+    let config = ec2_config(&moto, ctx.root.path(), "");
+    let provider = moto.block_on(Ec2Provider::new(&config)).unwrap();
+    let o = Owner::parse(&owner).unwrap();
+    let big = moto
+        .block_on(provider.describe(&Selector {
+            owner: Some(o.clone()),
+            cluster: Some(ClusterName::parse("big").unwrap()),
+            request: None,
+        }))
+        .unwrap();
+    let ids: BTreeSet<&str> = big.iter().map(|i| i.id.as_str()).collect();
+    assert_eq!(ids.len(), 121);
+    assert!(
+        big.iter()
+            .all(|i| i.tags.as_ref().unwrap().cluster.as_str() == "big")
+    );
+    let all_stratus = moto
+        .block_on(provider.describe(&Selector::default()))
+        .unwrap();
+    assert_eq!(
+        all_stratus.len(),
+        123,
+        "121 of big and 2 of other; untagged ones never"
+    );
+
+    ctx.ok(&["terminate-cluster", "big", "--yes"]);
+    let c = ctx.cluster_json("big");
+    assert!(
+        nodes(&c).iter().all(|n| n["state"] == "terminated"),
+        "{c:#}"
+    );
+    let others = moto.instances(&[("tag:stratus:cluster", "other")]);
+    assert_eq!(others.len(), 2);
+    assert!(
+        others
+            .iter()
+            .all(|i| i.state().and_then(|s| s.name()) == Some(&InstanceStateName::Running)),
+        "another cluster's instances must not be touched"
+    );
+    let untagged = moto
+        .instances(&[])
+        .into_iter()
+        .filter(|i| tag(i.tags(), "stratus:cluster").is_none())
+        .filter(|i| i.state().and_then(|s| s.name()) == Some(&InstanceStateName::Running))
+        .count();
+    assert_eq!(untagged, 3);
+}
+
+/// A test image: its user-data records the node's role and serves one line on the node's own
+/// address; the configure step checks, from the master, that every worker in the workers file
+/// answers there.
+const E2E: &str = r#"
+description = "EC2 end to end on loopback instances"
+providers = ["ec2"]
+max_workers = 8
+MIN_WORKERS
+ssh_user = "ubuntu"
+ssh_port = 2200
+ready_timeout_secs = READY
+workers_file = "workers"
+ports = [8480]
+intra_cluster_key = true
+configure = ["./check-workers.sh"]
+on_workers_change = ["./check-workers.sh"]
+
+[vars]
+service_port = 8480
+
+[master]
+image = "IMAGE"
+instance_type = "m5.large"
+user_data = "e2e/node.sh.hbs"
+
+[worker]
+image = "IMAGE"
+instance_type = "m5.large"
+user_data = "e2e/node.sh.hbs"
+spot = true
+
+[[files]]
+template = "e2e/cluster.txt.hbs"
+dest = "cluster.txt"
+to = "all"
+
+[[files]]
+template = "e2e/check-workers.sh.hbs"
+dest = "check-workers.sh"
+mode = "0755"
+"#;
+
+const E2E_NODE: &str = r#"#!/bin/bash
+# e2e user-data for {{node_name}}.
+set -euo pipefail
+cd "$HOME"
+echo {{quote role}} > role
+echo {{quote request_id}} > request
+nohup perl -MIO::Socket::INET -e '
+    my ($addr, $port, $reply) = @ARGV;
+    my $s = IO::Socket::INET->new(LocalAddr => $addr, LocalPort => $port, Listen => 8,
+                                  ReuseAddr => 1, Proto => "tcp")
+        or die "cannot listen on $addr:$port: $!\n";
+    $SIG{PIPE} = "IGNORE";
+    while (my $c = $s->accept) { print $c "$reply\n"; close $c; }
+' "$STRATUS_NODE_ADDRESS" {{profile.vars.service_port}} "{{node_name}} {{role}}" \
+    > service.log 2>&1 < /dev/null &
+"#;
+
+const E2E_CLUSTER_TXT: &str = "master {{master.name}} {{master.address}}\n{{#each workers}}worker {{name}} {{address}}\n{{/each}}";
+
+const E2E_CHECK: &str = r#"#!/bin/bash
+set -uo pipefail
+cd "$HOME"
+n=0
+while read -r addr; do
+    [ -n "$addr" ] || continue
+    reply=""
+    for _ in $(seq 1 100); do
+        reply=$(timeout 2 bash -c 'exec 3<>"/dev/tcp/$0/$1" && read -r line <&3 && echo "$line"' \
+            "$addr" {{profile.vars.service_port}} 2>/dev/null) && [ -n "$reply" ] && break
+        sleep 0.1
+    done
+    case "$reply" in
+        *" worker") n=$((n + 1)); echo "ok $addr $reply" >> checked ;;
+        *) echo "no worker answered at $addr" >&2; exit 1 ;;
+    esac
+done < workers
+echo "$n workers answered" | tee -a checked
+"#;
+
+fn e2e_profile(ctx: &TestContext, ready_secs: u32, min_workers: Option<u32>) {
+    let text = E2E
+        .replace("IMAGE", UBUNTU_AMI)
+        .replace("READY", &ready_secs.to_string())
+        .replace(
+            "MIN_WORKERS",
+            &min_workers
+                .map(|m| format!("min_workers = {m}"))
+                .unwrap_or_default(),
+        );
+    ctx.profile_file("e2e.toml", &text);
+    ctx.profile_file("e2e/node.sh.hbs", E2E_NODE);
+    ctx.profile_file("e2e/cluster.txt.hbs", E2E_CLUSTER_TXT);
+    ctx.profile_file("e2e/check-workers.sh.hbs", E2E_CHECK);
+}
+
+fn hypervisor(moto: &Moto, cluster: &str, never_boot: &[&str]) -> Hypervisor {
+    Hypervisor::start(HypervisorConfig {
+        endpoint: moto.endpoint.clone(),
+        cluster: cluster.into(),
+        user: "ubuntu".into(),
+        port: 2200,
+        never_boot: never_boot.iter().map(|s| s.to_string()).collect(),
+    })
+}
+
+#[test]
+fn a_cluster_configured_over_ssh_on_loopback_instances() {
+    let Some(moto) = Moto::acquire() else { return };
+    let (_vpc, subnet) = moto.loopback_subnet();
+    let ctx = ec2_context(
+        &moto,
+        &format!(
+            "subnet_id = \"{subnet}\"\naddress = \"private_ip\"\nclient_cidrs = [\"127.0.0.0/8\"]\n"
+        ),
+    );
+    e2e_profile(&ctx, 60, None);
+    let hv = hypervisor(&moto, "e2e", &[]);
+
+    let r = ctx.ok(&["launch-cluster", "e2e", "2", "-p", "e2e"]);
+    assert!(
+        r.stdout.contains("cluster e2e is up: 1 master + 2 workers"),
+        "{r}"
+    );
+    let c = ctx.cluster_json("e2e");
+    assert_eq!(c["state"], "configured", "{c:#}");
+    let ns = nodes(&c);
+    assert_eq!(ns.len(), 3);
+    let master = ns.iter().find(|n| n["role"] == "master").unwrap();
+    let master_addr = master["address"].as_str().unwrap();
+    for n in &ns {
+        let addr = n["address"].as_str().unwrap();
+        assert!(addr.starts_with("127.0.0."), "{n}");
+    }
+
+    // The configure step ran on the master and reached every worker at its EC2 address.
+    let r = ctx.ok(&["exec", "e2e", "--", "cat", "checked"]);
+    assert!(r.stdout.contains("2 workers answered"), "{r}");
+    // Each node ran its own user-data, and every node got the pushed cluster file.
+    let r = ctx.ok(&[
+        "exec",
+        "e2e",
+        "--all",
+        "--",
+        "cat role; grep ^master cluster.txt",
+    ]);
+    assert!(r.stdout.contains("[e2e-master] master\n"), "{r}");
+    assert!(r.stdout.contains("[e2e-worker-1] worker\n"), "{r}");
+    assert!(r.stdout.contains("[e2e-worker-2] worker\n"), "{r}");
+    assert_eq!(
+        r.stdout
+            .matches(&format!("master e2e-master {master_addr}\n"))
+            .count(),
+        3,
+        "{r}"
+    );
+    // The intra-cluster key: its private half on the master only, its public half authorised
+    // everywhere.
+    let r = ctx.ok(&[
+        "exec",
+        "e2e",
+        "--all",
+        "--",
+        "stat -c %a .ssh/stratus_cluster_ed25519 2>/dev/null || echo none; grep -c -xFf .ssh/stratus_cluster_ed25519.pub .ssh/authorized_keys",
+    ]);
+    assert!(
+        r.stdout.contains("[e2e-master] 600\n[e2e-master] 1\n"),
+        "{r}"
+    );
+    assert!(
+        r.stdout.contains("[e2e-worker-1] none\n[e2e-worker-1] 1\n"),
+        "{r}"
+    );
+    assert!(
+        r.stdout.contains("[e2e-worker-2] none\n[e2e-worker-2] 1\n"),
+        "{r}"
+    );
+
+    // Host keys were learned on first contact and are now pinned.
+    let known = std::fs::read_dir(ctx.state.join("clusters"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("known_hosts"))
+        .find(|p| p.exists())
+        .unwrap();
+    let known = std::fs::read_to_string(known).unwrap();
+    assert_eq!(known.lines().count(), 3, "{known}");
+    assert!(
+        known.contains(&format!("[{master_addr}]:2200 ssh-ed25519 ")),
+        "{known}"
+    );
+
+    // Another worker, from a new process: it finds the cluster's group, gets the intra-cluster
+    // key from the master, and the master's check now counts three workers.
+    let r = ctx.ok(&["launch-slaves", "e2e", "1"]);
+    assert!(r.stdout.contains("added e2e-worker-3 to e2e"), "{r}");
+    let r = ctx.ok(&["exec", "e2e", "--", "tail", "-n", "1", "checked"]);
+    assert_eq!(r.stdout, "3 workers answered\n", "{r}");
+    let r = ctx.ok(&[
+        "exec",
+        "e2e",
+        "--all",
+        "--",
+        "grep -c -xFf .ssh/stratus_cluster_ed25519.pub .ssh/authorized_keys",
+    ]);
+    assert!(r.stdout.contains("[e2e-worker-3] 1\n"), "{r}");
+    assert_eq!(nodes(&ctx.cluster_json("e2e")).len(), 4);
+
+    let owner = owner();
+    ctx.ok(&["terminate-cluster", "e2e", "--yes"]);
+    let report = eventually(Duration::from_secs(20), || {
+        let r = hv.report();
+        (r.stopped.len() == 4).then_some(r)
+    })
+    .unwrap_or_else(|| panic!("the hypervisor did not stop every node: {:?}", hv.report()));
+    assert_eq!(report.booted.len(), 4);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(
+        moto.groups_named(&format!("stratus-{owner}-e2e"))
+            .is_empty()
+    );
+    assert!(moto.key_pairs_named(&format!("{owner}-e2e")).is_empty());
+}
+
+#[test]
+fn a_worker_that_never_answers_rolls_back_everything() {
+    let Some(moto) = Moto::acquire() else { return };
+    let (_vpc, subnet) = moto.loopback_subnet();
+    let ctx = ec2_context(
+        &moto,
+        &format!(
+            "subnet_id = \"{subnet}\"\naddress = \"private_ip\"\nclient_cidrs = [\"127.0.0.0/8\"]\n"
+        ),
+    );
+    e2e_profile(&ctx, 8, Some(2));
+    let hv = hypervisor(&moto, "rb", &["rb-worker-2"]);
+
+    let r = ctx.run(&["launch-cluster", "rb", "2", "-p", "e2e"]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.stderr.contains("rb-worker-2"), "{r}");
+    assert!(r.stderr.contains("only 1 of 2 workers are up"), "{r}");
+
+    // Nothing of the request runs, and the group and key pair are gone.
+    let instances = moto.instances(&[("tag:stratus:cluster", "rb")]);
+    assert_eq!(instances.len(), 3);
+    for i in &instances {
+        assert!(
+            matches!(
+                i.state().and_then(|s| s.name()),
+                Some(InstanceStateName::Terminated | InstanceStateName::ShuttingDown)
+            ),
+            "{i:?}"
+        );
+    }
+    let owner = owner();
+    assert!(moto.groups_named(&format!("stratus-{owner}-rb")).is_empty());
+    assert!(moto.key_pairs_named(&format!("{owner}-rb")).is_empty());
+    let c = ctx.cluster_json("rb");
+    assert_eq!(c["state"], "failed", "{c:#}");
+    assert!(
+        nodes(&c).iter().all(|n| n["state"] == "terminated"),
+        "{c:#}"
+    );
+    // The nodes that did boot were stopped when EC2 said their instances were terminated.
+    let report = eventually(Duration::from_secs(20), || {
+        let r = hv.report();
+        (r.stopped.len() == 2).then_some(r)
+    })
+    .unwrap_or_else(|| panic!("booted nodes were not stopped: {:?}", hv.report()));
+    assert_eq!(report.booted.len(), 2);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+}
+
+/// stderr is one `error: …` line, without the SDK's vocabulary.
+fn assert_one_sentence(r: &crate::support::Run, needle: &str) {
+    let lines: Vec<&str> = r.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{r}");
+    assert!(lines[0].starts_with("error: "), "{r}");
+    assert!(lines[0].contains(needle), "{r}");
+    for internal in [
+        "SdkError",
+        "ServiceError",
+        "DispatchFailure",
+        "caused by",
+        "Error {",
+        "aws_sdk",
+        "smithy",
+    ] {
+        assert!(!r.stderr.contains(internal), "{internal:?} in: {r}");
+    }
+}
+
+#[test]
+fn rejected_credentials_are_one_sentence() {
+    let Some(moto) = Moto::acquire() else { return };
+    let ctx = ec2_context(&moto, &format!("client_cidrs = {CIDRS:?}\n"));
+    tagged_profile(&ctx);
+    // From now on moto wants a real IAM access key; the test's `testing` key is none.
+    moto.set_auth("0");
+    let r = ctx.run(&["launch-cluster", "c", "1", "-p", "tagged", "--no-configure"]);
+    moto.set_auth("inf");
+    assert_eq!(r.code, 1, "{r}");
+    assert_one_sentence(
+        &r,
+        "rejected stratus's AWS credentials (AuthFailure); check the credentials file",
+    );
+    // Nothing was recorded or created.
+    assert!(ctx.list_json().is_empty());
+    assert!(moto.instances(&[]).is_empty());
+}
+
+#[test]
+fn missing_credentials_and_an_unreachable_endpoint_are_one_sentence() {
+    // None of these reach any server: no moto needed. The endpoint is a closed port.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let ctx = TestContext::new();
+    tagged_profile(&ctx);
+    let write = |ec2: &str| {
+        std::fs::write(
+            &ctx.config,
+            format!(
+                "profiles_dir = {:?}\nprovider = \"ec2\"\n[ec2]\nregion = \"us-east-1\"\nendpoint_url = \"{endpoint}\"\n{ec2}\n",
+                ctx.profiles.display().to_string()
+            ),
+        )
+        .unwrap()
+    };
+    let launch = ["launch-cluster", "c", "1", "-p", "tagged", "--no-configure"];
+
+    // A credentials file without keys.
+    let creds = ctx.root.path().join("creds");
+    std::fs::write(&creds, "[default]\nregion = us-east-1\n").unwrap();
+    write(&format!(
+        "credentials_file = {:?}",
+        creds.display().to_string()
+    ));
+    let r = ctx.run(&launch);
+    assert_eq!(r.code, 1, "{r}");
+    assert_one_sentence(
+        &r,
+        "has no aws_access_key_id and aws_secret_access_key in [default]",
+    );
+
+    // A credentials file that is not there.
+    std::fs::remove_file(&creds).unwrap();
+    let r = ctx.run(&launch);
+    assert_eq!(r.code, 1, "{r}");
+    assert_one_sentence(&r, "cannot read the AWS credentials file");
+
+    // Nothing configured and nothing in the standard places (the instance metadata service is
+    // switched off: no address outside 127.0.0.0/8 is ever contacted).
+    write("");
+    let out = ctx
+        .cmd()
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .args(launch)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(
+            "error: no usable AWS credentials were found in the standard AWS credential sources"
+        ),
+        "{stderr}"
+    );
+
+    // Credentials, but nothing answers at the endpoint.
+    std::fs::write(
+        &creds,
+        "[default]\naws_access_key_id = a\naws_secret_access_key = b\n",
+    )
+    .unwrap();
+    write(&format!(
+        "credentials_file = {:?}",
+        creds.display().to_string()
+    ));
+    let r = ctx.run(&launch);
+    assert_eq!(r.code, 1, "{r}");
+    assert_one_sentence(&r, &format!("cannot reach the EC2 endpoint {endpoint}"));
+    assert!(ctx.list_json().is_empty(), "nothing may be recorded");
+}
+
+/// Leftovers of a cluster that no row knows, as a crashed launch leaves them: its security group
+/// and key pair, and `nodes` instances tagged with it (through the provider, as stratus would).
+fn leftovers(moto: &Moto, provider: &Ec2Provider, cluster: &str, nodes: u32) -> ClusterRef {
+    use stratus::cluster::provider::NodeSpec;
+    use stratus::cluster::{Role, Tags};
+    let cref = ClusterRef {
+        owner: Owner::current().unwrap(),
+        name: ClusterName::parse(cluster).unwrap(),
+        profile: "tagged".into(),
+        request: RequestId::new(),
+    };
+    let a = access(2200, &[]);
+    moto.block_on(provider.prepare(&cref, &a)).unwrap();
+    for index in 1..=nodes {
+        let spec = NodeSpec {
+            role: Role::Worker,
+            index,
+            name: format!("{cluster}-worker-{index}"),
+            image: UBUNTU_AMI.into(),
+            instance_type: "m5.large".into(),
+            spot: false,
+            volume_gb: None,
+            user_data: "#!/bin/sh\n".into(),
+            tags: Tags {
+                owner: cref.owner.clone(),
+                cluster: cref.name.clone(),
+                role: Some(Role::Worker),
+                profile: cref.profile.clone(),
+                request: cref.request.clone(),
+            },
+            client_token: format!("{}-w{index}", cref.request),
+        };
+        moto.block_on(provider.launch(&cref, &a, &spec)).unwrap();
+    }
+    cref
+}
+
+fn live_instances(moto: &Moto, cluster: &str) -> usize {
+    moto.instances(&[("tag:stratus:cluster", cluster)])
+        .iter()
+        .filter(|i| {
+            !matches!(
+                i.state().and_then(|s| s.name()),
+                Some(InstanceStateName::Terminated | InstanceStateName::ShuttingDown)
+            )
+        })
+        .count()
+}
+
+/// The group and key pair of `cluster` exist (both) or are gone (both).
+fn resources_exist(moto: &Moto, cluster: &str) -> bool {
+    let owner = owner();
+    let g = moto
+        .groups_named(&format!("stratus-{owner}-{cluster}"))
+        .len();
+    let k = moto.key_pairs_named(&format!("{owner}-{cluster}")).len();
+    assert_eq!(g, k, "group and key pair of {cluster} out of step");
+    g == 1
+}
+
+fn app_for(ctx: &TestContext) -> stratus::app::App {
+    let (config, path) = SiteConfig::load(Some(&ctx.config), None).unwrap();
+    stratus::app::App::new(
+        config,
+        path,
+        ctx.state.clone(),
+        std::sync::Arc::new(stratus::printer::Printer::quiet()),
+    )
+    .unwrap()
+}
+
+#[test]
+fn delete_cluster_removes_what_a_crash_left_and_refuses_a_live_cluster() {
+    let Some(moto) = Moto::acquire() else { return };
+    let ctx = ec2_context(&moto, &format!("client_cidrs = {CIDRS:?}\n"));
+    tagged_profile(&ctx);
+    let config = ec2_config(
+        &moto,
+        ctx.root.path(),
+        &format!("client_cidrs = {CIDRS:?}\n"),
+    );
+    let provider = moto.block_on(Ec2Provider::new(&config)).unwrap();
+    leftovers(&moto, &provider, "left", 2);
+    assert_eq!(live_instances(&moto, "left"), 2);
+    assert!(resources_exist(&moto, "left"));
+
+    let r = ctx.ok(&["delete-cluster", "left"]);
+    assert!(
+        r.stderr
+            .contains("deleted what was left of cluster left (2 instances terminated)"),
+        "{r}"
+    );
+    assert_eq!(live_instances(&moto, "left"), 0);
+    assert!(!resources_exist(&moto, "left"));
+    // Again: nothing left, nothing to complain about.
+    let r = ctx.ok(&["delete-cluster", "left"]);
+    assert!(r.stderr.contains("(0 instances terminated)"), "{r}");
+
+    // A live cluster is terminate-cluster's business.
+    ctx.ok(&[
+        "launch-cluster",
+        "live",
+        "1",
+        "-p",
+        "tagged",
+        "--no-configure",
+    ]);
+    let r = ctx.run(&["delete-cluster", "live"]);
+    assert_eq!(r.code, 2, "{r}");
+    assert!(
+        r.stderr.contains("use `stratus terminate-cluster live`"),
+        "{r}"
+    );
+    assert_eq!(live_instances(&moto, "live"), 2);
+    assert!(resources_exist(&moto, "live"));
+}
+
+#[test]
+fn reconcile_rolls_back_an_abandoned_launch_and_removes_leftovers() {
+    let Some(moto) = Moto::acquire() else { return };
+    let (_vpc, subnet) = moto.loopback_subnet();
+    let extra = format!(
+        "subnet_id = \"{subnet}\"\naddress = \"private_ip\"\nclient_cidrs = [\"127.0.0.0/8\"]\n"
+    );
+    let ctx = ec2_context(&moto, &extra);
+    e2e_profile(&ctx, 120, None);
+    let config = ec2_config(&moto, ctx.root.path(), &extra);
+    let provider = moto.block_on(Ec2Provider::new(&config)).unwrap();
+
+    // A launch killed while it waits for SSH (no hypervisor boots its instances): its row stays
+    // `requested`, its instances run, its group and key pair stay.
+    let mut child = ctx
+        .cmd()
+        .args(["launch-cluster", "ab", "1", "-p", "e2e"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let launched = eventually(Duration::from_secs(30), || {
+        (live_instances(&moto, "ab") == 2).then_some(())
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(launched.is_some(), "the launch did not start its instances");
+    assert_eq!(ctx.cluster_json("ab")["state"], "requested");
+    // Leftovers no row knows: a cluster's resources alone, and a cluster's running instance.
+    leftovers(&moto, &provider, "ghost", 0);
+    leftovers(&moto, &provider, "orphan", 1);
+
+    // With the default grace periods, only what cannot belong to a command in progress goes:
+    // the resources of a cluster with no row and no instance.
+    let r = ctx.ok(&["reconcile", "--json"]);
+    let done: Vec<Value> = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(done.len(), 1, "{r}");
+    assert_eq!(done[0]["cluster"], "ghost", "{r}");
+    assert!(!resources_exist(&moto, "ghost"));
+    assert_eq!(
+        live_instances(&moto, "ab"),
+        2,
+        "a launch in progress is never raced"
+    );
+    assert_eq!(
+        live_instances(&moto, "orphan"),
+        1,
+        "a young instance is left to its launcher"
+    );
+
+    // Past the grace periods: a dry run says what would happen and changes nothing...
+    let app = app_for(&ctx);
+    let now = stratus::cluster::reconcile::Options {
+        orphan_grace: Duration::ZERO,
+        stuck_after: Some(Duration::ZERO),
+        ..stratus::cluster::reconcile::Options::new(true)
+    };
+    let would = moto
+        .block_on(stratus::cluster::reconcile::reconcile(
+            &app, &provider, &now,
+        ))
+        .unwrap();
+    let clusters: BTreeSet<&str> = would.iter().map(|a| a.cluster.as_str()).collect();
+    assert_eq!(clusters, BTreeSet::from(["ab", "orphan"]), "{would:?}");
+    assert_eq!(live_instances(&moto, "ab"), 2);
+    assert_eq!(live_instances(&moto, "orphan"), 1);
+
+    // ...and the real run rolls the launch back and removes the orphan with its resources.
+    let done = moto
+        .block_on(stratus::cluster::reconcile::reconcile(
+            &app,
+            &provider,
+            &stratus::cluster::reconcile::Options {
+                dry_run: false,
+                ..now
+            },
+        ))
+        .unwrap();
+    assert!(
+        done.iter()
+            .any(|a| a.cluster == "ab" && a.what.contains("rolled back")),
+        "{done:?}"
+    );
+    assert!(
+        done.iter()
+            .any(|a| a.cluster == "orphan" && a.what.contains("terminated 1")),
+        "{done:?}"
+    );
+    assert!(
+        done.iter()
+            .any(|a| a.cluster == "orphan" && a.what.contains("released")),
+        "{done:?}"
+    );
+    for c in ["ab", "orphan"] {
+        assert_eq!(live_instances(&moto, c), 0, "{c}");
+        assert!(!resources_exist(&moto, c), "{c}");
+    }
+    let c = ctx.cluster_json("ab");
+    assert_eq!(c["state"], "failed", "{c:#}");
+    assert!(
+        nodes(&c).iter().all(|n| n["state"] == "terminated"),
+        "{c:#}"
+    );
+
+    // Nothing is left to do.
+    let r = ctx.ok(&["reconcile"]);
+    assert!(r.stderr.contains("nothing to reconcile"), "{r}");
+}
+
+#[test]
+fn a_public_address_is_asked_for_in_a_site_subnet() {
+    let Some(moto) = Moto::acquire() else { return };
+    // moto's subnets, like many a site's own, hand out no public address by default.
+    let (_vpc, subnet) = moto.loopback_subnet();
+    let ctx = ec2_context(
+        &moto,
+        &format!("subnet_id = \"{subnet}\"\naddress = \"public_ip\"\nclient_cidrs = {CIDRS:?}\n"),
+    );
+    tagged_profile(&ctx);
+    // --no-configure: stratus never connects to these (public, made-up) addresses.
+    ctx.ok(&[
+        "launch-cluster",
+        "pub",
+        "1",
+        "-p",
+        "tagged",
+        "--no-configure",
+    ]);
+    let owner = owner();
+    let group = moto.groups_named(&format!("stratus-{owner}-pub"));
+    let group_id = group[0].group_id().unwrap();
+    let instances = moto.instances(&[("tag:stratus:cluster", "pub")]);
+    assert_eq!(instances.len(), 2);
+    for i in &instances {
+        assert_eq!(i.subnet_id(), Some(subnet.as_str()));
+        // The group is on the network interface (moto lists it only there).
+        let eni = &i.network_interfaces()[0];
+        assert!(
+            eni.groups().iter().any(|g| g.group_id() == Some(group_id)),
+            "{i:?}"
+        );
+        assert!(i.public_ip_address().is_some(), "{i:?}");
+    }
+    let c = ctx.cluster_json("pub");
+    for n in nodes(&c) {
+        let addr = n["address"].as_str().unwrap();
+        let public = instances
+            .iter()
+            .filter_map(|i| i.public_ip_address())
+            .any(|p| p == addr);
+        assert!(public, "{addr} is not one of the public addresses: {c:#}");
+    }
+    ctx.ok(&["terminate-cluster", "pub", "--yes"]);
+    assert!(
+        moto.groups_named(&format!("stratus-{owner}-pub"))
+            .is_empty()
+    );
+}

@@ -1,0 +1,276 @@
+//! A test that plays EC2's hypervisor: for each instance of a cluster that moto reports running,
+//! it boots a local node (the local provider's embedded SSH server) bound to the instance's
+//! private IP and the image's SSH port, authorising the instance's key pair and running its
+//! user-data at boot, as cloud-init would; when moto reports the instance terminated, the node is
+//! stopped. moto itself runs nothing, so this is what makes the EC2 provider's whole path, SSH
+//! included, run for real.
+//!
+//! It only ever binds addresses in 127.0.0.0/8: an instance moto places anywhere else is recorded
+//! as an error and left alone.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_sdk_ec2::types::{Filter, InstanceStateName};
+use stratus::cluster::provider::local::LocalProvider;
+use stratus::cluster::provider::{NodeSpec, Provider, SshAccess};
+use stratus::cluster::{ClusterName, Owner, RequestId, Role, Tags};
+
+use super::ec2_moto::{client, tag};
+
+/// How often moto is asked what runs: moto has no events to wait on.
+const POLL: Duration = Duration::from_millis(50);
+
+pub struct HypervisorConfig {
+    pub endpoint: String,
+    /// Only instances tagged with this cluster are booted.
+    pub cluster: String,
+    /// The image's login user and sshd port.
+    pub user: String,
+    pub port: u16,
+    /// Node names (`c-worker-2`) whose instance is never booted: a node whose SSH never answers.
+    pub never_boot: BTreeSet<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// Instance ids booted, in order.
+    pub booted: Vec<String>,
+    /// Instance ids whose node was stopped because moto reported them terminated.
+    pub stopped: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+pub struct Hypervisor {
+    stop: Arc<AtomicBool>,
+    report: Arc<Mutex<Report>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Hypervisor {
+    pub fn start(config: HypervisorConfig) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("stratus-hypervisor-")
+            .tempdir()
+            .unwrap();
+        let local = LocalProvider::new(dir.path(), Default::default())
+            .unwrap()
+            .with_exe(PathBuf::from(super::BIN));
+        let stop = Arc::new(AtomicBool::new(false));
+        let report = Arc::new(Mutex::new(Report::default()));
+        let thread = {
+            let (stop, report) = (stop.clone(), report.clone());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(run(config, local, stop, report));
+            })
+        };
+        Self {
+            stop,
+            report,
+            thread: Some(thread),
+            _dir: dir,
+        }
+    }
+
+    pub fn report(&self) -> Report {
+        self.report.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Hypervisor {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn run(
+    config: HypervisorConfig,
+    local: LocalProvider,
+    stop: Arc<AtomicBool>,
+    report: Arc<Mutex<Report>>,
+) {
+    let ec2 = client(&config.endpoint, "testing", "testing");
+    // EC2 instance id -> local node id.
+    let mut nodes: HashMap<String, String> = HashMap::new();
+    let mut refused: BTreeSet<String> = BTreeSet::new();
+    while !stop.load(Ordering::SeqCst) {
+        let listed = describe(&ec2, &config.cluster).await;
+        let instances = match listed {
+            Ok(i) => i,
+            Err(e) => {
+                report.lock().unwrap().errors.push(e);
+                tokio::time::sleep(POLL).await;
+                continue;
+            }
+        };
+        for i in instances {
+            let Some(id) = i.instance_id().map(str::to_owned) else {
+                continue;
+            };
+            let state = i.state().and_then(|s| s.name()).cloned();
+            match state {
+                Some(InstanceStateName::Running)
+                    if !nodes.contains_key(&id) && !refused.contains(&id) =>
+                {
+                    let name = tag(i.tags(), "Name").unwrap_or_default().to_owned();
+                    if config.never_boot.contains(&name) {
+                        refused.insert(id);
+                        continue;
+                    }
+                    match boot(&ec2, &local, &config, &i).await {
+                        Ok(node) => {
+                            nodes.insert(id.clone(), node);
+                            report.lock().unwrap().booted.push(id);
+                        }
+                        Err(e) => {
+                            refused.insert(id.clone());
+                            report.lock().unwrap().errors.push(format!("{id}: {e}"));
+                        }
+                    }
+                }
+                Some(InstanceStateName::ShuttingDown | InstanceStateName::Terminated) => {
+                    if let Some(node) = nodes.remove(&id) {
+                        if let Err(e) = local.terminate(&[node]).await {
+                            report
+                                .lock()
+                                .unwrap()
+                                .errors
+                                .push(format!("stop {id}: {e}"));
+                        }
+                        report.lock().unwrap().stopped.push(id);
+                    }
+                }
+                _ => {}
+            }
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    let all: Vec<String> = nodes.into_values().collect();
+    if let Err(e) = local.terminate(&all).await {
+        report.lock().unwrap().errors.push(format!("stop all: {e}"));
+    }
+}
+
+async fn describe(
+    ec2: &aws_sdk_ec2::Client,
+    cluster: &str,
+) -> Result<Vec<aws_sdk_ec2::types::Instance>, String> {
+    let mut out = Vec::new();
+    let mut pages = ec2
+        .describe_instances()
+        .filters(
+            Filter::builder()
+                .name("tag:stratus:cluster")
+                .values(cluster)
+                .build(),
+        )
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| format!("describe: {e}"))?;
+        for r in page.reservations() {
+            out.extend(r.instances().iter().cloned());
+        }
+    }
+    Ok(out)
+}
+
+/// Boots one instance as a local node at its private IP.
+async fn boot(
+    ec2: &aws_sdk_ec2::Client,
+    local: &LocalProvider,
+    config: &HypervisorConfig,
+    i: &aws_sdk_ec2::types::Instance,
+) -> Result<String, String> {
+    let id = i.instance_id().unwrap_or_default();
+    let ip: Ipv4Addr = i
+        .private_ip_address()
+        .ok_or("no private IP")?
+        .parse()
+        .map_err(|e| format!("private IP: {e}"))?;
+    if ip.octets()[0] != 127 {
+        return Err(format!("{ip} is outside 127.0.0.0/8; not booting it"));
+    }
+    let b64 = ec2
+        .describe_instance_attribute()
+        .instance_id(id)
+        .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+        .send()
+        .await
+        .map_err(|e| format!("user-data: {e}"))?
+        .user_data()
+        .and_then(|v| v.value())
+        .unwrap_or_default()
+        .to_owned();
+    let user_data = super::ec2_moto::decode_user_data(&b64);
+    let key_name = i.key_name().ok_or("no key pair")?;
+    let public_key = ec2
+        .describe_key_pairs()
+        .key_names(key_name)
+        .include_public_key(true)
+        .send()
+        .await
+        .map_err(|e| format!("key pair: {e}"))?
+        .key_pairs()
+        .first()
+        .and_then(|k| k.public_key())
+        .ok_or("the key pair has no public key")?
+        .to_owned();
+    let tags = i.tags();
+    let get = |k: &str| tag(tags, k).ok_or(format!("no tag {k}"));
+    let node_tags = Tags {
+        owner: Owner::parse(get("stratus:owner")?).map_err(|e| e.to_string())?,
+        cluster: ClusterName::parse(get("stratus:cluster")?).map_err(|e| e.to_string())?,
+        role: tag(tags, "stratus:role").and_then(Role::parse),
+        profile: get("stratus:profile")?.to_owned(),
+        request: RequestId::from_stored(get("stratus:request")?.to_owned()),
+    };
+    let role = node_tags.role.ok_or("no role tag")?;
+    let name = get("Name")?.to_owned();
+    let index = name
+        .rsplit('-')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .filter(|_| role == Role::Worker)
+        .unwrap_or(0);
+    let access = SshAccess {
+        user: config.user.clone(),
+        public_key,
+        port: config.port,
+        web_ports: vec![],
+    };
+    let spec = NodeSpec {
+        role,
+        index,
+        name,
+        image: i.image_id().unwrap_or_default().to_owned(),
+        instance_type: i
+            .instance_type()
+            .map(|t| t.as_str().to_owned())
+            .unwrap_or_default(),
+        spot: false,
+        volume_gb: None,
+        user_data,
+        tags: node_tags,
+        client_token: String::new(),
+    };
+    let node = local
+        .launch_at(ip, config.port, &access, &spec)
+        .await
+        .map_err(|e| format!("boot at {ip}:{}: {e}", config.port))?;
+    Ok(node.id)
+}
