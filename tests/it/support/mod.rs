@@ -14,6 +14,9 @@ use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_stratus");
 
+/// Counts contexts, to give each its own loopback block.
+static CONTEXTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 pub struct TestContext {
     pub root: tempfile::TempDir,
     pub home: PathBuf,
@@ -41,10 +44,23 @@ impl TestContext {
             std::fs::create_dir_all(d).unwrap();
         }
         let config = root.path().join("config.toml");
+        // Each context's local nodes get their own block of loopback addresses, so a test that
+        // checks a terminated node's address is silent never sees another test's new node there.
+        let local = if extra.contains("[local]") {
+            String::new()
+        } else {
+            let n = CONTEXTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let block = (std::process::id() as usize * 64 + n) % (200 * 256);
+            format!(
+                "[local]\nfirst_address = \"127.{}.{}.2\"\n",
+                20 + block / 256,
+                block % 256
+            )
+        };
         std::fs::write(
             &config,
             format!(
-                "profiles_dir = {:?}\n{extra}\n",
+                "profiles_dir = {:?}\n{extra}\n{local}",
                 profiles.display().to_string()
             ),
         )
