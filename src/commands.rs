@@ -201,6 +201,7 @@ struct NodeJson<'a> {
     role: Role,
     state: &'static str,
     address: Option<&'a str>,
+    private_address: Option<&'a str>,
     ssh_port: u16,
     instance_type: &'a str,
 }
@@ -341,6 +342,7 @@ fn node_json<'a>(c: &ClusterRow, n: &'a NodeRow) -> NodeJson<'a> {
         role: n.role,
         state: n.state.as_str(),
         address: n.address.as_deref(),
+        private_address: n.private_address.as_deref(),
         ssh_port: n.ssh_port,
         instance_type: &n.instance_type,
     }

@@ -144,6 +144,8 @@ pub struct NodeRow {
     pub request_id: String,
     pub state: InstanceState,
     pub address: Option<String>,
+    /// The address other nodes reach it at (see `Instance::private_address`).
+    pub private_address: Option<String>,
     pub ssh_port: u16,
     pub instance_type: String,
     pub image: String,
@@ -228,6 +230,10 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX usage_open ON usage_intervals(instance_id) WHERE ended_at IS NULL;
     CREATE INDEX usage_cluster ON usage_intervals(cluster_id);
+    "#,
+    // 2: the address nodes reach each other at, beside the one stratus connects to.
+    r#"
+    ALTER TABLE nodes ADD COLUMN private_address TEXT;
     "#,
 ];
 
@@ -405,8 +411,9 @@ impl Store {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute(
             "INSERT INTO nodes (instance_id, cluster_id, role, idx, request_id, state, address,
-                                ssh_port, instance_type, image, spot, host_key, launched_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                                ssh_port, instance_type, image, spot, host_key, launched_at,
+                                private_address)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             params![
                 node.instance_id,
                 node.cluster_id,
@@ -420,7 +427,8 @@ impl Store {
                 node.image,
                 node.spot,
                 node.host_key,
-                node.launched_at
+                node.launched_at,
+                node.private_address
             ],
         )?;
         tx.execute(
@@ -445,7 +453,7 @@ impl Store {
         let conn = self.conn();
         let mut stmt = conn.prepare(
             "SELECT instance_id, cluster_id, role, idx, request_id, state, address, ssh_port,
-                    instance_type, image, spot, host_key, launched_at, ended_at
+                    instance_type, image, spot, host_key, launched_at, ended_at, private_address
              FROM nodes WHERE cluster_id = ?1 ORDER BY role = 'worker', idx, launched_at",
         )?;
         let rows = stmt.query_map(params![cluster_id], node_from_row)?;
@@ -468,6 +476,7 @@ impl Store {
         instance_id: &str,
         state: InstanceState,
         address: Option<&str>,
+        private_address: Option<&str>,
         now: Millis,
     ) -> Result<(), StoreError> {
         let mut conn = self.conn();
@@ -475,9 +484,17 @@ impl Store {
         let ended = state.is_gone();
         tx.execute(
             "UPDATE nodes SET state = ?2, address = COALESCE(?3, address),
+                    private_address = COALESCE(?6, private_address),
                     ended_at = CASE WHEN ?4 THEN COALESCE(ended_at, ?5) ELSE ended_at END
              WHERE instance_id = ?1",
-            params![instance_id, state.as_str(), address, ended, now],
+            params![
+                instance_id,
+                state.as_str(),
+                address,
+                ended,
+                now,
+                private_address
+            ],
         )?;
         if ended {
             tx.execute(
@@ -595,6 +612,7 @@ fn node_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<NodeRow, Stor
             host_key: r.get(11)?,
             launched_at: r.get(12)?,
             ended_at: r.get(13)?,
+            private_address: r.get(14)?,
         })
     };
     Ok(build())

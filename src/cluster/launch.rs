@@ -175,6 +175,7 @@ impl<'a> Meta<'a> {
             index,
             // TEST-NET-1 (RFC 5737): never a real node.
             address: format!("192.0.2.{n}"),
+            private_address: format!("192.0.2.{}", 100 + n),
         };
         for f in &self.profile.files {
             let roles: &[Role] = match f.to {
@@ -519,6 +520,7 @@ fn node_row(
         request_id: request.to_string(),
         state: inst.state,
         address: inst.address.clone(),
+        private_address: inst.private_address.clone(),
         ssh_port: inst.ssh_port,
         instance_type: inst.instance_type.clone(),
         image: inst.image.clone(),
@@ -712,11 +714,15 @@ async fn bring_up_once<P: Provider>(
                 &row.instance_id,
                 inst.state,
                 inst.address.as_deref(),
+                inst.private_address.as_deref(),
                 now_millis(),
             )?;
             row.state = inst.state;
             if inst.address.is_some() {
                 row.address = inst.address.clone();
+            }
+            if inst.private_address.is_some() {
+                row.private_address = inst.private_address.clone();
             }
             if row.host_key.is_none() {
                 row.host_key = inst.host_key.clone();
@@ -821,7 +827,7 @@ async fn bring_up_once<P: Provider>(
         provider.terminate(&dead).await?;
         for id in &dead {
             app.store
-                .observe_node(id, InstanceState::Terminated, None, now_millis())?;
+                .observe_node(id, InstanceState::Terminated, None, None, now_millis())?;
         }
     }
     Ok((up, failed))
@@ -851,11 +857,15 @@ async fn configure(
     step: Step,
 ) -> Result<(), Error> {
     let profile = meta.profile;
-    let facts = |n: &NodeRow| NodeFacts {
-        name: node_name(&cluster.name, n.role, n.index),
-        role: n.role,
-        index: n.index,
-        address: n.address.clone().unwrap_or_default(),
+    let facts = |n: &NodeRow| {
+        let address = n.address.clone().unwrap_or_default();
+        NodeFacts {
+            name: node_name(&cluster.name, n.role, n.index),
+            role: n.role,
+            index: n.index,
+            private_address: n.private_address.clone().unwrap_or_else(|| address.clone()),
+            address,
+        }
     };
     let master = all
         .iter()
@@ -940,7 +950,7 @@ async fn configure(
     if let Some(path) = &profile.workers_file {
         let mut list = String::new();
         for w in &worker_facts {
-            list.push_str(&w.address);
+            list.push_str(&w.private_address);
             list.push('\n');
         }
         session.upload(list.as_bytes(), path, 0o644).await?;
@@ -1047,14 +1057,14 @@ async fn terminate_and_wait<P: Provider>(
         for id in ids {
             match seen.get(id) {
                 Some(i) => {
-                    app.store.observe_node(id, i.state, None, now)?;
+                    app.store.observe_node(id, i.state, None, None, now)?;
                     if !i.state.is_gone() {
                         left += 1;
                     }
                 }
                 None => app
                     .store
-                    .observe_node(id, InstanceState::Terminated, None, now)?,
+                    .observe_node(id, InstanceState::Terminated, None, None, now)?,
             }
         }
         if left == 0 {
@@ -1132,10 +1142,13 @@ pub async fn refresh<P: Provider>(
     let now = now_millis();
     for n in nodes {
         match seen.get(&n.instance_id) {
-            Some(i) => {
-                app.store
-                    .observe_node(&n.instance_id, i.state, i.address.as_deref(), now)?
-            }
+            Some(i) => app.store.observe_node(
+                &n.instance_id,
+                i.state,
+                i.address.as_deref(),
+                i.private_address.as_deref(),
+                now,
+            )?,
             None if now - n.launched_at > VANISH_GRACE_MS => {
                 app.store.node_vanished(&n.instance_id)?
             }

@@ -319,8 +319,13 @@ pub async fn delete_cluster<P: Provider>(
         let now = now_millis();
         for n in app.store.nodes_of(c.id)? {
             if !n.state.is_gone() {
-                app.store
-                    .observe_node(&n.instance_id, InstanceState::Terminated, None, now)?;
+                app.store.observe_node(
+                    &n.instance_id,
+                    InstanceState::Terminated,
+                    None,
+                    None,
+                    now,
+                )?;
             }
         }
     }

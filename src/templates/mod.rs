@@ -102,7 +102,10 @@ pub struct NodeFacts {
     pub name: String,
     pub role: Role,
     pub index: u32,
+    /// The address stratus reaches the node at (per the site's `address` setting).
     pub address: String,
+    /// The address the cluster's nodes reach each other at (the private IP on EC2).
+    pub private_address: String,
 }
 
 /// What pushed files are rendered with: the boot context of the target node plus every address.

@@ -58,6 +58,7 @@ fn facts(role: Role, index: u32, address: &str) -> NodeFacts {
         role,
         index,
         address: address.into(),
+        private_address: address.into(),
     }
 }
 

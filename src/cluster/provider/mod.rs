@@ -159,6 +159,9 @@ pub struct Instance {
     /// Why it is in this state, when the provider says (a crash, a spot interruption).
     pub reason: Option<String>,
     pub address: Option<String>,
+    /// The address other nodes of the cluster reach it at (its private IP on EC2). Templates
+    /// and the workers file use this one.
+    pub private_address: Option<String>,
     pub ssh_port: u16,
     pub instance_type: String,
     pub image: String,

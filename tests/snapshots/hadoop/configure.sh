@@ -42,7 +42,7 @@ workers=()
 while read -r address; do
     [ -n "$address" ] || continue
     valid_address "$address" || fail "$WORKERS_FILE holds something that is not an address: $address"
-    workers+=("$(private_address "$address")")
+    workers+=("$address")
 done < "$WORKERS_FILE"
 count=${#workers[@]}
 if ((count > 0)); then

@@ -97,36 +97,6 @@ valid_address() {
     [[ $1 =~ ^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$ ]]
 }
 
-is_private_ipv4() {
-    [[ $1 =~ ^(10|127|192\.168|172\.(1[6-9]|2[0-9]|3[01]))\.[0-9.]+$ ]]
-}
-
-# The private address of a node that stratus reaches at $1. Nodes talk to each other on private
-# addresses: the security group admits its members by those only. Inside a VPC a public DNS name
-# resolves to the private address, and a public IP is turned into the public DNS name first
-# (https://docs.aws.amazon.com/vpc/latest/userguide/AmazonDNS-concepts.html).
-private_address() {
-    local address=$1 name region ip
-    if is_private_ipv4 "$address"; then
-        printf '%s\n' "$address"
-        return
-    fi
-    name=$address
-    if [[ $address =~ ^[0-9]+(\.[0-9]+){3}$ ]]; then
-        region=$(imds placement/region 2>/dev/null) || region=""
-        case "$region" in
-            "") ;;
-            us-east-1) name="ec2-${address//./-}.compute-1.amazonaws.com" ;;
-            *) name="ec2-${address//./-}.$region.compute.amazonaws.com" ;;
-        esac
-    fi
-    ip=$(getent ahostsv4 "$name" | awk 'NR == 1 { print $1 }')
-    if [ -n "$ip" ] && is_private_ipv4 "$ip"; then
-        printf '%s\n' "$ip"
-    else
-        printf '%s\n' "$address"
-    fi
-}
 LIB
 # shellcheck source=/dev/null
 . /usr/local/lib/stratus/hadoop.sh
@@ -223,7 +193,7 @@ load_env
 file="$HADOOP_USER_HOME/.stratus/hadoop-master"
 master=$(tr -d '[:space:]' < "$file")
 valid_address "$master" || die "$file does not hold an address"
-"${STRATUS_HADOOP_CONFIG:-/usr/local/sbin/stratus-hadoop-config}" "$(private_address "$master")"
+"${STRATUS_HADOOP_CONFIG:-/usr/local/sbin/stratus-hadoop-config}" "$master"
 systemctl enable hadoop-datanode.service hadoop-nodemanager.service
 systemctl restart hadoop-datanode.service hadoop-nodemanager.service
 WORKER

@@ -593,6 +593,7 @@ impl Ec2Provider {
             state,
             reason,
             address,
+            private_address: non_empty(i.private_ip_address()),
             ssh_port: tag_value(i.tags(), TAG_SSH_PORT)
                 .and_then(|p| p.parse().ok())
                 .unwrap_or(22),

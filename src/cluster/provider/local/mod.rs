@@ -345,6 +345,7 @@ impl LocalProvider {
             state,
             reason,
             address: Some(cfg.address.clone()),
+            private_address: Some(cfg.address.clone()),
             ssh_port: cfg.port,
             instance_type: cfg.instance_type.clone(),
             image: cfg.image.clone(),
