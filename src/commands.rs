@@ -12,6 +12,7 @@ use crate::accounting;
 use crate::app::App;
 use crate::cli::{Cli, Command, LaunchOptions, ProfilesAction};
 use crate::cluster::launch::{self, ClusterKeys, LaunchRequest};
+use crate::cluster::provider::Provider;
 use crate::cluster::ssh::{self, Client, ExecOutput};
 use crate::cluster::{ClusterName, Role, node_name};
 use crate::config::{ProviderKind, SiteConfig};
@@ -110,6 +111,19 @@ pub async fn run(cli: Cli, printer: Arc<Printer>) -> Result<ExitCode, Error> {
     }
 }
 
+/// Finishes or undoes what crashed or interrupted commands left behind, before a command that
+/// launches or terminates (DESIGN.md: reconcile runs at the start of launch and terminate). A
+/// failure here is reported, not fatal: the command itself may still work.
+async fn reconcile_first<P: Provider>(app: &App, provider: &P) {
+    let options = crate::cluster::reconcile::Options::new(false);
+    if let Err(e) = crate::cluster::reconcile::reconcile(app, provider, &options).await {
+        app.printer.warn(format!(
+            "could not reconcile leftovers first: {}",
+            crate::error::render(&e).trim_start_matches("error: ")
+        ));
+    }
+}
+
 /// `--env K=V` pairs, with keys fit for `{{env.KEY}}`.
 pub fn parse_env(pairs: &[String]) -> Result<BTreeMap<String, String>, Error> {
     let mut env = BTreeMap::new();
@@ -153,7 +167,10 @@ async fn launch_cmd(
         configure: !opts.no_configure,
     };
     let kind = app.config.provider;
-    let cluster = with_provider!(app, kind, |p| launch::launch(app, &p, req).await?);
+    let cluster = with_provider!(app, kind, |p| {
+        reconcile_first(app, &p).await;
+        launch::launch(app, &p, req).await?
+    });
     let nodes = launch::live_nodes(app, &cluster)?;
     let workers = nodes.iter().filter(|n| n.role == Role::Worker).count();
     app.printer.out(format!(
@@ -183,8 +200,10 @@ async fn launch_slaves(app: &App, name: &str, count: u32) -> Result<ExitCode, Er
         return Err(Error::invalid("launch-slaves needs a count of at least 1"));
     }
     let kind = provider_kind(&cluster.provider)?;
-    let added = with_provider!(app, kind, |p| launch::add_workers(app, &p, &cluster, count)
-        .await?);
+    let added = with_provider!(app, kind, |p| {
+        reconcile_first(app, &p).await;
+        launch::add_workers(app, &p, &cluster, count).await?
+    });
     let names: Vec<String> = added
         .iter()
         .map(|n| node_name(&cluster.name, n.role, n.index))
@@ -500,34 +519,18 @@ async fn exec(
         return Ok(ExitCode::SUCCESS);
     }
     // A connection error is reported as such; a command that ran and failed names the nodes.
-    if let Some((_, Err(e))) = results.iter().find(|(_, r)| r.is_err()) {
-        if !all {
-            return Err(Error::Ssh(clone_ssh_error(e)));
+    let total = results.len();
+    if !all {
+        if let Some(Err(e)) = results.into_iter().map(|(_, r)| r).find(Result::is_err) {
+            return Err(e.into());
         }
     }
     Err(Error::runtime(format!(
         "the command failed on {} of {} nodes: {}",
         failed.len(),
-        results.len(),
+        total,
         failed.join(", ")
     )))
-}
-
-fn clone_ssh_error(e: &ssh::SshError) -> ssh::SshError {
-    ssh::SshError::Remote {
-        node: match e {
-            ssh::SshError::Connect { node, .. }
-            | ssh::SshError::Timeout { node, .. }
-            | ssh::SshError::HostKeyMismatch { node, .. }
-            | ssh::SshError::Auth { node, .. }
-            | ssh::SshError::Session { node, .. }
-            | ssh::SshError::Remote { node, .. } => node.clone(),
-            ssh::SshError::Key(_) => "ssh".into(),
-        },
-        message: crate::error::render(e)
-            .trim_start_matches("error: ")
-            .replace("\n  caused by: ", ": "),
-    }
 }
 
 /// Prints a node's output with every line prefixed by its name.
@@ -691,7 +694,10 @@ async fn terminate(app: &App, name: &str, yes: bool) -> Result<ExitCode, Error> 
         }
     }
     let kind = provider_kind(&cluster.provider)?;
-    let n = with_provider!(app, kind, |p| launch::terminate(app, &p, &cluster).await?);
+    let n = with_provider!(app, kind, |p| {
+        reconcile_first(app, &p).await;
+        launch::terminate(app, &p, &cluster).await?
+    });
     app.printer
         .status(format!("terminated cluster {} ({n} nodes)", cluster.name));
     Ok(ExitCode::SUCCESS)

@@ -270,8 +270,7 @@ impl Store {
         let conn = Connection::open(path).map_err(open_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(open_err)?;
+        set_wal(&conn).map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(open_err)?;
         conn.pragma_update(None, "foreign_keys", "ON")
@@ -460,6 +459,15 @@ impl Store {
         rows.map(|r| r?).collect()
     }
 
+    /// Whether any cluster's record holds this instance.
+    pub fn knows_instance(&self, instance_id: &str) -> Result<bool, StoreError> {
+        Ok(self.conn().query_row(
+            "SELECT EXISTS (SELECT 1 FROM nodes WHERE instance_id = ?1)",
+            params![instance_id],
+            |r| r.get(0),
+        )?)
+    }
+
     /// Pins a host key learned on first contact.
     pub fn set_host_key(&self, instance_id: &str, key: &str) -> Result<(), StoreError> {
         self.conn().execute(
@@ -558,6 +566,31 @@ impl Store {
             }
         }
         Ok(out)
+    }
+}
+
+/// Puts the database in WAL mode. Switching needs the file to itself, and SQLite answers BUSY at
+/// once (without the busy handler) when another process has it open, as when two commands
+/// create a fresh state directory together: so check first, and retry the switch for a while.
+fn set_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let attempt = (|| {
+            let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
+            if mode.eq_ignore_ascii_case("wal") {
+                return Ok(());
+            }
+            conn.pragma_update(None, "journal_mode", "WAL")
+        })();
+        match attempt {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
     }
 }
 
@@ -690,6 +723,22 @@ mod tests {
             store.find_cluster(&owner, &name).unwrap().unwrap().id,
             c2.id
         );
+    }
+
+    #[test]
+    fn many_processes_may_create_the_database_at_once() {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let d = dir.path().to_path_buf();
+                    std::thread::spawn(move || Store::open_in(&d).map(drop))
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap().unwrap();
+            }
+        }
     }
 
     #[test]

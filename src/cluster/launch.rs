@@ -109,6 +109,83 @@ impl ClusterKeys {
     }
 }
 
+/// Held by the process running a launch (or launch-slaves) for as long as it runs: a POSIX lock
+/// on `<state>/launches/<request>.lock`. Its absence tells `reconcile` at once that a launch left
+/// in `reserved` or `requested`, or an instance of that request no row knows, was abandoned by a
+/// process that died, instead of waiting out a timeout. The state database is never on a
+/// network file system, so the launcher and the reconciler share a host and the lock is good.
+pub struct LaunchLock {
+    path: PathBuf,
+    _file: std::fs::File,
+}
+
+/// What the lock of a request says about its launcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Launcher {
+    /// A live process holds the request's lock.
+    Running,
+    /// The lock file is there and nobody holds it: the launcher died.
+    Died,
+    /// No lock file: the launch finished, or predates the locks.
+    Unknown,
+}
+
+impl LaunchLock {
+    fn path(app: &App, request: &RequestId) -> PathBuf {
+        app.state_dir
+            .join("launches")
+            .join(format!("{}.lock", request.as_str()))
+    }
+
+    pub fn acquire(app: &App, request: &RequestId) -> Result<Self, Error> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = Self::path(app, request);
+        if let Some(dir) = path.parent() {
+            crate::store::create_private_dir(dir)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)?;
+        if !crate::sys::try_lock_file(&file)? {
+            return Err(Error::runtime(format!(
+                "request {request} is already being launched by another process"
+            )));
+        }
+        Ok(Self { path, _file: file })
+    }
+
+    pub fn launcher(app: &App, request: &RequestId) -> Launcher {
+        let path = Self::path(app, request);
+        match std::fs::File::open(&path) {
+            Err(_) => Launcher::Unknown,
+            Ok(f) => match crate::sys::lock_holder(&f) {
+                Ok(Some(_)) => Launcher::Running,
+                Ok(None) => Launcher::Died,
+                Err(_) => Launcher::Unknown,
+            },
+        }
+    }
+
+    /// Removes the lock file a dead launcher left.
+    pub fn clear(app: &App, request: &RequestId) {
+        if Self::launcher(app, request) == Launcher::Died {
+            let _ = std::fs::remove_file(Self::path(app, request));
+        }
+    }
+}
+
+impl Drop for LaunchLock {
+    fn drop(&mut self) {
+        // Unlink before the descriptor (and with it the lock) goes: whoever still finds the file
+        // finds it locked.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// The facts every template of a cluster shares.
 struct Meta<'a> {
     cluster: &'a ClusterName,
@@ -281,6 +358,7 @@ pub async fn launch<P: Provider>(
 ) -> Result<ClusterRow, Error> {
     validate_request(&req.profile, provider.kind(), req.workers, 0)?;
     let request = RequestId::new();
+    let _lock = LaunchLock::acquire(app, &request)?;
     let meta = Meta {
         cluster: &req.name,
         owner: &app.owner,
@@ -399,6 +477,7 @@ pub async fn add_workers<P: Provider>(
         )));
     }
     let request = RequestId::new();
+    let _lock = LaunchLock::acquire(app, &request)?;
     let meta = Meta {
         cluster: &cluster.name,
         owner: &cluster.owner,

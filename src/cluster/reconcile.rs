@@ -20,7 +20,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use crate::app::App;
-use crate::cluster::launch;
+use crate::cluster::launch::{self, LaunchLock, Launcher};
 use crate::cluster::provider::{ClusterRef, InstanceState, Provider, Selector};
 use crate::cluster::{ClusterName, Owner, RequestId};
 use crate::error::Error;
@@ -110,6 +110,13 @@ pub async fn reconcile<P: Provider>(
             ClusterState::Terminating if age > ms(options.terminating_grace) => {
                 (true, "completed an interrupted terminate".to_owned())
             }
+            ClusterState::Reserved | ClusterState::Requested if launcher_died(app, c)? => (
+                true,
+                format!(
+                    "rolled back a launch whose process died in state {}",
+                    c.state.as_str()
+                ),
+            ),
             ClusterState::Reserved | ClusterState::Requested
                 if age
                     > options
@@ -141,6 +148,7 @@ pub async fn reconcile<P: Provider>(
                     Some("the launch was abandoned; rolled back by `stratus reconcile`"),
                 )?;
             }
+            LaunchLock::clear(app, &c.request_id);
         }
         act(&c.name, what);
     }
@@ -163,11 +171,23 @@ pub async fn reconcile<P: Provider>(
         }
         let Some(tags) = &i.tags else { continue };
         // A launch (or launch-slaves) in progress elsewhere records its nodes right after
-        // RunInstances returns; give it time.
-        if i.launched_at
-            .is_none_or(|t| now - t < ms(options.orphan_grace))
-        {
-            continue;
+        // RunInstances returns: leave its instances alone while its launcher lives. A launcher
+        // that died cannot record them any more; without a lock to tell, give it time.
+        match LaunchLock::launcher(app, &tags.request) {
+            Launcher::Running => continue,
+            Launcher::Died => {
+                // It may have recorded the instance after `known` was read, then exited.
+                if app.store.knows_instance(&i.id)? {
+                    continue;
+                }
+            }
+            Launcher::Unknown => {
+                if i.launched_at
+                    .is_none_or(|t| now - t < ms(options.orphan_grace))
+                {
+                    continue;
+                }
+            }
         }
         orphans
             .entry(tags.cluster.clone())
@@ -180,6 +200,11 @@ pub async fn reconcile<P: Provider>(
         let ids = &orphans[name];
         if !dry_run {
             provider.terminate(ids).await?;
+            for i in tagged.iter().filter(|i| ids.contains(&i.id)) {
+                if let Some(t) = &i.tags {
+                    LaunchLock::clear(app, &t.request);
+                }
+            }
         }
         act(
             name,
@@ -226,6 +251,20 @@ pub async fn reconcile<P: Provider>(
         );
     }
     Ok(actions)
+}
+
+/// Whether the process that was launching `c` died: its request's lock is free, and the row,
+/// read again after that (a launcher updates the row before it lets go of the lock), is still
+/// where the launch left it.
+fn launcher_died(app: &App, c: &ClusterRow) -> Result<bool, Error> {
+    if LaunchLock::launcher(app, &c.request_id) != Launcher::Died {
+        return Ok(false);
+    }
+    let now = app.store.cluster_by_id(c.id)?.map(|r| r.state);
+    Ok(matches!(
+        now,
+        Some(ClusterState::Reserved | ClusterState::Requested)
+    ))
 }
 
 /// A reference to a cluster by owner and name, for releasing its resources (which are found by

@@ -33,6 +33,12 @@ pub enum SshError {
         #[source]
         last: Option<Box<SshError>>,
     },
+    #[error("{node} ({addr}) did not complete an SSH handshake within {}s", after.as_secs())]
+    Handshake {
+        node: String,
+        addr: String,
+        after: Duration,
+    },
     #[error(
         "host key mismatch for {node} ({addr}): expected {expected}, got {got}; someone may be intercepting the connection, or the node was replaced"
     )]
@@ -247,11 +253,10 @@ impl Client {
         };
         match tokio::time::timeout(limit, attempt).await {
             Ok(r) => r,
-            Err(_) => Err(SshError::Timeout {
+            Err(_) => Err(SshError::Handshake {
                 node: target.name.clone(),
                 addr,
                 after: limit,
-                last: None,
             }),
         }
     }
@@ -278,11 +283,16 @@ impl Client {
             };
             tracing::debug!(node = %target.name, "not answering yet: {err}");
             if Instant::now() + delay >= deadline {
+                // A handshake cut short by the deadline says no more than the timeout itself.
+                let last = match err {
+                    SshError::Handshake { .. } => None,
+                    other => Some(Box::new(other)),
+                };
                 return Err(SshError::Timeout {
                     node: target.name.clone(),
                     addr: target.addr(),
                     after: timeout,
-                    last: Some(Box::new(err)),
+                    last,
                 });
             }
             tokio::time::sleep(delay).await;

@@ -42,17 +42,31 @@ fn assert_nothing_left(ctx: &TestContext, cluster: &Value) {
             dir.display()
         );
     }
+    // Addresses this context's live nodes hold now: a new node may reuse a freed address.
+    let reused: BTreeSet<String> = ctx
+        .list_json()
+        .iter()
+        .flat_map(nodes)
+        .filter(|n| n["state"] == "running")
+        .filter_map(|n| n["address"].as_str().map(str::to_owned))
+        .collect();
     for n in nodes(cluster) {
         let addr = n["address"].as_str().unwrap();
-        assert!(
-            read_line_from(addr, 8480).is_err(),
-            "{addr}:8480 still answers"
-        );
-        let port = n["ssh_port"].as_u64().unwrap() as u16;
-        assert!(
-            std::net::TcpStream::connect((addr, port)).is_err(),
-            "{addr}:{port} still accepts connections"
-        );
+        let name = n["name"].as_str().unwrap();
+        match read_line_from(addr, 8480) {
+            Err(_) => {}
+            Ok(line) => assert!(
+                reused.contains(addr) && !line.starts_with(&format!("{name} ")),
+                "{name}'s service on {addr}:8480 still answers: {line}"
+            ),
+        }
+        if !reused.contains(addr) {
+            let port = n["ssh_port"].as_u64().unwrap() as u16;
+            assert!(
+                std::net::TcpStream::connect((addr, port)).is_err(),
+                "{addr}:{port} still accepts connections"
+            );
+        }
     }
 }
 
@@ -302,4 +316,50 @@ fn login_gives_a_shell_on_the_master_through_a_pty() {
     term.send("y\n");
     assert_eq!(term.wait(), Some(0));
     assert_eq!(ctx.cluster_json("l")["state"], "terminated");
+}
+
+#[test]
+fn a_launch_whose_process_dies_is_rolled_back_by_the_next_launch() {
+    let ctx = TestContext::new();
+    ctx.profile_file(
+        "slow.toml",
+        "extends = \"local-demo\"\nready_timeout_secs = 120\n[worker]\nuser_data = \"slow/worker.sh.hbs\"\n",
+    );
+    // The worker never answers, so the launch waits: long enough to kill it mid-way.
+    ctx.profile_file("slow/worker.sh.hbs", "#!/bin/bash\nkill -STOP \"$PPID\"\n");
+    let mut launcher = ctx
+        .cmd()
+        .args(["launch-cluster", "crash", "1", "--profile", "slow"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Both nodes recorded, the launch waiting for SSH: the moment a crash leaves the most behind.
+    let recorded = eventually(Duration::from_secs(30), || {
+        let c = ctx.list_json().into_iter().find(|c| c["name"] == "crash")?;
+        (nodes(&c).len() == 2 && c["state"] == "requested").then_some(c)
+    })
+    .expect("the launch recorded both nodes");
+    launcher.kill().unwrap();
+    launcher.wait().unwrap();
+    assert!(
+        nodes(&ctx.cluster_json("crash"))
+            .iter()
+            .any(|n| n["state"] == "running"),
+        "the killed launch left running nodes behind (the case under test)"
+    );
+
+    // The next launch reconciles first: the abandoned one is rolled back, at once.
+    let r = ctx.ok(&["launch-master", "next"]);
+    assert!(
+        r.stderr.contains("crash") && r.stderr.contains("process died"),
+        "{r}"
+    );
+    let c = ctx.cluster_json("crash");
+    assert_eq!(c["state"], "failed");
+    assert!(
+        nodes(&c).iter().all(|n| n["state"] == "terminated"),
+        "{c:#}"
+    );
+    assert_nothing_left(&ctx, &recorded);
+    assert_eq!(ctx.cluster_json("next")["state"], "configured");
 }
