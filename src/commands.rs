@@ -520,10 +520,8 @@ async fn exec(
     }
     // A connection error is reported as such; a command that ran and failed names the nodes.
     let total = results.len();
-    if !all {
-        if let Some(Err(e)) = results.into_iter().map(|(_, r)| r).find(Result::is_err) {
-            return Err(e.into());
-        }
+    if !all && let Some(Err(e)) = results.into_iter().map(|(_, r)| r).find(Result::is_err) {
+        return Err(e.into());
     }
     Err(Error::runtime(format!(
         "the command failed on {} of {} nodes: {}",

@@ -172,12 +172,12 @@ impl SiteConfig {
             path: path.to_path_buf(),
             message: toml_message(&e),
         })?;
-        if let Some(dir) = &config.profiles_dir {
-            if dir.is_relative() {
-                // Relative to the file that names it, as a reader of the file would expect.
-                let base = path.parent().unwrap_or(Path::new("."));
-                config.profiles_dir = Some(base.join(dir));
-            }
+        if let Some(dir) = &config.profiles_dir
+            && dir.is_relative()
+        {
+            // Relative to the file that names it, as a reader of the file would expect.
+            let base = path.parent().unwrap_or(Path::new("."));
+            config.profiles_dir = Some(base.join(dir));
         }
         config.validate(path)?;
         Ok(config)

@@ -95,10 +95,10 @@ impl Error {
     pub fn is_broken_pipe(&self) -> bool {
         let mut cur: Option<&(dyn StdError + 'static)> = Some(self);
         while let Some(e) = cur {
-            if let Some(io) = e.downcast_ref::<std::io::Error>() {
-                if io.kind() == std::io::ErrorKind::BrokenPipe {
-                    return true;
-                }
+            if let Some(io) = e.downcast_ref::<std::io::Error>()
+                && io.kind() == std::io::ErrorKind::BrokenPipe
+            {
+                return true;
             }
             cur = e.source();
         }

@@ -258,10 +258,10 @@ impl Store {
     }
 
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        if let Some(parent) = path.parent() {
-            if crate::sys::on_network_fs(parent).unwrap_or(false) {
-                return Err(StoreError::NetworkFs(path.to_path_buf()));
-            }
+        if let Some(parent) = path.parent()
+            && crate::sys::on_network_fs(parent).unwrap_or(false)
+        {
+            return Err(StoreError::NetworkFs(path.to_path_buf()));
         }
         let open_err = |source| StoreError::Open {
             path: path.to_path_buf(),

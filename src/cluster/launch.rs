@@ -806,9 +806,9 @@ async fn bring_up_once<P: Provider>(
             if row.host_key.is_none() {
                 row.host_key = inst.host_key.clone();
             }
-            if inst.state == InstanceState::Running && row.address.is_some() {
-                waiting.remove(&row.instance_id);
-            } else if inst.state.is_gone() || inst.state == InstanceState::Stopped {
+            // Done waiting: running with an address, or never going to run.
+            let up = inst.state == InstanceState::Running && row.address.is_some();
+            if up || inst.state.is_gone() || inst.state == InstanceState::Stopped {
                 waiting.remove(&row.instance_id);
             }
         }
@@ -912,6 +912,9 @@ async fn bring_up_once<P: Provider>(
     Ok((up, failed))
 }
 
+/// A file to write on a node: destination, contents, mode.
+type Upload = (String, Vec<u8>, u32);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
     /// First configuration after launch: every file, the workers file, `configure`.
@@ -972,7 +975,8 @@ async fn configure(
     }
 
     // Which files go where in this step.
-    let mut uploads: Vec<(Target, Vec<(String, Vec<u8>, u32)>)> = Vec::new();
+    // Per node: (destination, contents, mode) of each file it gets.
+    let mut uploads: Vec<(Target, Vec<Upload>)> = Vec::new();
     if step != Step::WorkersFile {
         let mut targets: Vec<&NodeRow> = new_nodes.iter().collect();
         if step == Step::AddWorkers {

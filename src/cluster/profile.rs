@@ -435,13 +435,13 @@ impl Profile {
                 self.max_workers
             ));
         }
-        if let Some(min) = self.min_workers {
-            if min > self.max_workers {
-                return Err(format!(
-                    "min_workers = {min} is above max_workers = {}",
-                    self.max_workers
-                ));
-            }
+        if let Some(min) = self.min_workers
+            && min > self.max_workers
+        {
+            return Err(format!(
+                "min_workers = {min} is above max_workers = {}",
+                self.max_workers
+            ));
         }
         if self.ssh_user.is_empty()
             || !self
@@ -475,10 +475,10 @@ impl Profile {
                 return Err(format!("files: {}: empty dest", f.template));
             }
         }
-        if let Some(w) = &self.workers_file {
-            if w.is_empty() {
-                return Err("workers_file must not be empty".into());
-            }
+        if let Some(w) = &self.workers_file
+            && w.is_empty()
+        {
+            return Err("workers_file must not be empty".into());
         }
         Ok(())
     }

@@ -207,15 +207,15 @@ impl Client {
                 Ok(h) => h,
                 Err(e) => {
                     let presented = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                    if let (Some(expected), Some(got)) = (&target.host_key, presented) {
-                        if expected.key_data() != got.key_data() {
-                            return Err(SshError::HostKeyMismatch {
-                                node: target.name.clone(),
-                                addr: addr.clone(),
-                                expected: fingerprint(expected),
-                                got: fingerprint(&got),
-                            });
-                        }
+                    if let (Some(expected), Some(got)) = (&target.host_key, presented)
+                        && expected.key_data() != got.key_data()
+                    {
+                        return Err(SshError::HostKeyMismatch {
+                            node: target.name.clone(),
+                            addr: addr.clone(),
+                            expected: fingerprint(expected),
+                            got: fingerprint(&got),
+                        });
                     }
                     return Err(SshError::Connect {
                         node: target.name.clone(),

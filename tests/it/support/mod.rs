@@ -118,8 +118,7 @@ impl TestContext {
     pub fn cluster_json(&self, name: &str) -> Value {
         self.list_json()
             .into_iter()
-            .filter(|c| c["name"] == name)
-            .last()
+            .rfind(|c| c["name"] == name)
             .unwrap_or_else(|| panic!("no cluster {name} in list --json"))
     }
 
@@ -139,19 +138,19 @@ impl TestContext {
 impl Drop for TestContext {
     fn drop(&mut self) {
         // Terminate what the test left running, through the binary...
-        if let Ok(out) = self.cmd().args(["list", "--json"]).output() {
-            if let Ok(Value::Array(clusters)) = serde_json::from_slice::<Value>(&out.stdout) {
-                for c in clusters {
-                    let live = c["nodes"]
-                        .as_array()
-                        .is_some_and(|ns| ns.iter().any(|n| n["state"] != "terminated"));
-                    if live {
-                        let name = c["name"].as_str().unwrap_or_default();
-                        let _ = self
-                            .cmd()
-                            .args(["terminate-cluster", name, "--yes"])
-                            .output();
-                    }
+        if let Ok(out) = self.cmd().args(["list", "--json"]).output()
+            && let Ok(Value::Array(clusters)) = serde_json::from_slice::<Value>(&out.stdout)
+        {
+            for c in clusters {
+                let live = c["nodes"]
+                    .as_array()
+                    .is_some_and(|ns| ns.iter().any(|n| n["state"] != "terminated"));
+                if live {
+                    let name = c["name"].as_str().unwrap_or_default();
+                    let _ = self
+                        .cmd()
+                        .args(["terminate-cluster", name, "--yes"])
+                        .output();
                 }
             }
         }

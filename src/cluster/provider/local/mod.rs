@@ -367,7 +367,7 @@ impl LocalProvider {
                 out.push((paths, cfg));
             }
         }
-        out.sort_by(|a, b| a.1.launched_at.cmp(&b.1.launched_at));
+        out.sort_by_key(|a| a.1.launched_at);
         out
     }
 
