@@ -78,7 +78,7 @@ pub async fn run(cli: Cli, printer: Arc<Printer>) -> Result<ExitCode, Error> {
         Command::LaunchMaster(a) => launch_cmd(&app, &a.name, 0, &a.options).await,
         Command::LaunchSlaves { name, count } => launch_slaves(&app, &name, count).await,
         Command::List { name, json } => list(&app, name.as_deref(), json).await,
-        Command::Login { name, ssh_args } => login(&app, &name, &ssh_args),
+        Command::Login { name, ssh_args } => login(&app, &name, &ssh_args).await,
         Command::Exec {
             name,
             all,
@@ -92,7 +92,7 @@ pub async fn run(cli: Cli, printer: Arc<Printer>) -> Result<ExitCode, Error> {
             all,
         } => push(&app, &name, &file, dest.as_deref(), all).await,
         Command::UpdateSlavesFile { name } => {
-            let cluster = live_cluster(&app, &name)?;
+            let cluster = fresh_cluster(&app, &name).await?;
             let n = launch::update_workers_file(&app, &cluster).await?;
             app.printer.status(format!(
                 "workers file of {} lists {n} workers",
@@ -194,8 +194,46 @@ fn live_cluster(app: &App, name: &str) -> Result<ClusterRow, Error> {
     }
 }
 
-async fn launch_slaves(app: &App, name: &str, count: u32) -> Result<ExitCode, Error> {
+/// The caller's live cluster of this name, with its nodes' states refreshed from the provider
+/// first: a node that died since the last look is no longer a target, nor in a workers file.
+async fn fresh_cluster(app: &App, name: &str) -> Result<ClusterRow, Error> {
     let cluster = live_cluster(app, name)?;
+    refresh_all(app, std::slice::from_ref(&cluster)).await?;
+    Ok(cluster)
+}
+
+/// Pins the host keys of nodes never reached over SSH yet (a cluster launched with
+/// `--no-configure`), on this first contact, so every later connection insists on them.
+async fn pin_first_contact(
+    app: &App,
+    cluster: &ClusterRow,
+    client: &Client,
+    nodes: &mut [NodeRow],
+) -> Result<(), Error> {
+    for n in nodes.iter_mut().filter(|n| n.host_key.is_none()) {
+        let t = launch::target(n, cluster)?;
+        let session = client.connect(&t).await?;
+        let key = ssh::public_key_openssh(&session.host_key);
+        session.close().await;
+        app.store.set_host_key(&n.instance_id, &key)?;
+        tracing::info!(node = %t.name, "pinned its host key on first contact");
+        n.host_key = Some(key);
+    }
+    Ok(())
+}
+
+async fn launch_slaves(app: &App, name: &str, count: u32) -> Result<ExitCode, Error> {
+    let cluster = fresh_cluster(app, name).await?;
+    if !matches!(
+        cluster.state,
+        crate::store::ClusterState::Running | crate::store::ClusterState::Configured
+    ) {
+        return Err(Error::invalid(format!(
+            "cluster {} is {}; workers can be added once it is running",
+            cluster.name,
+            cluster.state.as_str()
+        )));
+    }
     if count == 0 {
         return Err(Error::invalid("launch-slaves needs a count of at least 1"));
     }
@@ -449,9 +487,10 @@ async fn exec(
     json: bool,
     command: &str,
 ) -> Result<ExitCode, Error> {
-    let cluster = live_cluster(app, name)?;
-    let nodes = targets(app, &cluster, all)?;
+    let cluster = fresh_cluster(app, name).await?;
+    let mut nodes = targets(app, &cluster, all)?;
     let client = client_for(app, &cluster)?;
+    pin_first_contact(app, &cluster, &client, &mut nodes).await?;
     let mut jobs = Vec::new();
     for n in &nodes {
         jobs.push(launch::target(n, &cluster)?);
@@ -562,7 +601,7 @@ async fn push(
     all: bool,
 ) -> Result<ExitCode, Error> {
     use std::os::unix::fs::PermissionsExt;
-    let cluster = live_cluster(app, name)?;
+    let cluster = fresh_cluster(app, name).await?;
     let meta = std::fs::metadata(file)
         .map_err(|e| Error::invalid(format!("cannot read {}: {e}", file.display())))?;
     if !meta.is_file() {
@@ -582,8 +621,9 @@ async fn push(
             .to_owned(),
     };
     let mode = meta.permissions().mode() & 0o777;
-    let nodes = targets(app, &cluster, all)?;
+    let mut nodes = targets(app, &cluster, all)?;
     let client = client_for(app, &cluster)?;
+    pin_first_contact(app, &cluster, &client, &mut nodes).await?;
     let mut jobs = Vec::new();
     for n in &nodes {
         jobs.push(launch::target(n, &cluster)?);
@@ -614,29 +654,26 @@ async fn push(
     Ok(ExitCode::SUCCESS)
 }
 
-fn login(app: &App, name: &str, ssh_args: &[String]) -> Result<ExitCode, Error> {
+async fn login(app: &App, name: &str, ssh_args: &[String]) -> Result<ExitCode, Error> {
     use std::os::unix::process::CommandExt;
-    let cluster = live_cluster(app, name)?;
-    let master = targets(app, &cluster, false)?.remove(0);
+    let cluster = fresh_cluster(app, name).await?;
+    let mut masters = targets(app, &cluster, false)?;
+    pin_first_contact(app, &cluster, &client_for(app, &cluster)?, &mut masters).await?;
+    let master = masters.remove(0);
     let keys = ClusterKeys::of(app, &cluster);
     keys.write_known_hosts(&launch::live_nodes(app, &cluster)?)?;
     let address = master
         .address
         .clone()
         .ok_or_else(|| Error::runtime("the master has no address"))?;
-    if master.host_key.is_none() {
-        return Err(Error::runtime(format!(
-            "no host key is pinned for the master of {}; it was never reached over SSH",
-            cluster.name
-        )));
-    }
     let mut cmd = std::process::Command::new("ssh");
     cmd.arg("-i")
         .arg(keys.private_key())
         .args(["-o", "IdentitiesOnly=yes"])
         .arg("-o")
+        // Quoted: ssh splits option values on whitespace.
         .arg(format!(
-            "UserKnownHostsFile={}",
+            "UserKnownHostsFile=\"{}\"",
             keys.known_hosts().display()
         ))
         .args(["-o", "GlobalKnownHostsFile=/dev/null"])

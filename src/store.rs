@@ -358,16 +358,38 @@ impl Store {
         state: ClusterState,
         failure: Option<&str>,
     ) -> Result<(), StoreError> {
-        let now = now_millis();
-        let terminated_at = (state == ClusterState::Terminated).then_some(now);
-        self.conn().execute(
-            "UPDATE clusters SET state = ?2, updated_at = ?3,
-                    failure = COALESCE(?4, failure),
-                    terminated_at = COALESCE(?5, terminated_at)
-             WHERE id = ?1",
-            params![id, state.as_str(), now, failure, terminated_at],
-        )?;
-        Ok(())
+        update_state(&self.conn(), id, state, failure)
+    }
+
+    /// Moves a cluster to `to` only if it is in one of `from` (compare and set): a launch must
+    /// not overwrite a terminate that another process started meanwhile. Returns whether it
+    /// moved.
+    pub fn transition(
+        &self,
+        id: i64,
+        from: &[ClusterState],
+        to: ClusterState,
+        failure: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let current: Option<String> = tx
+            .query_row(
+                "SELECT state FROM clusters WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let allowed = current
+            .as_deref()
+            .and_then(ClusterState::parse)
+            .is_some_and(|c| from.contains(&c));
+        if !allowed {
+            return Ok(false);
+        }
+        update_state(&tx, id, to, failure)?;
+        tx.commit()?;
+        Ok(true)
     }
 
     pub fn cluster_by_id(&self, id: i64) -> Result<Option<ClusterRow>, StoreError> {
@@ -504,7 +526,8 @@ impl Store {
                 private_address
             ],
         )?;
-        if ended {
+        if ended || state == InstanceState::Stopped {
+            // Gone, or stopped (a stopped instance's hours are not billed): the interval ends.
             tx.execute(
                 "UPDATE usage_intervals SET ended_at = ?2, last_seen_at = MAX(last_seen_at, ?2),
                         end_source = 'observed'
@@ -512,11 +535,23 @@ impl Store {
                 params![instance_id, now],
             )?;
         } else if state.is_billed() {
-            tx.execute(
+            let seen = tx.execute(
                 "UPDATE usage_intervals SET last_seen_at = MAX(last_seen_at, ?2)
                  WHERE instance_id = ?1 AND ended_at IS NULL",
                 params![instance_id, now],
             )?;
+            if seen == 0 {
+                // Running again after a stop: a new interval from this sighting.
+                tx.execute(
+                    "INSERT INTO usage_intervals (instance_id, cluster_id, owner, profile,
+                                                  instance_type, spot, started_at, last_seen_at)
+                     SELECT n.instance_id, n.cluster_id, c.owner, c.profile, n.instance_type,
+                            n.spot, ?2, ?2
+                     FROM nodes n JOIN clusters c ON c.id = n.cluster_id
+                     WHERE n.instance_id = ?1",
+                    params![instance_id, now],
+                )?;
+            }
         }
         tx.commit()?;
         Ok(())
@@ -567,6 +602,24 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+fn update_state(
+    conn: &Connection,
+    id: i64,
+    state: ClusterState,
+    failure: Option<&str>,
+) -> Result<(), StoreError> {
+    let now = now_millis();
+    let terminated_at = (state == ClusterState::Terminated).then_some(now);
+    conn.execute(
+        "UPDATE clusters SET state = ?2, updated_at = ?3,
+                failure = COALESCE(?4, failure),
+                terminated_at = COALESCE(?5, terminated_at)
+         WHERE id = ?1",
+        params![id, state.as_str(), now, failure, terminated_at],
+    )?;
+    Ok(())
 }
 
 /// Puts the database in WAL mode. Switching needs the file to itself, and SQLite answers BUSY at
@@ -676,6 +729,21 @@ mod tests {
         }
     }
 
+    fn new<'a>(
+        name: &'a ClusterName,
+        owner: &'a Owner,
+        req: &'a RequestId,
+        rec: &'a ClusterRecord,
+    ) -> NewCluster<'a> {
+        NewCluster {
+            name,
+            owner,
+            provider: "local",
+            request_id: req,
+            record: rec,
+        }
+    }
+
     #[test]
     fn a_live_name_is_taken_until_terminated() {
         let dir = tempfile::tempdir().unwrap();
@@ -683,20 +751,6 @@ mod tests {
         let owner = Owner::parse("alice").unwrap();
         let name = ClusterName::parse("demo").unwrap();
         let rec = record();
-        fn new<'a>(
-            name: &'a ClusterName,
-            owner: &'a Owner,
-            req: &'a RequestId,
-            rec: &'a ClusterRecord,
-        ) -> NewCluster<'a> {
-            NewCluster {
-                name,
-                owner,
-                provider: "local",
-                request_id: req,
-                record: rec,
-            }
-        }
         let r1 = RequestId::new();
         let c = store
             .create_cluster(&new(&name, &owner, &r1, &rec))
@@ -739,6 +793,66 @@ mod tests {
                 h.join().unwrap().unwrap();
             }
         }
+    }
+
+    #[test]
+    fn intervals_end_on_stop_and_gone_and_reopen_on_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_in(dir.path()).unwrap();
+        let owner = Owner::parse("alice").unwrap();
+        let name = ClusterName::parse("demo").unwrap();
+        let rec = record();
+        let req = RequestId::new();
+        let c = store
+            .create_cluster(&new(&name, &owner, &req, &rec))
+            .unwrap()
+            .unwrap();
+        let node = NodeRow {
+            instance_id: "i-1".into(),
+            cluster_id: c.id,
+            role: Role::Master,
+            index: 0,
+            request_id: req.to_string(),
+            state: InstanceState::Running,
+            address: None,
+            private_address: None,
+            ssh_port: 22,
+            instance_type: "m5.large".into(),
+            image: "ami".into(),
+            spot: false,
+            host_key: None,
+            launched_at: 1_000,
+            ended_at: None,
+        };
+        store.insert_node(&c, &node).unwrap();
+        let intervals = |s: &Store| s.intervals(&[c.id]).unwrap();
+        store
+            .observe_node("i-1", InstanceState::Running, None, None, 2_000)
+            .unwrap();
+        store
+            .observe_node("i-1", InstanceState::Stopped, None, None, 3_000)
+            .unwrap();
+        let iv = intervals(&store);
+        assert_eq!(iv.len(), 1);
+        assert_eq!((iv[0].started_at, iv[0].ended_at), (1_000, Some(3_000)));
+        // Stopped hours are not billed; running again opens a new interval.
+        store
+            .observe_node("i-1", InstanceState::Stopped, None, None, 4_000)
+            .unwrap();
+        store
+            .observe_node("i-1", InstanceState::Running, None, None, 5_000)
+            .unwrap();
+        store
+            .observe_node("i-1", InstanceState::Terminated, None, None, 6_000)
+            .unwrap();
+        let iv = intervals(&store);
+        assert_eq!(iv.len(), 2);
+        assert_eq!((iv[1].started_at, iv[1].ended_at), (5_000, Some(6_000)));
+        // Gone stays gone: a late sighting does not reopen anything.
+        store
+            .observe_node("i-1", InstanceState::Terminated, None, None, 7_000)
+            .unwrap();
+        assert_eq!(intervals(&store).len(), 2);
     }
 
     #[test]

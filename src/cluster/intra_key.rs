@@ -28,6 +28,12 @@ pub async fn install(
     max_parallel: usize,
 ) -> Result<(), SshError> {
     let session = client.connect(master).await?;
+    // A cluster launched with --no-configure never got its key: make one now.
+    let fresh = fresh
+        || !session
+            .exec(&format!("test -s {}", shell_quote(PUBLIC_KEY)), None)
+            .await?
+            .success();
     let public = if fresh {
         let key = ssh::generate_key()?;
         let private = ssh::private_key_openssh(&key)?;

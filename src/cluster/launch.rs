@@ -300,21 +300,95 @@ fn access(profile: &Profile, key: &PrivateKey) -> SshAccess {
     }
 }
 
-/// Resolves when the user interrupts (^C), the terminal hangs up, or the process is asked to
-/// terminate: the moments a launch must roll back instead of leaving instances behind.
-async fn interrupted() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => "interrupted",
-        _ = term.recv() => "terminated by a signal",
-        _ = hup.recv() => "the terminal hung up",
+/// ^C, SIGTERM and SIGHUP during a launch: the moments it must roll back instead of leaving
+/// instances behind. Listening starts when this is created, before anything exists, so no early
+/// signal kills the process half-way. A signal never cuts a provider call short (an instance
+/// whose RunInstances was dropped mid-flight could escape the record): the launch notices at its
+/// next wait, and rolls back from there.
+#[derive(Clone)]
+pub struct Interrupt {
+    rx: tokio::sync::watch::Receiver<Option<&'static str>>,
+}
+
+impl Interrupt {
+    /// Starts listening. Must be called inside the runtime.
+    pub fn listen() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        // Registered here, synchronously: from now on these signals are ours.
+        let streams = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        );
+        if let (Ok(mut int), Ok(mut term), Ok(mut hup)) = streams {
+            tokio::spawn(async move {
+                loop {
+                    let why = tokio::select! {
+                        _ = int.recv() => "interrupted",
+                        _ = term.recv() => "terminated by a signal",
+                        _ = hup.recv() => "stopped: the terminal hung up",
+                    };
+                    if tx.send(Some(why)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Self { rx }
+    }
+
+    fn error(why: &str) -> Error {
+        Error::runtime(format!("launch {why}"))
+    }
+
+    /// An error if a signal has come.
+    pub fn check(&self) -> Result<(), Error> {
+        match *self.rx.borrow() {
+            Some(why) => Err(Self::error(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `fut` unless, or until, a signal comes.
+    pub async fn race<T>(&self, fut: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+        self.check()?;
+        let mut rx = self.rx.clone();
+        tokio::select! {
+            biased;
+            r = rx.wait_for(Option::is_some) => match r {
+                Ok(why) => Err(Self::error(why.unwrap_or("interrupted"))),
+                // The listener is gone: no signal can come any more.
+                Err(_) => std::future::pending().await,
+            },
+            r = fut => r,
+        }
+    }
+
+    pub async fn sleep(&self, d: Duration) -> Result<(), Error> {
+        self.race(async {
+            tokio::time::sleep(d).await;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// Moves a launching cluster from one state to the next, unless something else (a terminate in
+/// another process) moved it meanwhile: then the launch stops, and rolls back.
+fn advance(
+    app: &App,
+    cluster: &ClusterRow,
+    from: ClusterState,
+    to: ClusterState,
+) -> Result<(), Error> {
+    if app.store.transition(cluster.id, &[from], to, None)? {
+        Ok(())
+    } else {
+        Err(Error::runtime(format!(
+            "cluster {} changed state while it was being launched (terminated meanwhile?)",
+            cluster.name
+        )))
     }
 }
 
@@ -357,6 +431,7 @@ pub async fn launch<P: Provider>(
     req: LaunchRequest,
 ) -> Result<ClusterRow, Error> {
     validate_request(&req.profile, provider.kind(), req.workers, 0)?;
+    let interrupt = Interrupt::listen();
     let request = RequestId::new();
     let _lock = LaunchLock::acquire(app, &request)?;
     let meta = Meta {
@@ -395,12 +470,18 @@ pub async fn launch<P: Provider>(
         keys.create(&key)?;
         let access = access(&req.profile, &key);
         let client = Client::new(key.clone(), connect_timeout(app));
-        app.store
-            .set_cluster_state(cluster.id, ClusterState::Requested, None)?;
+        advance(
+            app,
+            &cluster,
+            ClusterState::Reserved,
+            ClusterState::Requested,
+        )?;
         provider.prepare(&cluster_ref(&cluster), &access).await?;
+        interrupt.check()?;
         let nodes = bring_up(
             app,
             provider,
+            &interrupt,
             &cluster,
             &access,
             &client,
@@ -410,31 +491,36 @@ pub async fn launch<P: Provider>(
             req.configure,
         )
         .await?;
-        app.store
-            .set_cluster_state(cluster.id, ClusterState::Running, None)?;
+        advance(
+            app,
+            &cluster,
+            ClusterState::Requested,
+            ClusterState::Running,
+        )?;
         keys.write_known_hosts(&app.store.nodes_of(cluster.id)?)?;
         if req.configure {
-            configure(
+            interrupt
+                .race(configure(
+                    app,
+                    &cluster,
+                    &client,
+                    &renderer,
+                    &meta,
+                    &nodes,
+                    &nodes,
+                    Step::Launch,
+                ))
+                .await?;
+            advance(
                 app,
                 &cluster,
-                &client,
-                &renderer,
-                &meta,
-                &nodes,
-                &nodes,
-                Step::Launch,
-            )
-            .await?;
-            app.store
-                .set_cluster_state(cluster.id, ClusterState::Configured, None)?;
+                ClusterState::Running,
+                ClusterState::Configured,
+            )?;
         }
         Ok::<_, Error>(())
     };
-    let outcome = tokio::select! {
-        r = work => r,
-        why = interrupted() => Err(Error::runtime(format!("launch {why}"))),
-    };
-    match outcome {
+    match work.await {
         Ok(()) => Ok(app.store.cluster_by_id(cluster.id)?.unwrap_or(cluster)),
         Err(e) => {
             app.printer.warn(format!(
@@ -442,14 +528,21 @@ pub async fn launch<P: Provider>(
                 cluster.name
             ));
             if let Err(rb) = rollback(app, provider, &cluster, &request, true).await {
+                // The row stays failed with live nodes: the next reconcile (run before every
+                // launch and terminate) finishes the rollback.
                 app.printer.warn(format!(
-                    "rollback incomplete: {}; run `stratus terminate-cluster {} --yes`",
-                    crate::error::render(&rb),
-                    cluster.name
+                    "rollback incomplete: {}; the next stratus command that launches or terminates finishes it (or run `stratus reconcile`)",
+                    crate::error::render(&rb).trim_start_matches("error: "),
                 ));
             }
-            app.store.set_cluster_state(
+            // Unless someone else terminated it meanwhile, the launch failed.
+            app.store.transition(
                 cluster.id,
+                &[
+                    ClusterState::Reserved,
+                    ClusterState::Requested,
+                    ClusterState::Running,
+                ],
                 ClusterState::Failed,
                 Some(&crate::error::render(&e)),
             )?;
@@ -476,6 +569,7 @@ pub async fn add_workers<P: Provider>(
             cluster.name
         )));
     }
+    let interrupt = Interrupt::listen();
     let request = RequestId::new();
     let _lock = LaunchLock::acquire(app, &request)?;
     let meta = Meta {
@@ -504,29 +598,26 @@ pub async fn add_workers<P: Provider>(
     let client = Client::new(key, connect_timeout(app));
     let work = async {
         let added = bring_up(
-            app, provider, cluster, &access, &client, &request, specs, profile, true,
+            app, provider, &interrupt, cluster, &access, &client, &request, specs, profile, true,
         )
         .await?;
         let all = live_nodes(app, cluster)?;
         keys.write_known_hosts(&all)?;
-        configure(
-            app,
-            cluster,
-            &client,
-            &renderer,
-            &meta,
-            &all,
-            &added,
-            Step::AddWorkers,
-        )
-        .await?;
+        interrupt
+            .race(configure(
+                app,
+                cluster,
+                &client,
+                &renderer,
+                &meta,
+                &all,
+                &added,
+                Step::AddWorkers,
+            ))
+            .await?;
         Ok::<_, Error>(added)
     };
-    let outcome = tokio::select! {
-        r = work => r,
-        why = interrupted() => Err(Error::runtime(format!("launch-slaves {why}"))),
-    };
-    match outcome {
+    match work.await {
         Ok(added) => Ok(added),
         Err(e) => {
             app.printer
@@ -631,11 +722,12 @@ pub fn target(node: &NodeRow, cluster: &ClusterRow) -> Result<Target, Error> {
 
 /// Launches `specs`, waits for them to run and (when `ssh` is set) to answer SSH, replacing
 /// failed workers while the profile allows. Returns the nodes that are up; an error if the master
-/// failed or too few workers are left.
+/// failed or fewer than `min_workers` workers are left.
 #[allow(clippy::too_many_arguments)]
 async fn bring_up<P: Provider>(
     app: &App,
     provider: &P,
+    interrupt: &Interrupt,
     cluster: &ClusterRow,
     access: &SshAccess,
     client: &Client,
@@ -649,14 +741,16 @@ async fn bring_up<P: Provider>(
         .min_workers
         .unwrap_or(wanted_workers)
         .min(wanted_workers);
-    let mut replacements_left = profile.max_replacements;
+    let mut replacements_left = profile.max_replacements as usize;
     let mut ready: Vec<NodeRow> = Vec::new();
     let mut pending = specs;
     let mut attempt = 0u32;
+    let mut first_failure: Option<(String, NodeFailure)> = None;
     let bar = app.printer.bar(pending.len() as u64, "starting nodes");
     loop {
         let (up, failed) = bring_up_once(
-            app, provider, cluster, access, client, request, &pending, profile, ssh, &bar,
+            app, provider, interrupt, cluster, access, client, request, &pending, profile, ssh,
+            &bar,
         )
         .await?;
         ready.extend(up);
@@ -671,37 +765,57 @@ async fn bring_up<P: Provider>(
         for (_, e) in &failed {
             app.printer.warn(&e.message);
         }
-        let n = failed.len() as u32;
-        if replacements_left >= n {
-            replacements_left -= n;
-            attempt += 1;
-            app.printer
-                .status(format!("replacing {n} failed worker(s)"));
-            pending = failed
-                .into_iter()
-                .map(|(mut s, _)| {
-                    s.client_token = format!("{}-r{attempt}", s.client_token);
-                    s
-                })
-                .collect();
-            continue;
+        // Replace as many as the profile still allows; the rest stay lost.
+        let replace = failed.len().min(replacements_left);
+        let mut failed = failed.into_iter();
+        if first_failure.is_none() {
+            first_failure = failed.as_slice().first().map(|(s, e)| {
+                (
+                    s.name.clone(),
+                    NodeFailure {
+                        message: e.message.clone(),
+                    },
+                )
+            });
         }
-        let up_workers = ready.iter().filter(|n| n.role == Role::Worker).count() as u32;
-        if up_workers >= min_workers {
-            app.printer.warn(format!(
-                "continuing with {up_workers} of {wanted_workers} workers (min_workers = {min_workers})"
-            ));
+        if replace == 0 {
             break;
         }
-        bar.finish_and_clear();
-        let (spec, e) = failed.into_iter().next().expect("failed is not empty");
+        replacements_left -= replace;
+        attempt += 1;
+        app.printer
+            .status(format!("replacing {replace} failed worker(s)"));
+        pending = failed
+            .by_ref()
+            .take(replace)
+            .map(|(mut s, _)| {
+                s.client_token = format!("{}-r{attempt}", s.client_token);
+                s
+            })
+            .collect();
+        bar.inc_length(pending.len() as u64);
+    }
+    bar.finish_and_clear();
+    let up_workers = ready.iter().filter(|n| n.role == Role::Worker).count() as u32;
+    if up_workers < min_workers {
+        let (name, e) = first_failure.unwrap_or_else(|| {
+            (
+                "a worker".into(),
+                NodeFailure {
+                    message: "failed".into(),
+                },
+            )
+        });
         return Err(Error::runtime(format!(
-            "{} failed, and only {up_workers} of {wanted_workers} workers are up (at least {min_workers} needed)",
-            spec.name
+            "{name} failed, and only {up_workers} of {wanted_workers} workers are up (at least {min_workers} needed)"
         ))
         .with_source(Box::new(e.clone_message())));
     }
-    bar.finish_and_clear();
+    if up_workers < wanted_workers {
+        app.printer.warn(format!(
+            "continuing with {up_workers} of {wanted_workers} workers (min_workers = {min_workers})"
+        ));
+    }
     Ok(ready)
 }
 
@@ -728,6 +842,7 @@ impl NodeFailure {
 async fn bring_up_once<P: Provider>(
     app: &App,
     provider: &P,
+    interrupt: &Interrupt,
     cluster: &ClusterRow,
     access: &SshAccess,
     client: &Client,
@@ -740,21 +855,18 @@ async fn bring_up_once<P: Provider>(
     let cref = cluster_ref(cluster);
     let mut failed: Vec<(NodeSpec, NodeFailure)> = Vec::new();
 
-    // 1. Launch, recording each node the moment the provider returns it.
+    // 1. Launch, recording each node the moment the provider returns it. Not interruptible: a
+    // RunInstances dropped mid-flight could create an instance nobody records.
     bar.set_message("launching");
-    let launched: Vec<(
-        NodeSpec,
-        Result<Instance, crate::cluster::provider::ProviderError>,
-    )> = futures_util::stream::iter(specs.iter().cloned())
+    let mut launches = futures_util::stream::iter(specs.iter().cloned())
         .map(|spec| async {
             let r = provider.launch(&cref, access, &spec).await;
             (spec, r)
         })
-        .buffer_unordered(PROVIDER_PARALLEL)
-        .collect()
-        .await;
+        .buffer_unordered(PROVIDER_PARALLEL);
     let mut nodes: Vec<(NodeSpec, NodeRow)> = Vec::new();
-    for (spec, r) in launched {
+    let mut refused: Option<crate::cluster::provider::ProviderError> = None;
+    while let Some((spec, r)) = launches.next().await {
         match r {
             Ok(inst) => {
                 let row = node_row(cluster, request, &spec, &inst);
@@ -762,16 +874,24 @@ async fn bring_up_once<P: Provider>(
                 tracing::info!(node = %spec.name, instance = %inst.id, "launched");
                 nodes.push((spec, row));
             }
-            Err(e) if e.is_bad_input() => return Err(e.into()),
+            // The request itself is wrong (an unknown image, say): no other node will do
+            // better. Stop, once what did launch is recorded for the rollback.
+            Err(e) if e.is_bad_input() => refused = refused.or(Some(e)),
             Err(e) => failed.push((spec, NodeFailure::from_err(&e))),
         }
     }
+    drop(launches);
+    if let Some(e) = refused {
+        return Err(e.into());
+    }
+    interrupt.check()?;
 
     // 2. Wait until the provider reports them running.
     bar.set_message("waiting for running");
     let deadline = Instant::now() + Duration::from_secs(profile.ready_timeout_secs);
     let mut delay = Duration::from_millis(500);
     let mut waiting: BTreeSet<String> = nodes.iter().map(|(_, r)| r.instance_id.clone()).collect();
+    let mut strays: Vec<String> = Vec::new();
     while !waiting.is_empty() {
         let seen: HashMap<String, Instance> = provider
             .describe(&Selector {
@@ -782,6 +902,22 @@ async fn bring_up_once<P: Provider>(
             .into_iter()
             .map(|i| (i.id.clone(), i))
             .collect();
+        // An instance of this request that no row knows (its RunInstances answered with an
+        // error, yet created it): record it so it is accounted, and terminate it below.
+        for inst in seen.values() {
+            if inst.state.is_gone() || app.store.knows_instance(&inst.id)? {
+                continue;
+            }
+            let stray = specs
+                .iter()
+                .find(|s| Some(s.role) == inst.role && Some(s.index) == inst.index);
+            if let Some(spec) = stray {
+                tracing::warn!(instance = %inst.id, node = %spec.name, "recording an instance whose launch reported failure");
+                app.store
+                    .insert_node(cluster, &node_row(cluster, request, spec, inst))?;
+                strays.push(inst.id.clone());
+            }
+        }
         for (_, row) in nodes.iter_mut() {
             let Some(inst) = seen.get(&row.instance_id) else {
                 continue;
@@ -815,11 +951,11 @@ async fn bring_up_once<P: Provider>(
         if waiting.is_empty() || Instant::now() >= deadline {
             break;
         }
-        tokio::time::sleep(delay).await;
+        interrupt.sleep(delay).await?;
         delay = (delay * 2).min(Duration::from_secs(5));
     }
     let mut running: Vec<(NodeSpec, NodeRow)> = Vec::new();
-    let mut dead: Vec<String> = Vec::new();
+    let mut dead: Vec<String> = strays;
     for (spec, row) in nodes {
         if row.state == InstanceState::Running && !waiting.contains(&row.instance_id) {
             running.push((spec, row));
@@ -852,7 +988,7 @@ async fn bring_up_once<P: Provider>(
         }
         let client2 = client.clone();
         let bar2 = bar.clone();
-        let results = ssh::fan_out(jobs, app.config.ssh.max_parallel, move |(spec, row, t)| {
+        let waits = ssh::fan_out(jobs, app.config.ssh.max_parallel, move |(spec, row, t)| {
             let client = client2.clone();
             let bar = bar2.clone();
             async move {
@@ -879,8 +1015,8 @@ async fn bring_up_once<P: Provider>(
                 };
                 (spec, row, r)
             }
-        })
-        .await;
+        });
+        let results = interrupt.race(async { Ok(waits.await) }).await?;
         for (spec, mut row, r) in results {
             match r {
                 Ok(key) => {
@@ -1166,6 +1302,30 @@ async fn terminate_and_wait<P: Provider>(
     }
     spinner.finish_and_clear();
     Ok(())
+}
+
+/// Finishes the rollback of a failed launch: terminates what the store still holds as live for
+/// the cluster and what its request launched, then releases the cluster's resources unless a
+/// newer cluster of the same name now holds them.
+pub async fn finish_rollback<P: Provider>(
+    app: &App,
+    provider: &P,
+    cluster: &ClusterRow,
+) -> Result<usize, Error> {
+    let known = live_nodes(app, cluster)?.into_iter().map(|n| n.instance_id);
+    let selector = Selector {
+        request: Some(cluster.request_id.clone()),
+        ..Default::default()
+    };
+    let ids = terminate_all(app, provider, cluster, known, &selector).await?;
+    let name_taken = app
+        .store
+        .find_cluster(&cluster.owner, &cluster.name)?
+        .is_some_and(|c| c.id != cluster.id && c.state.is_live());
+    if !name_taken {
+        provider.release(&cluster_ref(cluster)).await?;
+    }
+    Ok(ids.len())
 }
 
 /// Terminates a whole cluster: every node the store knows and every instance the provider holds

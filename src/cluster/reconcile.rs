@@ -133,12 +133,19 @@ pub async fn reconcile<P: Provider>(
                     ),
                 )
             }
+            // A launch that failed, and whose rollback did not get through (the cloud refused
+            // or timed out): no process works on a failed cluster, so finish it now.
+            ClusterState::Failed if !launch::live_nodes(app, c)?.is_empty() => {
+                (true, "finished rolling back a failed launch".to_owned())
+            }
             _ => (false, String::new()),
         };
         if !due {
             continue;
         }
-        if !dry_run {
+        if !dry_run && c.state == ClusterState::Failed {
+            launch::finish_rollback(app, provider, c).await?;
+        } else if !dry_run {
             let was = c.state;
             launch::terminate(app, provider, c).await?;
             if was != ClusterState::Terminating {
@@ -220,7 +227,10 @@ pub async fn reconcile<P: Provider>(
         wait_gone(provider, &owner, None, &ids).await?;
     }
 
-    // Per-cluster resources of clusters that are gone.
+    // Per-cluster resources of clusters that are gone. Listed first, the rows read after: a
+    // launch records its row before it creates its group and key pair, so whatever is listed
+    // here and belongs to a launch in progress has its live row read below.
+    let with_resources = provider.clusters_with_resources(Some(&owner)).await?;
     let live_names: HashSet<ClusterName> = app
         .store
         .list_clusters(Some(&owner))?
@@ -238,7 +248,7 @@ pub async fn reconcile<P: Provider>(
         .filter(|i| !i.state.is_gone())
         .filter_map(|i| i.tags.map(|t| t.cluster))
         .collect();
-    for (o, name) in provider.clusters_with_resources(Some(&owner)).await? {
+    for (o, name) in with_resources {
         if o != owner || live_names.contains(&name) || still_running.contains(&name) {
             continue;
         }

@@ -394,7 +394,7 @@ impl Session {
     pub async fn upload(&self, data: &[u8], dest: &str, mode: u32) -> Result<(), SshError> {
         let q = shell_quote(dest);
         let command = format!(
-            "set -e; d=$(dirname -- {q}); mkdir -p -- \"$d\"; t=\"$d/.stratus-upload.$$\"; \
+            "set -e; umask 077; d=$(dirname -- {q}); mkdir -p -- \"$d\"; t=\"$d/.stratus-upload.$$\"; \
              trap 'rm -f -- \"$t\"' EXIT; cat > \"$t\"; chmod {mode:o} -- \"$t\"; mv -f -- \"$t\" {q}; trap - EXIT"
         );
         let out = self.exec(&command, Some(data)).await?;

@@ -363,3 +363,117 @@ fn a_launch_whose_process_dies_is_rolled_back_by_the_next_launch() {
     assert_nothing_left(&ctx, &recorded);
     assert_eq!(ctx.cluster_json("next")["state"], "configured");
 }
+
+/// A profile (`extra` holds its own settings) whose workers hang (never answer SSH) the first `hangs` times one boots, and run
+/// normally after: the marker directory, outside every node, counts the boots.
+fn flaky_profile(ctx: &TestContext, name: &str, extra: &str, hangs: u32) -> String {
+    let marks = ctx.root.path().join(format!("{name}-boots"));
+    std::fs::create_dir_all(&marks).unwrap();
+    ctx.profile_file(
+        &format!("{name}.toml"),
+        &format!(
+            "extends = \"local-demo\"\n{extra}\n[worker]\nuser_data = \"{name}/worker.sh.hbs\"\n"
+        ),
+    );
+    // The shipped worker boot, preceded by the hang.
+    let shipped = include_str!("../../cluster-profiles/local-demo/node.sh.hbs");
+    // mkdir is atomic: each of the `hangs` slots is claimed by exactly one boot.
+    let hang = format!(
+        "for slot in $(seq 1 {hangs}); do\n\
+         \x20   if mkdir {marks:?}/\"$slot\" 2>/dev/null; then kill -STOP \"$PPID\"; fi\n\
+         done\n",
+        marks = marks.display().to_string()
+    );
+    let body = shipped.replacen(
+        "set -euo pipefail\n",
+        &format!("set -euo pipefail\n{hang}"),
+        1,
+    );
+    ctx.profile_file(&format!("{name}/worker.sh.hbs"), &body);
+    name.to_owned()
+}
+
+#[test]
+fn a_worker_that_never_answers_is_replaced() {
+    let ctx = TestContext::new();
+    let p = flaky_profile(
+        &ctx,
+        "replace",
+        "ready_timeout_secs = 6\nmax_replacements = 1",
+        1,
+    );
+    let r = ctx.ok(&["launch-cluster", "rep", "2", "--profile", &p]);
+    assert!(r.stderr.contains("replacing 1 failed worker"), "{r}");
+    let c = ctx.cluster_json("rep");
+    assert_eq!(c["state"], "configured");
+    let ns = nodes(&c);
+    let running: Vec<&Value> = ns.iter().filter(|n| n["state"] == "running").collect();
+    let dead: Vec<&Value> = ns.iter().filter(|n| n["state"] == "terminated").collect();
+    assert_eq!(running.len(), 3, "{c:#}");
+    assert_eq!(dead.len(), 1, "the hung worker was terminated: {c:#}");
+    // The replacement took the failed worker's place: two workers named 1 and 2 are up.
+    let names: BTreeSet<&str> = running
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        BTreeSet::from(["rep-master", "rep-worker-1", "rep-worker-2"])
+    );
+    let r = ctx.ok(&["exec", "rep", "--", "cat", "workers-check.log"]);
+    assert!(
+        r.stdout.contains("2 workers reachable, 0 unreachable"),
+        "{r}"
+    );
+    assert!(processes_of_node(dead[0]["id"].as_str().unwrap()).is_empty());
+}
+
+#[test]
+fn a_launch_continues_with_min_workers_when_replacements_run_out() {
+    let ctx = TestContext::new();
+    let p = flaky_profile(
+        &ctx,
+        "degrade",
+        "ready_timeout_secs = 6\nmin_workers = 1",
+        1,
+    );
+    let r = ctx.ok(&["launch-cluster", "deg", "2", "--profile", &p]);
+    assert!(r.stderr.contains("continuing with 1 of 2 workers"), "{r}");
+    let c = ctx.cluster_json("deg");
+    assert_eq!(c["state"], "configured");
+    let running = nodes(&c).iter().filter(|n| n["state"] == "running").count();
+    assert_eq!(running, 2, "master and one worker: {c:#}");
+    // The master's workers file lists only the worker that is up.
+    let r = ctx.ok(&["exec", "deg", "--", "cat", "workers"]);
+    assert_eq!(r.stdout.lines().count(), 1, "{r}");
+}
+
+#[test]
+fn sigterm_during_a_launch_rolls_it_back() {
+    let ctx = TestContext::new();
+    let p = flaky_profile(&ctx, "term", "ready_timeout_secs = 120", 100);
+    let launcher = ctx
+        .cmd()
+        .args(["launch-cluster", "sig", "2", "--profile", &p])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let recorded = eventually(Duration::from_secs(30), || {
+        let c = ctx.list_json().into_iter().find(|c| c["name"] == "sig")?;
+        (nodes(&c).len() == 3 && c["state"] == "requested").then_some(c)
+    })
+    .expect("the launch recorded its nodes");
+    stratus::sys::kill(launcher.id(), libc::SIGTERM).unwrap();
+    let out = launcher.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("terminated by a signal"), "{stderr}");
+    let c = ctx.cluster_json("sig");
+    assert_eq!(c["state"], "failed");
+    assert!(
+        nodes(&c).iter().all(|n| n["state"] == "terminated"),
+        "{c:#}"
+    );
+    assert_nothing_left(&ctx, &recorded);
+}

@@ -142,7 +142,13 @@ fn from_code(op: &str, ctx: &Context, code: &str, message: &str) -> ProviderErro
     if CAPACITY.contains(&code) {
         return ProviderError::Capacity(detail);
     }
-    let invalid = (code.starts_with("Invalid") && !code.ends_with(".Duplicate"))
+    // stratus's own group or key pair gone missing (deleted by someone else meanwhile) is a
+    // failure at run time, not something wrong with what the user asked for.
+    let ours_missing = matches!(
+        code,
+        "InvalidGroup.NotFound" | "InvalidGroupId.NotFound" | "InvalidKeyPair.NotFound"
+    );
+    let invalid = (code.starts_with("Invalid") && !code.ends_with(".Duplicate") && !ours_missing)
         || code.starts_with("MissingParameter")
         || code.starts_with("Unsupported")
         || code == "VPCIdNotSpecified";
@@ -210,6 +216,14 @@ mod tests {
             ProviderError::InvalidRequest(_)
         ));
         assert!(matches!(k("Unsupported"), ProviderError::InvalidRequest(_)));
+        assert!(matches!(
+            k("InvalidKeyPair.NotFound"),
+            ProviderError::Api { .. }
+        ));
+        assert!(matches!(
+            k("InvalidGroup.NotFound"),
+            ProviderError::Api { .. }
+        ));
         assert!(matches!(k("AuthFailure"), ProviderError::Auth(_)));
         assert!(matches!(k("InvalidClientTokenId"), ProviderError::Auth(_)));
         assert!(matches!(k("UnauthorizedOperation"), ProviderError::Auth(_)));

@@ -951,7 +951,12 @@ impl Provider for Ec2Provider {
         if ids.is_empty() {
             return Ok(());
         }
-        self.cancel_spot_requests(ids).await?;
+        // Best effort: a spot request that cannot be cancelled (throttling, a missing
+        // permission) must not keep its instances running. One-time requests close with their
+        // instance anyway.
+        if let Err(e) = self.cancel_spot_requests(ids).await {
+            tracing::warn!("cannot cancel the spot requests of {ids:?}: {e}");
+        }
         for chunk in ids.chunks(IDS_PER_CALL) {
             tracing::info!(instances = ?chunk, "TerminateInstances");
             self.terminate_some(chunk).await?;

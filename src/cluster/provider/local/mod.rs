@@ -125,13 +125,20 @@ impl LocalProvider {
     /// taken the moment it is chosen, so two launches never pick the same one.
     fn allocate(&self) -> Result<(TcpListener, String, u16), ProviderError> {
         if cfg!(target_os = "linux") {
+            // Not the address of a node that is not released yet: a dead node's services may
+            // still hold other ports there until terminate sweeps them.
+            let taken: std::collections::HashSet<String> = self
+                .all_nodes()
+                .into_iter()
+                .map(|(_, c)| c.address)
+                .collect();
             let first = u32::from(self.config.first_address);
             for n in first..first.saturating_add(65_536) {
                 let addr = Ipv4Addr::from(n);
                 if addr.octets()[0] != 127 {
                     break;
                 }
-                if matches!(addr.octets()[3], 0 | 255) {
+                if matches!(addr.octets()[3], 0 | 255) || taken.contains(&addr.to_string()) {
                     continue;
                 }
                 match TcpListener::bind((addr, self.config.ssh_port)) {
