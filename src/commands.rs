@@ -202,6 +202,23 @@ async fn fresh_cluster(app: &App, name: &str) -> Result<ClusterRow, Error> {
     Ok(cluster)
 }
 
+/// What exec and push connect to: the master (or every node), host keys pinned, with a client
+/// holding the cluster key.
+async fn connect_plan(
+    app: &App,
+    cluster: &ClusterRow,
+    all: bool,
+) -> Result<(Client, Vec<ssh::Target>), Error> {
+    let mut nodes = targets(app, cluster, all)?;
+    let client = client_for(app, cluster)?;
+    pin_first_contact(app, cluster, &client, &mut nodes).await?;
+    let targets = nodes
+        .iter()
+        .map(|n| launch::target(n, cluster))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((client, targets))
+}
+
 /// Pins the host keys of nodes never reached over SSH yet (a cluster launched with
 /// `--no-configure`), on this first contact, so every later connection insists on them.
 async fn pin_first_contact(
@@ -488,13 +505,7 @@ async fn exec(
     command: &str,
 ) -> Result<ExitCode, Error> {
     let cluster = fresh_cluster(app, name).await?;
-    let mut nodes = targets(app, &cluster, all)?;
-    let client = client_for(app, &cluster)?;
-    pin_first_contact(app, &cluster, &client, &mut nodes).await?;
-    let mut jobs = Vec::new();
-    for n in &nodes {
-        jobs.push(launch::target(n, &cluster)?);
-    }
+    let (client, jobs) = connect_plan(app, &cluster, all).await?;
     let command = command.to_owned();
     let results = ssh::fan_out(jobs, app.config.ssh.max_parallel, move |t| {
         let client = client.clone();
@@ -621,13 +632,7 @@ async fn push(
             .to_owned(),
     };
     let mode = meta.permissions().mode() & 0o777;
-    let mut nodes = targets(app, &cluster, all)?;
-    let client = client_for(app, &cluster)?;
-    pin_first_contact(app, &cluster, &client, &mut nodes).await?;
-    let mut jobs = Vec::new();
-    for n in &nodes {
-        jobs.push(launch::target(n, &cluster)?);
-    }
+    let (client, jobs) = connect_plan(app, &cluster, all).await?;
     let data = Arc::new(data);
     let dest2 = dest.clone();
     let results = ssh::fan_out(jobs, app.config.ssh.max_parallel, move |t| {
@@ -642,13 +647,13 @@ async fn push(
         }
     })
     .await;
+    let copies = results.len();
     for r in results {
         r?;
     }
     app.printer.status(format!(
-        "copied {} to {dest} on {} node(s) of {}",
+        "copied {} to {dest} on {copies} node(s) of {}",
         file.display(),
-        nodes.len(),
         cluster.name
     ));
     Ok(ExitCode::SUCCESS)

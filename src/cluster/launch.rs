@@ -196,6 +196,17 @@ struct Meta<'a> {
 }
 
 impl<'a> Meta<'a> {
+    /// The facts of an existing cluster, for a later request on it.
+    fn of(cluster: &'a ClusterRow, request: &'a RequestId) -> Self {
+        Self {
+            cluster: &cluster.name,
+            owner: &cluster.owner,
+            profile: &cluster.record.profile,
+            env: &cluster.record.env,
+            request,
+        }
+    }
+
     fn boot(&self, role: Role, index: u32) -> BootContext<'a> {
         BootContext {
             cluster: self.cluster.as_str(),
@@ -572,13 +583,7 @@ pub async fn add_workers<P: Provider>(
     let interrupt = Interrupt::listen();
     let request = RequestId::new();
     let _lock = LaunchLock::acquire(app, &request)?;
-    let meta = Meta {
-        cluster: &cluster.name,
-        owner: &cluster.owner,
-        profile,
-        env: &cluster.record.env,
-        request: &request,
-    };
+    let meta = Meta::of(cluster, &request);
     let renderer = Renderer::for_profile(profile)?;
     let next = app
         .store
@@ -637,13 +642,7 @@ pub async fn add_workers<P: Provider>(
 pub async fn update_workers_file(app: &App, cluster: &ClusterRow) -> Result<usize, Error> {
     let profile = &cluster.record.profile;
     let request = cluster.request_id.clone();
-    let meta = Meta {
-        cluster: &cluster.name,
-        owner: &cluster.owner,
-        profile,
-        env: &cluster.record.env,
-        request: &request,
-    };
+    let meta = Meta::of(cluster, &request);
     let renderer = Renderer::for_profile(profile)?;
     let key = ClusterKeys::of(app, cluster).load()?;
     let client = Client::new(key, connect_timeout(app));
