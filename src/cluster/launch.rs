@@ -489,19 +489,18 @@ pub async fn launch<P: Provider>(
         )?;
         provider.prepare(&cluster_ref(&cluster), &access).await?;
         interrupt.check()?;
-        let nodes = bring_up(
+        let batch = Batch {
             app,
             provider,
-            &interrupt,
-            &cluster,
-            &access,
-            &client,
-            &request,
-            specs,
-            &req.profile,
-            req.configure,
-        )
-        .await?;
+            interrupt: &interrupt,
+            cluster: &cluster,
+            access: &access,
+            client: &client,
+            request: &request,
+            profile: &req.profile,
+            ssh: req.configure,
+        };
+        let nodes = bring_up(&batch, specs).await?;
         advance(
             app,
             &cluster,
@@ -602,10 +601,18 @@ pub async fn add_workers<P: Provider>(
     let access = access(profile, &key);
     let client = Client::new(key, connect_timeout(app));
     let work = async {
-        let added = bring_up(
-            app, provider, &interrupt, cluster, &access, &client, &request, specs, profile, true,
-        )
-        .await?;
+        let batch = Batch {
+            app,
+            provider,
+            interrupt: &interrupt,
+            cluster,
+            access: &access,
+            client: &client,
+            request: &request,
+            profile,
+            ssh: true,
+        };
+        let added = bring_up(&batch, specs).await?;
         let all = live_nodes(app, cluster)?;
         keys.write_known_hosts(&all)?;
         interrupt
@@ -719,22 +726,28 @@ pub fn target(node: &NodeRow, cluster: &ClusterRow) -> Result<Target, Error> {
     })
 }
 
+/// What one request's nodes are brought up with.
+struct Batch<'a, P> {
+    app: &'a App,
+    provider: &'a P,
+    interrupt: &'a Interrupt,
+    cluster: &'a ClusterRow,
+    access: &'a SshAccess,
+    client: &'a Client,
+    request: &'a RequestId,
+    profile: &'a Profile,
+    /// Wait for SSH too (not with `--no-configure`).
+    ssh: bool,
+}
+
 /// Launches `specs`, waits for them to run and (when `ssh` is set) to answer SSH, replacing
 /// failed workers while the profile allows. Returns the nodes that are up; an error if the master
 /// failed or fewer than `min_workers` workers are left.
-#[allow(clippy::too_many_arguments)]
 async fn bring_up<P: Provider>(
-    app: &App,
-    provider: &P,
-    interrupt: &Interrupt,
-    cluster: &ClusterRow,
-    access: &SshAccess,
-    client: &Client,
-    request: &RequestId,
+    batch: &Batch<'_, P>,
     specs: Vec<NodeSpec>,
-    profile: &Profile,
-    ssh: bool,
 ) -> Result<Vec<NodeRow>, Error> {
+    let (app, profile) = (batch.app, batch.profile);
     let wanted_workers = specs.iter().filter(|s| s.role == Role::Worker).count() as u32;
     let min_workers = profile
         .min_workers
@@ -747,11 +760,7 @@ async fn bring_up<P: Provider>(
     let mut first_failure: Option<(String, NodeFailure)> = None;
     let bar = app.printer.bar(pending.len() as u64, "starting nodes");
     loop {
-        let (up, failed) = bring_up_once(
-            app, provider, interrupt, cluster, access, client, request, &pending, profile, ssh,
-            &bar,
-        )
-        .await?;
+        let (up, failed) = bring_up_once(batch, &pending, &bar).await?;
         ready.extend(up);
         if failed.is_empty() {
             break;
@@ -837,20 +846,22 @@ impl NodeFailure {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn bring_up_once<P: Provider>(
-    app: &App,
-    provider: &P,
-    interrupt: &Interrupt,
-    cluster: &ClusterRow,
-    access: &SshAccess,
-    client: &Client,
-    request: &RequestId,
+    batch: &Batch<'_, P>,
     specs: &[NodeSpec],
-    profile: &Profile,
-    ssh: bool,
     bar: &indicatif::ProgressBar,
 ) -> Result<(Vec<NodeRow>, Vec<(NodeSpec, NodeFailure)>), Error> {
+    let Batch {
+        app,
+        provider,
+        interrupt,
+        cluster,
+        access,
+        client,
+        request,
+        profile,
+        ssh,
+    } = *batch;
     let cref = cluster_ref(cluster);
     let mut failed: Vec<(NodeSpec, NodeFailure)> = Vec::new();
 
