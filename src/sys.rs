@@ -108,15 +108,7 @@ pub fn lock_holder(file: &File) -> io::Result<Option<u32>> {
 pub fn kill(pid: u32, signal: i32) -> io::Result<()> {
     // SAFETY: kill has no memory-safety preconditions.
     let rc = unsafe { libc::kill(pid as libc::pid_t, signal) };
-    if rc == 0 {
-        return Ok(());
-    }
-    let err = io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::ESRCH) {
-        Ok(())
-    } else {
-        Err(err)
-    }
+    absent_is_ok(rc)
 }
 
 /// Sends `signal` to a whole process group. A group with no members left is not an error.
@@ -129,6 +121,11 @@ pub fn kill_group(pgid: u32, signal: i32) -> io::Result<()> {
     }
     // SAFETY: killpg has no memory-safety preconditions.
     let rc = unsafe { libc::killpg(pgid as libc::pid_t, signal) };
+    absent_is_ok(rc)
+}
+
+/// The result of kill(2)/killpg(2): no such process (or group) left is success.
+fn absent_is_ok(rc: libc::c_int) -> io::Result<()> {
     if rc == 0 {
         return Ok(());
     }

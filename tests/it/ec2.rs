@@ -94,29 +94,14 @@ fn rules(g: &aws_sdk_ec2::types::SecurityGroup) -> BTreeSet<(String, i32, i32, S
         } else {
             (p.from_port().unwrap_or(-1), p.to_port().unwrap_or(-1))
         };
-        for pair in p.user_id_group_pairs() {
-            set.insert((
-                proto.clone(),
-                from,
-                to,
-                pair.group_id().unwrap_or("?").to_owned(),
-            ));
-        }
-        for r in p.ip_ranges() {
-            set.insert((
-                proto.clone(),
-                from,
-                to,
-                r.cidr_ip().unwrap_or("?").to_owned(),
-            ));
-        }
-        for r in p.ipv6_ranges() {
-            set.insert((
-                proto.clone(),
-                from,
-                to,
-                r.cidr_ipv6().unwrap_or("?").to_owned(),
-            ));
+        let sources = p
+            .user_id_group_pairs()
+            .iter()
+            .map(|g| g.group_id())
+            .chain(p.ip_ranges().iter().map(|r| r.cidr_ip()))
+            .chain(p.ipv6_ranges().iter().map(|r| r.cidr_ipv6()));
+        for source in sources {
+            set.insert((proto.clone(), from, to, source.unwrap_or("?").to_owned()));
         }
     }
     set
