@@ -1,12 +1,32 @@
-//! The setuid wrapper for stratus's privileged launch path.
+//! `stratus-wrap`, the only setuid file of stratus: the configuration area, then the library.
 //!
-//! Not built out yet: until the privileged-path issue lands this binary refuses to run, so a
-//! premature setuid install can never do anything.
+//! The installer patches [`CONFIG_AREA`] in the installed copy of this binary (see
+//! `setuid_wrap::placeholder`); nothing else decides what the wrapper runs. The area is read
+//! with volatile loads, so the compiler cannot fold the zeros it was built with.
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
+use setuid_wrap::placeholder::{AREA_LEN, MARKER};
+
+const LEN: usize = MARKER.len() + AREA_LEN;
+
+/// `MARKER` followed by `AREA_LEN` zero bytes, built at compile time. The marker's bytes must
+/// appear in the binary only here, so this file uses `MARKER` in nothing but constants.
+const fn placeholder() -> [u8; LEN] {
+    let mut area = [0u8; LEN];
+    let mut i = 0;
+    while i < MARKER.len() {
+        area[i] = MARKER[i];
+        i += 1;
+    }
+    area
+}
+
+/// The configuration area that `stratus admin install` patches.
+#[used]
+static CONFIG_AREA: [u8; LEN] = placeholder();
+
 fn main() -> ExitCode {
-    eprintln!("setuid-wrap: the privileged launch path is not implemented in this version");
-    ExitCode::from(2)
+    setuid_wrap::start::run(&CONFIG_AREA[MARKER.len()..])
 }
