@@ -307,9 +307,10 @@ pub fn set_limit(r: Resource, soft: u64, hard: u64) -> io::Result<()> {
     check(unsafe { libc::setrlimit(resource(r), &lim) }).map(drop)
 }
 
-/// Sets every signal's disposition to `SIG_DFL` (1 to `SIGRTMAX`, but `SIGKILL` and `SIGSTOP`,
-/// which cannot be changed, and the real-time signals that libc reserves, which answer
-/// `EINVAL`).
+/// Sets every signal's disposition to `SIG_DFL`, 1 to `SIGRTMAX` but `SIGKILL` and `SIGSTOP`
+/// (which cannot be changed). glibc refuses its own reserved real-time signals (32 and 33) with
+/// `EINVAL`, yet a caller can leave them ignored, and an ignored signal survives exec: those go
+/// through the raw `rt_sigaction` system call.
 pub fn reset_signal_dispositions() -> io::Result<()> {
     // SAFETY: an all-zero sigaction is a valid value (handler SIG_DFL = 0, no flags).
     let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
@@ -322,13 +323,37 @@ pub fn reset_signal_dispositions() -> io::Result<()> {
         }
         // SAFETY: `action` is a valid sigaction; the old action is not asked for.
         let ret = unsafe { libc::sigaction(sig, &action, std::ptr::null_mut()) };
-        if let Err(e) = check(ret)
-            && e.raw_os_error() != Some(libc::EINVAL)
-        {
-            return Err(e);
+        match check(ret) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => raw_default(sig)?,
+            Err(e) => return Err(e),
         }
     }
     Ok(())
+}
+
+/// `rt_sigaction(sig, SIG_DFL)` without libc's wrapper. The kernel's `struct sigaction` for
+/// `SIG_DFL` with no flags and an empty mask is all zeros on every architecture; 64 zero bytes
+/// cover its size everywhere. The kernel's sigset is `_NSIG / 8` bytes, `_NSIG` being
+/// `SIGRTMAX + 1`. `EINVAL` (a signal the kernel refuses) is not an error.
+fn raw_default(sig: c_int) -> io::Result<()> {
+    let zeros = [0u64; 8];
+    let sigset_size = (libc::SIGRTMAX() as usize + 1) / 8;
+    // SAFETY: `zeros` is readable for 64 bytes, more than the kernel's struct sigaction; the
+    // old action is not asked for (null).
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig,
+            zeros.as_ptr(),
+            std::ptr::null_mut::<u8>(),
+            sigset_size,
+        )
+    };
+    match check(ret as c_int) {
+        Err(e) if e.raw_os_error() != Some(libc::EINVAL) => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// Whether signal `sig` is ignored.
@@ -466,6 +491,40 @@ mod tests {
     fn volatile_reads_copy_the_bytes() {
         static BYTES: [u8; 4] = [1, 2, 3, 4];
         assert_eq!(read_volatile_bytes(&BYTES), vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn glibc_reserved_signals_are_reset_too() {
+        // Signal 32 (glibc's SIGCANCEL) cannot be set through libc::sigaction.
+        let mut ignore = [0u64; 8];
+        ignore[0] = libc::SIG_IGN as u64;
+        let size = (libc::SIGRTMAX() as usize + 1) / 8;
+        // SAFETY: as in raw_default, with SIG_IGN as the handler (the first field on x86_64 and
+        // aarch64, where these tests run).
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                32,
+                ignore.as_ptr(),
+                std::ptr::null_mut::<u8>(),
+                size,
+            )
+        };
+        assert_eq!(ret, 0);
+        raw_default(32).unwrap();
+        let mut old = [0u64; 8];
+        // SAFETY: a null new action only reads the old one into `old`, 64 writable bytes.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                32,
+                std::ptr::null::<u8>(),
+                old.as_mut_ptr(),
+                size,
+            )
+        };
+        assert_eq!(ret, 0);
+        assert_eq!(old[0], libc::SIG_DFL as u64);
     }
 
     #[test]
