@@ -11,7 +11,7 @@
 #![forbid(unsafe_code)]
 
 use std::collections::HashSet;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 
 use crate::placeholder::WrapConfig;
@@ -74,22 +74,23 @@ fn sane(value: &[u8], allowed: impl Fn(u8) -> bool) -> bool {
     (1..=MAX_VALUE).contains(&value.len()) && value.iter().all(|&b| allowed(b))
 }
 
-/// Helper for callers and tests: the environment as `(name, value)` pairs.
-pub fn pairs<I, K, V>(vars: I) -> Vec<(OsString, OsString)>
-where
-    I: IntoIterator<Item = (K, V)>,
-    K: AsRef<OsStr>,
-    V: AsRef<OsStr>,
-{
-    vars.into_iter()
-        .map(|(k, v)| (k.as_ref().to_owned(), v.as_ref().to_owned()))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::OsStr;
     use std::os::unix::ffi::OsStringExt;
+
+    /// The environment as `(name, value)` pairs.
+    fn pairs<I, K, V>(vars: I) -> Vec<(OsString, OsString)>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<OsStr>,
+        V: AsRef<OsStr>,
+    {
+        vars.into_iter()
+            .map(|(k, v)| (k.as_ref().to_owned(), v.as_ref().to_owned()))
+            .collect()
+    }
 
     fn cfg() -> WrapConfig {
         WrapConfig {

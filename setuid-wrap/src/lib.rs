@@ -3,7 +3,7 @@
 //! Students launch clusters through a privileged path: `stratus-wrap`, setuid to the service
 //! account that holds the AWS credentials, cleans up everything the caller's process could pass
 //! on and execs the runner (`stratus runner --config <site config>`). This library holds the
-//! pure policy (the patched [`placeholder`] configuration, the [`env`] allow-list, the
+//! pure policy (the patched [`placeholder`] configuration, the [`env`](mod@env) allow-list, the
 //! [`limits`] table, the [`safepath`] check, the [`caps`] xattr), the start sequence in
 //! [`start`], and every system call in [`sys`], the only module with `unsafe` code.
 //! The installer (`stratus admin install`) uses [`placeholder::patch`] and

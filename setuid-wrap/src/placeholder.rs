@@ -1,6 +1,6 @@
 //! The install-time configuration of the wrapper: a placeholder area inside the binary.
 //!
-//! Nothing the caller controls may decide what the wrapper runs (not argv[0], `/proc/self/exe`,
+//! Nothing the caller controls may decide what the wrapper runs (not `argv[0]`, `/proc/self/exe`,
 //! the environment or the working directory), so the paths and the service account live in the
 //! wrapper's own bytes. The binary carries [`MARKER`] followed by [`AREA_LEN`] zero bytes; the
 //! installer finds the marker exactly once and writes the payload into the area with [`patch`],
