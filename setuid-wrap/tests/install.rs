@@ -8,6 +8,7 @@
 //! writes what it received (argv, environment, credentials, descriptors, signal state, limits)
 //! to `<install>/out/report`, since its argv is fixed and its stdout may be closed.
 //! These tests need root; without it they print one line and pass.
+#![forbid(unsafe_code)]
 
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, chown};
