@@ -4,7 +4,21 @@
 use std::collections::BTreeMap;
 
 use crate::config::SiteConfig;
-use crate::store::{ClusterRow, Interval, Millis, UsageRow};
+use serde::Serialize;
+
+use crate::model::Millis;
+use crate::store::{ClusterRow, Interval};
+
+/// One row of `stratus usage`.
+#[derive(Debug, Clone, Serialize)]
+pub struct UsageRow {
+    pub cluster: String,
+    pub owner: String,
+    pub profile: String,
+    pub instance_hours: f64,
+    pub estimated_cost: f64,
+    pub open: bool,
+}
 
 /// Spot capacity is estimated at this fraction of the on-demand price.
 pub const SPOT_FACTOR: f64 = 0.7;

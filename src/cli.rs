@@ -7,9 +7,10 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 
 const AFTER_HELP: &str = "\
 Exit codes:
-  0  success
-  1  failure at run time (a cloud or SSH error, a remote command that failed)
-  2  bad input or refused by policy (nothing was created)
+  0    success
+  1    failure at run time (a cloud or SSH error, a remote command that failed)
+  2    bad input or refused by policy (nothing was created)
+  130  interrupted by ^C (a launch rolls back first; 143 for SIGTERM, 129 for SIGHUP)
 
 Environment:
   STRATUS_CONFIG  site config file (default /etc/stratus/config.toml)
@@ -46,9 +47,12 @@ pub enum Command {
     LaunchMaster(LaunchMaster),
     /// Add N workers to a running cluster and update the master's workers file
     LaunchSlaves { name: String, count: u32 },
-    /// List clusters, or one cluster's nodes
+    /// List live clusters and those that ended in the last 24 hours, or one cluster's nodes
     List {
         name: Option<String>,
+        /// Every cluster, ended ones included
+        #[arg(long)]
+        all: bool,
         /// Machine-readable output
         #[arg(long)]
         json: bool,
@@ -72,6 +76,13 @@ pub enum Command {
         /// The command, after --; its words are joined with spaces, as ssh does
         #[arg(last = true, required = true)]
         command: Vec<String>,
+    },
+    /// A SOCKS5 proxy on 127.0.0.1 into the cluster, through SSH to the master (for the web UIs)
+    Proxy {
+        name: String,
+        /// Local port (0 picks a free one and prints it)
+        #[arg(long, default_value_t = 6666)]
+        port: u16,
     },
     /// Copy a file to the master (or every node with --all)
     Push {

@@ -28,32 +28,44 @@ pub enum ConfigError {
     NoStateDir,
 }
 
+pub use crate::model::ProviderKind;
+
+/// Whose settings a process may read. A user's own command (`Caller`) may take its config
+/// file, state directory, AWS endpoint and credentials from the environment it was started
+/// with. The runner of a multi-user install (`Service`) runs with the service account's rights
+/// on a caller's behalf, so it reads only its install's files: no `STRATUS_*`, no `AWS_*`, no
+/// proxy or certificate variables, nothing from a home directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trust {
+    Caller,
+    Service,
+}
+
+/// How launches are made on this machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProviderKind {
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Each user launches with credentials of their own; the policy, if any, still applies.
     #[default]
-    Local,
-    Ec2,
-}
-
-impl ProviderKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProviderKind::Local => "local",
-            ProviderKind::Ec2 => "ec2",
-        }
-    }
-}
-
-impl std::fmt::Display for ProviderKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
+    SingleUser,
+    /// Students launch through the setuid wrapper and the runner, which holds the service
+    /// account's credentials and enforces the policy.
+    MultiUser,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SiteConfig {
+    /// `single-user` (the default) or `multi-user` (launches go through the setuid wrapper).
+    #[serde(default)]
+    pub mode: Mode,
+    /// The installed setuid wrapper (multi-user mode).
+    pub wrapper: Option<PathBuf>,
+    /// The state directory of a multi-user install (the runner's; users' own state stays in
+    /// their homes). Single-user installs use `STRATUS_HOME` or the home directory.
+    pub state_dir: Option<PathBuf>,
+    /// The quota policy; by default `policy.toml` beside this file.
+    pub policy: Option<PathBuf>,
     /// `local` (the default) or `ec2`.
     #[serde(default)]
     pub provider: ProviderKind,
@@ -133,9 +145,13 @@ pub struct Ec2Config {
     pub subnet_id: Option<String>,
     #[serde(default)]
     pub address: AddressKind,
-    /// Networks allowed to reach SSH and the profiles' web-UI ports.
+    /// Networks allowed to reach the nodes' SSH port.
     #[serde(default)]
     pub client_cidrs: Vec<String>,
+    /// Networks allowed to reach the profiles' extra ports (web UIs). Empty by default: those
+    /// accept jobs and files from anyone who reaches them, so users go through `stratus proxy`.
+    #[serde(default)]
+    pub ui_cidrs: Vec<String>,
     /// Allow 0.0.0.0/0 in `client_cidrs`. Off unless the site says so.
     #[serde(default)]
     pub allow_world: bool,
@@ -172,12 +188,26 @@ impl SiteConfig {
             path: path.to_path_buf(),
             message: toml_message(&e),
         })?;
-        if let Some(dir) = &config.profiles_dir
-            && dir.is_relative()
+        // Relative paths are relative to the file that names them, as a reader of the file
+        // would expect.
+        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        for p in [
+            &mut config.profiles_dir,
+            &mut config.wrapper,
+            &mut config.state_dir,
+            &mut config.policy,
+        ] {
+            if let Some(dir) = p
+                && dir.is_relative()
+            {
+                *p = Some(base.join(&*dir));
+            }
+        }
+        if let Some(ec2) = &mut config.ec2
+            && let Some(c) = &ec2.credentials_file
+            && c.is_relative()
         {
-            // Relative to the file that names it, as a reader of the file would expect.
-            let base = path.parent().unwrap_or(Path::new("."));
-            config.profiles_dir = Some(base.join(dir));
+            ec2.credentials_file = Some(base.join(c));
         }
         config.validate(path)?;
         Ok(config)
@@ -194,14 +224,28 @@ impl SiteConfig {
             ));
         }
         if let Some(ec2) = &self.ec2 {
-            for cidr in &ec2.client_cidrs {
-                crate::cluster::provider::parse_cidr(cidr)
-                    .map_err(|m| invalid(format!("[ec2] client_cidrs: {m}")))?;
-                if cidr.ends_with("/0") && !ec2.allow_world {
-                    return Err(invalid(format!(
-                        "[ec2] client_cidrs contains {cidr}, which opens SSH to the whole internet; set allow_world = true if that is really meant"
-                    )));
+            for (key, cidrs) in [("client_cidrs", &ec2.client_cidrs), ("ui_cidrs", &ec2.ui_cidrs)] {
+                for cidr in cidrs {
+                    crate::cluster::provider::parse_cidr(cidr)
+                        .map_err(|m| invalid(format!("[ec2] {key}: {m}")))?;
+                    if cidr.ends_with("/0") && !ec2.allow_world {
+                        return Err(invalid(format!(
+                            "[ec2] {key} contains {cidr}, which opens the cluster to the whole internet; set allow_world = true if that is really meant"
+                        )));
+                    }
                 }
+            }
+        }
+        if self.mode == Mode::MultiUser {
+            if self.provider == ProviderKind::Local {
+                return Err(invalid(
+                    "mode = \"multi-user\" needs provider = \"ec2\": local nodes would run as the service account, and a shell on one could read its credentials".into(),
+                ));
+            }
+            if self.wrapper.is_none() {
+                return Err(invalid(
+                    "mode = \"multi-user\" needs `wrapper`, the path of the installed stratus-wrap".into(),
+                ));
             }
         }
         if self.ssh.max_parallel == 0 {
@@ -213,6 +257,15 @@ impl SiteConfig {
             }
         }
         Ok(())
+    }
+}
+
+impl SiteConfig {
+    /// The policy file: `policy`, else `policy.toml` beside the site config (none without one).
+    pub fn policy_path(&self, config_path: Option<&Path>) -> Option<PathBuf> {
+        self.policy.clone().or_else(|| {
+            config_path.map(|p| p.parent().unwrap_or(Path::new("/")).join("policy.toml"))
+        })
     }
 }
 

@@ -13,26 +13,11 @@ pub mod exit {
     pub const OK: u8 = 0;
     pub const FAILURE: u8 = 1;
     pub const BAD_INPUT: u8 = 2;
+    /// Stopped by SIGINT (^C): 128 + 2, the shell's convention.
+    pub const INTERRUPTED: u8 = 130;
 }
 
-/// Something the user asked for that cannot be done as asked. Always exit code 2.
-#[derive(Debug, thiserror::Error)]
-pub enum InputError {
-    #[error(
-        "invalid cluster name {name:?}: {reason} (names are 1 to 40 characters of a-z, 0-9 and '-', starting with a letter or digit)"
-    )]
-    InvalidClusterName { name: String, reason: String },
-    #[error(
-        "user name {0:?} cannot own clusters: it must be 1 to 32 characters of a-z, 0-9, '_', '-' and '.'"
-    )]
-    InvalidOwner(String),
-    #[error("no cluster named {0}")]
-    UnknownCluster(String),
-    #[error("a cluster named {0} already exists; terminate it first or choose another name")]
-    NameInUse(String),
-    #[error("{0}")]
-    Invalid(String),
-}
+pub use crate::model::InputError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -50,6 +35,12 @@ pub enum Error {
     Provider(#[from] crate::cluster::provider::ProviderError),
     #[error(transparent)]
     Ssh(#[from] crate::cluster::ssh::SshError),
+    /// A signal stopped the command (a launch rolls back first).
+    #[error("{message}")]
+    Interrupted {
+        signal: crate::cluster::interrupt::Signal,
+        message: String,
+    },
     #[error("{message}")]
     Runtime {
         message: String,
@@ -63,6 +54,14 @@ impl Error {
         Error::Runtime {
             message: message.into(),
             source: None,
+        }
+    }
+
+    /// A launch stopped by `signal`.
+    pub fn interrupted(signal: crate::cluster::interrupt::Signal) -> Self {
+        Error::Interrupted {
+            signal,
+            message: format!("launch {}", signal.describe()),
         }
     }
 
@@ -87,6 +86,7 @@ impl Error {
                 exit::BAD_INPUT
             }
             Error::Provider(e) if e.is_bad_input() => exit::BAD_INPUT,
+            Error::Interrupted { signal, .. } => signal.exit_code(),
             _ => exit::FAILURE,
         }
     }
@@ -131,4 +131,12 @@ pub fn render(err: &(dyn StdError + 'static)) -> String {
         cur = e.source();
     }
     out
+}
+
+/// An error as one line without the `error: ` prefix, its causes joined with `: ` (for
+/// warnings and for the failure reason stored with a cluster).
+pub fn one_line(err: &(dyn StdError + 'static)) -> String {
+    render(err)
+        .trim_start_matches("error: ")
+        .replace("\n  caused by: ", ": ")
 }

@@ -12,12 +12,15 @@
 
 pub mod accounting;
 pub mod app;
+pub mod caller;
 pub mod cli;
 pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod model;
 pub mod printer;
+pub mod quota;
 pub mod store;
 pub mod sys;
 pub mod templates;

@@ -112,13 +112,15 @@ impl Printer {
         });
     }
 
-    /// A bar counting `len` steps (nodes, usually).
+    /// A bar counting `len` steps (nodes, usually), with the time taken and, once the rate is
+    /// known, the time left.
     pub fn bar(&self, len: u64, msg: impl Into<String>) -> ProgressBar {
         if !self.bars {
             return ProgressBar::hidden();
         }
-        let style =
-            ProgressStyle::with_template("{spinner} {msg} [{bar:20}] {pos}/{len} {elapsed}")
+        let style = ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:20}] {pos}/{len} {elapsed} (eta {eta})",
+        )
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> ");
         let pb = self.multi.add(ProgressBar::new(len));

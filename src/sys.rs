@@ -20,6 +20,8 @@ pub fn real_uid() -> u32 {
 #[derive(Debug, Clone)]
 pub struct Passwd {
     pub name: String,
+    pub uid: u32,
+    pub gid: u32,
     pub home: std::path::PathBuf,
 }
 
@@ -50,13 +52,116 @@ pub fn passwd(uid: u32) -> io::Result<Option<Passwd>> {
         if result.is_null() {
             return Ok(None);
         }
-        // SAFETY: on success pw_name and pw_dir point to NUL-terminated strings inside `buf`,
-        // which is still alive.
-        let (name, home) = unsafe { (CStr::from_ptr(pwd.pw_name), CStr::from_ptr(pwd.pw_dir)) };
-        return Ok(Some(Passwd {
-            name: name.to_string_lossy().into_owned(),
-            home: home.to_string_lossy().into_owned().into(),
-        }));
+        return Ok(Some(passwd_entry(&pwd)));
+    }
+}
+
+/// Looks a user up by name in the password database; `None` if there is no such user.
+pub fn passwd_by_name(name: &str) -> io::Result<Option<Passwd>> {
+    let c = std::ffi::CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "user name contains NUL"))?;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        // SAFETY: as in `passwd`, with a NUL-terminated name that outlives the call.
+        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        let rc = unsafe {
+            libc::getpwnam_r(
+                c.as_ptr(),
+                &mut pwd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut result,
+            )
+        };
+        if rc == libc::ERANGE && buf.len() < (1 << 20) {
+            buf.resize(buf.len() * 2, 0);
+            continue;
+        }
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        if result.is_null() {
+            return Ok(None);
+        }
+        return Ok(Some(passwd_entry(&pwd)));
+    }
+}
+
+fn passwd_entry(pwd: &libc::passwd) -> Passwd {
+    // SAFETY: the caller got `pwd` from a successful getpw*_r call whose buffer is still alive,
+    // so pw_name and pw_dir point to NUL-terminated strings in it.
+    let (name, home) = unsafe { (CStr::from_ptr(pwd.pw_name), CStr::from_ptr(pwd.pw_dir)) };
+    Passwd {
+        name: name.to_string_lossy().into_owned(),
+        uid: pwd.pw_uid,
+        gid: pwd.pw_gid,
+        home: home.to_string_lossy().into_owned().into(),
+    }
+}
+
+/// The names of every group `user` belongs to in the group database, its primary group `gid`
+/// first.
+pub fn group_names(user: &str, gid: u32) -> io::Result<Vec<String>> {
+    let c = std::ffi::CString::new(user)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "user name contains NUL"))?;
+    let mut n: libc::c_int = 32;
+    let gids = loop {
+        let mut gids: Vec<libc::gid_t> = vec![0; n as usize];
+        let mut count = n;
+        // SAFETY: `gids` has room for `count` entries, and getgrouplist writes at most that many
+        // (it sets `count` to the number needed when there is not enough room).
+        let rc = unsafe { libc::getgrouplist(c.as_ptr(), gid, gids.as_mut_ptr(), &mut count) };
+        if rc >= 0 {
+            gids.truncate(count.max(0) as usize);
+            break gids;
+        }
+        if count <= n || n > 65_536 {
+            return Err(io::Error::other("getgrouplist failed"));
+        }
+        n = count;
+    };
+    let mut names = Vec::new();
+    for g in std::iter::once(gid).chain(gids) {
+        if let Some(name) = group_name(g)?
+            && !names.contains(&name)
+        {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+/// A group's name by gid; `None` if the group database has no such group.
+pub fn group_name(gid: u32) -> io::Result<Option<String>> {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        // SAFETY: `grp` is plain old data that getgrgid_r fills; `buf` outlives the call and its
+        // length is passed; `result` is written by the call.
+        let mut grp: libc::group = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::group = std::ptr::null_mut();
+        let rc = unsafe {
+            libc::getgrgid_r(
+                gid,
+                &mut grp,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut result,
+            )
+        };
+        if rc == libc::ERANGE && buf.len() < (1 << 20) {
+            buf.resize(buf.len() * 2, 0);
+            continue;
+        }
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        if result.is_null() {
+            return Ok(None);
+        }
+        // SAFETY: on success gr_name points to a NUL-terminated string inside `buf`.
+        let name = unsafe { CStr::from_ptr(grp.gr_name) };
+        return Ok(Some(name.to_string_lossy().into_owned()));
     }
 }
 
@@ -87,9 +192,35 @@ pub fn try_lock_file(file: &File) -> io::Result<bool> {
     }
 }
 
-/// The pid of the process holding a POSIX lock on `file`, if any. Unlike a pid file, this cannot
-/// name a recycled pid: the lock dies with its holder.
-pub fn lock_holder(file: &File) -> io::Result<Option<u32>> {
+/// Who holds a POSIX lock on a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockHolder {
+    /// Nobody: whoever took it is gone.
+    Free,
+    /// A process of this pid holds it.
+    Pid(u32),
+    /// Someone holds it, but F_GETLK did not say who: it reports 0 or -1 for holders in
+    /// another pid namespace, or for open-file-description locks. Never a pid to signal.
+    Unknown,
+}
+
+impl LockHolder {
+    pub fn is_held(self) -> bool {
+        self != LockHolder::Free
+    }
+
+    /// The holder's pid, when it is one that can be signalled.
+    pub fn pid(self) -> Option<u32> {
+        match self {
+            LockHolder::Pid(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+/// Who holds a POSIX lock on `file`. Unlike a pid file, this cannot name a recycled pid: the
+/// lock dies with its holder.
+pub fn lock_holder(file: &File) -> io::Result<LockHolder> {
     let mut fl = flock_struct(libc::F_WRLCK as libc::c_short);
     // SAFETY: the descriptor is valid for the life of `file`; `fl` is a valid flock that
     // F_GETLK overwrites.
@@ -98,25 +229,40 @@ pub fn lock_holder(file: &File) -> io::Result<Option<u32>> {
         return Err(io::Error::last_os_error());
     }
     if fl.l_type == libc::F_UNLCK as libc::c_short {
-        Ok(None)
-    } else {
-        Ok(Some(fl.l_pid as u32))
+        return Ok(LockHolder::Free);
     }
+    Ok(match signallable_pid(i64::from(fl.l_pid)) {
+        Some(pid) => LockHolder::Pid(pid),
+        None => LockHolder::Unknown,
+    })
 }
 
-/// Sends `signal` to one process. A process that no longer exists is not an error.
+/// A pid that names one process other than init: `kill` with 0 would signal our own group,
+/// -1 every process we may signal, other negatives a group, and 1 is init.
+fn signallable_pid(pid: i64) -> Option<u32> {
+    (pid > 1 && pid <= i64::from(libc::pid_t::MAX)).then_some(pid as u32)
+}
+
+/// Sends `signal` to one process. A process that no longer exists is not an error; a pid that
+/// does not name one process (0, 1, anything that would be negative as a `pid_t`) is refused.
 pub fn kill(pid: u32, signal: i32) -> io::Result<()> {
-    // SAFETY: kill has no memory-safety preconditions.
+    let Some(pid) = signallable_pid(i64::from(pid)) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("refusing to signal pid {pid}: it does not name one process"),
+        ));
+    };
+    // SAFETY: kill has no memory-safety preconditions; pid is > 1 and fits in pid_t.
     let rc = unsafe { libc::kill(pid as libc::pid_t, signal) };
     absent_is_ok(rc)
 }
 
 /// Sends `signal` to a whole process group. A group with no members left is not an error.
 pub fn kill_group(pgid: u32, signal: i32) -> io::Result<()> {
-    if pgid <= 1 {
+    if signallable_pid(i64::from(pgid)).is_none() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "refusing to signal process group 0 or 1",
+            format!("refusing to signal process group {pgid}"),
         ));
     }
     // SAFETY: killpg has no memory-safety preconditions.
@@ -139,7 +285,10 @@ fn absent_is_ok(rc: libc::c_int) -> io::Result<()> {
 
 /// Whether a process with this pid exists (it may be a zombie).
 pub fn process_exists(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks for existence and permission.
+    if signallable_pid(i64::from(pid)).is_none() {
+        return false;
+    }
+    // SAFETY: signal 0 only checks for existence and permission; the pid names one process.
     let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
     rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
@@ -375,4 +524,40 @@ pub fn async_fd(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
     // stays open and refers to the same file description until the AsyncFd is dropped, and
     // `as_raw_fd` always returns the same number.
     unsafe { tokio::io::unix::AsyncFd::register(fd).map_err(|e| e.into_parts().1) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pids_that_do_not_name_one_process_are_never_signalled() {
+        for pid in [0u32, 1, u32::MAX, (i32::MAX as u32) + 1] {
+            let err = kill(pid, 0).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{pid}");
+            assert!(kill_group(pid, 0).is_err(), "{pid}");
+            assert!(!process_exists(pid), "{pid}");
+        }
+        // Our own pid is fine, and signal 0 only checks.
+        kill(std::process::id(), 0).unwrap();
+    }
+
+    #[test]
+    fn a_lock_held_here_is_seen_from_a_second_descriptor_as_free() {
+        // POSIX locks belong to the process: another descriptor of ours sees no conflict.
+        let dir = std::env::temp_dir().join(format!("stratus-sys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("l");
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .unwrap();
+        assert!(try_lock_file(&f).unwrap());
+        let g = File::open(&path).unwrap();
+        assert_eq!(lock_holder(&g).unwrap(), LockHolder::Free);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

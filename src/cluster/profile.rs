@@ -100,6 +100,10 @@ fn default_ready_timeout() -> u64 {
     300
 }
 
+fn default_configure_timeout() -> u64 {
+    30 * 60
+}
+
 /// A resolved profile: inheritance applied, every field checked, template texts loaded. This is
 /// what a cluster record keeps, so later commands render exactly what the launch rendered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -125,6 +129,10 @@ pub struct Profile {
     /// Seconds to wait for every node to answer SSH before the launch fails.
     #[serde(default = "default_ready_timeout")]
     pub ready_timeout_secs: u64,
+    /// Seconds the configure step (files, workers file, commands on the master) may take before
+    /// the launch fails and rolls back.
+    #[serde(default = "default_configure_timeout")]
+    pub configure_timeout_secs: u64,
     /// Where the master keeps the list of workers (one address per line).
     #[serde(default)]
     pub workers_file: Option<String>,
@@ -168,6 +176,7 @@ struct ProfileFile {
     ssh_user: Option<String>,
     ssh_port: Option<u16>,
     ready_timeout_secs: Option<u64>,
+    configure_timeout_secs: Option<u64>,
     workers_file: Option<String>,
     ports: Option<Vec<u16>>,
     intra_cluster_key: Option<bool>,
@@ -454,6 +463,9 @@ impl Profile {
                 self.ssh_user
             ));
         }
+        if self.configure_timeout_secs == 0 {
+            return Err("configure_timeout_secs must be at least 1".into());
+        }
         if self.ready_timeout_secs == 0 {
             return Err("ready_timeout_secs must be at least 1".into());
         }
@@ -495,6 +507,14 @@ impl Profile {
         }
     }
 
+    /// A stand-in for a profile stratus no longer has (the record of instances found behind
+    /// its back): valid, but not for launching.
+    pub fn placeholder(name: &str) -> Self {
+        let mut p = Self::for_tests(if name.is_empty() { "unknown" } else { name });
+        p.templates.clear();
+        p
+    }
+
     /// A minimal valid profile, for unit tests of other modules.
     #[doc(hidden)]
     pub fn for_tests(name: &str) -> Self {
@@ -515,6 +535,7 @@ impl Profile {
             ssh_user: "stratus".into(),
             ssh_port: 22,
             ready_timeout_secs: 30,
+            configure_timeout_secs: 60,
             workers_file: None,
             ports: vec![],
             intra_cluster_key: false,

@@ -2,32 +2,43 @@
 //! behind, by comparing the store's rows with what the provider holds under stratus's tags, and
 //! finishing or undoing it (DESIGN.md, "A launch is a state machine").
 //!
-//! - A terminate that stopped half-way (a row left `terminating`) is completed.
-//! - A launch stuck in `reserved` or `requested` longer than any launch can take is rolled back:
-//!   everything of its request is terminated, the cluster's resources released, the row failed.
-//!   Finishing such a launch instead would need the launching process's SSH configure step, so it
-//!   is always undone.
-//! - A tagged instance that no row knows (launched, then the process died before recording it)
-//!   is terminated once it is older than a grace period, so a launch in progress elsewhere is
-//!   never raced.
-//! - Per-cluster resources (EC2 security groups and key pairs) of a cluster with no live row
-//!   and no live instance are released.
+//! What it does, by what it finds:
+//! - a cluster `terminating` whose terminate is not running any more: the terminate is finished;
+//! - a launch in `reserved`, `requested` or `running` (configuring) whose process died (its
+//!   request lock is free), or stuck in `reserved` or `requested` longer than any launch takes:
+//!   rolled back, as a failed launch would be (everything of its request terminated, the
+//!   cluster's resources released, the row failed);
+//! - a `failed` launch whose rollback did not get through: the rollback is finished;
+//! - a launch call whose launcher died before recording what it created: the instances of its
+//!   request that no row knows are recorded and terminated;
+//! - an instance the provider reports live that the store holds as ended: its usage is reopened,
+//!   and it is terminated;
+//! - an instance of this store that no row knows, once its launcher is gone (or, without a lock
+//!   to tell, once it is older than a grace period): recorded as an orphan, with its hours, under
+//!   the cluster its tags name, and terminated;
+//! - per-cluster resources (EC2 security groups and key pairs) of a cluster with no live row and
+//!   no live instance: released.
 //!
-//! `delete-cluster NAME` does the last three for one cluster, at once: everything tagged with it
-//! goes, whatever the store says.
+//! It acts only on what carries this store's id (`stratus:store`). Resources of the same owner
+//! from another state directory are reported as foreign and never touched.
+//!
+//! The plan is made first and then carried out, so `--dry-run` lists exactly what a real run
+//! does, in the conditional.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
-use crate::app::App;
-use crate::cluster::launch::{self, LaunchLock, Launcher};
-use crate::cluster::provider::{ClusterRef, InstanceState, Provider, Selector};
-use crate::cluster::{ClusterName, Owner, RequestId};
+use crate::cluster::Ctx;
+use crate::cluster::locks::{LaunchLock, Launcher, TerminateLock};
+use crate::cluster::meta::{cluster_ref, node_row};
+use crate::cluster::provider::{ClusterRef, Instance, Provider, Selector};
+use crate::cluster::terminate::{
+    adopt, cluster_selector, finish_rollback, live_nodes, request_selector, terminate,
+    terminate_ids,
+};
 use crate::error::Error;
-use crate::store::{ClusterRow, ClusterState, Millis, now_millis};
-
-/// How long waiting for instances to be gone may take.
-const GONE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+use crate::model::{ClusterName, ClusterState, Millis, Owner, RequestId, Role, StoreId, now_millis};
+use crate::store::{BatchRow, ClusterRow};
 
 /// What reconcile may do, and how long it leaves things to the command that may still be
 /// working on them.
@@ -35,10 +46,9 @@ const GONE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 pub struct Options {
     /// Only report what would be done.
     pub dry_run: bool,
-    /// An instance no row knows is left alone this long: its launcher may be about to record it.
+    /// An instance no row knows is left alone this long when no lock tells whether its
+    /// launcher lives: it may be about to record it.
     pub orphan_grace: Duration,
-    /// A terminate in another process may still be running for this long.
-    pub terminating_grace: Duration,
     /// A launch counts as abandoned after this long in `reserved` or `requested`; by default,
     /// every round of waiting its profile allows plus half an hour.
     pub stuck_after: Option<Duration>,
@@ -49,7 +59,6 @@ impl Options {
         Self {
             dry_run,
             orphan_grace: Duration::from_secs(10 * 60),
-            terminating_grace: Duration::from_secs(20 * 60),
             stuck_after: None,
         }
     }
@@ -63,7 +72,161 @@ fn ms(d: Duration) -> Millis {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Action {
     pub cluster: String,
+    /// `roll-back`, `finish-terminate`, `finish-rollback`, `record-strays`, `reopen`,
+    /// `orphans`, `release`, `foreign`, `tidy`.
+    pub action: &'static str,
+    /// What it is, said in the mood of the run ("would terminate …" in a dry run).
     pub what: String,
+    /// The instances concerned.
+    pub instances: Vec<String>,
+}
+
+/// A step of the plan.
+enum Step {
+    RollBack(ClusterRow, String),
+    FinishTerminate(ClusterRow),
+    FinishRollback(ClusterRow),
+    /// Instances of unfinished launch calls no row knows, and the calls that are settled.
+    Strays {
+        cluster: ClusterRow,
+        request: RequestId,
+        found: Vec<Instance>,
+        settle: Vec<String>,
+    },
+    Reopen(ClusterRow, Vec<Instance>),
+    Orphans(Owner, ClusterName, Vec<Instance>),
+    Release(ClusterRef),
+    Foreign(Owner, ClusterName, StoreId, Vec<String>, usize),
+    Tidy(Vec<String>),
+}
+
+impl Step {
+    fn action(&self, dry_run: bool) -> Action {
+        let would = |now: &str, then: &str| {
+            if dry_run {
+                format!("would {now}")
+            } else {
+                then.to_owned()
+            }
+        };
+        let ids = |v: &[Instance]| v.iter().map(|i| i.id.clone()).collect::<Vec<_>>();
+        match self {
+            Step::RollBack(c, why) => Action {
+                cluster: c.name.to_string(),
+                action: "roll-back",
+                what: format!(
+                    "{} ({why})",
+                    would(
+                        &format!("roll back the launch left in state {}", c.state.as_str()),
+                        &format!("rolled back the launch left in state {}", c.state.as_str())
+                    )
+                ),
+                instances: vec![],
+            },
+            Step::FinishTerminate(c) => Action {
+                cluster: c.name.to_string(),
+                action: "finish-terminate",
+                what: would(
+                    "finish an interrupted terminate",
+                    "finished an interrupted terminate",
+                ),
+                instances: vec![],
+            },
+            Step::FinishRollback(c) => Action {
+                cluster: c.name.to_string(),
+                action: "finish-rollback",
+                what: would(
+                    "finish rolling back a failed launch",
+                    "finished rolling back a failed launch",
+                ),
+                instances: vec![],
+            },
+            Step::Strays {
+                cluster,
+                request,
+                found,
+                settle,
+            } => Action {
+                cluster: cluster.name.to_string(),
+                action: "record-strays",
+                what: if found.is_empty() {
+                    would(
+                        &format!("close {} launch call(s) of {request} that created nothing unrecorded", settle.len()),
+                        &format!("closed {} launch call(s) of {request} that created nothing unrecorded", settle.len()),
+                    )
+                } else {
+                    would(
+                        &format!(
+                            "record and terminate {} instance(s) that an interrupted launch call of {request} created",
+                            found.len()
+                        ),
+                        &format!(
+                            "recorded and terminated {} instance(s) that an interrupted launch call of {request} created",
+                            found.len()
+                        ),
+                    )
+                },
+                instances: ids(found),
+            },
+            Step::Reopen(c, found) => Action {
+                cluster: c.name.to_string(),
+                action: "reopen",
+                what: would(
+                    &format!(
+                        "terminate {} instance(s) recorded as ended that still run, counting their hours until they end",
+                        found.len()
+                    ),
+                    &format!(
+                        "terminated {} instance(s) recorded as ended that still ran, counting their hours until they ended",
+                        found.len()
+                    ),
+                ),
+                instances: ids(found),
+            },
+            Step::Orphans(_, name, found) => Action {
+                cluster: name.to_string(),
+                action: "orphans",
+                what: would(
+                    &format!(
+                        "record and terminate {} instance(s) no record knows",
+                        found.len()
+                    ),
+                    &format!(
+                        "recorded and terminated {} instance(s) no record knew",
+                        found.len()
+                    ),
+                ),
+                instances: ids(found),
+            },
+            Step::Release(c) => Action {
+                cluster: c.name.to_string(),
+                action: "release",
+                what: would(
+                    "release the resources of a cluster that is gone",
+                    "released the resources of a cluster that is gone",
+                ),
+                instances: vec![],
+            },
+            Step::Foreign(owner, name, store, instances, resources) => Action {
+                cluster: name.to_string(),
+                action: "foreign",
+                what: format!(
+                    "left alone: {} instance(s) and {resources} other resource(s) of {owner}'s cluster {name} in another state directory (store {store})",
+                    instances.len()
+                ),
+                instances: instances.clone(),
+            },
+            Step::Tidy(dirs) => Action {
+                cluster: String::new(),
+                action: "tidy",
+                what: would(
+                    &format!("remove {} half-made node directorie(s)", dirs.len()),
+                    &format!("removed {} half-made node directorie(s)", dirs.len()),
+                ),
+                instances: dirs.clone(),
+            },
+        }
+    }
 }
 
 /// How long a launch may stay in `reserved` or `requested` before it counts as abandoned: every
@@ -75,252 +238,356 @@ fn stuck_after_ms(c: &ClusterRow) -> Millis {
     Millis::try_from(secs.saturating_mul(1000)).unwrap_or(Millis::MAX)
 }
 
-/// Brings the caller's clusters on `provider` in line with what the provider holds.
+/// Whether an instance with these tags is this store's (or, launched before stores had ids, of
+/// a request this store knows).
+fn ours(ctx: Ctx<'_>, i: &Instance) -> Result<bool, Error> {
+    Ok(match i.tags.as_ref() {
+        None => false,
+        Some(t) => match &t.store {
+            Some(s) => s == ctx.store.id(),
+            None => ctx.store.knows_request(t.request.as_str())?,
+        },
+    })
+}
+
+/// Brings the clusters of `owner` (every owner's with `None`) on `provider` in line with what
+/// the provider holds. Returns what it did, or would do.
 pub async fn reconcile<P: Provider>(
-    app: &App,
+    ctx: Ctx<'_>,
     provider: &P,
+    owner: Option<&Owner>,
     options: &Options,
 ) -> Result<Vec<Action>, Error> {
-    let dry_run = options.dry_run;
-    let owner = app.owner.clone();
-    let kind = provider.kind().as_str();
-    let now = now_millis();
-    let clusters: Vec<ClusterRow> = app
-        .store
-        .list_clusters(Some(&owner))?
-        .into_iter()
-        .filter(|c| c.provider == kind)
-        .collect();
+    let plan = plan(ctx, provider, owner, options).await?;
     let mut actions = Vec::new();
-    let mut act = |cluster: &ClusterName, what: String| {
-        app.printer.status(format!(
-            "{}{cluster}: {what}",
-            if dry_run { "would reconcile " } else { "" }
+    for step in plan {
+        let action = step.action(options.dry_run);
+        if !options.dry_run {
+            carry_out(ctx, provider, step).await?;
+        }
+        ctx.printer.status(format!(
+            "{}{}",
+            if action.cluster.is_empty() {
+                String::new()
+            } else {
+                format!("{}: ", action.cluster)
+            },
+            action.what
         ));
-        actions.push(Action {
-            cluster: cluster.to_string(),
-            what,
-        });
-    };
+        actions.push(action);
+    }
+    Ok(actions)
+}
 
-    // Rows: interrupted terminates are completed, abandoned launches rolled back.
+async fn plan<P: Provider>(
+    ctx: Ctx<'_>,
+    provider: &P,
+    owner: Option<&Owner>,
+    options: &Options,
+) -> Result<Vec<Step>, Error> {
+    let now = now_millis();
+    let grace = ms(provider.consistency_grace());
+    let clusters: Vec<ClusterRow> = ctx
+        .store
+        .list_clusters(owner)?
+        .into_iter()
+        .filter(|c| c.provider == provider.kind())
+        .collect();
+    let mut steps = Vec::new();
+    // Clusters a step below already takes care of, with all their instances.
+    let mut handled: BTreeSet<i64> = BTreeSet::new();
+
+    // Rows: interrupted terminates are finished, abandoned launches rolled back.
     for c in &clusters {
         let age = now - c.updated_at;
-        let (due, what) = match c.state {
-            ClusterState::Terminating if age > ms(options.terminating_grace) => {
-                (true, "completed an interrupted terminate".to_owned())
+        let launcher = LaunchLock::launcher(ctx.state_dir, &c.request_id);
+        let step = match c.state {
+            ClusterState::Terminating if !TerminateLock::is_held(ctx.state_dir, c.id) => {
+                Some(Step::FinishTerminate(c.clone()))
             }
-            ClusterState::Reserved | ClusterState::Requested if launcher_died(app, c)? => (
-                true,
-                format!(
-                    "rolled back a launch whose process died in state {}",
-                    c.state.as_str()
-                ),
-            ),
-            ClusterState::Reserved | ClusterState::Requested
-                if age
-                    > options
-                        .stuck_after
-                        .map(ms)
-                        .unwrap_or_else(|| stuck_after_ms(c)) =>
+            ClusterState::Reserved | ClusterState::Requested | ClusterState::Running
+                if launcher == Launcher::Died && launcher_died(ctx, c)? =>
             {
-                (
-                    true,
-                    format!(
-                        "rolled back a launch abandoned in state {} for {} minutes",
-                        c.state.as_str(),
-                        age / 60_000
-                    ),
-                )
+                Some(Step::RollBack(
+                    c.clone(),
+                    "its launcher died".to_owned(),
+                ))
+            }
+            ClusterState::Reserved | ClusterState::Requested
+                if launcher != Launcher::Running
+                    && age > options.stuck_after.map(ms).unwrap_or_else(|| stuck_after_ms(c)) =>
+            {
+                Some(Step::RollBack(
+                    c.clone(),
+                    format!("abandoned for {} minutes", age / 60_000),
+                ))
             }
             // A launch that failed, and whose rollback did not get through (the cloud refused
             // or timed out): no process works on a failed cluster, so finish it now.
-            ClusterState::Failed if !launch::live_nodes(app, c)?.is_empty() => {
-                (true, "finished rolling back a failed launch".to_owned())
+            ClusterState::Failed if !live_nodes(ctx, c)?.is_empty() => {
+                Some(Step::FinishRollback(c.clone()))
             }
-            _ => (false, String::new()),
+            _ => None,
         };
-        if !due {
-            continue;
+        if let Some(s) = step {
+            handled.insert(c.id);
+            steps.push(s);
         }
-        if !dry_run && c.state == ClusterState::Failed {
-            launch::finish_rollback(app, provider, c).await?;
-        } else if !dry_run {
-            let was = c.state;
-            launch::terminate(app, provider, c).await?;
-            if was != ClusterState::Terminating {
-                app.store.set_cluster_state(
-                    c.id,
-                    ClusterState::Failed,
-                    Some("the launch was abandoned; rolled back by `stratus reconcile`"),
-                )?;
-            }
-            LaunchLock::clear(app, &c.request_id);
-        }
-        act(&c.name, what);
     }
 
-    // Instances no row knows.
-    let mut known: BTreeSet<String> = BTreeSet::new();
-    for c in &clusters {
-        known.extend(app.store.nodes_of(c.id)?.into_iter().map(|n| n.instance_id));
+    // Launch calls whose launcher is gone, and what they created that no row knows.
+    let by_id: BTreeMap<i64, &ClusterRow> = clusters.iter().map(|c| (c.id, c)).collect();
+    let mut batches: BTreeMap<String, Vec<BatchRow>> = BTreeMap::new();
+    for b in ctx.store.pending_batches()? {
+        if by_id.contains_key(&b.cluster_id) {
+            batches.entry(b.request_id.clone()).or_default().push(b);
+        }
     }
+    let mut claimed: BTreeSet<String> = BTreeSet::new();
+    for (request, rows) in batches {
+        let request = RequestId::from_stored(request);
+        if LaunchLock::launcher(ctx.state_dir, &request) == Launcher::Running {
+            continue;
+        }
+        let cluster = by_id[&rows[0].cluster_id];
+        let found: Vec<Instance> = provider
+            .describe(&request_selector(ctx, cluster, &request))
+            .await?
+            .into_iter()
+            .filter(|i| !i.state.is_gone())
+            .filter(|i| !ctx.store.knows_instance(&i.id).unwrap_or(true))
+            .collect();
+        // A call is closed once nothing unrecorded of it is found after EC2 has had time to
+        // show it.
+        let settle: Vec<String> = if found.is_empty() {
+            rows.iter()
+                .filter(|b| now - b.created_at > grace)
+                .map(|b| b.token.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if found.is_empty() && settle.is_empty() {
+            continue;
+        }
+        claimed.extend(found.iter().map(|i| i.id.clone()));
+        steps.push(Step::Strays {
+            cluster: cluster.clone(),
+            request,
+            found,
+            settle,
+        });
+    }
+
+    // Instances: this store's live ones that no row knows, or that a row holds as ended.
     let tagged = provider
         .describe(&Selector {
-            owner: Some(owner.clone()),
+            owner: owner.cloned(),
             ..Default::default()
         })
         .await?;
-    let mut orphans: HashMap<ClusterName, Vec<String>> = HashMap::new();
+    let mut orphans: BTreeMap<(Owner, ClusterName), Vec<Instance>> = BTreeMap::new();
+    let mut reopen: BTreeMap<i64, Vec<Instance>> = BTreeMap::new();
+    let mut foreign: BTreeMap<(Owner, ClusterName, StoreId), Vec<String>> = BTreeMap::new();
     for i in &tagged {
-        if i.state.is_gone() || known.contains(&i.id) {
+        let Some(tags) = &i.tags else { continue };
+        if i.state.is_gone() || claimed.contains(&i.id) {
             continue;
         }
-        let Some(tags) = &i.tags else { continue };
-        // A launch (or launch-slaves) in progress elsewhere records its nodes right after
-        // RunInstances returns: leave its instances alone while its launcher lives. A launcher
-        // that died cannot record them any more; without a lock to tell, give it time.
-        match LaunchLock::launcher(app, &tags.request) {
-            Launcher::Running => continue,
-            Launcher::Died => {
-                // It may have recorded the instance after `known` was read, then exited.
-                if app.store.knows_instance(&i.id)? {
-                    continue;
+        if !ours(ctx, i)? {
+            if let Some(store) = &tags.store {
+                foreign
+                    .entry((tags.owner.clone(), tags.cluster.clone(), store.clone()))
+                    .or_default()
+                    .push(i.id.clone());
+            }
+            continue;
+        }
+        match ctx.store.node(&i.id)? {
+            Some(n) if n.state.is_gone() || n.ended_at.is_some() => {
+                if !handled.contains(&n.cluster_id) {
+                    reopen.entry(n.cluster_id).or_default().push(i.clone());
                 }
             }
-            Launcher::Unknown => {
-                if i.launched_at
-                    .is_none_or(|t| now - t < ms(options.orphan_grace))
-                {
-                    continue;
+            Some(_) => {}
+            None => {
+                // A launch (or launch-slaves) in progress records its nodes right after its
+                // call returns: leave its instances alone while its launcher lives. A launcher
+                // that died cannot record them any more; without a lock to tell, give it time.
+                let unclaimed = match LaunchLock::launcher(ctx.state_dir, &tags.request) {
+                    Launcher::Running => false,
+                    Launcher::Died => true,
+                    Launcher::Unknown => i
+                        .launched_at
+                        .is_some_and(|t| now - t > ms(options.orphan_grace)),
+                };
+                if unclaimed {
+                    orphans
+                        .entry((tags.owner.clone(), tags.cluster.clone()))
+                        .or_default()
+                        .push(i.clone());
                 }
             }
         }
-        orphans
-            .entry(tags.cluster.clone())
-            .or_default()
-            .push(i.id.clone());
     }
-    let mut names: Vec<&ClusterName> = orphans.keys().collect();
-    names.sort_by_key(|n| n.as_str());
-    for name in names {
-        let ids = &orphans[name];
-        if !dry_run {
-            provider.terminate(ids).await?;
-            for i in tagged.iter().filter(|i| ids.contains(&i.id)) {
-                if let Some(t) = &i.tags {
-                    LaunchLock::clear(app, &t.request);
-                }
-            }
+    for (cluster_id, found) in reopen {
+        if let Some(c) = ctx.store.cluster_by_id(cluster_id)? {
+            steps.push(Step::Reopen(c, found));
         }
-        act(
-            name,
-            format!(
-                "terminated {} instance(s) no record knows: {}",
-                ids.len(),
-                ids.join(", ")
-            ),
-        );
     }
-    if !dry_run && !orphans.is_empty() {
-        let ids: Vec<String> = orphans.values().flatten().cloned().collect();
-        wait_gone(provider, &owner, None, &ids).await?;
+    for ((o, name), found) in orphans {
+        steps.push(Step::Orphans(o, name, found));
     }
 
     // Per-cluster resources of clusters that are gone. Listed first, the rows read after: a
     // launch records its row before it creates its group and key pair, so whatever is listed
     // here and belongs to a launch in progress has its live row read below.
-    let with_resources = provider.clusters_with_resources(Some(&owner)).await?;
-    let live_names: HashSet<ClusterName> = app
-        .store
-        .list_clusters(Some(&owner))?
-        .into_iter()
-        .filter(|c| c.state.is_live())
-        .map(|c| c.name)
-        .collect();
-    let still_running: HashSet<ClusterName> = provider
-        .describe(&Selector {
-            owner: Some(owner.clone()),
+    let resources = provider
+        .cluster_resources(&Selector {
+            owner: owner.cloned(),
             ..Default::default()
         })
-        .await?
+        .await?;
+    let live_names: BTreeSet<(Owner, ClusterName)> = ctx
+        .store
+        .list_clusters(owner)?
         .into_iter()
-        .filter(|i| !i.state.is_gone())
-        .filter_map(|i| i.tags.map(|t| t.cluster))
+        .filter(|c| c.state.is_live() || handled.contains(&c.id))
+        .map(|c| (c.owner, c.name))
         .collect();
-    for (o, name) in with_resources {
-        if o != owner || live_names.contains(&name) || still_running.contains(&name) {
+    let still_running: BTreeSet<(Owner, ClusterName)> = tagged
+        .iter()
+        .filter(|i| !i.state.is_gone())
+        .filter_map(|i| i.tags.as_ref().map(|t| (t.owner.clone(), t.cluster.clone())))
+        .collect();
+    let mut foreign_resources: BTreeMap<(Owner, ClusterName, StoreId), usize> = BTreeMap::new();
+    let mut released: BTreeSet<(Owner, ClusterName)> = BTreeSet::new();
+    for t in resources {
+        let key = (t.owner.clone(), t.cluster.clone());
+        let mine = match &t.store {
+            Some(s) => s == ctx.store.id(),
+            None => ctx.store.knows_request(t.request.as_str())?,
+        };
+        if !mine {
+            if let Some(s) = t.store {
+                *foreign_resources
+                    .entry((t.owner, t.cluster, s))
+                    .or_default() += 1;
+            }
             continue;
         }
-        if !dry_run {
-            provider.release(&cluster_ref(&owner, &name)).await?;
+        if live_names.contains(&key) || still_running.contains(&key) || !released.insert(key) {
+            continue;
         }
-        act(
-            &name,
-            "released the resources of a cluster that is gone".to_owned(),
-        );
+        steps.push(Step::Release(ClusterRef {
+            owner: t.owner,
+            name: t.cluster,
+            profile: t.profile,
+            request: t.request,
+            store: ctx.store.id().clone(),
+        }));
     }
-    Ok(actions)
+    let mut keys: BTreeSet<(Owner, ClusterName, StoreId)> = foreign.keys().cloned().collect();
+    keys.extend(foreign_resources.keys().cloned());
+    for k in keys {
+        let instances = foreign.remove(&k).unwrap_or_default();
+        let resources = foreign_resources.get(&k).copied().unwrap_or(0);
+        steps.push(Step::Foreign(k.0, k.1, k.2, instances, resources));
+    }
+    let half_made = provider.half_made(options.orphan_grace).await?;
+    if !half_made.is_empty() {
+        steps.push(Step::Tidy(half_made));
+    }
+    Ok(steps)
+}
+
+async fn carry_out<P: Provider>(ctx: Ctx<'_>, provider: &P, step: Step) -> Result<(), Error> {
+    match step {
+        Step::FinishTerminate(c) => {
+            terminate(ctx, provider, &c).await?;
+        }
+        Step::RollBack(c, why) => {
+            let was = c.state;
+            finish_rollback(ctx, provider, &c).await?;
+            ctx.store.transition(
+                c.id,
+                &[was],
+                ClusterState::Failed,
+                Some(&format!(
+                    "the launch was abandoned in state {} ({why}); rolled back by `stratus reconcile`",
+                    was.as_str()
+                )),
+            )?;
+            LaunchLock::clear(ctx.state_dir, &c.request_id);
+        }
+        Step::FinishRollback(c) => {
+            finish_rollback(ctx, provider, &c).await?;
+        }
+        Step::Strays {
+            cluster,
+            request,
+            found,
+            settle,
+        } => {
+            let ids: BTreeSet<String> = adopt(ctx, &cluster, &found, false)?.into_iter().collect();
+            terminate_ids(ctx, provider, &ids, &request_selector(ctx, &cluster, &request)).await?;
+            for token in settle {
+                ctx.store.settle_batch(&token)?;
+            }
+            LaunchLock::clear(ctx.state_dir, &request);
+        }
+        Step::Reopen(c, found) => {
+            let now = now_millis();
+            for i in &found {
+                ctx.store.reopen_node(&i.id, i.state, now)?;
+            }
+            let ids: BTreeSet<String> = found.into_iter().map(|i| i.id).collect();
+            terminate_ids(ctx, provider, &ids, &cluster_selector(ctx, &c)).await?;
+        }
+        Step::Orphans(owner, name, found) => {
+            let cluster = match ctx.store.find_cluster(&owner, &name)? {
+                Some(c) => c,
+                None => ctx.store.adopt_cluster(
+                    &owner,
+                    &name,
+                    provider.kind(),
+                    found
+                        .first()
+                        .and_then(|i| i.tags.as_ref())
+                        .map(|t| (t.profile.clone(), t.request.clone()))
+                        .unwrap_or_else(|| (String::new(), RequestId::new())),
+                )?,
+            };
+            for i in &found {
+                let request = i
+                    .tags
+                    .as_ref()
+                    .map(|t| t.request.to_string())
+                    .unwrap_or_default();
+                ctx.store
+                    .record_orphan(&cluster, &node_row(&cluster, &request, Role::Worker, 0, i))?;
+                if let Some(t) = &i.tags {
+                    LaunchLock::clear(ctx.state_dir, &t.request);
+                }
+            }
+            let ids: BTreeSet<String> = found.into_iter().map(|i| i.id).collect();
+            terminate_ids(ctx, provider, &ids, &cluster_selector(ctx, &cluster)).await?;
+        }
+        Step::Release(c) => provider.release(&c).await?,
+        Step::Foreign(..) => {}
+        Step::Tidy(dirs) => provider.remove_half_made(&dirs).await?,
+    }
+    Ok(())
 }
 
 /// Whether the process that was launching `c` died: its request's lock is free, and the row,
 /// read again after that (a launcher updates the row before it lets go of the lock), is still
 /// where the launch left it.
-fn launcher_died(app: &App, c: &ClusterRow) -> Result<bool, Error> {
-    if LaunchLock::launcher(app, &c.request_id) != Launcher::Died {
+fn launcher_died(ctx: Ctx<'_>, c: &ClusterRow) -> Result<bool, Error> {
+    if LaunchLock::launcher(ctx.state_dir, &c.request_id) != Launcher::Died {
         return Ok(false);
     }
-    let now = app.store.cluster_by_id(c.id)?.map(|r| r.state);
-    Ok(matches!(
-        now,
-        Some(ClusterState::Reserved | ClusterState::Requested)
-    ))
-}
-
-/// A reference to a cluster by owner and name, for releasing its resources (which are found by
-/// name and tags; profile and request do not matter there).
-fn cluster_ref(owner: &Owner, name: &ClusterName) -> ClusterRef {
-    ClusterRef {
-        owner: owner.clone(),
-        name: name.clone(),
-        profile: String::new(),
-        request: RequestId::from_stored(String::new()),
-    }
-}
-
-/// Waits until none of `ids` is live at the provider.
-async fn wait_gone<P: Provider>(
-    provider: &P,
-    owner: &Owner,
-    cluster: Option<&ClusterName>,
-    ids: &[String],
-) -> Result<(), Error> {
-    let deadline = Instant::now() + GONE_TIMEOUT;
-    let mut delay = Duration::from_millis(250);
-    let wanted: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
-    loop {
-        let left = provider
-            .describe(&Selector {
-                owner: Some(owner.clone()),
-                cluster: cluster.cloned(),
-                ..Default::default()
-            })
-            .await?
-            .into_iter()
-            .filter(|i| wanted.contains(i.id.as_str()) && !i.state.is_gone())
-            .count();
-        if left == 0 {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(Error::runtime(format!(
-                "{left} instances are still not terminated after {} minutes",
-                GONE_TIMEOUT.as_secs() / 60
-            )));
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(10));
-    }
+    Ok(ctx.store.cluster_state(c.id)? == Some(c.state))
 }
 
 /// What `delete-cluster` removed.
@@ -329,54 +596,39 @@ pub struct Deleted {
     pub instances: Vec<String>,
 }
 
-/// Removes everything tagged with the caller's cluster `name`: instances (terminated, waited
-/// for), then its per-cluster resources. Refuses a cluster the store holds as live: that is
+/// Removes everything of this store tagged with `owner`'s cluster `name`: instances (recorded
+/// if unknown, terminated, waited for), then its per-cluster resources, and takes the ended
+/// cluster off the list (its usage stays). Refuses a cluster the store holds as live: that is
 /// `terminate-cluster`'s job.
 pub async fn delete_cluster<P: Provider>(
-    app: &App,
+    ctx: Ctx<'_>,
     provider: &P,
-    name: &ClusterName,
+    cluster: &ClusterRow,
 ) -> Result<Deleted, Error> {
-    let owner = app.owner.clone();
-    let row = app.store.find_cluster(&owner, name)?;
-    if let Some(c) = &row
-        && c.state.is_live()
-    {
+    if cluster.state.is_live() {
         return Err(Error::invalid(format!(
-            "cluster {name} is {}; use `stratus terminate-cluster {name}`",
-            c.state.as_str()
+            "cluster {} is {}; use `stratus terminate-cluster {}`",
+            cluster.name,
+            cluster.state.as_str(),
+            cluster.name
         )));
     }
-    let selector = Selector {
-        owner: Some(owner.clone()),
-        cluster: Some(name.clone()),
-        ..Default::default()
-    };
-    let ids: Vec<String> = provider
-        .describe(&selector)
-        .await?
-        .into_iter()
-        .filter(|i| !i.state.is_gone())
-        .map(|i| i.id)
-        .collect();
-    if !ids.is_empty() {
-        provider.terminate(&ids).await?;
-        wait_gone(provider, &owner, Some(name), &ids).await?;
+    let selector = cluster_selector(ctx, cluster);
+    let tagged = provider.describe(&selector).await?;
+    let mut ids: BTreeSet<String> = adopt(ctx, cluster, &tagged, true)?.into_iter().collect();
+    ids.extend(live_nodes(ctx, cluster)?.into_iter().map(|n| n.instance_id));
+    terminate_ids(ctx, provider, &ids, &selector).await?;
+    let name_taken = ctx
+        .store
+        .find_cluster(&cluster.owner, &cluster.name)?
+        .is_some_and(|c| c.id != cluster.id && c.state.is_live());
+    if !name_taken {
+        provider
+            .release(&cluster_ref(cluster, ctx.store.id()))
+            .await?;
     }
-    provider.release(&cluster_ref(&owner, name)).await?;
-    if let Some(c) = &row {
-        let now = now_millis();
-        for n in app.store.nodes_of(c.id)? {
-            if !n.state.is_gone() {
-                app.store.observe_node(
-                    &n.instance_id,
-                    InstanceState::Terminated,
-                    None,
-                    None,
-                    now,
-                )?;
-            }
-        }
-    }
-    Ok(Deleted { instances: ids })
+    ctx.store.hide_cluster(cluster.id)?;
+    Ok(Deleted {
+        instances: ids.into_iter().collect(),
+    })
 }

@@ -401,6 +401,28 @@ impl Session {
         self.check(&format!("upload to {dest}"), out).map(drop)
     }
 
+    /// Opens a TCP connection from the node to `host:port` (SSH's direct-tcpip), as a stream.
+    pub async fn tunnel(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<russh::ChannelStream<client::Msg>, SshError> {
+        let channel = self
+            .handle
+            .channel_open_direct_tcpip(host, u32::from(port), "127.0.0.1", 0)
+            .await
+            .map_err(|source| SshError::Session {
+                node: self.node.clone(),
+                source,
+            })?;
+        Ok(channel.into_stream())
+    }
+
+    /// Whether the connection is gone.
+    pub fn is_closed(&self) -> bool {
+        self.handle.is_closed()
+    }
+
     pub async fn close(self) {
         let _ = self
             .handle

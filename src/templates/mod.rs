@@ -5,10 +5,12 @@
 //! (the default escaper turns `&` into `&amp;`, which breaks shell scripts).
 //!
 //! Two contexts exist, because a cloud launches master and workers together, before any address
-//! is known:
-//! - boot (user-data): cluster, owner, role, index, node name, request id, profile, env;
-//! - configure (pushed files): all of the above for the target node, plus `master`, `workers`
-//!   and `node` with their addresses.
+//! is known, and launches all the nodes of a role in one call, with one user-data:
+//! - boot (user-data, one per role): cluster, owner, role, request id, profile, env. A node learns
+//!   its own index at boot (EC2's `ami-launch-index` in the instance metadata, plus the batch's
+//!   first index in the `stratus:first-index` tag; `STRATUS_NODE_INDEX` on a local node);
+//! - configure (pushed files, per node): all of the above plus the node's `index` and
+//!   `node_name`, and `master`, `workers` and `node` with their addresses.
 //!
 //! Secrets are never part of either context; `check_user_data` also refuses rendered user-data
 //! that looks like it carries a private key or an AWS secret, since user-data is readable by
@@ -21,7 +23,7 @@ use handlebars::{Handlebars, RenderErrorReason, handlebars_helper};
 use serde::Serialize;
 
 use crate::cluster::profile::{Profile, RoleSettings};
-use crate::cluster::{Role, shell_quote};
+use crate::model::{Role, shell_quote};
 
 /// EC2 accepts at most 16 KB of user data; stratus sends it gzipped (cloud-init unpacks it).
 pub const USER_DATA_LIMIT: usize = 16 * 1024;
@@ -83,14 +85,12 @@ impl<'a> From<&'a Profile> for ProfileFacts<'a> {
     }
 }
 
-/// What user-data is rendered with.
+/// What user-data is rendered with: the same for every node of a role.
 #[derive(Debug, Clone, Serialize)]
 pub struct BootContext<'a> {
     pub cluster: &'a str,
     pub owner: &'a str,
     pub role: Role,
-    pub index: u32,
-    pub node_name: String,
     pub request_id: &'a str,
     pub profile: ProfileFacts<'a>,
     pub env: &'a BTreeMap<String, String>,
@@ -113,6 +113,8 @@ pub struct NodeFacts {
 pub struct ConfigureContext<'a> {
     #[serde(flatten)]
     pub boot: BootContext<'a>,
+    pub index: u32,
+    pub node_name: String,
     pub node: NodeFacts,
     pub master: NodeFacts,
     pub workers: Vec<NodeFacts>,
@@ -234,8 +236,6 @@ mod tests {
             cluster: "demo",
             owner: "alice",
             role: Role::Worker,
-            index: 2,
-            node_name: "demo-worker-2".into(),
             request_id: "req-1",
             profile: p.into(),
             env,
@@ -244,12 +244,12 @@ mod tests {
 
     #[test]
     fn renders_without_html_escaping() {
-        let p = profile("{{cluster}} {{role}} {{index}} {{env.X}} && {{quote env.Y}}");
+        let p = profile("{{cluster}} {{role}} {{env.X}} && {{quote env.Y}}");
         let env = BTreeMap::from([("X".into(), "a&b".into()), ("Y".into(), "it's".into())]);
         let r = Renderer::for_profile(&p).unwrap();
         assert_eq!(
             r.user_data("t.hbs", &ctx(&p, &env)).unwrap(),
-            r"demo worker 2 a&b && 'it'\''s'"
+            r"demo worker a&b && 'it'\''s'"
         );
     }
 
@@ -287,6 +287,18 @@ mod tests {
             Err(TemplateError::Secret { .. })
         ));
         assert!(check_user_data("t", &"echo hello\n".repeat(5000)).is_ok());
+    }
+
+    #[test]
+    fn user_data_is_per_role_and_knows_no_node_index() {
+        let p = profile("{{node_name}}");
+        let env = BTreeMap::new();
+        let err = Renderer::for_profile(&p)
+            .unwrap()
+            .user_data("t.hbs", &ctx(&p, &env))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("node_name"), "{err}");
     }
 
     #[test]

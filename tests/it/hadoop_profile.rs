@@ -20,32 +20,23 @@ fn profile(name: &str) -> Profile {
     ProfileSet::load(None).unwrap().resolve(name).unwrap()
 }
 
-fn boot<'a>(
-    p: &'a Profile,
-    env: &'a BTreeMap<String, String>,
-    role: Role,
-    index: u32,
-) -> BootContext<'a> {
+fn boot<'a>(p: &'a Profile, env: &'a BTreeMap<String, String>, role: Role) -> BootContext<'a> {
     BootContext {
         cluster: "demo",
         owner: "alice",
         role,
-        index,
-        node_name: match role {
-            Role::Master => "demo-master".into(),
-            Role::Worker => format!("demo-worker-{index}"),
-        },
         request_id: REQUEST,
         profile: p.into(),
         env,
     }
 }
 
-fn user_data(p: &Profile, role: Role, index: u32) -> String {
+/// The user-data of a role: the same for every node of it (they launch in one call).
+fn user_data(p: &Profile, role: Role) -> String {
     let env = BTreeMap::new();
     Renderer::for_profile(p)
         .unwrap()
-        .user_data(&p.role(role).user_data, &boot(p, &env, role, index))
+        .user_data(&p.role(role).user_data, &boot(p, &env, role))
         .unwrap()
 }
 
@@ -78,7 +69,9 @@ fn pushed(p: &Profile) -> BTreeMap<String, String> {
             _ => master.clone(),
         };
         let ctx = ConfigureContext {
-            boot: boot(p, &env, node.role, node.index),
+            boot: boot(p, &env, node.role),
+            index: node.index,
+            node_name: node.name.clone(),
             node,
             master: master.clone(),
             workers: workers.clone(),
@@ -170,16 +163,16 @@ fn the_shipped_profiles_resolve_for_ec2() {
     assert!(s.worker.spot);
     // Spot changes what EC2 is asked for, not what the nodes run.
     assert_eq!(
-        user_data(&h, Role::Worker, 1),
-        user_data(&s, Role::Worker, 1)
+        user_data(&h, Role::Worker),
+        user_data(&s, Role::Worker)
     );
 }
 
 #[test]
 fn rendered_scripts_match_their_snapshots() {
     let h = profile("hadoop");
-    assert_snapshot("master-user-data.sh", &user_data(&h, Role::Master, 0));
-    assert_snapshot("worker-user-data.sh", &user_data(&h, Role::Worker, 2));
+    assert_snapshot("master-user-data.sh", &user_data(&h, Role::Master));
+    assert_snapshot("worker-user-data.sh", &user_data(&h, Role::Worker));
     let files = pushed(&h);
     assert_snapshot("configure.sh", &files[".stratus/hadoop-configure.sh"]);
     assert_eq!(files[".stratus/hadoop-master"], "10.0.0.10\n");
@@ -187,14 +180,14 @@ fn rendered_scripts_match_their_snapshots() {
     pre.vars.insert("hadoop_preinstalled".into(), true.into());
     assert_snapshot(
         "master-user-data-preinstalled.sh",
-        &user_data(&pre, Role::Master, 0),
+        &user_data(&pre, Role::Master),
     );
 }
 
 #[test]
 fn user_data_installs_a_pinned_hadoop_with_retries_unless_preinstalled() {
     let h = profile("hadoop");
-    let ud = user_data(&h, Role::Master, 0);
+    let ud = user_data(&h, Role::Master);
     let version = h.vars["hadoop_version"].as_str().unwrap();
     assert!(
         ud.contains(&format!("hadoop_version={version}\n")),
@@ -212,7 +205,7 @@ fn user_data_installs_a_pinned_hadoop_with_retries_unless_preinstalled() {
     );
     let mut pre = h.clone();
     pre.vars.insert("hadoop_preinstalled".into(), true.into());
-    let ud = user_data(&pre, Role::Master, 0);
+    let ud = user_data(&pre, Role::Master);
     assert!(
         !ud.contains("apt_get install"),
         "a preinstalled image installs nothing"
@@ -230,7 +223,7 @@ fn user_data_installs_a_pinned_hadoop_with_retries_unless_preinstalled() {
     pinned
         .vars
         .insert("hadoop_sha512".into(), "ab".repeat(64).into());
-    let ud = user_data(&pinned, Role::Worker, 1);
+    let ud = user_data(&pinned, Role::Worker);
     assert!(
         ud.contains(&format!("sha512={}\n", "ab".repeat(64))),
         "{ud}"
@@ -246,26 +239,26 @@ fn all_scripts() -> Vec<(String, String)> {
     let mut scripts = vec![
         (
             "master user-data".to_owned(),
-            user_data(&h, Role::Master, 0),
+            user_data(&h, Role::Master),
         ),
         (
             "worker user-data".to_owned(),
-            user_data(&h, Role::Worker, 1),
+            user_data(&h, Role::Worker),
         ),
         (
             "preinstalled master user-data".to_owned(),
-            user_data(&pre, Role::Master, 0),
+            user_data(&pre, Role::Master),
         ),
         (
             "preinstalled worker user-data".to_owned(),
-            user_data(&pre, Role::Worker, 1),
+            user_data(&pre, Role::Worker),
         ),
         (
             "configure.sh".to_owned(),
             pushed(&h)[".stratus/hadoop-configure.sh"].clone(),
         ),
     ];
-    for (path, body) in embedded_files(&user_data(&h, Role::Master, 0)) {
+    for (path, body) in embedded_files(&user_data(&h, Role::Master)) {
         scripts.push((path, body));
     }
     scripts
@@ -326,7 +319,7 @@ struct Sandbox {
 impl Sandbox {
     fn new() -> Self {
         let h = profile("hadoop");
-        let files = embedded_files(&user_data(&h, Role::Master, 0));
+        let files = embedded_files(&user_data(&h, Role::Master));
         let dir = tempfile::tempdir().unwrap();
         let p = |rel: &str| dir.path().join(rel);
         std::fs::create_dir_all(p("conf")).unwrap();
@@ -617,7 +610,7 @@ fn hadoop_spot_launches_on_moto_with_the_rendered_user_data() {
         "hadoop-spot",
         "--no-configure",
     ]);
-    let owner = stratus::cluster::Owner::current().unwrap().to_string();
+    let owner = stratus::caller::Caller::from_real_uid().unwrap().owner.to_string();
     let p = profile("hadoop-spot");
     let instances = moto.instances(&[("tag:stratus:cluster", "hs")]);
     assert_eq!(instances.len(), 3);
@@ -626,11 +619,18 @@ fn hadoop_spot_launches_on_moto_with_the_rendered_user_data() {
         let t = i.tags();
         let request = tag(t, "stratus:request").unwrap();
         let role = Role::parse(tag(t, "stratus:role").unwrap()).unwrap();
-        let name = tag(t, "Name").unwrap();
         let index = match role {
             Role::Master => 0,
-            Role::Worker => name.rsplit('-').next().unwrap().parse().unwrap(),
+            Role::Worker => {
+                let first: u32 = tag(t, "stratus:first-index").unwrap().parse().unwrap();
+                first + u32::try_from(i.ami_launch_index().unwrap()).unwrap()
+            }
         };
+        let name = stratus::model::node_name(
+            &stratus::model::ClusterName::parse("hs").unwrap(),
+            role,
+            index,
+        );
         assert_eq!(i.image_id(), Some(p.master.image.as_str()));
         assert_eq!(
             i.instance_lifecycle().is_some(),
@@ -642,8 +642,6 @@ fn hadoop_spot_launches_on_moto_with_the_rendered_user_data() {
             cluster: "hs",
             owner: &owner,
             role,
-            index,
-            node_name: name.to_owned(),
             request_id: request,
             profile: (&p).into(),
             env: &env,

@@ -351,7 +351,7 @@ fn a_launch_whose_process_dies_is_rolled_back_by_the_next_launch() {
     // The next launch reconciles first: the abandoned one is rolled back, at once.
     let r = ctx.ok(&["launch-master", "next"]);
     assert!(
-        r.stderr.contains("crash") && r.stderr.contains("process died"),
+        r.stderr.contains("crash") && r.stderr.contains("launcher died"),
         "{r}"
     );
     let c = ctx.cluster_json("crash");
@@ -411,15 +411,14 @@ fn a_worker_that_never_answers_is_replaced() {
     let dead: Vec<&Value> = ns.iter().filter(|n| n["state"] == "terminated").collect();
     assert_eq!(running.len(), 3, "{c:#}");
     assert_eq!(dead.len(), 1, "the hung worker was terminated: {c:#}");
-    // The replacement took the failed worker's place: two workers named 1 and 2 are up.
+    // The replacement is a new node (a launch call of its own, as on EC2): the hung worker's
+    // index is not reused, so two workers are up, one of them worker 3.
     let names: BTreeSet<&str> = running
         .iter()
         .map(|n| n["name"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        names,
-        BTreeSet::from(["rep-master", "rep-worker-1", "rep-worker-2"])
-    );
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(names.contains("rep-master") && names.contains("rep-worker-3"), "{names:?}");
     let r = ctx.ok(&["exec", "rep", "--", "cat", "workers-check.log"]);
     assert!(
         r.stdout.contains("2 workers reachable, 0 unreachable"),
@@ -467,8 +466,12 @@ fn sigterm_during_a_launch_rolls_it_back() {
     stratus::sys::kill(launcher.id(), libc::SIGTERM).unwrap();
     let out = launcher.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("terminated by a signal"), "{stderr}");
+    // 128 + SIGTERM, as a shell reports a command a signal ended; the launch rolled back first.
+    assert_eq!(out.status.code(), Some(143), "{stderr}");
+    assert!(
+        stderr.contains("launch terminated by a signal; everything it launched was terminated"),
+        "{stderr}"
+    );
     let c = ctx.cluster_json("sig");
     assert_eq!(c["state"], "failed");
     assert!(

@@ -1,21 +1,23 @@
 //! The provider seam: one trait, spoken in stratus's own types, with an implementation per
-//! cloud. The launch orchestration only ever talks to this trait; the EC2 adapter converts to and
-//! from SDK types at its edge, and the local provider runs nodes as processes on this machine.
+//! cloud, and `AnyProvider`, the one dispatch over them that commands build once. The launch
+//! orchestration only ever talks to this trait; the EC2 adapter converts to and from SDK types at
+//! its edge, and the local provider runs nodes as processes on this machine.
 //!
-//! Launching is per node (each node has its own rendered user-data), so the orchestration decides
-//! the concurrency, replaces failed workers and rolls back; a provider only has to do each step
+//! Launching is per batch: all the nodes of one role in one call (one RunInstances on EC2, with
+//! one idempotency token), so a launch costs the same few calls at 1+1 as at 1+100. The
+//! orchestration replaces failed workers and rolls back; a provider only has to do each step
 //! once, tag everything it creates as it creates it, and describe what exists truthfully.
 
 pub mod ec2;
 pub mod local;
 
 use std::future::Future;
+use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::cluster::{ClusterName, Owner, RequestId, Role, Tags};
-use crate::config::ProviderKind;
-use crate::store::Millis;
+pub use crate::model::InstanceState;
+use crate::model::{ClusterName, Millis, Owner, ProviderKind, RequestId, Role, StoreId, Tags};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
@@ -50,67 +52,6 @@ impl ProviderError {
     }
 }
 
-/// An instance's state, in EC2's words.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum InstanceState {
-    Pending,
-    Running,
-    Stopping,
-    Stopped,
-    ShuttingDown,
-    Terminated,
-    Unknown,
-}
-
-impl InstanceState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            InstanceState::Pending => "pending",
-            InstanceState::Running => "running",
-            InstanceState::Stopping => "stopping",
-            InstanceState::Stopped => "stopped",
-            InstanceState::ShuttingDown => "shutting-down",
-            InstanceState::Terminated => "terminated",
-            InstanceState::Unknown => "unknown",
-        }
-    }
-
-    pub fn parse(s: &str) -> Self {
-        match s {
-            "pending" => InstanceState::Pending,
-            "running" => InstanceState::Running,
-            "stopping" => InstanceState::Stopping,
-            "stopped" => InstanceState::Stopped,
-            "shutting-down" => InstanceState::ShuttingDown,
-            "terminated" => InstanceState::Terminated,
-            _ => InstanceState::Unknown,
-        }
-    }
-
-    /// Gone for good: it will never run again and no longer bills.
-    pub fn is_gone(self) -> bool {
-        matches!(
-            self,
-            InstanceState::ShuttingDown | InstanceState::Terminated
-        )
-    }
-
-    /// Billed by the hour in this state.
-    pub fn is_billed(self) -> bool {
-        matches!(
-            self,
-            InstanceState::Pending | InstanceState::Running | InstanceState::Stopping
-        )
-    }
-}
-
-impl std::fmt::Display for InstanceState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// The cluster a provider call is about.
 #[derive(Debug, Clone)]
 pub struct ClusterRef {
@@ -119,6 +60,22 @@ pub struct ClusterRef {
     pub profile: String,
     /// The request that created the cluster (per-cluster resources carry it).
     pub request: RequestId,
+    /// The state database the cluster belongs to (every resource carries it).
+    pub store: StoreId,
+}
+
+impl ClusterRef {
+    /// The tags of the cluster's own resources (its group and key pair): no role.
+    pub fn tags(&self) -> Tags {
+        Tags {
+            owner: self.owner.clone(),
+            cluster: self.name.clone(),
+            role: None,
+            profile: self.profile.clone(),
+            request: self.request.clone(),
+            store: Some(self.store.clone()),
+        }
+    }
 }
 
 /// How stratus reaches the nodes: the user, and the cluster's public key to authorise.
@@ -129,15 +86,21 @@ pub struct SshAccess {
     pub public_key: String,
     /// The port the image's sshd listens on (a provider may use its own, see `Instance`).
     pub port: u16,
-    /// Extra ports (web UIs) the profile wants reachable from the client networks.
+    /// Extra ports the profile lists; EC2 opens them only to the site's `ui_cidrs`.
     pub web_ports: Vec<u16>,
 }
 
-/// One node to launch.
+/// The nodes of one role to launch in one call. They share their user-data and tags; node `k` of
+/// the batch (its launch index) is node `first_index + k` of the cluster.
 #[derive(Debug, Clone)]
-pub struct NodeSpec {
+pub struct BatchSpec {
     pub role: Role,
-    pub index: u32,
+    pub first_index: u32,
+    /// How many nodes are wanted.
+    pub count: u32,
+    /// The fewest the call may launch and still succeed (EC2's MinCount).
+    pub min_count: u32,
+    /// `demo-master`, `demo-worker`: what the nodes are called at the provider.
     pub name: String,
     pub image: String,
     pub instance_type: String,
@@ -145,8 +108,24 @@ pub struct NodeSpec {
     pub volume_gb: Option<u32>,
     pub user_data: String,
     pub tags: Tags,
-    /// Idempotency token for this node (EC2's ClientToken): the request id plus the node.
+    /// Idempotency token of the call (EC2's ClientToken): a retried call never launches twice.
     pub client_token: String,
+}
+
+/// What a launch call created. A call may create some instances and still fail (a local node
+/// that did not start): the ones it created are listed either way, so they are recorded.
+#[derive(Debug)]
+pub struct Launched {
+    pub instances: Vec<Instance>,
+    pub error: Option<ProviderError>,
+}
+
+/// What a terminate call could not act on yet.
+#[derive(Debug, Default)]
+pub struct TerminateReport {
+    /// Ids the provider says it does not know. Right after a launch that is EC2's eventual
+    /// consistency, not proof of anything: these must be asked again.
+    pub not_found: Vec<String>,
 }
 
 /// An instance as the provider reports it.
@@ -178,6 +157,7 @@ pub struct Selector {
     pub owner: Option<Owner>,
     pub cluster: Option<ClusterName>,
     pub request: Option<RequestId>,
+    pub store: Option<StoreId>,
 }
 
 impl Selector {
@@ -185,11 +165,19 @@ impl Selector {
         self.owner.as_ref().is_none_or(|o| *o == tags.owner)
             && self.cluster.as_ref().is_none_or(|c| *c == tags.cluster)
             && self.request.as_ref().is_none_or(|r| *r == tags.request)
+            && self
+                .store
+                .as_ref()
+                .is_none_or(|s| tags.store.as_ref() == Some(s))
     }
 }
 
 pub trait Provider: Send + Sync {
     fn kind(&self) -> ProviderKind;
+
+    /// How long a new instance may be missing from `describe`, or unknown to `terminate`,
+    /// before that means anything (EC2 is eventually consistent).
+    fn consistency_grace(&self) -> Duration;
 
     /// Creates the per-cluster resources (EC2: security group and key pair). Idempotent.
     fn prepare(
@@ -198,13 +186,13 @@ pub trait Provider: Send + Sync {
         access: &SshAccess,
     ) -> impl Future<Output = Result<(), ProviderError>> + Send;
 
-    /// Launches one node, tagged from the moment it exists.
+    /// Launches one batch of nodes, tagged from the moment they exist.
     fn launch(
         &self,
         cluster: &ClusterRef,
         access: &SshAccess,
-        node: &NodeSpec,
-    ) -> impl Future<Output = Result<Instance, ProviderError>> + Send;
+        batch: &BatchSpec,
+    ) -> impl Future<Output = Launched> + Send;
 
     /// Every instance matching the selector, terminated ones included while the provider still
     /// reports them.
@@ -213,25 +201,127 @@ pub trait Provider: Send + Sync {
         selector: &Selector,
     ) -> impl Future<Output = Result<Vec<Instance>, ProviderError>> + Send;
 
-    /// Terminates instances and returns once the provider has them shutting down or gone.
-    fn terminate(&self, ids: &[String]) -> impl Future<Output = Result<(), ProviderError>> + Send;
-
-    /// The clusters (owner, name) holding per-cluster resources at the provider (EC2: security
-    /// groups and key pairs), all owners' with `None`: `reconcile` releases those of clusters
-    /// that are gone. Providers without such resources have none to report.
-    fn clusters_with_resources(
+    /// Asks for instances to be terminated. Ids the provider does not know are reported, not
+    /// taken as gone.
+    fn terminate(
         &self,
-        owner: Option<&Owner>,
-    ) -> impl Future<Output = Result<Vec<(Owner, ClusterName)>, ProviderError>> + Send {
-        let _ = owner;
+        ids: &[String],
+    ) -> impl Future<Output = Result<TerminateReport, ProviderError>> + Send;
+
+    /// The tags of the per-cluster resources (EC2: security groups and key pairs) matching the
+    /// selector: `reconcile` releases those of clusters that are gone. Providers without such
+    /// resources have none to report.
+    fn cluster_resources(
+        &self,
+        selector: &Selector,
+    ) -> impl Future<Output = Result<Vec<Tags>, ProviderError>> + Send {
+        let _ = selector;
         std::future::ready(Ok(Vec::new()))
     }
 
-    /// Deletes the per-cluster resources once none of its instances is left.
+    /// Deletes the per-cluster resources once none of its instances is left. Only resources
+    /// carrying the cluster's store id are touched.
     fn release(
         &self,
         cluster: &ClusterRef,
     ) -> impl Future<Output = Result<(), ProviderError>> + Send;
+
+    /// Leftovers of node starts that never got as far as a node (the local provider's node
+    /// directories without a configuration), older than `grace`.
+    fn half_made(
+        &self,
+        grace: Duration,
+    ) -> impl Future<Output = Result<Vec<String>, ProviderError>> + Send {
+        let _ = grace;
+        std::future::ready(Ok(Vec::new()))
+    }
+
+    /// Removes what `half_made` listed.
+    fn remove_half_made(
+        &self,
+        leftovers: &[String],
+    ) -> impl Future<Output = Result<(), ProviderError>> + Send {
+        let _ = leftovers;
+        std::future::ready(Ok(()))
+    }
+}
+
+/// The providers a command may use, as one type: built once per command and passed down.
+pub enum AnyProvider {
+    Local(local::LocalProvider),
+    Ec2(Box<ec2::Ec2Provider>),
+}
+
+impl Provider for AnyProvider {
+    fn kind(&self) -> ProviderKind {
+        match self {
+            AnyProvider::Local(p) => p.kind(),
+            AnyProvider::Ec2(p) => p.kind(),
+        }
+    }
+
+    fn consistency_grace(&self) -> Duration {
+        match self {
+            AnyProvider::Local(p) => p.consistency_grace(),
+            AnyProvider::Ec2(p) => p.consistency_grace(),
+        }
+    }
+
+    async fn prepare(&self, cluster: &ClusterRef, access: &SshAccess) -> Result<(), ProviderError> {
+        match self {
+            AnyProvider::Local(p) => p.prepare(cluster, access).await,
+            AnyProvider::Ec2(p) => p.prepare(cluster, access).await,
+        }
+    }
+
+    async fn launch(&self, cluster: &ClusterRef, access: &SshAccess, batch: &BatchSpec) -> Launched {
+        match self {
+            AnyProvider::Local(p) => p.launch(cluster, access, batch).await,
+            AnyProvider::Ec2(p) => p.launch(cluster, access, batch).await,
+        }
+    }
+
+    async fn describe(&self, selector: &Selector) -> Result<Vec<Instance>, ProviderError> {
+        match self {
+            AnyProvider::Local(p) => p.describe(selector).await,
+            AnyProvider::Ec2(p) => p.describe(selector).await,
+        }
+    }
+
+    async fn terminate(&self, ids: &[String]) -> Result<TerminateReport, ProviderError> {
+        match self {
+            AnyProvider::Local(p) => p.terminate(ids).await,
+            AnyProvider::Ec2(p) => p.terminate(ids).await,
+        }
+    }
+
+    async fn cluster_resources(&self, selector: &Selector) -> Result<Vec<Tags>, ProviderError> {
+        match self {
+            AnyProvider::Local(p) => p.cluster_resources(selector).await,
+            AnyProvider::Ec2(p) => p.cluster_resources(selector).await,
+        }
+    }
+
+    async fn release(&self, cluster: &ClusterRef) -> Result<(), ProviderError> {
+        match self {
+            AnyProvider::Local(p) => p.release(cluster).await,
+            AnyProvider::Ec2(p) => p.release(cluster).await,
+        }
+    }
+
+    async fn half_made(&self, grace: Duration) -> Result<Vec<String>, ProviderError> {
+        match self {
+            AnyProvider::Local(p) => p.half_made(grace).await,
+            AnyProvider::Ec2(p) => p.half_made(grace).await,
+        }
+    }
+
+    async fn remove_half_made(&self, leftovers: &[String]) -> Result<(), ProviderError> {
+        match self {
+            AnyProvider::Local(p) => p.remove_half_made(leftovers).await,
+            AnyProvider::Ec2(p) => p.remove_half_made(leftovers).await,
+        }
+    }
 }
 
 /// Checks an IPv4 CIDR block such as `203.0.113.0/24`.

@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use aws_sdk_ec2::types::{Filter, InstanceStateName};
 use stratus::cluster::provider::local::LocalProvider;
-use stratus::cluster::provider::{NodeSpec, Provider, SshAccess};
-use stratus::cluster::{ClusterName, Owner, RequestId, Role, Tags};
+use stratus::cluster::provider::{BatchSpec, Provider, SshAccess};
+use stratus::model::{ClusterName, Owner, RequestId, Role, StoreId, Tags, node_name};
 
 use super::ec2_moto::{client, tag};
 
@@ -126,7 +126,7 @@ async fn run(
                 Some(InstanceStateName::Running)
                     if !nodes.contains_key(&id) && !refused.contains(&id) =>
                 {
-                    let name = tag(i.tags(), "Name").unwrap_or_default().to_owned();
+                    let name = instance_node_name(&i).unwrap_or_default();
                     if config.never_boot.contains(&name) {
                         refused.insert(id);
                         continue;
@@ -189,6 +189,26 @@ async fn describe(
     Ok(out)
 }
 
+/// The node an instance is: its role tag, and for a worker the batch's first index (a tag) plus
+/// its launch index within the batch.
+fn instance_index(i: &aws_sdk_ec2::types::Instance) -> Option<(Role, u32)> {
+    let role = tag(i.tags(), "stratus:role").and_then(Role::parse)?;
+    let index = match role {
+        Role::Master => 0,
+        Role::Worker => {
+            let first: u32 = tag(i.tags(), "stratus:first-index")?.parse().ok()?;
+            first + u32::try_from(i.ami_launch_index()?).ok()?
+        }
+    };
+    Some((role, index))
+}
+
+fn instance_node_name(i: &aws_sdk_ec2::types::Instance) -> Option<String> {
+    let cluster = ClusterName::parse(tag(i.tags(), "stratus:cluster")?).ok()?;
+    let (role, index) = instance_index(i)?;
+    Some(node_name(&cluster, role, index))
+}
+
 /// Boots one instance as a local node at its private IP.
 async fn boot(
     ec2: &aws_sdk_ec2::Client,
@@ -238,25 +258,21 @@ async fn boot(
         role: tag(tags, "stratus:role").and_then(Role::parse),
         profile: get("stratus:profile")?.to_owned(),
         request: RequestId::from_stored(get("stratus:request")?.to_owned()),
+        store: tag(tags, "stratus:store").map(|s| StoreId::from_stored(s.to_owned())),
     };
-    let role = node_tags.role.ok_or("no role tag")?;
-    let name = get("Name")?.to_owned();
-    let index = name
-        .rsplit('-')
-        .next()
-        .and_then(|n| n.parse().ok())
-        .filter(|_| role == Role::Worker)
-        .unwrap_or(0);
+    let (role, index) = instance_index(i).ok_or("no role or index tags")?;
     let access = SshAccess {
         user: config.user.clone(),
         public_key,
         port: config.port,
         web_ports: vec![],
     };
-    let spec = NodeSpec {
+    let spec = BatchSpec {
         role,
-        index,
-        name,
+        first_index: index,
+        count: 1,
+        min_count: 1,
+        name: get("Name")?.to_owned(),
         image: i.image_id().unwrap_or_default().to_owned(),
         instance_type: i
             .instance_type()
@@ -269,7 +285,7 @@ async fn boot(
         client_token: String::new(),
     };
     let node = local
-        .launch_at(ip, config.port, &access, &spec)
+        .launch_at(ip, config.port, &access, &spec, index)
         .await
         .map_err(|e| format!("boot at {ip}:{}: {e}", config.port))?;
     Ok(node.id)

@@ -171,7 +171,7 @@ impl Drop for TestContext {
 /// The pid of the live node process of a node directory (the holder of its lock).
 pub fn node_pid(dir: &Path) -> Option<u32> {
     let f = std::fs::File::open(dir.join("node.lock")).ok()?;
-    stratus::sys::lock_holder(&f).ok().flatten()
+    stratus::sys::lock_holder(&f).ok().and_then(|h| h.pid())
 }
 
 /// Every process whose environment marks it as started by this node.

@@ -2,45 +2,47 @@
 //! and timeouts are all set here, so nothing of the caller's AWS config files decides where
 //! stratus's calls go or with which identity (DESIGN.md, "What the runner must not trust").
 //!
-//! Credentials come from, in order: `credentials_file` (the service account's INI file, read by
-//! stratus itself, static keys only: a credentials file cannot make stratus run a program), a
-//! named `profile` in the shared AWS files, else the SDK's standard chain.
+//! Credentials are static keys read by stratus itself (see `credentials`): no source can make
+//! stratus run a program or ask a metadata service. With `Trust::Service` (the runner of a
+//! multi-user install) nothing comes from the environment: not the endpoint, not credentials,
+//! not proxies (the HTTP client is built here with none), not certificate locations (the trust
+//! store is the system's bundle, named here).
 
 use std::path::Path;
 use std::time::Duration;
 
 use aws_sdk_ec2::config::retry::RetryConfig;
 use aws_sdk_ec2::config::timeout::TimeoutConfig;
-use aws_sdk_ec2::config::{
-    BehaviorVersion, Credentials, ProvideCredentials, Region, SharedCredentialsProvider,
-};
+use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region, SharedCredentialsProvider};
 
 use super::error::Context;
 use crate::cluster::provider::ProviderError;
-use crate::config::Ec2Config;
+use crate::config::{Ec2Config, Trust};
 
-/// Attempts per call, the first included; the SDK's standard retry strategy (exponential
-/// backoff with jitter, throttling and transient errors only).
-const MAX_ATTEMPTS: u32 = 4;
+/// Attempts per call, the first included. The SDK's adaptive retry mode backs off with jitter on
+/// throttling and transient errors, and on throttling also slows the client's own sending rate,
+/// so a class launching at once against EC2's RunInstances bucket slows down instead of failing.
+const MAX_ATTEMPTS: u32 = 8;
+/// The system's CA bundle (Debian's), the trust store of a runner.
+const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// One attempt of one call. A RunInstances answer takes a few seconds at worst.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 /// One call, retries included.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(120);
-/// Resolving credentials once at start-up (the standard chain may ask an instance's metadata
-/// service).
-const CREDENTIALS_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The endpoint to use: the site config's, else the standard `AWS_ENDPOINT_URL_EC2` or
-/// `AWS_ENDPOINT_URL`. In a multi-user install the runner's environment is scrubbed by the
-/// setuid wrapper, so these only ever come from the service account's own setup.
-fn endpoint(config: &Ec2Config) -> Result<Option<String>, ProviderError> {
+/// The endpoint to use: the site config's, else (for a user's own command only) the standard
+/// `AWS_ENDPOINT_URL_EC2` or `AWS_ENDPOINT_URL`.
+fn endpoint(config: &Ec2Config, trust: Trust) -> Result<Option<String>, ProviderError> {
     let from_env = || {
         ["AWS_ENDPOINT_URL_EC2", "AWS_ENDPOINT_URL"]
             .iter()
             .find_map(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
     };
-    let url = config.endpoint_url.clone().or_else(from_env);
+    let url = match trust {
+        Trust::Caller => config.endpoint_url.clone().or_else(from_env),
+        Trust::Service => config.endpoint_url.clone(),
+    };
     if let Some(u) = &url
         && !(u.starts_with("http://") || u.starts_with("https://"))
     {
@@ -51,24 +53,46 @@ fn endpoint(config: &Ec2Config) -> Result<Option<String>, ProviderError> {
     Ok(url)
 }
 
+/// The HTTPS client: rustls, never a proxy (this version of the SDK's client reads no proxy
+/// variables, and none is configured here), and for a runner the system's CA bundle rather than
+/// whatever `SSL_CERT_FILE` or `SSL_CERT_DIR` would name.
+fn http_client(
+    trust: Trust,
+) -> Result<aws_sdk_ec2::config::SharedHttpClient, ProviderError> {
+    use aws_smithy_http_client::tls::{self, TlsContext, TrustStore, rustls_provider::CryptoMode};
+    let mut builder = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc));
+    if trust == Trust::Service
+        && let Ok(pem) = std::fs::read(SYSTEM_CA_BUNDLE)
+    {
+        let context = TlsContext::builder()
+            .with_trust_store(TrustStore::empty().with_pem_certificate(pem))
+            .build()
+            .map_err(|e| ProviderError::Other(format!("cannot set up TLS: {e}")))?;
+        builder = builder.tls_context(context);
+    }
+    Ok(builder.build_https())
+}
+
 pub(super) struct Built {
     pub client: aws_sdk_ec2::Client,
     pub context: Context,
 }
 
-pub(super) async fn build(config: &Ec2Config) -> Result<Built, ProviderError> {
+pub(super) async fn build(config: &Ec2Config, trust: Trust) -> Result<Built, ProviderError> {
     if config.region.trim().is_empty() {
         return Err(ProviderError::InvalidRequest(
             "[ec2] region must not be empty".into(),
         ));
     }
-    let endpoint = endpoint(config)?;
-    let (credentials, described) = credentials(config).await?;
+    let endpoint = endpoint(config, trust)?;
+    let (credentials, described) = credentials(config, trust)?;
     let mut builder = aws_sdk_ec2::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new(config.region.clone()))
         .credentials_provider(credentials)
-        .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
+        .http_client(http_client(trust)?)
+        .retry_config(RetryConfig::adaptive().with_max_attempts(MAX_ATTEMPTS))
         .timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(CONNECT_TIMEOUT)
@@ -92,10 +116,17 @@ pub(super) async fn build(config: &Ec2Config) -> Result<Built, ProviderError> {
     })
 }
 
-/// The credentials provider, checked once so a missing or unreadable credential is reported
-/// before anything is attempted, and a description of where it came from for messages.
-async fn credentials(
+/// The credentials, and a description of where they came from for messages. Static keys only,
+/// read by stratus itself: no source can make stratus run a program (`credential_process`) or
+/// reach a metadata service.
+///
+/// With `Trust::Service` (the runner) only `credentials_file` counts. With `Trust::Caller` (a
+/// user's own command): `credentials_file`, else the environment's `AWS_ACCESS_KEY_ID` and
+/// `AWS_SECRET_ACCESS_KEY`, else the named `profile` (or `AWS_PROFILE`, or `default`) of the
+/// shared credentials file (`AWS_SHARED_CREDENTIALS_FILE`, or `~/.aws/credentials`).
+fn credentials(
     config: &Ec2Config,
+    trust: Trust,
 ) -> Result<(SharedCredentialsProvider, String), ProviderError> {
     if let Some(path) = &config.credentials_file {
         let profile = config.profile.as_deref().unwrap_or("default");
@@ -106,38 +137,46 @@ async fn credentials(
         let creds = read_credentials_file(path, profile)?;
         return Ok((SharedCredentialsProvider::new(creds), described));
     }
-    let (provider, described) = match &config.profile {
-        Some(name) => (
-            SharedCredentialsProvider::new(
-                aws_config::profile::ProfileFileCredentialsProvider::builder()
-                    .profile_name(name)
-                    .build(),
-            ),
-            format!("the AWS profile {name} in the shared AWS config files"),
-        ),
-        None => (
-            SharedCredentialsProvider::new(
-                aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
-                    .region(Region::new(config.region.clone()))
-                    .build()
-                    .await,
-            ),
-            "the standard AWS credential sources (set credentials_file or profile under [ec2] in the site config)".to_owned(),
-        ),
-    };
-    match tokio::time::timeout(CREDENTIALS_TIMEOUT, provider.provide_credentials()).await {
-        Ok(Ok(_)) => Ok((provider, described)),
-        Ok(Err(e)) => {
-            tracing::debug!(error = %aws_sdk_ec2::error::DisplayErrorContext(&e), "no credentials");
-            Err(ProviderError::Auth(format!(
-                "no usable AWS credentials were found in {described}"
-            )))
-        }
-        Err(_) => Err(ProviderError::Auth(format!(
-            "looking for AWS credentials in {described} took longer than {}s",
-            CREDENTIALS_TIMEOUT.as_secs()
-        ))),
+    if trust == Trust::Service {
+        return Err(ProviderError::Auth(
+            "the site config has no credentials_file under [ec2]; a multi-user install reads the service account's keys only from there".into(),
+        ));
     }
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    if let (Some(id), Some(secret)) = (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
+        let creds = Credentials::new(id, secret, var("AWS_SESSION_TOKEN"), None, "environment");
+        return Ok((
+            SharedCredentialsProvider::new(creds),
+            "the environment (AWS_ACCESS_KEY_ID)".into(),
+        ));
+    }
+    let profile = config
+        .profile
+        .clone()
+        .or_else(|| var("AWS_PROFILE"))
+        .unwrap_or_else(|| "default".into());
+    let path = match var("AWS_SHARED_CREDENTIALS_FILE") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+            Some(h) => std::path::PathBuf::from(h).join(".aws/credentials"),
+            None => {
+                return Err(ProviderError::Auth(
+                    "no AWS credentials: set credentials_file under [ec2] in the site config, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into(),
+                ));
+            }
+        },
+    };
+    if !path.exists() {
+        return Err(ProviderError::Auth(format!(
+            "no AWS credentials: {} does not exist, and neither credentials_file under [ec2] nor AWS_ACCESS_KEY_ID is set",
+            path.display()
+        )));
+    }
+    let creds = read_credentials_file(&path, &profile)?;
+    Ok((
+        SharedCredentialsProvider::new(creds),
+        format!("the credentials file {} (profile {profile})", path.display()),
+    ))
 }
 
 /// Reads static keys from an INI credentials file as the AWS CLI writes it:

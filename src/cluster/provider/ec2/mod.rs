@@ -6,8 +6,15 @@
 //! `<owner>-<cluster>` imported from the cluster key. Every resource is created with
 //! TagSpecifications carrying the cluster's tags, so nothing it makes is ever untagged, even
 //! after a crash (<https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/Using_Tags.html>).
-//! Nodes are launched one RunInstances call each (MinCount = MaxCount = 1), with a ClientToken
-//! for idempotent retries, gzipped user-data, and shutdown behaviour `terminate`.
+//! Nodes are launched one RunInstances call per batch (all the nodes of one role, MinCount and
+//! MaxCount), with one ClientToken per batch for idempotent retries, gzipped user-data, and
+//! shutdown behaviour `terminate`; a node's index is the batch's first index (a tag) plus its
+//! launch index. The SDK runs in adaptive retry mode, so throttling slows the client down
+//! rather than failing a launch.
+//!
+//! Every resource carries the store id of the state database that launched it, and nothing
+//! here touches a group or key pair of another store: a second state directory of the same user
+//! never takes over, or deletes, the first one's.
 //!
 //! SDK types stay in this module: everything is converted to the provider's own types at the
 //! edge, and every `Option` the SDK returns is handled, never unwrapped.
@@ -31,19 +38,26 @@ use aws_sdk_ec2::types::{
 use base64::Engine;
 
 use super::{
-    ClusterRef, Instance, InstanceState, NodeSpec, Provider, ProviderError, Selector, SshAccess,
+    BatchSpec, ClusterRef, Instance, InstanceState, Launched, Provider, ProviderError, Selector,
+    SshAccess, TerminateReport,
 };
-use crate::cluster::{
-    ClusterName, Owner, RequestId, Role, TAG_CLUSTER, TAG_OWNER, TAG_PROFILE, TAG_REQUEST,
-    TAG_ROLE, Tags,
+use crate::config::{AddressKind, Ec2Config, Trust};
+use crate::model::{
+    ClusterName, Owner, ProviderKind, RequestId, Role, StoreId, TAG_CLUSTER, TAG_OWNER,
+    TAG_PROFILE, TAG_REQUEST, TAG_ROLE, TAG_STORE, Tags,
 };
-use crate::config::{AddressKind, Ec2Config, ProviderKind};
 
 /// The SSH port of the node's image, recorded at launch so that `describe` (in any later
 /// process) reports the port stratus must connect to.
 pub const TAG_SSH_PORT: &str = "stratus:ssh-port";
 /// EC2's display name of a resource (the console shows it).
 pub const TAG_NAME: &str = "Name";
+/// The index of a batch's first node: a node's index is this plus its launch index.
+pub const TAG_FIRST_INDEX: &str = "stratus:first-index";
+/// How long a new instance may be unknown to EC2's API (NotFound, or missing from filtered
+/// describes) before that means anything.
+/// <https://docs.aws.amazon.com/AWSEC2/latest/APIReference/query-api-troubleshooting.html#eventual-consistency>
+pub const CONSISTENCY_GRACE: Duration = Duration::from_secs(10 * 60);
 
 /// EC2 allows ClientTokens of at most 64 ASCII characters.
 const CLIENT_TOKEN_MAX: usize = 64;
@@ -121,17 +135,42 @@ fn parse_tags(tags: &[Tag]) -> Option<Tags> {
         role: tag_value(tags, TAG_ROLE).and_then(Role::parse),
         profile: tag_value(tags, TAG_PROFILE).unwrap_or_default().to_owned(),
         request: RequestId::from_stored(tag_value(tags, TAG_REQUEST)?.to_owned()),
+        store: tag_value(tags, TAG_STORE).map(|s| StoreId::from_stored(s.to_owned())),
     })
 }
 
-fn cluster_tags(cluster: &ClusterRef) -> Tags {
-    Tags {
-        owner: cluster.owner.clone(),
-        cluster: cluster.name.clone(),
-        role: None,
-        profile: cluster.profile.clone(),
-        request: cluster.request.clone(),
+/// Whether a per-cluster resource with these tags is this cluster's: it carries the cluster's
+/// store id, or (launched before stores had ids) no store id and the cluster's own request.
+fn belongs_to(tags: Option<&Tags>, cluster: &ClusterRef) -> bool {
+    tags.is_some_and(|t| {
+        t.owner == cluster.owner
+            && t.cluster == cluster.name
+            && match &t.store {
+                Some(s) => *s == cluster.store,
+                None => t.request == cluster.request,
+            }
+    })
+}
+
+/// The tag filters of a selector.
+fn selector_filters(selector: &Selector) -> Vec<Filter> {
+    let mut filters = Vec::new();
+    if let Some(o) = &selector.owner {
+        filters.push(filter(&format!("tag:{TAG_OWNER}"), o.as_str()));
     }
+    if let Some(c) = &selector.cluster {
+        filters.push(filter(&format!("tag:{TAG_CLUSTER}"), c.as_str()));
+    }
+    if let Some(r) = &selector.request {
+        filters.push(filter(&format!("tag:{TAG_REQUEST}"), r.as_str()));
+    }
+    if let Some(s) = &selector.store {
+        filters.push(filter(&format!("tag:{TAG_STORE}"), s.as_str()));
+    }
+    if filters.is_empty() {
+        filters.push(filter("tag-key", TAG_CLUSTER));
+    }
+    filters
 }
 
 fn owned_pairs(tags: &Tags) -> Vec<(String, String)> {
@@ -180,11 +219,11 @@ fn state_of(name: &InstanceStateName) -> InstanceState {
 
 impl Ec2Provider {
     /// Builds the client from the site's `[ec2]` table and checks that credentials are at hand.
-    pub async fn new(config: &Ec2Config) -> Result<Self, ProviderError> {
-        for cidr in &config.client_cidrs {
+    pub async fn new(config: &Ec2Config, trust: Trust) -> Result<Self, ProviderError> {
+        for cidr in config.client_cidrs.iter().chain(&config.ui_cidrs) {
             super::parse_cidr(cidr).map_err(ProviderError::InvalidRequest)?;
         }
-        let built = client::build(config).await?;
+        let built = client::build(config, trust).await?;
         let provider = Self {
             client: built.client,
             ctx: built.context,
@@ -256,18 +295,20 @@ impl Ec2Provider {
     }
 
     /// The cluster's security group, if it exists (found by name and tags, so a group of the
-    /// same name that is not stratus's is never touched).
+    /// same name that is not stratus's is never touched). A group of this name that belongs to
+    /// another state directory is refused: taking it over would let this one delete it under the
+    /// other's live cluster.
     async fn find_group(
         &self,
-        owner: &Owner,
-        cluster: &ClusterName,
+        cluster: &ClusterRef,
         vpc: Option<&str>,
     ) -> Result<Option<String>, ProviderError> {
-        let name = group_name(owner, cluster);
+        let (owner, cname) = (&cluster.owner, &cluster.name);
+        let name = group_name(owner, cname);
         let mut filters = vec![
             filter("group-name", &name),
             filter(&format!("tag:{TAG_OWNER}"), owner.as_str()),
-            filter(&format!("tag:{TAG_CLUSTER}"), cluster.as_str()),
+            filter(&format!("tag:{TAG_CLUSTER}"), cname.as_str()),
         ];
         if let Some(v) = vpc {
             filters.push(filter("vpc-id", v));
@@ -280,12 +321,16 @@ impl Ec2Provider {
             .send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| self.err("DescribeSecurityGroups", e))?;
-            if let Some(id) = page
+            let found = page
                 .security_groups()
                 .iter()
-                .filter(|g| g.group_name() == Some(name.as_str()))
-                .find_map(|g| g.group_id())
+                .find(|g| g.group_name() == Some(name.as_str()));
+            if let Some(g) = found
+                && !belongs_to(parse_tags(g.tags()).as_ref(), cluster)
             {
+                return Err(foreign(&name, cluster));
+            }
+            if let Some(id) = found.and_then(|g| g.group_id()) {
                 self.groups
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -308,7 +353,7 @@ impl Ec2Provider {
             return Ok(id.clone());
         }
         let vpc = self.vpc().await?;
-        self.find_group(&cluster.owner, &cluster.name, vpc.as_deref())
+        self.find_group(cluster, vpc.as_deref())
             .await?
             .ok_or_else(|| {
                 ProviderError::Other(format!(
@@ -325,7 +370,7 @@ impl Ec2Provider {
         tags: &[(String, String)],
     ) -> Result<String, ProviderError> {
         let name = group_name(&cluster.owner, &cluster.name);
-        if let Some(id) = self.find_group(&cluster.owner, &cluster.name, vpc).await? {
+        if let Some(id) = self.find_group(cluster, vpc).await? {
             // A leftover of an earlier cluster of this name: it now belongs to this request.
             self.retag(&id, tags).await?;
             return Ok(id);
@@ -360,7 +405,7 @@ impl Ec2Provider {
             }
             Err(e) if error::code(&e) == Some("InvalidGroup.Duplicate") => {
                 // Created meanwhile by another call, or a group of that name that is not ours.
-                match self.find_group(&cluster.owner, &cluster.name, vpc).await? {
+                match self.find_group(cluster, vpc).await? {
                     Some(id) => Ok(id),
                     None => Err(ProviderError::InvalidRequest(format!(
                         "a security group named {name} exists but is not stratus's group for cluster {}; delete or rename it",
@@ -407,9 +452,13 @@ impl Ec2Provider {
             .find(|g| g.group_id() == Some(group_id))
             .map(|g| rules::from_permissions(g.ip_permissions()))
             .unwrap_or_default();
-        let mut ports = vec![access.port];
-        ports.extend(access.web_ports.iter().copied());
-        let desired = rules::desired(group_id, &ports, &self.config.client_cidrs);
+        let desired = rules::desired(
+            group_id,
+            access.port,
+            &access.web_ports,
+            &self.config.client_cidrs,
+            &self.config.ui_cidrs,
+        );
         let (add, remove) = rules::diff(&desired, &existing);
         if !remove.is_empty() {
             tracing::info!(group = %group_id, rules = remove.len(), "revoking rules the config no longer asks for");
@@ -469,14 +518,17 @@ impl Ec2Provider {
                 .find(|k| k.key_name() == Some(name.as_str()))
             {
                 let theirs = parse_tags(kp.tags());
-                let ours = theirs
+                let stratus = theirs
                     .as_ref()
                     .is_some_and(|t| t.owner == cluster.owner && t.cluster == cluster.name);
-                if !ours {
+                if !stratus {
                     return Err(ProviderError::InvalidRequest(format!(
                         "an EC2 key pair named {name} exists but is not stratus's key pair for cluster {}; delete or rename it",
                         cluster.name
                     )));
+                }
+                if !belongs_to(theirs.as_ref(), cluster) {
+                    return Err(foreign(&name, cluster));
                 }
                 let same_key = match kp.public_key() {
                     Some(k) => same_public_key(k, &access.public_key),
@@ -557,6 +609,119 @@ impl Ec2Provider {
         Ok(device)
     }
 
+    /// One RunInstances for the whole batch: MinCount is what the batch needs at least,
+    /// MaxCount what it wants. EC2 launches between the two; moto launches MinCount.
+    async fn run_instances(
+        &self,
+        cluster: &ClusterRef,
+        access: &SshAccess,
+        node: &BatchSpec,
+    ) -> Result<Vec<Instance>, ProviderError> {
+        let count = i32::try_from(node.count)
+            .map_err(|_| ProviderError::InvalidRequest(format!("{} nodes is too many", node.count)))?;
+        let min_count = i32::try_from(node.min_count.clamp(1, node.count)).unwrap_or(count);
+        let group = self.group_id(cluster).await?;
+        let user_data = base64::engine::general_purpose::STANDARD
+            .encode(crate::templates::gzip(node.user_data.as_bytes()));
+        let mut tags = owned_pairs(&node.tags);
+        tags.push((TAG_NAME.to_owned(), node.name.clone()));
+        tags.push((TAG_FIRST_INDEX.to_owned(), node.first_index.to_string()));
+        tags.push((TAG_SSH_PORT.to_owned(), access.port.to_string()));
+        let mut req = self
+            .client
+            .run_instances()
+            .image_id(&node.image)
+            .instance_type(InstanceType::from(node.instance_type.as_str()))
+            .min_count(min_count)
+            .max_count(count)
+            .key_name(key_name(&cluster.owner, &cluster.name))
+            .user_data(user_data)
+            .client_token(client_token(&node.client_token))
+            .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
+            // IMDSv2 only: a process tricked into fetching a URL cannot read the metadata.
+            .metadata_options(
+                InstanceMetadataOptionsRequest::builder()
+                    .http_endpoint(InstanceMetadataEndpointState::Enabled)
+                    .http_tokens(HttpTokensState::Required)
+                    .build(),
+            )
+            .tag_specifications(tag_spec(ResourceType::Instance, &tags))
+            .tag_specifications(tag_spec(ResourceType::Volume, &tags))
+            .tag_specifications(tag_spec(ResourceType::NetworkInterface, &tags));
+        let public = matches!(
+            self.config.address,
+            AddressKind::PublicIp | AddressKind::PublicDns
+        );
+        req = match &self.config.subnet_id {
+            // A subnet of the site's own VPC may not hand out public addresses by default; stratus
+            // reaches nodes at theirs, so it asks for one (group and subnet then belong to the
+            // network interface).
+            Some(subnet) if public => req.network_interfaces(
+                InstanceNetworkInterfaceSpecification::builder()
+                    .device_index(0)
+                    .subnet_id(subnet)
+                    .groups(group)
+                    .associate_public_ip_address(true)
+                    .delete_on_termination(true)
+                    .build(),
+            ),
+            subnet => req.security_group_ids(group).set_subnet_id(subnet.clone()),
+        };
+        if node.spot {
+            req = req
+                .instance_market_options(
+                    InstanceMarketOptionsRequest::builder()
+                        .market_type(MarketType::Spot)
+                        .spot_options(
+                            SpotMarketOptions::builder()
+                                .spot_instance_type(SpotInstanceType::OneTime)
+                                .instance_interruption_behavior(
+                                    InstanceInterruptionBehavior::Terminate,
+                                )
+                                .build(),
+                        )
+                        .build(),
+                )
+                .tag_specifications(tag_spec(ResourceType::SpotInstancesRequest, &tags));
+        }
+        if let Some(gb) = node.volume_gb {
+            let device = self.root_device(&node.image).await?;
+            let size = i32::try_from(gb).map_err(|_| {
+                ProviderError::InvalidRequest(format!("volume_gb = {gb} is too large"))
+            })?;
+            req = req.block_device_mappings(
+                BlockDeviceMapping::builder()
+                    .device_name(device)
+                    .ebs(
+                        EbsBlockDevice::builder()
+                            .volume_size(size)
+                            .volume_type(VolumeType::Gp3)
+                            .delete_on_termination(true)
+                            .build(),
+                    )
+                    .build(),
+            );
+        }
+        let out = req.send().await.map_err(|e| self.err("RunInstances", e))?;
+        let instances: Vec<Instance> = out
+            .instances()
+            .iter()
+            .filter_map(|i| self.convert(i))
+            .map(|i| Instance {
+                ssh_port: access.port,
+                ..i
+            })
+            .collect();
+        if instances.is_empty() {
+            return Err(ProviderError::Api {
+                op: "RunInstances".into(),
+                message: "the answer lists no instance".into(),
+            });
+        }
+        tracing::info!(nodes = %node.name, instances = instances.len(), token = %node.client_token, "RunInstances");
+        Ok(instances)
+    }
+
     /// Converts an SDK instance; `None` for one without an id (never seen, but not unwrapped).
     fn convert(&self, i: &aws_sdk_ec2::types::Instance) -> Option<Instance> {
         let id = i.instance_id()?.to_owned();
@@ -564,9 +729,18 @@ impl Ec2Provider {
         let role = tags.as_ref().and_then(|t| t.role);
         let index = match (&tags, role) {
             (_, Some(Role::Master)) => Some(0),
-            (Some(t), Some(Role::Worker)) => tag_value(i.tags(), TAG_NAME)
-                .and_then(|n| n.strip_prefix(&format!("{}-worker-", t.cluster)))
-                .and_then(|n| n.parse().ok()),
+            (Some(t), Some(Role::Worker)) => {
+                match tag_value(i.tags(), TAG_FIRST_INDEX).and_then(|n| n.parse::<u32>().ok()) {
+                    Some(first) => i
+                        .ami_launch_index()
+                        .and_then(|k| u32::try_from(k).ok())
+                        .map(|k| first + k),
+                    // One node per call, named after it (before batches).
+                    None => tag_value(i.tags(), TAG_NAME)
+                        .and_then(|n| n.strip_prefix(&format!("{}-worker-", t.cluster)))
+                        .and_then(|n| n.parse().ok()),
+                }
+            }
             _ => None,
         };
         let state = i
@@ -649,7 +823,13 @@ impl Ec2Provider {
         Ok(())
     }
 
-    async fn terminate_some(&self, ids: &[String]) -> Result<(), ProviderError> {
+    /// Terminates `ids`, collecting those EC2 does not know (yet) into `not_found`: one unknown
+    /// id fails the whole call, so the rest are then asked for one by one.
+    async fn terminate_some(
+        &self,
+        ids: &[String],
+        not_found: &mut Vec<String>,
+    ) -> Result<(), ProviderError> {
         let r = self
             .client
             .terminate_instances()
@@ -658,15 +838,16 @@ impl Ec2Provider {
             .await;
         match r {
             Ok(_) => Ok(()),
-            // One unknown id fails the whole call: terminate the others one by one.
             Err(e) if error::code(&e) == Some("InvalidInstanceID.NotFound") && ids.len() > 1 => {
                 for id in ids {
-                    Box::pin(self.terminate_some(std::slice::from_ref(id))).await?;
+                    Box::pin(self.terminate_some(std::slice::from_ref(id), not_found)).await?;
                 }
                 Ok(())
             }
             Err(e) if error::code(&e) == Some("InvalidInstanceID.NotFound") => {
-                tracing::debug!(instance = ?ids, "already gone");
+                // Not "already gone": a new instance is unknown to the API for a while.
+                tracing::debug!(instance = ?ids, "not known to EC2 (yet)");
+                not_found.extend(ids.iter().cloned());
                 Ok(())
             }
             Err(e) => Err(self.err("TerminateInstances", e)),
@@ -700,20 +881,12 @@ impl Ec2Provider {
         }
     }
 
-    /// Every stratus security group and key pair of `owner` (all owners with `None`), with the
+    /// Every stratus security group and key pair matching the selector's tags, with the
     /// cluster each belongs to: what `reconcile` and `delete-cluster` look at.
-    pub async fn cluster_resources(
-        &self,
-        owner: Option<&Owner>,
-    ) -> Result<Vec<ClusterResource>, ProviderError> {
-        let mut filters = vec![
-            Filter::builder()
-                .name("tag-key")
-                .values(TAG_CLUSTER)
-                .build(),
-        ];
-        if let Some(o) = owner {
-            filters.push(filter(&format!("tag:{TAG_OWNER}"), o.as_str()));
+    pub async fn resources(&self, selector: &Selector) -> Result<Vec<ClusterResource>, ProviderError> {
+        let mut filters = selector_filters(selector);
+        if !filters.iter().any(|f| f.name() == Some("tag-key")) {
+            filters.push(filter("tag-key", TAG_CLUSTER));
         }
         let mut out = Vec::new();
         let mut pages = self
@@ -756,6 +929,14 @@ impl Ec2Provider {
     }
 }
 
+/// The refusal to touch a per-cluster resource of another state directory.
+fn foreign(name: &str, cluster: &ClusterRef) -> ProviderError {
+    ProviderError::InvalidRequest(format!(
+        "{name} belongs to cluster {} of another stratus state directory in this AWS account (another machine's, or another install's); stratus never touches it: terminate that cluster there, or choose another name",
+        cluster.name
+    ))
+}
+
 /// A per-cluster resource other than an instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterResource {
@@ -786,15 +967,19 @@ impl Provider for Ec2Provider {
         ProviderKind::Ec2
     }
 
+    fn consistency_grace(&self) -> Duration {
+        CONSISTENCY_GRACE
+    }
+
     async fn prepare(&self, cluster: &ClusterRef, access: &SshAccess) -> Result<(), ProviderError> {
-        for cidr in &self.config.client_cidrs {
+        for cidr in self.config.client_cidrs.iter().chain(&self.config.ui_cidrs) {
             if cidr.ends_with("/0") && !self.config.allow_world {
                 return Err(ProviderError::InvalidRequest(format!(
-                    "[ec2] client_cidrs contains {cidr}, which opens SSH to the whole internet; set allow_world = true if that is really meant"
+                    "[ec2] {cidr} opens the cluster to the whole internet; set allow_world = true if that is really meant"
                 )));
             }
         }
-        let tags = owned_pairs(&cluster_tags(cluster));
+        let tags = owned_pairs(&cluster.tags());
         let vpc = self.vpc().await?;
         let group = self.ensure_group(cluster, vpc.as_deref(), &tags).await?;
         self.sync_rules(&group, access, &tags).await?;
@@ -802,129 +987,25 @@ impl Provider for Ec2Provider {
         Ok(())
     }
 
-    async fn launch(
-        &self,
-        cluster: &ClusterRef,
-        access: &SshAccess,
-        node: &NodeSpec,
-    ) -> Result<Instance, ProviderError> {
-        let group = self.group_id(cluster).await?;
-        let user_data = base64::engine::general_purpose::STANDARD
-            .encode(crate::templates::gzip(node.user_data.as_bytes()));
-        let mut tags = owned_pairs(&node.tags);
-        tags.push((TAG_NAME.to_owned(), node.name.clone()));
-        tags.push((TAG_SSH_PORT.to_owned(), access.port.to_string()));
-        let mut req = self
-            .client
-            .run_instances()
-            .image_id(&node.image)
-            .instance_type(InstanceType::from(node.instance_type.as_str()))
-            // moto honours MinCount only; EC2 launches up to MaxCount. One node per call.
-            .min_count(1)
-            .max_count(1)
-            .key_name(key_name(&cluster.owner, &cluster.name))
-            .user_data(user_data)
-            .client_token(client_token(&node.client_token))
-            .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
-            // IMDSv2 only: a process tricked into fetching a URL cannot read the metadata.
-            .metadata_options(
-                InstanceMetadataOptionsRequest::builder()
-                    .http_endpoint(InstanceMetadataEndpointState::Enabled)
-                    .http_tokens(HttpTokensState::Required)
-                    .build(),
-            )
-            .tag_specifications(tag_spec(ResourceType::Instance, &tags))
-            .tag_specifications(tag_spec(ResourceType::Volume, &tags))
-            .tag_specifications(tag_spec(ResourceType::NetworkInterface, &tags));
-        let public = matches!(
-            self.config.address,
-            AddressKind::PublicIp | AddressKind::PublicDns
-        );
-        req = match &self.config.subnet_id {
-            // A subnet of the site's own VPC may not hand out public addresses by default; stratus
-            // reaches nodes at theirs, so it asks for one (group and subnet then belong to the
-            // network interface).
-            Some(subnet) if public => req.network_interfaces(
-                InstanceNetworkInterfaceSpecification::builder()
-                    .device_index(0)
-                    .subnet_id(subnet)
-                    .groups(group)
-                    .associate_public_ip_address(true)
-                    .delete_on_termination(true)
-                    .build(),
-            ),
-            subnet => req.security_group_ids(group).set_subnet_id(subnet.clone()),
-        };
-        if node.spot {
-            req = req
-                .instance_market_options(
-                    InstanceMarketOptionsRequest::builder()
-                        .market_type(MarketType::Spot)
-                        .spot_options(
-                            SpotMarketOptions::builder()
-                                .spot_instance_type(SpotInstanceType::OneTime)
-                                .instance_interruption_behavior(
-                                    InstanceInterruptionBehavior::Terminate,
-                                )
-                                .build(),
-                        )
-                        .build(),
-                )
-                .tag_specifications(tag_spec(ResourceType::SpotInstancesRequest, &tags));
+    async fn launch(&self, cluster: &ClusterRef, access: &SshAccess, batch: &BatchSpec) -> Launched {
+        match self.run_instances(cluster, access, batch).await {
+            Ok(instances) => Launched {
+                instances,
+                error: None,
+            },
+            Err(e) => Launched {
+                instances: Vec::new(),
+                error: Some(e),
+            },
         }
-        if let Some(gb) = node.volume_gb {
-            let device = self.root_device(&node.image).await?;
-            let size = i32::try_from(gb).map_err(|_| {
-                ProviderError::InvalidRequest(format!("volume_gb = {gb} is too large"))
-            })?;
-            req = req.block_device_mappings(
-                BlockDeviceMapping::builder()
-                    .device_name(device)
-                    .ebs(
-                        EbsBlockDevice::builder()
-                            .volume_size(size)
-                            .volume_type(VolumeType::Gp3)
-                            .delete_on_termination(true)
-                            .build(),
-                    )
-                    .build(),
-            );
-        }
-        let out = req.send().await.map_err(|e| self.err("RunInstances", e))?;
-        let instance = out
-            .instances()
-            .first()
-            .and_then(|i| self.convert(i))
-            .ok_or_else(|| ProviderError::Api {
-                op: "RunInstances".into(),
-                message: "the answer lists no instance".into(),
-            })?;
-        tracing::info!(node = %node.name, instance = %instance.id, "RunInstances");
-        Ok(Instance {
-            ssh_port: access.port,
-            ..instance
-        })
     }
 
     async fn describe(&self, selector: &Selector) -> Result<Vec<Instance>, ProviderError> {
-        let mut filters = Vec::new();
-        if let Some(o) = &selector.owner {
-            filters.push(filter(&format!("tag:{TAG_OWNER}"), o.as_str()));
-        }
-        if let Some(c) = &selector.cluster {
-            filters.push(filter(&format!("tag:{TAG_CLUSTER}"), c.as_str()));
-        }
-        if let Some(r) = &selector.request {
-            filters.push(filter(&format!("tag:{TAG_REQUEST}"), r.as_str()));
-        }
-        if filters.is_empty() {
-            filters.push(filter("tag-key", TAG_CLUSTER));
-        }
         // Always paginate: EC2 (and moto, at 100 reservations) splits long answers.
         let mut pages = self
             .client
             .describe_instances()
-            .set_filters(Some(filters))
+            .set_filters(Some(selector_filters(selector)))
             .into_paginator()
             .send();
         let mut out = Vec::new();
@@ -947,9 +1028,10 @@ impl Provider for Ec2Provider {
         Ok(out)
     }
 
-    async fn terminate(&self, ids: &[String]) -> Result<(), ProviderError> {
+    async fn terminate(&self, ids: &[String]) -> Result<TerminateReport, ProviderError> {
+        let mut report = TerminateReport::default();
         if ids.is_empty() {
-            return Ok(());
+            return Ok(report);
         }
         // Best effort: a spot request that cannot be cancelled (throttling, a missing
         // permission) must not keep its instances running. One-time requests close with their
@@ -959,24 +1041,18 @@ impl Provider for Ec2Provider {
         }
         for chunk in ids.chunks(IDS_PER_CALL) {
             tracing::info!(instances = ?chunk, "TerminateInstances");
-            self.terminate_some(chunk).await?;
+            self.terminate_some(chunk, &mut report.not_found).await?;
         }
-        Ok(())
+        Ok(report)
     }
 
-    async fn clusters_with_resources(
-        &self,
-        owner: Option<&Owner>,
-    ) -> Result<Vec<(Owner, ClusterName)>, ProviderError> {
-        let mut out: Vec<(Owner, ClusterName)> = self
-            .cluster_resources(owner)
+    async fn cluster_resources(&self, selector: &Selector) -> Result<Vec<Tags>, ProviderError> {
+        Ok(self
+            .resources(selector)
             .await?
             .into_iter()
-            .map(|r| (r.tags.owner, r.tags.cluster))
-            .collect();
-        out.sort_by(|a, b| (a.0.as_str(), a.1.as_str()).cmp(&(b.0.as_str(), b.1.as_str())));
-        out.dedup();
-        Ok(out)
+            .map(|r| r.tags)
+            .collect())
     }
 
     async fn release(&self, cluster: &ClusterRef) -> Result<(), ProviderError> {
@@ -993,7 +1069,7 @@ impl Provider for Ec2Provider {
             .await
             .map_err(|e| self.err("DescribeKeyPairs", e))?;
         for k in keys.key_pairs() {
-            if k.key_name() == Some(name.as_str()) {
+            if k.key_name() == Some(name.as_str()) && belongs_to(parse_tags(k.tags()).as_ref(), cluster) {
                 // By name: moto ignores KeyPairId here.
                 self.client
                     .delete_key_pair()
@@ -1020,6 +1096,7 @@ impl Provider for Ec2Provider {
                 page.security_groups()
                     .iter()
                     .filter(|g| g.group_name() == Some(gname.as_str()))
+                    .filter(|g| belongs_to(parse_tags(g.tags()).as_ref(), cluster))
                     .filter_map(|g| g.group_id().map(str::to_owned)),
             );
         }
@@ -1060,6 +1137,7 @@ mod tests {
             role: Some(Role::Worker),
             profile: "hadoop".into(),
             request: RequestId::from_stored("req-1".into()),
+            store: Some(StoreId::from_stored("st-1".into())),
         };
         let sdk: Vec<Tag> = owned_pairs(&t)
             .into_iter()

@@ -25,22 +25,34 @@ pub(super) struct Rule {
     pub source: Source,
 }
 
-/// All traffic among the group's members; each port (SSH first, then the web UIs) over TCP
-/// from each client network.
-pub(super) fn desired(group_id: &str, ports: &[u16], client_cidrs: &[String]) -> BTreeSet<Rule> {
+/// All traffic among the group's members; SSH over TCP from each client network; and the
+/// profile's extra ports (web UIs) only from the site's `ui_cidrs`, which are empty by default:
+/// Hadoop's web UIs and REST APIs accept jobs and files from anyone who reaches them, so students
+/// reach them through `stratus proxy` instead.
+pub(super) fn desired(
+    group_id: &str,
+    ssh_port: u16,
+    ui_ports: &[u16],
+    client_cidrs: &[String],
+    ui_cidrs: &[String],
+) -> BTreeSet<Rule> {
     let mut set = BTreeSet::new();
     set.insert(Rule {
         protocol: "-1".into(),
         ports: None,
         source: Source::Group(group_id.to_owned()),
     });
-    for &port in ports {
-        for cidr in client_cidrs {
-            set.insert(Rule {
-                protocol: "tcp".into(),
-                ports: Some((port as i32, port as i32)),
-                source: Source::Cidr(cidr.clone()),
-            });
+    let tcp = |port: u16, cidr: &String| Rule {
+        protocol: "tcp".into(),
+        ports: Some((port as i32, port as i32)),
+        source: Source::Cidr(cidr.clone()),
+    };
+    for cidr in client_cidrs {
+        set.insert(tcp(ssh_port, cidr));
+    }
+    for &port in ui_ports {
+        for cidr in ui_cidrs {
+            set.insert(tcp(port, cidr));
         }
     }
     set
@@ -144,8 +156,13 @@ mod tests {
     #[test]
     fn converges_on_the_configured_rules() {
         let cidrs = vec!["203.0.113.0/24".to_owned(), "198.51.100.7/32".to_owned()];
-        let want = desired("sg-1", &[22, 9870], &cidrs);
-        assert_eq!(want.len(), 1 + 2 * 2);
+        let want = desired("sg-1", 22, &[9870], &cidrs, &[]);
+        // The web UI port is not opened to the client networks: no ui_cidrs, no rule.
+        assert_eq!(want.len(), 1 + 2);
+        assert!(want.iter().all(|r| r.ports != Some((9870, 9870))));
+        let with_ui = desired("sg-1", 22, &[9870], &cidrs, &["10.1.0.0/16".to_owned()]);
+        assert_eq!(with_ui.len(), 1 + 2 + 1);
+        let want = desired("sg-1", 22, &[], &cidrs, &[]);
         // A group holding the self rule, one wanted rule and one stale opening.
         let held = from_permissions(&permissions(
             &[
@@ -168,7 +185,7 @@ mod tests {
             22,
         ));
         let (add, remove) = diff(&want, &held);
-        assert_eq!(add.len(), 3);
+        assert_eq!(add.len(), 1);
         assert_eq!(remove.len(), 1);
         assert_eq!(remove[0].source, Source::Cidr("0.0.0.0/0".into()));
         assert!(

@@ -26,11 +26,11 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
 use super::{
-    ClusterRef, Instance, InstanceState, NodeSpec, Provider, ProviderError, Selector, SshAccess,
+    BatchSpec, ClusterRef, Instance, InstanceState, Launched, Provider, ProviderError, Selector,
+    SshAccess, TerminateReport,
 };
-use crate::cluster::{Role, Tags};
-use crate::config::{LocalConfig, ProviderKind};
-use crate::store::{Millis, now_millis};
+use crate::config::LocalConfig;
+use crate::model::{Millis, ProviderKind, Role, Tags, node_name, now_millis};
 use crate::sys;
 
 /// The environment variable that marks every process a node starts.
@@ -38,6 +38,17 @@ pub const NODE_ID_ENV: &str = "STRATUS_NODE_ID";
 
 /// How long a node gets to stop what it started before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long a node process gets to take its lock and listen.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+const START_TIMEOUT_MS: Millis = 2 * 30 * 1000;
+
+/// One node of a batch to start.
+struct NodeStart<'a> {
+    name: String,
+    role: Role,
+    index: u32,
+    batch: &'a BatchSpec,
+}
 
 /// What a node process is told about itself (`node.json` in its directory).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -224,7 +235,7 @@ impl LocalProvider {
         let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
             .map_err(ProviderError::io("pipe"))?;
         let mut buf = Vec::new();
-        let read = tokio::time::timeout(Duration::from_secs(30), rx.read_to_end(&mut buf)).await;
+        let read = tokio::time::timeout(START_TIMEOUT, rx.read_to_end(&mut buf)).await;
         let ready = matches!(read, Ok(Ok(_))) && buf.starts_with(b"ready");
         if !ready {
             let log = std::fs::read_to_string(paths.log()).unwrap_or_default();
@@ -249,14 +260,23 @@ impl LocalProvider {
     /// Starts a node listening on exactly `address:port`. A test acting as a cloud's hypervisor
     /// boots each instance the cloud API reports, at the address the cloud assigned, as a local
     /// node: its SSH server accepts the instance's key pair and it runs the instance's user-data.
+    /// `index` is the node's index in the cluster (the batch's first index plus the instance's
+    /// launch index).
     pub async fn launch_at(
         &self,
         address: Ipv4Addr,
         port: u16,
         access: &SshAccess,
-        node: &NodeSpec,
+        batch: &BatchSpec,
+        index: u32,
     ) -> Result<Instance, ProviderError> {
-        self.start(Some((address, port)), access, node).await
+        let node = NodeStart {
+            name: node_name(&batch.tags.cluster, batch.role, index),
+            role: batch.role,
+            index,
+            batch,
+        };
+        self.start(Some((address, port)), access, &node).await
     }
 
     /// Starts a node: at `at` (an address and port) when given, else at the next free
@@ -265,8 +285,9 @@ impl LocalProvider {
         &self,
         at: Option<(Ipv4Addr, u16)>,
         access: &SshAccess,
-        node: &NodeSpec,
+        node: &NodeStart<'_>,
     ) -> Result<Instance, ProviderError> {
+        let batch = node.batch;
         let id = random_id();
         let paths = self.paths(&id);
         crate::store::create_private_dir(&paths.home())
@@ -277,7 +298,7 @@ impl LocalProvider {
             .map_err(|e| ProviderError::Other(e.to_string()))?;
         write_private(&paths.host_key(), private.as_bytes())
             .map_err(ProviderError::io("cannot write the node's host key"))?;
-        write_atomic(&paths.user_data(), node.user_data.as_bytes(), 0o700)
+        write_atomic(&paths.user_data(), batch.user_data.as_bytes(), 0o700)
             .map_err(ProviderError::io("cannot write the node's user-data"))?;
         let (listener, address, port) = match at {
             None => self.allocate()?,
@@ -291,7 +312,10 @@ impl LocalProvider {
         let cfg = NodeConfig {
             id: id.clone(),
             name: node.name.clone(),
-            tags: node.tags.clone(),
+            tags: Tags {
+                role: Some(node.role),
+                ..batch.tags.clone()
+            },
             role: node.role,
             index: node.index,
             address,
@@ -299,9 +323,9 @@ impl LocalProvider {
             ssh_user: access.user.clone(),
             authorized_key: access.public_key.clone(),
             host_public_key: crate::cluster::ssh::public_key_openssh(host_key.public_key()),
-            image: node.image.clone(),
-            instance_type: node.instance_type.clone(),
-            spot: node.spot,
+            image: batch.image.clone(),
+            instance_type: batch.instance_type.clone(),
+            spot: batch.spot,
             launched_at: now_millis(),
         };
         let json =
@@ -318,14 +342,16 @@ impl LocalProvider {
         serde_json::from_str(&text).ok()
     }
 
-    /// The pid of the live node process, if it is alive.
-    fn holder(paths: &NodePaths) -> Option<u32> {
-        let f = std::fs::File::open(paths.lock()).ok()?;
-        sys::lock_holder(&f).ok().flatten()
+    /// Who holds the node's lock: the live node process, if it is alive.
+    fn holder(paths: &NodePaths) -> sys::LockHolder {
+        std::fs::File::open(paths.lock())
+            .ok()
+            .and_then(|f| sys::lock_holder(&f).ok())
+            .unwrap_or(sys::LockHolder::Free)
     }
 
     fn state_of(paths: &NodePaths) -> (InstanceState, Option<String>) {
-        if Self::holder(paths).is_some() {
+        if Self::holder(paths).is_held() {
             if paths.terminated().exists() {
                 (InstanceState::ShuttingDown, None)
             } else {
@@ -387,25 +413,33 @@ impl LocalProvider {
         write_private(&paths.terminated(), now_millis().to_string().as_bytes()).map_err(
             ProviderError::io(format!("cannot mark node {id} terminated")),
         )?;
-        if let Some(pid) = Self::holder(&paths) {
-            let _ = sys::kill(pid, libc::SIGTERM);
-            // A node stopped with SIGSTOP would never see the SIGTERM.
-            let _ = sys::kill(pid, libc::SIGCONT);
-            let deadline = Instant::now() + STOP_GRACE * 2;
-            while Self::holder(&paths).is_some() && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-            if Self::holder(&paths).is_some() {
-                let _ = sys::kill(pid, libc::SIGKILL);
-                let deadline = Instant::now() + STOP_GRACE;
-                while Self::holder(&paths).is_some() && Instant::now() < deadline {
+        let alive = || Self::holder(&paths).is_held();
+        match Self::holder(&paths) {
+            sys::LockHolder::Pid(pid) => {
+                let _ = sys::kill(pid, libc::SIGTERM);
+                // A node stopped with SIGSTOP would never see the SIGTERM.
+                let _ = sys::kill(pid, libc::SIGCONT);
+                let deadline = Instant::now() + STOP_GRACE * 2;
+                while alive() && Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(25)).await;
                 }
+                if alive() {
+                    let _ = sys::kill(pid, libc::SIGKILL);
+                    let deadline = Instant::now() + STOP_GRACE;
+                    while alive() && Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(25)).await;
+                    }
+                }
+                let _ = sys::kill_group(pid, libc::SIGKILL);
             }
-            let _ = sys::kill_group(pid, libc::SIGKILL);
+            // Held, but by no pid we may signal: the marker sweep below is all there is.
+            sys::LockHolder::Unknown => {
+                sweep(id, libc::SIGTERM, None);
+            }
+            sys::LockHolder::Free => {}
         }
         sweep(id, libc::SIGKILL, None);
-        if Self::holder(&paths).is_some() {
+        if alive() {
             return Err(ProviderError::Other(format!(
                 "local node {id} is still running after SIGKILL"
             )));
@@ -487,6 +521,11 @@ impl Provider for LocalProvider {
         ProviderKind::Local
     }
 
+    /// A local node is listed from the moment it exists, and a missing one is gone for sure.
+    fn consistency_grace(&self) -> Duration {
+        Duration::ZERO
+    }
+
     async fn prepare(
         &self,
         _cluster: &ClusterRef,
@@ -496,13 +535,30 @@ impl Provider for LocalProvider {
             .map_err(|e| ProviderError::Other(e.to_string()))
     }
 
-    async fn launch(
-        &self,
-        _cluster: &ClusterRef,
-        access: &SshAccess,
-        node: &NodeSpec,
-    ) -> Result<Instance, ProviderError> {
-        self.start(None, access, node).await
+    /// Starts the batch's nodes together; the ones that started are returned even when another
+    /// did not, so every one of them is recorded.
+    async fn launch(&self, _cluster: &ClusterRef, access: &SshAccess, batch: &BatchSpec) -> Launched {
+        let starts = (0..batch.count).map(|k| {
+            let index = batch.first_index + k;
+            let node = NodeStart {
+                name: node_name(&batch.tags.cluster, batch.role, index),
+                role: batch.role,
+                index,
+                batch,
+            };
+            async move { self.start(None, access, &node).await }
+        });
+        let mut launched = Launched {
+            instances: Vec::new(),
+            error: None,
+        };
+        for r in futures_util::future::join_all(starts).await {
+            match r {
+                Ok(i) => launched.instances.push(i),
+                Err(e) => launched.error = launched.error.or(Some(e)),
+            }
+        }
+        launched
     }
 
     async fn describe(&self, selector: &Selector) -> Result<Vec<Instance>, ProviderError> {
@@ -517,19 +573,65 @@ impl Provider for LocalProvider {
             .collect())
     }
 
-    async fn terminate(&self, ids: &[String]) -> Result<(), ProviderError> {
+    async fn terminate(&self, ids: &[String]) -> Result<TerminateReport, ProviderError> {
         let results = futures_util::future::join_all(ids.iter().map(|id| self.stop_node(id))).await;
-        results.into_iter().collect()
+        results.into_iter().collect::<Result<(), _>>()?;
+        Ok(TerminateReport::default())
+    }
+
+    async fn half_made(&self, grace: Duration) -> Result<Vec<String>, ProviderError> {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return Ok(Vec::new());
+        };
+        let grace = grace.max(START_TIMEOUT * 2);
+        let mut out = Vec::new();
+        for e in entries.flatten() {
+            let paths = NodePaths { dir: e.path() };
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > grace);
+            // A node's configuration is written before its process starts: a directory without
+            // one is a start that failed half-way.
+            if paths.dir.is_dir() && !paths.config().exists() && old {
+                out.push(paths.dir.display().to_string());
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    async fn remove_half_made(&self, leftovers: &[String]) -> Result<(), ProviderError> {
+        for dir in leftovers {
+            let path = Path::new(dir);
+            // Only ever a directory of ours.
+            let paths = NodePaths { dir: path.into() };
+            if path.parent() == Some(self.root.as_path()) && !paths.config().exists() {
+                std::fs::remove_dir_all(path)
+                    .map_err(ProviderError::io(format!("cannot remove {dir}")))?;
+            }
+        }
+        Ok(())
     }
 
     async fn release(&self, cluster: &ClusterRef) -> Result<(), ProviderError> {
+        let now = now_millis();
         for (paths, cfg) in self.all_nodes() {
-            if cfg.tags.owner == cluster.owner
+            let ours = cfg.tags.owner == cluster.owner
                 && cfg.tags.cluster == cluster.name
-                && Self::holder(&paths).is_none()
-            {
-                // A node that died on its own could not stop what it started; do it now.
+                && cfg.tags.store.as_ref() == Some(&cluster.store);
+            // A node that is starting has no lock yet: only a node told to stop, or one that
+            // never took its lock within the start timeout, is gone.
+            let dead = !Self::holder(&paths).is_held()
+                && (paths.terminated().exists() || now - cfg.launched_at > START_TIMEOUT_MS);
+            if ours && !Self::holder(&paths).is_held() {
+                // A node that died on its own could not stop what it started; do it now. (A node
+                // that is starting carries no marker yet: nothing of it is signalled.)
                 sweep(&cfg.id, libc::SIGKILL, None);
+            }
+            if ours && dead {
                 std::fs::remove_dir_all(&paths.dir).map_err(ProviderError::io(format!(
                     "cannot remove {}",
                     paths.dir.display()

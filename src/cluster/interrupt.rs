@@ -1,0 +1,120 @@
+//! ^C, SIGTERM and SIGHUP during a launch: the moments it must roll back instead of leaving
+//! instances behind. Listening starts before anything exists, so no early signal kills the
+//! process half-way; if the handlers cannot be installed, the launch does not start at all. A
+//! signal never cuts a provider call short (an instance whose RunInstances was dropped mid-flight
+//! could escape the record): the launch notices at its next wait, and rolls back from there.
+
+use std::time::Duration;
+
+use crate::error::Error;
+
+/// Why a launch was interrupted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Interrupt,
+    Terminate,
+    Hangup,
+}
+
+impl Signal {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Signal::Interrupt => "interrupted",
+            Signal::Terminate => "terminated by a signal",
+            Signal::Hangup => "stopped: the terminal hung up",
+        }
+    }
+
+    /// The shell's exit status for death by this signal: 128 + its number.
+    pub fn exit_code(self) -> u8 {
+        let n = match self {
+            Signal::Interrupt => libc::SIGINT,
+            Signal::Terminate => libc::SIGTERM,
+            Signal::Hangup => libc::SIGHUP,
+        };
+        (128 + n) as u8
+    }
+}
+
+#[derive(Clone)]
+pub struct Interrupt {
+    rx: tokio::sync::watch::Receiver<Option<Signal>>,
+}
+
+impl Interrupt {
+    /// Starts listening. Must be called inside the runtime. Fails if a handler cannot be
+    /// installed: a launch must not run without the means to roll back.
+    pub fn listen() -> Result<Self, Error> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        let install = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|e| {
+                Error::runtime(format!(
+                    "cannot listen for {name}, so an interrupted launch could not roll back; not launching"
+                ))
+                .with_source(e)
+            })
+        };
+        // Registered here, synchronously: from now on these signals are ours.
+        let mut int = install(SignalKind::interrupt(), "SIGINT")?;
+        let mut term = install(SignalKind::terminate(), "SIGTERM")?;
+        let mut hup = install(SignalKind::hangup(), "SIGHUP")?;
+        tokio::spawn(async move {
+            loop {
+                let why = tokio::select! {
+                    _ = int.recv() => Signal::Interrupt,
+                    _ = term.recv() => Signal::Terminate,
+                    _ = hup.recv() => Signal::Hangup,
+                };
+                if tx.send(Some(why)).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Self { rx })
+    }
+
+    /// An interrupt that never fires (tests, and commands with nothing to roll back).
+    pub fn never() -> Self {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        // Keep the sender alive for the life of the process, so `race` never sees it close.
+        std::mem::forget(tx);
+        Self { rx }
+    }
+
+    /// An error if a signal has come.
+    pub fn check(&self) -> Result<(), Error> {
+        match *self.rx.borrow() {
+            Some(why) => Err(Error::interrupted(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// The signal that came, if one did.
+    pub fn received(&self) -> Option<Signal> {
+        *self.rx.borrow()
+    }
+
+    /// Runs `fut` unless, or until, a signal comes.
+    pub async fn race<T>(&self, fut: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+        self.check()?;
+        let mut rx = self.rx.clone();
+        tokio::select! {
+            biased;
+            r = rx.wait_for(Option::is_some) => match r {
+                Ok(why) => Err(Error::interrupted(why.unwrap_or(Signal::Interrupt))),
+                // The listener is gone: no signal can come any more.
+                Err(_) => std::future::pending().await,
+            },
+            r = fut => r,
+        }
+    }
+
+    pub async fn sleep(&self, d: Duration) -> Result<(), Error> {
+        self.race(async {
+            tokio::time::sleep(d).await;
+            Ok(())
+        })
+        .await
+    }
+}

@@ -1,0 +1,515 @@
+//! The bottom of the crate: the validated names and small value types every layer shares
+//! (cluster names, owners, request and store ids, roles, the tags every resource carries, cluster
+//! and instance states, the provider kinds), and the input error they raise.
+//!
+//! It imports nothing of the project, so `error`, `store`, `config`, `templates` and `cluster` can
+//! all build on it without importing each other in a circle.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch. Hours are computed from these, so short-lived clusters
+/// still show their (small) usage.
+pub type Millis = i64;
+
+pub fn now_millis() -> Millis {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+/// Something the user asked for that cannot be done as asked. Always exit code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error(
+        "invalid cluster name {name:?}: {reason} (names are 1 to 40 characters of a-z, 0-9 and '-', starting with a letter or digit)"
+    )]
+    InvalidClusterName { name: String, reason: String },
+    #[error(
+        "user name {0:?} cannot own clusters: it must be 1 to 32 characters of a-z, 0-9, '_', '-' and '.'"
+    )]
+    InvalidOwner(String),
+    #[error("no cluster named {0}")]
+    UnknownCluster(String),
+    #[error("a cluster named {0} already exists; terminate it first or choose another name")]
+    NameInUse(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Tag keys. They are a contract: accounting, reconcile and the reaper find resources by them.
+pub const TAG_OWNER: &str = "stratus:owner";
+pub const TAG_CLUSTER: &str = "stratus:cluster";
+pub const TAG_ROLE: &str = "stratus:role";
+pub const TAG_PROFILE: &str = "stratus:profile";
+pub const TAG_REQUEST: &str = "stratus:request";
+/// The id of the state database that launched the resource: reconcile, delete-cluster and the
+/// reaper act only on resources carrying their own store's id.
+pub const TAG_STORE: &str = "stratus:store";
+
+/// A cluster name: `[a-z0-9][a-z0-9-]{0,39}`. It ends up in security group names, key pair names,
+/// tags, file names and shell commands, so nothing else is accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ClusterName(String);
+
+impl ClusterName {
+    pub const MAX_LEN: usize = 40;
+
+    pub fn parse(name: &str) -> Result<Self, InputError> {
+        let invalid = |reason: &str| InputError::InvalidClusterName {
+            name: name.to_owned(),
+            reason: reason.to_owned(),
+        };
+        if name.is_empty() {
+            return Err(invalid("it is empty"));
+        }
+        if name.len() > Self::MAX_LEN {
+            return Err(invalid(&format!(
+                "it is {} characters long; the limit is {}",
+                name.chars().count(),
+                Self::MAX_LEN
+            )));
+        }
+        let first = name.chars().next().unwrap_or('-');
+        if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
+            return Err(invalid("it must start with a lowercase letter or a digit"));
+        }
+        if let Some(bad) = name
+            .chars()
+            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+        {
+            return Err(invalid(&format!(
+                "{bad:?} is not allowed: use lowercase letters, digits and '-'"
+            )));
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ClusterName {
+    type Error = InputError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s)
+    }
+}
+
+impl From<ClusterName> for String {
+    fn from(n: ClusterName) -> String {
+        n.0
+    }
+}
+
+impl fmt::Display for ClusterName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The owner of a cluster: a Unix login name, learned from the real uid (never from the
+/// environment). It is part of resource names, so it is validated like a cluster name, with `_`
+/// and `.` also allowed as Unix allows them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Owner(String);
+
+impl Owner {
+    pub fn parse(name: &str) -> Result<Self, InputError> {
+        let ok = !name.is_empty()
+            && name.len() <= 32
+            && name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if ok {
+            Ok(Self(name.to_owned()))
+        } else {
+            Err(InputError::InvalidOwner(name.to_owned()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Owner {
+    type Error = InputError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s)
+    }
+}
+
+impl From<Owner> for String {
+    fn from(n: Owner) -> String {
+        n.0
+    }
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Master,
+    Worker,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Master => "master",
+            Role::Worker => "worker",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "master" => Some(Role::Master),
+            "worker" => Some(Role::Worker),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+fn random_hex() -> String {
+    use rand::RngExt;
+    let n: u64 = rand::rng().random();
+    format!("{n:016x}")
+}
+
+/// The id of one launch request. It is the ClientToken stem on EC2 and the `stratus:request` tag,
+/// so a crash at any step leaves resources that can be traced back to the request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RequestId(String);
+
+impl RequestId {
+    pub fn new() -> Self {
+        Self(format!("req-{}", random_hex()))
+    }
+
+    pub fn from_stored(s: String) -> Self {
+        Self(s)
+    }
+
+    /// A request id as given by someone else (the runner's caller): the same shape as ours.
+    pub fn parse(s: &str) -> Result<Self, InputError> {
+        let ok = s.len() == 20
+            && s.starts_with("req-")
+            && s[4..].chars().all(|c| c.is_ascii_hexdigit());
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(InputError::Invalid(format!(
+                "invalid request id {s:?}: expected req- and 16 hex digits"
+            )))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for RequestId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The id of one state database, created with it and carried by every resource it launches
+/// (`stratus:store`). Two state directories of the same user (two lab machines) have different
+/// ids, so neither ever touches what the other launched.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct StoreId(String);
+
+impl StoreId {
+    pub fn generate() -> Self {
+        Self(format!("st-{}", random_hex()))
+    }
+
+    pub fn from_stored(s: String) -> Self {
+        Self(s)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for StoreId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Who and what a resource belongs to. Every resource stratus creates carries all of these as
+/// tags from the moment it exists. `store` is `None` only for resources launched before stores
+/// had ids.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tags {
+    pub owner: Owner,
+    pub cluster: ClusterName,
+    pub role: Option<Role>,
+    pub profile: String,
+    pub request: RequestId,
+    pub store: Option<StoreId>,
+}
+
+impl Tags {
+    /// The tags as key/value pairs, in a fixed order.
+    pub fn pairs(&self) -> Vec<(&'static str, String)> {
+        let mut v = vec![
+            (TAG_OWNER, self.owner.to_string()),
+            (TAG_CLUSTER, self.cluster.to_string()),
+            (TAG_PROFILE, self.profile.clone()),
+            (TAG_REQUEST, self.request.to_string()),
+        ];
+        if let Some(store) = &self.store {
+            v.push((TAG_STORE, store.to_string()));
+        }
+        if let Some(role) = self.role {
+            v.push((TAG_ROLE, role.to_string()));
+        }
+        v
+    }
+}
+
+/// Which provider runs a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    #[default]
+    Local,
+    Ec2,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Local => "local",
+            ProviderKind::Ec2 => "ec2",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "local" => Some(ProviderKind::Local),
+            "ec2" => Some(ProviderKind::Ec2),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a cluster is in its life. A launch moves reserved -> requested -> running ->
+/// configured, or to failed (then everything it launched is terminated); terminate moves any
+/// state to terminating, then terminated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterState {
+    Reserved,
+    Requested,
+    Running,
+    Configured,
+    Failed,
+    Terminating,
+    Terminated,
+}
+
+impl ClusterState {
+    pub const ALL: [ClusterState; 7] = [
+        ClusterState::Reserved,
+        ClusterState::Requested,
+        ClusterState::Running,
+        ClusterState::Configured,
+        ClusterState::Failed,
+        ClusterState::Terminating,
+        ClusterState::Terminated,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterState::Reserved => "reserved",
+            ClusterState::Requested => "requested",
+            ClusterState::Running => "running",
+            ClusterState::Configured => "configured",
+            ClusterState::Failed => "failed",
+            ClusterState::Terminating => "terminating",
+            ClusterState::Terminated => "terminated",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
+    /// A cluster that holds its name: anything but failed and terminated.
+    pub fn is_live(self) -> bool {
+        !matches!(self, ClusterState::Failed | ClusterState::Terminated)
+    }
+
+    /// A cluster that is up for use (workers may be added to it).
+    pub fn is_up(self) -> bool {
+        matches!(self, ClusterState::Running | ClusterState::Configured)
+    }
+}
+
+/// An instance's state, in EC2's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InstanceState {
+    Pending,
+    Running,
+    Stopping,
+    Stopped,
+    ShuttingDown,
+    Terminated,
+    Unknown,
+}
+
+impl InstanceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Pending => "pending",
+            InstanceState::Running => "running",
+            InstanceState::Stopping => "stopping",
+            InstanceState::Stopped => "stopped",
+            InstanceState::ShuttingDown => "shutting-down",
+            InstanceState::Terminated => "terminated",
+            InstanceState::Unknown => "unknown",
+        }
+    }
+
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "pending" => InstanceState::Pending,
+            "running" => InstanceState::Running,
+            "stopping" => InstanceState::Stopping,
+            "stopped" => InstanceState::Stopped,
+            "shutting-down" => InstanceState::ShuttingDown,
+            "terminated" => InstanceState::Terminated,
+            _ => InstanceState::Unknown,
+        }
+    }
+
+    /// Gone for good: it will never run again and no longer bills. Only a positive sighting
+    /// says so; an instance the provider does not list is not gone (EC2 is eventually
+    /// consistent).
+    pub fn is_gone(self) -> bool {
+        matches!(
+            self,
+            InstanceState::ShuttingDown | InstanceState::Terminated
+        )
+    }
+
+    /// Billed by the hour in this state.
+    pub fn is_billed(self) -> bool {
+        matches!(
+            self,
+            InstanceState::Pending | InstanceState::Running | InstanceState::Stopping
+        )
+    }
+}
+
+impl fmt::Display for InstanceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The display name of a node: `demo-master`, `demo-worker-3`.
+pub fn node_name(cluster: &ClusterName, role: Role, index: u32) -> String {
+    match role {
+        Role::Master => format!("{cluster}-master"),
+        Role::Worker => format!("{cluster}-worker-{index}"),
+    }
+}
+
+/// Quotes a string for a POSIX shell: safe for any bytes but NUL.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c))
+    {
+        return s.to_owned();
+    }
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_names() {
+        for ok in ["a", "demo", "0", "a-b-c", &"x".repeat(40)] {
+            assert!(ClusterName::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "-a",
+            "A",
+            "a_b",
+            "../x",
+            "a;b",
+            "a b",
+            &"x".repeat(41),
+            "é",
+        ] {
+            assert!(ClusterName::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn shell_quoting() {
+        assert_eq!(shell_quote("abc"), "abc");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote("$(rm -rf /)"), "'$(rm -rf /)'");
+    }
+
+    #[test]
+    fn request_ids_parse_only_their_own_shape() {
+        let r = RequestId::new();
+        assert_eq!(RequestId::parse(r.as_str()).unwrap(), r);
+        for bad in ["", "req-", "req-0123456789abcdeg", "../../etc/passwd", "req-0123456789abcdef0"] {
+            assert!(RequestId::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn states_round_trip() {
+        for s in ClusterState::ALL {
+            assert_eq!(ClusterState::parse(s.as_str()), Some(s));
+        }
+    }
+}

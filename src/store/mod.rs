@@ -1,0 +1,750 @@
+//! The state database: one SQLite file holding clusters, their nodes, the launch batches in
+//! flight, the usage intervals that hours and cost are computed from, the quota ledger and the
+//! audit trail.
+//!
+//! It is a money ledger, so: WAL with `synchronous=FULL`, a busy timeout rather than "database is
+//! locked" errors, foreign keys on, schema migrations by `PRAGMA user_version`, and decisions that
+//! read then write inside `BEGIN IMMEDIATE`. No lock is ever held across a network call: every
+//! method here is one short transaction. The file refuses to open on a network file system, where
+//! SQLite's locks do not hold.
+//!
+//! Each database has an id (`StoreId`, made with it) that tags everything it launches, so two
+//! state directories never mistake each other's instances for their own.
+
+mod nodes;
+
+pub use nodes::{BatchRow, Interval, NodeRow, Observation, Recorded};
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde::{Deserialize, Serialize};
+
+pub use crate::model::{ClusterState, Millis, now_millis};
+use crate::model::{ClusterName, Owner, ProviderKind, RequestId, StoreId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the state database {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "the state database {0} is on a network file system, where SQLite's locking is unsafe; set STRATUS_HOME to a local directory"
+    )]
+    NetworkFs(PathBuf),
+    #[error("cannot create the state directory {path}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is a symbolic link; the state directory and database must be real files")]
+    Symlink { path: PathBuf },
+    #[error(
+        "the state database {path} has schema version {found}, newer than this stratus understands ({known}); upgrade stratus"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    #[error("state database error")]
+    Sql(#[from] rusqlite::Error),
+    #[error("corrupt record in the state database: {0}")]
+    Corrupt(String),
+}
+
+/// What was asked for when the cluster was launched, kept so later commands (launch-slaves,
+/// update-slaves-file, login) act on the same settings even if the profile file changes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterRecord {
+    pub profile: crate::cluster::profile::Profile,
+    pub env: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterRow {
+    pub id: i64,
+    pub name: ClusterName,
+    pub owner: Owner,
+    pub profile: String,
+    pub provider: ProviderKind,
+    pub state: ClusterState,
+    pub request_id: RequestId,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub terminated_at: Option<Millis>,
+    pub failure: Option<String>,
+    pub record: ClusterRecord,
+    /// Taken off the list by `delete-cluster` (its usage still counts).
+    pub hidden: bool,
+}
+
+/// What `create_cluster` did.
+#[derive(Debug)]
+pub enum Created<E> {
+    Row(ClusterRow),
+    /// The owner already has a live cluster of that name.
+    NameInUse,
+    /// `admit` refused; nothing was written.
+    Refused(E),
+}
+
+pub struct NewCluster<'a> {
+    pub name: &'a ClusterName,
+    pub owner: &'a Owner,
+    pub provider: ProviderKind,
+    pub request_id: &'a RequestId,
+    pub record: &'a ClusterRecord,
+}
+
+const MIGRATIONS: &[&str] = &[
+    // 1: clusters, nodes, usage intervals.
+    r#"
+    CREATE TABLE clusters (
+        id            INTEGER PRIMARY KEY,
+        name          TEXT NOT NULL,
+        owner         TEXT NOT NULL,
+        profile       TEXT NOT NULL,
+        provider      TEXT NOT NULL,
+        state         TEXT NOT NULL,
+        request_id    TEXT NOT NULL UNIQUE,
+        created_at    INTEGER NOT NULL,
+        updated_at    INTEGER NOT NULL,
+        terminated_at INTEGER,
+        failure       TEXT,
+        record        TEXT NOT NULL
+    );
+    -- A name is held by at most one live cluster per owner.
+    CREATE UNIQUE INDEX clusters_live_name ON clusters(owner, name)
+        WHERE state NOT IN ('failed', 'terminated');
+    CREATE TABLE nodes (
+        instance_id   TEXT PRIMARY KEY,
+        cluster_id    INTEGER NOT NULL REFERENCES clusters(id),
+        role          TEXT NOT NULL CHECK (role IN ('master', 'worker')),
+        idx           INTEGER NOT NULL,
+        request_id    TEXT NOT NULL,
+        state         TEXT NOT NULL,
+        address       TEXT,
+        ssh_port      INTEGER NOT NULL,
+        instance_type TEXT NOT NULL,
+        image         TEXT NOT NULL,
+        spot          INTEGER NOT NULL DEFAULT 0,
+        host_key      TEXT,
+        launched_at   INTEGER NOT NULL,
+        ended_at      INTEGER
+    );
+    CREATE INDEX nodes_cluster ON nodes(cluster_id);
+    CREATE TABLE usage_intervals (
+        id            INTEGER PRIMARY KEY,
+        instance_id   TEXT NOT NULL REFERENCES nodes(instance_id),
+        cluster_id    INTEGER NOT NULL REFERENCES clusters(id),
+        owner         TEXT NOT NULL,
+        profile       TEXT NOT NULL,
+        instance_type TEXT NOT NULL,
+        spot          INTEGER NOT NULL DEFAULT 0,
+        started_at    INTEGER NOT NULL,
+        last_seen_at  INTEGER NOT NULL,
+        ended_at      INTEGER,
+        -- 'observed': seen ended; 'estimated': vanished, closed at its last sighting.
+        end_source    TEXT CHECK (end_source IN ('observed', 'estimated'))
+    );
+    CREATE INDEX usage_open ON usage_intervals(instance_id) WHERE ended_at IS NULL;
+    CREATE INDEX usage_cluster ON usage_intervals(cluster_id);
+    "#,
+    // 2: the address nodes reach each other at, beside the one stratus connects to.
+    r#"
+    ALTER TABLE nodes ADD COLUMN private_address TEXT;
+    "#,
+    // 3: the store's id; launch batches written before each launch call, so no instance a call
+    // created escapes the record; usage of orphans; the quota ledger and the audit trail.
+    r#"
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE launch_batches (
+        token       TEXT PRIMARY KEY,
+        cluster_id  INTEGER NOT NULL REFERENCES clusters(id),
+        request_id  TEXT NOT NULL,
+        role        TEXT NOT NULL CHECK (role IN ('master', 'worker')),
+        first_index INTEGER NOT NULL,
+        count       INTEGER NOT NULL,
+        created_at  INTEGER NOT NULL,
+        -- Set once every instance the call created is recorded (or the call created none).
+        settled_at  INTEGER
+    );
+    CREATE INDEX batches_pending ON launch_batches(cluster_id) WHERE settled_at IS NULL;
+    CREATE INDEX nodes_request ON nodes(request_id);
+    -- delete-cluster of an ended cluster takes it off the list; its usage stays.
+    ALTER TABLE clusters ADD COLUMN hidden INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE usage_intervals ADD COLUMN orphan INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE reservations (
+        id          INTEGER PRIMARY KEY,
+        cluster_id  INTEGER NOT NULL REFERENCES clusters(id),
+        owner       TEXT NOT NULL,
+        request_id  TEXT NOT NULL,
+        units       INTEGER NOT NULL,
+        nodes       INTEGER NOT NULL,
+        max_cost_micros INTEGER NOT NULL DEFAULT 0,
+        created_at  INTEGER NOT NULL,
+        released_at INTEGER
+    );
+    CREATE INDEX reservations_open ON reservations(owner) WHERE released_at IS NULL;
+    CREATE TABLE audit (
+        id        INTEGER PRIMARY KEY,
+        at        INTEGER NOT NULL,
+        user      TEXT NOT NULL,
+        action    TEXT NOT NULL,
+        cluster   TEXT,
+        decision  TEXT NOT NULL,
+        reason    TEXT,
+        instances TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE INDEX audit_at ON audit(at);
+    -- Append-only: a decision once recorded is never changed or removed.
+    CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+    CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+    "#,
+];
+
+/// The state database. Cheap to clone; all clones share one connection.
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+    id: StoreId,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `dir`.
+    pub fn open_in(dir: &Path) -> Result<Self, StoreError> {
+        create_private_dir(dir)?;
+        Self::open(&dir.join("stratus.db"))
+    }
+
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(parent) = path.parent()
+            && crate::sys::on_network_fs(parent).unwrap_or(false)
+        {
+            return Err(StoreError::NetworkFs(path.to_path_buf()));
+        }
+        // A link planted where the database goes would make stratus write wherever it points.
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(StoreError::Symlink {
+                path: path.to_path_buf(),
+            });
+        }
+        let open_err = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+                | rusqlite::OpenFlags::SQLITE_OPEN_CREATE
+                | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | rusqlite::OpenFlags::SQLITE_OPEN_NOFOLLOW,
+        )
+        .map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(open_err)?;
+        set_wal(&conn).map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(open_err)?;
+        let mut store = Self {
+            conn: Arc::new(Mutex::new(conn)),
+            path: path.to_path_buf(),
+            id: StoreId::from_stored(String::new()),
+        };
+        store.id = store.migrate()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The id every resource this database launches is tagged with.
+    pub fn id(&self) -> &StoreId {
+        &self.id
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (the transaction rolls back),
+        // so a poisoned mutex is still usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` in one `BEGIN IMMEDIATE` transaction, committed if `f` succeeds.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Applies the migrations this database lacks and returns its id (made by migration 3).
+    fn migrate(&self) -> Result<StoreId, StoreError> {
+        let mut conn = self.conn();
+        // Most opens find the schema current: read it without taking the write lock.
+        let known = MIGRATIONS.len() as i64;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version != known {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+            if version > known {
+                return Err(StoreError::TooNew {
+                    path: self.path.clone(),
+                    found: version,
+                    known,
+                });
+            }
+            for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+                tx.execute_batch(sql)?;
+                if i == 2 {
+                    tx.execute(
+                        "INSERT INTO meta (key, value) VALUES ('store_id', ?1)",
+                        params![StoreId::generate().as_str()],
+                    )?;
+                }
+                tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            }
+            tx.commit()?;
+        }
+        let id: String = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'store_id'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::Corrupt("the database has no store id".into()))?;
+        Ok(StoreId::from_stored(id))
+    }
+
+    /// Records a new cluster in state `reserved`. `admit` runs inside the same `BEGIN IMMEDIATE`
+    /// transaction, with the new row in place but uncommitted: the quota check and the
+    /// reservation it writes cannot race another launch, and a refusal rolls everything back.
+    pub fn create_cluster<E>(
+        &self,
+        new: &NewCluster<'_>,
+        admit: impl FnOnce(&rusqlite::Transaction<'_>, i64) -> Result<Result<(), E>, StoreError>,
+    ) -> Result<Created<E>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let taken: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM clusters WHERE owner = ?1 AND name = ?2
+                            AND state NOT IN ('failed', 'terminated'))",
+            params![new.owner.as_str(), new.name.as_str()],
+            |r| r.get(0),
+        )?;
+        if taken {
+            return Ok(Created::NameInUse);
+        }
+        let now = now_millis();
+        let record =
+            serde_json::to_string(new.record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        tx.execute(
+            "INSERT INTO clusters (name, owner, profile, provider, state, request_id,
+                                   created_at, updated_at, record)
+             VALUES (?1, ?2, ?3, ?4, 'reserved', ?5, ?6, ?6, ?7)",
+            params![
+                new.name.as_str(),
+                new.owner.as_str(),
+                new.record.profile.name,
+                new.provider.as_str(),
+                new.request_id.as_str(),
+                now,
+                record
+            ],
+        )?;
+        let id = tx.last_insert_rowid();
+        if let Err(refusal) = admit(&tx, id)? {
+            // Dropping the transaction rolls the row back.
+            return Ok(Created::Refused(refusal));
+        }
+        tx.commit()?;
+        drop(conn);
+        self.cluster_by_id(id)?
+            .map(Created::Row)
+            .ok_or_else(|| StoreError::Corrupt(format!("cluster {id} vanished")))
+    }
+
+    /// A row, already terminated, for instances found under the tags of a cluster this database
+    /// has no row for (launched behind stratus's back with this store's tags): their usage is
+    /// attached to it. The profile is the one their tags name, if it still resolves; otherwise a
+    /// placeholder record.
+    pub fn adopt_cluster(
+        &self,
+        owner: &Owner,
+        name: &ClusterName,
+        provider: ProviderKind,
+        (profile, request): (String, RequestId),
+    ) -> Result<ClusterRow, StoreError> {
+        let mut p = crate::cluster::profile::Profile::placeholder(&profile);
+        p.description = "found by reconcile: instances no record knew".into();
+        let record = ClusterRecord {
+            profile: p,
+            env: Default::default(),
+        };
+        let text =
+            serde_json::to_string(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let now = now_millis();
+        let id = self.write(|tx| {
+            tx.execute(
+                "INSERT INTO clusters (name, owner, profile, provider, state, request_id,
+                                       created_at, updated_at, terminated_at, failure, record)
+                 VALUES (?1, ?2, ?3, ?4, 'terminated', ?5, ?6, ?6, ?6,
+                         'found by reconcile: instances no record knew', ?7)",
+                params![
+                    name.as_str(),
+                    owner.as_str(),
+                    profile,
+                    provider.as_str(),
+                    // Unique: a second adoption of the same request gets its own row id.
+                    format!("{}-adopted-{now}", request.as_str()),
+                    now,
+                    text
+                ],
+            )?;
+            Ok(tx.last_insert_rowid())
+        })?;
+        self.cluster_by_id(id)?
+            .ok_or_else(|| StoreError::Corrupt(format!("cluster {id} vanished")))
+    }
+
+    /// Moves a cluster to `to` only if it is in one of `from` (compare and set): a launch must
+    /// not overwrite a terminate that another process started meanwhile. Returns whether it
+    /// moved.
+    pub fn transition(
+        &self,
+        id: i64,
+        from: &[ClusterState],
+        to: ClusterState,
+        failure: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            let current = cluster_state(tx, id)?;
+            if !current.is_some_and(|c| from.contains(&c)) {
+                return Ok(false);
+            }
+            update_state(tx, id, to, failure)?;
+            Ok(true)
+        })
+    }
+
+    pub fn cluster_by_id(&self, id: i64) -> Result<Option<ClusterRow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!("{CLUSTER_SELECT} WHERE id = ?1"))?;
+        stmt.query_row(params![id], cluster_from_row)
+            .optional()?
+            .transpose()
+    }
+
+    pub fn cluster_state(&self, id: i64) -> Result<Option<ClusterState>, StoreError> {
+        cluster_state(&self.conn(), id)
+    }
+
+    /// The owner's live cluster of this name, else the most recent one.
+    pub fn find_cluster(
+        &self,
+        owner: &Owner,
+        name: &ClusterName,
+    ) -> Result<Option<ClusterRow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "{CLUSTER_SELECT} WHERE owner = ?1 AND name = ?2
+             ORDER BY state IN ('failed', 'terminated'), id DESC LIMIT 1"
+        ))?;
+        stmt.query_row(params![owner.as_str(), name.as_str()], cluster_from_row)
+            .optional()?
+            .transpose()
+    }
+
+    /// Clusters of `owner` (all owners if `None`), oldest first.
+    pub fn list_clusters(&self, owner: Option<&Owner>) -> Result<Vec<ClusterRow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "{CLUSTER_SELECT} WHERE (?1 IS NULL OR owner = ?1) ORDER BY id"
+        ))?;
+        let rows = stmt.query_map(params![owner.map(Owner::as_str)], cluster_from_row)?;
+        rows.map(|r| r?).collect()
+    }
+
+    /// Removes an ended cluster from the list (`delete-cluster`); its nodes and usage stay for
+    /// accounting, attached to the row, which is only no longer shown.
+    pub fn hide_cluster(&self, id: i64) -> Result<(), StoreError> {
+        self.conn()
+            .execute("UPDATE clusters SET hidden = 1 WHERE id = ?1", params![id])?;
+        Ok(())
+    }
+}
+
+fn cluster_state(conn: &Connection, id: i64) -> Result<Option<ClusterState>, StoreError> {
+    let state: Option<String> = conn
+        .query_row(
+            "SELECT state FROM clusters WHERE id = ?1",
+            params![id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    state
+        .map(|s| {
+            ClusterState::parse(&s)
+                .ok_or_else(|| StoreError::Corrupt(format!("cluster state {s:?}")))
+        })
+        .transpose()
+}
+
+fn update_state(
+    conn: &Connection,
+    id: i64,
+    state: ClusterState,
+    failure: Option<&str>,
+) -> Result<(), StoreError> {
+    let now = now_millis();
+    let terminated_at = (state == ClusterState::Terminated).then_some(now);
+    conn.execute(
+        "UPDATE clusters SET state = ?2, updated_at = ?3,
+                failure = COALESCE(?4, failure),
+                terminated_at = COALESCE(?5, terminated_at)
+         WHERE id = ?1",
+        params![id, state.as_str(), now, failure, terminated_at],
+    )?;
+    Ok(())
+}
+
+/// Puts the database in WAL mode. Switching needs the file to itself, and SQLite answers BUSY at
+/// once (without the busy handler) when another process has it open, as when two commands
+/// create a fresh state directory together: so check first, and retry the switch for a while.
+fn set_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let attempt = (|| {
+            let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
+            if mode.eq_ignore_ascii_case("wal") {
+                return Ok(());
+            }
+            conn.pragma_update(None, "journal_mode", "WAL")
+        })();
+        match attempt {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
+const CLUSTER_SELECT: &str = "SELECT id, name, owner, profile, provider, state, request_id,
+    created_at, updated_at, terminated_at, failure, record, hidden FROM clusters";
+
+fn cluster_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ClusterRow, StoreError>> {
+    let name: String = r.get(1)?;
+    let owner: String = r.get(2)?;
+    let provider: String = r.get(4)?;
+    let state: String = r.get(5)?;
+    let record: String = r.get(11)?;
+    let build = || -> Result<ClusterRow, StoreError> {
+        Ok(ClusterRow {
+            id: r.get(0)?,
+            name: ClusterName::parse(&name)
+                .map_err(|e| StoreError::Corrupt(format!("cluster name: {e}")))?,
+            owner: Owner::parse(&owner)
+                .map_err(|e| StoreError::Corrupt(format!("cluster owner: {e}")))?,
+            profile: r.get(3)?,
+            provider: ProviderKind::parse(&provider)
+                .ok_or_else(|| StoreError::Corrupt(format!("provider {provider:?}")))?,
+            state: ClusterState::parse(&state)
+                .ok_or_else(|| StoreError::Corrupt(format!("cluster state {state:?}")))?,
+            request_id: RequestId::from_stored(r.get(6)?),
+            created_at: r.get(7)?,
+            updated_at: r.get(8)?,
+            terminated_at: r.get(9)?,
+            failure: r.get(10)?,
+            record: serde_json::from_str(&record)
+                .map_err(|e| StoreError::Corrupt(format!("cluster record: {e}")))?,
+            hidden: r.get(12)?,
+        })
+    };
+    Ok(build())
+}
+
+/// Creates a directory (and its parents) readable only by its owner. A symbolic link where the
+/// directory should be is refused: something planted it to redirect stratus's writes.
+pub fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(StoreError::Symlink {
+            path: dir.to_path_buf(),
+        });
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| StoreError::Dir {
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::cluster::profile::Profile;
+
+    pub(crate) fn record() -> ClusterRecord {
+        ClusterRecord {
+            profile: Profile::for_tests("p"),
+            env: Default::default(),
+        }
+    }
+
+    pub(crate) fn create(
+        store: &Store,
+        name: &ClusterName,
+        owner: &Owner,
+        req: &RequestId,
+        rec: &ClusterRecord,
+    ) -> Option<ClusterRow> {
+        let created = store
+            .create_cluster::<()>(
+                &NewCluster {
+                    name,
+                    owner,
+                    provider: ProviderKind::Local,
+                    request_id: req,
+                    record: rec,
+                },
+                |_, _| Ok(Ok(())),
+            )
+            .unwrap();
+        match created {
+            Created::Row(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_live_name_is_taken_until_terminated() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_in(dir.path()).unwrap();
+        let owner = Owner::parse("alice").unwrap();
+        let name = ClusterName::parse("demo").unwrap();
+        let rec = record();
+        let r1 = RequestId::new();
+        let c = create(&store, &name, &owner, &r1, &rec).unwrap();
+        assert_eq!(c.state, ClusterState::Reserved);
+        let r2 = RequestId::new();
+        assert!(create(&store, &name, &owner, &r2, &rec).is_none());
+        assert!(
+            store
+                .transition(c.id, &[ClusterState::Reserved], ClusterState::Terminated, None)
+                .unwrap()
+        );
+        let c2 = create(&store, &name, &owner, &r2, &rec).unwrap();
+        assert_ne!(c.id, c2.id);
+        // The live one wins a lookup by name.
+        assert_eq!(
+            store.find_cluster(&owner, &name).unwrap().unwrap().id,
+            c2.id
+        );
+    }
+
+    #[test]
+    fn a_refused_admission_leaves_no_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_in(dir.path()).unwrap();
+        let owner = Owner::parse("alice").unwrap();
+        let name = ClusterName::parse("demo").unwrap();
+        let rec = record();
+        let r = store
+            .create_cluster(
+                &NewCluster {
+                    name: &name,
+                    owner: &owner,
+                    provider: ProviderKind::Local,
+                    request_id: &RequestId::new(),
+                    record: &rec,
+                },
+                |_, _| Ok(Err("over quota")),
+            )
+            .unwrap();
+        assert!(matches!(r, Created::Refused("over quota")));
+        assert!(store.list_clusters(None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn each_database_has_its_own_stable_id() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let id_a = Store::open_in(a.path()).unwrap().id().clone();
+        let id_b = Store::open_in(b.path()).unwrap().id().clone();
+        assert_ne!(id_a, id_b);
+        assert!(id_a.as_str().starts_with("st-"));
+        assert_eq!(Store::open_in(a.path()).unwrap().id(), &id_a);
+    }
+
+    #[test]
+    fn a_symlinked_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("elsewhere.db");
+        std::fs::write(&target, b"").unwrap();
+        std::os::unix::fs::symlink(&target, dir.path().join("stratus.db")).unwrap();
+        let err = Store::open_in(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::Symlink { .. }), "{err}");
+    }
+
+    #[test]
+    fn many_processes_may_create_the_database_at_once() {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let d = dir.path().to_path_buf();
+                    std::thread::spawn(move || Store::open_in(&d).map(|s| s.id().clone()))
+                })
+                .collect();
+            let ids: std::collections::BTreeSet<StoreId> =
+                handles.into_iter().map(|h| h.join().unwrap().unwrap()).collect();
+            assert_eq!(ids.len(), 1, "one database, one id");
+        }
+    }
+
+    #[test]
+    fn migrations_are_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open_in(dir.path()).unwrap());
+        let store = Store::open_in(dir.path()).unwrap();
+        let v: i64 = store
+            .conn()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, MIGRATIONS.len() as i64);
+    }
+}
