@@ -79,8 +79,18 @@ impl Moto {
         assert_eq!(status, 200, "moto reset-auth {count}: {body}");
     }
 
-    /// A POST to moto's management API, `text/plain` (a form body would be eaten by Flask).
-    fn post(&self, path: &str, body: &str) -> (u16, String) {
+    /// A POST to moto's management API (or to the fault API of `scripts/moto_faults.py`),
+    /// `text/plain` (a form body would be eaten by Flask). Returns the status and the body.
+    pub(crate) fn post(&self, path: &str, body: &str) -> (u16, String) {
+        self.http("POST", path, body)
+    }
+
+    /// A GET of moto's management API or of the fault API.
+    pub(crate) fn get(&self, path: &str) -> (u16, String) {
+        self.http("GET", path, "")
+    }
+
+    fn http(&self, method: &str, path: &str, body: &str) -> (u16, String) {
         let hostport = self
             .endpoint
             .strip_prefix("http://")
@@ -89,7 +99,7 @@ impl Moto {
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         write!(
             s,
-            "POST {path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         )
         .unwrap();
@@ -100,7 +110,11 @@ impl Moto {
             .nth(1)
             .and_then(|c| c.parse().ok())
             .unwrap_or(0);
-        (status, answer)
+        let body = match answer.split_once("\r\n\r\n") {
+            Some((_, body)) => body.to_owned(),
+            None => answer,
+        };
+        (status, body)
     }
 
     pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
@@ -226,6 +240,10 @@ impl Drop for Moto {
     fn drop(&mut self) {
         // A test that turned auth on and failed must not leave it on for the next.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.set_auth("inf")));
+        // Nor a fault or a held call, which would stall the clean-up of the test's clusters.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.post("/stratus-faults/reset", "")
+        }));
     }
 }
 

@@ -1,0 +1,441 @@
+#!/usr/bin/env python3
+"""moto's server with EC2 faults the tests can turn on: what real EC2 does and moto does not.
+
+Runs moto's WSGI app in this process (as `moto_server` does) behind a middleware that can
+  - throttle: answer the next K calls of an action with RequestLimitExceeded, without forwarding;
+  - lose_answer: forward the next K calls of an action to moto, then answer 500 InternalError;
+  - not_found_secs: make each instance id a RunInstances answer carries "new" for that many
+    seconds, as EC2's eventual consistency does: DescribeInstances naming it, TerminateInstances
+    and CreateTags naming it answer InvalidInstanceID.NotFound (without forwarding), and
+    DescribeInstances without ids leaves it out;
+  - idempotent_client_token (opt-in): a RunInstances with a ClientToken already answered gets
+    the same answer again, without forwarding, as EC2 does (moto launches anew);
+  - hold: block every call of an action until released (a test can kill the client meanwhile);
+  - count every EC2 call by Action;
+  - age instances: make their launch time older in moto's backend (moto has no clock API).
+With nothing configured it is transparent. The control API, JSON in and out:
+  POST /stratus-faults/reset                     faults, holds (released), counts, tracked ids
+  POST /stratus-faults/config   {"throttle": {"RunInstances": 3}, "lose_answer": {...},
+                                 "not_found_secs": 20, "idempotent_client_token": true}
+                                each key named replaces its old value
+  GET  /stratus-faults/config   the faults in force
+  GET  /stratus-faults/counts   {"RunInstances": 2, ...}
+  POST /stratus-faults/age      {"instance_ids": [...], "seconds": 3600} -> {"aged": n}
+  POST /stratus-faults/hold     {"action": "RunInstances"}
+  POST /stratus-faults/release  {"action": "RunInstances"}
+  GET  /stratus-faults/held     {"RunInstances": 1}
+and POST /moto-api/reset clears all of the above before moto resets its own state.
+
+Usage: python moto_faults.py --host 127.0.0.1 --port P
+"""
+
+import argparse
+import datetime
+import io
+import json
+import os
+import re
+import signal
+import sys
+import threading
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from urllib.parse import parse_qs
+
+from werkzeug.serving import run_simple
+
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+
+CONTROL = "/stratus-faults/"
+# The actions that answer InvalidInstanceID.NotFound for an instance id that is still new.
+NOT_FOUND_ACTIONS = {"DescribeInstances", "TerminateInstances", "CreateTags"}
+INSTANCE_ID_IN_ANSWER = re.compile(rb"<instanceId>(i-[0-9a-zA-Z]+)</instanceId>")
+
+
+def error_xml(code, message):
+    """EC2's error answer."""
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error>"
+        f"</Errors><RequestID>{uuid.uuid4()}</RequestID></Response>"
+    ).encode()
+
+
+def not_found_message(ids):
+    if len(ids) == 1:
+        return f"The instance ID '{ids[0]}' does not exist"
+    return f"The instance IDs '{', '.join(ids)}' do not exist"
+
+
+def numbered(params, prefix):
+    """The values of `prefix.1`, `prefix.2`, … in a query's parameters."""
+    pat = re.compile(re.escape(prefix) + r"\.\d+$")
+    return [v for k, vs in params.items() if pat.match(k) for v in vs]
+
+
+class Hold:
+    def __init__(self):
+        self.released = threading.Event()
+        self.waiting = 0  # calls blocked on it now
+
+
+class Faults:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.clear()
+
+    def clear(self):
+        """Everything back to transparent; held calls are let go."""
+        with self.lock:
+            for hold in getattr(self, "holds", {}).values():
+                hold.released.set()
+            self.throttle = {}
+            self.lose_answer = {}
+            self.not_found_secs = 0.0
+            self.idempotent = False
+            self.token_locks = {}  # ClientToken -> Lock, so one call of a token runs at a time
+            self.token_answers = {}  # ClientToken -> moto's first successful answer
+            self.counts = {}
+            self.first_seen = {}  # instance id -> monotonic time its RunInstances answer passed
+            self.holds = {}  # action -> Hold
+
+    def configure(self, conf):
+        with self.lock:
+            if "throttle" in conf:
+                self.throttle = {a: int(k) for a, k in conf["throttle"].items()}
+            if "lose_answer" in conf:
+                self.lose_answer = {a: int(k) for a, k in conf["lose_answer"].items()}
+            if "not_found_secs" in conf:
+                self.not_found_secs = float(conf["not_found_secs"] or 0)
+            if "idempotent_client_token" in conf:
+                self.idempotent = bool(conf["idempotent_client_token"])
+        return self.config()
+
+    def config(self):
+        with self.lock:
+            return {
+                "throttle": {a: k for a, k in self.throttle.items() if k > 0},
+                "lose_answer": {a: k for a, k in self.lose_answer.items() if k > 0},
+                "not_found_secs": self.not_found_secs,
+                "idempotent_client_token": self.idempotent,
+            }
+
+    def take(self, table, action):
+        """Whether a fault of `table` answers this call, using one of its K."""
+        with self.lock:
+            if table.get(action, 0) > 0:
+                table[action] -= 1
+                return True
+            return False
+
+    def count(self, action):
+        with self.lock:
+            self.counts[action] = self.counts.get(action, 0) + 1
+
+    def wait_if_held(self, action):
+        with self.lock:
+            hold = self.holds.get(action)
+            if hold is None:
+                return
+            hold.waiting += 1
+        try:
+            hold.released.wait()
+        finally:
+            with self.lock:
+                hold.waiting -= 1
+
+    def hold(self, action):
+        with self.lock:
+            self.holds.setdefault(action, Hold())
+
+    def release(self, action):
+        with self.lock:
+            hold = self.holds.pop(action, None)
+        if hold is not None:
+            hold.released.set()
+
+    def held_now(self):
+        """Calls blocked now, for each action held."""
+        with self.lock:
+            return {a: h.waiting for a, h in self.holds.items()}
+
+    def track(self, ids):
+        with self.lock:
+            if self.not_found_secs <= 0:
+                return
+            now = time.monotonic()
+            for i in ids:
+                self.first_seen.setdefault(i, now)
+
+    def is_new(self, instance_id):
+        with self.lock:
+            seen = self.first_seen.get(instance_id)
+            return seen is not None and time.monotonic() - seen < self.not_found_secs
+
+
+def age_instances(ids, seconds):
+    """Moves the launch time of these instances `seconds` back, in every account and region."""
+    from moto.ec2.models import ec2_backends
+
+    wanted = set(ids)
+    aged = 0
+    for _account, _region, backend in list(ec2_backends.iter_backends()):
+        for instance in backend.all_instances():
+            if instance.id in wanted:
+                instance.launch_time -= datetime.timedelta(seconds=seconds)
+                aged += 1
+    return aged
+
+
+def drop_new_instances(body, is_new):
+    """A DescribeInstances answer without the instances that are still new (and without the
+    reservations that leaves empty); None when there is nothing to drop."""
+    if not any(is_new(m.decode()) for m in INSTANCE_ID_IN_ANSWER.findall(body)):
+        return None
+    root = ET.fromstring(body)
+    ns = root.tag[1 : root.tag.index("}")] if root.tag.startswith("{") else ""
+
+    def q(name):
+        return f"{{{ns}}}{name}" if ns else name
+
+    reservations = root.find(q("reservationSet"))
+    if reservations is None:
+        return None
+    for reservation in list(reservations):
+        instances = reservation.find(q("instancesSet"))
+        if instances is None:
+            continue
+        dropped = False
+        for instance in list(instances):
+            if is_new(instance.findtext(q("instanceId")) or ""):
+                instances.remove(instance)
+                dropped = True
+        if dropped and len(instances) == 0:
+            reservations.remove(reservation)
+    text = ET.tostring(root, encoding="unicode", default_namespace=ns or None)
+    return ('<?xml version="1.0" encoding="UTF-8"?>\n' + text).encode()
+
+
+class FaultMiddleware:
+    def __init__(self, app):
+        self.app = app
+        self.faults = Faults()
+
+    # -- plumbing
+
+    @staticmethod
+    def read_body(environ):
+        """Reads the request body and puts it back for moto."""
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        stream = environ["wsgi.input"]
+        if length > 0:
+            body = stream.read(length)
+        elif environ.get("wsgi.input_terminated"):
+            body = stream.read()
+        else:
+            body = b""
+        environ["wsgi.input"] = io.BytesIO(body)
+        if body or "CONTENT_LENGTH" in environ:
+            environ["CONTENT_LENGTH"] = str(len(body))
+        return body
+
+    def forward(self, environ):
+        """moto's answer, whole: (status, headers, body)."""
+        captured = {}
+
+        def start_response(status, headers, exc_info=None):
+            captured["status"] = status
+            captured["headers"] = list(headers)
+            return lambda data: captured.setdefault("written", []).append(data)
+
+        result = self.app(environ, start_response)
+        try:
+            body = b"".join(result)
+        finally:
+            if hasattr(result, "close"):
+                result.close()
+        body = b"".join(captured.get("written", [])) + body
+        return captured["status"], captured["headers"], body
+
+    @staticmethod
+    def answer(start_response, status, body, content_type, headers=None):
+        headers = [h for h in (headers or []) if h[0].lower() != "content-length"]
+        if not any(h[0].lower() == "content-type" for h in headers):
+            headers.append(("Content-Type", content_type))
+        headers.append(("Content-Length", str(len(body))))
+        start_response(status, headers)
+        return [body]
+
+    def ec2_error(self, start_response, status, code, message):
+        return self.answer(
+            start_response, status, error_xml(code, message), "text/xml;charset=UTF-8"
+        )
+
+    def json_answer(self, start_response, value, status="200 OK"):
+        return self.answer(
+            start_response, status, json.dumps(value).encode(), "application/json"
+        )
+
+    # -- requests
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        method = environ.get("REQUEST_METHOD", "GET")
+        if path.startswith(CONTROL):
+            return self.control(environ, start_response, path[len(CONTROL) :], method)
+        if path.rstrip("/") == "/moto-api/reset" and method == "POST":
+            self.faults.clear()
+            return self.app(environ, start_response)
+        action = self.ec2_action(environ)
+        if action is None:
+            return self.app(environ, start_response)
+        return self.ec2(environ, start_response, action)
+
+    def ec2_action(self, environ):
+        """The Action of an EC2 query request (reading the body), or None for anything else."""
+        auth = environ.get("HTTP_AUTHORIZATION", "")
+        m = re.search(r"Credential=[^/,]*/[^/,]*/[^/,]*/([^/,]*)/", auth)
+        if auth and (m is None or m.group(1) != "ec2"):
+            return None
+        params = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+        if environ.get("REQUEST_METHOD") == "POST" and (
+            environ.get("CONTENT_TYPE", "").startswith("application/x-www-form-urlencoded")
+        ):
+            body = self.read_body(environ)
+            try:
+                params.update(parse_qs(body.decode("utf-8"), keep_blank_values=True))
+            except UnicodeDecodeError:
+                pass
+        actions = params.get("Action")
+        if not actions:
+            return None
+        environ["stratus.params"] = params
+        return actions[0]
+
+    def ec2(self, environ, start_response, action):
+        f = self.faults
+        params = environ["stratus.params"]
+        f.count(action)
+        f.wait_if_held(action)
+        if f.take(f.throttle, action):
+            return self.ec2_error(
+                start_response,
+                "400 Bad Request",
+                "RequestLimitExceeded",
+                "Request limit exceeded.",
+            )
+        if action in NOT_FOUND_ACTIONS:
+            named = numbered(params, "InstanceId") + numbered(params, "ResourceId")
+            new = [i for i in named if f.is_new(i)]
+            if new:
+                return self.ec2_error(
+                    start_response,
+                    "400 Bad Request",
+                    "InvalidInstanceID.NotFound",
+                    not_found_message(new),
+                )
+        token = (params.get("ClientToken") or [""])[0] if action == "RunInstances" else ""
+        if token and f.idempotent:
+            with f.lock:
+                token_lock = f.token_locks.setdefault(token, threading.Lock())
+            with token_lock:
+                with f.lock:
+                    first = f.token_answers.get(token)
+                if first is None:
+                    status, headers, body = self.forward(environ)
+                    if status.startswith("2"):
+                        with f.lock:
+                            f.token_answers[token] = (status, headers, body)
+                else:
+                    status, headers, body = first
+        else:
+            status, headers, body = self.forward(environ)
+        if action == "RunInstances" and status.startswith("2"):
+            f.track([m.decode() for m in INSTANCE_ID_IN_ANSWER.findall(body)])
+        if f.take(f.lose_answer, action):
+            return self.ec2_error(
+                start_response,
+                "500 Internal Server Error",
+                "InternalError",
+                "An internal error has occurred",
+            )
+        if action == "DescribeInstances" and status.startswith("2"):
+            if not numbered(params, "InstanceId"):
+                try:
+                    filtered = drop_new_instances(body, f.is_new)
+                except ET.ParseError:
+                    filtered = None
+                if filtered is not None:
+                    body = filtered
+        return self.answer(start_response, status, body, "text/xml", headers)
+
+    def control(self, environ, start_response, what, method):
+        f = self.faults
+        body = self.read_body(environ)
+        try:
+            arg = json.loads(body) if body.strip() else {}
+        except ValueError as e:
+            return self.json_answer(start_response, {"error": f"not JSON: {e}"}, "400 Bad Request")
+        try:
+            if what == "reset" and method == "POST":
+                f.clear()
+                return self.json_answer(start_response, {"reset": True})
+            if what == "config" and method == "POST":
+                return self.json_answer(start_response, f.configure(arg))
+            if what == "config" and method == "GET":
+                return self.json_answer(start_response, f.config())
+            if what == "counts" and method == "GET":
+                with f.lock:
+                    counts = dict(f.counts)
+                return self.json_answer(start_response, counts)
+            if what == "age" and method == "POST":
+                aged = age_instances(list(arg["instance_ids"]), float(arg["seconds"]))
+                return self.json_answer(start_response, {"aged": aged})
+            if what == "hold" and method == "POST":
+                f.hold(str(arg["action"]))
+                return self.json_answer(start_response, f.held_now())
+            if what == "release" and method == "POST":
+                f.release(str(arg["action"]))
+                return self.json_answer(start_response, f.held_now())
+            if what == "held" and method == "GET":
+                return self.json_answer(start_response, f.held_now())
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            return self.json_answer(
+                start_response, {"error": f"bad request: {e!r}"}, "400 Bad Request"
+            )
+        return self.json_answer(
+            start_response, {"error": f"no {method} {CONTROL}{what}"}, "404 Not Found"
+        )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    # As moto_server does: moto uses it to call itself.
+    os.environ.setdefault("MOTO_PORT", str(args.port))
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: sys.exit(0))
+    moto_app = DomainDispatcherApplication(create_backend_app)
+    moto_app.debug = True
+    run_simple(
+        args.host,
+        args.port,
+        FaultMiddleware(moto_app),
+        threaded=True,
+        use_reloader=False,
+        request_handler=MotoRequestHandler,
+    )
+
+
+if __name__ == "__main__":
+    main()
