@@ -36,7 +36,11 @@ impl Settings {
     /// A user's own command: `--config`, else `STRATUS_CONFIG`, else the site's file; the state
     /// in `STRATUS_HOME`, else `$XDG_DATA_HOME/stratus`, else `~/.local/share/stratus`.
     pub fn for_caller(explicit_config: Option<&Path>) -> Result<Self, Error> {
-        let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let var = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
         let (config, config_path) =
             SiteConfig::load(explicit_config, var("STRATUS_CONFIG").as_deref())?;
         let state_dir = crate::config::state_dir(
@@ -65,11 +69,14 @@ impl Settings {
     pub fn for_service(config_path: &Path) -> Result<Self, Error> {
         let (config, config_path) = SiteConfig::load(Some(config_path), None)?;
         let path = config_path.clone().unwrap_or_default();
-        let state_dir = config.state_dir.clone().ok_or_else(|| ConfigError::Invalid {
-            path: path.clone(),
-            message: "a multi-user install needs `state_dir`, the runner's state directory"
-                .into(),
-        })?;
+        let state_dir = config
+            .state_dir
+            .clone()
+            .ok_or_else(|| ConfigError::Invalid {
+                path: path.clone(),
+                message: "a multi-user install needs `state_dir`, the runner's state directory"
+                    .into(),
+            })?;
         Ok(Self {
             trust: Trust::Service,
             config,

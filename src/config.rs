@@ -224,7 +224,10 @@ impl SiteConfig {
             ));
         }
         if let Some(ec2) = &self.ec2 {
-            for (key, cidrs) in [("client_cidrs", &ec2.client_cidrs), ("ui_cidrs", &ec2.ui_cidrs)] {
+            for (key, cidrs) in [
+                ("client_cidrs", &ec2.client_cidrs),
+                ("ui_cidrs", &ec2.ui_cidrs),
+            ] {
                 for cidr in cidrs {
                     crate::cluster::provider::parse_cidr(cidr)
                         .map_err(|m| invalid(format!("[ec2] {key}: {m}")))?;
@@ -244,7 +247,8 @@ impl SiteConfig {
             }
             if self.wrapper.is_none() {
                 return Err(invalid(
-                    "mode = \"multi-user\" needs `wrapper`, the path of the installed stratus-wrap".into(),
+                    "mode = \"multi-user\" needs `wrapper`, the path of the installed stratus-wrap"
+                        .into(),
                 ));
             }
         }

@@ -210,9 +210,8 @@ impl RequestId {
 
     /// A request id as given by someone else (the runner's caller): the same shape as ours.
     pub fn parse(s: &str) -> Result<Self, InputError> {
-        let ok = s.len() == 20
-            && s.starts_with("req-")
-            && s[4..].chars().all(|c| c.is_ascii_hexdigit());
+        let ok =
+            s.len() == 20 && s.starts_with("req-") && s[4..].chars().all(|c| c.is_ascii_hexdigit());
         if ok {
             Ok(Self(s.to_owned()))
         } else {
@@ -501,7 +500,13 @@ mod tests {
     fn request_ids_parse_only_their_own_shape() {
         let r = RequestId::new();
         assert_eq!(RequestId::parse(r.as_str()).unwrap(), r);
-        for bad in ["", "req-", "req-0123456789abcdeg", "../../etc/passwd", "req-0123456789abcdef0"] {
+        for bad in [
+            "",
+            "req-",
+            "req-0123456789abcdeg",
+            "../../etc/passwd",
+            "req-0123456789abcdef0",
+        ] {
             assert!(RequestId::parse(bad).is_err(), "{bad}");
         }
     }

@@ -121,8 +121,8 @@ impl Printer {
         let style = ProgressStyle::with_template(
             "{spinner} {msg} [{bar:20}] {pos}/{len} {elapsed} (eta {eta})",
         )
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> ");
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
         let pb = self.multi.add(ProgressBar::new(len));
         pb.set_style(style);
         pb.set_message(msg.into());

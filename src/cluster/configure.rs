@@ -177,7 +177,6 @@ async fn configure_steps(
     Ok(())
 }
 
-
 /// Rewrites the master's workers file from the running workers and runs `on_workers_change`.
 pub async fn update_workers_file(ctx: Ctx<'_>, cluster: &ClusterRow) -> Result<usize, Error> {
     let profile = &cluster.record.profile;

@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
+use crate::cluster::Ctx;
 use crate::cluster::configure::{Step, configure};
 use crate::cluster::interrupt::Interrupt;
 use crate::cluster::keys::ClusterKeys;
@@ -22,11 +23,12 @@ use crate::cluster::profile::Profile;
 use crate::cluster::provider::{Instance, InstanceState, Provider, SshAccess};
 use crate::cluster::ssh::{self, Client};
 use crate::cluster::terminate::{adopt, live_nodes, request_selector, rollback, terminate_ids};
-use crate::cluster::Ctx;
 use crate::error::{Error, InputError};
 use crate::model::{ClusterName, ClusterState, Owner, ProviderKind, RequestId, Role, now_millis};
 use crate::quota::Admission;
-use crate::store::{BatchRow, ClusterRecord, ClusterRow, Created, NewCluster, NodeRow, Observation, Recorded};
+use crate::store::{
+    BatchRow, ClusterRecord, ClusterRow, Created, NewCluster, NodeRow, Observation, Recorded,
+};
 use crate::templates::Renderer;
 
 /// The state a launch records its nodes in.
@@ -99,8 +101,10 @@ fn advance(
 /// `Ctx::pause_at`).
 async fn pause_point(ctx: Ctx<'_>, state: ClusterState) {
     if ctx.pause_at == Some(state) {
-        ctx.printer
-            .status(format!("pausing in state {} (STRATUS_TEST_PAUSE_AT)", state.as_str()));
+        ctx.printer.status(format!(
+            "pausing in state {} (STRATUS_TEST_PAUSE_AT)",
+            state.as_str()
+        ));
         std::future::pending::<()>().await;
     }
 }
@@ -136,7 +140,11 @@ pub async fn launch<P: Provider>(
         min_count: 1,
     }];
     if req.workers > 0 {
-        let min = req.profile.min_workers.unwrap_or(req.workers).min(req.workers);
+        let min = req
+            .profile
+            .min_workers
+            .unwrap_or(req.workers)
+            .min(req.workers);
         wants.push(Want {
             role: Role::Worker,
             first_index: 1,
@@ -161,10 +169,9 @@ pub async fn launch<P: Provider>(
         request_id: request,
         record: &record,
     };
-    let cluster = match ctx
-        .store
-        .create_cluster(&new, |tx, id| admission.admit_launch(tx, id, &new, req.workers))?
-    {
+    let cluster = match ctx.store.create_cluster(&new, |tx, id| {
+        admission.admit_launch(tx, id, &new, req.workers)
+    })? {
         Created::Row(c) => c,
         Created::NameInUse => return Err(InputError::NameInUse(req.name.to_string()).into()),
         Created::Refused(refusal) => return Err(refusal.into()),
@@ -181,7 +188,12 @@ pub async fn launch<P: Provider>(
             .prepare(&cluster_ref(&cluster, ctx.store.id()), &access)
             .await?;
         interrupt.check()?;
-        advance(ctx, &cluster, ClusterState::Reserved, ClusterState::Requested)?;
+        advance(
+            ctx,
+            &cluster,
+            ClusterState::Reserved,
+            ClusterState::Requested,
+        )?;
         pause_point(ctx, ClusterState::Requested).await;
         let batch = Batch {
             ctx,
@@ -196,7 +208,12 @@ pub async fn launch<P: Provider>(
             ssh: req.configure,
         };
         let nodes = bring_up(&batch, wants).await?;
-        advance(ctx, &cluster, ClusterState::Requested, ClusterState::Running)?;
+        advance(
+            ctx,
+            &cluster,
+            ClusterState::Requested,
+            ClusterState::Running,
+        )?;
         keys.write_known_hosts(&ctx.store.nodes_of(cluster.id)?)?;
         if req.configure {
             pause_point(ctx, ClusterState::Running).await;
@@ -212,7 +229,12 @@ pub async fn launch<P: Provider>(
                     Step::Launch,
                 ))
                 .await?;
-            advance(ctx, &cluster, ClusterState::Running, ClusterState::Configured)?;
+            advance(
+                ctx,
+                &cluster,
+                ClusterState::Running,
+                ClusterState::Configured,
+            )?;
         }
         Ok::<_, Error>(())
     };
@@ -550,7 +572,10 @@ async fn bring_up_once<P: Provider>(
             .collect();
         // A call that failed may still have created instances: its batch stays pending for
         // reconcile, so those are found even if no describe below shows them yet.
-        let token = launched.error.is_none().then_some(spec.client_token.as_str());
+        let token = launched
+            .error
+            .is_none()
+            .then_some(spec.client_token.as_str());
         if !rows.is_empty() || token.is_some() {
             match ctx.store.record_nodes(cluster, token, &rows, b.accepting) {
                 Ok(Recorded::Accepted) => {}

@@ -17,8 +17,8 @@ pub mod locks;
 pub mod meta;
 pub mod observe;
 pub mod profile;
-pub mod proxy;
 pub mod provider;
+pub mod proxy;
 pub mod reconcile;
 pub mod ssh;
 pub mod terminate;
@@ -26,11 +26,11 @@ pub mod terminate;
 use std::path::Path;
 use std::time::Duration;
 
-pub use crate::model::{
-    ClusterName, Owner, RequestId, Role, StoreId, TAG_CLUSTER, TAG_OWNER, TAG_PROFILE,
-    TAG_REQUEST, TAG_ROLE, TAG_STORE, Tags, node_name, shell_quote,
-};
 use crate::config::SshConfig;
+pub use crate::model::{
+    ClusterName, Owner, RequestId, Role, StoreId, TAG_CLUSTER, TAG_OWNER, TAG_PROFILE, TAG_REQUEST,
+    TAG_ROLE, TAG_STORE, Tags, node_name, shell_quote,
+};
 use crate::printer::Printer;
 use crate::store::Store;
 
@@ -55,4 +55,3 @@ impl Ctx<'_> {
         Duration::from_secs(self.ssh.connect_timeout_secs.max(1))
     }
 }
-

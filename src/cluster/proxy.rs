@@ -53,9 +53,7 @@ const ADDRESS_NOT_SUPPORTED: u8 = 8;
 
 async fn reply(stream: &mut TcpStream, code: u8) -> std::io::Result<()> {
     // The bound address is not meaningful through a tunnel: 0.0.0.0:0.
-    stream
-        .write_all(&[5, code, 0, 1, 0, 0, 0, 0, 0, 0])
-        .await
+    stream.write_all(&[5, code, 0, 1, 0, 0, 0, 0, 0, 0]).await
 }
 
 async fn handle(mut stream: TcpStream, session: &Session) -> Result<(), Error> {

@@ -37,7 +37,9 @@ use crate::cluster::terminate::{
     terminate_ids,
 };
 use crate::error::Error;
-use crate::model::{ClusterName, ClusterState, Millis, Owner, RequestId, Role, StoreId, now_millis};
+use crate::model::{
+    ClusterName, ClusterState, Millis, Owner, RequestId, Role, StoreId, now_millis,
+};
 use crate::store::{BatchRow, ClusterRow};
 
 /// What reconcile may do, and how long it leaves things to the command that may still be
@@ -151,8 +153,14 @@ impl Step {
                 action: "record-strays",
                 what: if found.is_empty() {
                     would(
-                        &format!("close {} launch call(s) of {request} that created nothing unrecorded", settle.len()),
-                        &format!("closed {} launch call(s) of {request} that created nothing unrecorded", settle.len()),
+                        &format!(
+                            "close {} launch call(s) of {request} that created nothing unrecorded",
+                            settle.len()
+                        ),
+                        &format!(
+                            "closed {} launch call(s) of {request} that created nothing unrecorded",
+                            settle.len()
+                        ),
                     )
                 } else {
                     would(
@@ -308,14 +316,15 @@ async fn plan<P: Provider>(
             ClusterState::Reserved | ClusterState::Requested | ClusterState::Running
                 if launcher == Launcher::Died && launcher_died(ctx, c)? =>
             {
-                Some(Step::RollBack(
-                    c.clone(),
-                    "its launcher died".to_owned(),
-                ))
+                Some(Step::RollBack(c.clone(), "its launcher died".to_owned()))
             }
             ClusterState::Reserved | ClusterState::Requested
                 if launcher != Launcher::Running
-                    && age > options.stuck_after.map(ms).unwrap_or_else(|| stuck_after_ms(c)) =>
+                    && age
+                        > options
+                            .stuck_after
+                            .map(ms)
+                            .unwrap_or_else(|| stuck_after_ms(c)) =>
             {
                 Some(Step::RollBack(
                     c.clone(),
@@ -458,7 +467,11 @@ async fn plan<P: Provider>(
     let still_running: BTreeSet<(Owner, ClusterName)> = tagged
         .iter()
         .filter(|i| !i.state.is_gone())
-        .filter_map(|i| i.tags.as_ref().map(|t| (t.owner.clone(), t.cluster.clone())))
+        .filter_map(|i| {
+            i.tags
+                .as_ref()
+                .map(|t| (t.owner.clone(), t.cluster.clone()))
+        })
         .collect();
     let mut foreign_resources: BTreeMap<(Owner, ClusterName, StoreId), usize> = BTreeMap::new();
     let mut released: BTreeSet<(Owner, ClusterName)> = BTreeSet::new();
@@ -530,7 +543,13 @@ async fn carry_out<P: Provider>(ctx: Ctx<'_>, provider: &P, step: Step) -> Resul
             settle,
         } => {
             let ids: BTreeSet<String> = adopt(ctx, &cluster, &found, false)?.into_iter().collect();
-            terminate_ids(ctx, provider, &ids, &request_selector(ctx, &cluster, &request)).await?;
+            terminate_ids(
+                ctx,
+                provider,
+                &ids,
+                &request_selector(ctx, &cluster, &request),
+            )
+            .await?;
             for token in settle {
                 ctx.store.settle_batch(&token)?;
             }

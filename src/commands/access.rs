@@ -130,7 +130,11 @@ pub(super) async fn list(
     if rows.is_empty() {
         app.printer.status(format!(
             "no clusters{}; launch one with `{} launch-cluster NAME N`",
-            if all { "" } else { " (`list --all` shows ended ones)" },
+            if all {
+                ""
+            } else {
+                " (`list --all` shows ended ones)"
+            },
             super::invocation()
         ));
         return Ok(ExitCode::SUCCESS);
@@ -489,9 +493,7 @@ pub(super) async fn proxy(
     let session = Arc::new(client.connect(&target(&masters[0], &cluster)?).await?);
     let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port))
         .await
-        .map_err(|e| {
-            Error::runtime(format!("cannot listen on 127.0.0.1:{port}")).with_source(e)
-        })?;
+        .map_err(|e| Error::runtime(format!("cannot listen on 127.0.0.1:{port}")).with_source(e))?;
     let bound = listener.local_addr()?.port();
     // The port on stdout, alone, so a script can read it (`--port 0`).
     app.printer.out(bound)?;
@@ -558,11 +560,20 @@ mod tests {
         ];
         let ids = |v: Vec<ClusterRow>| v.into_iter().map(|c| c.id).collect::<Vec<_>>();
         assert_eq!(ids(shown(clusters.clone(), None, false, now)), vec![2, 4]);
-        assert_eq!(ids(shown(clusters.clone(), None, true, now)), vec![1, 2, 3, 4]);
+        assert_eq!(
+            ids(shown(clusters.clone(), None, true, now)),
+            vec![1, 2, 3, 4]
+        );
         let demo = ClusterName::parse("demo").unwrap();
-        assert_eq!(ids(shown(clusters.clone(), Some(&demo), false, now)), vec![2]);
+        assert_eq!(
+            ids(shown(clusters.clone(), Some(&demo), false, now)),
+            vec![2]
+        );
         let old = ClusterName::parse("old").unwrap();
-        assert_eq!(ids(shown(clusters.clone(), Some(&old), false, now)), vec![3]);
+        assert_eq!(
+            ids(shown(clusters.clone(), Some(&old), false, now)),
+            vec![3]
+        );
         let mut hidden = clusters;
         hidden[3].hidden = true;
         assert_eq!(ids(shown(hidden, None, true, now)), vec![1, 2, 3]);

@@ -107,4 +107,3 @@ fn strip_nulls(v: &mut serde_json::Value) {
         _ => {}
     }
 }
-

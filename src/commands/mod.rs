@@ -122,7 +122,10 @@ fn live_cluster(app: &App, owner: &Owner, name: &str) -> Result<ClusterRow, Erro
 /// reached is reported, not fatal: what was last recorded is shown.
 async fn refresh_all(app: &App, clusters: &[ClusterRow]) {
     let mut kinds: Vec<ProviderKind> = Vec::new();
-    for c in clusters.iter().filter(|c| c.state.is_live() || c.terminated_at.is_none()) {
+    for c in clusters
+        .iter()
+        .filter(|c| c.state.is_live() || c.terminated_at.is_none())
+    {
         if !kinds.contains(&c.provider) {
             kinds.push(c.provider);
         }
@@ -175,9 +178,5 @@ pub fn invocation() -> String {
                 .is_some_and(|(a, b)| a == b)
         })
     });
-    if on_path {
-        "stratus".into()
-    } else {
-        argv0
-    }
+    if on_path { "stratus".into() } else { argv0 }
 }

@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
-pub use crate::model::{ClusterState, Millis, now_millis};
 use crate::model::{ClusterName, Owner, ProviderKind, RequestId, StoreId};
+pub use crate::model::{ClusterState, Millis, now_millis};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -334,11 +334,9 @@ impl Store {
             tx.commit()?;
         }
         let id: String = conn
-            .query_row(
-                "SELECT value FROM meta WHERE key = 'store_id'",
-                [],
-                |r| r.get(0),
-            )
+            .query_row("SELECT value FROM meta WHERE key = 'store_id'", [], |r| {
+                r.get(0)
+            })
             .optional()?
             .ok_or_else(|| StoreError::Corrupt("the database has no store id".into()))?;
         Ok(StoreId::from_stored(id))
@@ -665,7 +663,12 @@ pub(crate) mod tests {
         assert!(create(&store, &name, &owner, &r2, &rec).is_none());
         assert!(
             store
-                .transition(c.id, &[ClusterState::Reserved], ClusterState::Terminated, None)
+                .transition(
+                    c.id,
+                    &[ClusterState::Reserved],
+                    ClusterState::Terminated,
+                    None
+                )
                 .unwrap()
         );
         let c2 = create(&store, &name, &owner, &r2, &rec).unwrap();
@@ -730,8 +733,10 @@ pub(crate) mod tests {
                     std::thread::spawn(move || Store::open_in(&d).map(|s| s.id().clone()))
                 })
                 .collect();
-            let ids: std::collections::BTreeSet<StoreId> =
-                handles.into_iter().map(|h| h.join().unwrap().unwrap()).collect();
+            let ids: std::collections::BTreeSet<StoreId> = handles
+                .into_iter()
+                .map(|h| h.join().unwrap().unwrap())
+                .collect();
             assert_eq!(ids.len(), 1, "one database, one id");
         }
     }

@@ -661,7 +661,11 @@ mod tests {
             .unwrap();
         let version = |s: &Store| -> i64 {
             s.conn()
-                .query_row("SELECT COUNT(*) FROM usage_intervals WHERE last_seen_at > 1000", [], |r| r.get(0))
+                .query_row(
+                    "SELECT COUNT(*) FROM usage_intervals WHERE last_seen_at > 1000",
+                    [],
+                    |r| r.get(0),
+                )
                 .unwrap()
         };
         // Within the sighting resolution: nothing to write.
@@ -741,7 +745,9 @@ mod tests {
         );
         assert!(store.pending_batches().unwrap().is_empty());
         assert_eq!(
-            store.begin_batch(&batch, &[ClusterState::Reserved]).unwrap(),
+            store
+                .begin_batch(&batch, &[ClusterState::Reserved])
+                .unwrap(),
             Ok(())
         );
         assert_eq!(store.pending_batches().unwrap(), vec![batch.clone()]);
@@ -750,7 +756,12 @@ mod tests {
             .transition(c.id, ALL, ClusterState::Terminating, None)
             .unwrap();
         let r = store
-            .record_nodes(&c, Some("req-1-w"), &[node("i-1", &c, 5)], &[ClusterState::Reserved])
+            .record_nodes(
+                &c,
+                Some("req-1-w"),
+                &[node("i-1", &c, 5)],
+                &[ClusterState::Reserved],
+            )
             .unwrap();
         assert_eq!(
             r,

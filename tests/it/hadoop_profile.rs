@@ -162,10 +162,7 @@ fn the_shipped_profiles_resolve_for_ec2() {
     assert!(!h.worker.spot);
     assert!(s.worker.spot);
     // Spot changes what EC2 is asked for, not what the nodes run.
-    assert_eq!(
-        user_data(&h, Role::Worker),
-        user_data(&s, Role::Worker)
-    );
+    assert_eq!(user_data(&h, Role::Worker), user_data(&s, Role::Worker));
 }
 
 #[test]
@@ -237,14 +234,8 @@ fn all_scripts() -> Vec<(String, String)> {
     let mut pre = h.clone();
     pre.vars.insert("hadoop_preinstalled".into(), true.into());
     let mut scripts = vec![
-        (
-            "master user-data".to_owned(),
-            user_data(&h, Role::Master),
-        ),
-        (
-            "worker user-data".to_owned(),
-            user_data(&h, Role::Worker),
-        ),
+        ("master user-data".to_owned(), user_data(&h, Role::Master)),
+        ("worker user-data".to_owned(), user_data(&h, Role::Worker)),
         (
             "preinstalled master user-data".to_owned(),
             user_data(&pre, Role::Master),
@@ -610,7 +601,10 @@ fn hadoop_spot_launches_on_moto_with_the_rendered_user_data() {
         "hadoop-spot",
         "--no-configure",
     ]);
-    let owner = stratus::caller::Caller::from_real_uid().unwrap().owner.to_string();
+    let owner = stratus::caller::Caller::from_real_uid()
+        .unwrap()
+        .owner
+        .to_string();
     let p = profile("hadoop-spot");
     let instances = moto.instances(&[("tag:stratus:cluster", "hs")]);
     assert_eq!(instances.len(), 3);

@@ -418,7 +418,10 @@ fn a_worker_that_never_answers_is_replaced() {
         .map(|n| n["name"].as_str().unwrap())
         .collect();
     assert_eq!(names.len(), 3, "{names:?}");
-    assert!(names.contains("rep-master") && names.contains("rep-worker-3"), "{names:?}");
+    assert!(
+        names.contains("rep-master") && names.contains("rep-worker-3"),
+        "{names:?}"
+    );
     let r = ctx.ok(&["exec", "rep", "--", "cat", "workers-check.log"]);
     assert!(
         r.stdout.contains("2 workers reachable, 0 unreachable"),

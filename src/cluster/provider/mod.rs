@@ -274,7 +274,12 @@ impl Provider for AnyProvider {
         }
     }
 
-    async fn launch(&self, cluster: &ClusterRef, access: &SshAccess, batch: &BatchSpec) -> Launched {
+    async fn launch(
+        &self,
+        cluster: &ClusterRef,
+        access: &SshAccess,
+        batch: &BatchSpec,
+    ) -> Launched {
         match self {
             AnyProvider::Local(p) => p.launch(cluster, access, batch).await,
             AnyProvider::Ec2(p) => p.launch(cluster, access, batch).await,

@@ -293,4 +293,8 @@ pub fn assert_cluster_tags(what: &str, tags: &[Tag], owner: &str, cluster: &str,
         tag(tags, "stratus:request").is_some_and(|r| r.starts_with("req-")),
         "{what}: {tags:?}"
     );
+    assert!(
+        tag(tags, "stratus:store").is_some_and(|r| r.starts_with("st-")),
+        "{what}: every resource carries its store's id: {tags:?}"
+    );
 }

@@ -1,6 +1,7 @@
 #!/bin/bash
-# stratus: user-data of demo-master, the master of Hadoop cluster demo (owner alice,
-# request req-0123456789abcdef). cloud-init runs it once, as root, at first boot. It installs Java and
+# stratus: user-data of a master of Hadoop cluster demo (owner alice, request
+# req-0123456789abcdef), the same for every master: they launch in one call. cloud-init runs it once,
+# as root, at first boot. It installs Java and
 # Hadoop unless the image has them, writes the helper scripts, and then
 # - on the master: writes Hadoop's configuration for its own address, formats HDFS and starts the
 #   NameNode, the ResourceManager and the JobHistory server;
@@ -15,7 +16,7 @@ readonly STATE=/var/lib/stratus
 mkdir -p "$STATE" /etc/stratus /usr/local/lib/stratus
 exec > >(tee -a /var/log/stratus-boot.log) 2>&1
 trap 'echo "line $LINENO failed" > "$STATE/boot-failed"' ERR
-echo "stratus: booting demo-master (master of demo)"
+echo "stratus: booting a master of demo"
 
 role=master
 hadoop_version=3.4.1
@@ -308,4 +309,4 @@ UNIT
 fi
 
 echo "finished $(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$STATE/boot-finished"
-echo "stratus: demo-master booted"
+echo "stratus: the master booted"

@@ -1,6 +1,7 @@
 #!/bin/bash
-# stratus: user-data of demo-worker-2, the worker of Hadoop cluster demo (owner alice,
-# request req-0123456789abcdef). cloud-init runs it once, as root, at first boot. It installs Java and
+# stratus: user-data of a worker of Hadoop cluster demo (owner alice, request
+# req-0123456789abcdef), the same for every worker: they launch in one call. cloud-init runs it once,
+# as root, at first boot. It installs Java and
 # Hadoop unless the image has them, writes the helper scripts, and then
 # - on the master: writes Hadoop's configuration for its own address, formats HDFS and starts the
 #   NameNode, the ResourceManager and the JobHistory server;
@@ -15,7 +16,7 @@ readonly STATE=/var/lib/stratus
 mkdir -p "$STATE" /etc/stratus /usr/local/lib/stratus
 exec > >(tee -a /var/log/stratus-boot.log) 2>&1
 trap 'echo "line $LINENO failed" > "$STATE/boot-failed"' ERR
-echo "stratus: booting demo-worker-2 (worker of demo)"
+echo "stratus: booting a worker of demo"
 
 role=worker
 hadoop_version=3.4.1
@@ -330,4 +331,4 @@ UNIT
 fi
 
 echo "finished $(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$STATE/boot-finished"
-echo "stratus: demo-worker-2 booted"
+echo "stratus: the worker booted"

@@ -56,9 +56,7 @@ fn endpoint(config: &Ec2Config, trust: Trust) -> Result<Option<String>, Provider
 /// The HTTPS client: rustls, never a proxy (this version of the SDK's client reads no proxy
 /// variables, and none is configured here), and for a runner the system's CA bundle rather than
 /// whatever `SSL_CERT_FILE` or `SSL_CERT_DIR` would name.
-fn http_client(
-    trust: Trust,
-) -> Result<aws_sdk_ec2::config::SharedHttpClient, ProviderError> {
+fn http_client(trust: Trust) -> Result<aws_sdk_ec2::config::SharedHttpClient, ProviderError> {
     use aws_smithy_http_client::tls::{self, TlsContext, TrustStore, rustls_provider::CryptoMode};
     let mut builder = aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc));
@@ -175,7 +173,10 @@ fn credentials(
     let creds = read_credentials_file(&path, &profile)?;
     Ok((
         SharedCredentialsProvider::new(creds),
-        format!("the credentials file {} (profile {profile})", path.display()),
+        format!(
+            "the credentials file {} (profile {profile})",
+            path.display()
+        ),
     ))
 }
 

@@ -617,8 +617,9 @@ impl Ec2Provider {
         access: &SshAccess,
         node: &BatchSpec,
     ) -> Result<Vec<Instance>, ProviderError> {
-        let count = i32::try_from(node.count)
-            .map_err(|_| ProviderError::InvalidRequest(format!("{} nodes is too many", node.count)))?;
+        let count = i32::try_from(node.count).map_err(|_| {
+            ProviderError::InvalidRequest(format!("{} nodes is too many", node.count))
+        })?;
         let min_count = i32::try_from(node.min_count.clamp(1, node.count)).unwrap_or(count);
         let group = self.group_id(cluster).await?;
         let user_data = base64::engine::general_purpose::STANDARD
@@ -883,7 +884,10 @@ impl Ec2Provider {
 
     /// Every stratus security group and key pair matching the selector's tags, with the
     /// cluster each belongs to: what `reconcile` and `delete-cluster` look at.
-    pub async fn resources(&self, selector: &Selector) -> Result<Vec<ClusterResource>, ProviderError> {
+    pub async fn resources(
+        &self,
+        selector: &Selector,
+    ) -> Result<Vec<ClusterResource>, ProviderError> {
         let mut filters = selector_filters(selector);
         if !filters.iter().any(|f| f.name() == Some("tag-key")) {
             filters.push(filter("tag-key", TAG_CLUSTER));
@@ -987,7 +991,12 @@ impl Provider for Ec2Provider {
         Ok(())
     }
 
-    async fn launch(&self, cluster: &ClusterRef, access: &SshAccess, batch: &BatchSpec) -> Launched {
+    async fn launch(
+        &self,
+        cluster: &ClusterRef,
+        access: &SshAccess,
+        batch: &BatchSpec,
+    ) -> Launched {
         match self.run_instances(cluster, access, batch).await {
             Ok(instances) => Launched {
                 instances,
@@ -1069,7 +1078,9 @@ impl Provider for Ec2Provider {
             .await
             .map_err(|e| self.err("DescribeKeyPairs", e))?;
         for k in keys.key_pairs() {
-            if k.key_name() == Some(name.as_str()) && belongs_to(parse_tags(k.tags()).as_ref(), cluster) {
+            if k.key_name() == Some(name.as_str())
+                && belongs_to(parse_tags(k.tags()).as_ref(), cluster)
+            {
                 // By name: moto ignores KeyPairId here.
                 self.client
                     .delete_key_pair()

@@ -537,7 +537,12 @@ impl Provider for LocalProvider {
 
     /// Starts the batch's nodes together; the ones that started are returned even when another
     /// did not, so every one of them is recorded.
-    async fn launch(&self, _cluster: &ClusterRef, access: &SshAccess, batch: &BatchSpec) -> Launched {
+    async fn launch(
+        &self,
+        _cluster: &ClusterRef,
+        access: &SshAccess,
+        batch: &BatchSpec,
+    ) -> Launched {
         let starts = (0..batch.count).map(|k| {
             let index = batch.first_index + k;
             let node = NodeStart {
