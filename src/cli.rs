@@ -119,6 +119,23 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Your limits under the site's policy, what you use, and what is left
+    Quota {
+        #[arg(long)]
+        json: bool,
+    },
+    /// For instructors and administrators: the audit trail, the install of the privileged path
+    Admin {
+        #[command(subcommand)]
+        action: AdminAction,
+    },
+    /// Serve one request of the privileged path (exec'd by the setuid wrapper; not for direct use)
+    #[command(name = "runner", hide = true)]
+    Runner {
+        /// The site config of the install (fixed in the wrapper at install time)
+        #[arg(long = "config", value_name = "FILE")]
+        site: PathBuf,
+    },
     /// List cluster profiles, or show one resolved
     Profiles {
         #[command(subcommand)]
@@ -127,6 +144,39 @@ pub enum Command {
     /// Run a local node (started by the local provider; not for direct use)
     #[command(name = "__node", hide = true)]
     Node { dir: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminAction {
+    /// The decisions of the privileged path, as JSON lines with --json (instructors only)
+    Audit {
+        #[arg(long)]
+        json: bool,
+        /// From this time on (RFC 3339, or a date like 2026-11-01)
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+    },
+    /// Install the privileged path: the CLI, the setuid wrapper, the site config, the policy,
+    /// the credentials file and the state directory (root only; idempotent)
+    Install {
+        /// Where to install (default /usr/local, with the config in /etc/stratus and the state in
+        /// /var/lib/stratus)
+        #[arg(long, value_name = "DIR")]
+        prefix: Option<PathBuf>,
+        /// The service account that holds the AWS credentials (created if missing)
+        #[arg(long, value_name = "NAME", default_value = "stratus")]
+        service_user: String,
+        /// The setuid wrapper binary to install (default: stratus-wrap beside this binary)
+        #[arg(long, value_name = "FILE")]
+        wrapper: Option<PathBuf>,
+    },
+    /// Check every owner and mode of an install; exit 1 naming each problem
+    Doctor {
+        #[arg(long, value_name = "DIR")]
+        prefix: Option<PathBuf>,
+        #[arg(long, value_name = "NAME", default_value = "stratus")]
+        service_user: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -172,6 +222,10 @@ impl Command {
             Command::List { json: true, .. }
                 | Command::Exec { json: true, .. }
                 | Command::Usage { json: true }
+                | Command::Quota { json: true }
+                | Command::Admin {
+                    action: AdminAction::Audit { json: true, .. }
+                }
                 | Command::Reconcile { json: true, .. }
         )
     }

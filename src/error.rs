@@ -35,6 +35,9 @@ pub enum Error {
     Provider(#[from] crate::cluster::provider::ProviderError),
     #[error(transparent)]
     Ssh(#[from] crate::cluster::ssh::SshError),
+    /// The runner of the privileged path refused or failed; `exit` is the code it chose.
+    #[error("{message}")]
+    Remote { message: String, exit: u8 },
     /// A signal stopped the command (a launch rolls back first).
     #[error("{message}")]
     Interrupted {
@@ -87,6 +90,7 @@ impl Error {
             }
             Error::Provider(e) if e.is_bad_input() => exit::BAD_INPUT,
             Error::Interrupted { signal, .. } => signal.exit_code(),
+            Error::Remote { exit, .. } => *exit,
             _ => exit::FAILURE,
         }
     }

@@ -52,6 +52,9 @@ pub fn main() -> ExitCode {
         init_logging(None, 1);
         return cluster::provider::local::run_node(dir);
     }
+    if let Command::Runner { site } = &cli.command {
+        return quota::runner::main(site, cli.verbose);
+    }
     let printer = Arc::new(Printer::new(cli.command.json(), cli.quiet));
     init_logging(Some(printer.clone()), cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -79,7 +82,7 @@ pub fn main() -> ExitCode {
 
 /// Logs go to stderr, through the printer when there is one (so they never tear a progress
 /// bar). `-v` raises the level; `RUST_LOG` overrides it.
-fn init_logging(printer: Option<Arc<Printer>>, verbose: u8) {
+pub(crate) fn init_logging(printer: Option<Arc<Printer>>, verbose: u8) {
     let level = match verbose {
         0 => "warn",
         1 => "info",

@@ -18,6 +18,15 @@ pub struct Printer {
     quiet: bool,
     bars: bool,
     multi: MultiProgress,
+    /// The runner's mode: everything goes to stdout as JSON lines (`quota::protocol::Line`),
+    /// and the bars, hidden, are reported by `tick`.
+    lines: Option<std::sync::Mutex<Lines>>,
+}
+
+#[derive(Debug, Default)]
+struct Lines {
+    bars: Vec<ProgressBar>,
+    last: Vec<crate::quota::protocol::Bar>,
 }
 
 impl Printer {
@@ -33,7 +42,64 @@ impl Printer {
             quiet,
             bars,
             multi: MultiProgress::with_draw_target(target),
+            lines: None,
         }
+    }
+
+    /// The runner's printer: JSON lines on stdout, for the CLI on the other side of the wrapper.
+    pub fn lines() -> Self {
+        Self {
+            json: false,
+            quiet: false,
+            bars: false,
+            multi: MultiProgress::with_draw_target(ProgressDrawTarget::hidden()),
+            lines: Some(std::sync::Mutex::new(Lines::default())),
+        }
+    }
+
+    /// Writes one protocol line (runner mode).
+    pub fn line(&self, line: &crate::quota::protocol::Line) -> io::Result<()> {
+        let text = serde_json::to_string(line).map_err(io::Error::other)?;
+        let mut out = io::stdout().lock();
+        writeln!(out, "{text}")?;
+        out.flush()
+    }
+
+    /// In runner mode, reports the bars that changed since the last call; `true` if it wrote.
+    pub fn tick(&self) -> bool {
+        let Some(lines) = &self.lines else {
+            return false;
+        };
+        let mut l = lines.lock().unwrap_or_else(|p| p.into_inner());
+        let now: Vec<crate::quota::protocol::Bar> = l
+            .bars
+            .iter()
+            .map(|b| crate::quota::protocol::Bar {
+                message: b.message(),
+                position: b.position(),
+                length: b.length().unwrap_or(0),
+                done: b.is_finished(),
+            })
+            .collect();
+        l.bars.retain(|b| !b.is_finished());
+        if now == l.last {
+            return false;
+        }
+        l.last = now.iter().filter(|b| !b.done).cloned().collect();
+        drop(l);
+        self.line(&crate::quota::protocol::Line::Progress(now))
+            .is_ok()
+    }
+
+    fn track(&self, pb: ProgressBar) -> ProgressBar {
+        if let Some(lines) = &self.lines {
+            lines
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .bars
+                .push(pb.clone());
+        }
+        pb
     }
 
     /// A printer that shows nothing but results; for library callers and tests.
@@ -89,6 +155,10 @@ impl Printer {
 
     /// A line of progress or advice on stderr; hidden by `--quiet` and `--json`.
     pub fn status(&self, msg: impl Display) {
+        if self.lines.is_some() {
+            let _ = self.line(&crate::quota::protocol::Line::Status(msg.to_string()));
+            return;
+        }
         if self.quiet || self.json {
             return;
         }
@@ -96,6 +166,10 @@ impl Printer {
     }
 
     pub fn warn(&self, msg: impl Display) {
+        if self.lines.is_some() {
+            let _ = self.line(&crate::quota::protocol::Line::Warning(msg.to_string()));
+            return;
+        }
         self.stderr_line(&format!("warning: {msg}"));
     }
 
@@ -116,7 +190,10 @@ impl Printer {
     /// known, the time left.
     pub fn bar(&self, len: u64, msg: impl Into<String>) -> ProgressBar {
         if !self.bars {
-            return ProgressBar::hidden();
+            let pb = ProgressBar::hidden();
+            pb.set_length(len);
+            pb.set_message(msg.into());
+            return self.track(pb);
         }
         let style = ProgressStyle::with_template(
             "{spinner} {msg} [{bar:20}] {pos}/{len} {elapsed} (eta {eta})",
@@ -133,7 +210,9 @@ impl Printer {
     /// A spinner for a wait of unknown length.
     pub fn spinner(&self, msg: impl Into<String>) -> ProgressBar {
         if !self.bars {
-            return ProgressBar::hidden();
+            let pb = ProgressBar::hidden();
+            pb.set_message(msg.into());
+            return self.track(pb);
         }
         let style = ProgressStyle::with_template("{spinner} {msg} {elapsed}")
             .unwrap_or_else(|_| ProgressStyle::default_spinner());

@@ -561,3 +561,88 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// Removes every environment variable but those named in `keep` and those starting with
+/// `keep_prefix`. Must be called before any other thread exists (the runner's first step):
+/// changing the environment is not thread-safe.
+pub fn keep_only_environment(keep: &[&str], keep_prefix: &str) {
+    let drop: Vec<std::ffi::OsString> = std::env::vars_os()
+        .map(|(k, _)| k)
+        .filter(|k| {
+            let k = k.to_string_lossy();
+            !keep.contains(&k.as_ref()) && !k.starts_with(keep_prefix)
+        })
+        .collect();
+    for k in drop {
+        // SAFETY: called while the process is single-threaded (see above), so no other thread
+        // reads the environment meanwhile.
+        unsafe { std::env::remove_var(k) };
+    }
+}
+
+/// No core dumps (RLIMIT_CORE 0, soft and hard), and not dumpable: the memory of a runner
+/// holds the service account's credentials and cluster keys.
+pub fn no_core_dumps() -> io::Result<()> {
+    let zero = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: setrlimit reads a valid rlimit; prctl with PR_SET_DUMPABLE takes plain integers.
+    if unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Makes the effective uid and gid the real and saved ones too (`setresuid`), when they differ:
+/// a runner exec'd by the setuid wrapper becomes the service account through and through, so
+/// the caller (its real uid until now) can no longer signal, stop or trace it. Nothing changes
+/// in a process that is not setuid.
+pub fn become_effective_user() -> io::Result<()> {
+    // SAFETY: getters without preconditions.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    // SAFETY: setresgid/setresuid to ids the process already holds (its effective ones) is
+    // permitted without privilege; their results are checked.
+    if unsafe { libc::setresgid(egid, egid, egid) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if unsafe { libc::setresuid(euid, euid, euid) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // Changing ids makes the process dumpable again on some kernels' settings: not this one.
+    // SAFETY: plain integers.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: getters without preconditions.
+    let (r, e) = unsafe { (libc::getuid(), libc::geteuid()) };
+    if r != euid || e != euid {
+        return Err(io::Error::other("the uid did not change"));
+    }
+    Ok(())
+}
+
+/// The effective uid of this process.
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// One line to syslog (facility authpriv, as sudo logs), tagged `stratus`. The caller escapes
+/// what it passes; a NUL would end the line early, so the line is cut there.
+pub fn syslog(line: &str) {
+    static IDENT: &std::ffi::CStr = c"stratus";
+    let text = line.split('\0').next().unwrap_or("");
+    let Ok(c) = std::ffi::CString::new(text) else {
+        return;
+    };
+    // SAFETY: openlog keeps the pointer to IDENT, which is static; syslog gets a constant "%s"
+    // format and a NUL-terminated string, so nothing in the text is read as a format.
+    unsafe {
+        libc::openlog(IDENT.as_ptr(), libc::LOG_PID, libc::LOG_AUTHPRIV);
+        libc::syslog(libc::LOG_NOTICE, c"%s".as_ptr(), c.as_ptr());
+    }
+}

@@ -45,7 +45,10 @@ pub struct LaunchRequest {
     pub workers: u32,
     pub profile: Profile,
     pub env: BTreeMap<String, String>,
+    /// Configure the cluster (the profile's files and commands) once every node answers.
     pub configure: bool,
+    /// Wait for every node to answer SSH, pinning its host key, even without configuring.
+    pub wait_for_ssh: bool,
 }
 
 /// Checks what a launch asks for against the profile and provider; nothing is created.
@@ -205,7 +208,7 @@ pub async fn launch<P: Provider>(
             meta: &meta,
             renderer: &renderer,
             accepting: LAUNCHING,
-            ssh: req.configure,
+            ssh: req.configure || req.wait_for_ssh,
         };
         let nodes = bring_up(&batch, wants).await?;
         advance(
@@ -266,10 +269,7 @@ pub async fn launch<P: Provider>(
                 Some(&reason),
             )?;
             let done = match rolled_back {
-                Ok(_) => {
-                    admission.release(ctx.store, cluster.id)?;
-                    "everything it launched was terminated".to_owned()
-                }
+                Ok(_) => "everything it launched was terminated".to_owned(),
                 // The row stays failed with live nodes: the next reconcile (run before every
                 // launch and terminate) finishes the rollback.
                 Err(rb) => format!(
@@ -375,12 +375,11 @@ pub async fn add_workers<P: Provider>(
                 "adding workers failed ({}); terminating the new workers",
                 crate::error::one_line(&e)
             ));
-            match rollback(ctx, provider, cluster, request, false).await {
-                Ok(_) => admission.release_growth(ctx.store, request)?,
-                Err(rb) => ctx.printer.warn(format!(
+            if let Err(rb) = rollback(ctx, provider, cluster, request, false).await {
+                ctx.printer.warn(format!(
                     "rollback incomplete: {}; `stratus reconcile` finishes it",
                     crate::error::one_line(&rb)
-                )),
+                ));
             }
             Err(e)
         }

@@ -200,7 +200,12 @@ pub fn node_row(
 
 /// Where and how to reach a node over SSH, its host key pinned when known.
 pub fn target(node: &NodeRow, cluster: &ClusterRow) -> Result<Target, Error> {
-    let name = node_name(&cluster.name, node.role, node.index);
+    target_of(node, &cluster.name, &cluster.record.profile.ssh_user)
+}
+
+/// `target`, for a node of cluster `cluster` whose image's login user is `user`.
+pub fn target_of(node: &NodeRow, cluster: &ClusterName, user: &str) -> Result<Target, Error> {
+    let name = node_name(cluster, node.role, node.index);
     let host = node.address.clone().ok_or_else(|| {
         Error::runtime(format!("{name} ({}) has no address yet", node.instance_id))
     })?;
@@ -213,7 +218,7 @@ pub fn target(node: &NodeRow, cluster: &ClusterRow) -> Result<Target, Error> {
         name,
         host,
         port: node.ssh_port,
-        user: cluster.record.profile.ssh_user.clone(),
+        user: user.to_owned(),
         host_key,
     })
 }

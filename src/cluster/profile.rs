@@ -129,6 +129,10 @@ pub struct Profile {
     /// Seconds to wait for every node to answer SSH before the launch fails.
     #[serde(default = "default_ready_timeout")]
     pub ready_timeout_secs: u64,
+    /// The longest a cluster of this profile may live, in hours (the policy's, if lower, wins;
+    /// the reaper ends clusters past it).
+    #[serde(default)]
+    pub max_lifetime_hours: Option<u64>,
     /// Seconds the configure step (files, workers file, commands on the master) may take before
     /// the launch fails and rolls back.
     #[serde(default = "default_configure_timeout")]
@@ -177,6 +181,7 @@ struct ProfileFile {
     ssh_port: Option<u16>,
     ready_timeout_secs: Option<u64>,
     configure_timeout_secs: Option<u64>,
+    max_lifetime_hours: Option<u64>,
     workers_file: Option<String>,
     ports: Option<Vec<u16>>,
     intra_cluster_key: Option<bool>,
@@ -536,6 +541,7 @@ impl Profile {
             ssh_port: 22,
             ready_timeout_secs: 30,
             configure_timeout_secs: 60,
+            max_lifetime_hours: None,
             workers_file: None,
             ports: vec![],
             intra_cluster_key: false,

@@ -217,6 +217,9 @@ pub async fn rollback<P: Provider>(
     let tagged = provider.describe(&selector).await?;
     ids.extend(adopt(ctx, cluster, &tagged, false)?);
     terminate_ids(ctx, provider, &ids, &selector).await?;
+    // Everything of the request is gone: the quota it held is free.
+    ctx.store
+        .release_reservations(cluster.id, (!whole_cluster).then_some(request.as_str()))?;
     if whole_cluster {
         provider
             .release(&cluster_ref(cluster, ctx.store.id()))
@@ -243,6 +246,7 @@ pub async fn finish_rollback<P: Provider>(
         .await?;
     ids.extend(adopt(ctx, cluster, &tagged, false)?);
     terminate_ids(ctx, provider, &ids, &selector).await?;
+    ctx.store.release_reservations(cluster.id, None)?;
     let name_taken = ctx
         .store
         .find_cluster(&cluster.owner, &cluster.name)?
@@ -286,6 +290,7 @@ pub async fn terminate<P: Provider>(
     let tagged = provider.describe(&selector).await?;
     ids.extend(adopt(ctx, cluster, &tagged, true)?);
     terminate_ids(ctx, provider, &ids, &selector).await?;
+    ctx.store.release_reservations(cluster.id, None)?;
     provider
         .release(&cluster_ref(cluster, ctx.store.id()))
         .await?;

@@ -6,21 +6,20 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::fresh_cluster;
+use super::remote::{self, call};
 use super::table::Table;
-use super::{fresh_cluster, refresh_all};
 use crate::app::App;
+use crate::caller::Caller;
 use crate::cluster::configure::update_workers_file;
 use crate::cluster::keys::ClusterKeys;
-use crate::cluster::meta::target;
+use crate::cluster::meta::target_of;
 use crate::cluster::ssh::{self, Client, ExecOutput};
-use crate::cluster::terminate::live_nodes;
 use crate::error::Error;
-use crate::model::{ClusterName, Millis, Owner, Role, node_name, now_millis};
+use crate::model::{ClusterName, Role, node_name};
 use crate::printer::Printer;
+use crate::quota::protocol::{ClusterView, Request};
 use crate::store::{ClusterRow, NodeRow};
-
-/// How long an ended cluster stays on the default `list`.
-const RECENT: Millis = 24 * 3600 * 1000;
 
 #[derive(Serialize)]
 struct NodeJson<'a> {
@@ -39,20 +38,16 @@ struct ClusterJson<'a> {
     name: &'a str,
     owner: &'a str,
     profile: &'a str,
-    provider: &'static str,
-    state: &'static str,
+    provider: &'a str,
+    state: &'a str,
     created_at: String,
     nodes: Vec<NodeJson<'a>>,
 }
 
-fn timestamp(ms: i64) -> String {
-    jiff::Timestamp::from_millisecond(ms)
-        .map(|t| t.to_string())
-        .unwrap_or_default()
-}
-
-fn local_time(ms: i64) -> String {
-    jiff::Timestamp::from_millisecond(ms)
+/// An RFC 3339 time as local minutes, for tables.
+fn local_time(rfc3339: &str) -> String {
+    rfc3339
+        .parse::<jiff::Timestamp>()
         .map(|t| {
             t.to_zoned_datetime(jiff::tz::TimeZone::system())
                 .strftime("%Y-%m-%d %H:%M")
@@ -61,73 +56,44 @@ fn local_time(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-/// Which clusters `list` shows: live ones and those that ended in the last day (all with
-/// `all`); with a name, the live one of that name, else the most recent. Never one that
-/// `delete-cluster` removed.
-fn shown(
-    clusters: Vec<ClusterRow>,
-    name: Option<&ClusterName>,
-    all: bool,
-    now: Millis,
-) -> Vec<ClusterRow> {
-    let mut visible: Vec<ClusterRow> = clusters.into_iter().filter(|c| !c.hidden).collect();
-    if let Some(n) = name {
-        visible.retain(|c| c.name == *n);
-        let pick = visible
-            .iter()
-            .rposition(|c| c.state.is_live())
-            .or_else(|| visible.len().checked_sub(1));
-        return pick.map(|i| visible.swap_remove(i)).into_iter().collect();
-    }
-    if !all {
-        visible.retain(|c| {
-            c.state.is_live() || now - c.terminated_at.unwrap_or(c.updated_at) < RECENT
-        });
-    }
-    visible
-}
-
 pub(super) async fn list(
     app: &App,
-    owner: &Owner,
+    caller: &Caller,
     name: Option<&str>,
     all: bool,
     json: bool,
 ) -> Result<ExitCode, Error> {
     let name = name.map(ClusterName::parse).transpose()?;
-    let clusters = shown(
-        app.store.list_clusters(Some(owner))?,
-        name.as_ref(),
-        all,
-        now_millis(),
-    );
-    if let Some(n) = &name
-        && clusters.is_empty()
-    {
-        return Err(crate::error::InputError::UnknownCluster(n.to_string()).into());
-    }
-    refresh_all(app, &clusters).await;
-    let mut rows = Vec::new();
-    for c in &clusters {
-        rows.push((c, app.store.nodes_of(c.id)?));
-    }
+    let answer = call(
+        app,
+        caller,
+        Request::List {
+            name: name.as_ref().map(|n| n.to_string()),
+            all,
+            owner: None,
+            everyone: false,
+        },
+    )
+    .await?;
+    let views: Vec<ClusterView> = serde_json::from_value(answer)
+        .map_err(|e| Error::runtime(format!("the runner's answer is not a list: {e}")))?;
     if json {
-        let out: Vec<ClusterJson> = rows
+        let out: Vec<ClusterJson> = views
             .iter()
-            .map(|(c, nodes)| ClusterJson {
-                name: c.name.as_str(),
-                owner: c.owner.as_str(),
+            .map(|c| ClusterJson {
+                name: &c.name,
+                owner: &c.owner,
                 profile: &c.profile,
-                provider: c.provider.as_str(),
-                state: c.state.as_str(),
-                created_at: timestamp(c.created_at),
-                nodes: nodes.iter().map(|n| node_json(c, n)).collect(),
+                provider: &c.provider,
+                state: &c.state,
+                created_at: c.created_at.clone(),
+                nodes: c.nodes.iter().map(|n| node_json(&c.name, n)).collect(),
             })
             .collect();
         app.printer.json(&out)?;
         return Ok(ExitCode::SUCCESS);
     }
-    if rows.is_empty() {
+    if views.is_empty() {
         app.printer.status(format!(
             "no clusters{}; launch one with `{} launch-cluster NAME N`",
             if all {
@@ -140,11 +106,12 @@ pub(super) async fn list(
         return Ok(ExitCode::SUCCESS);
     }
     if name.is_some() {
-        for (c, nodes) in &rows {
+        for c in &views {
+            let cname = ClusterName::parse(&c.name)?;
             let mut t = Table::new(&["NODE", "ROLE", "STATE", "ADDRESS", "TYPE", "INSTANCE"]);
-            for n in nodes {
+            for n in &c.nodes {
                 t.row(vec![
-                    node_name(&c.name, n.role, n.index),
+                    node_name(&cname, n.role, n.index),
                     n.role.to_string(),
                     n.state.to_string(),
                     n.address.clone().unwrap_or_else(|| "-".into()),
@@ -155,39 +122,49 @@ pub(super) async fn list(
             app.printer.out(format!(
                 "cluster {} ({}, profile {}, {} provider, created {})",
                 c.name,
-                c.state.as_str(),
+                c.state,
                 c.profile,
                 c.provider,
-                local_time(c.created_at)
+                local_time(&c.created_at)
             ))?;
             if let Some(f) = &c.failure {
                 app.printer
                     .out(format!("failure: {}", f.lines().next().unwrap_or("")))?;
+            }
+            for note in &c.notes {
+                app.printer.out(format!("note: {note}"))?;
             }
             app.printer.out(t.render())?;
         }
         return Ok(ExitCode::SUCCESS);
     }
     let mut t = Table::new(&["NAME", "STATE", "PROFILE", "PROVIDER", "RUNNING", "CREATED"]);
-    for (c, nodes) in &rows {
-        let running = nodes.iter().filter(|n| n.state.is_billed()).count();
+    for c in &views {
+        let running = c.nodes.iter().filter(|n| n.state.is_billed()).count();
         t.row(vec![
-            c.name.to_string(),
-            c.state.as_str().into(),
+            c.name.clone(),
+            c.state.clone(),
             c.profile.clone(),
-            c.provider.to_string(),
-            format!("{running}/{}", nodes.len()),
-            local_time(c.created_at),
+            c.provider.clone(),
+            format!("{running}/{}", c.nodes.len()),
+            local_time(&c.created_at),
         ]);
     }
     app.printer.out(t.render())?;
+    for c in views.iter().filter(|c| !c.notes.is_empty()) {
+        for note in &c.notes {
+            app.printer.out(format!("{}: {note}", c.name))?;
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-fn node_json<'a>(c: &ClusterRow, n: &'a NodeRow) -> NodeJson<'a> {
+fn node_json<'a>(cluster: &str, n: &'a NodeRow) -> NodeJson<'a> {
     NodeJson {
         id: &n.instance_id,
-        name: node_name(&c.name, n.role, n.index),
+        name: ClusterName::parse(cluster)
+            .map(|c| node_name(&c, n.role, n.index))
+            .unwrap_or_default(),
         role: n.role,
         state: n.state.as_str(),
         address: n.address.as_deref(),
@@ -197,37 +174,124 @@ fn node_json<'a>(c: &ClusterRow, n: &'a NodeRow) -> NodeJson<'a> {
     }
 }
 
-/// The running nodes a command acts on: the master, or all of them.
-fn targets(app: &App, cluster: &ClusterRow, all: bool) -> Result<Vec<NodeRow>, Error> {
-    let nodes: Vec<NodeRow> = live_nodes(app.ctx(), cluster)?
-        .into_iter()
-        .filter(|n| all || n.role == Role::Master)
-        .collect();
-    if nodes.is_empty() {
-        return Err(Error::runtime(format!(
-            "cluster {} has no running {}",
-            cluster.name,
-            if all { "nodes" } else { "master" }
-        )));
-    }
-    Ok(nodes)
+/// A cluster to reach over SSH: its nodes, the user, and the key files, as the caller holds
+/// them (the state directory's own in a single-user install; the runner's answer and the key
+/// it handed over in a multi-user one).
+struct Reach {
+    view: ClusterView,
+    name: ClusterName,
+    keys: ClusterKeys,
+    /// Single-user: the row, so a first contact's host key can be pinned in the store.
+    row: Option<ClusterRow>,
 }
 
-fn client_for(app: &App, cluster: &ClusterRow) -> Result<Client, Error> {
-    let key = ClusterKeys::of(&app.state_dir, cluster).load()?;
+impl Reach {
+    /// The nodes a command acts on: the running master, or every running node.
+    fn targets(&self, all: bool) -> Result<Vec<NodeRow>, Error> {
+        let nodes: Vec<NodeRow> = self
+            .view
+            .nodes
+            .iter()
+            .filter(|n| !n.state.is_gone() && (all || n.role == Role::Master))
+            .cloned()
+            .collect();
+        if nodes.is_empty() {
+            return Err(Error::runtime(format!(
+                "cluster {} has no running {}",
+                self.name,
+                if all { "nodes" } else { "master" }
+            )));
+        }
+        Ok(nodes)
+    }
+
+    fn target(&self, n: &NodeRow) -> Result<ssh::Target, Error> {
+        target_of(n, &self.name, &self.view.ssh_user)
+    }
+}
+
+/// The caller's live cluster of this name, ready to be reached.
+async fn reach(app: &App, caller: &Caller, name: &str) -> Result<Reach, Error> {
+    let cname = ClusterName::parse(name)?;
+    if !remote::multi_user(app) {
+        let row = fresh_cluster(app, &caller.owner, name).await?;
+        let view = crate::quota::runner::view(app, &row)?;
+        return Ok(Reach {
+            keys: ClusterKeys::of(&app.state_dir, &row),
+            view,
+            name: cname,
+            row: Some(row),
+        });
+    }
+    let answer = call(
+        app,
+        caller,
+        Request::List {
+            name: Some(name.to_owned()),
+            all: false,
+            owner: None,
+            everyone: false,
+        },
+    )
+    .await?;
+    let mut views: Vec<ClusterView> = serde_json::from_value(answer)
+        .map_err(|e| Error::runtime(format!("the runner's answer is not a list: {e}")))?;
+    let view = views
+        .pop()
+        .ok_or_else(|| crate::error::InputError::UnknownCluster(name.to_owned()))?;
+    if !crate::model::ClusterState::parse(&view.state).is_some_and(|s| s.is_live()) {
+        return Err(Error::invalid(format!(
+            "cluster {} is {}",
+            view.name, view.state
+        )));
+    }
+    let mut keys = remote::keys_of(app, &view);
+    if !keys.private_key().exists() {
+        // Launched from another machine of this user: the runner hands the key over again.
+        let answer = call(
+            app,
+            caller,
+            Request::Key {
+                name: name.to_owned(),
+            },
+        )
+        .await?;
+        let key = answer["private_key"]
+            .as_str()
+            .ok_or_else(|| Error::runtime("the runner's answer holds no key"))?;
+        keys = remote::keep_key(app, &view, key)?;
+    }
+    keys.write_known_hosts(&view.nodes)?;
+    Ok(Reach {
+        view,
+        name: cname,
+        keys,
+        row: None,
+    })
+}
+
+fn client_for(app: &App, reach: &Reach) -> Result<Client, Error> {
+    let key = reach.keys.load()?;
     Ok(Client::new(key, app.ctx().connect_timeout()))
 }
 
 /// Pins the host keys of nodes never reached over SSH yet (a cluster launched with
-/// `--no-configure`), on this first contact, so every later connection insists on them.
+/// `--no-configure` in a single-user install), on this first contact, so every later
+/// connection insists on them. The runner of a multi-user install pins every key itself.
 async fn pin_first_contact(
     app: &App,
-    cluster: &ClusterRow,
+    reach: &Reach,
     client: &Client,
     nodes: &mut [NodeRow],
 ) -> Result<(), Error> {
     for n in nodes.iter_mut().filter(|n| n.host_key.is_none()) {
-        let t = target(n, cluster)?;
+        if reach.row.is_none() {
+            return Err(Error::runtime(format!(
+                "{} has no pinned host key; ask your instructor to run `stratus reconcile`",
+                node_name(&reach.name, n.role, n.index)
+            )));
+        }
+        let t = reach.target(n)?;
         let session = client.connect(&t).await?;
         let key = ssh::public_key_openssh(&session.host_key);
         session.close().await;
@@ -242,15 +306,15 @@ async fn pin_first_contact(
 /// holding the cluster key.
 async fn connect_plan(
     app: &App,
-    cluster: &ClusterRow,
+    reach: &Reach,
     all: bool,
 ) -> Result<(Client, Vec<ssh::Target>), Error> {
-    let mut nodes = targets(app, cluster, all)?;
-    let client = client_for(app, cluster)?;
-    pin_first_contact(app, cluster, &client, &mut nodes).await?;
+    let mut nodes = reach.targets(all)?;
+    let client = client_for(app, reach)?;
+    pin_first_contact(app, reach, &client, &mut nodes).await?;
     let targets = nodes
         .iter()
-        .map(|n| target(n, cluster))
+        .map(|n| reach.target(n))
         .collect::<Result<Vec<_>, _>>()?;
     Ok((client, targets))
 }
@@ -266,14 +330,14 @@ struct ExecJson {
 
 pub(super) async fn exec(
     app: &App,
-    owner: &Owner,
+    caller: &Caller,
     name: &str,
     all: bool,
     json: bool,
     command: &str,
 ) -> Result<ExitCode, Error> {
-    let cluster = fresh_cluster(app, owner, name).await?;
-    let (client, jobs) = connect_plan(app, &cluster, all).await?;
+    let reach = reach(app, caller, name).await?;
+    let (client, jobs) = connect_plan(app, &reach, all).await?;
     let command = command.to_owned();
     let results = ssh::fan_out(jobs, app.config.ssh.max_parallel, move |t| {
         let client = client.clone();
@@ -374,14 +438,13 @@ fn print_prefixed(printer: &Printer, node: &str, out: &ExecOutput) -> std::io::R
 
 pub(super) async fn push(
     app: &App,
-    owner: &Owner,
+    caller: &Caller,
     name: &str,
     file: &std::path::Path,
     dest: Option<&str>,
     all: bool,
 ) -> Result<ExitCode, Error> {
     use std::os::unix::fs::PermissionsExt;
-    let cluster = fresh_cluster(app, owner, name).await?;
     let meta = std::fs::metadata(file)
         .map_err(|e| Error::invalid(format!("cannot read {}: {e}", file.display())))?;
     if !meta.is_file() {
@@ -401,7 +464,8 @@ pub(super) async fn push(
             .to_owned(),
     };
     let mode = meta.permissions().mode() & 0o777;
-    let (client, jobs) = connect_plan(app, &cluster, all).await?;
+    let reach = reach(app, caller, name).await?;
+    let (client, jobs) = connect_plan(app, &reach, all).await?;
     let data = Arc::new(data);
     let dest2 = dest.clone();
     let results = ssh::fan_out(jobs, app.config.ssh.max_parallel, move |t| {
@@ -423,7 +487,7 @@ pub(super) async fn push(
     app.printer.status(format!(
         "copied {} to {dest} on {copies} node(s) of {}",
         file.display(),
-        cluster.name
+        reach.name
     ));
     Ok(ExitCode::SUCCESS)
 }
@@ -440,30 +504,35 @@ fn ssh_program() -> Result<&'static str, Error> {
 
 pub(super) async fn login(
     app: &App,
-    owner: &Owner,
+    caller: &Caller,
     name: &str,
     ssh_args: &[String],
 ) -> Result<ExitCode, Error> {
     use std::os::unix::process::CommandExt;
-    let cluster = fresh_cluster(app, owner, name).await?;
-    let mut masters = targets(app, &cluster, false)?;
-    pin_first_contact(app, &cluster, &client_for(app, &cluster)?, &mut masters).await?;
+    let reach = reach(app, caller, name).await?;
+    let mut masters = reach.targets(false)?;
+    pin_first_contact(app, &reach, &client_for(app, &reach)?, &mut masters).await?;
     let master = masters.remove(0);
-    let keys = ClusterKeys::of(&app.state_dir, &cluster);
-    keys.write_known_hosts(&live_nodes(app.ctx(), &cluster)?)?;
+    let mut nodes = reach.view.nodes.clone();
+    for n in nodes.iter_mut() {
+        if n.instance_id == master.instance_id {
+            n.host_key = master.host_key.clone();
+        }
+    }
+    reach.keys.write_known_hosts(&nodes)?;
     let address = master
         .address
         .clone()
         .ok_or_else(|| Error::runtime("the master has no address"))?;
     let mut cmd = std::process::Command::new(ssh_program()?);
     cmd.arg("-i")
-        .arg(keys.private_key())
+        .arg(reach.keys.private_key())
         .args(["-o", "IdentitiesOnly=yes"])
         .arg("-o")
         // Quoted: ssh splits option values on whitespace.
         .arg(format!(
             "UserKnownHostsFile=\"{}\"",
-            keys.known_hosts().display()
+            reach.keys.known_hosts().display()
         ))
         .args(["-o", "GlobalKnownHostsFile=/dev/null"])
         .args(["-o", "StrictHostKeyChecking=yes"])
@@ -471,7 +540,7 @@ pub(super) async fn login(
         .arg("-p")
         .arg(master.ssh_port.to_string())
         .arg("-l")
-        .arg(&cluster.record.profile.ssh_user)
+        .arg(&reach.view.ssh_user)
         .args(ssh_args)
         .arg(&address);
     tracing::debug!(?cmd, "exec");
@@ -482,24 +551,29 @@ pub(super) async fn login(
 /// A SOCKS5 proxy on 127.0.0.1:`port` through the master, until interrupted.
 pub(super) async fn proxy(
     app: &App,
-    owner: &Owner,
+    caller: &Caller,
     name: &str,
     port: u16,
 ) -> Result<ExitCode, Error> {
-    let cluster = fresh_cluster(app, owner, name).await?;
-    let mut masters = targets(app, &cluster, false)?;
-    let client = client_for(app, &cluster)?;
-    pin_first_contact(app, &cluster, &client, &mut masters).await?;
-    let session = Arc::new(client.connect(&target(&masters[0], &cluster)?).await?);
+    let reach = reach(app, caller, name).await?;
+    let mut masters = reach.targets(false)?;
+    let client = client_for(app, &reach)?;
+    pin_first_contact(app, &reach, &client, &mut masters).await?;
+    let session = Arc::new(client.connect(&reach.target(&masters[0])?).await?);
     let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port))
         .await
         .map_err(|e| Error::runtime(format!("cannot listen on 127.0.0.1:{port}")).with_source(e))?;
     let bound = listener.local_addr()?.port();
     // The port on stdout, alone, so a script can read it (`--port 0`).
     app.printer.out(bound)?;
+    let master_private = masters[0]
+        .private_address
+        .clone()
+        .or_else(|| masters[0].address.clone())
+        .unwrap_or_default();
     app.printer.status(format!(
-        "SOCKS5 proxy into cluster {} on 127.0.0.1:{bound}, through {}; ^C to stop\n  e.g. curl --socks5-hostname 127.0.0.1:{bound} http://MASTER-PRIVATE-ADDRESS:9870/",
-        cluster.name, masters[0].instance_id
+        "SOCKS5 proxy into cluster {} on 127.0.0.1:{bound}, through its master; ^C to stop\n  e.g. curl --socks5-hostname 127.0.0.1:{bound} http://{master_private}:9870/",
+        reach.name
     ));
     crate::cluster::proxy::serve(listener, session, async {
         let _ = tokio::signal::ctrl_c().await;
@@ -510,72 +584,19 @@ pub(super) async fn proxy(
 
 pub(super) async fn update_slaves_file(
     app: &App,
-    owner: &Owner,
+    caller: &Caller,
     name: &str,
 ) -> Result<ExitCode, Error> {
-    let cluster = fresh_cluster(app, owner, name).await?;
+    if remote::multi_user(app) {
+        return Err(Error::invalid(
+            "in a multi-user install the runner keeps the workers file up to date (launch-slaves)",
+        ));
+    }
+    let cluster = fresh_cluster(app, &caller.owner, name).await?;
     let n = update_workers_file(app.ctx(), &cluster).await?;
     app.printer.status(format!(
         "workers file of {} lists {n} workers",
         cluster.name
     ));
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::{ClusterState, ProviderKind, RequestId};
-    use crate::store::ClusterRecord;
-
-    fn row(id: i64, name: &str, state: ClusterState, ended: Option<Millis>) -> ClusterRow {
-        ClusterRow {
-            id,
-            name: ClusterName::parse(name).unwrap(),
-            owner: Owner::parse("alice").unwrap(),
-            profile: "p".into(),
-            provider: ProviderKind::Local,
-            state,
-            request_id: RequestId::new(),
-            created_at: 0,
-            updated_at: ended.unwrap_or(0),
-            terminated_at: ended,
-            failure: None,
-            record: ClusterRecord {
-                profile: crate::cluster::profile::Profile::for_tests("p"),
-                env: Default::default(),
-            },
-            hidden: false,
-        }
-    }
-
-    #[test]
-    fn list_shows_live_and_recent_clusters_and_one_per_name() {
-        let now = 10 * RECENT;
-        let clusters = vec![
-            row(1, "demo", ClusterState::Terminated, Some(now - 2 * RECENT)),
-            row(2, "demo", ClusterState::Configured, None),
-            row(3, "old", ClusterState::Failed, Some(now - 2 * RECENT)),
-            row(4, "fresh", ClusterState::Terminated, Some(now - 1000)),
-        ];
-        let ids = |v: Vec<ClusterRow>| v.into_iter().map(|c| c.id).collect::<Vec<_>>();
-        assert_eq!(ids(shown(clusters.clone(), None, false, now)), vec![2, 4]);
-        assert_eq!(
-            ids(shown(clusters.clone(), None, true, now)),
-            vec![1, 2, 3, 4]
-        );
-        let demo = ClusterName::parse("demo").unwrap();
-        assert_eq!(
-            ids(shown(clusters.clone(), Some(&demo), false, now)),
-            vec![2]
-        );
-        let old = ClusterName::parse("old").unwrap();
-        assert_eq!(
-            ids(shown(clusters.clone(), Some(&old), false, now)),
-            vec![3]
-        );
-        let mut hidden = clusters;
-        hidden[3].hidden = true;
-        assert_eq!(ids(shown(hidden, None, true, now)), vec![1, 2, 3]);
-    }
 }

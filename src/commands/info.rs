@@ -2,58 +2,126 @@
 
 use std::process::ExitCode;
 
-use super::refresh_all;
+use super::remote::call;
 use super::table::Table;
-use crate::accounting;
 use crate::app::App;
+use crate::caller::Caller;
 use crate::cli::ProfilesAction;
 use crate::error::Error;
-use crate::model::{Owner, now_millis};
+use crate::quota::QuotaReport;
+use crate::quota::policy::dollars_text;
+use crate::quota::protocol::Request;
 
-pub(super) async fn usage(app: &App, owner: &Owner, json: bool) -> Result<ExitCode, Error> {
-    let clusters = app.store.list_clusters(Some(owner))?;
-    refresh_all(app, &clusters).await;
-    let ids: Vec<i64> = clusters.iter().map(|c| c.id).collect();
-    let intervals = app.store.intervals(&ids)?;
-    let mut unknown = Vec::new();
-    let rows = accounting::usage_rows(
-        &app.config,
-        &clusters,
-        &intervals,
-        now_millis(),
-        &mut unknown,
-    );
-    if !unknown.is_empty() {
-        app.printer.warn(format!(
-            "no price known for {}; add them under [prices] in the site config",
-            unknown.join(", ")
-        ));
-    }
+pub(super) async fn usage(app: &App, caller: &Caller, json: bool) -> Result<ExitCode, Error> {
+    let answer = call(
+        app,
+        caller,
+        Request::Usage {
+            owner: None,
+            everyone: false,
+        },
+    )
+    .await?;
     if json {
-        app.printer.json(&rows)?;
+        app.printer.json(&answer)?;
         return Ok(ExitCode::SUCCESS);
     }
+    let rows: Vec<UsageLine> = serde_json::from_value(answer)
+        .map_err(|e| Error::runtime(format!("the runner's answer is not usage: {e}")))?;
     let mut t = Table::new(&["CLUSTER", "PROFILE", "HOURS", "COST", "OPEN"]);
-    let (mut hours, mut cost) = (0.0, 0.0);
+    let (mut hours, mut micros) = (0.0, 0);
     for r in &rows {
+        let cost = crate::accounting::prices::dollars_to_micros(r.cost_dollars).unwrap_or(0);
         hours += r.instance_hours;
-        cost += r.estimated_cost;
+        micros += cost;
         t.row(vec![
             r.cluster.clone(),
             r.profile.clone(),
-            format!("{:.3}", r.instance_hours),
-            format!("${:.2}", r.estimated_cost),
+            format!("{:.2}", r.instance_hours),
+            format!(
+                "{}{}",
+                dollars_text(cost),
+                if r.estimated { " (estimated)" } else { "" }
+            ),
             if r.open { "yes".into() } else { "no".into() },
         ]);
     }
     t.row(vec![
         "total".into(),
         String::new(),
-        format!("{hours:.3}"),
-        format!("${cost:.2}"),
+        format!("{hours:.2}"),
+        dollars_text(micros),
         String::new(),
     ]);
     app.printer.out(t.render())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A row of `usage --json`, as read back.
+#[derive(serde::Deserialize)]
+struct UsageLine {
+    cluster: String,
+    profile: String,
+    instance_hours: f64,
+    cost_dollars: f64,
+    open: bool,
+    #[serde(default)]
+    estimated: bool,
+}
+
+pub(super) async fn quota(app: &App, caller: &Caller, json: bool) -> Result<ExitCode, Error> {
+    let answer = call(app, caller, Request::Quota).await?;
+    if json {
+        app.printer.json(&answer)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let r: QuotaReport = serde_json::from_value(answer)
+        .map_err(|e| Error::runtime(format!("the runner's answer is not a quota: {e}")))?;
+    let num = |v: Option<f64>| {
+        v.map(|x| format!("{x}"))
+            .unwrap_or_else(|| "no limit".into())
+    };
+    let money = |v: Option<f64>| {
+        v.and_then(crate::accounting::prices::dollars_to_micros)
+            .map(dollars_text)
+            .unwrap_or_else(|| "no limit".into())
+    };
+    let mut t = Table::new(&["LIMIT", "ALLOWED", "USED", "LEFT"]);
+    t.row(vec![
+        "units (concurrent)".into(),
+        num(r.limits.max_units),
+        num(r.used.units),
+        num(r.left.units),
+    ]);
+    t.row(vec![
+        "clusters (live)".into(),
+        num(r.limits.max_clusters.map(f64::from)),
+        num(r.used.clusters.map(f64::from)),
+        num(r.left.clusters.map(f64::from)),
+    ]);
+    t.row(vec![
+        "budget".into(),
+        money(r.limits.budget_dollars),
+        money(r.used.dollars),
+        money(r.left.dollars),
+    ]);
+    t.row(vec![
+        "nodes per cluster".into(),
+        num(r.limits.max_nodes.map(f64::from)),
+        String::new(),
+        String::new(),
+    ]);
+    t.row(vec![
+        "lifetime (hours)".into(),
+        num(r.limits.max_lifetime_hours),
+        String::new(),
+        String::new(),
+    ]);
+    app.printer.out(format!("quota of {}", r.user))?;
+    app.printer.out(t.render())?;
+    if let Some(p) = &r.limits.profiles {
+        app.printer.out(format!("profiles: {}", p.join(", ")))?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

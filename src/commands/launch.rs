@@ -1,144 +1,116 @@
 //! The commands that create and end clusters: launch-cluster, launch-master, launch-slaves,
-//! terminate-cluster, delete-cluster, reconcile.
+//! terminate-cluster (through the runner: the setuid wrapper's in a multi-user install, the same
+//! code in this process otherwise), delete-cluster and reconcile (the caller's own state).
 
 use std::io::{BufRead, IsTerminal};
 use std::process::ExitCode;
 
-use super::{find_cluster, fresh_cluster, invocation, parse_env};
+use super::remote::{self, call};
+use super::{find_cluster, invocation};
 use crate::app::App;
+use crate::caller::Caller;
 use crate::cli::LaunchOptions;
-use crate::cluster::launch::{self, LaunchRequest};
-use crate::cluster::provider::Provider;
-use crate::cluster::terminate::live_nodes;
-use crate::cluster::{reconcile, terminate};
+use crate::cluster::reconcile;
 use crate::error::Error;
-use crate::model::{ClusterName, ClusterState, Owner, RequestId, Role};
-use crate::quota::Admission;
-
-/// Finishes or undoes what crashed or interrupted commands left behind, before a command that
-/// launches or terminates (DESIGN.md: reconcile runs at the start of launch and terminate). A
-/// failure here is reported, not fatal: the command itself may still work.
-async fn reconcile_first<P: Provider>(app: &App, provider: &P, owner: &Owner) {
-    let options = reconcile::Options::new(false);
-    if let Err(e) = reconcile::reconcile(app.ctx(), provider, Some(owner), &options).await {
-        app.printer.warn(format!(
-            "could not reconcile leftovers first: {}",
-            crate::error::one_line(&e)
-        ));
-    }
-}
+use crate::model::{ClusterName, Owner};
+use crate::quota::protocol::{ClusterView, Launched, Request};
 
 pub(super) async fn launch_cmd(
     app: &App,
-    owner: &Owner,
+    caller: &Caller,
     name: &str,
     workers: u32,
     opts: &LaunchOptions,
 ) -> Result<ExitCode, Error> {
-    let name = ClusterName::parse(name)?;
-    let profile_name = opts
-        .profile
-        .clone()
-        .unwrap_or_else(|| app.default_profile());
-    let profile = app.profiles.resolve(&profile_name)?;
-    let env = parse_env(&opts.env)?;
-    let req = LaunchRequest {
-        name,
-        workers,
-        profile,
-        env,
-        configure: !opts.no_configure,
-    };
-    launch::validate_request(&req.profile, app.config.provider, req.workers, 0)?;
-    let provider = app.provider(app.config.provider).await?;
-    reconcile_first(app, provider.as_ref(), owner).await;
-    let request = RequestId::new();
-    let cluster = launch::launch(
-        app.ctx(),
-        provider.as_ref(),
-        owner,
-        &request,
-        req,
-        &Admission::unlimited(),
+    // Checked here too, so a typo is reported before the wrapper is even started.
+    ClusterName::parse(name)?;
+    let env = super::parse_env(&opts.env)?;
+    let answer = call(
+        app,
+        caller,
+        Request::Launch {
+            name: name.to_owned(),
+            workers,
+            profile: opts.profile.clone(),
+            env,
+            configure: !opts.no_configure,
+        },
     )
     .await?;
-    let nodes = live_nodes(app.ctx(), &cluster)?;
-    let workers = nodes.iter().filter(|n| n.role == Role::Worker).count();
+    let launched: Launched = serde_json::from_value(answer)
+        .map_err(|e| Error::runtime(format!("the runner's answer is not a launch: {e}")))?;
+    if remote::multi_user(app) {
+        remote::keep_key(app, &launched.cluster, &launched.private_key)?;
+    }
+    let c = &launched.cluster;
+    let workers = c
+        .nodes
+        .iter()
+        .filter(|n| n.role == crate::model::Role::Worker && !n.state.is_gone())
+        .count();
     app.printer.out(format!(
         "cluster {} is up: 1 master + {workers} workers (profile {}, {} provider)\nlog in with: {} login {}",
-        cluster.name,
-        cluster.profile,
-        cluster.provider,
+        c.name,
+        c.profile,
+        c.provider,
         invocation(),
-        cluster.name
+        c.name
     ))?;
     Ok(ExitCode::SUCCESS)
 }
 
 pub(super) async fn launch_slaves(
     app: &App,
-    owner: &Owner,
+    caller: &Caller,
     name: &str,
     count: u32,
 ) -> Result<ExitCode, Error> {
+    ClusterName::parse(name)?;
     if count == 0 {
         return Err(Error::invalid("launch-slaves needs a count of at least 1"));
     }
-    let cluster = fresh_cluster(app, owner, name).await?;
-    if !cluster.state.is_up() {
-        return Err(Error::invalid(format!(
-            "cluster {} is {}; workers can be added once it is running",
-            cluster.name,
-            cluster.state.as_str()
-        )));
-    }
-    let provider = app.provider(cluster.provider).await?;
-    reconcile_first(app, provider.as_ref(), owner).await;
-    let request = RequestId::new();
-    let added = launch::add_workers(
-        app.ctx(),
-        provider.as_ref(),
-        &cluster,
-        count,
-        &request,
-        &Admission::unlimited(),
+    let answer = call(
+        app,
+        caller,
+        Request::LaunchSlaves {
+            name: name.to_owned(),
+            count,
+            owner: None,
+        },
     )
     .await?;
-    let names: Vec<String> = added
-        .iter()
-        .map(|n| crate::model::node_name(&cluster.name, n.role, n.index))
-        .collect();
+    let added: Vec<String> = answer["added"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    if remote::multi_user(app)
+        && let Ok(view) = serde_json::from_value::<ClusterView>(answer["cluster"].clone())
+    {
+        remote::keys_of(app, &view).write_known_hosts(&view.nodes)?;
+    }
     app.printer
-        .out(format!("added {} to {}", names.join(", "), cluster.name))?;
+        .out(format!("added {} to {name}", added.join(", ")))?;
     Ok(ExitCode::SUCCESS)
 }
 
 pub(super) async fn terminate_cmd(
     app: &App,
-    owner: &Owner,
+    caller: &Caller,
     name: &str,
     yes: bool,
 ) -> Result<ExitCode, Error> {
-    let cluster = find_cluster(app, owner, name)?;
-    let nodes = live_nodes(app.ctx(), &cluster)?;
-    if cluster.state == ClusterState::Terminated && nodes.is_empty() {
-        app.printer
-            .status(format!("cluster {} is already terminated", cluster.name));
-        return Ok(ExitCode::SUCCESS);
-    }
+    ClusterName::parse(name)?;
     if !yes {
         if !std::io::stdin().is_terminal() {
             return Err(Error::invalid(format!(
-                "refusing to terminate {} without confirmation: pass --yes",
-                cluster.name
+                "refusing to terminate {name} without confirmation: pass --yes"
             )));
         }
-        let question = format!(
-            "Terminate cluster {} ({} nodes, profile {})? [y/N] ",
-            cluster.name,
-            nodes.len(),
-            cluster.profile
-        );
+        let question = format!("Terminate cluster {name}? [y/N] ");
         app.printer.suspend(|| {
             use std::io::Write;
             let mut e = std::io::stderr().lock();
@@ -152,11 +124,19 @@ pub(super) async fn terminate_cmd(
             return Ok(ExitCode::from(crate::error::exit::BAD_INPUT));
         }
     }
-    let provider = app.provider(cluster.provider).await?;
-    reconcile_first(app, provider.as_ref(), owner).await;
-    let n = terminate::terminate(app.ctx(), provider.as_ref(), &cluster).await?;
-    app.printer
-        .status(format!("terminated cluster {} ({n} nodes)", cluster.name));
+    let answer = call(
+        app,
+        caller,
+        Request::Terminate {
+            name: name.to_owned(),
+            owner: None,
+        },
+    )
+    .await?;
+    app.printer.status(format!(
+        "terminated cluster {name} ({} nodes)",
+        answer["terminated"].as_u64().unwrap_or(0)
+    ));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -165,6 +145,11 @@ pub(super) async fn delete_cluster(
     owner: &Owner,
     name: &str,
 ) -> Result<ExitCode, Error> {
+    if remote::multi_user(app) {
+        return Err(Error::invalid(
+            "in a multi-user install, delete-cluster is the instructor's (as the service account) or reconcile's job",
+        ));
+    }
     let cluster = find_cluster(app, owner, name)?;
     let provider = app.provider(cluster.provider).await?;
     let deleted = reconcile::delete_cluster(app.ctx(), provider.as_ref(), &cluster).await?;

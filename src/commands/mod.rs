@@ -7,8 +7,10 @@
 //! - `info`: usage, profiles.
 
 mod access;
+mod admin;
 mod info;
 mod launch;
+pub(crate) mod remote;
 pub(crate) mod table;
 
 use std::collections::BTreeMap;
@@ -17,16 +19,23 @@ use std::sync::Arc;
 
 use crate::app::{App, Settings};
 use crate::caller::Caller;
-use crate::cli::{Cli, Command};
+use crate::cli::{AdminAction, Cli, Command};
 use crate::cluster::observe;
 use crate::error::{Error, InputError};
-use crate::model::{ClusterName, Owner, ProviderKind};
+use crate::model::{ClusterName, Millis, Owner, ProviderKind};
 use crate::printer::Printer;
 use crate::store::ClusterRow;
 
 pub async fn run(cli: Cli, printer: Arc<Printer>) -> Result<ExitCode, Error> {
     let settings = Settings::for_caller(cli.config.as_deref())?;
     let caller = Caller::from_real_uid()?;
+    if let Command::Admin {
+        action: AdminAction::Install { .. } | AdminAction::Doctor { .. },
+    } = &cli.command
+    {
+        // These work on an install, not on a state directory.
+        return admin::run(&settings, &printer, cli.command).await;
+    }
     let app = App::new(settings, printer)?;
     let owner = &caller.owner;
     match cli.command {
@@ -36,40 +45,46 @@ pub async fn run(cli: Cli, printer: Arc<Printer>) -> Result<ExitCode, Error> {
                     "a cluster needs at least 1 worker; use launch-master for a master alone",
                 ));
             }
-            launch::launch_cmd(&app, owner, &a.name, a.count, &a.options).await
+            launch::launch_cmd(&app, &caller, &a.name, a.count, &a.options).await
         }
-        Command::LaunchMaster(a) => launch::launch_cmd(&app, owner, &a.name, 0, &a.options).await,
+        Command::LaunchMaster(a) => launch::launch_cmd(&app, &caller, &a.name, 0, &a.options).await,
         Command::LaunchSlaves { name, count } => {
-            launch::launch_slaves(&app, owner, &name, count).await
+            launch::launch_slaves(&app, &caller, &name, count).await
         }
         Command::TerminateCluster { name, yes } => {
-            launch::terminate_cmd(&app, owner, &name, yes).await
+            launch::terminate_cmd(&app, &caller, &name, yes).await
         }
         Command::DeleteCluster { name } => launch::delete_cluster(&app, owner, &name).await,
         Command::Reconcile { dry_run, json } => {
             launch::reconcile_cmd(&app, owner, dry_run, json).await
         }
         Command::List { name, all, json } => {
-            access::list(&app, owner, name.as_deref(), all, json).await
+            access::list(&app, &caller, name.as_deref(), all, json).await
         }
-        Command::Login { name, ssh_args } => access::login(&app, owner, &name, &ssh_args).await,
+        Command::Login { name, ssh_args } => access::login(&app, &caller, &name, &ssh_args).await,
         Command::Exec {
             name,
             all,
             json,
             command,
-        } => access::exec(&app, owner, &name, all, json, &command.join(" ")).await,
+        } => access::exec(&app, &caller, &name, all, json, &command.join(" ")).await,
         Command::Push {
             name,
             file,
             dest,
             all,
-        } => access::push(&app, owner, &name, &file, dest.as_deref(), all).await,
-        Command::Proxy { name, port } => access::proxy(&app, owner, &name, port).await,
-        Command::UpdateSlavesFile { name } => access::update_slaves_file(&app, owner, &name).await,
-        Command::Usage { json } => info::usage(&app, owner, json).await,
+        } => access::push(&app, &caller, &name, &file, dest.as_deref(), all).await,
+        Command::Proxy { name, port } => access::proxy(&app, &caller, &name, port).await,
+        Command::UpdateSlavesFile { name } => {
+            access::update_slaves_file(&app, &caller, &name).await
+        }
+        Command::Usage { json } => info::usage(&app, &caller, json).await,
+        Command::Quota { json } => info::quota(&app, &caller, json).await,
         Command::Profiles { action } => info::profiles(&app, action),
-        Command::Node { .. } => Err(Error::runtime("__node is handled before the app starts")),
+        Command::Admin { action } => admin::audit(&app, &caller, action).await,
+        Command::Node { .. } | Command::Runner { .. } => Err(Error::runtime(
+            "__node and runner are handled before the app starts",
+        )),
     }
 }
 
@@ -80,19 +95,54 @@ pub fn parse_env(pairs: &[String]) -> Result<BTreeMap<String, String>, Error> {
         let (k, v) = p
             .split_once('=')
             .ok_or_else(|| Error::invalid(format!("--env {p:?}: expected KEY=VALUE")))?;
+        env.insert(k.to_owned(), v.to_owned());
+    }
+    check_env(env)
+}
+
+/// Checks `{{env.KEY}}` values: keys of letters, digits and `_` (not starting with a digit),
+/// values without NUL, at most 64 of them and 64 KiB in all (the runner gets them from a
+/// request).
+pub fn check_env(env: BTreeMap<String, String>) -> Result<BTreeMap<String, String>, Error> {
+    let mut size = 0;
+    for (k, v) in &env {
         let ok = k
             .chars()
             .next()
             .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && k.len() <= 64
             && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !ok {
             return Err(Error::invalid(format!(
-                "--env {p:?}: the key must be letters, digits and '_', not starting with a digit"
+                "--env {k:?}: the key must be 1 to 64 letters, digits and '_', not starting with a digit"
             )));
         }
-        env.insert(k.to_owned(), v.to_owned());
+        if v.contains('\0') {
+            return Err(Error::invalid(format!("--env {k}: the value contains NUL")));
+        }
+        size += k.len() + v.len();
+    }
+    if env.len() > 64 || size > 64 * 1024 {
+        return Err(Error::invalid("--env: at most 64 values and 64 KiB in all"));
     }
     Ok(env)
+}
+
+/// A time given on the command line: RFC 3339, or a date (its start, UTC).
+pub fn parse_time(s: &str) -> Result<crate::model::Millis, Error> {
+    if let Ok(t) = s.parse::<jiff::Timestamp>() {
+        return Ok(t.as_millisecond());
+    }
+    let day: jiff::civil::Date = s.parse().map_err(|_| {
+        Error::invalid(format!(
+            "{s:?} is not a time: use a date like 2026-11-01 or an RFC 3339 time"
+        ))
+    })?;
+    Ok(day
+        .to_zoned_datetime(jiff::tz::TimeZone::UTC)
+        .map_err(|e| Error::invalid(e.to_string()))?
+        .timestamp()
+        .as_millisecond())
 }
 
 /// The caller's cluster of this name: the live one, else the most recent.
@@ -118,9 +168,38 @@ fn live_cluster(app: &App, owner: &Owner, name: &str) -> Result<ClusterRow, Erro
     }
 }
 
+/// How long an ended cluster stays on the default `list`.
+const RECENT: Millis = 24 * 3600 * 1000;
+
+/// Which clusters `list` shows: live ones and those that ended in the last day (all with
+/// `all`); with a name, the live one of that name, else the most recent. Never one that
+/// `delete-cluster` removed.
+pub(crate) fn shown(
+    clusters: Vec<ClusterRow>,
+    name: Option<&ClusterName>,
+    all: bool,
+    now: Millis,
+) -> Vec<ClusterRow> {
+    let mut visible: Vec<ClusterRow> = clusters.into_iter().filter(|c| !c.hidden).collect();
+    if let Some(n) = name {
+        visible.retain(|c| c.name == *n);
+        let pick = visible
+            .iter()
+            .rposition(|c| c.state.is_live())
+            .or_else(|| visible.len().checked_sub(1));
+        return pick.map(|i| visible.swap_remove(i)).into_iter().collect();
+    }
+    if !all {
+        visible.retain(|c| {
+            c.state.is_live() || now - c.terminated_at.unwrap_or(c.updated_at) < RECENT
+        });
+    }
+    visible
+}
+
 /// Refreshes the store from every provider these clusters use. A provider that cannot be
 /// reached is reported, not fatal: what was last recorded is shown.
-async fn refresh_all(app: &App, clusters: &[ClusterRow]) {
+pub(crate) async fn refresh_all(app: &App, clusters: &[ClusterRow]) {
     let mut kinds: Vec<ProviderKind> = Vec::new();
     for c in clusters
         .iter()
@@ -179,4 +258,62 @@ pub fn invocation() -> String {
         })
     });
     if on_path { "stratus".into() } else { argv0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ClusterState, ProviderKind, RequestId};
+    use crate::store::ClusterRecord;
+
+    fn row(id: i64, name: &str, state: ClusterState, ended: Option<Millis>) -> ClusterRow {
+        ClusterRow {
+            id,
+            name: ClusterName::parse(name).unwrap(),
+            owner: Owner::parse("alice").unwrap(),
+            profile: "p".into(),
+            provider: ProviderKind::Local,
+            state,
+            request_id: RequestId::new(),
+            created_at: 0,
+            updated_at: ended.unwrap_or(0),
+            terminated_at: ended,
+            failure: None,
+            record: ClusterRecord {
+                profile: crate::cluster::profile::Profile::for_tests("p"),
+                env: Default::default(),
+            },
+            hidden: false,
+        }
+    }
+
+    #[test]
+    fn list_shows_live_and_recent_clusters_and_one_per_name() {
+        let now = 10 * RECENT;
+        let clusters = vec![
+            row(1, "demo", ClusterState::Terminated, Some(now - 2 * RECENT)),
+            row(2, "demo", ClusterState::Configured, None),
+            row(3, "old", ClusterState::Failed, Some(now - 2 * RECENT)),
+            row(4, "fresh", ClusterState::Terminated, Some(now - 1000)),
+        ];
+        let ids = |v: Vec<ClusterRow>| v.into_iter().map(|c| c.id).collect::<Vec<_>>();
+        assert_eq!(ids(shown(clusters.clone(), None, false, now)), vec![2, 4]);
+        assert_eq!(
+            ids(shown(clusters.clone(), None, true, now)),
+            vec![1, 2, 3, 4]
+        );
+        let demo = ClusterName::parse("demo").unwrap();
+        assert_eq!(
+            ids(shown(clusters.clone(), Some(&demo), false, now)),
+            vec![2]
+        );
+        let old = ClusterName::parse("old").unwrap();
+        assert_eq!(
+            ids(shown(clusters.clone(), Some(&old), false, now)),
+            vec![3]
+        );
+        let mut hidden = clusters;
+        hidden[3].hidden = true;
+        assert_eq!(ids(shown(hidden, None, true, now)), vec![1, 2, 3]);
+    }
 }

@@ -12,8 +12,10 @@
 //! state directories never mistake each other's instances for their own.
 
 mod nodes;
+pub mod quota;
 
 pub use nodes::{BatchRow, Interval, NodeRow, Observation, Recorded};
+pub use quota::AuditRecord;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};

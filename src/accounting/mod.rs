@@ -1,0 +1,94 @@
+//! Usage and cost, computed from the recorded usage intervals (never from counting snapshots):
+//! hours per cluster, and cost in micro-dollars from a price table (`prices`).
+
+pub mod prices;
+
+use std::collections::BTreeMap;
+
+use crate::config::SiteConfig;
+use serde::Serialize;
+
+use crate::model::Millis;
+use crate::store::{ClusterRow, Interval};
+
+/// One row of `stratus usage`.
+#[derive(Debug, Clone, Serialize)]
+pub struct UsageRow {
+    pub cluster: String,
+    pub owner: String,
+    pub profile: String,
+    pub instance_hours: f64,
+    /// Dollars, to the micro-dollar (kept for scripts of earlier versions; `cost_dollars` is
+    /// the same).
+    pub estimated_cost: f64,
+    pub cost_dollars: f64,
+    pub open: bool,
+    /// Some interval was closed at a last sighting rather than at an observed end.
+    pub estimated: bool,
+    #[serde(skip)]
+    pub cost_micros: prices::Micros,
+    #[serde(skip)]
+    pub millis: Millis,
+}
+
+/// Micro-dollars as a JSON number of dollars (exact to 6 decimals).
+pub fn micros_to_dollars(m: prices::Micros) -> f64 {
+    m as f64 / 1_000_000.0
+}
+
+/// The run time and cost of recorded intervals; an open interval counts until `now`. Types
+/// without a price are collected in `unknown_types` and cost nothing.
+pub fn cost_of<'a>(
+    config: &SiteConfig,
+    intervals: impl IntoIterator<Item = &'a Interval>,
+    now: Millis,
+    unknown_types: &mut Vec<String>,
+) -> (Millis, prices::Micros) {
+    let (mut millis, mut cost) = (0, 0);
+    for i in intervals {
+        let run = (i.ended_at.unwrap_or(now) - i.started_at).max(0);
+        millis += run;
+        match prices::per_hour(config, &i.instance_type, i.spot) {
+            Some(p) => cost += prices::cost(p, run),
+            None => {
+                if !unknown_types.contains(&i.instance_type) {
+                    unknown_types.push(i.instance_type.clone());
+                }
+            }
+        }
+    }
+    (millis, cost)
+}
+
+/// One usage row per cluster, from its intervals; an open interval counts until `now`.
+pub fn usage_rows(
+    config: &SiteConfig,
+    clusters: &[ClusterRow],
+    intervals: &[Interval],
+    now: Millis,
+    unknown_types: &mut Vec<String>,
+) -> Vec<UsageRow> {
+    let mut by_cluster: BTreeMap<i64, Vec<&Interval>> = BTreeMap::new();
+    for i in intervals {
+        by_cluster.entry(i.cluster_id).or_default().push(i);
+    }
+    clusters
+        .iter()
+        .map(|c| {
+            let ivs = by_cluster.get(&c.id).map(Vec::as_slice).unwrap_or(&[]);
+            let (millis, cost) = cost_of(config, ivs.iter().copied(), now, unknown_types);
+            UsageRow {
+                cluster: c.name.to_string(),
+                owner: c.owner.to_string(),
+                profile: c.profile.clone(),
+                instance_hours: millis as f64 / 3_600_000.0,
+                estimated_cost: micros_to_dollars(cost),
+                cost_dollars: micros_to_dollars(cost),
+                open: ivs.iter().any(|i| i.ended_at.is_none()),
+                estimated: ivs.iter().any(|i| i.estimated),
+                cost_micros: cost,
+                millis,
+            }
+        })
+        .collect()
+}

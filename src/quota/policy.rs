@@ -1,0 +1,479 @@
+//! The instructor's policy file (`policy.toml`): who is an instructor, what each instance type
+//! costs in units, and each user's limits, resolved per key from the user's own table, else the
+//! most generous of the user's groups, else `[default]`.
+//!
+//! ```toml
+//! instructors = ["alice"]          # users who may see and act on every cluster
+//! instructor_groups = ["staff"]    # likewise, by Unix group
+//! [class]
+//! max_units = 400                  # all students together, concurrent
+//! [units]                          # cost units per running instance, by type; others are refused
+//! "m5.large" = 1
+//! [default]                        # every user
+//! max_units = 12
+//! max_clusters = 2
+//! max_nodes = 9                    # per cluster, master included
+//! profiles = ["hadoop", "hadoop-spot"]
+//! max_lifetime_hours = 8.0
+//! budget_dollars = 50.0
+//! [groups.cs-grads]                # a Unix group: overrides keys of [default]
+//! max_units = 24
+//! [users.bob]                      # one user: overrides group and default keys
+//! max_clusters = 3
+//! ```
+//!
+//! Units are kept in thousandths (so `0.2` for a tiny type is exact) and money in micro-dollars:
+//! nothing here is a float once parsed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::Millis;
+
+/// Thousandths of a cost unit.
+pub type MilliUnits = u64;
+/// Millionths of a dollar.
+pub type Micros = i64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read the policy file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid policy file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// A number of the file (TOML integer or float), for units, hours and dollars.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+enum Number {
+    Int(i64),
+    Float(f64),
+}
+
+impl Number {
+    /// The value in `scale`ths, exactly for up to that many decimals; `None` if negative or not
+    /// finite.
+    fn scaled(self, scale: i64) -> Option<i64> {
+        match self {
+            Number::Int(i) if i >= 0 => i.checked_mul(scale),
+            Number::Float(f) if f.is_finite() && f >= 0.0 && f * (scale as f64) < 9e18 => {
+                Some((f * scale as f64).round() as i64)
+            }
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    max_units: Option<Number>,
+    max_clusters: Option<u32>,
+    max_nodes: Option<u32>,
+    profiles: Option<Vec<String>>,
+    max_lifetime_hours: Option<Number>,
+    budget_dollars: Option<Number>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClassFile {
+    max_units: Option<Number>,
+    /// The term: what counts against budgets (the accounting issue refines budgets).
+    term_start: Option<toml::value::Datetime>,
+    term_end: Option<toml::value::Datetime>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReaperFile {
+    grace_minutes: Option<Number>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    #[serde(default)]
+    instructors: Vec<String>,
+    #[serde(default)]
+    instructor_groups: Vec<String>,
+    #[serde(default)]
+    class: ClassFile,
+    #[serde(default)]
+    units: BTreeMap<String, Number>,
+    #[serde(default)]
+    default: LimitsFile,
+    #[serde(default)]
+    groups: BTreeMap<String, LimitsFile>,
+    #[serde(default)]
+    users: BTreeMap<String, LimitsFile>,
+    #[serde(default)]
+    reaper: ReaperFile,
+}
+
+/// One table of limits, parsed; `None` means the table does not set the key.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Table {
+    max_units: Option<MilliUnits>,
+    max_clusters: Option<u32>,
+    max_nodes: Option<u32>,
+    profiles: Option<BTreeSet<String>>,
+    max_lifetime: Option<Millis>,
+    budget: Option<Micros>,
+}
+
+/// A user's limits, every key resolved. `None` is "no limit".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    pub max_units: Option<MilliUnits>,
+    pub max_clusters: Option<u32>,
+    pub max_nodes: Option<u32>,
+    pub profiles: Option<BTreeSet<String>>,
+    pub max_lifetime: Option<Millis>,
+    pub budget: Option<Micros>,
+}
+
+impl Limits {
+    pub fn unlimited() -> Self {
+        Self {
+            max_units: None,
+            max_clusters: None,
+            max_nodes: None,
+            profiles: None,
+            max_lifetime: None,
+            budget: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub path: PathBuf,
+    pub instructors: BTreeSet<String>,
+    pub instructor_groups: BTreeSet<String>,
+    pub class_max_units: Option<MilliUnits>,
+    pub term_start: Option<jiff::Timestamp>,
+    pub term_end: Option<jiff::Timestamp>,
+    /// Units per running instance, by type. A type not listed is refused.
+    pub units: BTreeMap<String, MilliUnits>,
+    /// The reaper's grace between its warning and the termination.
+    pub reaper_grace: Millis,
+    default: Table,
+    groups: BTreeMap<String, Table>,
+    users: BTreeMap<String, Table>,
+}
+
+/// Formats thousandths of a unit for people: `4`, `0.2`, `1.125`.
+pub fn units_text(m: MilliUnits) -> String {
+    let whole = m / 1000;
+    let frac = m % 1000;
+    if frac == 0 {
+        whole.to_string()
+    } else {
+        format!("{whole}.{frac:03}")
+            .trim_end_matches('0')
+            .to_owned()
+    }
+}
+
+/// Formats micro-dollars as dollars and cents, rounded to the cent for people.
+pub fn dollars_text(m: Micros) -> String {
+    let cents = (m + if m >= 0 { 5_000 } else { -5_000 }) / 10_000;
+    format!("${}.{:02}", cents / 100, (cents % 100).abs())
+}
+
+impl Policy {
+    pub fn load(path: &Path) -> Result<Self, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, PolicyError> {
+        let invalid = |message: String| PolicyError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let file: PolicyFile =
+            toml::from_str(text).map_err(|e| invalid(crate::config::toml_message(&e)))?;
+        let units_of = |n: Number, what: &str| {
+            n.scaled(1000)
+                .map(|v| v as MilliUnits)
+                .ok_or_else(|| invalid(format!("{what} must be a number >= 0")))
+        };
+        let table = |t: &LimitsFile, name: &str| -> Result<Table, PolicyError> {
+            Ok(Table {
+                max_units: t
+                    .max_units
+                    .map(|n| units_of(n, &format!("[{name}] max_units")))
+                    .transpose()?,
+                max_clusters: t.max_clusters,
+                max_nodes: t.max_nodes,
+                profiles: t.profiles.as_ref().map(|p| p.iter().cloned().collect()),
+                max_lifetime: t
+                    .max_lifetime_hours
+                    .map(|n| {
+                        n.scaled(3_600_000).ok_or_else(|| {
+                            invalid(format!("[{name}] max_lifetime_hours must be a number >= 0"))
+                        })
+                    })
+                    .transpose()?,
+                budget: t
+                    .budget_dollars
+                    .map(|n| {
+                        n.scaled(1_000_000).ok_or_else(|| {
+                            invalid(format!("[{name}] budget_dollars must be a number >= 0"))
+                        })
+                    })
+                    .transpose()?,
+            })
+        };
+        let mut units = BTreeMap::new();
+        for (ty, n) in &file.units {
+            units.insert(ty.clone(), units_of(*n, &format!("[units] {ty:?}"))?);
+        }
+        let date = |d: &Option<toml::value::Datetime>, key: &str| {
+            d.as_ref()
+                .map(|d| {
+                    let text = d.to_string();
+                    let day = text.parse::<jiff::civil::Date>().map(|day| {
+                        day.to_zoned_datetime(jiff::tz::TimeZone::UTC)
+                            .map(|z| z.timestamp())
+                    });
+                    match day {
+                        Ok(Ok(t)) => Ok(t),
+                        _ => text.parse::<jiff::Timestamp>().map_err(|_| {
+                            invalid(format!("[class] {key} must be a date like 2026-09-01"))
+                        }),
+                    }
+                })
+                .transpose()
+        };
+        let grace = match file.reaper.grace_minutes {
+            None => 30 * 60_000,
+            Some(n) => n
+                .scaled(60_000)
+                .ok_or_else(|| invalid("[reaper] grace_minutes must be a number >= 0".into()))?,
+        };
+        let mut groups = BTreeMap::new();
+        for (g, t) in &file.groups {
+            groups.insert(g.clone(), table(t, &format!("groups.{g}"))?);
+        }
+        let mut users = BTreeMap::new();
+        for (u, t) in &file.users {
+            users.insert(u.clone(), table(t, &format!("users.{u}"))?);
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            instructors: file.instructors.into_iter().collect(),
+            instructor_groups: file.instructor_groups.into_iter().collect(),
+            class_max_units: file
+                .class
+                .max_units
+                .map(|n| units_of(n, "[class] max_units"))
+                .transpose()?,
+            term_start: date(&file.class.term_start, "term_start")?,
+            term_end: date(&file.class.term_end, "term_end")?,
+            units,
+            reaper_grace: grace,
+            default: table(&file.default, "default")?,
+            groups,
+            users,
+        })
+    }
+
+    /// Whether this user (with these groups) may see and act on every cluster.
+    pub fn is_instructor(&self, user: &str, groups: &[String]) -> bool {
+        self.instructors.contains(user) || groups.iter().any(|g| self.instructor_groups.contains(g))
+    }
+
+    /// The user's limits: per key, the user's own table, else the most generous of the user's
+    /// groups, else `[default]`, else no limit.
+    pub fn limits(&self, user: &str, groups: &[String]) -> Limits {
+        let own = self.users.get(user);
+        let theirs: Vec<&Table> = groups.iter().filter_map(|g| self.groups.get(g)).collect();
+        // The most generous of the groups that set the key: the largest number (no limit beats
+        // any), the union of profile lists.
+        fn most<T: Ord + Copy>(values: impl Iterator<Item = Option<T>>) -> Option<Option<T>> {
+            let vals: Vec<Option<T>> = values.collect();
+            if vals.is_empty() {
+                None
+            } else {
+                Some(vals.into_iter().max().flatten())
+            }
+        }
+        macro_rules! resolve {
+            ($field:ident) => {
+                own.and_then(|t| t.$field)
+                    .or_else(|| {
+                        most(
+                            theirs
+                                .iter()
+                                .filter(|t| t.$field.is_some())
+                                .map(|t| t.$field),
+                        )
+                        .flatten()
+                    })
+                    .or(self.default.$field)
+            };
+        }
+        let profiles = own
+            .and_then(|t| t.profiles.clone())
+            .or_else(|| {
+                let sets: Vec<&BTreeSet<String>> =
+                    theirs.iter().filter_map(|t| t.profiles.as_ref()).collect();
+                (!sets.is_empty()).then(|| sets.into_iter().flatten().cloned().collect())
+            })
+            .or_else(|| self.default.profiles.clone());
+        Limits {
+            max_units: resolve!(max_units),
+            max_clusters: resolve!(max_clusters),
+            max_nodes: resolve!(max_nodes),
+            profiles,
+            max_lifetime: resolve!(max_lifetime),
+            budget: resolve!(budget),
+        }
+    }
+
+    /// Units of one running instance of this type; `None` if the policy does not list it.
+    pub fn units_of(&self, instance_type: &str) -> Option<MilliUnits> {
+        self.units.get(instance_type).copied()
+    }
+
+    /// An example policy, written by `admin install` when the site has none.
+    pub const EXAMPLE: &'static str = r#"# stratus policy: who may launch what. Read by the runner at every request; a missing or
+# invalid file refuses every launch in a multi-user install. See the README ("Policy").
+instructors = []                 # users who may see and act on every cluster
+instructor_groups = []           # likewise, by Unix group
+
+[class]
+max_units = 400                  # all students together, concurrent
+# term_start = 2026-09-01        # what counts against budgets
+# term_end = 2026-12-20
+
+[units]                          # cost units per running instance, by type; others are refused
+"m5.large" = 1
+"m5.xlarge" = 2
+
+[default]                        # every user
+max_units = 12                   # concurrent units of running instances
+max_clusters = 2                 # live clusters at once
+max_nodes = 9                    # per cluster, master included
+profiles = ["hadoop", "hadoop-spot"]
+max_lifetime_hours = 8.0
+budget_dollars = 50.0            # per term, from recorded usage
+
+[reaper]
+grace_minutes = 30               # between the reaper's warning and the termination
+"#;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONTRACT: &str = r#"
+instructors = ["alice"]
+instructor_groups = ["staff"]
+[class]
+max_units = 400
+[units]
+"m5.large" = 1
+"m5.xlarge" = 2
+"t3.micro" = 0.2
+[default]
+max_units = 12
+max_clusters = 2
+max_nodes = 9
+profiles = ["hadoop", "hadoop-spot"]
+max_lifetime_hours = 8.0
+budget_dollars = 50.0
+[groups.cs-grads]
+max_units = 24
+[groups.big]
+max_units = 30
+max_nodes = 4
+[users.bob]
+max_clusters = 3
+max_units = 5
+"#;
+
+    fn policy() -> Policy {
+        Policy::parse(CONTRACT, Path::new("/etc/stratus/policy.toml")).unwrap()
+    }
+
+    #[test]
+    fn the_contract_parses_with_exact_units_and_money() {
+        let p = policy();
+        assert_eq!(p.units_of("m5.xlarge"), Some(2000));
+        assert_eq!(p.units_of("t3.micro"), Some(200));
+        assert_eq!(p.units_of("c5.large"), None);
+        assert_eq!(p.class_max_units, Some(400_000));
+        let l = p.limits("carol", &[]);
+        assert_eq!(l.max_units, Some(12_000));
+        assert_eq!(l.budget, Some(50_000_000));
+        assert_eq!(l.max_lifetime, Some(8 * 3_600_000));
+        assert_eq!(p.reaper_grace, 30 * 60_000);
+    }
+
+    #[test]
+    fn resolution_is_per_key_user_then_most_generous_group_then_default() {
+        let p = policy();
+        let g = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // A group overrides only what it sets.
+        let l = p.limits("dave", &g(&["cs-grads"]));
+        assert_eq!((l.max_units, l.max_clusters), (Some(24_000), Some(2)));
+        // The most generous of two groups, key by key.
+        let l = p.limits("erin", &g(&["cs-grads", "big"]));
+        assert_eq!((l.max_units, l.max_nodes), (Some(30_000), Some(4)));
+        // The user's own table wins over groups, even when it is less generous.
+        let l = p.limits("bob", &g(&["big"]));
+        assert_eq!(
+            (l.max_units, l.max_clusters, l.max_nodes),
+            (Some(5_000), Some(3), Some(4))
+        );
+    }
+
+    #[test]
+    fn instructors_by_name_or_group() {
+        let p = policy();
+        assert!(p.is_instructor("alice", &[]));
+        assert!(p.is_instructor("zed", &["staff".into()]));
+        assert!(!p.is_instructor("bob", &["cs-grads".into()]));
+    }
+
+    #[test]
+    fn typos_and_bad_values_name_the_file_and_key() {
+        let path = Path::new("/p.toml");
+        let err = Policy::parse("[default]\nmax_unit = 3\n", path)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/p.toml") && err.contains("max_unit"), "{err}");
+        let err = Policy::parse("[units]\n\"m5.large\" = -1\n", path)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("m5.large"), "{err}");
+    }
+
+    #[test]
+    fn the_example_parses() {
+        Policy::parse(Policy::EXAMPLE, Path::new("/x")).unwrap();
+    }
+
+    #[test]
+    fn texts() {
+        assert_eq!(units_text(4000), "4");
+        assert_eq!(units_text(200), "0.2");
+        assert_eq!(dollars_text(49_995_000), "$50.00");
+        assert_eq!(dollars_text(1_234_567), "$1.23");
+    }
+}

@@ -1,0 +1,565 @@
+//! The runner: what serves a request of the privileged path, in a multi-user install as the
+//! process the setuid wrapper execs (`stratus runner --config FILE`, running with the service
+//! account's effective uid), and in a single-user install in-process, with the same checks.
+//!
+//! As a process it trusts nothing the caller controls:
+//! - its environment is cut down to an allow-list before anything else runs (the wrapper already
+//!   built a fresh one; this is the second fence), and the site config path comes from the argv
+//!   the wrapper was installed with;
+//! - the caller is the user of the real uid, and the caller's groups come from the group
+//!   database; once known, every uid and gid becomes the service account's (`setresuid`), so the
+//!   caller can no longer signal, stop or trace the runner; core dumps are off (memory holds
+//!   secrets);
+//! - it reads exactly one request, at most 1 MiB, and checks every field again; a profile is
+//!   resolved by name only, in the install's profile directories;
+//! - every decision is one row in the append-only audit table and one line to syslog, with
+//!   control characters escaped.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::policy::{Policy, PolicyError};
+use super::protocol::{ClusterView, Launched, Line, MAX_REQUEST, Request};
+use super::{Admission, report};
+use crate::app::{App, Settings};
+use crate::caller::Caller;
+use crate::cluster::keys::ClusterKeys;
+use crate::cluster::launch::{self, LaunchRequest};
+use crate::cluster::provider::Provider;
+use crate::cluster::terminate::live_nodes;
+use crate::cluster::{observe, reconcile, terminate};
+use crate::config::{Mode, ProviderKind};
+use crate::error::{Error, InputError};
+use crate::model::{ClusterName, Owner, RequestId, now_millis};
+use crate::printer::Printer;
+use crate::store::{AuditRecord, ClusterRow};
+
+/// The policy as loaded for a request: present, absent (no file), or broken.
+pub enum LoadedPolicy {
+    Present(Policy),
+    Absent(std::path::PathBuf),
+    Broken(PolicyError),
+    /// No site config names a place for one (single-user, no config file).
+    None,
+}
+
+impl LoadedPolicy {
+    pub fn load(app: &App) -> Self {
+        let Some(path) = app.config.policy_path(app.config_path.as_deref()) else {
+            return LoadedPolicy::None;
+        };
+        if !path.exists() {
+            return LoadedPolicy::Absent(path);
+        }
+        match Policy::load(&path) {
+            Ok(p) => LoadedPolicy::Present(p),
+            Err(e) => LoadedPolicy::Broken(e),
+        }
+    }
+
+    /// The policy a launch must pass: required in a multi-user install, optional otherwise
+    /// (without one nothing is limited). A broken file refuses in both.
+    fn for_launch(&self, mode: Mode) -> Result<Option<&Policy>, Error> {
+        match self {
+            LoadedPolicy::Present(p) => Ok(Some(p)),
+            LoadedPolicy::Broken(e) => Err(Error::invalid(format!(
+                "{}; every launch is refused until it is fixed",
+                crate::error::one_line(e)
+            ))),
+            LoadedPolicy::Absent(path) if mode == Mode::MultiUser => Err(Error::invalid(format!(
+                "the policy file {} does not exist; every launch is refused until the instructor writes it",
+                path.display()
+            ))),
+            LoadedPolicy::Absent(_) | LoadedPolicy::None => Ok(None),
+        }
+    }
+
+    fn present(&self) -> Option<&Policy> {
+        match self {
+            LoadedPolicy::Present(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+/// Escapes what must not reach a log line or the audit table raw: control characters (newlines
+/// included, which would forge a second entry) and backslashes.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Records one decision: a row in the audit table and a line to syslog.
+fn audit(app: &App, record: AuditRecord) {
+    let record = AuditRecord {
+        user: escape(&record.user),
+        action: escape(&record.action),
+        cluster: record.cluster.as_deref().map(escape),
+        decision: escape(&record.decision),
+        reason: record.reason.as_deref().map(escape),
+        instances: record.instances.iter().map(|i| escape(i)).collect(),
+        at: record.at,
+    };
+    let line = format!(
+        "user={} action={} cluster={} decision={}{}{}",
+        record.user,
+        record.action,
+        record.cluster.as_deref().unwrap_or("-"),
+        record.decision,
+        record
+            .reason
+            .as_deref()
+            .map(|r| format!(" reason=\"{}\"", r.replace('"', "'")))
+            .unwrap_or_default(),
+        if record.instances.is_empty() {
+            String::new()
+        } else {
+            format!(" instances={}", record.instances.join(","))
+        }
+    );
+    if let Err(e) = app.store.audit(&record, now_millis()) {
+        tracing::error!("cannot write the audit trail: {e}");
+    }
+    crate::sys::syslog(&line);
+}
+
+/// The entry point of `stratus runner --config FILE` (exec'd by the setuid wrapper).
+pub fn main(config: &Path, verbose: u8) -> ExitCode {
+    // Before any thread exists: cut the environment down, and no core dumps.
+    crate::sys::keep_only_environment(&["PATH", "HOME", "USER", "LOGNAME", "TERM", "LANG"], "LC_");
+    let _ = crate::sys::no_core_dumps();
+    // Logs go to stderr (the caller's terminal, through the wrapper); the answer is the JSON
+    // lines on stdout.
+    crate::init_logging(None, verbose);
+    let printer = Printer::lines();
+    let fail = |printer: &Printer, message: String, exit: u8| {
+        let _ = printer.line(&Line::Error { message, exit });
+        ExitCode::from(exit)
+    };
+    let caller = match Caller::from_real_uid() {
+        Ok(c) => c,
+        Err(e) => return fail(&printer, crate::error::one_line(&e), 1),
+    };
+    // The caller is known: from now on every id is the service account's, so the caller can
+    // neither signal nor trace this process.
+    if let Err(e) = crate::sys::become_effective_user() {
+        return fail(
+            &printer,
+            format!("cannot switch to the service account: {e}"),
+            1,
+        );
+    }
+    let request = match read_request() {
+        Ok(r) => r,
+        Err(message) => return fail(&printer, message, 2),
+    };
+    let settings = match Settings::for_service(config) {
+        Ok(s) => s,
+        Err(e) => return fail(&printer, crate::error::one_line(&e), e.exit_code()),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&printer, format!("cannot start the async runtime: {e}"), 1),
+    };
+    let printer = Arc::new(printer);
+    let code = runtime.block_on(async {
+        let app = match App::new(settings, printer.clone()) {
+            Ok(a) => a,
+            Err(e) => return fail(&printer, crate::error::one_line(&e), e.exit_code()),
+        };
+        let ticker = {
+            let printer = printer.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    printer.tick();
+                }
+            })
+        };
+        let policy = LoadedPolicy::load(&app);
+        let r = serve(&app, &caller, &policy, request).await;
+        ticker.abort();
+        printer.tick();
+        match r {
+            Ok(value) => {
+                let _ = printer.line(&Line::Result(value));
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&printer, crate::error::one_line(&e), e.exit_code()),
+        }
+    });
+    runtime.shutdown_background();
+    code
+}
+
+/// One request from stdin: at most `MAX_REQUEST` bytes of JSON.
+fn read_request() -> Result<Request, String> {
+    let mut buf = Vec::new();
+    std::io::stdin()
+        .lock()
+        .take(MAX_REQUEST as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("cannot read the request: {e}"))?;
+    if buf.len() > MAX_REQUEST {
+        return Err(format!(
+            "the request is larger than {} bytes; refused unread",
+            MAX_REQUEST
+        ));
+    }
+    if buf.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err("no request on stdin".into());
+    }
+    serde_json::from_slice(&buf).map_err(|e| format!("malformed request: {e}"))
+}
+
+/// Whose clusters a request may touch: the caller's own, or (instructors) anyone's.
+fn owner_for(caller: &Caller, policy: &LoadedPolicy, asked: Option<&str>) -> Result<Owner, Error> {
+    match asked {
+        None => Ok(caller.owner.clone()),
+        Some(o) if o == caller.owner.as_str() => Ok(caller.owner.clone()),
+        Some(o) => {
+            let owner = Owner::parse(o)?;
+            if is_instructor(caller, policy) {
+                Ok(owner)
+            } else {
+                Err(Error::invalid(format!(
+                    "only instructors may act on another user's clusters ({} asked for {o}'s)",
+                    caller.owner
+                )))
+            }
+        }
+    }
+}
+
+fn is_instructor(caller: &Caller, policy: &LoadedPolicy) -> bool {
+    policy
+        .present()
+        .is_some_and(|p| p.is_instructor(caller.owner.as_str(), &caller.groups))
+}
+
+/// A cluster with its nodes, as its owner or an instructor sees it.
+pub fn view(app: &App, c: &ClusterRow) -> Result<ClusterView, Error> {
+    Ok(ClusterView {
+        id: c.id,
+        name: c.name.to_string(),
+        owner: c.owner.to_string(),
+        profile: c.profile.clone(),
+        provider: c.provider.to_string(),
+        state: c.state.as_str().to_owned(),
+        created_at: jiff::Timestamp::from_millisecond(c.created_at)
+            .map(|t| t.to_string())
+            .unwrap_or_default(),
+        failure: c.failure.clone(),
+        ssh_user: c.record.profile.ssh_user.clone(),
+        notes: Vec::new(),
+        nodes: app.store.nodes_of(c.id)?,
+    })
+}
+
+fn find(app: &App, owner: &Owner, name: &str) -> Result<ClusterRow, Error> {
+    let name = ClusterName::parse(name)?;
+    app.store
+        .find_cluster(owner, &name)?
+        .filter(|c| !c.hidden)
+        .ok_or_else(|| InputError::UnknownCluster(name.to_string()).into())
+}
+
+/// Serves one request for `caller`. Every decision is audited.
+pub async fn serve(
+    app: &App,
+    caller: &Caller,
+    policy: &LoadedPolicy,
+    request: Request,
+) -> Result<Value, Error> {
+    let action = request.action();
+    let cluster = request.cluster().map(str::to_owned);
+    let r = serve_inner(app, caller, policy, request).await;
+    let (decision, reason, instances) = match &r {
+        Ok((_, ids)) => ("done", None, ids.clone()),
+        Err(e) if e.exit_code() == crate::error::exit::BAD_INPUT => {
+            ("refused", Some(crate::error::one_line(e)), Vec::new())
+        }
+        Err(e) => ("failed", Some(crate::error::one_line(e)), Vec::new()),
+    };
+    // Reads are not decisions; only what changes something, and every refusal, is audited.
+    if !matches!(action, "list" | "usage" | "quota" | "audit") || decision == "refused" {
+        audit(
+            app,
+            AuditRecord {
+                at: String::new(),
+                user: caller.owner.to_string(),
+                action: action.to_owned(),
+                cluster,
+                decision: decision.to_owned(),
+                reason,
+                instances,
+            },
+        );
+    }
+    r.map(|(v, _)| v)
+}
+
+/// Serves a request; returns the answer and the instance ids it launched or terminated.
+async fn serve_inner(
+    app: &App,
+    caller: &Caller,
+    loaded: &LoadedPolicy,
+    request: Request,
+) -> Result<(Value, Vec<String>), Error> {
+    let policy = loaded;
+    match request {
+        Request::Launch {
+            name,
+            workers,
+            profile,
+            env,
+            configure,
+        } => {
+            let policy = policy.for_launch(app.config.mode)?;
+            let name = ClusterName::parse(&name)?;
+            if app.config.mode == Mode::MultiUser && app.config.provider == ProviderKind::Local {
+                return Err(Error::invalid(
+                    "a multi-user install does not run the local provider: its nodes would run as the service account",
+                ));
+            }
+            let profile_name = profile.unwrap_or_else(|| app.default_profile());
+            let profile = app.profiles.resolve(&profile_name)?;
+            let env = crate::commands::check_env(env)?;
+            let req = LaunchRequest {
+                name,
+                workers,
+                profile,
+                env,
+                configure,
+                // The runner pins every host key before it answers: the owner's CLI reaches
+                // the nodes with them and never trusts a first contact.
+                wait_for_ssh: configure || app.config.mode == Mode::MultiUser,
+            };
+            let admission = match policy {
+                Some(p) => Admission::new(p, &app.config, caller.owner.as_str(), &caller.groups),
+                None => Admission::unlimited(),
+            };
+            let provider = app.provider(app.config.provider).await?;
+            reconcile_first(app, provider.as_ref(), &caller.owner).await;
+            let request = RequestId::new();
+            let c = launch::launch(
+                app.ctx(),
+                provider.as_ref(),
+                &caller.owner,
+                &request,
+                req,
+                &admission,
+            )
+            .await?;
+            let ids = ids(&app.store.nodes_of(c.id)?);
+            let out = Launched {
+                cluster: view(app, &c)?,
+                private_key: ClusterKeys::of(&app.state_dir, &c).load_text()?,
+            };
+            Ok((to_value(&out)?, ids))
+        }
+        Request::LaunchSlaves { name, count, owner } => {
+            let policy = loaded.for_launch(app.config.mode)?;
+            let owner = owner_for(caller, loaded, owner.as_deref())?;
+            if count == 0 {
+                return Err(Error::invalid("launch-slaves needs a count of at least 1"));
+            }
+            let c = find(app, &owner, &name)?;
+            if !c.state.is_up() {
+                return Err(Error::invalid(format!(
+                    "cluster {} is {}; workers can be added once it is running",
+                    c.name,
+                    c.state.as_str()
+                )));
+            }
+            let provider = app.provider(c.provider).await?;
+            observe::refresh(app.ctx(), provider.as_ref(), std::slice::from_ref(&c)).await?;
+            let admission = match policy {
+                Some(p) => {
+                    Admission::new(p, &app.config, owner.as_str(), &groups_of(&owner, caller))
+                }
+                None => Admission::unlimited(),
+            };
+            reconcile_first(app, provider.as_ref(), &owner).await;
+            let request = RequestId::new();
+            let added = launch::add_workers(
+                app.ctx(),
+                provider.as_ref(),
+                &c,
+                count,
+                &request,
+                &admission,
+            )
+            .await?;
+            Ok((
+                serde_json::json!({
+                    "cluster": view(app, &c)?,
+                    "added": added.iter().map(|n| crate::model::node_name(&c.name, n.role, n.index)).collect::<Vec<_>>(),
+                }),
+                ids(&added),
+            ))
+        }
+        Request::Terminate { name, owner } => {
+            let owner = owner_for(caller, policy, owner.as_deref())?;
+            let c = find(app, &owner, &name)?;
+            let before = ids(&live_nodes(app.ctx(), &c)?);
+            let provider = app.provider(c.provider).await?;
+            reconcile_first(app, provider.as_ref(), &owner).await;
+            let n = terminate::terminate(app.ctx(), provider.as_ref(), &c).await?;
+            Ok((
+                serde_json::json!({ "cluster": c.name.to_string(), "terminated": n }),
+                before,
+            ))
+        }
+        Request::List {
+            name,
+            all,
+            owner,
+            everyone,
+        } => {
+            let owners: Option<Owner> = if everyone {
+                if !is_instructor(caller, policy) {
+                    return Err(Error::invalid(
+                        "only instructors may list every user's clusters",
+                    ));
+                }
+                None
+            } else {
+                Some(owner_for(caller, policy, owner.as_deref())?)
+            };
+            let name = name.as_deref().map(ClusterName::parse).transpose()?;
+            let clusters = crate::commands::shown(
+                app.store.list_clusters(owners.as_ref())?,
+                name.as_ref(),
+                all,
+                now_millis(),
+            );
+            if let Some(n) = &name
+                && clusters.is_empty()
+            {
+                return Err(InputError::UnknownCluster(n.to_string()).into());
+            }
+            crate::commands::refresh_all(app, &clusters).await;
+            let views: Vec<ClusterView> = clusters
+                .iter()
+                .map(|c| view(app, c))
+                .collect::<Result<_, _>>()?;
+            Ok((to_value(&views)?, Vec::new()))
+        }
+        Request::Key { name } => {
+            // The key goes to the cluster's owner and nobody else, instructors included.
+            let c = find(app, &caller.owner, &name)?;
+            let key = ClusterKeys::of(&app.state_dir, &c).load_text()?;
+            Ok((
+                serde_json::json!({ "cluster": view(app, &c)?, "private_key": key }),
+                Vec::new(),
+            ))
+        }
+        Request::Usage { owner, everyone } => {
+            let owners: Option<Owner> = if everyone {
+                if !is_instructor(caller, policy) {
+                    return Err(Error::invalid("only instructors may see everyone's usage"));
+                }
+                None
+            } else {
+                Some(owner_for(caller, policy, owner.as_deref())?)
+            };
+            let clusters = app.store.list_clusters(owners.as_ref())?;
+            crate::commands::refresh_all(app, &clusters).await;
+            let intervals = app
+                .store
+                .intervals(&clusters.iter().map(|c| c.id).collect::<Vec<_>>())?;
+            let rows = crate::accounting::usage_rows(
+                &app.config,
+                &clusters,
+                &intervals,
+                now_millis(),
+                &mut Vec::new(),
+            );
+            Ok((to_value(&rows)?, Vec::new()))
+        }
+        Request::Quota => {
+            if let LoadedPolicy::Broken(e) = policy {
+                return Err(Error::invalid(crate::error::one_line(e)));
+            }
+            let r = report(
+                &app.store,
+                policy.present(),
+                &app.config,
+                caller.owner.as_str(),
+                &caller.groups,
+            )?;
+            Ok((to_value(&r)?, Vec::new()))
+        }
+        Request::Audit { since } => {
+            if !is_instructor(caller, policy) {
+                return Err(Error::invalid("only instructors may read the audit trail"));
+            }
+            let since = match since.as_deref() {
+                None => 0,
+                Some(s) => crate::commands::parse_time(s)?,
+            };
+            Ok((to_value(&app.store.audit_since(since)?)?, Vec::new()))
+        }
+    }
+}
+
+/// The groups to apply the policy with: the caller's when acting on their own cluster, else the
+/// owner's from the group database.
+fn groups_of(owner: &Owner, caller: &Caller) -> Vec<String> {
+    if *owner == caller.owner {
+        return caller.groups.clone();
+    }
+    crate::sys::passwd_by_name(owner.as_str())
+        .ok()
+        .flatten()
+        .and_then(|p| crate::sys::group_names(&p.name, p.gid).ok())
+        .unwrap_or_default()
+}
+
+fn ids(nodes: &[crate::store::NodeRow]) -> Vec<String> {
+    nodes.iter().map(|n| n.instance_id.clone()).collect()
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Result<Value, Error> {
+    serde_json::to_value(v).map_err(|e| Error::runtime(format!("cannot encode the answer: {e}")))
+}
+
+/// Finishes or undoes what crashed commands left behind, before one that launches or
+/// terminates; a failure is reported, not fatal.
+pub async fn reconcile_first<P: Provider>(app: &App, provider: &P, owner: &Owner) {
+    let options = reconcile::Options::new(false);
+    if let Err(e) = reconcile::reconcile(app.ctx(), provider, Some(owner), &options).await {
+        app.printer.warn(format!(
+            "could not reconcile leftovers first: {}",
+            crate::error::one_line(&e)
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(escape("a\nb"), "a\\u{a}b");
+        assert_eq!(escape("x\u{1b}[31m"), "x\\u{1b}[31m");
+        assert_eq!(escape("back\\slash"), "back\\\\slash");
+        assert_eq!(escape("plain name"), "plain name");
+    }
+}

@@ -1,0 +1,216 @@
+//! The quota ledger and the audit trail.
+//!
+//! A reservation is written, in the transaction that records a cluster (or a launch-slaves
+//! request), for the units and nodes the launch may hold; it is released once everything it
+//! launched is gone. Quota use is the sum of the open reservations, so launches in flight count
+//! from the moment they are admitted.
+//!
+//! The audit table is append-only (triggers refuse UPDATE and DELETE): one row per decision of
+//! the privileged path.
+
+use rusqlite::{Connection, params};
+use serde::{Deserialize, Serialize};
+
+use super::{Store, StoreError};
+use crate::model::{Millis, now_millis};
+
+/// One decision of the privileged path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// RFC 3339.
+    pub at: String,
+    pub user: String,
+    pub action: String,
+    pub cluster: Option<String>,
+    /// `accepted`, `refused`, `done` or `failed`.
+    pub decision: String,
+    pub reason: Option<String>,
+    pub instances: Vec<String>,
+}
+
+/// Units (thousandths) held by the open reservations of `owner`, leaving out `except`'s.
+pub fn open_units(conn: &Connection, owner: &str, except: i64) -> Result<u64, StoreError> {
+    let n: i64 = conn.query_row(
+        "SELECT COALESCE(SUM(units), 0) FROM reservations
+         WHERE owner = ?1 AND released_at IS NULL AND cluster_id != ?2",
+        params![owner, except],
+        |r| r.get(0),
+    )?;
+    Ok(n.max(0) as u64)
+}
+
+/// Units held by every open reservation, leaving out `except`'s.
+pub fn class_units(conn: &Connection, except: i64) -> Result<u64, StoreError> {
+    let n: i64 = conn.query_row(
+        "SELECT COALESCE(SUM(units), 0) FROM reservations
+         WHERE released_at IS NULL AND cluster_id != ?1",
+        params![except],
+        |r| r.get(0),
+    )?;
+    Ok(n.max(0) as u64)
+}
+
+/// Live clusters of `owner` other than `except`.
+pub fn live_clusters(conn: &Connection, owner: &str, except: i64) -> Result<u32, StoreError> {
+    let n: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM clusters
+         WHERE owner = ?1 AND id != ?2 AND state NOT IN ('failed', 'terminated')",
+        params![owner, except],
+        |r| r.get(0),
+    )?;
+    Ok(n as u32)
+}
+
+/// Nodes a cluster holds or has reserved: the larger of its open reservations and its live
+/// nodes.
+pub fn cluster_nodes(conn: &Connection, cluster_id: i64) -> Result<u32, StoreError> {
+    let reserved: i64 = conn.query_row(
+        "SELECT COALESCE(SUM(nodes), 0) FROM reservations
+         WHERE cluster_id = ?1 AND released_at IS NULL",
+        params![cluster_id],
+        |r| r.get(0),
+    )?;
+    let live: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM nodes WHERE cluster_id = ?1
+         AND state NOT IN ('shutting-down', 'terminated')",
+        params![cluster_id],
+        |r| r.get(0),
+    )?;
+    Ok(reserved.max(live) as u32)
+}
+
+/// Micro-dollars the open reservations of `owner` may still spend at most.
+pub fn open_max_cost(conn: &Connection, owner: &str, except: i64) -> Result<i64, StoreError> {
+    Ok(conn.query_row(
+        "SELECT COALESCE(SUM(max_cost_micros), 0) FROM reservations
+         WHERE owner = ?1 AND released_at IS NULL AND cluster_id != ?2",
+        params![owner, except],
+        |r| r.get(0),
+    )?)
+}
+
+pub struct NewReservation<'a> {
+    pub cluster_id: i64,
+    pub owner: &'a str,
+    pub request: &'a str,
+    pub units: u64,
+    pub nodes: u32,
+    pub max_cost: i64,
+}
+
+pub fn insert_reservation(conn: &Connection, r: &NewReservation<'_>) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO reservations (cluster_id, owner, request_id, units, nodes, max_cost_micros,
+                                   created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            r.cluster_id,
+            r.owner,
+            r.request,
+            r.units as i64,
+            r.nodes,
+            r.max_cost,
+            now_millis()
+        ],
+    )?;
+    Ok(())
+}
+
+impl Store {
+    /// Runs `f` in one `BEGIN IMMEDIATE` transaction (quota checks and their reservations).
+    pub fn immediate<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(StoreError::from)?;
+        let out = f(&tx)?;
+        tx.commit().map_err(StoreError::from)?;
+        Ok(out)
+    }
+
+    /// Releases the open reservations of a cluster (of one request of it, with `request`).
+    pub fn release_reservations(
+        &self,
+        cluster_id: i64,
+        request: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE reservations SET released_at = ?3
+             WHERE cluster_id = ?1 AND released_at IS NULL AND (?2 IS NULL OR request_id = ?2)",
+            params![cluster_id, request, now_millis()],
+        )?;
+        Ok(())
+    }
+
+    /// Appends one decision to the audit trail.
+    pub fn audit(&self, record: &AuditRecord, at: Millis) -> Result<(), StoreError> {
+        let instances = serde_json::to_string(&record.instances)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.conn().execute(
+            "INSERT INTO audit (at, user, action, cluster, decision, reason, instances)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                at,
+                record.user,
+                record.action,
+                record.cluster,
+                record.decision,
+                record.reason,
+                instances
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The audit trail from `since` on, oldest first.
+    pub fn audit_since(&self, since: Millis) -> Result<Vec<AuditRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT at, user, action, cluster, decision, reason, instances FROM audit
+             WHERE at >= ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map(params![since], |r| {
+            let at: i64 = r.get(0)?;
+            let instances: String = r.get(6)?;
+            Ok(AuditRecord {
+                at: jiff::Timestamp::from_millisecond(at)
+                    .map(|t| t.to_string())
+                    .unwrap_or_default(),
+                user: r.get(1)?,
+                action: r.get(2)?,
+                cluster: r.get(3)?,
+                decision: r.get(4)?,
+                reason: r.get(5)?,
+                instances: serde_json::from_str(&instances).unwrap_or_default(),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The usage intervals of `owner` (every owner's with `None`) that overlap
+    /// `[since, until)`.
+    pub fn intervals_of(
+        &self,
+        owner: Option<&str>,
+        since: Millis,
+        until: Millis,
+    ) -> Result<Vec<super::Interval>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT instance_id, cluster_id, owner, profile, instance_type, spot, started_at,
+                    last_seen_at, ended_at, end_source, orphan
+             FROM usage_intervals
+             WHERE (?1 IS NULL OR owner = ?1) AND started_at < ?3
+               AND (ended_at IS NULL OR ended_at > ?2)
+             ORDER BY id",
+        )?;
+        let rows = stmt.query_map(
+            params![owner, since, until],
+            super::nodes::interval_from_row,
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
