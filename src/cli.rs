@@ -129,13 +129,10 @@ pub enum Command {
         #[command(subcommand)]
         action: AdminAction,
     },
-    /// Serve one request of the privileged path (exec'd by the setuid wrapper; not for direct use)
+    /// Serve one request of the privileged path (exec'd by the setuid wrapper, with the
+    /// install's `--config`, fixed at install time; not for direct use)
     #[command(name = "runner", hide = true)]
-    Runner {
-        /// The site config of the install (fixed in the wrapper at install time)
-        #[arg(long = "config", value_name = "FILE")]
-        site: PathBuf,
-    },
+    Runner,
     /// List cluster profiles, or show one resolved
     Profiles {
         #[command(subcommand)]

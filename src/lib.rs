@@ -52,7 +52,11 @@ pub fn main() -> ExitCode {
         init_logging(None, 1);
         return cluster::provider::local::run_node(dir);
     }
-    if let Command::Runner { site } = &cli.command {
+    if let Command::Runner = &cli.command {
+        let Some(site) = &cli.config else {
+            let _ = e_print("error: the runner needs --config, the install's site config");
+            return ExitCode::from(error::exit::BAD_INPUT);
+        };
         return quota::runner::main(site, cli.verbose);
     }
     let printer = Arc::new(Printer::new(cli.command.json(), cli.quiet));
@@ -78,6 +82,12 @@ pub fn main() -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// One line on stderr, outside the printer (before there is one).
+fn e_print(line: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    writeln!(std::io::stderr(), "{line}")
 }
 
 /// Logs go to stderr, through the printer when there is one (so they never tear a progress

@@ -82,7 +82,7 @@ pub async fn run(cli: Cli, printer: Arc<Printer>) -> Result<ExitCode, Error> {
         Command::Quota { json } => info::quota(&app, &caller, json).await,
         Command::Profiles { action } => info::profiles(&app, action),
         Command::Admin { action } => admin::audit(&app, &caller, action).await,
-        Command::Node { .. } | Command::Runner { .. } => Err(Error::runtime(
+        Command::Node { .. } | Command::Runner => Err(Error::runtime(
             "__node and runner are handled before the app starts",
         )),
     }

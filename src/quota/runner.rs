@@ -287,13 +287,22 @@ pub async fn serve(
 ) -> Result<Value, Error> {
     let action = request.action();
     let cluster = request.cluster().map(str::to_owned);
-    let r = serve_inner(app, caller, policy, request).await;
+    let mut launched_by = None;
+    let r = serve_inner(app, caller, policy, request, &mut launched_by).await;
+    // A failed launch still names what it launched (and terminated again).
+    let tried = || -> Vec<String> {
+        launched_by
+            .as_ref()
+            .and_then(|req: &RequestId| app.store.nodes_of_request(req.as_str()).ok())
+            .map(|nodes| ids(&nodes))
+            .unwrap_or_default()
+    };
     let (decision, reason, instances) = match &r {
         Ok((_, ids)) => ("done", None, ids.clone()),
         Err(e) if e.exit_code() == crate::error::exit::BAD_INPUT => {
-            ("refused", Some(crate::error::one_line(e)), Vec::new())
+            ("refused", Some(crate::error::one_line(e)), tried())
         }
-        Err(e) => ("failed", Some(crate::error::one_line(e)), Vec::new()),
+        Err(e) => ("failed", Some(crate::error::one_line(e)), tried()),
     };
     // Reads are not decisions; only what changes something, and every refusal, is audited.
     if !matches!(action, "list" | "usage" | "quota" | "audit") || decision == "refused" {
@@ -319,6 +328,7 @@ async fn serve_inner(
     caller: &Caller,
     loaded: &LoadedPolicy,
     request: Request,
+    launched_by: &mut Option<RequestId>,
 ) -> Result<(Value, Vec<String>), Error> {
     let policy = loaded;
     match request {
@@ -345,9 +355,9 @@ async fn serve_inner(
                 profile,
                 env,
                 configure,
-                // The runner pins every host key before it answers: the owner's CLI reaches
-                // the nodes with them and never trusts a first contact.
-                wait_for_ssh: configure || app.config.mode == Mode::MultiUser,
+                // Without configuring, nobody connects: host keys stay unpinned, and the
+                // owner's CLI refuses to connect to such nodes in a multi-user install.
+                wait_for_ssh: configure,
             };
             let admission = match policy {
                 Some(p) => Admission::new(p, &app.config, caller.owner.as_str(), &caller.groups),
@@ -356,6 +366,7 @@ async fn serve_inner(
             let provider = app.provider(app.config.provider).await?;
             reconcile_first(app, provider.as_ref(), &caller.owner).await;
             let request = RequestId::new();
+            *launched_by = Some(request.clone());
             let c = launch::launch(
                 app.ctx(),
                 provider.as_ref(),
@@ -396,6 +407,7 @@ async fn serve_inner(
             };
             reconcile_first(app, provider.as_ref(), &owner).await;
             let request = RequestId::new();
+            *launched_by = Some(request.clone());
             let added = launch::add_workers(
                 app.ctx(),
                 provider.as_ref(),

@@ -221,6 +221,16 @@ impl Store {
         rows.map(|r| r?).collect()
     }
 
+    /// The nodes one request launched.
+    pub fn nodes_of_request(&self, request: &str) -> Result<Vec<NodeRow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "{NODE_SELECT} WHERE request_id = ?1 ORDER BY launched_at"
+        ))?;
+        let rows = stmt.query_map(params![request], node_from_row)?;
+        rows.map(|r| r?).collect()
+    }
+
     /// The node of this instance, if any cluster's record holds it.
     pub fn node(&self, instance_id: &str) -> Result<Option<NodeRow>, StoreError> {
         let conn = self.conn();
