@@ -124,6 +124,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Hours and cost of every instance: cron's snapshot and reaper, the instructors' report
+    Accounting {
+        #[command(subcommand)]
+        action: AccountingAction,
+    },
     /// For instructors and administrators: the audit trail, the install of the privileged path
     Admin {
         #[command(subcommand)]
@@ -141,6 +146,43 @@ pub enum Command {
     /// Run a local node (started by the local provider; not for direct use)
     #[command(name = "__node", hide = true)]
     Node { dir: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccountingAction {
+    /// Record every instance's state and hours (cron: every 5 minutes)
+    Snapshot {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hours and cost by cluster, user, profile or day (instructors)
+    Report {
+        #[arg(long, value_enum, default_value = "cluster")]
+        by: crate::accounting::report::By,
+        /// From this time on (a date, or RFC 3339)
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Up to this time (a date, or RFC 3339)
+        #[arg(long, value_name = "TIME")]
+        until: Option<String>,
+        #[arg(long, conflicts_with = "json")]
+        csv: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Warn, then terminate, clusters past their lifetime or their owner's budget (cron: every
+    /// 15 minutes)
+    Reap {
+        /// Only say what would be done
+        #[arg(long)]
+        dry_run: bool,
+        /// Instances of this store no record knows: report them, or terminate them
+        #[arg(long, value_enum, default_value = "report")]
+        orphans: crate::accounting::reaper::Orphans,
+        /// One JSON line per action
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -220,6 +262,11 @@ impl Command {
                 | Command::Exec { json: true, .. }
                 | Command::Usage { json: true }
                 | Command::Quota { json: true }
+                | Command::Accounting {
+                    action: AccountingAction::Snapshot { json: true }
+                        | AccountingAction::Report { json: true, .. }
+                        | AccountingAction::Reap { json: true, .. }
+                }
                 | Command::Admin {
                     action: AdminAction::Audit { json: true, .. }
                 }

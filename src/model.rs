@@ -13,8 +13,20 @@ use serde::{Deserialize, Serialize};
 /// still show their (small) usage.
 pub type Millis = i64;
 
+/// A fixed "now" for the whole process, for tests that script time (set once, at start, from
+/// `STRATUS_TEST_NOW` by a user's own command in a debug build; never in the runner).
+static FIXED_NOW: std::sync::OnceLock<Millis> = std::sync::OnceLock::new();
+
 pub fn now_millis() -> Millis {
-    jiff::Timestamp::now().as_millisecond()
+    match FIXED_NOW.get() {
+        Some(t) => *t,
+        None => jiff::Timestamp::now().as_millisecond(),
+    }
+}
+
+/// Fixes the process's clock (tests only; see `FIXED_NOW`).
+pub fn fix_clock(at: Millis) {
+    let _ = FIXED_NOW.set(at);
 }
 
 /// Something the user asked for that cannot be done as asked. Always exit code 2.

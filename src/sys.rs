@@ -192,6 +192,22 @@ pub fn try_lock_file(file: &File) -> io::Result<bool> {
     }
 }
 
+/// Takes a POSIX write lock on the whole of `file`, waiting while another process holds it.
+pub fn lock_file_wait(file: &File) -> io::Result<()> {
+    let fl = flock_struct(libc::F_WRLCK as libc::c_short);
+    loop {
+        // SAFETY: the descriptor is valid for the life of `file`; `fl` is a valid flock.
+        let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLKW, &fl) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
 /// Who holds a POSIX lock on a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LockHolder {

@@ -2,6 +2,9 @@
 //! hours per cluster, and cost in micro-dollars from a price table (`prices`).
 
 pub mod prices;
+pub mod reaper;
+pub mod report;
+pub mod snapshot;
 
 use std::collections::BTreeMap;
 
@@ -91,4 +94,36 @@ pub fn usage_rows(
             }
         })
         .collect()
+}
+
+/// The report of every recorded interval in `[since, until)` (the whole record by default),
+/// open ones counted until `now`.
+pub fn report_from_store(
+    store: &crate::store::Store,
+    config: &SiteConfig,
+    since: Option<Millis>,
+    until: Option<Millis>,
+    now: Millis,
+    by: report::By,
+) -> Result<report::Report, crate::store::StoreError> {
+    let since = since.unwrap_or(0);
+    let until = until.unwrap_or(now).min(now);
+    let intervals = store.intervals_of(None, since, until)?;
+    let clusters: BTreeMap<i64, report::ClusterFacts> = store
+        .list_clusters(None)?
+        .into_iter()
+        .map(|c| {
+            (
+                c.id,
+                report::ClusterFacts {
+                    name: c.name.to_string(),
+                    owner: c.owner.to_string(),
+                    profile: c.profile,
+                },
+            )
+        })
+        .collect();
+    Ok(report::report(
+        config, &clusters, &intervals, since, until, now, by,
+    ))
 }

@@ -7,6 +7,7 @@
 //! - `info`: usage, profiles.
 
 mod access;
+mod accounting;
 mod admin;
 mod info;
 mod launch;
@@ -82,6 +83,7 @@ pub async fn run(cli: Cli, printer: Arc<Printer>) -> Result<ExitCode, Error> {
         Command::Quota { json } => info::quota(&app, &caller, json).await,
         Command::Profiles { action } => info::profiles(&app, action),
         Command::Admin { action } => admin::audit(&app, &caller, action).await,
+        Command::Accounting { action } => accounting::run(&app, &caller, action).await,
         Command::Node { .. } | Command::Runner => Err(Error::runtime(
             "__node and runner are handled before the app starts",
         )),
@@ -284,6 +286,8 @@ mod tests {
                 env: Default::default(),
             },
             hidden: false,
+            reap_after: None,
+            reap_reason: None,
         }
     }
 

@@ -20,9 +20,10 @@ use crate::error::Error;
 use crate::quota::protocol::{ClusterView, Line, Request};
 use crate::quota::runner::{self, LoadedPolicy};
 
-/// Whether requests go through the setuid wrapper.
+/// Whether requests go through the setuid wrapper: in a multi-user install, for everyone but
+/// the service account itself (its cron jobs work on the install's state directly).
 pub fn multi_user(app: &App) -> bool {
-    app.config.mode == Mode::MultiUser
+    app.config.mode == Mode::MultiUser && app.config.state_dir.as_deref() != Some(&app.state_dir)
 }
 
 /// Sends `request` to the runner and returns its answer.

@@ -280,6 +280,16 @@ impl Rules<'_> {
 }
 
 /// What `owner` has spent in the policy's term, from recorded usage, in micro-dollars.
+pub fn spent_by(
+    store: &Store,
+    policy: &Policy,
+    config: &SiteConfig,
+    owner: &str,
+) -> Result<Micros, StoreError> {
+    store.immediate(|tx| spent(tx, policy, config, owner))
+}
+
+/// What `owner` has spent in the policy's term, from recorded usage, in micro-dollars.
 fn spent(
     tx: &rusqlite::Connection,
     policy: &Policy,

@@ -64,6 +64,12 @@ pub enum Request {
     Audit {
         since: Option<String>,
     },
+    /// Instructors only: hours and cost by cluster, user, profile or day, in a window.
+    Report {
+        by: crate::accounting::report::By,
+        since: Option<String>,
+        until: Option<String>,
+    },
 }
 
 fn yes() -> bool {
@@ -82,6 +88,7 @@ impl Request {
             Request::Usage { .. } => "usage",
             Request::Quota => "quota",
             Request::Audit { .. } => "audit",
+            Request::Report { .. } => "report",
         }
     }
 

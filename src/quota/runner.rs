@@ -265,7 +265,20 @@ pub fn view(app: &App, c: &ClusterRow) -> Result<ClusterView, Error> {
             .unwrap_or_default(),
         failure: c.failure.clone(),
         ssh_user: c.record.profile.ssh_user.clone(),
-        notes: Vec::new(),
+        notes: c
+            .reap_after
+            .filter(|_| c.state.is_live())
+            .map(|after| {
+                format!(
+                    "the reaper terminates this cluster after {}: {}",
+                    jiff::Timestamp::from_millisecond(after)
+                        .map(|t| t.to_string())
+                        .unwrap_or_default(),
+                    c.reap_reason.as_deref().unwrap_or("it breaks the policy")
+                )
+            })
+            .into_iter()
+            .collect(),
         nodes: app.store.nodes_of(c.id)?,
     })
 }
@@ -305,7 +318,7 @@ pub async fn serve(
         Err(e) => ("failed", Some(crate::error::one_line(e)), tried()),
     };
     // Reads are not decisions; only what changes something, and every refusal, is audited.
-    if !matches!(action, "list" | "usage" | "quota" | "audit") || decision == "refused" {
+    if !matches!(action, "list" | "usage" | "quota" | "audit" | "report") || decision == "refused" {
         audit(
             app,
             AuditRecord {
@@ -516,6 +529,38 @@ async fn serve_inner(
                 &caller.groups,
             )?;
             Ok((to_value(&r)?, Vec::new()))
+        }
+        Request::Report { by, since, until } => {
+            if app.config.mode == Mode::MultiUser && !is_instructor(caller, policy) {
+                return Err(Error::invalid(
+                    "only instructors may read the accounting report",
+                ));
+            }
+            let since = since
+                .as_deref()
+                .map(crate::commands::parse_time)
+                .transpose()?;
+            let until = until
+                .as_deref()
+                .map(crate::commands::parse_time)
+                .transpose()?;
+            let r = crate::accounting::report_from_store(
+                &app.store,
+                &app.config,
+                since,
+                until,
+                now_millis(),
+                by,
+            )?;
+            Ok((
+                serde_json::json!({
+                    "report": to_value(&r)?,
+                    "csv": r.csv(),
+                    "table": r.table(),
+                    "unknown_types": r.unknown_types,
+                }),
+                Vec::new(),
+            ))
         }
         Request::Audit { since } => {
             if !is_instructor(caller, policy) {

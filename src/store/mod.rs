@@ -14,7 +14,7 @@
 mod nodes;
 pub mod quota;
 
-pub use nodes::{BatchRow, Interval, NodeRow, Observation, Recorded};
+pub use nodes::{BatchRow, Interval, NodeRow, Observation, Recorded, insert_orphan};
 pub use quota::AuditRecord;
 
 use std::path::{Path, PathBuf};
@@ -84,6 +84,9 @@ pub struct ClusterRow {
     pub record: ClusterRecord,
     /// Taken off the list by `delete-cluster` (its usage still counts).
     pub hidden: bool,
+    /// The reaper's warning: it terminates the cluster once this time has passed.
+    pub reap_after: Option<Millis>,
+    pub reap_reason: Option<String>,
 }
 
 /// What `create_cluster` did.
@@ -213,6 +216,13 @@ const MIGRATIONS: &[&str] = &[
         BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
     CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
         BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+    "#,
+    // 4: the reaper's warning on a cluster; usage by owner and time, for reports and budgets.
+    r#"
+    ALTER TABLE clusters ADD COLUMN reap_after INTEGER;
+    ALTER TABLE clusters ADD COLUMN reap_reason TEXT;
+    CREATE INDEX usage_owner ON usage_intervals(owner, started_at);
+    CREATE INDEX nodes_open ON nodes(cluster_id) WHERE ended_at IS NULL;
     "#,
 ];
 
@@ -493,6 +503,35 @@ impl Store {
         rows.map(|r| r?).collect()
     }
 
+    /// Sets (or clears, with `None`) the reaper's warning on a cluster.
+    pub fn set_reap(
+        &self,
+        id: i64,
+        after: Option<Millis>,
+        reason: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE clusters SET reap_after = ?2, reap_reason = ?3 WHERE id = ?1",
+            params![id, after, reason],
+        )?;
+        Ok(())
+    }
+
+    /// A value kept in the meta table.
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    /// Every node without an end, of every cluster.
+    pub fn open_nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
+        nodes::open_nodes(&self.conn())
+    }
+
     /// Removes an ended cluster from the list (`delete-cluster`); its nodes and usage stay for
     /// accounting, attached to the row, which is only no longer shown.
     pub fn hide_cluster(&self, id: i64) -> Result<(), StoreError> {
@@ -562,7 +601,8 @@ fn set_wal(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 const CLUSTER_SELECT: &str = "SELECT id, name, owner, profile, provider, state, request_id,
-    created_at, updated_at, terminated_at, failure, record, hidden FROM clusters";
+    created_at, updated_at, terminated_at, failure, record, hidden, reap_after, reap_reason
+    FROM clusters";
 
 fn cluster_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ClusterRow, StoreError>> {
     let name: String = r.get(1)?;
@@ -590,6 +630,8 @@ fn cluster_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ClusterRow
             record: serde_json::from_str(&record)
                 .map_err(|e| StoreError::Corrupt(format!("cluster record: {e}")))?,
             hidden: r.get(12)?,
+            reap_after: r.get(13)?,
+            reap_reason: r.get(14)?,
         })
     };
     Ok(build())

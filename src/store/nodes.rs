@@ -78,6 +78,9 @@ pub enum Observation {
     /// Not listed for longer than the provider's consistency allows: gone without a sighting
     /// of its end. Its interval is closed at its last sighting and marked estimated.
     Vanished { instance_id: String },
+    /// Gone without a sighting of its end, as an accounting snapshot finds it: closed at `end`
+    /// (its last sighting plus at most one snapshot interval), marked estimated.
+    Missing { instance_id: String, end: Millis },
 }
 
 /// One usage interval, as the cost computation needs it.
@@ -221,6 +224,19 @@ impl Store {
         rows.map(|r| r?).collect()
     }
 
+    /// When a node was last seen running (its open interval's last sighting).
+    pub fn last_sighting(&self, instance_id: &str) -> Result<Option<Millis>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT MAX(last_seen_at) FROM usage_intervals WHERE instance_id = ?1",
+                params![instance_id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten())
+    }
+
     /// The nodes one request launched.
     pub fn nodes_of_request(&self, request: &str) -> Result<Vec<NodeRow>, StoreError> {
         let conn = self.conn();
@@ -273,28 +289,41 @@ impl Store {
     /// a transaction) when every observation matches the record. Returns how many nodes
     /// changed.
     pub fn observe(&self, observations: &[Observation]) -> Result<usize, StoreError> {
-        let changes: Vec<&Observation> = {
+        self.observe_with(observations, SIGHTING_RESOLUTION, |_| Ok(()))
+    }
+
+    /// `observe`, recording a sighting of a running node once it is `resolution` old (0: every
+    /// sighting), with `more` run in the same transaction when anything is written (or always,
+    /// with a resolution of 0: an accounting snapshot).
+    pub fn observe_with(
+        &self,
+        observations: &[Observation],
+        resolution: Millis,
+        more: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<(), StoreError>,
+    ) -> Result<usize, StoreError> {
+        if resolution > 0 {
             let conn = self.conn();
-            let mut changed = Vec::new();
+            let mut any = false;
             for o in observations {
-                if observation_changes(&conn, o)? {
-                    changed.push(o);
+                if observation_changes(&conn, o, resolution)? {
+                    any = true;
+                    break;
                 }
             }
-            changed
-        };
-        if changes.is_empty() {
-            return Ok(0);
+            if !any {
+                return Ok(0);
+            }
         }
         self.write(|tx| {
             let mut n = 0;
-            for o in &changes {
-                // Checked again under the write lock: another process may have recorded it.
-                if observation_changes(tx, o)? {
+            for o in observations {
+                // Checked under the write lock: another process may have recorded it.
+                if observation_changes(tx, o, resolution)? {
                     apply_observation(tx, o)?;
                     n += 1;
                 }
             }
+            more(tx)?;
             Ok(n)
         })
     }
@@ -365,6 +394,15 @@ pub(super) fn interval_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Inter
         estimated: end_source.as_deref() == Some("estimated"),
         orphan: r.get(10)?,
     })
+}
+
+/// `insert_node` for an orphan, inside a transaction of the caller's.
+pub fn insert_orphan(
+    tx: &rusqlite::Connection,
+    cluster: &ClusterRow,
+    node: &NodeRow,
+) -> Result<bool, StoreError> {
+    insert_node(tx, cluster, node, true)
 }
 
 /// Inserts a node and opens its usage interval; nothing if the instance is already recorded
@@ -443,10 +481,16 @@ fn current(
     Ok(Some((node, open)))
 }
 
-fn observation_changes(conn: &rusqlite::Connection, o: &Observation) -> Result<bool, StoreError> {
+fn observation_changes(
+    conn: &rusqlite::Connection,
+    o: &Observation,
+    resolution: Millis,
+) -> Result<bool, StoreError> {
     match o {
-        Observation::Vanished { instance_id } => Ok(current(conn, instance_id)?
-            .is_some_and(|(n, open)| open.is_some() || !n.state.is_gone())),
+        Observation::Vanished { instance_id } | Observation::Missing { instance_id, .. } => {
+            Ok(current(conn, instance_id)?
+                .is_some_and(|(n, open)| open.is_some() || !n.state.is_gone()))
+        }
         Observation::Seen {
             instance_id,
             state,
@@ -470,7 +514,7 @@ fn observation_changes(conn: &rusqlite::Connection, o: &Observation) -> Result<b
             } else if state.is_billed() {
                 match open {
                     None => true,
-                    Some(seen) => at - seen >= SIGHTING_RESOLUTION,
+                    Some(seen) => at - seen >= resolution.max(1),
                 }
             } else {
                 false
@@ -482,6 +526,21 @@ fn observation_changes(conn: &rusqlite::Connection, o: &Observation) -> Result<b
 
 fn apply_observation(tx: &rusqlite::Connection, o: &Observation) -> Result<(), StoreError> {
     match o {
+        Observation::Missing { instance_id, end } => {
+            tx.execute(
+                "UPDATE usage_intervals SET ended_at = MAX(last_seen_at, ?2),
+                        end_source = 'estimated'
+                 WHERE instance_id = ?1 AND ended_at IS NULL",
+                params![instance_id, end],
+            )?;
+            tx.execute(
+                "UPDATE nodes SET state = 'terminated',
+                        ended_at = COALESCE(ended_at,
+                            (SELECT MAX(ended_at) FROM usage_intervals WHERE instance_id = ?1))
+                 WHERE instance_id = ?1",
+                params![instance_id],
+            )?;
+        }
         Observation::Vanished { instance_id } => {
             tx.execute(
                 "UPDATE usage_intervals SET ended_at = last_seen_at, end_source = 'estimated'
@@ -576,6 +635,13 @@ fn node_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<NodeRow, Stor
         })
     };
     Ok(build())
+}
+
+/// Every node without an end.
+pub(super) fn open_nodes(conn: &rusqlite::Connection) -> Result<Vec<NodeRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!("{NODE_SELECT} WHERE ended_at IS NULL"))?;
+    let rows = stmt.query_map([], node_from_row)?;
+    rows.map(|r| r?).collect()
 }
 
 #[cfg(test)]

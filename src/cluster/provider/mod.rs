@@ -226,6 +226,16 @@ pub trait Provider: Send + Sync {
         cluster: &ClusterRef,
     ) -> impl Future<Output = Result<(), ProviderError>> + Send;
 
+    /// Adds tags to instances (the reaper's warning). Providers without tags ignore it.
+    fn tag(
+        &self,
+        ids: &[String],
+        pairs: &[(String, String)],
+    ) -> impl Future<Output = Result<(), ProviderError>> + Send {
+        let _ = (ids, pairs);
+        std::future::ready(Ok(()))
+    }
+
     /// Leftovers of node starts that never got as far as a node (the local provider's node
     /// directories without a configuration), older than `grace`.
     fn half_made(
@@ -311,6 +321,13 @@ impl Provider for AnyProvider {
         match self {
             AnyProvider::Local(p) => p.release(cluster).await,
             AnyProvider::Ec2(p) => p.release(cluster).await,
+        }
+    }
+
+    async fn tag(&self, ids: &[String], pairs: &[(String, String)]) -> Result<(), ProviderError> {
+        match self {
+            AnyProvider::Local(p) => p.tag(ids, pairs).await,
+            AnyProvider::Ec2(p) => p.tag(ids, pairs).await,
         }
     }
 

@@ -1055,6 +1055,23 @@ impl Provider for Ec2Provider {
         Ok(report)
     }
 
+    async fn tag(&self, ids: &[String], pairs: &[(String, String)]) -> Result<(), ProviderError> {
+        let tags: Vec<Tag> = pairs
+            .iter()
+            .map(|(k, v)| Tag::builder().key(k).value(v).build())
+            .collect();
+        for chunk in ids.chunks(IDS_PER_CALL) {
+            self.client
+                .create_tags()
+                .set_resources(Some(chunk.to_vec()))
+                .set_tags(Some(tags.clone()))
+                .send()
+                .await
+                .map_err(|e| self.err("CreateTags", e))?;
+        }
+        Ok(())
+    }
+
     async fn cluster_resources(&self, selector: &Selector) -> Result<Vec<Tags>, ProviderError> {
         Ok(self
             .resources(selector)

@@ -1,0 +1,253 @@
+//! `stratus accounting reap` (cron, every 15 minutes): ends what breaks the policy, the most
+//! common cause of a runaway bill being a cluster left running.
+//!
+//! A cluster is due when it has lived longer than its owner may keep one (the policy's
+//! `max_lifetime_hours`, or the profile's if lower), or when its owner's budget is spent. It is
+//! first warned: a `stratus:reap-after` tag on its instances, a note in its owner's `stratus
+//! list` saying when and why, and an audit row. A later run terminates it once the policy's
+//! `[reaper] grace_minutes` have passed since the warning. Orphans (instances of this store no
+//! row knows) are reported, and terminated with `--orphans terminate`. Every action is audited.
+
+use serde::Serialize;
+
+use crate::cluster::Ctx;
+use crate::cluster::locks::{LaunchLock, Launcher};
+use crate::cluster::provider::{Provider, Selector};
+use crate::cluster::{reconcile, terminate};
+use crate::config::SiteConfig;
+use crate::error::Error;
+use crate::model::{ClusterState, Millis, Owner};
+use crate::quota::policy::{Policy, dollars_text};
+use crate::store::{AuditRecord, ClusterRow};
+
+/// The tag a warned cluster's instances carry: when the reaper may terminate them (RFC 3339).
+pub const TAG_REAP_AFTER: &str = "stratus:reap-after";
+
+/// One thing the reaper did (or, in a dry run, would do).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReapAction {
+    pub cluster: String,
+    pub owner: String,
+    /// `warn`, `terminate` or `orphan`.
+    pub action: &'static str,
+    pub reason: String,
+}
+
+/// What to do about orphans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Orphans {
+    Report,
+    Terminate,
+}
+
+fn rfc3339(ms: Millis) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+/// The groups of a user from the group database (none if the user is not known here).
+fn groups_of(owner: &Owner) -> Vec<String> {
+    crate::sys::passwd_by_name(owner.as_str())
+        .ok()
+        .flatten()
+        .and_then(|p| crate::sys::group_names(&p.name, p.gid).ok())
+        .unwrap_or_default()
+}
+
+/// Why a cluster is due, if it is.
+fn due(
+    c: &ClusterRow,
+    policy: &Policy,
+    config: &SiteConfig,
+    store: &crate::store::Store,
+    now: Millis,
+) -> Result<Option<String>, Error> {
+    let limits = policy.limits(c.owner.as_str(), &groups_of(&c.owner));
+    let profile_limit = c
+        .record
+        .profile
+        .max_lifetime_hours
+        .map(|h| Millis::try_from(h).unwrap_or(Millis::MAX / 3_600_000) * 3_600_000);
+    let lifetime = match (limits.max_lifetime, profile_limit) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    if let Some(max) = lifetime
+        && now - c.created_at > max
+    {
+        return Ok(Some(format!(
+            "it has run {:.1} hours, longer than the {:.1} allowed",
+            (now - c.created_at) as f64 / 3_600_000.0,
+            max as f64 / 3_600_000.0
+        )));
+    }
+    if let Some(budget) = limits.budget {
+        let spent = crate::quota::spent_by(store, policy, config, c.owner.as_str())?;
+        if spent >= budget {
+            return Ok(Some(format!(
+                "{}'s budget of {} is spent ({} used)",
+                c.owner,
+                dollars_text(budget),
+                dollars_text(spent)
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// One pass of the reaper over every cluster of this store on `provider`.
+pub async fn reap<P: Provider>(
+    ctx: Ctx<'_>,
+    provider: &P,
+    policy: &Policy,
+    config: &SiteConfig,
+    now: Millis,
+    dry_run: bool,
+    orphans: Orphans,
+) -> Result<Vec<ReapAction>, Error> {
+    let mut actions = Vec::new();
+    let audit = |a: &ReapAction, instances: Vec<String>| {
+        if dry_run {
+            return;
+        }
+        let record = AuditRecord {
+            at: String::new(),
+            user: "reaper".into(),
+            action: format!("reap-{}", a.action),
+            cluster: Some(format!("{}/{}", a.owner, a.cluster)),
+            decision: "done".into(),
+            reason: Some(crate::quota::runner::escape(&a.reason)),
+            instances,
+        };
+        if let Err(e) = ctx.store.audit(&record, now) {
+            tracing::error!("cannot write the audit trail: {e}");
+        }
+        crate::sys::syslog(&format!(
+            "reaper action={} owner={} cluster={} reason=\"{}\"",
+            a.action,
+            a.owner,
+            a.cluster,
+            crate::quota::runner::escape(&a.reason)
+        ));
+    };
+    let clusters: Vec<ClusterRow> = ctx
+        .store
+        .list_clusters(None)?
+        .into_iter()
+        .filter(|c| c.provider == provider.kind())
+        .filter(|c| {
+            matches!(
+                c.state,
+                ClusterState::Running | ClusterState::Configured | ClusterState::Requested
+            )
+        })
+        .collect();
+    for c in &clusters {
+        let Some(reason) = due(c, policy, config, ctx.store, now)? else {
+            continue;
+        };
+        let ids: Vec<String> = terminate::live_nodes(ctx, c)?
+            .into_iter()
+            .map(|n| n.instance_id)
+            .collect();
+        match c.reap_after {
+            None => {
+                let after = now + policy.reaper_grace;
+                let a = ReapAction {
+                    cluster: c.name.to_string(),
+                    owner: c.owner.to_string(),
+                    action: "warn",
+                    reason: format!("{reason}; it will be terminated after {}", rfc3339(after)),
+                };
+                if !dry_run {
+                    ctx.store.set_reap(c.id, Some(after), Some(&a.reason))?;
+                    if let Err(e) = provider
+                        .tag(&ids, &[(TAG_REAP_AFTER.to_owned(), rfc3339(after))])
+                        .await
+                    {
+                        tracing::warn!("cannot tag {} with its reaper warning: {e}", c.name);
+                    }
+                }
+                audit(&a, ids);
+                actions.push(a);
+            }
+            Some(after) if now >= after => {
+                let a = ReapAction {
+                    cluster: c.name.to_string(),
+                    owner: c.owner.to_string(),
+                    action: "terminate",
+                    reason: c
+                        .reap_reason
+                        .clone()
+                        .unwrap_or(reason)
+                        .split("; it will be terminated after")
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned(),
+                };
+                if !dry_run {
+                    terminate::terminate(ctx, provider, c).await?;
+                }
+                audit(&a, ids);
+                actions.push(a);
+            }
+            // Warned; the grace is not over.
+            Some(_) => {}
+        }
+    }
+
+    // Orphans: this store's instances that no row knows, whose launcher is not running.
+    let listed = provider
+        .describe(&Selector {
+            store: Some(ctx.store.id().clone()),
+            ..Default::default()
+        })
+        .await?;
+    let grace = Millis::try_from(provider.consistency_grace().as_millis()).unwrap_or(Millis::MAX);
+    let mut owners: Vec<Owner> = Vec::new();
+    for i in listed.iter().filter(|i| !i.state.is_gone()) {
+        let Some(t) = &i.tags else { continue };
+        if ctx.store.knows_instance(&i.id)?
+            || LaunchLock::launcher(ctx.state_dir, &t.request) == Launcher::Running
+            || i.launched_at.is_none_or(|l| now - l < grace)
+        {
+            continue;
+        }
+        let a = ReapAction {
+            cluster: t.cluster.to_string(),
+            owner: t.owner.to_string(),
+            action: "orphan",
+            reason: format!(
+                "instance {} runs under this store's tags with no record{}",
+                i.id,
+                if orphans == Orphans::Terminate {
+                    "; terminated"
+                } else {
+                    ""
+                }
+            ),
+        };
+        audit(&a, vec![i.id.clone()]);
+        actions.push(a);
+        if !owners.contains(&t.owner) {
+            owners.push(t.owner.clone());
+        }
+    }
+    if orphans == Orphans::Terminate && !dry_run {
+        // Reconcile records them (with their hours) and terminates them.
+        for o in &owners {
+            reconcile::reconcile(
+                ctx,
+                provider,
+                Some(o),
+                &reconcile::Options {
+                    orphan_grace: std::time::Duration::from_millis(grace.max(0) as u64),
+                    ..reconcile::Options::new(false)
+                },
+            )
+            .await?;
+        }
+    }
+    Ok(actions)
+}

@@ -1,0 +1,453 @@
+//! `stratus accounting report`: instance hours and cost from the recorded usage intervals, by
+//! cluster, user, profile or day, within a window, as a table, CSV or JSON.
+//!
+//! The rules, so a report can be checked by hand:
+//! - an interval counts from its start to its end (an open one until now), clipped to the
+//!   window `[since, until)`; `instance_hours` is exactly that time;
+//! - cost is per second, as EC2 bills: a run's length is rounded up to whole seconds, and a run
+//!   shorter than 60 seconds is billed as 60 (EC2's minimum); the minimum counts in the window
+//!   (and on the day) where the run starts, so clipping never bills it twice;
+//! - each piece costs its price per hour times its time, rounded to the micro-dollar; rows and
+//!   the total are sums of micro-dollars: nothing is a float until it is printed;
+//! - `estimated` says that some interval of the row ended at a last sighting rather than at an
+//!   observed end.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::prices::{self, MINIMUM_BILLED, Micros};
+use crate::config::SiteConfig;
+use crate::model::Millis;
+use crate::store::Interval;
+
+const DAY: Millis = 24 * 3600 * 1000;
+
+/// How rows are grouped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum By {
+    Cluster,
+    User,
+    Profile,
+    Day,
+}
+
+/// What a cluster's intervals are reported under.
+#[derive(Debug, Clone)]
+pub struct ClusterFacts {
+    pub name: String,
+    pub owner: String,
+    pub profile: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
+struct Key {
+    cluster: Option<String>,
+    cluster_id: Option<i64>,
+    owner: Option<String>,
+    profile: Option<String>,
+    day: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Sum {
+    millis: Millis,
+    micros: Micros,
+    estimated: bool,
+}
+
+/// One row, with its key fields (those of its grouping) and its sums.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Row {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub day: Option<String>,
+    pub instance_hours: f64,
+    pub cost_dollars: f64,
+    pub estimated: bool,
+    #[serde(skip)]
+    pub millis: Millis,
+    #[serde(skip)]
+    pub micros: Micros,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Total {
+    pub instance_hours: f64,
+    pub cost_dollars: f64,
+    #[serde(skip)]
+    pub millis: Millis,
+    #[serde(skip)]
+    pub micros: Micros,
+}
+
+/// `accounting report --json`: `{"rows": [...], "total": {"instance_hours", "cost_dollars"}}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    pub rows: Vec<Row>,
+    pub total: Total,
+    #[serde(skip)]
+    pub by: Option<By>,
+    /// Instance types with no known price (they cost nothing here).
+    #[serde(skip)]
+    pub unknown_types: Vec<String>,
+}
+
+fn hours(ms: Millis) -> f64 {
+    ms as f64 / 3_600_000.0
+}
+
+/// The cost of `piece_ms` at `per_hour`, rounded half up to the micro-dollar.
+fn piece_cost(per_hour: Micros, piece_ms: Millis) -> Micros {
+    ((i128::from(per_hour) * i128::from(piece_ms) + 1_800_000) / 3_600_000) as Micros
+}
+
+/// The UTC day of a time, as `YYYY-MM-DD`.
+fn day_of(ms: Millis) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.strftime("%Y-%m-%d").to_string())
+        .unwrap_or_default()
+}
+
+/// Builds the report of `intervals` in `[since, until)`, grouped `by`.
+pub fn report(
+    config: &SiteConfig,
+    clusters: &BTreeMap<i64, ClusterFacts>,
+    intervals: &[Interval],
+    since: Millis,
+    until: Millis,
+    now: Millis,
+    by: By,
+) -> Report {
+    let mut sums: BTreeMap<Key, Sum> = BTreeMap::new();
+    let mut unknown: Vec<String> = Vec::new();
+    for iv in intervals {
+        let start = iv.started_at;
+        let end = iv.ended_at.unwrap_or(now).max(start);
+        // Whole seconds, as EC2 bills; the minimum is billed on top where the run starts.
+        let run = ((end - start) + 999) / 1000 * 1000;
+        let billed_end = start + run;
+        let minimum = (MINIMUM_BILLED - run).max(0);
+        let (a, b) = (start.max(since), end.min(until));
+        let per_hour = prices::per_hour(config, &iv.instance_type, iv.spot);
+        if per_hour.is_none() && !unknown.contains(&iv.instance_type) {
+            unknown.push(iv.instance_type.clone());
+        }
+        let per_hour = per_hour.unwrap_or(0);
+        let facts = clusters.get(&iv.cluster_id);
+        // The pieces of the run in the window: one, or one per day.
+        let mut cuts = vec![a];
+        if by == By::Day {
+            let mut d = a.div_euclid(DAY) * DAY + DAY;
+            while d < b {
+                cuts.push(d);
+                d += DAY;
+            }
+        }
+        cuts.push(b);
+        let starts_in_window = (since..until).contains(&start);
+        if b <= a && !(starts_in_window && minimum > 0) {
+            continue;
+        }
+        for w in cuts.windows(2) {
+            let (p, q) = (w[0], w[1].max(w[0]));
+            let mut billed = q.min(billed_end).max(p) - p;
+            // Rounding up to a whole second belongs to the run's last piece.
+            if q == b && b == end {
+                billed = billed_end.min(until).max(p) - p;
+            }
+            if p == start {
+                billed += minimum;
+            }
+            let key = Key {
+                cluster: (by == By::Cluster)
+                    .then(|| facts.map(|f| f.name.clone()).unwrap_or_default()),
+                cluster_id: (by == By::Cluster).then_some(iv.cluster_id),
+                owner: matches!(by, By::Cluster | By::User).then(|| iv.owner.clone()),
+                profile: matches!(by, By::Cluster | By::Profile).then(|| iv.profile.clone()),
+                day: (by == By::Day).then(|| day_of(p)),
+            };
+            let s = sums.entry(key).or_default();
+            s.millis += q - p;
+            s.micros += piece_cost(per_hour, billed);
+            s.estimated |= iv.estimated;
+        }
+    }
+    let mut total = Total {
+        instance_hours: 0.0,
+        cost_dollars: 0.0,
+        millis: 0,
+        micros: 0,
+    };
+    let rows: Vec<Row> = sums
+        .into_iter()
+        .map(|(k, s)| {
+            total.millis += s.millis;
+            total.micros += s.micros;
+            Row {
+                cluster: k.cluster,
+                owner: if by == By::Cluster {
+                    k.owner.clone()
+                } else {
+                    None
+                },
+                user: if by == By::User { k.owner } else { None },
+                profile: k.profile,
+                day: k.day,
+                instance_hours: hours(s.millis),
+                cost_dollars: super::micros_to_dollars(s.micros),
+                estimated: s.estimated,
+                millis: s.millis,
+                micros: s.micros,
+            }
+        })
+        .collect();
+    total.instance_hours = hours(total.millis);
+    total.cost_dollars = super::micros_to_dollars(total.micros);
+    Report {
+        rows,
+        total,
+        by: Some(by),
+        unknown_types: unknown,
+    }
+}
+
+/// Micro-dollars as exact dollars with six decimals.
+pub fn dollars_exact(m: Micros) -> String {
+    let sign = if m < 0 { "-" } else { "" };
+    let m = m.abs();
+    format!("{sign}{}.{:06}", m / 1_000_000, m % 1_000_000)
+}
+
+/// Milliseconds as hours with nine decimals (exact to the millisecond's 1/3600000 up to the
+/// ninth digit).
+pub fn hours_exact(ms: Millis) -> String {
+    format!("{:.9}", hours(ms))
+}
+
+impl Report {
+    fn key_fields(&self) -> &'static [&'static str] {
+        match self.by {
+            Some(By::Cluster) | None => &["cluster", "owner", "profile"],
+            Some(By::User) => &["user"],
+            Some(By::Profile) => &["profile"],
+            Some(By::Day) => &["day"],
+        }
+    }
+
+    fn keys_of(row: &Row, fields: &[&str]) -> Vec<String> {
+        fields
+            .iter()
+            .map(|f| {
+                match *f {
+                    "cluster" => row.cluster.clone(),
+                    "owner" => row.owner.clone(),
+                    "user" => row.user.clone(),
+                    "profile" => row.profile.clone(),
+                    _ => row.day.clone(),
+                }
+                .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    /// CSV with a header, full precision (hours to nine decimals, dollars to the micro-dollar).
+    pub fn csv(&self) -> String {
+        let fields = self.key_fields();
+        let quote = |s: &str| {
+            if s.contains([',', '"', '\n']) {
+                format!("\"{}\"", s.replace('"', "\"\""))
+            } else {
+                s.to_owned()
+            }
+        };
+        let mut out = format!(
+            "{},instance_hours,cost_dollars,estimated\n",
+            fields.join(",")
+        );
+        for r in &self.rows {
+            let keys: Vec<String> = Self::keys_of(r, fields).iter().map(|k| quote(k)).collect();
+            out.push_str(&format!(
+                "{},{},{},{}\n",
+                keys.join(","),
+                hours_exact(r.millis),
+                dollars_exact(r.micros),
+                r.estimated
+            ));
+        }
+        let blanks = vec![String::new(); fields.len().saturating_sub(1)];
+        let mut total = vec!["total".to_owned()];
+        total.extend(blanks);
+        out.push_str(&format!(
+            "{},{},{},\n",
+            total.join(","),
+            hours_exact(self.total.millis),
+            dollars_exact(self.total.micros)
+        ));
+        out
+    }
+
+    /// A table for people: hours to the hundredth, dollars to the cent, and a total.
+    pub fn table(&self) -> String {
+        let fields = self.key_fields();
+        let mut header: Vec<String> = fields.iter().map(|f| f.to_uppercase()).collect();
+        header.extend(["HOURS".into(), "COST".into()]);
+        let h: Vec<&str> = header.iter().map(String::as_str).collect();
+        let mut t = crate::commands::table::Table::new(&h);
+        for r in &self.rows {
+            let mut cells = Self::keys_of(r, fields);
+            cells.push(format!("{:.2}", r.instance_hours));
+            cells.push(format!(
+                "{}{}",
+                crate::quota::policy::dollars_text(r.micros),
+                if r.estimated { " (estimated)" } else { "" }
+            ));
+            t.row(cells);
+        }
+        let mut cells = vec!["total".to_owned()];
+        cells.extend(vec![String::new(); fields.len().saturating_sub(1)]);
+        cells.push(format!("{:.2}", self.total.instance_hours));
+        cells.push(crate::quota::policy::dollars_text(self.total.micros));
+        t.row(cells);
+        t.render()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: Millis = 3_600_000;
+
+    fn iv(cluster: i64, owner: &str, ty: &str, start: Millis, end: Option<Millis>) -> Interval {
+        Interval {
+            instance_id: format!("i-{start}"),
+            cluster_id: cluster,
+            owner: owner.into(),
+            profile: "p".into(),
+            instance_type: ty.into(),
+            spot: false,
+            started_at: start,
+            last_seen_at: start,
+            ended_at: end,
+            estimated: false,
+            orphan: false,
+        }
+    }
+
+    fn facts() -> BTreeMap<i64, ClusterFacts> {
+        BTreeMap::from([(
+            1,
+            ClusterFacts {
+                name: "demo".into(),
+                owner: "alice".into(),
+                profile: "p".into(),
+            },
+        )])
+    }
+
+    #[test]
+    fn an_hour_of_m5_large_costs_its_price_and_ten_seconds_cost_a_minute() {
+        let cfg = SiteConfig::default();
+        let r = report(
+            &cfg,
+            &facts(),
+            &[
+                iv(1, "alice", "m5.large", 0, Some(H)),
+                iv(1, "alice", "m5.large", 5 * H, Some(5 * H + 10_000)),
+            ],
+            0,
+            10 * H,
+            10 * H,
+            By::Cluster,
+        );
+        assert_eq!(r.rows.len(), 1);
+        // 96000 for the hour, 1600 for the minute the 10 s are billed as.
+        assert_eq!(r.rows[0].micros, 96_000 + 1_600);
+        assert_eq!(r.rows[0].millis, H + 10_000);
+        assert_eq!(r.total.micros, 97_600);
+    }
+
+    #[test]
+    fn clipping_counts_the_window_only_and_the_minimum_once() {
+        let cfg = SiteConfig::default();
+        // Two hours from 1h to 3h; the window is [2h, 10h): one hour counts.
+        let r = report(
+            &cfg,
+            &facts(),
+            &[iv(1, "alice", "m5.large", H, Some(3 * H))],
+            2 * H,
+            10 * H,
+            10 * H,
+            By::User,
+        );
+        assert_eq!(r.rows[0].millis, H);
+        assert_eq!(r.rows[0].micros, 96_000);
+        // A 10-second run just before the window: nothing of it counts, not even its minimum.
+        let r = report(
+            &cfg,
+            &facts(),
+            &[iv(1, "alice", "m5.large", H, Some(H + 10_000))],
+            2 * H,
+            10 * H,
+            10 * H,
+            By::User,
+        );
+        assert!(r.rows.is_empty());
+    }
+
+    #[test]
+    fn days_split_at_utc_midnight() {
+        let cfg = SiteConfig::default();
+        let day = 24 * H;
+        // From 23:00 on day 0 to 01:00 on day 1.
+        let r = report(
+            &cfg,
+            &facts(),
+            &[iv(1, "alice", "m5.large", day - H, Some(day + H))],
+            0,
+            3 * day,
+            3 * day,
+            By::Day,
+        );
+        assert_eq!(r.rows.len(), 2);
+        assert_eq!(r.rows[0].day.as_deref(), Some("1970-01-01"));
+        assert_eq!(r.rows[1].day.as_deref(), Some("1970-01-02"));
+        assert_eq!((r.rows[0].micros, r.rows[1].micros), (96_000, 96_000));
+    }
+
+    #[test]
+    fn formats_keep_full_precision() {
+        let cfg = SiteConfig::default();
+        let r = report(
+            &cfg,
+            &facts(),
+            &[iv(1, "alice", "m5.large", 0, Some(1_000))],
+            0,
+            H,
+            H,
+            By::Cluster,
+        );
+        let csv = r.csv();
+        assert!(
+            csv.starts_with("cluster,owner,profile,instance_hours,cost_dollars,estimated\n"),
+            "{csv}"
+        );
+        assert!(
+            csv.contains("demo,alice,p,0.000277778,0.001600,false"),
+            "{csv}"
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["rows"][0]["cost_dollars"], 0.0016);
+        assert_eq!(json["total"]["cost_dollars"], 0.0016);
+        assert_eq!(dollars_exact(1_234_567), "1.234567");
+    }
+}

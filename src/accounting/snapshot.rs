@@ -1,0 +1,192 @@
+//! `stratus accounting snapshot` (cron, every 5 minutes): one look at every instance of this
+//! store, whoever owns it, recorded in one transaction.
+//!
+//! - A running instance extends its usage interval (its last sighting); a stopped one closes it
+//!   (stopped hours are not billed); one running again opens a new one; one seen shutting down or
+//!   terminated closes it at that sighting.
+//! - One that disappears without ever being seen terminated is closed at its last sighting plus
+//!   at most one snapshot interval, marked estimated: never billed forever, never lost.
+//! - An instance of this store that no row knows (its launcher died before recording it) is
+//!   recorded as an orphan, with its hours from its launch, under the cluster its tags name, and
+//!   reported (the reaper terminates orphans when asked).
+//!
+//! Two snapshots at once never double count: they take a lock, and each writes in one
+//! transaction whose updates depend only on the state they read. The state grows with instances
+//! and intervals, never with the number of snapshots: a snapshot writes one meta row, not a row
+//! of its own.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use crate::cluster::Ctx;
+use crate::cluster::locks::{LaunchLock, Launcher};
+use crate::cluster::meta::node_row;
+use crate::cluster::provider::{Instance, Provider, Selector};
+use crate::error::Error;
+use crate::model::{Millis, Role};
+use crate::store::{ClusterRow, Observation};
+
+/// The interval cron runs snapshots at, by default: what a missed end is estimated with when no
+/// earlier snapshot tells.
+pub const DEFAULT_INTERVAL: Millis = 5 * 60 * 1000;
+
+/// What one snapshot found.
+#[derive(Debug, Default, Serialize)]
+pub struct SnapshotReport {
+    pub at: Millis,
+    /// Instances of this store the provider listed.
+    pub seen: usize,
+    /// Intervals that ended (observed).
+    pub ended: usize,
+    /// Instances gone without a sighting of their end, closed as estimated.
+    pub missing: Vec<String>,
+    /// Instances no row knew, now recorded.
+    pub orphans: Vec<String>,
+}
+
+/// Takes one snapshot of `provider`'s instances of this store at `now`.
+pub async fn snapshot<P: Provider>(
+    ctx: Ctx<'_>,
+    provider: &P,
+    now: Millis,
+) -> Result<SnapshotReport, Error> {
+    // One snapshot at a time: the lock is held until this one's transaction is committed.
+    let _lock = SnapshotLock::acquire(ctx.state_dir).await?;
+    let listed: HashMap<String, Instance> = provider
+        .describe(&Selector {
+            store: Some(ctx.store.id().clone()),
+            ..Default::default()
+        })
+        .await?
+        .into_iter()
+        .map(|i| (i.id.clone(), i))
+        .collect();
+    let last = ctx
+        .store
+        .meta("last_snapshot_at")?
+        .and_then(|v| v.parse::<Millis>().ok());
+    let interval = last
+        .map(|t| (now - t).clamp(1, DEFAULT_INTERVAL * 12))
+        .unwrap_or(DEFAULT_INTERVAL);
+    let grace = Millis::try_from(provider.consistency_grace().as_millis()).unwrap_or(Millis::MAX);
+
+    let mut report = SnapshotReport {
+        at: now,
+        seen: listed.len(),
+        ..Default::default()
+    };
+    let mut observations = Vec::new();
+    let open = ctx.store.open_nodes()?;
+    let kind = provider.kind();
+    let mut on_provider: HashMap<i64, bool> = HashMap::new();
+    for n in &open {
+        match listed.get(&n.instance_id) {
+            Some(i) => {
+                if i.state.is_gone() {
+                    report.ended += 1;
+                }
+                observations.push(Observation::Seen {
+                    instance_id: n.instance_id.clone(),
+                    state: i.state,
+                    address: i.address.clone(),
+                    private_address: i.private_address.clone(),
+                    at: now,
+                });
+            }
+            None => {
+                // Only this provider's nodes can be missing from its answer.
+                let on_this = match on_provider.get(&n.cluster_id) {
+                    Some(b) => *b,
+                    None => {
+                        let b = ctx
+                            .store
+                            .cluster_by_id(n.cluster_id)?
+                            .is_some_and(|c| c.provider == kind);
+                        on_provider.insert(n.cluster_id, b);
+                        b
+                    }
+                };
+                if on_this && now - n.launched_at > grace {
+                    let seen = ctx
+                        .store
+                        .last_sighting(&n.instance_id)?
+                        .unwrap_or(n.launched_at);
+                    observations.push(Observation::Missing {
+                        instance_id: n.instance_id.clone(),
+                        end: (seen + interval).min(now),
+                    });
+                    report.missing.push(n.instance_id.clone());
+                }
+            }
+        }
+    }
+    // Orphans: listed, this store's, unknown, and not being recorded by a live launcher.
+    let mut orphans: Vec<(ClusterRow, Instance)> = Vec::new();
+    for i in listed.values() {
+        let Some(tags) = &i.tags else { continue };
+        if ctx.store.knows_instance(&i.id)?
+            || LaunchLock::launcher(ctx.state_dir, &tags.request) == Launcher::Running
+        {
+            continue;
+        }
+        let cluster = match ctx.store.find_cluster(&tags.owner, &tags.cluster)? {
+            Some(c) => c,
+            None => ctx.store.adopt_cluster(
+                &tags.owner,
+                &tags.cluster,
+                kind,
+                (tags.profile.clone(), tags.request.clone()),
+            )?,
+        };
+        report.orphans.push(i.id.clone());
+        orphans.push((cluster, i.clone()));
+    }
+    ctx.store.observe_with(&observations, 0, |tx| {
+        for (cluster, i) in &orphans {
+            let request = i
+                .tags
+                .as_ref()
+                .map(|t| t.request.to_string())
+                .unwrap_or_default();
+            let mut row = node_row(cluster, &request, Role::Worker, 0, i);
+            if i.state.is_gone() {
+                row.ended_at = Some(now);
+            }
+            crate::store::insert_orphan(tx, cluster, &row)?;
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_snapshot_at', ?1)",
+            rusqlite::params![now.to_string()],
+        )?;
+        Ok(())
+    })?;
+    Ok(report)
+}
+
+/// Serialises snapshots: a POSIX lock on `<state>/accounting.lock`, waited for.
+struct SnapshotLock {
+    _file: std::fs::File,
+}
+
+impl SnapshotLock {
+    async fn acquire(state_dir: &std::path::Path) -> Result<Self, Error> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = state_dir.join("accounting.lock");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o600)
+            .open(&path)?;
+        let file =
+            tokio::task::spawn_blocking(move || crate::sys::lock_file_wait(&file).map(|()| file))
+                .await
+                .map_err(|e| {
+                    Error::runtime(format!("waiting for the snapshot lock failed: {e}"))
+                })??;
+        Ok(Self { _file: file })
+    }
+}
