@@ -27,8 +27,8 @@ use crate::error::Error;
 use crate::model::{Millis, Role};
 use crate::store::{ClusterRow, Observation};
 
-/// The interval cron runs snapshots at, by default: what a missed end is estimated with when no
-/// earlier snapshot tells.
+/// The interval cron runs snapshots at: a missed end is estimated at the last sighting plus
+/// this much.
 pub const DEFAULT_INTERVAL: Millis = 5 * 60 * 1000;
 
 /// What one snapshot found.
@@ -62,13 +62,9 @@ pub async fn snapshot<P: Provider>(
         .into_iter()
         .map(|i| (i.id.clone(), i))
         .collect();
-    let last = ctx
-        .store
-        .meta("last_snapshot_at")?
-        .and_then(|v| v.parse::<Millis>().ok());
-    let interval = last
-        .map(|t| (now - t).clamp(1, DEFAULT_INTERVAL * 12))
-        .unwrap_or(DEFAULT_INTERVAL);
+    // An end nobody saw is estimated at the last sighting plus one snapshot interval (cron's),
+    // never later than now.
+    let interval = DEFAULT_INTERVAL;
     let grace = Millis::try_from(provider.consistency_grace().as_millis()).unwrap_or(Millis::MAX);
 
     let mut report = SnapshotReport {

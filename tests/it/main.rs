@@ -2,6 +2,7 @@
 //! against real parts: local node processes with the embedded SSH server, OpenSSH's sshd, and
 //! (in `ec2`) moto's EC2 server.
 
+mod accounting;
 mod cli;
 mod ec2;
 mod hadoop_profile;
