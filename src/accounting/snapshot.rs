@@ -53,19 +53,29 @@ pub async fn snapshot<P: Provider>(
 ) -> Result<SnapshotReport, Error> {
     // One snapshot at a time: the lock is held until this one's transaction is committed.
     let _lock = SnapshotLock::acquire(ctx.state_dir).await?;
-    let listed: HashMap<String, Instance> = provider
+    let listed = provider
         .describe(&Selector {
             store: Some(ctx.store.id().clone()),
             ..Default::default()
         })
-        .await?
-        .into_iter()
-        .map(|i| (i.id.clone(), i))
-        .collect();
+        .await?;
+    let grace = Millis::try_from(provider.consistency_grace().as_millis()).unwrap_or(Millis::MAX);
+    ingest(ctx, provider.kind(), grace, listed, now)
+}
+
+/// Records what one describe of `kind` listed at `now` (the part of a snapshot that writes).
+pub fn ingest(
+    ctx: Ctx<'_>,
+    kind: crate::model::ProviderKind,
+    grace: Millis,
+    listed: Vec<Instance>,
+    now: Millis,
+) -> Result<SnapshotReport, Error> {
+    let listed: HashMap<String, Instance> =
+        listed.into_iter().map(|i| (i.id.clone(), i)).collect();
     // An end nobody saw is estimated at the last sighting plus one snapshot interval (cron's),
     // never later than now.
     let interval = DEFAULT_INTERVAL;
-    let grace = Millis::try_from(provider.consistency_grace().as_millis()).unwrap_or(Millis::MAX);
 
     let mut report = SnapshotReport {
         at: now,
@@ -74,7 +84,6 @@ pub async fn snapshot<P: Provider>(
     };
     let mut observations = Vec::new();
     let open = ctx.store.open_nodes()?;
-    let kind = provider.kind();
     let mut on_provider: HashMap<i64, bool> = HashMap::new();
     for n in &open {
         match listed.get(&n.instance_id) {
