@@ -71,8 +71,7 @@ pub fn ingest(
     listed: Vec<Instance>,
     now: Millis,
 ) -> Result<SnapshotReport, Error> {
-    let listed: HashMap<String, Instance> =
-        listed.into_iter().map(|i| (i.id.clone(), i)).collect();
+    let listed: HashMap<String, Instance> = listed.into_iter().map(|i| (i.id.clone(), i)).collect();
     // An end nobody saw is estimated at the last sighting plus one snapshot interval (cron's),
     // never later than now.
     let interval = DEFAULT_INTERVAL;

@@ -112,6 +112,22 @@ pub async fn terminate_ids<P: Provider>(
     if ids.is_empty() {
         return Ok(());
     }
+    // Only what belongs to the owner being acted for is ever terminated: every id the provider
+    // lists must carry that owner's tag (an id it does not list yet is a new one of ours, from
+    // the record or from a describe by our tags).
+    if let Some(owner) = &selector.owner {
+        let ask: Vec<String> = ids.iter().cloned().collect();
+        for i in provider.describe_ids(&ask).await? {
+            let theirs = i.tags.as_ref().map(|t| &t.owner);
+            if theirs != Some(owner) {
+                return Err(Error::runtime(format!(
+                    "refusing to terminate {}: it is tagged as {}'s, not {owner}'s",
+                    i.id,
+                    theirs.map(|o| o.as_str()).unwrap_or("nobody")
+                )));
+            }
+        }
+    }
     let spinner = ctx
         .printer
         .spinner(format!("waiting for {} nodes to terminate", ids.len()));

@@ -201,6 +201,23 @@ pub trait Provider: Send + Sync {
         selector: &Selector,
     ) -> impl Future<Output = Result<Vec<Instance>, ProviderError>> + Send;
 
+    /// The instances of these ids that the provider lists now, whatever their tags (to check
+    /// whose they are). Ids it does not list are left out.
+    fn describe_ids(
+        &self,
+        ids: &[String],
+    ) -> impl Future<Output = Result<Vec<Instance>, ProviderError>> + Send {
+        let ids: std::collections::BTreeSet<String> = ids.iter().cloned().collect();
+        async move {
+            Ok(self
+                .describe(&Selector::default())
+                .await?
+                .into_iter()
+                .filter(|i| ids.contains(&i.id))
+                .collect())
+        }
+    }
+
     /// Asks for instances to be terminated. Ids the provider does not know are reported, not
     /// taken as gone.
     fn terminate(
@@ -300,6 +317,13 @@ impl Provider for AnyProvider {
         match self {
             AnyProvider::Local(p) => p.describe(selector).await,
             AnyProvider::Ec2(p) => p.describe(selector).await,
+        }
+    }
+
+    async fn describe_ids(&self, ids: &[String]) -> Result<Vec<Instance>, ProviderError> {
+        match self {
+            AnyProvider::Local(p) => p.describe_ids(ids).await,
+            AnyProvider::Ec2(p) => p.describe_ids(ids).await,
         }
     }
 

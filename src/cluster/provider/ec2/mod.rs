@@ -1037,6 +1037,31 @@ impl Provider for Ec2Provider {
         Ok(out)
     }
 
+    async fn describe_ids(&self, ids: &[String]) -> Result<Vec<Instance>, ProviderError> {
+        let mut out = Vec::new();
+        // A filter, not InstanceIds: an id EC2 does not know yet is left out, not an error.
+        for chunk in ids.chunks(IDS_PER_CALL) {
+            let mut pages = self
+                .client
+                .describe_instances()
+                .filters(
+                    Filter::builder()
+                        .name("instance-id")
+                        .set_values(Some(chunk.to_vec()))
+                        .build(),
+                )
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|e| self.err("DescribeInstances", e))?;
+                for r in page.reservations() {
+                    out.extend(r.instances().iter().filter_map(|i| self.convert(i)));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     async fn terminate(&self, ids: &[String]) -> Result<TerminateReport, ProviderError> {
         let mut report = TerminateReport::default();
         if ids.is_empty() {
