@@ -28,7 +28,7 @@ use crate::support::{TestContext, eventually};
 use ec2_hypervisor::{Hypervisor, HypervisorConfig};
 use ec2_moto::{Moto, UBUNTU_AMI, assert_cluster_tags, tag};
 
-const CIDRS: [&str; 2] = ["203.0.113.0/24", "198.51.100.7/32"];
+pub(crate) const CIDRS: [&str; 2] = ["203.0.113.0/24", "198.51.100.7/32"];
 
 /// A context whose site config points stratus at this moto, with `ec2_extra` in `[ec2]`.
 pub(crate) fn ec2_context(moto: &Moto, ec2_extra: &str) -> TestContext {
@@ -45,20 +45,20 @@ pub(crate) fn ec2_context(moto: &Moto, ec2_extra: &str) -> TestContext {
     ctx
 }
 
-fn owner() -> String {
+pub(crate) fn owner() -> String {
     stratus::caller::Caller::from_real_uid()
         .unwrap()
         .owner
         .to_string()
 }
 
-fn nodes(cluster: &Value) -> Vec<Value> {
+pub(crate) fn nodes(cluster: &Value) -> Vec<Value> {
     cluster["nodes"].as_array().unwrap().clone()
 }
 
 /// A profile with everything the provider acts on: SSH and web ports, spot workers with a root
 /// volume size, and user-data that echoes its boot facts.
-const TAGGED: &str = r#"
+pub(crate) const TAGGED: &str = r#"
 description = "EC2 test: tags, rules, user-data"
 providers = ["ec2"]
 max_workers = 200
@@ -80,9 +80,9 @@ spot = true
 volume_gb = 40
 "#;
 
-const TAGGED_USER_DATA: &str = "#!/bin/bash\n# {{cluster}} role={{role}} owner={{owner}} request={{request_id}} profile={{profile.name}}\necho booted\n";
+pub(crate) const TAGGED_USER_DATA: &str = "#!/bin/bash\n# {{cluster}} role={{role}} owner={{owner}} request={{request_id}} profile={{profile.name}}\necho booted\n";
 
-fn tagged_profile(ctx: &TestContext) {
+pub(crate) fn tagged_profile(ctx: &TestContext) {
     ctx.profile_file("tagged.toml", &TAGGED.replace("IMAGE", UBUNTU_AMI));
     ctx.profile_file("tagged/node.sh.hbs", TAGGED_USER_DATA);
 }
@@ -350,7 +350,7 @@ fn launch_list_terminate_tags_everything_and_leaves_nothing() {
     );
 }
 
-fn ec2_config(moto: &Moto, dir: &std::path::Path, extra: &str) -> Ec2Config {
+pub(crate) fn ec2_config(moto: &Moto, dir: &std::path::Path, extra: &str) -> Ec2Config {
     let text = moto.site_config(dir, extra);
     SiteConfig::parse(&text, &dir.join("config.toml"))
         .unwrap()
@@ -620,7 +620,7 @@ fn listing_pages_past_moto_s_100_reservations() {
 /// A test image: its user-data records the node's role and serves one line on the node's own
 /// address; the configure step checks, from the master, that every worker in the workers file
 /// answers there.
-const E2E: &str = r#"
+pub(crate) const E2E: &str = r#"
 description = "EC2 end to end on loopback instances"
 providers = ["ec2"]
 max_workers = 8
@@ -699,7 +699,7 @@ done < workers
 echo "$n workers answered" | tee -a checked
 "#;
 
-fn e2e_profile(ctx: &TestContext, ready_secs: u32, min_workers: Option<u32>) {
+pub(crate) fn e2e_profile(ctx: &TestContext, ready_secs: u32, min_workers: Option<u32>) {
     let text = E2E
         .replace("IMAGE", UBUNTU_AMI)
         .replace("READY", &ready_secs.to_string())
@@ -715,7 +715,7 @@ fn e2e_profile(ctx: &TestContext, ready_secs: u32, min_workers: Option<u32>) {
     ctx.profile_file("e2e/check-workers.sh.hbs", E2E_CHECK);
 }
 
-fn hypervisor(moto: &Moto, cluster: &str, never_boot: &[&str]) -> Hypervisor {
+pub(crate) fn hypervisor(moto: &Moto, cluster: &str, never_boot: &[&str]) -> Hypervisor {
     Hypervisor::start(HypervisorConfig {
         endpoint: moto.endpoint.clone(),
         cluster: cluster.into(),
@@ -1001,7 +1001,7 @@ fn missing_credentials_and_an_unreachable_endpoint_are_one_sentence() {
 }
 
 /// The store id of a context's state database (what its resources are tagged with).
-fn store_id(ctx: &TestContext) -> StoreId {
+pub(crate) fn store_id(ctx: &TestContext) -> StoreId {
     stratus::store::Store::open_in(&ctx.state)
         .unwrap()
         .id()
@@ -1011,7 +1011,7 @@ fn store_id(ctx: &TestContext) -> StoreId {
 /// Leftovers of a cluster that no row knows, as a crashed launch leaves them: its security group
 /// and key pair, and `nodes` instances tagged with it and `store` (through the provider, as
 /// stratus would, in one launch call).
-fn leftovers(
+pub(crate) fn leftovers(
     moto: &Moto,
     provider: &Ec2Provider,
     store: &StoreId,
@@ -1054,7 +1054,7 @@ fn leftovers(
     cref
 }
 
-fn live_instances(moto: &Moto, cluster: &str) -> usize {
+pub(crate) fn live_instances(moto: &Moto, cluster: &str) -> usize {
     moto.instances(&[("tag:stratus:cluster", cluster)])
         .iter()
         .filter(|i| {
@@ -1067,7 +1067,7 @@ fn live_instances(moto: &Moto, cluster: &str) -> usize {
 }
 
 /// The group and key pair of `cluster` exist (both) or are gone (both).
-fn resources_exist(moto: &Moto, cluster: &str) -> bool {
+pub(crate) fn resources_exist(moto: &Moto, cluster: &str) -> bool {
     let owner = owner();
     let g = moto
         .groups_named(&format!("stratus-{owner}-{cluster}"))
@@ -1077,7 +1077,7 @@ fn resources_exist(moto: &Moto, cluster: &str) -> bool {
     g == 1
 }
 
-fn app_for(ctx: &TestContext) -> stratus::app::App {
+pub(crate) fn app_for(ctx: &TestContext) -> stratus::app::App {
     let (config, config_path) = SiteConfig::load(Some(&ctx.config), None).unwrap();
     let settings = stratus::app::Settings {
         trust: Trust::Caller,

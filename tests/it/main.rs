@@ -1,11 +1,12 @@
 //! Integration tests: one binary, one module per area. They run the real `stratus` binary
 //! against real parts: local node processes with the embedded SSH server, OpenSSH's sshd, and
-//! (in `ec2`) moto's EC2 server.
+//! (in `ec2` and `hardening_ec2`) moto's EC2 server, the latter with EC2's faults injected.
 
 mod accounting;
 mod cli;
 mod ec2;
 mod hadoop_profile;
+mod hardening_ec2;
 mod local;
 mod openssh;
 mod support;
