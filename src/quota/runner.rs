@@ -38,7 +38,9 @@ use crate::model::{ClusterName, Owner, RequestId, now_millis};
 use crate::printer::Printer;
 use crate::store::{AuditRecord, ClusterRow};
 
-/// The policy as loaded for a request: present, absent (no file), or broken.
+/// The policy as loaded for a request: present, absent (no file), or broken. Loaded once per
+/// request, so the size of the policy it carries costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum LoadedPolicy {
     Present(Policy),
     Absent(std::path::PathBuf),

@@ -219,7 +219,7 @@ fn scripted_term(ctx: &TestContext) -> i64 {
             .timestamp()
             .as_millisecond()
     };
-    let mut cluster = |owner: &str, name: &str, profile: &str| {
+    let cluster = |owner: &str, name: &str, profile: &str| {
         let mut p = stratus::cluster::profile::Profile::for_tests(profile);
         p.name = profile.into();
         let rec = ClusterRecord {
