@@ -46,13 +46,25 @@ pub enum Command {
     /// Launch a cluster's master only (add workers with launch-slaves)
     LaunchMaster(LaunchMaster),
     /// Add N workers to a running cluster and update the master's workers file
-    LaunchSlaves { name: String, count: u32 },
+    LaunchSlaves {
+        name: String,
+        count: u32,
+        /// Instructors: a cluster of this user
+        #[arg(long, value_name = "USER")]
+        owner: Option<String>,
+    },
     /// List live clusters and those that ended in the last 24 hours, or one cluster's nodes
     List {
         name: Option<String>,
         /// Every cluster, ended ones included
         #[arg(long)]
         all: bool,
+        /// Instructors: this user's clusters
+        #[arg(long, value_name = "USER", conflicts_with = "everyone")]
+        owner: Option<String>,
+        /// Instructors: every user's clusters
+        #[arg(long)]
+        everyone: bool,
         /// Machine-readable output
         #[arg(long)]
         json: bool,
@@ -101,6 +113,9 @@ pub enum Command {
         /// Do not ask for confirmation
         #[arg(long, short = 'y', alias = "force")]
         yes: bool,
+        /// Instructors: a cluster of this user
+        #[arg(long, value_name = "USER")]
+        owner: Option<String>,
     },
     /// Remove what is left of a cluster that no longer runs: instances, security group, key pair
     DeleteCluster { name: String },
@@ -118,6 +133,12 @@ pub enum Command {
     Usage {
         #[arg(long)]
         json: bool,
+        /// Instructors: this user's clusters
+        #[arg(long, value_name = "USER", conflicts_with = "everyone")]
+        owner: Option<String>,
+        /// Instructors: every user's clusters
+        #[arg(long)]
+        everyone: bool,
     },
     /// Your limits under the site's policy, what you use, and what is left
     Quota {
@@ -260,7 +281,7 @@ impl Command {
             self,
             Command::List { json: true, .. }
                 | Command::Exec { json: true, .. }
-                | Command::Usage { json: true }
+                | Command::Usage { json: true, .. }
                 | Command::Quota { json: true }
                 | Command::Accounting {
                     action: AccountingAction::Snapshot { json: true }

@@ -61,6 +61,7 @@ pub(super) async fn list(
     caller: &Caller,
     name: Option<&str>,
     all: bool,
+    (owner, everyone): (Option<String>, bool),
     json: bool,
 ) -> Result<ExitCode, Error> {
     let name = name.map(ClusterName::parse).transpose()?;
@@ -70,8 +71,8 @@ pub(super) async fn list(
         Request::List {
             name: name.as_ref().map(|n| n.to_string()),
             all,
-            owner: None,
-            everyone: false,
+            owner,
+            everyone,
         },
     )
     .await?;
@@ -138,11 +139,14 @@ pub(super) async fn list(
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let mut t = Table::new(&["NAME", "STATE", "PROFILE", "PROVIDER", "RUNNING", "CREATED"]);
+    let mut t = Table::new(&[
+        "NAME", "OWNER", "STATE", "PROFILE", "PROVIDER", "RUNNING", "CREATED",
+    ]);
     for c in &views {
         let running = c.nodes.iter().filter(|n| n.state.is_billed()).count();
         t.row(vec![
             c.name.clone(),
+            c.owner.clone(),
             c.state.clone(),
             c.profile.clone(),
             c.provider.clone(),

@@ -12,16 +12,14 @@ use crate::quota::QuotaReport;
 use crate::quota::policy::dollars_text;
 use crate::quota::protocol::Request;
 
-pub(super) async fn usage(app: &App, caller: &Caller, json: bool) -> Result<ExitCode, Error> {
-    let answer = call(
-        app,
-        caller,
-        Request::Usage {
-            owner: None,
-            everyone: false,
-        },
-    )
-    .await?;
+pub(super) async fn usage(
+    app: &App,
+    caller: &Caller,
+    json: bool,
+    owner: Option<String>,
+    everyone: bool,
+) -> Result<ExitCode, Error> {
+    let answer = call(app, caller, Request::Usage { owner, everyone }).await?;
     if json {
         app.printer.json(&answer)?;
         return Ok(ExitCode::SUCCESS);

@@ -64,6 +64,7 @@ pub(super) async fn launch_slaves(
     caller: &Caller,
     name: &str,
     count: u32,
+    owner: Option<String>,
 ) -> Result<ExitCode, Error> {
     ClusterName::parse(name)?;
     if count == 0 {
@@ -75,7 +76,7 @@ pub(super) async fn launch_slaves(
         Request::LaunchSlaves {
             name: name.to_owned(),
             count,
-            owner: None,
+            owner,
         },
     )
     .await?;
@@ -102,6 +103,7 @@ pub(super) async fn terminate_cmd(
     caller: &Caller,
     name: &str,
     yes: bool,
+    owner: Option<String>,
 ) -> Result<ExitCode, Error> {
     ClusterName::parse(name)?;
     if !yes {
@@ -129,7 +131,7 @@ pub(super) async fn terminate_cmd(
         caller,
         Request::Terminate {
             name: name.to_owned(),
-            owner: None,
+            owner,
         },
     )
     .await?;

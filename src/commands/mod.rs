@@ -49,19 +49,23 @@ pub async fn run(cli: Cli, printer: Arc<Printer>) -> Result<ExitCode, Error> {
             launch::launch_cmd(&app, &caller, &a.name, a.count, &a.options).await
         }
         Command::LaunchMaster(a) => launch::launch_cmd(&app, &caller, &a.name, 0, &a.options).await,
-        Command::LaunchSlaves { name, count } => {
-            launch::launch_slaves(&app, &caller, &name, count).await
+        Command::LaunchSlaves { name, count, owner } => {
+            launch::launch_slaves(&app, &caller, &name, count, owner).await
         }
-        Command::TerminateCluster { name, yes } => {
-            launch::terminate_cmd(&app, &caller, &name, yes).await
+        Command::TerminateCluster { name, yes, owner } => {
+            launch::terminate_cmd(&app, &caller, &name, yes, owner).await
         }
         Command::DeleteCluster { name } => launch::delete_cluster(&app, owner, &name).await,
         Command::Reconcile { dry_run, json } => {
             launch::reconcile_cmd(&app, owner, dry_run, json).await
         }
-        Command::List { name, all, json } => {
-            access::list(&app, &caller, name.as_deref(), all, json).await
-        }
+        Command::List {
+            name,
+            all,
+            owner,
+            everyone,
+            json,
+        } => access::list(&app, &caller, name.as_deref(), all, (owner, everyone), json).await,
         Command::Login { name, ssh_args } => access::login(&app, &caller, &name, &ssh_args).await,
         Command::Exec {
             name,
@@ -79,7 +83,11 @@ pub async fn run(cli: Cli, printer: Arc<Printer>) -> Result<ExitCode, Error> {
         Command::UpdateSlavesFile { name } => {
             access::update_slaves_file(&app, &caller, &name).await
         }
-        Command::Usage { json } => info::usage(&app, &caller, json).await,
+        Command::Usage {
+            json,
+            owner,
+            everyone,
+        } => info::usage(&app, &caller, json, owner, everyone).await,
         Command::Quota { json } => info::quota(&app, &caller, json).await,
         Command::Profiles { action } => info::profiles(&app, action),
         Command::Admin { action } => admin::audit(&app, &caller, action).await,
