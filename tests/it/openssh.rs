@@ -31,7 +31,9 @@ fn sshd_available() -> bool {
     if std::env::var_os("STRATUS_REQUIRE_SSHD").is_some() {
         panic!("{SSHD} is missing and STRATUS_REQUIRE_SSHD is set (install openssh-server)");
     }
-    eprintln!("skipping: {SSHD} is not installed (./scripts/test installs openssh-server)");
+    crate::support::skip(&format!(
+        "{SSHD} is not installed (./scripts/test installs openssh-server)"
+    ));
     false
 }
 
