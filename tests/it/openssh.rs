@@ -87,12 +87,16 @@ fn start_sshd(client_key: &russh::keys::PrivateKey) -> Sshd {
         ),
     )
     .unwrap();
-    let child = Command::new(SSHD)
+    // Its log (`-e`: on stderr) goes to the test's captured output, not the console: a probe
+    // below that hangs up after the banner makes it say `kex_exchange_identification`.
+    let mut child = Command::new(SSHD)
         .args(["-D", "-e", "-f"])
         .arg(&config)
         .stdin(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("start sshd");
+    crate::support::forward_stderr(&mut child, "sshd");
     // Ready when it sends its SSH banner.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

@@ -210,6 +210,25 @@ pub fn read_line_from(addr: &str, port: u16) -> std::io::Result<String> {
     Ok(line.trim_end().to_owned())
 }
 
+/// Sends what a child writes on its stderr (which must be `Stdio::piped()`) to the test's own
+/// captured output, line by line, instead of the console: shown only when the test fails.
+pub fn forward_stderr(child: &mut std::process::Child, label: &str) {
+    use std::io::BufRead;
+    let Some(err) = child.stderr.take() else {
+        return;
+    };
+    let label = label.to_owned();
+    // A thread spawned by the test inherits the test's output capture.
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(err).lines() {
+            match line {
+                Ok(l) => eprintln!("[{label}] {l}"),
+                Err(_) => break,
+            }
+        }
+    });
+}
+
 /// Says that a test skips (part of) what it checks because `what` is missing: one line
 /// `skipping: <what>` on the test's output, and the same line appended to the file named by
 /// `STRATUS_SKIP_LOG` when it is set, so `scripts/test` can fail a run that skipped anything.
