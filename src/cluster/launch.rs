@@ -502,6 +502,24 @@ async fn bring_up<P: Provider>(b: &Batch<'_, P>, wants: Vec<Want>) -> Result<Vec
     Ok(ready)
 }
 
+/// Starts a phase of a round on the bar: its count from 0, the frame drawn at once. (The count is
+/// reset before the message changes: a frame naming the new phase must not show the old one's
+/// count, as "waiting for SSH 5/5" did before any node had answered.)
+fn show_phase(bar: &indicatif::ProgressBar, message: &'static str) {
+    bar.set_position(0);
+    bar.set_message(message);
+    bar.force_draw();
+}
+
+/// Counts `n` more nodes through the current phase, drawn at once: with a steady tick, indicatif
+/// draws a new position only at the next tick, so counts that moved faster than the tick (nodes
+/// answering within the same tenth of a second, as they do) were never shown, and the bar jumped
+/// from 0 to done.
+fn count_up(bar: &indicatif::ProgressBar, n: u64) {
+    bar.inc(n);
+    bar.force_draw();
+}
+
 /// One round: the launch calls, then the waits. Failed nodes are terminated before it returns.
 async fn bring_up_once<P: Provider>(
     b: &Batch<'_, P>,
@@ -517,8 +535,7 @@ async fn bring_up_once<P: Provider>(
 
     // 1. The launch calls, each written down first, all made together. Not interruptible: a
     // call dropped mid-flight could create instances nobody records.
-    bar.set_message("launching");
-    bar.set_position(0);
+    show_phase(bar, "launching");
     let mut specs = Vec::new();
     for w in wants {
         let spec = b.meta.batch(b.renderer, *w, round)?;
@@ -587,7 +604,7 @@ async fn bring_up_once<P: Provider>(
                 }
             }
         }
-        bar.inc(rows.len() as u64);
+        count_up(bar, rows.len() as u64);
         for r in &rows {
             tracing::info!(node = %crate::model::node_name(&cluster.name, r.role, r.index), instance = %r.instance_id, "launched");
         }
@@ -637,8 +654,7 @@ async fn bring_up_once<P: Provider>(
 
     // 3. Wait until the provider reports them running. Instances of this request that no call
     // reported are recorded (so they are accounted) and terminated.
-    bar.set_message("waiting for running");
-    bar.set_position(0);
+    show_phase(bar, "waiting for running");
     let selector = request_selector(ctx, cluster, request);
     let ready_timeout = Duration::from_secs(b.meta.profile.ready_timeout_secs);
     let deadline = Instant::now() + ready_timeout;
@@ -690,7 +706,10 @@ async fn bring_up_once<P: Provider>(
             }
         }
         ctx.store.observe(&observations)?;
-        bar.set_position((nodes.len() - waiting.len()) as u64);
+        if bar.position() != (nodes.len() - waiting.len()) as u64 {
+            bar.set_position((nodes.len() - waiting.len()) as u64);
+            bar.force_draw();
+        }
         if waiting.is_empty() || Instant::now() >= deadline {
             break;
         }
@@ -725,8 +744,7 @@ async fn bring_up_once<P: Provider>(
     // provider reports gone meanwhile fails its wait at once.
     let mut up: Vec<NodeRow> = Vec::new();
     if b.ssh && !running.is_empty() {
-        bar.set_message("waiting for SSH");
-        bar.set_position(0);
+        show_phase(bar, "waiting for SSH");
         let remaining = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_secs(1));
@@ -784,7 +802,7 @@ async fn bring_up_once<P: Provider>(
                     Ok(session) => {
                         let key = ssh::public_key_openssh(&session.host_key);
                         session.close().await;
-                        bar.inc(1);
+                        count_up(&bar, 1);
                         Ok(key)
                     }
                     Err(e) => Err(e),
