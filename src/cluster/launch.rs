@@ -24,7 +24,9 @@ use crate::cluster::provider::{Instance, InstanceState, Provider, SshAccess};
 use crate::cluster::ssh::{self, Client};
 use crate::cluster::terminate::{adopt, live_nodes, request_selector, rollback, terminate_ids};
 use crate::error::{Error, InputError};
-use crate::model::{ClusterName, ClusterState, Owner, ProviderKind, RequestId, Role, now_millis};
+use crate::model::{
+    ClusterName, ClusterState, Millis, Owner, ProviderKind, RequestId, Role, now_millis,
+};
 use crate::quota::Admission;
 use crate::store::{
     BatchRow, ClusterRecord, ClusterRow, Created, NewCluster, NodeRow, Observation, Recorded,
@@ -661,6 +663,9 @@ async fn bring_up_once<P: Provider>(
     let mut delay = Duration::from_millis(250);
     let mut waiting: BTreeSet<String> = nodes.iter().map(|r| r.instance_id.clone()).collect();
     let mut strays: BTreeSet<String> = BTreeSet::new();
+    // A node missing from the provider's answers for longer than its consistency allows is
+    // gone (terminated by another command, whose cleanup may have removed every trace of it).
+    let grace = Millis::try_from(b.provider.consistency_grace().as_millis()).unwrap_or(Millis::MAX);
     loop {
         let seen: HashMap<String, Instance> = b
             .provider
@@ -680,6 +685,13 @@ async fn bring_up_once<P: Provider>(
         let mut observations = Vec::new();
         for row in nodes.iter_mut() {
             let Some(inst) = seen.get(&row.instance_id) else {
+                if waiting.contains(&row.instance_id) && now - row.launched_at > grace {
+                    observations.push(Observation::Vanished {
+                        instance_id: row.instance_id.clone(),
+                    });
+                    row.state = InstanceState::Terminated;
+                    waiting.remove(&row.instance_id);
+                }
                 continue;
             };
             observations.push(Observation::Seen {
@@ -749,17 +761,27 @@ async fn bring_up_once<P: Provider>(
             .saturating_duration_since(Instant::now())
             .max(Duration::from_secs(1));
         let (gone_tx, gone_rx) = tokio::sync::watch::channel(BTreeSet::<String>::new());
-        let watch_ids: BTreeSet<String> = running.iter().map(|r| r.instance_id.clone()).collect();
+        let watch_ids: BTreeMap<String, Millis> = running
+            .iter()
+            .map(|r| (r.instance_id.clone(), r.launched_at))
+            .collect();
         let watcher = {
             let selector = selector.clone();
             async move {
                 loop {
                     tokio::time::sleep(GONE_POLL).await;
                     if let Ok(found) = b.provider.describe(&selector).await {
-                        let gone: BTreeSet<String> = found
-                            .into_iter()
-                            .filter(|i| watch_ids.contains(&i.id) && i.state.is_gone())
-                            .map(|i| i.id)
+                        let now = now_millis();
+                        let found: HashMap<String, Instance> =
+                            found.into_iter().map(|i| (i.id.clone(), i)).collect();
+                        // Reported gone, or no longer reported at all past the grace.
+                        let gone: BTreeSet<String> = watch_ids
+                            .iter()
+                            .filter(|(id, launched)| match found.get(*id) {
+                                Some(i) => i.state.is_gone(),
+                                None => now - **launched > grace,
+                            })
+                            .map(|(id, _)| id.clone())
                             .collect();
                         if !gone.is_empty() && gone_tx.send(gone).is_err() {
                             // Nobody waits any more; neither does this.
@@ -795,7 +817,7 @@ async fn bring_up_once<P: Provider>(
                         other => other,
                     }).map_err(|e| crate::error::one_line(&e)),
                     _ = gone.wait_for(|g| g.contains(&id)) => {
-                        Err(format!("{} was terminated by the provider before it answered SSH", t.name))
+                        Err(format!("{} was terminated before it answered SSH", t.name))
                     }
                 };
                 let r = match r {
