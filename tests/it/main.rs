@@ -5,6 +5,7 @@
 mod cli;
 mod ec2;
 mod hadoop_profile;
+mod hardening_local;
 mod local;
 mod openssh;
 mod support;
