@@ -252,7 +252,8 @@ fn sigkill_of_the_launcher_while_configuring_then_reconcile() {
     );
 }
 
-/// xorshift64: offsets that differ from round to round, and again in every run of the test.
+/// xorshift64, seeded from the round: offsets that differ from round to round and are the same
+/// in every run, so a failing round replays.
 struct XorShift(u64);
 
 impl XorShift {
