@@ -24,7 +24,9 @@ use crate::cluster::provider::{Instance, InstanceState, Provider, SshAccess};
 use crate::cluster::ssh::{self, Client};
 use crate::cluster::terminate::{adopt, live_nodes, request_selector, rollback, terminate_ids};
 use crate::error::{Error, InputError};
-use crate::model::{ClusterName, ClusterState, Owner, ProviderKind, RequestId, Role, now_millis};
+use crate::model::{
+    ClusterName, ClusterState, Millis, Owner, ProviderKind, RequestId, Role, now_millis,
+};
 use crate::quota::Admission;
 use crate::store::{
     BatchRow, ClusterRecord, ClusterRow, Created, NewCluster, NodeRow, Observation, Recorded,
@@ -501,6 +503,24 @@ async fn bring_up<P: Provider>(b: &Batch<'_, P>, wants: Vec<Want>) -> Result<Vec
     Ok(ready)
 }
 
+/// Starts a phase of a round on the bar: its count from 0, the frame drawn at once. (The count is
+/// reset before the message changes: a frame naming the new phase must not show the old one's
+/// count, as "waiting for SSH 5/5" did before any node had answered.)
+fn show_phase(bar: &indicatif::ProgressBar, message: &'static str) {
+    bar.set_position(0);
+    bar.set_message(message);
+    bar.force_draw();
+}
+
+/// Counts `n` more nodes through the current phase, drawn at once: with a steady tick, indicatif
+/// draws a new position only at the next tick, so counts that moved faster than the tick (nodes
+/// answering within the same tenth of a second, as they do) were never shown, and the bar jumped
+/// from 0 to done.
+fn count_up(bar: &indicatif::ProgressBar, n: u64) {
+    bar.inc(n);
+    bar.force_draw();
+}
+
 /// One round: the launch calls, then the waits. Failed nodes are terminated before it returns.
 async fn bring_up_once<P: Provider>(
     b: &Batch<'_, P>,
@@ -516,8 +536,7 @@ async fn bring_up_once<P: Provider>(
 
     // 1. The launch calls, each written down first, all made together. Not interruptible: a
     // call dropped mid-flight could create instances nobody records.
-    bar.set_message("launching");
-    bar.set_position(0);
+    show_phase(bar, "launching");
     let mut specs = Vec::new();
     for w in wants {
         let spec = b.meta.batch(b.renderer, *w, round)?;
@@ -586,7 +605,7 @@ async fn bring_up_once<P: Provider>(
                 }
             }
         }
-        bar.inc(rows.len() as u64);
+        count_up(bar, rows.len() as u64);
         for r in &rows {
             tracing::info!(node = %crate::model::node_name(&cluster.name, r.role, r.index), instance = %r.instance_id, "launched");
         }
@@ -636,14 +655,16 @@ async fn bring_up_once<P: Provider>(
 
     // 3. Wait until the provider reports them running. Instances of this request that no call
     // reported are recorded (so they are accounted) and terminated.
-    bar.set_message("waiting for running");
-    bar.set_position(0);
+    show_phase(bar, "waiting for running");
     let selector = request_selector(ctx, cluster, request);
     let ready_timeout = Duration::from_secs(b.meta.profile.ready_timeout_secs);
     let deadline = Instant::now() + ready_timeout;
     let mut delay = Duration::from_millis(250);
     let mut waiting: BTreeSet<String> = nodes.iter().map(|r| r.instance_id.clone()).collect();
     let mut strays: BTreeSet<String> = BTreeSet::new();
+    // A node missing from the provider's answers for longer than its consistency allows is
+    // gone (terminated by another command, whose cleanup may have removed every trace of it).
+    let grace = Millis::try_from(b.provider.consistency_grace().as_millis()).unwrap_or(Millis::MAX);
     loop {
         let seen: HashMap<String, Instance> = b
             .provider
@@ -663,6 +684,13 @@ async fn bring_up_once<P: Provider>(
         let mut observations = Vec::new();
         for row in nodes.iter_mut() {
             let Some(inst) = seen.get(&row.instance_id) else {
+                if waiting.contains(&row.instance_id) && now - row.launched_at > grace {
+                    observations.push(Observation::Vanished {
+                        instance_id: row.instance_id.clone(),
+                    });
+                    row.state = InstanceState::Terminated;
+                    waiting.remove(&row.instance_id);
+                }
                 continue;
             };
             observations.push(Observation::Seen {
@@ -689,7 +717,10 @@ async fn bring_up_once<P: Provider>(
             }
         }
         ctx.store.observe(&observations)?;
-        bar.set_position((nodes.len() - waiting.len()) as u64);
+        if bar.position() != (nodes.len() - waiting.len()) as u64 {
+            bar.set_position((nodes.len() - waiting.len()) as u64);
+            bar.force_draw();
+        }
         if waiting.is_empty() || Instant::now() >= deadline {
             break;
         }
@@ -724,23 +755,32 @@ async fn bring_up_once<P: Provider>(
     // provider reports gone meanwhile fails its wait at once.
     let mut up: Vec<NodeRow> = Vec::new();
     if b.ssh && !running.is_empty() {
-        bar.set_message("waiting for SSH");
-        bar.set_position(0);
+        show_phase(bar, "waiting for SSH");
         let remaining = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_secs(1));
         let (gone_tx, gone_rx) = tokio::sync::watch::channel(BTreeSet::<String>::new());
-        let watch_ids: BTreeSet<String> = running.iter().map(|r| r.instance_id.clone()).collect();
+        let watch_ids: BTreeMap<String, Millis> = running
+            .iter()
+            .map(|r| (r.instance_id.clone(), r.launched_at))
+            .collect();
         let watcher = {
             let selector = selector.clone();
             async move {
                 loop {
                     tokio::time::sleep(GONE_POLL).await;
                     if let Ok(found) = b.provider.describe(&selector).await {
-                        let gone: BTreeSet<String> = found
-                            .into_iter()
-                            .filter(|i| watch_ids.contains(&i.id) && i.state.is_gone())
-                            .map(|i| i.id)
+                        let now = now_millis();
+                        let found: HashMap<String, Instance> =
+                            found.into_iter().map(|i| (i.id.clone(), i)).collect();
+                        // Reported gone, or no longer reported at all past the grace.
+                        let gone: BTreeSet<String> = watch_ids
+                            .iter()
+                            .filter(|(id, launched)| match found.get(*id) {
+                                Some(i) => i.state.is_gone(),
+                                None => now - **launched > grace,
+                            })
+                            .map(|(id, _)| id.clone())
                             .collect();
                         if !gone.is_empty() && gone_tx.send(gone).is_err() {
                             // Nobody waits any more; neither does this.
@@ -776,14 +816,14 @@ async fn bring_up_once<P: Provider>(
                         other => other,
                     }).map_err(|e| crate::error::one_line(&e)),
                     _ = gone.wait_for(|g| g.contains(&id)) => {
-                        Err(format!("{} was terminated by the provider before it answered SSH", t.name))
+                        Err(format!("{} was terminated before it answered SSH", t.name))
                     }
                 };
                 let r = match r {
                     Ok(session) => {
                         let key = ssh::public_key_openssh(&session.host_key);
                         session.close().await;
-                        bar.inc(1);
+                        count_up(&bar, 1);
                         Ok(key)
                     }
                     Err(e) => Err(e),

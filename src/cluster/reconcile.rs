@@ -84,10 +84,13 @@ pub struct Action {
 }
 
 /// A step of the plan.
+///
+/// The steps that end a cluster's nodes carry the ids of the nodes the store holds as live when
+/// the plan is made, so a dry run names the instances the real run terminates.
 enum Step {
-    RollBack(ClusterRow, String),
-    FinishTerminate(ClusterRow),
-    FinishRollback(ClusterRow),
+    RollBack(ClusterRow, String, Vec<String>),
+    FinishTerminate(ClusterRow, Vec<String>),
+    FinishRollback(ClusterRow, Vec<String>),
     /// Instances of unfinished launch calls no row knows, and the calls that are settled.
     Strays {
         cluster: ClusterRow,
@@ -113,7 +116,7 @@ impl Step {
         };
         let ids = |v: &[Instance]| v.iter().map(|i| i.id.clone()).collect::<Vec<_>>();
         match self {
-            Step::RollBack(c, why) => Action {
+            Step::RollBack(c, why, live) => Action {
                 cluster: c.name.to_string(),
                 action: "roll-back",
                 what: format!(
@@ -123,25 +126,25 @@ impl Step {
                         &format!("rolled back the launch left in state {}", c.state.as_str())
                     )
                 ),
-                instances: vec![],
+                instances: live.clone(),
             },
-            Step::FinishTerminate(c) => Action {
+            Step::FinishTerminate(c, live) => Action {
                 cluster: c.name.to_string(),
                 action: "finish-terminate",
                 what: would(
                     "finish an interrupted terminate",
                     "finished an interrupted terminate",
                 ),
-                instances: vec![],
+                instances: live.clone(),
             },
-            Step::FinishRollback(c) => Action {
+            Step::FinishRollback(c, live) => Action {
                 cluster: c.name.to_string(),
                 action: "finish-rollback",
                 what: would(
                     "finish rolling back a failed launch",
                     "finished rolling back a failed launch",
                 ),
-                instances: vec![],
+                instances: live.clone(),
             },
             Step::Strays {
                 cluster,
@@ -309,14 +312,22 @@ async fn plan<P: Provider>(
     for c in &clusters {
         let age = now - c.updated_at;
         let launcher = LaunchLock::launcher(ctx.state_dir, &c.request_id);
+        let live: Vec<String> = live_nodes(ctx, c)?
+            .into_iter()
+            .map(|n| n.instance_id)
+            .collect();
         let step = match c.state {
             ClusterState::Terminating if !TerminateLock::is_held(ctx.state_dir, c.id) => {
-                Some(Step::FinishTerminate(c.clone()))
+                Some(Step::FinishTerminate(c.clone(), live))
             }
             ClusterState::Reserved | ClusterState::Requested | ClusterState::Running
                 if launcher == Launcher::Died && launcher_died(ctx, c)? =>
             {
-                Some(Step::RollBack(c.clone(), "its launcher died".to_owned()))
+                Some(Step::RollBack(
+                    c.clone(),
+                    "its launcher died".to_owned(),
+                    live,
+                ))
             }
             ClusterState::Reserved | ClusterState::Requested
                 if launcher != Launcher::Running
@@ -329,13 +340,12 @@ async fn plan<P: Provider>(
                 Some(Step::RollBack(
                     c.clone(),
                     format!("abandoned for {} minutes", age / 60_000),
+                    live,
                 ))
             }
             // A launch that failed, and whose rollback did not get through (the cloud refused
             // or timed out): no process works on a failed cluster, so finish it now.
-            ClusterState::Failed if !live_nodes(ctx, c)?.is_empty() => {
-                Some(Step::FinishRollback(c.clone()))
-            }
+            ClusterState::Failed if !live.is_empty() => Some(Step::FinishRollback(c.clone(), live)),
             _ => None,
         };
         if let Some(s) = step {
@@ -516,10 +526,10 @@ async fn plan<P: Provider>(
 
 async fn carry_out<P: Provider>(ctx: Ctx<'_>, provider: &P, step: Step) -> Result<(), Error> {
     match step {
-        Step::FinishTerminate(c) => {
+        Step::FinishTerminate(c, _) => {
             terminate(ctx, provider, &c).await?;
         }
-        Step::RollBack(c, why) => {
+        Step::RollBack(c, why, _) => {
             let was = c.state;
             finish_rollback(ctx, provider, &c).await?;
             ctx.store.transition(
@@ -533,7 +543,7 @@ async fn carry_out<P: Provider>(ctx: Ctx<'_>, provider: &P, step: Step) -> Resul
             )?;
             LaunchLock::clear(ctx.state_dir, &c.request_id);
         }
-        Step::FinishRollback(c) => {
+        Step::FinishRollback(c, _) => {
             finish_rollback(ctx, provider, &c).await?;
         }
         Step::Strays {

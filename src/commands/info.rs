@@ -149,17 +149,33 @@ pub(super) fn profiles(app: &App, action: Option<ProfilesAction>) -> Result<Exit
             let text = toml::to_string_pretty(&value).map_err(|e| Error::runtime(e.to_string()))?;
             let templates: Vec<&String> = profile.templates.keys().collect();
             app.printer.out(format!(
-                "# profile {} (resolved)\n# templates: {}\n{text}",
+                "# profile {} (resolved)\n# templates: {}\n{}{text}",
                 profile.name,
                 templates
                     .iter()
                     .map(|s| s.as_str())
                     .collect::<Vec<_>>()
-                    .join(", ")
+                    .join(", "),
+                local_overrides(app, &profile)
             ))?;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the local provider does instead of what the profile says, as comment lines (empty for
+/// a profile that does not run there): its nodes listen on the site's `[local] ssh_port`, each
+/// on its own loopback address, and a session runs as the user who launched the cluster, the
+/// profile's `ssh_user` being only the login name a node accepts.
+fn local_overrides(app: &App, profile: &crate::cluster::profile::Profile) -> String {
+    if !profile.supports(crate::model::ProviderKind::Local) {
+        return String::new();
+    }
+    format!(
+        "# on the local provider: ssh_port is [local] ssh_port ({}), on each node's own loopback address;\n\
+         #   ssh_user ({:?}) is only the login name a node accepts: logins and commands run as you\n",
+        app.config.local.ssh_port, profile.ssh_user
+    )
 }
 
 /// Removes null members (unset options), which TOML cannot express.

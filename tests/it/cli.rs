@@ -207,3 +207,35 @@ fn profiles_are_listed_and_shown_resolved() {
     assert!(r.stdout.contains("workers_file = \"workers\""), "{r}");
     refused(&ctx, &["profiles", "show", "nope"], &["unknown profile"]);
 }
+
+#[test]
+fn profiles_show_marks_what_the_local_provider_overrides() {
+    let ctx = TestContext::with_config("[local]\nssh_port = 2299\nfirst_address = \"127.9.0.2\"\n");
+    let r = ctx.ok(&["profiles", "show", "local-demo"]);
+    // The profile's own values stay as written...
+    assert!(r.stdout.contains("ssh_port = 22\n"), "{r}");
+    assert!(r.stdout.contains("ssh_user = \"stratus\""), "{r}");
+    // ...marked with what the local provider does instead: the site's port, the caller's user.
+    let note: Vec<&str> = r
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with('#') && l.contains("local provider"))
+        .collect();
+    assert_eq!(note.len(), 1, "{r}");
+    assert!(
+        note[0].starts_with("# on the local provider: ssh_port is [local] ssh_port (2299)"),
+        "{r}"
+    );
+    assert!(
+        r.stdout
+            .contains("ssh_user (\"stratus\") is only the login name a node accepts"),
+        "{r}"
+    );
+    // The notes come before the settings, and are TOML comments.
+    let first_setting = r.stdout.lines().position(|l| !l.starts_with('#')).unwrap();
+    let note_at = r.stdout.lines().position(|l| l == note[0]).unwrap();
+    assert!(note_at < first_setting, "{r}");
+    // A profile that never runs on the local provider has no such note.
+    let r = ctx.ok(&["profiles", "show", "hadoop"]);
+    assert!(!r.stdout.contains("local provider"), "{r}");
+}

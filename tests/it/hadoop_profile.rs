@@ -272,8 +272,8 @@ fn every_script_passes_bash_n_and_shellcheck() {
         if std::env::var("STRATUS_REQUIRE_SHELLCHECK").as_deref() == Ok("1") {
             panic!("STRATUS_REQUIRE_SHELLCHECK=1 but shellcheck is not installed");
         }
-        eprintln!(
-            "skipping shellcheck: it is not installed (apt-get install shellcheck); bash -n still runs"
+        crate::support::skip(
+            "shellcheck is not installed (apt-get install shellcheck); bash -n still runs",
         );
     }
     for (i, (name, text)) in scripts.iter().enumerate() {

@@ -331,8 +331,10 @@ fn a_launch_whose_process_dies_is_rolled_back_by_the_next_launch() {
         .cmd()
         .args(["launch-cluster", "crash", "1", "--profile", "slow"])
         .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    crate::support::forward_stderr(&mut launcher, "launch-cluster crash");
     // Both nodes recorded, the launch waiting for SSH: the moment a crash leaves the most behind.
     let recorded = eventually(Duration::from_secs(30), || {
         let c = ctx.list_json().into_iter().find(|c| c["name"] == "crash")?;

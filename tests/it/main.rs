@@ -7,6 +7,7 @@ mod cli;
 mod ec2;
 mod hadoop_profile;
 mod hardening_ec2;
+mod hardening_local;
 mod local;
 mod openssh;
 mod support;

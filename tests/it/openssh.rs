@@ -31,7 +31,9 @@ fn sshd_available() -> bool {
     if std::env::var_os("STRATUS_REQUIRE_SSHD").is_some() {
         panic!("{SSHD} is missing and STRATUS_REQUIRE_SSHD is set (install openssh-server)");
     }
-    eprintln!("skipping: {SSHD} is not installed (./scripts/test installs openssh-server)");
+    crate::support::skip(&format!(
+        "{SSHD} is not installed (./scripts/test installs openssh-server)"
+    ));
     false
 }
 
@@ -85,12 +87,16 @@ fn start_sshd(client_key: &russh::keys::PrivateKey) -> Sshd {
         ),
     )
     .unwrap();
-    let child = Command::new(SSHD)
+    // Its log (`-e`: on stderr) goes to the test's captured output, not the console: a probe
+    // below that hangs up after the banner makes it say `kex_exchange_identification`.
+    let mut child = Command::new(SSHD)
         .args(["-D", "-e", "-f"])
         .arg(&config)
         .stdin(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("start sshd");
+    crate::support::forward_stderr(&mut child, "sshd");
     // Ready when it sends its SSH banner.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

@@ -37,8 +37,8 @@ impl Moto {
                 if std::env::var("STRATUS_REQUIRE_MOTO").as_deref() == Ok("1") {
                     panic!("STRATUS_REQUIRE_MOTO=1 but STRATUS_MOTO_ENDPOINT is not set");
                 }
-                eprintln!(
-                    "skipping: STRATUS_MOTO_ENDPOINT is not set (./scripts/test starts moto)"
+                crate::support::skip(
+                    "STRATUS_MOTO_ENDPOINT is not set (./scripts/test starts moto)",
                 );
                 return None;
             }

@@ -210,6 +210,47 @@ pub fn read_line_from(addr: &str, port: u16) -> std::io::Result<String> {
     Ok(line.trim_end().to_owned())
 }
 
+/// Sends what a child writes on its stderr (which must be `Stdio::piped()`) to the test's own
+/// captured output, line by line, instead of the console: shown only when the test fails.
+pub fn forward_stderr(child: &mut std::process::Child, label: &str) {
+    use std::io::BufRead;
+    let Some(err) = child.stderr.take() else {
+        return;
+    };
+    let label = label.to_owned();
+    // A thread spawned by the test inherits the test's output capture.
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(err).lines() {
+            match line {
+                Ok(l) => eprintln!("[{label}] {l}"),
+                Err(_) => break,
+            }
+        }
+    });
+}
+
+/// Says that a test skips (part of) what it checks because `what` is missing: one line
+/// `skipping: <what>` on the test's output, and the same line appended to the file named by
+/// `STRATUS_SKIP_LOG` when it is set, so `scripts/test` can fail a run that skipped anything.
+pub fn skip(what: &str) {
+    let line = format!("skipping: {what}");
+    eprintln!("{line}");
+    if let Some(path) = std::env::var_os("STRATUS_SKIP_LOG").filter(|p| !p.is_empty()) {
+        use std::io::Write;
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
+        if let Err(e) = written {
+            panic!(
+                "cannot append to STRATUS_SKIP_LOG ({}): {e}",
+                std::path::Path::new(&path).display()
+            );
+        }
+    }
+}
+
 /// Polls `f` until it returns `Some` or `timeout` passes: for conditions with no event to wait
 /// on (a process exiting elsewhere).
 pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {

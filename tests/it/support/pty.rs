@@ -76,6 +76,11 @@ impl Pty {
         }
     }
 
+    /// Everything the terminal showed so far, escape sequences and all.
+    pub fn output(&self) -> String {
+        String::from_utf8_lossy(&self.output.0.lock().unwrap()).into_owned()
+    }
+
     /// Waits for the child and returns its exit code.
     pub fn wait(&mut self) -> Option<i32> {
         self.child.wait().ok().and_then(|s| s.code())
