@@ -299,16 +299,6 @@ fn absent_is_ok(rc: libc::c_int) -> io::Result<()> {
     }
 }
 
-/// Whether a process with this pid exists (it may be a zombie).
-pub fn process_exists(pid: u32) -> bool {
-    if signallable_pid(i64::from(pid)).is_none() {
-        return false;
-    }
-    // SAFETY: signal 0 only checks for existence and permission; the pid names one process.
-    let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-}
-
 /// To be called between fork and exec: start a new session, so the child is no longer in the
 /// caller's process group, does not get its terminal's signals, and leads a group of its own.
 pub fn setsid_in_child() -> io::Result<()> {
@@ -605,6 +595,25 @@ pub fn become_effective_user() -> io::Result<()> {
     Ok(())
 }
 
+/// Leaves the caller's terminal behind: a new session (so ^C, ^\, ^Z and a hang-up of the
+/// caller's terminal reach this process no more), and the job-control signals ignored should
+/// the new session not be possible (a process-group leader). The runner calls it once it is the
+/// service account, so no signal of the caller's can stop it between two steps.
+pub fn leave_callers_terminal() {
+    // SAFETY: setsid has no memory-safety preconditions; its failure is handled below.
+    let detached = unsafe { libc::setsid() } >= 0;
+    for sig in [libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU, libc::SIGQUIT] {
+        // SAFETY: SIG_IGN is a valid disposition for these signals.
+        unsafe { libc::signal(sig, libc::SIG_IGN) };
+    }
+    if !detached {
+        for sig in [libc::SIGINT, libc::SIGHUP] {
+            // SAFETY: as above.
+            unsafe { libc::signal(sig, libc::SIG_IGN) };
+        }
+    }
+}
+
 /// The effective uid of this process.
 pub fn effective_uid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -637,7 +646,6 @@ mod tests {
             let err = kill(pid, 0).unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{pid}");
             assert!(kill_group(pid, 0).is_err(), "{pid}");
-            assert!(!process_exists(pid), "{pid}");
         }
         // Our own pid is fine, and signal 0 only checks.
         kill(std::process::id(), 0).unwrap();

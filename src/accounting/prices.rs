@@ -60,9 +60,11 @@ pub fn per_hour(config: &SiteConfig, instance_type: &str, spot: bool) -> Option<
 }
 
 /// The cost of one run of `millis` at `per_hour`: per second, rounded up to whole seconds, with
-/// EC2's 60-second minimum; the micro-dollar rounded to nearest, once.
+/// EC2's 60-second minimum (a run whose end was never seen after its start still ran, and is
+/// billed the minute); the micro-dollar rounded to nearest, once. The accounting report counts
+/// the same way.
 pub fn cost(per_hour: Micros, millis: Millis) -> Micros {
-    if millis <= 0 {
+    if millis < 0 {
         return 0;
     }
     let seconds = (millis.max(MINIMUM_BILLED) + 999) / 1000;
@@ -94,6 +96,6 @@ mod tests {
         assert_eq!(cost(96_000, 60_000), 1_600);
         // Partial seconds round up to the next second.
         assert_eq!(cost(3_600_000, 61_001), 62_000);
-        assert_eq!(cost(96_000, 0), 0);
+        assert_eq!(cost(96_000, 0), 1_600);
     }
 }

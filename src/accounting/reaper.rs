@@ -11,7 +11,6 @@
 use serde::Serialize;
 
 use crate::cluster::Ctx;
-use crate::cluster::locks::{LaunchLock, Launcher};
 use crate::cluster::provider::{Provider, Selector};
 use crate::cluster::{reconcile, terminate};
 use crate::config::SiteConfig;
@@ -46,15 +45,6 @@ fn rfc3339(ms: Millis) -> String {
         .unwrap_or_default()
 }
 
-/// The groups of a user from the group database (none if the user is not known here).
-fn groups_of(owner: &Owner) -> Vec<String> {
-    crate::sys::passwd_by_name(owner.as_str())
-        .ok()
-        .flatten()
-        .and_then(|p| crate::sys::group_names(&p.name, p.gid).ok())
-        .unwrap_or_default()
-}
-
 /// Why a cluster is due, if it is.
 fn due(
     c: &ClusterRow,
@@ -63,17 +53,8 @@ fn due(
     store: &crate::store::Store,
     now: Millis,
 ) -> Result<Option<String>, Error> {
-    let limits = policy.limits(c.owner.as_str(), &groups_of(&c.owner));
-    let profile_limit = c
-        .record
-        .profile
-        .max_lifetime_hours
-        .map(|h| Millis::try_from(h).unwrap_or(Millis::MAX / 3_600_000) * 3_600_000);
-    let lifetime = match (limits.max_lifetime, profile_limit) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
-    if let Some(max) = lifetime
+    let limits = policy.limits(c.owner.as_str(), &crate::caller::groups_of(&c.owner));
+    if let Some(max) = limits.lifetime(&c.record.profile)
         && now - c.created_at > max
     {
         return Ok(Some(format!(
@@ -145,6 +126,11 @@ pub async fn reap<P: Provider>(
         .collect();
     for c in &clusters {
         let Some(reason) = due(c, policy, config, ctx.store, now)? else {
+            // No longer due (the instructor raised a limit, say): a new breach gets a new
+            // warning and a new grace.
+            if c.reap_after.is_some() && !dry_run {
+                ctx.store.set_reap(c.id, None, None)?;
+            }
             continue;
         };
         let ids: Vec<String> = terminate::live_nodes(ctx, c)?
@@ -186,8 +172,11 @@ pub async fn reap<P: Provider>(
                         .unwrap_or_default()
                         .to_owned(),
                 };
-                if !dry_run {
-                    terminate::terminate(ctx, provider, c).await?;
+                if !dry_run && let Err(e) = terminate::terminate(ctx, provider, c).await {
+                    // One cluster that will not end does not stop the others: the next pass
+                    // tries it again.
+                    tracing::error!(cluster = %c.name, owner = %c.owner, "the reaper could not terminate it: {}", crate::error::one_line(&e));
+                    continue;
                 }
                 audit(&a, ids);
                 actions.push(a);
@@ -206,12 +195,9 @@ pub async fn reap<P: Provider>(
         .await?;
     let grace = Millis::try_from(provider.consistency_grace().as_millis()).unwrap_or(Millis::MAX);
     let mut owners: Vec<Owner> = Vec::new();
-    for i in listed.iter().filter(|i| !i.state.is_gone()) {
+    for i in &listed {
         let Some(t) = &i.tags else { continue };
-        if ctx.store.knows_instance(&i.id)?
-            || LaunchLock::launcher(ctx.state_dir, &t.request) == Launcher::Running
-            || i.launched_at.is_none_or(|l| now - l < grace)
-        {
+        if !crate::cluster::orphans::is_orphan(ctx, i, now, grace)? {
             continue;
         }
         let a = ReapAction {

@@ -62,6 +62,9 @@ struct Sum {
 pub struct Row {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
+    /// The cluster's row (by cluster), for callers that add up per cluster.
+    #[serde(skip)]
+    pub cluster_id: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -194,6 +197,7 @@ pub fn report(
             total.micros += s.micros;
             Row {
                 cluster: k.cluster,
+                cluster_id: k.cluster_id,
                 owner: if by == By::Cluster {
                     k.owner.clone()
                 } else {

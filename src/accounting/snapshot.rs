@@ -19,12 +19,10 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use crate::cluster::Ctx;
-use crate::cluster::locks::{LaunchLock, Launcher};
-use crate::cluster::meta::node_row;
 use crate::cluster::provider::{Instance, Provider, Selector};
+use crate::cluster::{Ctx, orphans};
 use crate::error::Error;
-use crate::model::{Millis, Role};
+use crate::model::Millis;
 use crate::store::{ClusterRow, Observation};
 
 /// The interval cron runs snapshots at: a missed end is estimated at the last sighting plus
@@ -45,20 +43,20 @@ pub struct SnapshotReport {
     pub orphans: Vec<String>,
 }
 
-/// Takes one snapshot of `provider`'s instances of this store at `now`.
-pub async fn snapshot<P: Provider>(
-    ctx: Ctx<'_>,
-    provider: &P,
-    now: Millis,
-) -> Result<SnapshotReport, Error> {
-    // One snapshot at a time: the lock is held until this one's transaction is committed.
+/// Takes one snapshot of `provider`'s instances of this store, now.
+pub async fn snapshot<P: Provider>(ctx: Ctx<'_>, provider: &P) -> Result<SnapshotReport, Error> {
+    // One snapshot at a time: the lock is held until this one's transaction is committed, and
+    // the time is read once it is held, so a later snapshot never records an earlier time.
     let _lock = SnapshotLock::acquire(ctx.state_dir).await?;
-    let listed = provider
-        .describe(&Selector {
-            store: Some(ctx.store.id().clone()),
-            ..Default::default()
-        })
-        .await?;
+    let now = crate::model::now_millis();
+    // Every stratus instance, this store's picked out below: one launched before stores had
+    // ids carries none, and is this store's by its request.
+    let mut listed = Vec::new();
+    for i in provider.describe(&Selector::default()).await? {
+        if orphans::is_ours(ctx, &i)? {
+            listed.push(i);
+        }
+    }
     let grace = Millis::try_from(provider.consistency_grace().as_millis()).unwrap_or(Millis::MAX);
     ingest(ctx, provider.kind(), grace, listed, now)
 }
@@ -126,38 +124,16 @@ pub fn ingest(
         }
     }
     // Orphans: listed, this store's, unknown, and not being recorded by a live launcher.
-    let mut orphans: Vec<(ClusterRow, Instance)> = Vec::new();
+    let mut found: Vec<(ClusterRow, Instance)> = Vec::new();
     for i in listed.values() {
-        let Some(tags) = &i.tags else { continue };
-        if ctx.store.knows_instance(&i.id)?
-            || LaunchLock::launcher(ctx.state_dir, &tags.request) == Launcher::Running
-        {
-            continue;
+        if orphans::is_orphan(ctx, i, now, grace)? {
+            report.orphans.push(i.id.clone());
+            found.push((orphans::cluster_for(ctx, i, kind)?, i.clone()));
         }
-        let cluster = match ctx.store.find_cluster(&tags.owner, &tags.cluster)? {
-            Some(c) => c,
-            None => ctx.store.adopt_cluster(
-                &tags.owner,
-                &tags.cluster,
-                kind,
-                (tags.profile.clone(), tags.request.clone()),
-            )?,
-        };
-        report.orphans.push(i.id.clone());
-        orphans.push((cluster, i.clone()));
     }
     ctx.store.observe_with(&observations, 0, |tx| {
-        for (cluster, i) in &orphans {
-            let request = i
-                .tags
-                .as_ref()
-                .map(|t| t.request.to_string())
-                .unwrap_or_default();
-            let mut row = node_row(cluster, &request, Role::Worker, 0, i);
-            if i.state.is_gone() {
-                row.ended_at = Some(now);
-            }
-            crate::store::insert_orphan(tx, cluster, &row)?;
+        for (cluster, i) in &found {
+            crate::store::insert_orphan(tx, cluster, &orphans::row_for(cluster, i))?;
         }
         tx.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_snapshot_at', ?1)",

@@ -74,25 +74,12 @@ impl Interrupt {
         Ok(Self { rx })
     }
 
-    /// An interrupt that never fires (tests, and commands with nothing to roll back).
-    pub fn never() -> Self {
-        let (tx, rx) = tokio::sync::watch::channel(None);
-        // Keep the sender alive for the life of the process, so `race` never sees it close.
-        std::mem::forget(tx);
-        Self { rx }
-    }
-
     /// An error if a signal has come.
     pub fn check(&self) -> Result<(), Error> {
         match *self.rx.borrow() {
             Some(why) => Err(Error::interrupted(why)),
             None => Ok(()),
         }
-    }
-
-    /// The signal that came, if one did.
-    pub fn received(&self) -> Option<Signal> {
-        *self.rx.borrow()
     }
 
     /// Runs `fut` unless, or until, a signal comes.

@@ -17,7 +17,7 @@ use crate::cluster::Ctx;
 use crate::cluster::configure::{Step, configure};
 use crate::cluster::interrupt::Interrupt;
 use crate::cluster::keys::ClusterKeys;
-use crate::cluster::locks::LaunchLock;
+use crate::cluster::locks::{GrowLock, LaunchLock};
 use crate::cluster::meta::{Meta, Want, access, cluster_ref, node_row, target};
 use crate::cluster::profile::Profile;
 use crate::cluster::provider::{Instance, InstanceState, Provider, SshAccess};
@@ -68,7 +68,10 @@ pub fn validate_request(
             list.join(", ")
         )));
     }
-    if workers + existing_workers > profile.max_workers {
+    if workers
+        .checked_add(existing_workers)
+        .is_none_or(|n| n > profile.max_workers)
+    {
         return Err(Error::invalid(if existing_workers == 0 {
             format!(
                 "{workers} workers is more than profile {} allows (max_workers = {})",
@@ -306,6 +309,8 @@ pub async fn add_workers<P: Provider>(
     admission: &Admission<'_>,
 ) -> Result<Vec<NodeRow>, Error> {
     let profile = &cluster.record.profile;
+    // One launch-slaves at a time per cluster: the next indices and max_workers are read here.
+    let _grow = GrowLock::acquire(ctx.state_dir, cluster)?;
     let existing = live_nodes(ctx, cluster)?;
     let existing_workers = existing.iter().filter(|n| n.role == Role::Worker).count() as u32;
     validate_request(profile, provider.kind(), count, existing_workers)?;
@@ -317,7 +322,6 @@ pub async fn add_workers<P: Provider>(
     }
     let interrupt = Interrupt::listen()?;
     let _lock = LaunchLock::acquire(ctx.state_dir, request)?;
-    admission.admit_growth(ctx.store, cluster, request, count)?;
     let store_id = ctx.store.id().clone();
     let meta = Meta::of(cluster, request, &store_id);
     let renderer = Renderer::for_profile(profile)?;
@@ -340,6 +344,9 @@ pub async fn add_workers<P: Provider>(
     let key = keys.load()?;
     let access = access(profile, &key);
     let client = Client::new(key, ctx.connect_timeout());
+    // The quota last, once nothing but the launch itself can fail: its failure path releases
+    // what this reserves.
+    admission.admit_growth(ctx.store, cluster, request, count)?;
     let work = async {
         let batch = Batch {
             ctx,

@@ -123,3 +123,24 @@ impl Drop for LaunchLock {
         let _ = std::fs::remove_file(&self.path);
     }
 }
+
+/// Held by a launch-slaves for as long as it works on a cluster: two at once would both read
+/// the same next worker indices and the same worker count against `max_workers`.
+pub struct GrowLock {
+    _file: std::fs::File,
+}
+
+impl GrowLock {
+    pub fn acquire(state_dir: &Path, cluster: &crate::store::ClusterRow) -> Result<Self, Error> {
+        let path = state_dir
+            .join("launches")
+            .join(format!("grow-{}.lock", cluster.id));
+        match take(&path)? {
+            Some(file) => Ok(Self { _file: file }),
+            None => Err(Error::invalid(format!(
+                "workers are being added to cluster {} by another stratus process; wait for it to finish",
+                cluster.name
+            ))),
+        }
+    }
+}

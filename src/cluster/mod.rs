@@ -16,6 +16,7 @@ pub mod launch;
 pub mod locks;
 pub mod meta;
 pub mod observe;
+pub mod orphans;
 pub mod profile;
 pub mod provider;
 pub mod proxy;

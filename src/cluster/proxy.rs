@@ -6,6 +6,10 @@
 //! SOCKS5 (RFC 1928) without authentication, CONNECT only, to IPv4, IPv6 or domain-name
 //! destinations; names are resolved on the master (`curl --socks5-hostname`, or a browser set to
 //! proxy DNS), so a node's private name or address works as on the cluster.
+//!
+//! The listener is on loopback, but a lab machine has other users: a connection is served only
+//! if the kernel says it comes from a socket of this user (`/proc/net/tcp`, as identd reads
+//! it), so nobody else on the machine reaches the cluster's web UIs through it.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
@@ -28,6 +32,15 @@ pub async fn serve(
             () = &mut stop => return Ok(()),
             accepted = listener.accept() => {
                 let (stream, peer) = accepted?;
+                let local = stream.local_addr()?;
+                let me = crate::sys::real_uid();
+                match peer_uid(local, peer) {
+                    Some(uid) if uid == me => {}
+                    other => {
+                        tracing::warn!(%peer, uid = ?other, "refused a proxy connection from another user");
+                        continue;
+                    }
+                }
                 if session.is_closed() {
                     return Err(Error::runtime(format!(
                         "the SSH connection to {} closed",
@@ -118,4 +131,72 @@ async fn handle(mut stream: TcpStream, session: &Session) -> Result<(), Error> {
     reply(&mut stream, SUCCEEDED).await?;
     tokio::io::copy_bidirectional(&mut stream, &mut remote).await?;
     Ok(())
+}
+
+/// The uid owning the socket at `peer` connected to `local`, from the kernel's table of TCP
+/// sockets (`/proc/net/tcp`, `/proc/net/tcp6`).
+fn peer_uid(local: std::net::SocketAddr, peer: std::net::SocketAddr) -> Option<u32> {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .find_map(|table| uid_in(&table, peer, local))
+}
+
+/// The uid of the line of `table` whose local address is `ours` and remote address `theirs`.
+fn uid_in(table: &str, ours: std::net::SocketAddr, theirs: std::net::SocketAddr) -> Option<u32> {
+    let (want_local, want_remote) = (hex_addr(ours), hex_addr(theirs));
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid ...
+        let (l, r, uid) = (f.get(1)?, f.get(2)?, f.get(7)?);
+        (l.eq_ignore_ascii_case(&want_local) && r.eq_ignore_ascii_case(&want_remote))
+            .then(|| uid.parse().ok())
+            .flatten()
+    })
+}
+
+/// An address as `/proc/net/tcp` writes it: the IP in host-order 32-bit words, in hex, then the
+/// port. An IPv4 address in the tcp6 table is its v4-mapped form.
+fn hex_addr(a: std::net::SocketAddr) -> String {
+    match a {
+        std::net::SocketAddr::V4(v4) => {
+            format!(
+                "{:08X}:{:04X}",
+                u32::from_ne_bytes(v4.ip().octets()),
+                v4.port()
+            )
+        }
+        std::net::SocketAddr::V6(v6) => {
+            let o = v6.ip().octets();
+            let words: String = o
+                .chunks(4)
+                .map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
+                .collect();
+            format!("{words}:{:04X}", v6.port())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kernel_table_names_the_owner_of_a_connection() {
+        // A real connection on loopback: its client socket is this process's, so this uid's.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, peer) = listener.accept().unwrap();
+        assert_eq!(
+            peer_uid(server.local_addr().unwrap(), peer),
+            Some(crate::sys::real_uid())
+        );
+        drop(client);
+        // A line of another user is read as theirs.
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0100007F:9C40 0100007F:1A0A 01 00000000:00000000 00:00000000 00000000  1001        0 1\n";
+        let ours: std::net::SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let theirs: std::net::SocketAddr = "127.0.0.1:6666".parse().unwrap();
+        assert_eq!(uid_in(table, ours, theirs), Some(1001));
+        assert_eq!(uid_in(table, theirs, ours), None);
+    }
 }

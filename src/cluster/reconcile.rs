@@ -30,16 +30,15 @@ use std::time::Duration;
 
 use crate::cluster::Ctx;
 use crate::cluster::locks::{LaunchLock, Launcher, TerminateLock};
-use crate::cluster::meta::{cluster_ref, node_row};
+use crate::cluster::meta::cluster_ref;
+use crate::cluster::orphans;
 use crate::cluster::provider::{ClusterRef, Instance, Provider, Selector};
 use crate::cluster::terminate::{
     adopt, cluster_selector, finish_rollback, live_nodes, request_selector, terminate,
     terminate_ids,
 };
 use crate::error::Error;
-use crate::model::{
-    ClusterName, ClusterState, Millis, Owner, RequestId, Role, StoreId, now_millis,
-};
+use crate::model::{ClusterName, ClusterState, Millis, Owner, RequestId, StoreId, now_millis};
 use crate::store::{BatchRow, ClusterRow};
 
 /// What reconcile may do, and how long it leaves things to the command that may still be
@@ -99,7 +98,7 @@ enum Step {
         settle: Vec<String>,
     },
     Reopen(ClusterRow, Vec<Instance>),
-    Orphans(Owner, ClusterName, Vec<Instance>),
+    Orphans(ClusterName, Vec<Instance>),
     Release(ClusterRef),
     Foreign(Owner, ClusterName, StoreId, Vec<String>, usize),
     Tidy(Vec<String>),
@@ -194,7 +193,7 @@ impl Step {
                 ),
                 instances: ids(found),
             },
-            Step::Orphans(_, name, found) => Action {
+            Step::Orphans(name, found) => Action {
                 cluster: name.to_string(),
                 action: "orphans",
                 what: would(
@@ -249,18 +248,6 @@ fn stuck_after_ms(c: &ClusterRow) -> Millis {
     Millis::try_from(secs.saturating_mul(1000)).unwrap_or(Millis::MAX)
 }
 
-/// Whether an instance with these tags is this store's (or, launched before stores had ids, of
-/// a request this store knows).
-fn ours(ctx: Ctx<'_>, i: &Instance) -> Result<bool, Error> {
-    Ok(match i.tags.as_ref() {
-        None => false,
-        Some(t) => match &t.store {
-            Some(s) => s == ctx.store.id(),
-            None => ctx.store.knows_request(t.request.as_str())?,
-        },
-    })
-}
-
 /// Brings the clusters of `owner` (every owner's with `None`) on `provider` in line with what
 /// the provider holds. Returns what it did, or would do.
 pub async fn reconcile<P: Provider>(
@@ -271,10 +258,22 @@ pub async fn reconcile<P: Provider>(
 ) -> Result<Vec<Action>, Error> {
     let plan = plan(ctx, provider, owner, options).await?;
     let mut actions = Vec::new();
+    let mut failed: Option<Error> = None;
     for step in plan {
         let action = step.action(options.dry_run);
-        if !options.dry_run {
-            carry_out(ctx, provider, step).await?;
+        // One step that fails (a cloud call refused) does not keep the others from being done;
+        // the next reconcile tries it again.
+        if !options.dry_run
+            && let Err(e) = carry_out(ctx, provider, step).await
+        {
+            ctx.printer.warn(format!(
+                "{}: could not {}: {}",
+                action.cluster,
+                action.action,
+                crate::error::one_line(&e)
+            ));
+            failed.get_or_insert(e);
+            continue;
         }
         ctx.printer.status(format!(
             "{}{}",
@@ -287,7 +286,10 @@ pub async fn reconcile<P: Provider>(
         ));
         actions.push(action);
     }
-    Ok(actions)
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(actions),
+    }
 }
 
 async fn plan<P: Provider>(
@@ -413,7 +415,7 @@ async fn plan<P: Provider>(
         if i.state.is_gone() || claimed.contains(&i.id) {
             continue;
         }
-        if !ours(ctx, i)? {
+        if !orphans::is_ours(ctx, i)? {
             if let Some(store) = &tags.store {
                 foreign
                     .entry((tags.owner.clone(), tags.cluster.clone(), store.clone()))
@@ -431,16 +433,8 @@ async fn plan<P: Provider>(
             Some(_) => {}
             None => {
                 // A launch (or launch-slaves) in progress records its nodes right after its
-                // call returns: leave its instances alone while its launcher lives. A launcher
-                // that died cannot record them any more; without a lock to tell, give it time.
-                let unclaimed = match LaunchLock::launcher(ctx.state_dir, &tags.request) {
-                    Launcher::Running => false,
-                    Launcher::Died => true,
-                    Launcher::Unknown => i
-                        .launched_at
-                        .is_some_and(|t| now - t > ms(options.orphan_grace)),
-                };
-                if unclaimed {
+                // call returns: leave its instances alone while its launcher lives.
+                if orphans::is_orphan(ctx, i, now, ms(options.orphan_grace))? {
                     orphans
                         .entry((tags.owner.clone(), tags.cluster.clone()))
                         .or_default()
@@ -454,8 +448,8 @@ async fn plan<P: Provider>(
             steps.push(Step::Reopen(c, found));
         }
     }
-    for ((o, name), found) in orphans {
-        steps.push(Step::Orphans(o, name, found));
+    for ((_, name), found) in orphans {
+        steps.push(Step::Orphans(name, found));
     }
 
     // Per-cluster resources of clusters that are gone. Listed first, the rows read after: a
@@ -573,34 +567,26 @@ async fn carry_out<P: Provider>(ctx: Ctx<'_>, provider: &P, step: Step) -> Resul
             let ids: BTreeSet<String> = found.into_iter().map(|i| i.id).collect();
             terminate_ids(ctx, provider, &ids, &cluster_selector(ctx, &c)).await?;
         }
-        Step::Orphans(owner, name, found) => {
-            let cluster = match ctx.store.find_cluster(&owner, &name)? {
-                Some(c) => c,
-                None => ctx.store.adopt_cluster(
-                    &owner,
-                    &name,
-                    provider.kind(),
-                    found
-                        .first()
-                        .and_then(|i| i.tags.as_ref())
-                        .map(|t| (t.profile.clone(), t.request.clone()))
-                        .unwrap_or_else(|| (String::new(), RequestId::new())),
-                )?,
-            };
+        Step::Orphans(_, found) => {
+            // Each into the record of the request that launched it (never a live cluster that
+            // only shares its name), then terminated.
+            let mut by_cluster: BTreeMap<i64, (ClusterRow, BTreeSet<String>)> = BTreeMap::new();
             for i in &found {
-                let request = i
-                    .tags
-                    .as_ref()
-                    .map(|t| t.request.to_string())
-                    .unwrap_or_default();
+                let cluster = orphans::cluster_for(ctx, i, provider.kind())?;
                 ctx.store
-                    .record_orphan(&cluster, &node_row(&cluster, &request, Role::Worker, 0, i))?;
+                    .record_orphan(&cluster, &orphans::row_for(&cluster, i))?;
                 if let Some(t) = &i.tags {
                     LaunchLock::clear(ctx.state_dir, &t.request);
                 }
+                by_cluster
+                    .entry(cluster.id)
+                    .or_insert_with(|| (cluster, BTreeSet::new()))
+                    .1
+                    .insert(i.id.clone());
             }
-            let ids: BTreeSet<String> = found.into_iter().map(|i| i.id).collect();
-            terminate_ids(ctx, provider, &ids, &cluster_selector(ctx, &cluster)).await?;
+            for (cluster, ids) in by_cluster.values() {
+                terminate_ids(ctx, provider, ids, &cluster_selector(ctx, cluster)).await?;
+            }
         }
         Step::Release(c) => provider.release(&c).await?,
         Step::Foreign(..) => {}

@@ -23,7 +23,23 @@ pub(super) async fn run(
     match action {
         AccountingAction::Snapshot { json } => {
             let provider = app.provider(app.config.provider).await?;
-            let r = snapshot::snapshot(app.ctx(), provider.as_ref(), now_millis()).await?;
+            // Cron's chance to finish what interrupted commands of anyone left behind (a
+            // terminate cut short, a rollback that did not get through, an unfinished launch
+            // call): nobody else may come back to it.
+            if let Err(e) = crate::cluster::reconcile::reconcile(
+                app.ctx(),
+                provider.as_ref(),
+                None,
+                &crate::cluster::reconcile::Options::new(false),
+            )
+            .await
+            {
+                app.printer.warn(format!(
+                    "could not reconcile first: {}",
+                    crate::error::one_line(&e)
+                ));
+            }
+            let r = snapshot::snapshot(app.ctx(), provider.as_ref()).await?;
             if json {
                 app.printer.json(&r)?;
             } else {

@@ -194,7 +194,7 @@ impl Rules<'_> {
                 per_hour += p * i64::from(n);
             }
         }
-        let lifetime = self.max_lifetime(profile);
+        let lifetime = self.limits.lifetime(profile);
         let max_cost = match lifetime {
             Some(ms) if per_hour > 0 => prices::cost(per_hour, ms),
             _ => 0,
@@ -205,17 +205,6 @@ impl Rules<'_> {
             max_cost,
             breakdown: parts.join(" and "),
         })
-    }
-
-    /// The longest a cluster of this profile may live: the policy's, or the profile's if lower.
-    fn max_lifetime(&self, profile: &crate::cluster::profile::Profile) -> Option<Millis> {
-        let p = profile
-            .max_lifetime_hours
-            .map(|h| Millis::try_from(h).unwrap_or(Millis::MAX / 3_600_000) * 3_600_000);
-        match (self.limits.max_lifetime, p) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
     }
 
     /// The checks against what is in use: nodes, the user's units, the class's units, the
@@ -260,8 +249,13 @@ impl Rules<'_> {
             }
         }
         if let Some(budget) = self.limits.budget {
-            let spent = spent(tx, self.policy, self.config, &self.user)?;
-            let committed = ledger::open_max_cost(tx, &self.user, except)?;
+            let (spent, by_cluster) = spending(tx, self.policy, self.config, &self.user)?;
+            // A running cluster may still spend what its reservation allows beyond what it
+            // has spent (counted once, in `spent`).
+            let committed: Micros = ledger::open_max_costs(tx, &self.user, except)?
+                .into_iter()
+                .map(|(cluster, max)| (max - by_cluster.get(&cluster).copied().unwrap_or(0)).max(0))
+                .sum();
             let left = budget - spent - committed;
             if ask.max_cost > left {
                 return Ok(Err(self.refuse(format!(
@@ -296,6 +290,18 @@ fn spent(
     config: &SiteConfig,
     owner: &str,
 ) -> Result<Micros, StoreError> {
+    Ok(spending(tx, policy, config, owner)?.0)
+}
+
+/// What `owner` has spent in the policy's term, in all and by cluster, counted as the
+/// accounting report counts it (clipped to the term, per second, the 60-second minimum where a
+/// run starts).
+fn spending(
+    tx: &rusqlite::Connection,
+    policy: &Policy,
+    config: &SiteConfig,
+    owner: &str,
+) -> Result<(Micros, std::collections::BTreeMap<i64, Micros>), StoreError> {
     let now = now_millis();
     let since = policy.term_start.map(|t| t.as_millisecond()).unwrap_or(0);
     let until = policy
@@ -303,27 +309,22 @@ fn spent(
         .map(|t| t.as_millisecond())
         .unwrap_or(Millis::MAX)
         .min(now);
-    let mut stmt = tx.prepare_cached(
-        "SELECT instance_type, spot, started_at, ended_at FROM usage_intervals
-         WHERE owner = ?1 AND started_at < ?3 AND (ended_at IS NULL OR ended_at > ?2)",
-    )?;
-    let rows = stmt.query_map(rusqlite::params![owner, since, until], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, bool>(1)?,
-            r.get::<_, Millis>(2)?,
-            r.get::<_, Option<Millis>>(3)?,
-        ))
-    })?;
-    let mut total = 0;
-    for row in rows {
-        let (ty, spot, start, end) = row?;
-        let run = end.unwrap_or(until).min(until) - start.max(since);
-        if let Some(p) = prices::per_hour(config, &ty, spot) {
-            total += prices::cost(p, run);
-        }
-    }
-    Ok(total)
+    let intervals = crate::store::quota::intervals_in(tx, Some(owner), since, until)?;
+    let r = accounting::report::report(
+        config,
+        &Default::default(),
+        &intervals,
+        since,
+        until,
+        now,
+        accounting::report::By::Cluster,
+    );
+    let by_cluster = r
+        .rows
+        .iter()
+        .filter_map(|row| row.cluster_id.map(|id| (id, row.micros)))
+        .collect();
+    Ok((r.total.micros, by_cluster))
 }
 
 /// `stratus quota --json`: a user's limits, use and what is left.

@@ -141,6 +141,17 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// The longest a cluster of `profile` may live: these limits', or the profile's if lower.
+    pub fn lifetime(&self, profile: &crate::cluster::profile::Profile) -> Option<Millis> {
+        let p = profile
+            .max_lifetime_hours
+            .map(|h| Millis::try_from(h).unwrap_or(Millis::MAX / 3_600_000) * 3_600_000);
+        match (self.max_lifetime, p) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     pub fn unlimited() -> Self {
         Self {
             max_units: None,

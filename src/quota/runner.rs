@@ -113,8 +113,10 @@ fn audit(app: &App, record: AuditRecord) {
         instances: record.instances.iter().map(|i| escape(i)).collect(),
         at: record.at,
     };
+    // Every field quoted (Debug escapes quotes and backslashes), so no value can pose as a
+    // second field.
     let line = format!(
-        "user={} action={} cluster={} decision={}{}{}",
+        "user={:?} action={:?} cluster={:?} decision={:?}{}{}",
         record.user,
         record.action,
         record.cluster.as_deref().unwrap_or("-"),
@@ -122,7 +124,7 @@ fn audit(app: &App, record: AuditRecord) {
         record
             .reason
             .as_deref()
-            .map(|r| format!(" reason=\"{}\"", r.replace('"', "'")))
+            .map(|r| format!(" reason={r:?}"))
             .unwrap_or_default(),
         if record.instances.is_empty() {
             String::new()
@@ -162,6 +164,10 @@ pub fn main(config: &Path, verbose: u8) -> ExitCode {
             1,
         );
     }
+    // Nor can the caller's terminal: ^C, ^Z or a hang-up would otherwise stop the runner
+    // between two steps (holding the database's write lock, say). A launch runs to its end;
+    // the caller who went away gets the cluster's key later from `stratus list`/`login`.
+    crate::sys::leave_callers_terminal();
     let request = match read_request() {
         Ok(r) => r,
         Err(message) => return fail(&printer, message, 2),
@@ -583,11 +589,7 @@ fn groups_of(owner: &Owner, caller: &Caller) -> Vec<String> {
     if *owner == caller.owner {
         return caller.groups.clone();
     }
-    crate::sys::passwd_by_name(owner.as_str())
-        .ok()
-        .flatten()
-        .and_then(|p| crate::sys::group_names(&p.name, p.gid).ok())
-        .unwrap_or_default()
+    crate::caller::groups_of(owner)
 }
 
 fn ids(nodes: &[crate::store::NodeRow]) -> Vec<String> {

@@ -265,6 +265,25 @@ impl Store {
         )?)
     }
 
+    /// The cluster a request launched or grew, if this database knows the request.
+    pub fn cluster_of_request(&self, request: &str) -> Result<Option<ClusterRow>, StoreError> {
+        let id: Option<i64> = self
+            .conn()
+            .query_row(
+                "SELECT id FROM clusters WHERE request_id = ?1
+                 UNION ALL SELECT cluster_id FROM launch_batches WHERE request_id = ?1
+                 UNION ALL SELECT cluster_id FROM nodes WHERE request_id = ?1
+                 LIMIT 1",
+                params![request],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match id {
+            Some(id) => self.cluster_by_id(id),
+            None => Ok(None),
+        }
+    }
+
     /// Whether any cluster of this database was launched, or grown, by this request.
     pub fn knows_request(&self, request: &str) -> Result<bool, StoreError> {
         Ok(self.conn().query_row(

@@ -79,14 +79,42 @@ pub fn cluster_nodes(conn: &Connection, cluster_id: i64) -> Result<u32, StoreErr
     Ok(reserved.max(live) as u32)
 }
 
-/// Micro-dollars the open reservations of `owner` may still spend at most.
-pub fn open_max_cost(conn: &Connection, owner: &str, except: i64) -> Result<i64, StoreError> {
-    Ok(conn.query_row(
-        "SELECT COALESCE(SUM(max_cost_micros), 0) FROM reservations
-         WHERE owner = ?1 AND released_at IS NULL AND cluster_id != ?2",
-        params![owner, except],
-        |r| r.get(0),
-    )?)
+/// The most each cluster of `owner` with open reservations may cost over its lifetime, in
+/// micro-dollars, by cluster.
+pub fn open_max_costs(
+    conn: &Connection,
+    owner: &str,
+    except: i64,
+) -> Result<Vec<(i64, i64)>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT cluster_id, SUM(max_cost_micros) FROM reservations
+         WHERE owner = ?1 AND released_at IS NULL AND cluster_id != ?2
+         GROUP BY cluster_id",
+    )?;
+    let rows = stmt.query_map(params![owner, except], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The usage intervals of `owner` (every owner's with `None`) that overlap `[since, until)`.
+pub fn intervals_in(
+    conn: &Connection,
+    owner: Option<&str>,
+    since: Millis,
+    until: Millis,
+) -> Result<Vec<super::Interval>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT instance_id, cluster_id, owner, profile, instance_type, spot, started_at,
+                last_seen_at, ended_at, end_source, orphan
+         FROM usage_intervals
+         WHERE (?1 IS NULL OR owner = ?1) AND started_at < ?3
+           AND (ended_at IS NULL OR ended_at >= ?2)
+         ORDER BY id",
+    )?;
+    let rows = stmt.query_map(
+        params![owner, since, until],
+        super::nodes::interval_from_row,
+    )?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 pub struct NewReservation<'a> {

@@ -568,6 +568,14 @@ fn a_spent_budget_is_enforced_at_launch_and_by_the_reaper() {
         (ctx.cluster_json("b")["state"] == "terminated").then_some(())
     });
     assert!(gone.is_some());
-    let q: Value = serde_json::from_str(&ctx.ok(&["quota", "--json"]).stdout).unwrap();
+    // Seen at the same (scripted) time: the budget is spent, nothing is left.
+    let out = ctx
+        .cmd()
+        .env("STRATUS_TEST_NOW", rfc3339(t + 2 * H))
+        .args(["quota", "--json"])
+        .output()
+        .unwrap();
+    let q: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(q["left"]["dollars"], 0.0, "{q:#}");
+    assert!(q["used"]["dollars"].as_f64().unwrap() >= 0.01, "{q:#}");
 }
