@@ -87,17 +87,36 @@ impl LoadedPolicy {
 }
 
 /// Escapes what must not reach a log line or the audit table raw: control characters (newlines
-/// included, which would forge a second entry) and backslashes.
+/// included, which would forge a second entry), the Unicode line and paragraph separators (a
+/// newline to many readers), the bidirectional controls (which make a line display as something
+/// else than it says), and backslashes.
 pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c if c.is_control() || is_separator_or_bidi(c) => {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32))
+            }
             c => out.push(c),
         }
     }
     out
+}
+
+/// U+2028 and U+2029, and the characters that change the direction of text (Unicode's
+/// `Bidi_Control`).
+fn is_separator_or_bidi(c: char) -> bool {
+    matches!(
+        c,
+        '\u{2028}'
+            | '\u{2029}'
+            | '\u{061c}'
+            | '\u{200e}'
+            | '\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2066}'..='\u{2069}'
+    )
 }
 
 /// Records one decision: a row in the audit table and a line to syslog.
@@ -573,5 +592,9 @@ mod tests {
         assert_eq!(escape("x\u{1b}[31m"), "x\\u{1b}[31m");
         assert_eq!(escape("back\\slash"), "back\\\\slash");
         assert_eq!(escape("plain name"), "plain name");
+        assert_eq!(escape("a\u{2028}b\u{2029}"), "a\\u{2028}b\\u{2029}");
+        assert_eq!(escape("\u{202e}gnp.exe"), "\\u{202e}gnp.exe");
+        assert_eq!(escape("\u{85}\u{9b}\u{7f}"), "\\u{85}\\u{9b}\\u{7f}");
+        assert_eq!(escape("naïve café"), "naïve café");
     }
 }
