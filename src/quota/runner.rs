@@ -153,6 +153,49 @@ fn audit(app: &App, record: AuditRecord) {
     crate::sys::syslog(&line);
 }
 
+/// What else the runner reads that decides what it does for a caller, checked as the wrapper
+/// checks the config (owned by root or the service account, writable by no one else, every
+/// ancestor too): the policy (what each user may launch) and the profiles (what runs, and what
+/// the runner reads into user-data). A student who could write one could raise their own quota
+/// or have the runner read the service account's files for them. Returns every problem.
+pub fn unsafe_inputs(
+    config: &crate::config::SiteConfig,
+    config_path: Option<&Path>,
+    trusted: setuid_wrap::safepath::Trusted<'_>,
+) -> Vec<String> {
+    use setuid_wrap::safepath::{RealFs, Want, check};
+    let mut problems = Vec::new();
+    if let Some(policy) = config.policy_path(config_path)
+        && std::fs::symlink_metadata(&policy).is_ok()
+        && let Err(e) = check(&RealFs, "the policy", &policy, Want::File, trusted)
+    {
+        problems.push(e);
+    }
+    if let Some(dir) = &config.profiles_dir {
+        let mut dirs = vec![dir.clone()];
+        while let Some(d) = dirs.pop() {
+            if let Err(e) = check(&RealFs, "the profiles directory", &d, Want::Dir, trusted) {
+                problems.push(e);
+                continue;
+            }
+            let Ok(entries) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let path = e.path();
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    dirs.push(path);
+                } else if let Err(e) =
+                    check(&RealFs, "the profile file", &path, Want::File, trusted)
+                {
+                    problems.push(e);
+                }
+            }
+        }
+    }
+    problems
+}
+
 /// The entry point of `stratus runner --config FILE` (exec'd by the setuid wrapper).
 pub fn main(config: &Path, verbose: u8) -> ExitCode {
     // Before any thread exists: cut the environment down, and no core dumps.
@@ -187,6 +230,21 @@ pub fn main(config: &Path, verbose: u8) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&printer, crate::error::one_line(&e), e.exit_code()),
     };
+    let me = crate::sys::effective_uid();
+    let name = crate::sys::passwd(me)
+        .ok()
+        .flatten()
+        .map_or_else(|| me.to_string(), |p| p.name);
+    let trusted = setuid_wrap::safepath::Trusted {
+        uid: me,
+        user: &name,
+    };
+    if let Some(problem) = unsafe_inputs(&settings.config, settings.config_path.as_deref(), trusted)
+        .into_iter()
+        .next()
+    {
+        return fail(&printer, problem, 1);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
