@@ -9,7 +9,9 @@
 //! - the caller is the user of the real uid, and the caller's groups come from the group
 //!   database; once known, every uid and gid becomes the service account's (`setresuid`), so the
 //!   caller can no longer signal, stop or trace the runner; core dumps are off (memory holds
-//!   secrets);
+//!   secrets); the signals of the caller's terminal, which reach the runner whatever its uid
+//!   (it is in the caller's job), are ignored, but for ^C and a hangup during a launch, which
+//!   roll it back;
 //! - it reads exactly one request, at most 1 MiB, and checks every field again; a profile is
 //!   resolved by name only, in the install's profile directories;
 //! - every decision is one row in the append-only audit table and one line to syslog, with
@@ -198,17 +200,27 @@ pub fn unsafe_inputs(
 
 /// The entry point of `stratus runner --config FILE` (exec'd by the setuid wrapper).
 pub fn main(config: &Path, verbose: u8) -> ExitCode {
-    // Before any thread exists: cut the environment down, and no core dumps.
+    // Before any thread exists: cut the environment down, no core dumps, and the caller's
+    // terminal can no longer stop or end this process (a launch's own handler turns ^C and a
+    // hangup into a rollback).
     crate::sys::keep_only_environment(&["PATH", "HOME", "USER", "LOGNAME", "TERM", "LANG"], "LC_");
     let _ = crate::sys::no_core_dumps();
-    // Logs go to stderr (the caller's terminal, through the wrapper); the answer is the JSON
-    // lines on stdout.
-    crate::init_logging(None, verbose);
+    let ignored = crate::sys::ignore_terminal_signals();
     let printer = Printer::lines();
     let fail = |printer: &Printer, message: String, exit: u8| {
         let _ = printer.line(&Line::Error { message, exit });
         ExitCode::from(exit)
     };
+    if let Err(e) = ignored {
+        return fail(
+            &printer,
+            format!("cannot ignore the terminal's signals: {e}"),
+            1,
+        );
+    }
+    // Logs go to stderr (the caller's terminal, through the wrapper); the answer is the JSON
+    // lines on stdout.
+    crate::init_logging(None, verbose);
     let caller = match Caller::from_real_uid() {
         Ok(c) => c,
         Err(e) => return fail(&printer, crate::error::one_line(&e), 1),
