@@ -526,42 +526,6 @@ pub fn async_fd(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
     unsafe { tokio::io::unix::AsyncFd::register(fd).map_err(|e| e.into_parts().1) }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pids_that_do_not_name_one_process_are_never_signalled() {
-        for pid in [0u32, 1, u32::MAX, (i32::MAX as u32) + 1] {
-            let err = kill(pid, 0).unwrap_err();
-            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{pid}");
-            assert!(kill_group(pid, 0).is_err(), "{pid}");
-            assert!(!process_exists(pid), "{pid}");
-        }
-        // Our own pid is fine, and signal 0 only checks.
-        kill(std::process::id(), 0).unwrap();
-    }
-
-    #[test]
-    fn a_lock_held_here_is_seen_from_a_second_descriptor_as_free() {
-        // POSIX locks belong to the process: another descriptor of ours sees no conflict.
-        let dir = std::env::temp_dir().join(format!("stratus-sys-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("l");
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .unwrap();
-        assert!(try_lock_file(&f).unwrap());
-        let g = File::open(&path).unwrap();
-        assert_eq!(lock_holder(&g).unwrap(), LockHolder::Free);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-}
-
 /// Removes every environment variable but those named in `keep` and those starting with
 /// `keep_prefix`. Must be called before any other thread exists (the runner's first step):
 /// changing the environment is not thread-safe.
@@ -668,5 +632,41 @@ pub fn syslog(line: &str) {
     unsafe {
         libc::openlog(IDENT.as_ptr(), libc::LOG_PID, libc::LOG_AUTHPRIV);
         libc::syslog(libc::LOG_NOTICE, c"%s".as_ptr(), c.as_ptr());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pids_that_do_not_name_one_process_are_never_signalled() {
+        for pid in [0u32, 1, u32::MAX, (i32::MAX as u32) + 1] {
+            let err = kill(pid, 0).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{pid}");
+            assert!(kill_group(pid, 0).is_err(), "{pid}");
+            assert!(!process_exists(pid), "{pid}");
+        }
+        // Our own pid is fine, and signal 0 only checks.
+        kill(std::process::id(), 0).unwrap();
+    }
+
+    #[test]
+    fn a_lock_held_here_is_seen_from_a_second_descriptor_as_free() {
+        // POSIX locks belong to the process: another descriptor of ours sees no conflict.
+        let dir = std::env::temp_dir().join(format!("stratus-sys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("l");
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .unwrap();
+        assert!(try_lock_file(&f).unwrap());
+        let g = File::open(&path).unwrap();
+        assert_eq!(lock_holder(&g).unwrap(), LockHolder::Free);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
