@@ -7,4 +7,5 @@ mod ec2;
 mod hadoop_profile;
 mod local;
 mod openssh;
+mod privileged;
 mod support;
