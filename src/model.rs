@@ -75,7 +75,9 @@ impl ClusterName {
         if name.is_empty() {
             return Err(invalid("it is empty"));
         }
-        if name.len() > Self::MAX_LEN {
+        // Characters, as the message says: a short name with a non-ASCII character is refused
+        // for that character below, not as too long.
+        if name.chars().count() > Self::MAX_LEN {
             return Err(invalid(&format!(
                 "it is {} characters long; the limit is {}",
                 name.chars().count(),
@@ -497,6 +499,15 @@ mod tests {
         ] {
             assert!(ClusterName::parse(bad).is_err(), "{bad}");
         }
+        let err = ClusterName::parse(&format!("a{}", "é".repeat(30)))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("'é' is not allowed"), "{err}");
+        let err = ClusterName::parse(&"x".repeat(41)).unwrap_err().to_string();
+        assert!(
+            err.contains("it is 41 characters long; the limit is 40"),
+            "{err}"
+        );
     }
 
     #[test]

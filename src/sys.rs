@@ -567,6 +567,30 @@ pub fn no_core_dumps() -> io::Result<()> {
     Ok(())
 }
 
+/// Ignores the signals a terminal sends to every process of its foreground process group,
+/// whatever their uids: ^C (SIGINT), ^\\ (SIGQUIT), ^Z (SIGTSTP), a hangup (SIGHUP), and a
+/// background job's reads and writes (SIGTTIN, SIGTTOU). A runner is in its caller's job, so
+/// `setresuid` alone leaves the caller's terminal able to stop or end it at any point. A handler
+/// installed later (a launch's, which rolls back on SIGINT and SIGHUP) takes over from this.
+/// Must be called before any other thread exists.
+pub fn ignore_terminal_signals() -> io::Result<()> {
+    for sig in [
+        libc::SIGINT,
+        libc::SIGQUIT,
+        libc::SIGTSTP,
+        libc::SIGHUP,
+        libc::SIGTTIN,
+        libc::SIGTTOU,
+    ] {
+        // SAFETY: SIG_IGN is a valid disposition for each of these signals, and no handler of
+        // this process is replaced (the process is single-threaded and has installed none).
+        if unsafe { libc::signal(sig, libc::SIG_IGN) } == libc::SIG_ERR {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Makes the effective uid and gid the real and saved ones too (`setresuid`), when they differ:
 /// a runner exec'd by the setuid wrapper becomes the service account through and through, so
 /// the caller (its real uid until now) can no longer signal, stop or trace it. Nothing changes
@@ -593,25 +617,6 @@ pub fn become_effective_user() -> io::Result<()> {
         return Err(io::Error::other("the uid did not change"));
     }
     Ok(())
-}
-
-/// Leaves the caller's terminal behind: a new session (so ^C, ^\, ^Z and a hang-up of the
-/// caller's terminal reach this process no more), and the job-control signals ignored should
-/// the new session not be possible (a process-group leader). The runner calls it once it is the
-/// service account, so no signal of the caller's can stop it between two steps.
-pub fn leave_callers_terminal() {
-    // SAFETY: setsid has no memory-safety preconditions; its failure is handled below.
-    let detached = unsafe { libc::setsid() } >= 0;
-    for sig in [libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU, libc::SIGQUIT] {
-        // SAFETY: SIG_IGN is a valid disposition for these signals.
-        unsafe { libc::signal(sig, libc::SIG_IGN) };
-    }
-    if !detached {
-        for sig in [libc::SIGINT, libc::SIGHUP] {
-            // SAFETY: as above.
-            unsafe { libc::signal(sig, libc::SIG_IGN) };
-        }
-    }
 }
 
 /// The effective uid of this process.

@@ -596,10 +596,17 @@ fn doctor(printer: &Printer, prefix: Option<&Path>, service: &str) -> Result<Exi
     }
     if let Ok(text) = std::fs::read_to_string(layout.config()) {
         match crate::config::SiteConfig::parse(&text, &layout.config()) {
-            Ok(c) if c.mode != crate::config::Mode::MultiUser => {
-                problems.push("the site config does not say mode = \"multi-user\"".into())
+            Ok(c) => {
+                if c.mode != crate::config::Mode::MultiUser {
+                    problems.push("the site config does not say mode = \"multi-user\"".into())
+                }
+                // What the runner checks at every request besides.
+                problems.extend(crate::quota::runner::unsafe_inputs(
+                    &c,
+                    Some(&layout.config()),
+                    trusted,
+                ));
             }
-            Ok(_) => {}
             Err(e) => problems.push(crate::error::one_line(&e)),
         }
     }

@@ -9,7 +9,9 @@
 //! - the caller is the user of the real uid, and the caller's groups come from the group
 //!   database; once known, every uid and gid becomes the service account's (`setresuid`), so the
 //!   caller can no longer signal, stop or trace the runner; core dumps are off (memory holds
-//!   secrets);
+//!   secrets); the signals of the caller's terminal, which reach the runner whatever its uid
+//!   (it is in the caller's job), are ignored, but for ^C and a hangup during a launch, which
+//!   roll it back;
 //! - it reads exactly one request, at most 1 MiB, and checks every field again; a profile is
 //!   resolved by name only, in the install's profile directories;
 //! - every decision is one row in the append-only audit table and one line to syslog, with
@@ -89,17 +91,36 @@ impl LoadedPolicy {
 }
 
 /// Escapes what must not reach a log line or the audit table raw: control characters (newlines
-/// included, which would forge a second entry) and backslashes.
+/// included, which would forge a second entry), the Unicode line and paragraph separators (a
+/// newline to many readers), the bidirectional controls (which make a line display as something
+/// else than it says), and backslashes.
 pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c if c.is_control() || is_separator_or_bidi(c) => {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32))
+            }
             c => out.push(c),
         }
     }
     out
+}
+
+/// U+2028 and U+2029, and the characters that change the direction of text (Unicode's
+/// `Bidi_Control`).
+fn is_separator_or_bidi(c: char) -> bool {
+    matches!(
+        c,
+        '\u{2028}'
+            | '\u{2029}'
+            | '\u{061c}'
+            | '\u{200e}'
+            | '\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2066}'..='\u{2069}'
+    )
 }
 
 /// Records one decision: a row in the audit table and a line to syslog.
@@ -138,19 +159,72 @@ fn audit(app: &App, record: AuditRecord) {
     crate::sys::syslog(&line);
 }
 
+/// What else the runner reads that decides what it does for a caller, checked as the wrapper
+/// checks the config (owned by root or the service account, writable by no one else, every
+/// ancestor too): the policy (what each user may launch) and the profiles (what runs, and what
+/// the runner reads into user-data). A student who could write one could raise their own quota
+/// or have the runner read the service account's files for them. Returns every problem.
+pub fn unsafe_inputs(
+    config: &crate::config::SiteConfig,
+    config_path: Option<&Path>,
+    trusted: setuid_wrap::safepath::Trusted<'_>,
+) -> Vec<String> {
+    use setuid_wrap::safepath::{RealFs, Want, check};
+    let mut problems = Vec::new();
+    if let Some(policy) = config.policy_path(config_path)
+        && std::fs::symlink_metadata(&policy).is_ok()
+        && let Err(e) = check(&RealFs, "the policy", &policy, Want::File, trusted)
+    {
+        problems.push(e);
+    }
+    if let Some(dir) = &config.profiles_dir {
+        let mut dirs = vec![dir.clone()];
+        while let Some(d) = dirs.pop() {
+            if let Err(e) = check(&RealFs, "the profiles directory", &d, Want::Dir, trusted) {
+                problems.push(e);
+                continue;
+            }
+            let Ok(entries) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let path = e.path();
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    dirs.push(path);
+                } else if let Err(e) =
+                    check(&RealFs, "the profile file", &path, Want::File, trusted)
+                {
+                    problems.push(e);
+                }
+            }
+        }
+    }
+    problems
+}
+
 /// The entry point of `stratus runner --config FILE` (exec'd by the setuid wrapper).
 pub fn main(config: &Path, verbose: u8) -> ExitCode {
-    // Before any thread exists: cut the environment down, and no core dumps.
+    // Before any thread exists: cut the environment down, no core dumps, and the caller's
+    // terminal can no longer stop or end this process (a launch's own handler turns ^C and a
+    // hangup into a rollback).
     crate::sys::keep_only_environment(&["PATH", "HOME", "USER", "LOGNAME", "TERM", "LANG"], "LC_");
     let _ = crate::sys::no_core_dumps();
-    // Logs go to stderr (the caller's terminal, through the wrapper); the answer is the JSON
-    // lines on stdout.
-    crate::init_logging(None, verbose);
+    let ignored = crate::sys::ignore_terminal_signals();
     let printer = Printer::lines();
     let fail = |printer: &Printer, message: String, exit: u8| {
         let _ = printer.line(&Line::Error { message, exit });
         ExitCode::from(exit)
     };
+    if let Err(e) = ignored {
+        return fail(
+            &printer,
+            format!("cannot ignore the terminal's signals: {e}"),
+            1,
+        );
+    }
+    // Logs go to stderr (the caller's terminal, through the wrapper); the answer is the JSON
+    // lines on stdout.
+    crate::init_logging(None, verbose);
     let caller = match Caller::from_real_uid() {
         Ok(c) => c,
         Err(e) => return fail(&printer, crate::error::one_line(&e), 1),
@@ -164,10 +238,6 @@ pub fn main(config: &Path, verbose: u8) -> ExitCode {
             1,
         );
     }
-    // Nor can the caller's terminal: ^C, ^Z or a hang-up would otherwise stop the runner
-    // between two steps (holding the database's write lock, say). A launch runs to its end;
-    // the caller who went away gets the cluster's key later from `stratus list`/`login`.
-    crate::sys::leave_callers_terminal();
     let request = match read_request() {
         Ok(r) => r,
         Err(message) => return fail(&printer, message, 2),
@@ -176,6 +246,21 @@ pub fn main(config: &Path, verbose: u8) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&printer, crate::error::one_line(&e), e.exit_code()),
     };
+    let me = crate::sys::effective_uid();
+    let name = crate::sys::passwd(me)
+        .ok()
+        .flatten()
+        .map_or_else(|| me.to_string(), |p| p.name);
+    let trusted = setuid_wrap::safepath::Trusted {
+        uid: me,
+        user: &name,
+    };
+    if let Some(problem) = unsafe_inputs(&settings.config, settings.config_path.as_deref(), trusted)
+        .into_iter()
+        .next()
+    {
+        return fail(&printer, problem, 1);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -622,5 +707,9 @@ mod tests {
         assert_eq!(escape("x\u{1b}[31m"), "x\\u{1b}[31m");
         assert_eq!(escape("back\\slash"), "back\\\\slash");
         assert_eq!(escape("plain name"), "plain name");
+        assert_eq!(escape("a\u{2028}b\u{2029}"), "a\\u{2028}b\\u{2029}");
+        assert_eq!(escape("\u{202e}gnp.exe"), "\\u{202e}gnp.exe");
+        assert_eq!(escape("\u{85}\u{9b}\u{7f}"), "\\u{85}\\u{9b}\\u{7f}");
+        assert_eq!(escape("naïve café"), "naïve café");
     }
 }

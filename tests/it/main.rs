@@ -10,4 +10,5 @@ mod hardening_ec2;
 mod hardening_local;
 mod local;
 mod openssh;
+mod privileged;
 mod support;
