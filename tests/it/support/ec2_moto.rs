@@ -254,6 +254,8 @@ pub fn client(endpoint: &str, key: &str, secret: &str) -> aws_sdk_ec2::Client {
         .region(Region::new(REGION))
         .endpoint_url(endpoint)
         .credentials_provider(Credentials::new(key, secret, None, None, "moto-test"))
+        // moto speaks plain HTTP; stratus's own client is built in its EC2 provider.
+        .http_client(aws_smithy_http_client::Builder::new().build_http())
         .build();
     aws_sdk_ec2::Client::from_conf(conf)
 }

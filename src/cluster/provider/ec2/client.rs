@@ -59,7 +59,7 @@ fn endpoint(config: &Ec2Config, trust: Trust) -> Result<Option<String>, Provider
 fn http_client(trust: Trust) -> Result<aws_sdk_ec2::config::SharedHttpClient, ProviderError> {
     use aws_smithy_http_client::tls::{self, TlsContext, TrustStore, rustls_provider::CryptoMode};
     let mut builder = aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc));
+        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring));
     if trust == Trust::Service
         && let Ok(pem) = std::fs::read(SYSTEM_CA_BUNDLE)
     {
