@@ -26,10 +26,12 @@ const MAX_ATTEMPTS: u32 = 8;
 /// The system's CA bundle (Debian's), the trust store of a runner.
 const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// One attempt of one call. A RunInstances answer takes a few seconds at worst.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
-/// One call, retries included.
-const OPERATION_TIMEOUT: Duration = Duration::from_secs(120);
+/// One attempt of one call. A RunInstances or a DescribeInstances of a thousand instances takes
+/// seconds; an EC2-compatible server under load (moto on a busy machine) can take tens.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
+/// One call, retries included: room for the adaptive retry mode to slow down under throttling
+/// (it waits tens of seconds between attempts on a fresh client) through every attempt.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The endpoint to use: the site config's, else (for a user's own command only) the standard
 /// `AWS_ENDPOINT_URL_EC2` or `AWS_ENDPOINT_URL`.
