@@ -239,6 +239,14 @@ fn term_report() {
         )
         .unwrap();
         let took = start.elapsed();
+        // By hand: 96,000 instances of 4 hours; the 32,000 masters on demand at $0.096 an
+        // hour, the 64,000 workers spot at 70% of it.
+        assert_eq!(r.total.millis, 96_000 * 4 * H);
+        assert_eq!(
+            r.total.micros,
+            32_000 * 4 * 96_000 + 64_000 * 4 * 67_200,
+            "the shipped m5.large price or the spot fraction changed"
+        );
         let csv = r.csv();
         println!(
             "term report by {by:?}: {} rows, total {:.1} instance-hours ${:.2}, in {took:?} ({} bytes of CSV)",

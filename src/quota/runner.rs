@@ -238,10 +238,9 @@ pub fn main(config: &Path, verbose: u8) -> ExitCode {
             1,
         );
     }
-    let request = match read_request() {
-        Ok(r) => r,
-        Err(message) => return fail(&printer, message, 2),
-    };
+    // A request that cannot be read is refused, and audited once the install is known to be
+    // safe and the store is open (below).
+    let request = read_request();
     let settings = match Settings::for_service(config) {
         Ok(s) => s,
         Err(e) => return fail(&printer, crate::error::one_line(&e), e.exit_code()),
@@ -283,6 +282,25 @@ pub fn main(config: &Path, verbose: u8) -> ExitCode {
                 }
             })
         };
+        let request = match request {
+            Ok(r) => r,
+            Err(message) => {
+                ticker.abort();
+                audit(
+                    &app,
+                    AuditRecord {
+                        at: String::new(),
+                        user: caller.owner.to_string(),
+                        action: "request".into(),
+                        cluster: None,
+                        decision: "refused".into(),
+                        reason: Some(shortened(&message, 300)),
+                        instances: Vec::new(),
+                    },
+                );
+                return fail(&printer, message, 2);
+            }
+        };
         let policy = LoadedPolicy::load(&app);
         let r = serve(&app, &caller, &policy, request).await;
         ticker.abort();
@@ -297,6 +315,14 @@ pub fn main(config: &Path, verbose: u8) -> ExitCode {
     });
     runtime.shutdown_background();
     code
+}
+
+/// At most `max` characters of `s`, marked when cut (a parser's message may quote the input).
+fn shortened(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s.to_owned(),
+    }
 }
 
 /// One request from stdin: at most `MAX_REQUEST` bytes of JSON.
@@ -700,6 +726,13 @@ pub async fn reconcile_first<P: Provider>(app: &App, provider: &P, owner: &Owner
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_reasons_are_cut_on_a_character_boundary() {
+        assert_eq!(shortened("abc", 3), "abc");
+        assert_eq!(shortened("abcd", 3), "abc…");
+        assert_eq!(shortened("ééé", 2), "éé…");
+    }
 
     #[test]
     fn control_characters_are_escaped() {

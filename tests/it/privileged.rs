@@ -1796,6 +1796,11 @@ fn hostile_input_is_refused_in_bounded_time_and_launches_nothing() {
             "malformed request: unknown variant `rm`",
         ),
         (
+            // The parser's message quotes it: the audited reason is cut short.
+            json!({"action": "z".repeat(5000)}).to_string().into_bytes(),
+            "malformed request: unknown variant `zzz",
+        ),
+        (
             json!({"action": "launch", "name": "neg", "workers": -1})
                 .to_string()
                 .into_bytes(),
@@ -1824,6 +1829,39 @@ fn hostile_input_is_refused_in_bounded_time_and_launches_nothing() {
         let r = site.wrap_with(s2, input, &Call::default());
         r.refused(needle);
     }
+    // A request that cannot be read is a decision too: one refused row each, with the reason.
+    let unreadable: Vec<&str> = bad
+        .iter()
+        .map(|(_, needle)| *needle)
+        .filter(|n| {
+            n.starts_with("malformed request")
+                || n.starts_with("no request")
+                || n.starts_with("larger than")
+        })
+        .collect();
+    let rows = site.sql(&format!(
+        "SELECT user, reason FROM audit WHERE action = 'request' AND decision = 'refused' \
+         AND user = '{}' ORDER BY id",
+        s2.name
+    ));
+    assert_eq!(rows.len(), unreadable.len(), "{rows:?}");
+    for (row, needle) in rows.iter().zip(&unreadable) {
+        let reason = row["reason"].as_str().unwrap();
+        assert!(reason.contains(needle), "{reason:?} lacks {needle:?}");
+        assert!(reason.chars().count() <= 301, "{reason:?}");
+    }
+    // s1's: stdin closed (the runner read /dev/null), then 1 GiB.
+    let rows = site.sql(&format!(
+        "SELECT reason FROM audit WHERE action = 'request' AND user = '{}' ORDER BY id",
+        s1.name
+    ));
+    assert_eq!(
+        rows,
+        [
+            json!({"reason": "no request on stdin"}),
+            json!({"reason": "the request is larger than 1048576 bytes; refused unread"})
+        ]
+    );
     // A profile is a name in the install's profile directories, never a path.
     for profile in [
         "../../etc/x",
