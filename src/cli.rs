@@ -232,10 +232,14 @@ pub enum AdminAction {
     },
     /// Check every owner and mode of an install; exit 1 naming each problem
     Doctor {
+        /// The install to check (default /usr/local, with the config in /etc/stratus and the
+        /// state in /var/lib/stratus)
         #[arg(long, value_name = "DIR")]
         prefix: Option<PathBuf>,
-        #[arg(long, value_name = "NAME", default_value = "stratus")]
-        service_user: String,
+        /// The service account the install should belong to (default: the one the installed
+        /// wrapper names, else stratus)
+        #[arg(long, value_name = "NAME")]
+        service_user: Option<String>,
     },
 }
 

@@ -163,9 +163,16 @@ pub fn report(
         for w in cuts.windows(2) {
             let (p, q) = (w[0], w[1].max(w[0]));
             let mut billed = q.min(billed_end).max(p) - p;
-            // Rounding up to a whole second belongs to the run's last piece.
+            // Rounding up to a whole second belongs to the run's last piece. A run still open
+            // ends now, with the window: its rounding is not cut off, or a run shorter than the
+            // minimum would cost less than the minimum until it closes.
             if q == b && b == end {
-                billed = billed_end.min(until).max(p) - p;
+                let cap = if iv.ended_at.is_none() {
+                    billed_end
+                } else {
+                    until
+                };
+                billed = billed_end.min(cap).max(p) - p;
             }
             if p == start {
                 billed += minimum;
@@ -406,6 +413,35 @@ mod tests {
             By::User,
         );
         assert!(r.rows.is_empty());
+    }
+
+    #[test]
+    fn an_open_run_costs_what_it_would_if_it_ended_now() {
+        let cfg = SiteConfig::default();
+        // Counted until now, as a run ending now is billed: 10.5 s is the minute, 90.4 s is 91 s.
+        for (run, micros) in [(10_500, 1_600), (90_400, (96_000 * 91 + 1_800) / 3_600)] {
+            let now = H + run;
+            let open = report(
+                &cfg,
+                &facts(),
+                &[iv(1, "alice", "m5.large", H, None)],
+                0,
+                now,
+                now,
+                By::Cluster,
+            );
+            let ended = report(
+                &cfg,
+                &facts(),
+                &[iv(1, "alice", "m5.large", H, Some(now))],
+                0,
+                now + H,
+                now + H,
+                By::Cluster,
+            );
+            assert_eq!(open.total.micros, micros, "open for {run} ms");
+            assert_eq!(ended.total.micros, micros, "ended after {run} ms");
+        }
     }
 
     #[test]

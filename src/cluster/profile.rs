@@ -140,7 +140,7 @@ pub struct Profile {
     /// Where the master keeps the list of workers (one address per line).
     #[serde(default)]
     pub workers_file: Option<String>,
-    /// Extra TCP ports (web UIs) opened to the client networks.
+    /// Extra TCP ports (web UIs), opened only to the site's `[ec2] ui_cidrs` (none by default).
     #[serde(default)]
     pub ports: Vec<u16>,
     /// Give the cluster its own SSH key for logins from the master to every node (see
@@ -603,7 +603,10 @@ b = 2
         let set = ProfileSet::load(None).unwrap();
         assert!(set.names().contains(&"local-demo".to_string()));
         for name in set.names() {
-            set.resolve(&name).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let p = set.resolve(&name).unwrap_or_else(|e| panic!("{name}: {e}"));
+            // Hadoop's web UIs take submissions from anyone who reaches them: the shipped
+            // profiles open SSH alone, and the UIs are browsed through `stratus proxy`.
+            assert!(p.ports.is_empty(), "{name} opens web ports {:?}", p.ports);
         }
     }
 

@@ -97,7 +97,7 @@ pub(super) async fn run(
                     prefix,
                     service_user,
                 },
-        } => doctor(printer, prefix.as_deref(), &service_user),
+        } => doctor(printer, prefix.as_deref(), service_user.as_deref()),
         _ => Err(Error::runtime("not an install command")),
     }
 }
@@ -444,9 +444,22 @@ struct Expect<'a> {
     dir: bool,
 }
 
-fn doctor(printer: &Printer, prefix: Option<&Path>, service: &str) -> Result<ExitCode, Error> {
+fn doctor(
+    printer: &Printer,
+    prefix: Option<&Path>,
+    service: Option<&str>,
+) -> Result<ExitCode, Error> {
     let layout = Layout::new(prefix);
     let mut problems: Vec<String> = Vec::new();
+    let patched = installed_wrap_config(&layout.wrapper);
+    // The account the install was made for is written into the wrapper; an instructor who names
+    // one is told if the wrapper says otherwise.
+    let service = match (service, &patched) {
+        (Some(s), _) => s.to_owned(),
+        (None, Some(cfg)) => cfg.service_user.clone(),
+        (None, None) => "stratus".to_owned(),
+    };
+    let service = service.as_str();
     let svc = match crate::sys::passwd_by_name(service)? {
         Some(p) => p,
         None => {
@@ -574,21 +587,24 @@ fn doctor(printer: &Printer, prefix: Option<&Path>, service: &str) -> Result<Exi
             layout.wrapper.display()
         )),
     }
-    match std::fs::read(&layout.wrapper).ok().and_then(|b| {
-        let i = find(&b, placeholder::MARKER)?;
-        let area = b.get(
-            i + placeholder::MARKER.len()..i + placeholder::MARKER.len() + placeholder::AREA_LEN,
-        )?;
-        placeholder::decode(area).ok().flatten()
-    }) {
-        Some(cfg) if cfg.config == layout.config() && cfg.runner == layout.cli => {}
-        Some(cfg) => problems.push(format!(
-            "the wrapper runs {} with {}, not this install's {} and {}",
-            cfg.runner.display(),
-            cfg.config.display(),
-            layout.cli.display(),
-            layout.config().display()
-        )),
+    match &patched {
+        Some(cfg) => {
+            if cfg.config != layout.config() || cfg.runner != layout.cli {
+                problems.push(format!(
+                    "the wrapper runs {} with {}, not this install's {} and {}",
+                    cfg.runner.display(),
+                    cfg.config.display(),
+                    layout.cli.display(),
+                    layout.config().display()
+                ));
+            }
+            if cfg.service_user != svc.name || cfg.service_uid != svc.uid {
+                problems.push(format!(
+                    "the wrapper was installed for service account {} (uid {}), not {} (uid {})",
+                    cfg.service_user, cfg.service_uid, svc.name, svc.uid
+                ));
+            }
+        }
         None => problems.push(format!(
             "the wrapper {} is not patched for this install",
             layout.wrapper.display()
@@ -626,6 +642,16 @@ fn doctor(printer: &Printer, prefix: Option<&Path>, service: &str) -> Result<Exi
         printer.out(format!("problem: {p}"))?;
     }
     Ok(ExitCode::FAILURE)
+}
+
+/// What `admin install` wrote into the installed wrapper, if it reads as an install's.
+fn installed_wrap_config(wrapper: &Path) -> Option<WrapConfig> {
+    let b = std::fs::read(wrapper).ok()?;
+    let i = find(&b, placeholder::MARKER)?;
+    let area = b.get(
+        i + placeholder::MARKER.len()..i + placeholder::MARKER.len() + placeholder::AREA_LEN,
+    )?;
+    placeholder::decode(area).ok().flatten()
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

@@ -414,6 +414,9 @@ fn read_paths_on_unchanged_clusters_write_nothing() {
         before.0 != probe.0 && before.1 > probe.1,
         "the watch misses a commit: {probe:?} then {before:?}"
     );
+    let pushed = ctx.root.path().join("pushed.txt");
+    std::fs::write(&pushed, "x\n").unwrap();
+    let pushed = pushed.to_str().unwrap();
     for args in [
         &["list"][..],
         &["list", "--json"],
@@ -421,6 +424,8 @@ fn read_paths_on_unchanged_clusters_write_nothing() {
         &["list", "ro"],
         &["usage"],
         &["usage", "--json"],
+        &["exec", "ro", "--all", "--", "true"],
+        &["push", "ro", pushed, "pushed.txt"],
     ] {
         ctx.ok(args);
         assert_eq!(

@@ -410,7 +410,9 @@ impl Site {
         )
     }
 
-    fn doctor(&self) -> Out {
+    /// `admin doctor` on this install, which finds the service account in the wrapper; `extra`
+    /// arguments after.
+    fn doctor_with(&self, extra: &[&str]) -> Out {
         output(
             Command::new(self.cli())
                 .env_clear()
@@ -418,8 +420,12 @@ impl Site {
                 .env("HOME", "/root")
                 .args(["admin", "doctor", "--prefix"])
                 .arg(&self.root)
-                .args(["--service-user", &self.svc.name]),
+                .args(extra),
         )
+    }
+
+    fn doctor(&self) -> Out {
+        self.doctor_with(&[])
     }
 
     /// What the instructor does after the install: the service account's keys, the site config
@@ -1165,6 +1171,26 @@ fn a_student_cannot_see_or_touch_another_students_cluster_and_the_instructor_can
     }
     site.stratus(s2, &["admin", "audit"])
         .refused("only instructors may read the audit trail");
+    // Root may, named in the policy or not (it can read the database anyway), and sees the
+    // refusals above.
+    let home = site.root.join("root-home");
+    fs::create_dir_all(&home).unwrap();
+    let out = output(
+        Command::new(site.cli())
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", &home)
+            .env("STRATUS_CONFIG", site.config())
+            .args(["admin", "audit", "--json"]),
+    )
+    .ok();
+    assert!(
+        out.stdout.lines().any(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["user"] == s2.name.as_str() && v["decision"] == "refused" && v["action"] == "audit"
+        }),
+        "{out}"
+    );
     // Nothing of s1's changed.
     let own = instances(&moto, s1, "own");
     assert_eq!(own.len(), 2);
@@ -2453,6 +2479,18 @@ fn doctor_passes_a_fresh_install_and_names_a_writable_config_dir_and_readable_cr
     assert_eq!(
         out.stdout,
         format!("the install under {} is sound\n", site.root.display()),
+        "{out}"
+    );
+    // Naming the account it was installed for changes nothing; naming another is a problem.
+    let out = site.doctor_with(&["--service-user", &site.svc.name]).ok();
+    assert!(out.stdout.ends_with("is sound\n"), "{out}");
+    let out = site.doctor_with(&["--service-user", "nobody"]);
+    assert_eq!(out.code, 1, "{out}");
+    assert!(
+        out.stdout.contains(&format!(
+            "problem: the wrapper was installed for service account {} (uid {}), not nobody",
+            site.svc.name, site.svc.uid
+        )),
         "{out}"
     );
 
