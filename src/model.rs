@@ -24,6 +24,15 @@ pub fn now_millis() -> Millis {
     }
 }
 
+/// A time as RFC 3339 in UTC with milliseconds, always three digits of them
+/// (`2026-11-30T01:26:54.430Z`), so the lines of the audit trail and `list` line up and sort as
+/// text.
+pub fn rfc3339(ms: Millis) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| format!("{t:.3}"))
+        .unwrap_or_default()
+}
+
 /// Fixes the process's clock (tests only; see `FIXED_NOW`).
 pub fn fix_clock(at: Millis) {
     let _ = FIXED_NOW.set(at);

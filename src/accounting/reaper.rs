@@ -15,7 +15,7 @@ use crate::cluster::provider::{Provider, Selector};
 use crate::cluster::{reconcile, terminate};
 use crate::config::SiteConfig;
 use crate::error::Error;
-use crate::model::{ClusterState, Millis, Owner};
+use crate::model::{ClusterState, Millis, Owner, rfc3339};
 use crate::quota::policy::{Policy, dollars_text};
 use crate::store::{AuditRecord, ClusterRow};
 
@@ -37,12 +37,6 @@ pub struct ReapAction {
 pub enum Orphans {
     Report,
     Terminate,
-}
-
-fn rfc3339(ms: Millis) -> String {
-    jiff::Timestamp::from_millisecond(ms)
-        .map(|t| t.to_string())
-        .unwrap_or_default()
 }
 
 /// Why a cluster is due, if it is.

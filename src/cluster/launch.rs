@@ -216,6 +216,10 @@ pub async fn launch<P: Provider>(
             ssh: req.configure || req.wait_for_ssh,
         };
         let nodes = bring_up(&batch, wants).await?;
+        // The launch calls are not interruptible (a call dropped mid-flight could create
+        // instances nobody records); a ^C that came during them is honoured here, now that what
+        // they created is recorded, even when nothing after them (`--no-configure`) would wait.
+        interrupt.check()?;
         advance(
             ctx,
             &cluster,

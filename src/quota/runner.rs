@@ -382,9 +382,7 @@ pub fn view(app: &App, c: &ClusterRow) -> Result<ClusterView, Error> {
         profile: c.profile.clone(),
         provider: c.provider.to_string(),
         state: c.state.as_str().to_owned(),
-        created_at: jiff::Timestamp::from_millisecond(c.created_at)
-            .map(|t| t.to_string())
-            .unwrap_or_default(),
+        created_at: crate::model::rfc3339(c.created_at),
         failure: c.failure.clone(),
         ssh_user: c.record.profile.ssh_user.clone(),
         notes: c
@@ -393,9 +391,7 @@ pub fn view(app: &App, c: &ClusterRow) -> Result<ClusterView, Error> {
             .map(|after| {
                 format!(
                     "the reaper terminates this cluster after {}: {}",
-                    jiff::Timestamp::from_millisecond(after)
-                        .map(|t| t.to_string())
-                        .unwrap_or_default(),
+                    crate::model::rfc3339(after),
                     c.reap_reason.as_deref().unwrap_or("it breaks the policy")
                 )
             })

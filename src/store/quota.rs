@@ -204,9 +204,7 @@ impl Store {
             let at: i64 = r.get(0)?;
             let instances: String = r.get(6)?;
             Ok(AuditRecord {
-                at: jiff::Timestamp::from_millisecond(at)
-                    .map(|t| t.to_string())
-                    .unwrap_or_default(),
+                at: crate::model::rfc3339(at),
                 user: r.get(1)?,
                 action: r.get(2)?,
                 cluster: r.get(3)?,

@@ -731,6 +731,51 @@ fn sigkill_with_run_instances_in_flight_then_reconcile() {
     assert_accounted(&ctx, &["kq"], &in_moto, &last_running);
 }
 
+/// ^C while the launch calls of a `--no-configure` launch are in flight: the calls finish (a
+/// call dropped mid-flight could create instances nobody records), what they created is
+/// recorded, then everything is terminated, and the launcher exits 130.
+#[test]
+fn ctrl_c_with_run_instances_in_flight_rolls_a_no_configure_launch_back() {
+    let Some(moto) = Moto::acquire() else { return };
+    let ctx = ec2_context(&moto, &format!("client_cidrs = {CIDRS:?}\n"));
+    tagged_profile(&ctx);
+    let faults = moto.faults();
+    faults.hold("RunInstances");
+    let mut launcher = Launcher::spawn(
+        &ctx,
+        &[
+            "launch-cluster",
+            "kc",
+            "2",
+            "-p",
+            "tagged",
+            "--no-configure",
+        ],
+        &[],
+    );
+    faults.wait_held("RunInstances", 2, Duration::from_secs(60));
+    stratus::sys::kill(launcher.child.id(), libc::SIGINT).unwrap();
+    faults.release("RunInstances");
+    let status = launcher.child.wait().unwrap();
+    let stderr = launcher.stderr();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("launch interrupted; everything it launched was terminated"),
+        "{stderr}"
+    );
+    let c = ctx.cluster_json("kc");
+    assert_eq!(c["state"], "failed", "{c:#}");
+    assert_eq!(nodes(&c).len(), 3, "all three were recorded: {c:#}");
+    assert!(
+        nodes(&c).iter().all(|n| n["state"] == "terminated"),
+        "{c:#}"
+    );
+    assert!(running_in_moto(&moto).is_empty(), "{:?}", states(&moto));
+    assert!(!resources_exist(&moto, "kc"));
+    let r = ctx.ok(&["reconcile", "--json", "--dry-run"]);
+    assert_eq!(r.stdout.trim(), "[]", "nothing is left for reconcile:\n{r}");
+}
+
 /// Killed in `running` while the master runs the profile's configure step (booted by the test
 /// hypervisor, over SSH): reconcile rolls back the whole cluster.
 #[test]
