@@ -485,3 +485,55 @@ fn sigterm_during_a_launch_rolls_it_back() {
     );
     assert_nothing_left(&ctx, &recorded);
 }
+
+/// The hint after a launch can be typed as printed: `cargo run --` under cargo, `stratus` when
+/// that is the binary on PATH, else the path it was run by.
+#[test]
+fn the_launch_hint_is_the_command_as_it_was_invoked() {
+    let ctx = TestContext::new();
+    let bin = std::path::Path::new(crate::support::BIN);
+    let path_with_bin =
+        std::env::join_paths(std::iter::once(bin.parent().unwrap().to_path_buf()).chain(
+            std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+        ))
+        .unwrap();
+    let cases: [(&str, Vec<(&str, std::ffi::OsString)>, String); 3] = [
+        (
+            "hint-cargo",
+            vec![
+                ("CARGO_MANIFEST_DIR", "/src/stratus".into()),
+                ("CARGO_PKG_NAME", "stratus".into()),
+            ],
+            "cargo run -- login hint-cargo".into(),
+        ),
+        (
+            "hint-path",
+            vec![("PATH", path_with_bin)],
+            "stratus login hint-path".into(),
+        ),
+        (
+            "hint-abs",
+            vec![("PATH", "/usr/bin:/bin".into())],
+            format!("{} login hint-abs", bin.display()),
+        ),
+    ];
+    for (name, env, hint) in cases {
+        let mut cmd = ctx.cmd();
+        cmd.args(["launch-master", name]);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{text}");
+        assert!(
+            text.contains(&format!("log in with: {hint}\n")),
+            "expected `log in with: {hint}` in:\n{text}"
+        );
+        ctx.ok(&["terminate-cluster", name, "--yes"]);
+    }
+}
