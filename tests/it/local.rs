@@ -497,7 +497,8 @@ fn the_launch_hint_is_the_command_as_it_was_invoked() {
             std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
         ))
         .unwrap();
-    let cases: [(&str, Vec<(&str, std::ffi::OsString)>, String); 3] = [
+    type Env = Vec<(&'static str, std::ffi::OsString)>;
+    let cases: [(&str, Env, String); 3] = [
         (
             "hint-cargo",
             vec![
