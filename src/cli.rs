@@ -10,7 +10,8 @@ Exit codes:
   0    success
   1    failure at run time (a cloud or SSH error, a remote command that failed)
   2    bad input or refused by policy (nothing was created)
-  130  interrupted by ^C (a launch rolls back first; 143 for SIGTERM, 129 for SIGHUP)
+  130  interrupted by ^C (a launch rolls back first; 143 for SIGTERM, 129 for SIGHUP);
+       proxy runs until ^C, its normal end: 0
 
 Environment:
   STRATUS_CONFIG  site config file (default /etc/stratus/config.toml)
@@ -72,8 +73,9 @@ pub enum Command {
     /// Open a shell on the master (runs the system ssh with the cluster's key and pinned host key)
     Login {
         name: String,
-        /// Extra arguments for ssh, after --
-        #[arg(last = true)]
+        /// Options for ssh and a remote command, after -- (as `ssh HOST [OPTIONS] [COMMAND]`
+        /// reads them); the pinned host key cannot be overridden
+        #[arg(last = true, value_name = "SSH_ARGS")]
         ssh_args: Vec<String>,
     },
     /// Run a command on the master, or on every node with --all

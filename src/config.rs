@@ -252,6 +252,17 @@ impl SiteConfig {
                 ));
             }
         }
+        if !self.local.first_address.is_loopback() {
+            return Err(invalid(format!(
+                "[local] first_address = \"{}\" is not a loopback address (127.0.0.0/8): local nodes listen on loopback addresses only",
+                self.local.first_address
+            )));
+        }
+        if self.local.ssh_port == 0 {
+            return Err(invalid(
+                "[local] ssh_port must be a port number from 1 to 65535".into(),
+            ));
+        }
         if self.ssh.max_parallel == 0 {
             return Err(invalid("[ssh] max_parallel must be at least 1".into()));
         }
@@ -339,6 +350,29 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("allow_world"), "{err}");
+    }
+
+    #[test]
+    fn local_nodes_need_a_loopback_address_and_a_port() {
+        for (text, needle) in [
+            (
+                "[local]\nfirst_address = \"10.1.2.3\"\n",
+                "[local] first_address = \"10.1.2.3\" is not a loopback address",
+            ),
+            ("[local]\nssh_port = 0\n", "[local] ssh_port must be"),
+        ] {
+            let err = SiteConfig::parse(text, Path::new("/x/c.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("/x/c.toml"), "{err}");
+            assert!(err.contains(needle), "{err}");
+        }
+        let ok = SiteConfig::parse(
+            "[local]\nfirst_address = \"127.9.0.2\"\nssh_port = 2022\n",
+            Path::new("c"),
+        )
+        .unwrap();
+        assert_eq!(ok.local.ssh_port, 2022);
     }
 
     #[test]

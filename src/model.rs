@@ -24,6 +24,12 @@ pub fn now_millis() -> Millis {
     }
 }
 
+/// Whether an instance type is the local provider's (`local`, `local.*`): a local process that
+/// costs nothing.
+pub fn is_local_instance_type(instance_type: &str) -> bool {
+    instance_type == "local" || instance_type.starts_with("local.")
+}
+
 /// A time as RFC 3339 in UTC with milliseconds, always three digits of them
 /// (`2026-11-30T01:26:54.430Z`), so the lines of the audit trail and `list` line up and sort as
 /// text.

@@ -68,6 +68,17 @@ impl TerminateLock {
     }
 }
 
+/// Removes the lock files of an ended cluster that `delete-cluster` took off the list: nothing
+/// terminates or grows it any more.
+pub fn remove_cluster_locks(state_dir: &Path, cluster_id: i64) {
+    for name in [
+        format!("terminate-{cluster_id}.lock"),
+        format!("grow-{cluster_id}.lock"),
+    ] {
+        let _ = std::fs::remove_file(state_dir.join("launches").join(name));
+    }
+}
+
 /// What the lock of a request says about its launcher.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Launcher {

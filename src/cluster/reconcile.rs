@@ -643,6 +643,15 @@ pub async fn delete_cluster<P: Provider>(
             .await?;
     }
     ctx.store.hide_cluster(cluster.id)?;
+    // Its key (useless now that its key pair and instances are gone) and its lock files go too;
+    // the usage stays in the database.
+    let keys = crate::cluster::keys::ClusterKeys::of(ctx.state_dir, cluster);
+    if let Err(e) = std::fs::remove_dir_all(&keys.dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!("cannot remove {}: {e}", keys.dir.display());
+    }
+    crate::cluster::locks::remove_cluster_locks(ctx.state_dir, cluster.id);
     Ok(Deleted {
         instances: ids.into_iter().collect(),
     })

@@ -545,8 +545,12 @@ pub(super) async fn login(
         .arg(master.ssh_port.to_string())
         .arg("-l")
         .arg(&reach.view.ssh_user)
-        .args(ssh_args)
-        .arg(&address);
+        // The host first: OpenSSH reads options after it too, and the first word that is not
+        // one starts a remote command (`login demo -- -o BatchMode=yes hostname`). The options
+        // above come first, and for ssh the first value of an option wins, so nothing after
+        // `--` can loosen the pinned host key.
+        .arg(&address)
+        .args(ssh_args);
     tracing::debug!(?cmd, "exec");
     let err = cmd.exec();
     Err(Error::runtime("cannot run ssh").with_source(err))
@@ -576,7 +580,7 @@ pub(super) async fn proxy(
         .or_else(|| masters[0].address.clone())
         .unwrap_or_default();
     app.printer.status(format!(
-        "SOCKS5 proxy into cluster {} on 127.0.0.1:{bound}, through its master; ^C to stop\n  e.g. curl --socks5-hostname 127.0.0.1:{bound} http://{master_private}:9870/",
+        "SOCKS5 proxy into cluster {} on 127.0.0.1:{bound}, through its master; ^C to stop\n  e.g. curl --socks5-hostname 127.0.0.1:{bound} http://{master_private}:PORT/ (Hadoop's UIs: 9870 the NameNode, 8088 the ResourceManager)",
         reach.name
     ));
     crate::cluster::proxy::serve(listener, session, async {

@@ -355,9 +355,14 @@ impl Policy {
         }
     }
 
-    /// Units of one running instance of this type; `None` if the policy does not list it.
+    /// Units of one running instance of this type; `None` if the policy does not list it. A
+    /// local node (a process on this machine, free) counts 0 unless listed, so a class's policy
+    /// can be rehearsed on the local provider as it stands.
     pub fn units_of(&self, instance_type: &str) -> Option<MilliUnits> {
-        self.units.get(instance_type).copied()
+        self.units
+            .get(instance_type)
+            .copied()
+            .or_else(|| crate::model::is_local_instance_type(instance_type).then_some(0))
     }
 
     /// An example policy, written by `admin install` when the site has none.
@@ -478,6 +483,18 @@ max_units = 5
     #[test]
     fn the_example_parses() {
         Policy::parse(Policy::EXAMPLE, Path::new("/x")).unwrap();
+    }
+
+    #[test]
+    fn unlisted_types_are_refused_but_local_nodes_count_nothing_unless_listed() {
+        let p = Policy::parse(Policy::EXAMPLE, Path::new("/x")).unwrap();
+        assert_eq!(p.units_of("m5.large"), Some(1000));
+        assert_eq!(p.units_of("t2.nano"), None);
+        assert_eq!(p.units_of("local"), Some(0));
+        assert_eq!(p.units_of("local.big"), Some(0));
+        assert_eq!(p.units_of("localx"), None);
+        let listed = Policy::parse("[units]\n\"local\" = 2\n", Path::new("/x")).unwrap();
+        assert_eq!(listed.units_of("local"), Some(2000));
     }
 
     #[test]

@@ -488,7 +488,7 @@ impl Store {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(&format!(
             "{CLUSTER_SELECT} WHERE owner = ?1 AND name = ?2
-             ORDER BY state IN ('failed', 'terminated'), id DESC LIMIT 1"
+             ORDER BY hidden, state IN ('failed', 'terminated'), id DESC LIMIT 1"
         ))?;
         stmt.query_row(params![owner.as_str(), name.as_str()], cluster_from_row)
             .optional()?

@@ -688,8 +688,29 @@ fn delete_cluster_and_what_list_shows() {
     // Terminated, then deleted: off every list, its usage kept.
     ctx.ok(&["terminate-cluster", "gone", "--yes"]);
     assert!(list_all(&ctx).iter().any(|c| c["name"] == "gone"));
+    let key_dirs = |name: &str| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(ctx.state.join("clusters"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().ends_with(&format!("-{name}")))
+            .collect()
+    };
+    let locks = || -> Vec<String> {
+        std::fs::read_dir(ctx.state.join("launches"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    assert_eq!(key_dirs("gone").len(), 1);
+    assert!(
+        !locks().is_empty(),
+        "terminate-cluster leaves its lock file"
+    );
     let r = ctx.ok(&["delete-cluster", "gone"]);
     assert!(r.stderr.contains("deleted cluster gone"), "{r}");
+    // Its key and lock files go with it.
+    assert!(key_dirs("gone").is_empty(), "{:?}", key_dirs("gone"));
+    assert!(locks().is_empty(), "{:?}", locks());
     assert!(
         list_all(&ctx).iter().all(|c| c["name"] != "gone"),
         "a deleted cluster is still listed"
@@ -762,10 +783,19 @@ fn delete_cluster_and_what_list_shows() {
     let shown = one(&["list", "twin", "--json"]);
     assert_eq!(shown["state"], "terminated");
     assert_eq!(ids(&shown), second, "the most recent twin");
-    // Deleting by name takes the most recent; the older one is still there.
+    // Deleting by name takes the most recent; the older one is still there, and is the one a
+    // second delete takes. Then no twin is left to list or delete.
     ctx.ok(&["delete-cluster", "twin"]);
     let shown = one(&["list", "twin", "--json"]);
     assert_eq!(ids(&shown), first);
+    let r = ctx.ok(&["delete-cluster", "twin"]);
+    assert!(r.stderr.contains("deleted cluster twin"), "{r}");
+    assert!(list_all(&ctx).iter().all(|c| c["name"] != "twin"));
+    for args in [&["list", "twin"][..], &["delete-cluster", "twin"]] {
+        let r = ctx.run(args);
+        assert_eq!(r.code, 2, "{r}");
+        assert!(r.stderr.contains("no cluster named twin"), "{r}");
+    }
 }
 
 #[test]

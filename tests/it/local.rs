@@ -301,6 +301,18 @@ fn login_gives_a_shell_on_the_master_through_a_pty() {
     let status = term.wait();
     assert_eq!(status, Some(7), "login should end with the shell's status");
 
+    // After `--`: ssh's options, then a remote command, whose status login ends with.
+    let r = ctx.run(&[
+        "login",
+        "l",
+        "--",
+        "-o",
+        "BatchMode=yes",
+        "cat role; exit 3",
+    ]);
+    assert_eq!(r.code, 3, "{r}");
+    assert_eq!(r.stdout, "master\n", "{r}");
+
     // On a terminal, terminate asks; anything but yes keeps the cluster.
     let mut cmd = ctx.cmd();
     cmd.args(["terminate-cluster", "l"]);
