@@ -396,9 +396,23 @@ pub fn view(app: &App, c: &ClusterRow) -> Result<ClusterView, Error> {
                 )
             })
             .into_iter()
+            .chain(abandoned(app, c).then(|| {
+                "its launch was cut off (the launching process is gone): the next launch or terminate, or `stratus reconcile`, rolls it back".to_owned()
+            }))
             .collect(),
         nodes: app.store.nodes_of(c.id)?,
     })
+}
+
+/// A launch in progress whose launcher died (killed, or its machine rebooted): what reconcile
+/// rolls back. Only read here, never acted on.
+fn abandoned(app: &App, c: &ClusterRow) -> bool {
+    use crate::cluster::locks::{LaunchLock, Launcher};
+    use crate::model::ClusterState;
+    matches!(
+        c.state,
+        ClusterState::Reserved | ClusterState::Requested | ClusterState::Running
+    ) && LaunchLock::launcher(&app.state_dir, &c.request_id) == Launcher::Died
 }
 
 fn find(app: &App, owner: &Owner, name: &str) -> Result<ClusterRow, Error> {

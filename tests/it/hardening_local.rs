@@ -245,7 +245,17 @@ fn sigkill_of_the_launcher_while_configuring_then_reconcile() {
         let dir = ctx.state.join("local").join(&id);
         assert!(node_pid(&dir).is_some(), "node {id} died with its launcher");
     }
+    // `list` says so before anything acts on it, and acts on nothing.
+    let r = ctx.ok(&["list"]);
+    assert!(
+        r.stdout
+            .contains("ck: its launch was cut off (the launching process is gone)"),
+        "{r}"
+    );
+    assert_eq!(ctx.cluster_json("ck")["state"], "running");
     assert_reconcile_rolls_back(&ctx, "ck", "running", 2);
+    let r = ctx.ok(&["list", "--all"]);
+    assert!(!r.stdout.contains("cut off"), "{r}");
     assert!(
         processes_mentioning(&marker.display().to_string()).is_empty(),
         "the configure command still runs"
