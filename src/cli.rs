@@ -74,7 +74,7 @@ pub enum Command {
     Login {
         name: String,
         /// Options for ssh and a remote command, after -- (as `ssh HOST [OPTIONS] [COMMAND]`
-        /// reads them); the pinned host key cannot be overridden
+        /// reads them); the key, known_hosts file and strict host key checking stratus sets stay
         #[arg(last = true, value_name = "SSH_ARGS")]
         ssh_args: Vec<String>,
     },

@@ -252,13 +252,14 @@ impl SiteConfig {
                 ));
             }
         }
-        if !self.local.first_address.is_loopback() {
+        // Checked where they are used: a multi-user (EC2) site never reads them.
+        if self.provider == ProviderKind::Local && !self.local.first_address.is_loopback() {
             return Err(invalid(format!(
                 "[local] first_address = \"{}\" is not a loopback address (127.0.0.0/8): local nodes listen on loopback addresses only",
                 self.local.first_address
             )));
         }
-        if self.local.ssh_port == 0 {
+        if self.provider == ProviderKind::Local && self.local.ssh_port == 0 {
             return Err(invalid(
                 "[local] ssh_port must be a port number from 1 to 65535".into(),
             ));

@@ -497,6 +497,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn times_carry_three_digits_of_milliseconds() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_796_001_614_430), "2026-11-30T01:20:14.430Z");
+        assert_eq!(rfc3339(1_796_001_614_007), "2026-11-30T01:20:14.007Z");
+    }
+
+    #[test]
     fn cluster_names() {
         for ok in ["a", "demo", "0", "a-b-c", &"x".repeat(40)] {
             assert!(ClusterName::parse(ok).is_ok(), "{ok}");

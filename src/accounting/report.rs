@@ -6,7 +6,9 @@
 //!   window `[since, until)`; `instance_hours` is exactly that time;
 //! - cost is per second, as EC2 bills: a run's length is rounded up to whole seconds, and a run
 //!   shorter than 60 seconds is billed as 60 (EC2's minimum); the minimum counts in the window
-//!   (and on the day) where the run starts, so clipping never bills it twice;
+//!   (and on the day) where the run starts, so clipping never bills it twice; the rounding
+//!   counts in the window holding the run's end, and a run still open ends now, so a report up
+//!   to now bills an open run as if it ended now (up to a second past `until`);
 //! - each piece costs its price per hour times its time, rounded to the micro-dollar; rows and
 //!   the total are sums of micro-dollars: nothing is a float until it is printed;
 //! - `estimated` says that some interval of the row ended at a last sighting rather than at an

@@ -628,6 +628,9 @@ pub async fn delete_cluster<P: Provider>(
             cluster.name
         )));
     }
+    // Held while it works, like a terminate: two deletes, or a delete and a terminate that
+    // still finishes this row, never act at once; and its lock file is unlinked while held.
+    let _lock = TerminateLock::acquire(ctx.state_dir, cluster.id)?;
     let selector = cluster_selector(ctx, cluster);
     let tagged = provider.describe(&selector).await?;
     let mut ids: BTreeSet<String> = adopt(ctx, cluster, &tagged, true)?.into_iter().collect();

@@ -547,8 +547,8 @@ pub(super) async fn login(
         .arg(&reach.view.ssh_user)
         // The host first: OpenSSH reads options after it too, and the first word that is not
         // one starts a remote command (`login demo -- -o BatchMode=yes hostname`). The options
-        // above come first, and for ssh the first value of an option wins, so nothing after
-        // `--` can loosen the pinned host key.
+        // above come first, and for ssh the first value of an option wins, so the ones set here
+        // (the key, the known_hosts file, strict checking) cannot be changed after `--`.
         .arg(&address)
         .args(ssh_args);
     tracing::debug!(?cmd, "exec");

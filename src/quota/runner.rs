@@ -397,7 +397,14 @@ pub fn view(app: &App, c: &ClusterRow) -> Result<ClusterView, Error> {
             })
             .into_iter()
             .chain(abandoned(app, c).then(|| {
-                "its launch was cut off (the launching process is gone): the next launch or terminate, or `stratus reconcile`, rolls it back".to_owned()
+                // In a multi-user install the runner reconciles before every launch and
+                // terminate; a student's own `reconcile` does not reach its state.
+                let by = if app.config.mode == Mode::MultiUser {
+                    "the next launch or terminate rolls it back"
+                } else {
+                    "the next launch or terminate, or `stratus reconcile`, rolls it back"
+                };
+                format!("its launch was cut off (the launching process is gone): {by}")
             }))
             .collect(),
         nodes: app.store.nodes_of(c.id)?,
