@@ -1019,6 +1019,39 @@ fn with_first_contact_host_keys_an_image_that_prints_none_still_launches() {
     .unwrap_or_else(|| panic!("the nodes were not stopped: {:?}", hv.report()));
 }
 
+#[test]
+fn exec_on_a_cluster_launched_without_configure_pins_keys_from_the_consoles() {
+    let Some(moto) = Moto::acquire() else { return };
+    let ctx = host_key_context(&moto, 60, "");
+    // The worker's console shows another key than the worker presents.
+    let forged: BTreeSet<String> = ["nc-worker-1".to_owned()].into();
+    let hv = hypervisor_with(&moto, "nc", &[], Console::ForgedFor(forged));
+
+    ctx.ok(&["launch-cluster", "nc", "1", "-p", "e2e", "--no-configure"]);
+    assert_eq!(moto.faults().count("GetConsoleOutput"), 0);
+    eventually(Duration::from_secs(30), || {
+        (hv.report().booted.len() == 2).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the nodes did not boot: {:?}", hv.report()));
+    // The master's console shows its key: exec pins it from there, and reaches it.
+    let r = ctx.ok(&["exec", "nc", "--", "cat", "role"]);
+    assert_eq!(r.stdout, "master\n", "{r}");
+    assert!(moto.faults().count("GetConsoleOutput") >= 1);
+    // The worker presents another key than its console shows: refused.
+    let r = ctx.run(&["exec", "nc", "--all", "--", "cat", "role"]);
+    assert_ne!(r.code, 0, "{r}");
+    assert!(
+        r.stderr.contains("host key mismatch for nc-worker-1"),
+        "{r}"
+    );
+    assert!(!r.stdout.contains("[nc-worker-1] worker"), "{r}");
+    ctx.ok(&["terminate-cluster", "nc", "--yes"]);
+    eventually(Duration::from_secs(20), || {
+        (hv.report().stopped.len() == 2).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the nodes were not stopped: {:?}", hv.report()));
+}
+
 /// stderr is one `error: …` line, without the SDK's vocabulary.
 fn assert_one_sentence(r: &crate::support::Run, needle: &str) {
     let lines: Vec<&str> = r.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
