@@ -910,7 +910,7 @@ fn a_worker_that_never_answers_rolls_back_everything() {
 fn host_key_context(moto: &Moto, ready_secs: u32, extra: &str) -> TestContext {
     let (_vpc, subnet) = moto.loopback_subnet();
     let ctx = ec2_context(
-        &moto,
+        moto,
         &format!(
             "subnet_id = \"{subnet}\"\naddress = \"private_ip\"\nclient_cidrs = [\"127.0.0.0/8\"]\n{extra}"
         ),
