@@ -1185,7 +1185,13 @@ impl Provider for Ec2Provider {
         }
         let answer = match call.send().await {
             Ok(a) => a,
-            Err(e) if latest && error::code(&e) == Some("UnsupportedOperation") => {
+            Err(e)
+                if latest
+                    && matches!(
+                        error::code(&e),
+                        Some("UnsupportedOperation" | "InvalidParameterCombination")
+                    ) =>
+            {
                 // Instance types without the latest output answer this; the buffered output
                 // (EC2 updates it after boot) still shows cloud-init's keys, only later.
                 tracing::debug!("GetConsoleOutput refuses Latest=true; asking without it");
