@@ -12,9 +12,12 @@ Runs moto's WSGI app in this process (as `moto_server` does) behind a middleware
     the same answer again, without forwarding, as EC2 does (moto launches anew);
   - hold: block every call of an action until released (a test can kill the client meanwhile);
   - count every EC2 call by Action;
-  - age instances: make their launch time older in moto's backend (moto has no clock API).
+  - age instances: make their launch time older in moto's backend (moto has no clock API);
+  - console: make GetConsoleOutput of an instance answer a given text (base64 in <output>, as
+    EC2 does) instead of moto's canned boot log, as cloud-init prints its SSH host keys there.
 With nothing configured it is transparent. The control API, JSON in and out:
-  POST /stratus-faults/reset                     faults, holds (released), counts, tracked ids
+  POST /stratus-faults/reset                     faults, holds (released), counts, tracked ids,
+                                                 consoles
   POST /stratus-faults/config   {"throttle": {"RunInstances": 3}, "lose_answer": {...},
                                  "not_found_secs": 20, "idempotent_client_token": true}
                                 each key named replaces its old value
@@ -24,12 +27,14 @@ With nothing configured it is transparent. The control API, JSON in and out:
   POST /stratus-faults/hold     {"action": "RunInstances"}
   POST /stratus-faults/release  {"action": "RunInstances"}
   GET  /stratus-faults/held     {"RunInstances": 1}
+  POST /stratus-faults/console  {"instance_id": "i-…", "output": "text"} (null output: moto's)
 and POST /moto-api/reset clears all of the above before moto resets its own state.
 
 Usage: python moto_faults.py --host 127.0.0.1 --port P
 """
 
 import argparse
+import base64
 import datetime
 import io
 import json
@@ -55,6 +60,7 @@ CONTROL = "/stratus-faults/"
 # The actions that answer InvalidInstanceID.NotFound for an instance id that is still new.
 NOT_FOUND_ACTIONS = {"DescribeInstances", "TerminateInstances", "CreateTags"}
 INSTANCE_ID_IN_ANSWER = re.compile(rb"<instanceId>(i-[0-9a-zA-Z]+)</instanceId>")
+CONSOLE_OUTPUT_IN_ANSWER = re.compile(rb"<output>[^<]*</output>|<output\s*/>")
 
 
 def error_xml(code, message):
@@ -103,6 +109,7 @@ class Faults:
             self.counts = {}
             self.first_seen = {}  # instance id -> monotonic time its RunInstances answer passed
             self.holds = {}  # action -> Hold
+            self.consoles = {}  # instance id -> the console output GetConsoleOutput answers
 
     def configure(self, conf):
         with self.lock:
@@ -171,6 +178,18 @@ class Faults:
             now = time.monotonic()
             for i in ids:
                 self.first_seen.setdefault(i, now)
+
+    def set_console(self, instance_id, output):
+        with self.lock:
+            if output is None:
+                self.consoles.pop(instance_id, None)
+            else:
+                self.consoles[instance_id] = str(output)
+            return len(self.consoles)
+
+    def console(self, instance_id):
+        with self.lock:
+            return self.consoles.get(instance_id)
 
     def is_new(self, instance_id):
         with self.lock:
@@ -367,6 +386,14 @@ class FaultMiddleware:
                 "InternalError",
                 "An internal error has occurred",
             )
+        if action == "GetConsoleOutput" and status.startswith("2"):
+            # moto checked the instance exists; the text set for it replaces moto's canned one.
+            text = f.console((params.get("InstanceId") or [""])[0])
+            if text is not None:
+                encoded = base64.b64encode(text.encode()).decode()
+                body = CONSOLE_OUTPUT_IN_ANSWER.sub(
+                    f"<output>{encoded}</output>".encode(), body, count=1
+                )
         if action == "DescribeInstances" and status.startswith("2"):
             if not numbered(params, "InstanceId"):
                 try:
@@ -405,6 +432,9 @@ class FaultMiddleware:
             if what == "release" and method == "POST":
                 f.release(str(arg["action"]))
                 return self.json_answer(start_response, f.held_now())
+            if what == "console" and method == "POST":
+                n = f.set_console(str(arg["instance_id"]), arg.get("output"))
+                return self.json_answer(start_response, {"consoles": n})
             if what == "held" and method == "GET":
                 return self.json_answer(start_response, f.held_now())
         except (KeyError, TypeError, ValueError, AttributeError) as e:

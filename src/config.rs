@@ -155,6 +155,24 @@ pub struct Ec2Config {
     /// Allow 0.0.0.0/0 in `client_cidrs`. Off unless the site says so.
     #[serde(default)]
     pub allow_world: bool,
+    /// Where a node's SSH host key comes from before it is pinned: its console output
+    /// (`console`, the default) or the first SSH contact (`first-contact`, for images whose
+    /// cloud-init does not print its keys to the console).
+    #[serde(default)]
+    pub host_keys: HostKeySource,
+}
+
+/// Where stratus learns an EC2 node's host key, to pin it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostKeySource {
+    /// From the instance's console output (GetConsoleOutput), where cloud-init prints the host
+    /// keys between `-----BEGIN SSH HOST KEY KEYS-----` and `-----END SSH HOST KEY KEYS-----`,
+    /// before first contact: a connection presenting another key is refused.
+    #[default]
+    Console,
+    /// Whatever the node presents on the first SSH contact (trust on first use), then pinned.
+    FirstContact,
 }
 
 impl SiteConfig {
@@ -351,6 +369,28 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("allow_world"), "{err}");
+    }
+
+    #[test]
+    fn ec2_host_keys_come_from_the_console_unless_the_site_says_otherwise() {
+        let ec2 = |extra: &str| {
+            SiteConfig::parse(
+                &format!("provider = \"ec2\"\n[ec2]\nregion = \"us-east-1\"\n{extra}"),
+                Path::new("c"),
+            )
+            .map(|c| c.ec2.unwrap().host_keys)
+        };
+        assert_eq!(ec2("").unwrap(), HostKeySource::Console);
+        assert_eq!(
+            ec2("host_keys = \"console\"\n").unwrap(),
+            HostKeySource::Console
+        );
+        assert_eq!(
+            ec2("host_keys = \"first-contact\"\n").unwrap(),
+            HostKeySource::FirstContact
+        );
+        let err = ec2("host_keys = \"trust\"\n").unwrap_err().to_string();
+        assert!(err.contains("first-contact"), "{err}");
     }
 
     #[test]

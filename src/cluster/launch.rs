@@ -39,6 +39,8 @@ const LAUNCHING: &[ClusterState] = &[ClusterState::Requested];
 const UP: &[ClusterState] = &[ClusterState::Running, ClusterState::Configured];
 /// How often a wait for SSH looks whether its nodes are still there.
 const GONE_POLL: Duration = Duration::from_secs(2);
+/// The longest pause between two reads of a node's console while its host keys are not there.
+const CONSOLE_POLL: Duration = Duration::from_secs(5);
 
 /// What `launch-cluster` and `launch-master` ask for, validated.
 #[derive(Debug, Clone)]
@@ -762,9 +764,12 @@ async fn bring_up_once<P: Provider>(
         }
     }
 
-    // 4. Wait until each answers SSH; pin host keys learned on first contact. A node the
-    // provider reports gone meanwhile fails its wait at once.
+    // 4. Wait until each answers SSH, with its host key pinned: read from its console before
+    // first contact where the provider says so (EC2's `host_keys = "console"`), else learned on
+    // first contact. A node the provider reports gone meanwhile fails its wait at once.
     let mut up: Vec<NodeRow> = Vec::new();
+    // A node that presented another key than the one pinned: the whole launch fails.
+    let mut intercepted: Option<String> = None;
     if b.ssh && !running.is_empty() {
         show_phase(bar, "waiting for SSH");
         let remaining = deadline
@@ -801,6 +806,32 @@ async fn bring_up_once<P: Provider>(
                 }
             }
         };
+        // The nodes whose key comes from their console, by instance id, with their names.
+        let from_console: BTreeMap<String, String> = if b.provider.host_keys_from_console() {
+            running
+                .iter()
+                .filter(|r| r.host_key.is_none())
+                .map(|r| {
+                    let name = crate::model::node_name(&cluster.name, r.role, r.index);
+                    (r.instance_id.clone(), name)
+                })
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
+        // Which nodes wait for their console is known before any wait starts.
+        let (keys_tx, keys_rx) = tokio::sync::watch::channel(ConsoleKeys {
+            pending: from_console.keys().cloned().collect(),
+            read: BTreeMap::new(),
+        });
+        let console = read_consoles(
+            b,
+            from_console,
+            deadline,
+            ready_timeout,
+            gone_rx.clone(),
+            keys_tx,
+        );
         let mut jobs = Vec::new();
         for row in running {
             let t = target(&row, cluster)?;
@@ -808,26 +839,60 @@ async fn bring_up_once<P: Provider>(
         }
         let client = b.client.clone();
         let bar2 = bar.clone();
-        let waits = ssh::fan_out(jobs, ctx.ssh.max_parallel, move |(row, t)| {
+        let waits = ssh::fan_out(jobs, ctx.ssh.max_parallel, move |(mut row, mut t)| {
             let client = client.clone();
             let bar = bar2.clone();
             let mut gone = gone_rx.clone();
+            let mut keys = keys_rx.clone();
             async move {
                 let id = row.instance_id.clone();
+                let mut remaining = remaining;
+                if row.host_key.is_none() && keys.borrow().pending.contains(&id) {
+                    // First the key from the node's console, then SSH must present that key.
+                    let read = tokio::select! {
+                        r = keys.wait_for(|k| k.read.contains_key(&id)) => match r {
+                            Ok(k) => k.read[&id].clone(),
+                            Err(_) => Err(format!("{}: the console reader ended", t.name)),
+                        },
+                        _ = gone.wait_for(|g| g.contains(&id)) => {
+                            Err(format!("{} was terminated before it answered SSH", t.name))
+                        }
+                    };
+                    let pinned = match read.and_then(|line| {
+                        ssh::parse_public_key(&line)
+                            .map(|k| (line, k))
+                            .map_err(|e| crate::error::one_line(&e))
+                    }) {
+                        Ok(p) => p,
+                        Err(e) => return (row, Err((e, false))),
+                    };
+                    t.host_key = Some(pinned.1);
+                    row.host_key = Some(pinned.0);
+                    remaining = deadline
+                        .saturating_duration_since(Instant::now())
+                        .max(Duration::from_secs(1));
+                }
                 let wait = client.wait_ready(&t, remaining);
                 let r = tokio::select! {
-                    r = wait => r.map_err(|e| match e {
-                        // Report the profile's timeout, which the user set, not what was left.
-                        ssh::SshError::Timeout { node, addr, last, .. } => ssh::SshError::Timeout {
-                            node,
-                            addr,
-                            after: ready_timeout,
-                            last,
-                        },
-                        other => other,
-                    }).map_err(|e| crate::error::one_line(&e)),
+                    r = wait => r.map_err(|e| {
+                        let fatal = matches!(e, ssh::SshError::HostKeyMismatch { .. });
+                        let e = match e {
+                            // Report the profile's timeout, which the user set, not what was
+                            // left.
+                            ssh::SshError::Timeout { node, addr, last, .. } => {
+                                ssh::SshError::Timeout {
+                                    node,
+                                    addr,
+                                    after: ready_timeout,
+                                    last,
+                                }
+                            }
+                            other => other,
+                        };
+                        (crate::error::one_line(&e), fatal)
+                    }),
                     _ = gone.wait_for(|g| g.contains(&id)) => {
-                        Err(format!("{} was terminated before it answered SSH", t.name))
+                        Err((format!("{} was terminated before it answered SSH", t.name), false))
                     }
                 };
                 let r = match r {
@@ -848,6 +913,7 @@ async fn bring_up_once<P: Provider>(
                 tokio::select! {
                     biased;
                     r = waits => Ok(r),
+                    e = console => Err(e),
                     () = watcher => Err(Error::runtime("the watch on the nodes ended")),
                 }
             })
@@ -861,8 +927,11 @@ async fn bring_up_once<P: Provider>(
                     }
                     up.push(row);
                 }
-                Err(message) => {
+                Err((message, fatal)) => {
                     dead.insert(row.instance_id.clone());
+                    if fatal && intercepted.is_none() {
+                        intercepted = Some(message.clone());
+                    }
                     failed.push(Failure {
                         role: row.role,
                         nodes: 1,
@@ -879,5 +948,138 @@ async fn bring_up_once<P: Provider>(
     if !dead.is_empty() {
         terminate_ids(ctx, b.provider, &dead, &selector).await?;
     }
+    if let Some(message) = intercepted {
+        // Not a node to replace: the path to the cloud is not to be trusted.
+        return Err(Error::runtime(message));
+    }
     Ok((up, failed))
+}
+
+/// Why a node's host key could not be pinned from its console.
+fn no_console_keys(name: &str, id: &str, waited: Duration, last: &str) -> String {
+    format!(
+        "{name} ({id}) showed no SSH host keys on its console within {}s{last}; stratus pins them from there before first contact. If the image does not print them (cloud-init's `-----BEGIN SSH HOST KEY KEYS-----` block), set `[ec2] host_keys = \"first-contact\"` in the site config",
+        waited.as_secs()
+    )
+}
+
+/// The host key to pin for one node, read from its console: polled with backoff (1 s growing to
+/// 5 s) until it shows one or `timeout` has passed.
+pub(crate) async fn console_host_key<P: Provider>(
+    provider: &P,
+    id: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<russh::keys::PublicKey, Error> {
+    let deadline = Instant::now() + timeout;
+    let mut delay = Duration::from_secs(1);
+    let mut last = String::new();
+    loop {
+        match provider.console_host_keys(id).await {
+            Ok(Some(found)) => {
+                return ssh::preferred_host_key(&found).ok_or_else(|| {
+                        Error::runtime(format!(
+                            "{name} ({id}): its console lists no SSH host key of a type stratus can pin (ed25519, ECDSA or RSA)"
+                        ))
+                    });
+            }
+            Ok(None) => {}
+            Err(e) => last = format!(" (last error: {})", crate::error::one_line(&e)),
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(Error::runtime(no_console_keys(name, id, timeout, &last)));
+        }
+        tokio::time::sleep(delay.min(deadline - now)).await;
+        delay = (delay * 2).min(CONSOLE_POLL);
+    }
+}
+
+/// What the console reader has found: for each node it reads, the host key line to pin, or why
+/// there is none.
+#[derive(Debug)]
+struct ConsoleKeys {
+    /// Instance ids whose key comes from the console.
+    pending: BTreeSet<String>,
+    read: BTreeMap<String, Result<String, String>>,
+}
+
+/// Reads the host keys of `nodes` (instance id -> name) from their consoles, pinning each in the
+/// store as it is found, and publishes them on `keys`. One call per node still waiting per
+/// round, rounds 1 s apart growing to 5 s, until `deadline`; a node whose console shows no keys
+/// by then gets an error that names the setting to change. Never returns unless the store fails.
+async fn read_consoles<P: Provider>(
+    b: &Batch<'_, P>,
+    nodes: BTreeMap<String, String>,
+    deadline: Instant,
+    ready_timeout: Duration,
+    gone: tokio::sync::watch::Receiver<BTreeSet<String>>,
+    keys: tokio::sync::watch::Sender<ConsoleKeys>,
+) -> Error {
+    use futures_util::StreamExt;
+    let mut left = nodes;
+    let mut last_error: BTreeMap<String, String> = BTreeMap::new();
+    let mut delay = Duration::from_secs(1);
+    while !left.is_empty() {
+        left.retain(|id, _| !gone.borrow().contains(id));
+        let ids: Vec<String> = left.keys().cloned().collect();
+        let answers: Vec<(String, Result<_, _>)> = futures_util::stream::iter(ids)
+            .map(|id| async move {
+                let r = b.provider.console_host_keys(&id).await;
+                (id, r)
+            })
+            .buffer_unordered(b.ctx.ssh.max_parallel.max(1))
+            .collect()
+            .await;
+        for (id, answer) in answers {
+            let found = match answer {
+                Ok(Some(found)) => found,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::debug!(instance = %id, "cannot read the console: {e}");
+                    last_error.insert(id, crate::error::one_line(&e));
+                    continue;
+                }
+            };
+            let Some(name) = left.remove(&id) else {
+                continue;
+            };
+            let result = match ssh::preferred_host_key(&found) {
+                Some(key) => {
+                    let line = ssh::public_key_openssh(&key);
+                    if let Err(e) = b.ctx.store.set_host_key(&id, &line) {
+                        return e.into();
+                    }
+                    tracing::info!(node = %name, key = %ssh::fingerprint(&key), "pinned the host key its console shows");
+                    Ok(line)
+                }
+                None => Err(format!(
+                    "{name} ({id}): its console lists no SSH host key of a type stratus can pin (ed25519, ECDSA or RSA)"
+                )),
+            };
+            keys.send_modify(|k| {
+                k.read.insert(id, result);
+            });
+        }
+        if left.is_empty() {
+            break;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            keys.send_modify(|k| {
+                for (id, name) in std::mem::take(&mut left) {
+                    let last = last_error
+                        .get(&id)
+                        .map(|e| format!(" (last error: {e})"))
+                        .unwrap_or_default();
+                    let message = no_console_keys(&name, &id, ready_timeout, &last);
+                    k.read.insert(id, Err(message));
+                }
+            });
+            break;
+        }
+        tokio::time::sleep(delay.min(deadline - now)).await;
+        delay = (delay * 2).min(CONSOLE_POLL);
+    }
+    std::future::pending().await
 }

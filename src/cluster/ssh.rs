@@ -2,8 +2,9 @@
 //! files, and fan out over a cluster's nodes with a bounded number of sessions in flight.
 //!
 //! Host keys are never accepted blindly. A node's key is pinned before first contact when the
-//! provider knows it (the local provider generates it), or recorded on first contact and then
-//! enforced; a mismatch is a hard error naming the node. Uploads go through `cat` on the remote
+//! provider knows it (the local provider generates it; EC2 nodes print theirs on the console),
+//! or, where the site allows it (`[ec2] host_keys = "first-contact"`), recorded on first contact
+//! and then enforced; a mismatch is a hard error naming the node. Uploads go through `cat` on the remote
 //! side, so any sshd works (no SFTP subsystem needed).
 
 use std::future::Future;
@@ -99,6 +100,24 @@ pub fn parse_public_key(line: &str) -> Result<PublicKey, SshError> {
 
 pub fn fingerprint(key: &PublicKey) -> String {
     key.fingerprint(HashAlg::Sha256).to_string()
+}
+
+/// Of the host keys a node lists (on its console), the one to pin: ed25519, else ECDSA, else
+/// RSA, the order of this client's own preference. A `Target` pins one key, and the client asks
+/// for the pinned key's algorithm first, so a node holding that key presents it whatever else it
+/// has. Keys of other types (DSA, security-key types) are never chosen.
+pub fn preferred_host_key(keys: &[PublicKey]) -> Option<PublicKey> {
+    use russh::keys::Algorithm;
+    let rank = |k: &PublicKey| match k.algorithm() {
+        Algorithm::Ed25519 => Some(0),
+        Algorithm::Ecdsa { .. } => Some(1),
+        Algorithm::Rsa { .. } => Some(2),
+        _ => None,
+    };
+    keys.iter()
+        .filter_map(|k| rank(k).map(|r| (r, k)))
+        .min_by_key(|(r, _)| *r)
+        .map(|(_, k)| k.clone())
 }
 
 /// Where and as whom to connect, and the host key to insist on.
@@ -461,4 +480,37 @@ where
         }
     }
     out.into_iter().flatten().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use russh::keys::{Algorithm, EcdsaCurve};
+
+    fn key(alg: Algorithm) -> PublicKey {
+        PrivateKey::random(&mut rand::rng(), alg)
+            .unwrap()
+            .public_key()
+            .clone()
+    }
+
+    #[test]
+    fn ed25519_is_pinned_before_ecdsa_and_ecdsa_before_rsa() {
+        let ed = key(Algorithm::Ed25519);
+        let ec = key(Algorithm::Ecdsa {
+            curve: EcdsaCurve::NistP256,
+        });
+        let rsa = parse_public_key(RSA).unwrap();
+        let pick = |keys: &[&PublicKey]| {
+            preferred_host_key(&keys.iter().map(|k| (*k).clone()).collect::<Vec<_>>())
+                .map(|k| k.algorithm())
+        };
+        assert_eq!(pick(&[&rsa, &ec, &ed]), Some(ed.algorithm()));
+        assert_eq!(pick(&[&rsa, &ec]), Some(ec.algorithm()));
+        assert_eq!(pick(&[&rsa]), Some(rsa.algorithm()));
+        assert_eq!(pick(&[]), None);
+    }
+
+    /// A 1024-bit RSA public key (generating one in a test is slow).
+    const RSA: &str = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQDGf0OK/IM45CmoyfjF/mGJGPO4uJeIIm4SGYbjx2VH+2sRIp8QdBdGNBMyNgGAGHeafc28lAu1am1ztjGzGXAQV8UUYxXtsa2kHSZAu0ZZF7LyPY5ReLq2CifXFk/JGUFwwVQeUNyvEwuWQdKC6MzLiD0YuwXIE5PyPbhveHBHMQ==";
 }

@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -13,7 +14,9 @@ use crate::app::App;
 use crate::caller::Caller;
 use crate::cluster::configure::update_workers_file;
 use crate::cluster::keys::ClusterKeys;
+use crate::cluster::launch::console_host_key;
 use crate::cluster::meta::target_of;
+use crate::cluster::provider::Provider;
 use crate::cluster::ssh::{self, Client, ExecOutput};
 use crate::error::Error;
 use crate::model::{ClusterName, Role, node_name};
@@ -280,7 +283,8 @@ fn client_for(app: &App, reach: &Reach) -> Result<Client, Error> {
 }
 
 /// Pins the host keys of nodes never reached over SSH yet (a cluster launched with
-/// `--no-configure` in a single-user install), on this first contact, so every later
+/// `--no-configure` in a single-user install): from the node's console where the provider reads
+/// keys there (EC2's `host_keys = "console"`), else on this first contact; every later
 /// connection insists on them. The runner of a multi-user install pins every key itself.
 async fn pin_first_contact(
     app: &App,
@@ -288,19 +292,32 @@ async fn pin_first_contact(
     client: &Client,
     nodes: &mut [NodeRow],
 ) -> Result<(), Error> {
+    let mut provider = None;
     for n in nodes.iter_mut().filter(|n| n.host_key.is_none()) {
-        if reach.row.is_none() {
+        let Some(row) = &reach.row else {
             return Err(Error::runtime(format!(
                 "{} has no pinned host key; ask your instructor to run `stratus reconcile`",
                 node_name(&reach.name, n.role, n.index)
             )));
-        }
+        };
         let t = reach.target(n)?;
-        let session = client.connect(&t).await?;
-        let key = ssh::public_key_openssh(&session.host_key);
-        session.close().await;
+        if provider.is_none() {
+            provider = Some(app.provider(row.provider).await?);
+        }
+        let provider = provider.as_deref().expect("set above");
+        let key = if provider.host_keys_from_console() {
+            let timeout = Duration::from_secs(row.record.profile.ready_timeout_secs);
+            let key = console_host_key(provider, &n.instance_id, &t.name, timeout).await?;
+            tracing::info!(node = %t.name, key = %ssh::fingerprint(&key), "pinned the host key its console shows");
+            ssh::public_key_openssh(&key)
+        } else {
+            let session = client.connect(&t).await?;
+            let key = ssh::public_key_openssh(&session.host_key);
+            session.close().await;
+            tracing::info!(node = %t.name, "pinned its host key on first contact");
+            key
+        };
         app.store.set_host_key(&n.instance_id, &key)?;
-        tracing::info!(node = %t.name, "pinned its host key on first contact");
         n.host_key = Some(key);
     }
     Ok(())

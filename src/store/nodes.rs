@@ -295,7 +295,7 @@ impl Store {
         )?)
     }
 
-    /// Pins a host key learned on first contact.
+    /// Pins a host key (read from the node's console, or learned on first contact).
     pub fn set_host_key(&self, instance_id: &str, key: &str) -> Result<(), StoreError> {
         self.conn().execute(
             "UPDATE nodes SET host_key = ?2 WHERE instance_id = ?1 AND host_key IS NULL",

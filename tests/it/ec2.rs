@@ -25,7 +25,7 @@ use stratus::model::{ClusterName, Owner, RequestId, StoreId};
 
 pub(crate) use crate::support::BIN;
 use crate::support::{TestContext, eventually};
-use ec2_hypervisor::{Hypervisor, HypervisorConfig};
+use ec2_hypervisor::{Console, Hypervisor, HypervisorConfig};
 use ec2_moto::{Moto, UBUNTU_AMI, assert_cluster_tags, tag};
 
 pub(crate) const CIDRS: [&str; 2] = ["203.0.113.0/24", "198.51.100.7/32"];
@@ -716,12 +716,23 @@ pub(crate) fn e2e_profile(ctx: &TestContext, ready_secs: u32, min_workers: Optio
 }
 
 pub(crate) fn hypervisor(moto: &Moto, cluster: &str, never_boot: &[&str]) -> Hypervisor {
+    hypervisor_with(moto, cluster, never_boot, Console::HostKeys)
+}
+
+/// `hypervisor`, with what the booted nodes' consoles show.
+pub(crate) fn hypervisor_with(
+    moto: &Moto,
+    cluster: &str,
+    never_boot: &[&str],
+    console: Console,
+) -> Hypervisor {
     Hypervisor::start(HypervisorConfig {
         endpoint: moto.endpoint.clone(),
         cluster: cluster.into(),
         user: "ubuntu".into(),
         port: 2200,
         never_boot: never_boot.iter().map(|s| s.to_string()).collect(),
+        console,
     })
 }
 
@@ -797,7 +808,9 @@ fn a_cluster_configured_over_ssh_on_loopback_instances() {
         "{r}"
     );
 
-    // Host keys were learned on first contact and are now pinned.
+    // Host keys were read from the consoles (ed25519, not the ECDSA key listed before it) and
+    // pinned before first contact.
+    assert!(moto.faults().count("GetConsoleOutput") >= 3);
     let known = std::fs::read_dir(ctx.state.join("clusters"))
         .unwrap()
         .flatten()
@@ -810,6 +823,7 @@ fn a_cluster_configured_over_ssh_on_loopback_instances() {
         known.contains(&format!("[{master_addr}]:2200 ssh-ed25519 ")),
         "{known}"
     );
+    assert!(!known.contains("ecdsa"), "{known}");
 
     // Another worker, from a new process: it finds the cluster's group, gets the intra-cluster
     // key from the master, and the master's check now counts three workers.
@@ -890,6 +904,152 @@ fn a_worker_that_never_answers_rolls_back_everything() {
     .unwrap_or_else(|| panic!("booted nodes were not stopped: {:?}", hv.report()));
     assert_eq!(report.booted.len(), 2);
     assert!(report.errors.is_empty(), "{:?}", report.errors);
+}
+
+/// The context and profile of the host key tests: loopback instances, `[ec2]` with `extra`.
+fn host_key_context(moto: &Moto, ready_secs: u32, extra: &str) -> TestContext {
+    let (_vpc, subnet) = moto.loopback_subnet();
+    let ctx = ec2_context(
+        moto,
+        &format!(
+            "subnet_id = \"{subnet}\"\naddress = \"private_ip\"\nclient_cidrs = [\"127.0.0.0/8\"]\n{extra}"
+        ),
+    );
+    e2e_profile(&ctx, ready_secs, Some(1));
+    ctx
+}
+
+/// Every instance of `cluster` is terminated, its group and key pair are gone, and the cluster
+/// is recorded failed.
+fn assert_rolled_back(moto: &Moto, ctx: &TestContext, cluster: &str) {
+    assert!(
+        !moto
+            .instances(&[("tag:stratus:cluster", cluster)])
+            .is_empty()
+    );
+    assert_eq!(live_instances(moto, cluster), 0);
+    let owner = owner();
+    assert!(
+        moto.groups_named(&format!("stratus-{owner}-{cluster}"))
+            .is_empty()
+    );
+    assert!(
+        moto.key_pairs_named(&format!("{owner}-{cluster}"))
+            .is_empty()
+    );
+    let c = ctx.cluster_json(cluster);
+    assert_eq!(c["state"], "failed", "{c:#}");
+    assert!(
+        nodes(&c).iter().all(|n| n["state"] == "terminated"),
+        "{c:#}"
+    );
+}
+
+#[test]
+fn a_node_presenting_another_key_than_its_console_shows_fails_the_launch() {
+    let Some(moto) = Moto::acquire() else { return };
+    let ctx = host_key_context(&moto, 60, "");
+    // Only a worker, and min_workers = 1: an interception is no node to replace or do without.
+    let forged: BTreeSet<String> = ["mitm-worker-1".to_owned()].into();
+    let hv = hypervisor_with(&moto, "mitm", &[], Console::ForgedFor(forged));
+
+    let r = ctx.run(&["launch-cluster", "mitm", "2", "-p", "e2e"]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(
+        r.stderr.contains("host key mismatch for mitm-worker-1"),
+        "{r}"
+    );
+    assert!(r.stderr.contains("expected SHA256:"), "{r}");
+    assert!(!r.stderr.contains("replacing"), "{r}");
+    assert_rolled_back(&moto, &ctx, "mitm");
+    let report = eventually(Duration::from_secs(20), || {
+        let r = hv.report();
+        (r.stopped.len() == r.booted.len()).then_some(r)
+    })
+    .unwrap_or_else(|| panic!("booted nodes were not stopped: {:?}", hv.report()));
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+}
+
+#[test]
+fn a_console_without_host_keys_fails_the_wait_naming_the_setting() {
+    let Some(moto) = Moto::acquire() else { return };
+    let ctx = host_key_context(&moto, 5, "");
+    let hv = hypervisor_with(&moto, "nokeys", &[], Console::Silent);
+
+    let r = ctx.run(&["launch-cluster", "nokeys", "1", "-p", "e2e"]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.stderr.contains("the master did not come up"), "{r}");
+    assert!(
+        r.stderr.contains("nokeys-master (i-")
+            && r.stderr
+                .contains("showed no SSH host keys on its console within 5s"),
+        "{r}"
+    );
+    assert!(
+        r.stderr.contains("[ec2] host_keys = \"first-contact\""),
+        "{r}"
+    );
+    assert_rolled_back(&moto, &ctx, "nokeys");
+    // The console was asked with backoff, not in a tight loop: a few calls per node in 5 s.
+    let calls = moto.faults().count("GetConsoleOutput");
+    assert!((1..=12).contains(&calls), "{calls} GetConsoleOutput calls");
+    drop(hv);
+}
+
+#[test]
+fn with_first_contact_host_keys_an_image_that_prints_none_still_launches() {
+    let Some(moto) = Moto::acquire() else { return };
+    let ctx = host_key_context(&moto, 60, "host_keys = \"first-contact\"\n");
+    let hv = hypervisor_with(&moto, "tofu", &[], Console::Silent);
+
+    let r = ctx.ok(&["launch-cluster", "tofu", "1", "-p", "e2e"]);
+    assert!(
+        r.stdout
+            .contains("cluster tofu is up: 1 master + 1 workers"),
+        "{r}"
+    );
+    assert_eq!(moto.faults().count("GetConsoleOutput"), 0);
+    // Pinned on first contact all the same.
+    let r = ctx.ok(&["exec", "tofu", "--all", "--", "cat", "role"]);
+    assert!(r.stdout.contains("[tofu-worker-1] worker"), "{r}");
+    ctx.ok(&["terminate-cluster", "tofu", "--yes"]);
+    eventually(Duration::from_secs(20), || {
+        (hv.report().stopped.len() == 2).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the nodes were not stopped: {:?}", hv.report()));
+}
+
+#[test]
+fn exec_on_a_cluster_launched_without_configure_pins_keys_from_the_consoles() {
+    let Some(moto) = Moto::acquire() else { return };
+    let ctx = host_key_context(&moto, 60, "");
+    // The worker's console shows another key than the worker presents.
+    let forged: BTreeSet<String> = ["nc-worker-1".to_owned()].into();
+    let hv = hypervisor_with(&moto, "nc", &[], Console::ForgedFor(forged));
+
+    ctx.ok(&["launch-cluster", "nc", "1", "-p", "e2e", "--no-configure"]);
+    assert_eq!(moto.faults().count("GetConsoleOutput"), 0);
+    eventually(Duration::from_secs(30), || {
+        (hv.report().booted.len() == 2).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the nodes did not boot: {:?}", hv.report()));
+    // The master's console shows its key: exec pins it from there, and reaches it.
+    let r = ctx.ok(&["exec", "nc", "--", "cat", "role"]);
+    assert_eq!(r.stdout, "master\n", "{r}");
+    assert!(moto.faults().count("GetConsoleOutput") >= 1);
+    // The worker presents another key than its console shows: refused.
+    let r = ctx.run(&["exec", "nc", "--all", "--", "cat", "role"]);
+    assert_ne!(r.code, 0, "{r}");
+    assert!(
+        r.stderr.contains("host key mismatch for nc-worker-1"),
+        "{r}"
+    );
+    assert!(!r.stdout.contains("[nc-worker-1] worker"), "{r}");
+    ctx.ok(&["terminate-cluster", "nc", "--yes"]);
+    eventually(Duration::from_secs(20), || {
+        (hv.report().stopped.len() == 2).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the nodes were not stopped: {:?}", hv.report()));
 }
 
 /// stderr is one `error: …` line, without the SDK's vocabulary.

@@ -1306,6 +1306,7 @@ fn the_secrets_stay_with_the_service_account_and_each_key_with_its_owner() {
         user: "ubuntu".into(),
         port: 2200,
         never_boot: BTreeSet::new(),
+        console: Default::default(),
     });
 
     // A configured launch: the runner reaches every node over SSH with the cluster key.

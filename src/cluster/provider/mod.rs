@@ -14,6 +14,7 @@ pub mod local;
 use std::future::Future;
 use std::time::Duration;
 
+use russh::keys::PublicKey;
 use serde::Serialize;
 
 pub use crate::model::InstanceState;
@@ -271,6 +272,23 @@ pub trait Provider: Send + Sync {
         let _ = leftovers;
         std::future::ready(Ok(()))
     }
+
+    /// Whether a node's host key, when `describe` does not know it, must be read from the node's
+    /// console (`console_host_keys`) and pinned before first contact, rather than learned on
+    /// first contact. EC2 with `[ec2] host_keys = "console"`; the local provider knows its keys.
+    fn host_keys_from_console(&self) -> bool {
+        false
+    }
+
+    /// The SSH host keys instance `id` printed on its console (one call: EC2's
+    /// GetConsoleOutput); `None` while it has printed none yet.
+    fn console_host_keys(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<Vec<PublicKey>>, ProviderError>> + Send {
+        let _ = id;
+        std::future::ready(Ok(None))
+    }
 }
 
 /// The providers a command may use, as one type: built once per command and passed down.
@@ -366,6 +384,20 @@ impl Provider for AnyProvider {
         match self {
             AnyProvider::Local(p) => p.remove_half_made(leftovers).await,
             AnyProvider::Ec2(p) => p.remove_half_made(leftovers).await,
+        }
+    }
+
+    fn host_keys_from_console(&self) -> bool {
+        match self {
+            AnyProvider::Local(p) => p.host_keys_from_console(),
+            AnyProvider::Ec2(p) => p.host_keys_from_console(),
+        }
+    }
+
+    async fn console_host_keys(&self, id: &str) -> Result<Option<Vec<PublicKey>>, ProviderError> {
+        match self {
+            AnyProvider::Local(p) => p.console_host_keys(id).await,
+            AnyProvider::Ec2(p) => p.console_host_keys(id).await,
         }
     }
 }

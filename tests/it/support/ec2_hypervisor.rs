@@ -1,8 +1,9 @@
 //! A test that plays EC2's hypervisor: for each instance of a cluster that moto reports running,
 //! it boots a local node (the local provider's embedded SSH server) bound to the instance's
 //! private IP and the image's SSH port, authorising the instance's key pair and running its
-//! user-data at boot, as cloud-init would; when moto reports the instance terminated, the node is
-//! stopped. moto itself runs nothing, so this is what makes the EC2 provider's whole path, SSH
+//! user-data at boot, as cloud-init would, and printing the node's SSH host keys on the
+//! instance's console (through the fault proxy's `/stratus-faults/console`) as cloud-init does;
+//! when moto reports the instance terminated, the node is stopped. moto itself runs nothing, so this is what makes the EC2 provider's whole path, SSH
 //! included, run for real.
 //!
 //! It only ever binds addresses in 127.0.0.0/8: an instance moto places anywhere else is recorded
@@ -36,6 +37,49 @@ pub struct HypervisorConfig {
     pub port: u16,
     /// Node names (`c-worker-2`) whose instance is never booted: a node whose SSH never answers.
     pub never_boot: BTreeSet<String>,
+    /// What a booted node's console shows.
+    pub console: Console,
+}
+
+/// What the hypervisor prints on a booted node's console.
+#[derive(Debug, Clone, Default)]
+pub enum Console {
+    /// cloud-init's block of host keys: the node's own ed25519 key, after an ECDSA key (which the
+    /// node does not hold: stratus must pin the ed25519 one), amid boot messages.
+    #[default]
+    HostKeys,
+    /// The same, but for these nodes (`c-worker-1`) another ed25519 key than the node's own: what
+    /// a man in the middle's key looks like from the console's side.
+    ForgedFor(BTreeSet<String>),
+    /// Nothing: moto's canned boot log, without host keys (an image that does not print them).
+    Silent,
+}
+
+/// Console output as cloud-init writes it, listing these host keys.
+pub fn console_text(keys: &[String]) -> String {
+    let mut text = String::from(
+        "[    0.000000] Linux version 6.8.0-1012-aws (buildd@lcy02-amd64-053)\r\n\
+         [    2.114567] EXT4-fs (nvme0n1p1): mounted filesystem\r\n\
+         [   11.234567] cloud-init[612]: Cloud-init v. 24.1 running 'modules:config'\r\n\
+         -----BEGIN SSH HOST KEY FINGERPRINTS-----\r\n\
+         256 SHA256:abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQ root@ip-10-0-0-5 (ED25519)\r\n\
+         -----END SSH HOST KEY FINGERPRINTS-----\r\n\
+         -----BEGIN SSH HOST KEY KEYS-----\r\n",
+    );
+    for k in keys {
+        text.push_str(&format!("{k} root@ip-10-0-0-5\r\n"));
+    }
+    text.push_str(
+        "-----END SSH HOST KEY KEYS-----\r\n\
+         [   12.345678] cloud-init[612]: Cloud-init v. 24.1 finished\r\n",
+    );
+    text
+}
+
+/// A fresh public key of this algorithm, as one OpenSSH line without comment.
+pub fn fresh_public_key(alg: russh::keys::Algorithm) -> String {
+    let key = russh::keys::PrivateKey::random(&mut rand::rng(), alg).unwrap();
+    stratus::cluster::ssh::public_key_openssh(key.public_key())
 }
 
 #[derive(Debug, Clone, Default)]
@@ -132,7 +176,10 @@ async fn run(
                         continue;
                     }
                     match boot(&ec2, &local, &config, &i).await {
-                        Ok(node) => {
+                        Ok((node, host_key)) => {
+                            if let Err(e) = print_console(&config, &id, &name, &host_key) {
+                                report.lock().unwrap().errors.push(format!("{id}: {e}"));
+                            }
                             nodes.insert(id.clone(), node);
                             report.lock().unwrap().booted.push(id);
                         }
@@ -209,13 +256,45 @@ fn instance_node_name(i: &aws_sdk_ec2::types::Instance) -> Option<String> {
     Some(node_name(&cluster, role, index))
 }
 
-/// Boots one instance as a local node at its private IP.
+/// Prints a booted node's host keys on its instance's console, as `config.console` says.
+fn print_console(
+    config: &HypervisorConfig,
+    id: &str,
+    name: &str,
+    host_key: &str,
+) -> Result<(), String> {
+    let ed25519 = match &config.console {
+        Console::Silent => return Ok(()),
+        Console::ForgedFor(names) if names.contains(name) => {
+            fresh_public_key(russh::keys::Algorithm::Ed25519)
+        }
+        _ => host_key.to_owned(),
+    };
+    let ecdsa = fresh_public_key(russh::keys::Algorithm::Ecdsa {
+        curve: russh::keys::EcdsaCurve::NistP256,
+    });
+    let body = serde_json::json!({"instance_id": id, "output": console_text(&[ecdsa, ed25519])});
+    let (status, answer) = super::ec2_moto::http(
+        &config.endpoint,
+        "POST",
+        "/stratus-faults/console",
+        &body.to_string(),
+    );
+    if status != 200 {
+        return Err(format!(
+            "console: {status} {answer} (is the server scripts/moto_faults.py?)"
+        ));
+    }
+    Ok(())
+}
+
+/// Boots one instance as a local node at its private IP: the node's id and its host public key.
 async fn boot(
     ec2: &aws_sdk_ec2::Client,
     local: &LocalProvider,
     config: &HypervisorConfig,
     i: &aws_sdk_ec2::types::Instance,
-) -> Result<String, String> {
+) -> Result<(String, String), String> {
     let id = i.instance_id().unwrap_or_default();
     let ip: Ipv4Addr = i
         .private_ip_address()
@@ -288,5 +367,6 @@ async fn boot(
         .launch_at(ip, config.port, &access, &spec, index)
         .await
         .map_err(|e| format!("boot at {ip}:{}: {e}", config.port))?;
-    Ok(node.id)
+    let host_key = node.host_key.clone().ok_or("the node has no host key")?;
+    Ok((node.id, host_key))
 }

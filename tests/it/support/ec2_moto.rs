@@ -91,30 +91,7 @@ impl Moto {
     }
 
     fn http(&self, method: &str, path: &str, body: &str) -> (u16, String) {
-        let hostport = self
-            .endpoint
-            .strip_prefix("http://")
-            .expect("moto's endpoint is http://host:port");
-        let mut s = std::net::TcpStream::connect(hostport).expect("connect to moto");
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut answer = String::new();
-        s.read_to_string(&mut answer).unwrap();
-        let status = answer
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = match answer.split_once("\r\n\r\n") {
-            Some((_, body)) => body.to_owned(),
-            None => answer,
-        };
-        (status, body)
+        http(&self.endpoint, method, path, body)
     }
 
     pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
@@ -299,4 +276,31 @@ pub fn assert_cluster_tags(what: &str, tags: &[Tag], owner: &str, cluster: &str,
         tag(tags, "stratus:store").is_some_and(|r| r.starts_with("st-")),
         "{what}: every resource carries its store's id: {tags:?}"
     );
+}
+
+/// One HTTP/1.1 call to the moto server at `endpoint` (`http://host:port`): status and body.
+pub(crate) fn http(endpoint: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let hostport = endpoint
+        .strip_prefix("http://")
+        .expect("moto's endpoint is http://host:port");
+    let mut s = std::net::TcpStream::connect(hostport).expect("connect to moto");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = match answer.split_once("\r\n\r\n") {
+        Some((_, body)) => body.to_owned(),
+        None => answer,
+    };
+    (status, body)
 }

@@ -20,11 +20,13 @@
 //! edge, and every `Option` the SDK returns is handled, never unwrapped.
 
 mod client;
+pub mod console;
 mod error;
 mod rules;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::primitives::Blob;
@@ -41,7 +43,7 @@ use super::{
     BatchSpec, ClusterRef, Instance, InstanceState, Launched, Provider, ProviderError, Selector,
     SshAccess, TerminateReport,
 };
-use crate::config::{AddressKind, Ec2Config, Trust};
+use crate::config::{AddressKind, Ec2Config, HostKeySource, Trust};
 use crate::model::{
     ClusterName, Owner, ProviderKind, RequestId, Role, StoreId, TAG_CLUSTER, TAG_OWNER,
     TAG_PROFILE, TAG_REQUEST, TAG_ROLE, TAG_STORE, Tags,
@@ -97,6 +99,9 @@ pub struct Ec2Provider {
     groups: Mutex<HashMap<String, String>>,
     /// Root device names by image id.
     root_devices: Mutex<HashMap<String, String>>,
+    /// Whether GetConsoleOutput is asked for the latest output (`Latest=true`); turned off for
+    /// good when the endpoint refuses it (EC2 does on instance types without it).
+    console_latest: AtomicBool,
 }
 
 impl std::fmt::Debug for Ec2Provider {
@@ -230,6 +235,7 @@ impl Ec2Provider {
             config: config.clone(),
             groups: Mutex::new(HashMap::new()),
             root_devices: Mutex::new(HashMap::new()),
+            console_latest: AtomicBool::new(true),
         };
         provider.check_access().await?;
         Ok(provider)
@@ -1162,6 +1168,54 @@ impl Provider for Ec2Provider {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&gname);
         Ok(())
+    }
+
+    fn host_keys_from_console(&self) -> bool {
+        self.config.host_keys == HostKeySource::Console
+    }
+
+    async fn console_host_keys(
+        &self,
+        id: &str,
+    ) -> Result<Option<Vec<russh::keys::PublicKey>>, ProviderError> {
+        let latest = self.console_latest.load(Ordering::Relaxed);
+        let mut call = self.client.get_console_output().instance_id(id);
+        if latest {
+            call = call.latest(true);
+        }
+        let answer = match call.send().await {
+            Ok(a) => a,
+            Err(e)
+                if latest
+                    && matches!(
+                        error::code(&e),
+                        Some("UnsupportedOperation" | "InvalidParameterCombination")
+                    ) =>
+            {
+                // Instance types without the latest output answer this; the buffered output
+                // (EC2 updates it after boot) still shows cloud-init's keys, only later.
+                tracing::debug!("GetConsoleOutput refuses Latest=true; asking without it");
+                self.console_latest.store(false, Ordering::Relaxed);
+                self.client
+                    .get_console_output()
+                    .instance_id(id)
+                    .send()
+                    .await
+                    .map_err(|e| self.err("GetConsoleOutput", e))?
+            }
+            Err(e) => return Err(self.err("GetConsoleOutput", e)),
+        };
+        let Some(b64) = answer.output().filter(|o| !o.trim().is_empty()) else {
+            return Ok(None);
+        };
+        let b64: String = b64.split_whitespace().collect();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|e| ProviderError::Api {
+                op: "GetConsoleOutput".into(),
+                message: format!("the console output of {id} is not base64: {e}"),
+            })?;
+        Ok(console::host_keys(&String::from_utf8_lossy(&bytes)))
     }
 }
 
