@@ -307,16 +307,13 @@ impl Store {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs `f` in one `BEGIN IMMEDIATE` transaction, committed if `f` succeeds.
+    /// Runs `f` in one `BEGIN IMMEDIATE` transaction, committed if `f` succeeds (`immediate`,
+    /// with the store's own error).
     fn write<T>(
         &self,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let out = f(&tx)?;
-        tx.commit()?;
-        Ok(out)
+        self.immediate(f)
     }
 
     /// Applies the migrations this database lacks and returns its id (made by migration 3).

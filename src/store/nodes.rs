@@ -543,37 +543,33 @@ fn observation_changes(
     }
 }
 
+/// Ends an instance that was not seen to end: its open interval closes at its last sighting, or
+/// at `end` if that is later, flagged estimated; its node is terminated.
+fn close_unseen(
+    tx: &rusqlite::Connection,
+    instance_id: &str,
+    end: Option<Millis>,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE usage_intervals SET ended_at = MAX(last_seen_at, COALESCE(?2, last_seen_at)),
+                end_source = 'estimated'
+         WHERE instance_id = ?1 AND ended_at IS NULL",
+        params![instance_id, end],
+    )?;
+    tx.execute(
+        "UPDATE nodes SET state = 'terminated',
+                ended_at = COALESCE(ended_at,
+                    (SELECT MAX(ended_at) FROM usage_intervals WHERE instance_id = ?1))
+         WHERE instance_id = ?1",
+        params![instance_id],
+    )?;
+    Ok(())
+}
+
 fn apply_observation(tx: &rusqlite::Connection, o: &Observation) -> Result<(), StoreError> {
     match o {
-        Observation::Missing { instance_id, end } => {
-            tx.execute(
-                "UPDATE usage_intervals SET ended_at = MAX(last_seen_at, ?2),
-                        end_source = 'estimated'
-                 WHERE instance_id = ?1 AND ended_at IS NULL",
-                params![instance_id, end],
-            )?;
-            tx.execute(
-                "UPDATE nodes SET state = 'terminated',
-                        ended_at = COALESCE(ended_at,
-                            (SELECT MAX(ended_at) FROM usage_intervals WHERE instance_id = ?1))
-                 WHERE instance_id = ?1",
-                params![instance_id],
-            )?;
-        }
-        Observation::Vanished { instance_id } => {
-            tx.execute(
-                "UPDATE usage_intervals SET ended_at = last_seen_at, end_source = 'estimated'
-                 WHERE instance_id = ?1 AND ended_at IS NULL",
-                params![instance_id],
-            )?;
-            tx.execute(
-                "UPDATE nodes SET state = 'terminated',
-                        ended_at = COALESCE(ended_at,
-                            (SELECT MAX(ended_at) FROM usage_intervals WHERE instance_id = ?1))
-                 WHERE instance_id = ?1",
-                params![instance_id],
-            )?;
-        }
+        Observation::Missing { instance_id, end } => close_unseen(tx, instance_id, Some(*end))?,
+        Observation::Vanished { instance_id } => close_unseen(tx, instance_id, None)?,
         Observation::Seen {
             instance_id,
             state,

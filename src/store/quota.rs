@@ -145,7 +145,8 @@ pub fn insert_reservation(conn: &Connection, r: &NewReservation<'_>) -> Result<(
 }
 
 impl Store {
-    /// Runs `f` in one `BEGIN IMMEDIATE` transaction (quota checks and their reservations).
+    /// Runs `f` in one `BEGIN IMMEDIATE` transaction, committed if `f` succeeds (quota checks
+    /// and their reservations, and every write of the store).
     pub fn immediate<T, E: From<StoreError>>(
         &self,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, E>,
@@ -224,19 +225,6 @@ impl Store {
         since: Millis,
         until: Millis,
     ) -> Result<Vec<super::Interval>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT instance_id, cluster_id, owner, profile, instance_type, spot, started_at,
-                    last_seen_at, ended_at, end_source, orphan
-             FROM usage_intervals
-             WHERE (?1 IS NULL OR owner = ?1) AND started_at < ?3
-               AND (ended_at IS NULL OR ended_at > ?2)
-             ORDER BY id",
-        )?;
-        let rows = stmt.query_map(
-            params![owner, since, until],
-            super::nodes::interval_from_row,
-        )?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        intervals_in(&self.conn(), owner, since, until)
     }
 }
