@@ -39,6 +39,11 @@ pub fn rfc3339(ms: Millis) -> String {
         .unwrap_or_default()
 }
 
+/// A duration in milliseconds, the longest ones capped at `Millis::MAX`.
+pub fn millis_of(d: std::time::Duration) -> Millis {
+    Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX)
+}
+
 /// Fixes the process's clock (tests only; see `FIXED_NOW`).
 pub fn fix_clock(at: Millis) {
     let _ = FIXED_NOW.set(at);

@@ -28,10 +28,6 @@ pub struct UsageRow {
     pub open: bool,
     /// Some interval was closed at a last sighting rather than at an observed end.
     pub estimated: bool,
-    #[serde(skip)]
-    pub cost_micros: prices::Micros,
-    #[serde(skip)]
-    pub millis: Millis,
 }
 
 /// Micro-dollars as a JSON number of dollars (exact to 6 decimals).
@@ -89,8 +85,6 @@ pub fn usage_rows(
                 cost_dollars: micros_to_dollars(cost),
                 open: ivs.iter().any(|i| i.ended_at.is_none()),
                 estimated: ivs.iter().any(|i| i.estimated),
-                cost_micros: cost,
-                millis,
             }
         })
         .collect()
@@ -117,8 +111,6 @@ pub fn report_from_store(
                 c.id,
                 report::ClusterFacts {
                     name: c.name.to_string(),
-                    owner: c.owner.to_string(),
-                    profile: c.profile,
                 },
             )
         })

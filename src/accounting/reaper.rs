@@ -187,7 +187,7 @@ pub async fn reap<P: Provider>(
             ..Default::default()
         })
         .await?;
-    let grace = Millis::try_from(provider.consistency_grace().as_millis()).unwrap_or(Millis::MAX);
+    let grace = crate::model::millis_of(provider.consistency_grace());
     let mut owners: Vec<Owner> = Vec::new();
     for i in &listed {
         let Some(t) = &i.tags else { continue };
@@ -222,7 +222,7 @@ pub async fn reap<P: Provider>(
                 provider,
                 Some(o),
                 &reconcile::Options {
-                    orphan_grace: std::time::Duration::from_millis(grace.max(0) as u64),
+                    orphan_grace: provider.consistency_grace(),
                     ..reconcile::Options::new(false)
                 },
             )

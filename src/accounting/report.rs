@@ -39,8 +39,6 @@ pub enum By {
 #[derive(Debug, Clone)]
 pub struct ClusterFacts {
     pub name: String,
-    pub owner: String,
-    pub profile: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -100,7 +98,7 @@ pub struct Report {
     pub rows: Vec<Row>,
     pub total: Total,
     #[serde(skip)]
-    pub by: Option<By>,
+    pub by: By,
     /// Instance types with no known price (they cost nothing here).
     #[serde(skip)]
     pub unknown_types: Vec<String>,
@@ -142,6 +140,11 @@ pub fn report(
         let billed_end = start + run;
         let minimum = (MINIMUM_BILLED - run).max(0);
         let (a, b) = (start.max(since), end.min(until));
+        let starts_in_window = (since..until).contains(&start);
+        if b <= a && !(starts_in_window && minimum > 0) {
+            // Nothing of it in the window, not even its minimum.
+            continue;
+        }
         let per_hour = prices::per_hour(config, &iv.instance_type, iv.spot);
         if per_hour.is_none() && !unknown.contains(&iv.instance_type) {
             unknown.push(iv.instance_type.clone());
@@ -158,10 +161,6 @@ pub fn report(
             }
         }
         cuts.push(b);
-        let starts_in_window = (since..until).contains(&start);
-        if b <= a && !(starts_in_window && minimum > 0) {
-            continue;
-        }
         for w in cuts.windows(2) {
             let (p, q) = (w[0], w[1].max(w[0]));
             let mut billed = q.min(billed_end).max(p) - p;
@@ -228,7 +227,7 @@ pub fn report(
     Report {
         rows,
         total,
-        by: Some(by),
+        by,
         unknown_types: unknown,
     }
 }
@@ -249,10 +248,10 @@ pub fn hours_exact(ms: Millis) -> String {
 impl Report {
     fn key_fields(&self) -> &'static [&'static str] {
         match self.by {
-            Some(By::Cluster) | None => &["cluster", "owner", "profile"],
-            Some(By::User) => &["user"],
-            Some(By::Profile) => &["profile"],
-            Some(By::Day) => &["day"],
+            By::Cluster => &["cluster", "owner", "profile"],
+            By::User => &["user"],
+            By::Profile => &["profile"],
+            By::Day => &["day"],
         }
     }
 
@@ -361,8 +360,6 @@ mod tests {
             1,
             ClusterFacts {
                 name: "demo".into(),
-                owner: "alice".into(),
-                profile: "p".into(),
             },
         )])
     }

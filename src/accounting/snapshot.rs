@@ -57,7 +57,7 @@ pub async fn snapshot<P: Provider>(ctx: Ctx<'_>, provider: &P) -> Result<Snapsho
             listed.push(i);
         }
     }
-    let grace = Millis::try_from(provider.consistency_grace().as_millis()).unwrap_or(Millis::MAX);
+    let grace = crate::model::millis_of(provider.consistency_grace());
     ingest(ctx, provider.kind(), grace, listed, now)
 }
 
@@ -123,9 +123,15 @@ pub fn ingest(
             }
         }
     }
-    // Orphans: listed, this store's, unknown, and not being recorded by a live launcher.
+    // Orphans: listed, this store's, unknown, and not being recorded by a live launcher. The
+    // open nodes matched above are known: no need to ask the store about them one by one.
+    let open_ids: std::collections::HashSet<&str> =
+        open.iter().map(|n| n.instance_id.as_str()).collect();
     let mut found: Vec<(ClusterRow, Instance)> = Vec::new();
-    for i in listed.values() {
+    for i in listed
+        .values()
+        .filter(|i| !open_ids.contains(i.id.as_str()))
+    {
         if orphans::is_orphan(ctx, i, now, grace)? {
             report.orphans.push(i.id.clone());
             found.push((orphans::cluster_for(ctx, i, kind)?, i.clone()));
@@ -151,16 +157,7 @@ struct SnapshotLock {
 
 impl SnapshotLock {
     async fn acquire(state_dir: &std::path::Path) -> Result<Self, Error> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let path = state_dir.join("accounting.lock");
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .custom_flags(libc::O_NOFOLLOW)
-            .mode(0o600)
-            .open(&path)?;
+        let file = crate::cluster::locks::open_lock_file(&state_dir.join("accounting.lock"))?;
         let file =
             tokio::task::spawn_blocking(move || crate::sys::lock_file_wait(&file).map(|()| file))
                 .await

@@ -677,7 +677,7 @@ async fn bring_up_once<P: Provider>(
     let mut strays: BTreeSet<String> = BTreeSet::new();
     // A node missing from the provider's answers for longer than its consistency allows is
     // gone (terminated by another command, whose cleanup may have removed every trace of it).
-    let grace = Millis::try_from(b.provider.consistency_grace().as_millis()).unwrap_or(Millis::MAX);
+    let grace = crate::model::millis_of(b.provider.consistency_grace());
     loop {
         let seen: HashMap<String, Instance> = b
             .provider

@@ -15,20 +15,25 @@ pub struct LaunchLock {
     _file: std::fs::File,
 }
 
-/// Takes the lock file at `path`, without waiting: `None` if another process holds it.
-fn take(path: &Path) -> Result<Option<std::fs::File>, Error> {
+/// Opens the lock file at `path`, made if missing (mode 0600), never through a symbolic link.
+pub fn open_lock_file(path: &Path) -> Result<std::fs::File, Error> {
     use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent() {
-        crate::store::create_private_dir(dir)?;
-    }
-    let file = std::fs::OpenOptions::new()
+    Ok(std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .custom_flags(libc::O_NOFOLLOW)
         .mode(0o600)
-        .open(path)?;
+        .open(path)?)
+}
+
+/// Takes the lock file at `path`, without waiting: `None` if another process holds it.
+fn take(path: &Path) -> Result<Option<std::fs::File>, Error> {
+    if let Some(dir) = path.parent() {
+        crate::store::create_private_dir(dir)?;
+    }
+    let file = open_lock_file(path)?;
     Ok(crate::sys::try_lock_file(&file)?.then_some(file))
 }
 
@@ -71,11 +76,11 @@ impl TerminateLock {
 /// Removes the lock files of an ended cluster that `delete-cluster` took off the list: nothing
 /// terminates or grows it any more.
 pub fn remove_cluster_locks(state_dir: &Path, cluster_id: i64) {
-    for name in [
-        format!("terminate-{cluster_id}.lock"),
-        format!("grow-{cluster_id}.lock"),
+    for path in [
+        TerminateLock::path(state_dir, cluster_id),
+        GrowLock::path(state_dir, cluster_id),
     ] {
-        let _ = std::fs::remove_file(state_dir.join("launches").join(name));
+        let _ = std::fs::remove_file(path);
     }
 }
 
@@ -142,11 +147,14 @@ pub struct GrowLock {
 }
 
 impl GrowLock {
-    pub fn acquire(state_dir: &Path, cluster: &crate::store::ClusterRow) -> Result<Self, Error> {
-        let path = state_dir
+    fn path(state_dir: &Path, cluster_id: i64) -> PathBuf {
+        state_dir
             .join("launches")
-            .join(format!("grow-{}.lock", cluster.id));
-        match take(&path)? {
+            .join(format!("grow-{cluster_id}.lock"))
+    }
+
+    pub fn acquire(state_dir: &Path, cluster: &crate::store::ClusterRow) -> Result<Self, Error> {
+        match take(&Self::path(state_dir, cluster.id))? {
             Some(file) => Ok(Self { _file: file }),
             None => Err(Error::invalid(format!(
                 "workers are being added to cluster {} by another stratus process; wait for it to finish",

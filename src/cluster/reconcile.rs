@@ -38,6 +38,7 @@ use crate::cluster::terminate::{
     terminate_ids,
 };
 use crate::error::Error;
+use crate::model::millis_of as ms;
 use crate::model::{ClusterName, ClusterState, Millis, Owner, RequestId, StoreId, now_millis};
 use crate::store::{BatchRow, ClusterRow};
 
@@ -63,10 +64,6 @@ impl Options {
             stuck_after: None,
         }
     }
-}
-
-fn ms(d: Duration) -> Millis {
-    Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX)
 }
 
 /// One thing reconcile did (or, with `dry_run`, would do).
@@ -313,41 +310,48 @@ async fn plan<P: Provider>(
     // Rows: interrupted terminates are finished, abandoned launches rolled back.
     for c in &clusters {
         let age = now - c.updated_at;
-        let launcher = LaunchLock::launcher(ctx.state_dir, &c.request_id);
-        let live: Vec<String> = live_nodes(ctx, c)?
-            .into_iter()
-            .map(|n| n.instance_id)
-            .collect();
+        // Read only for the few rows a step may concern, not for every cluster ever made.
+        let live = || -> Result<Vec<String>, Error> {
+            Ok(live_nodes(ctx, c)?
+                .into_iter()
+                .map(|n| n.instance_id)
+                .collect())
+        };
         let step = match c.state {
             ClusterState::Terminating if !TerminateLock::is_held(ctx.state_dir, c.id) => {
-                Some(Step::FinishTerminate(c.clone(), live))
+                Some(Step::FinishTerminate(c.clone(), live()?))
             }
-            ClusterState::Reserved | ClusterState::Requested | ClusterState::Running
-                if launcher == Launcher::Died && launcher_died(ctx, c)? =>
-            {
-                Some(Step::RollBack(
-                    c.clone(),
-                    "its launcher died".to_owned(),
-                    live,
-                ))
-            }
-            ClusterState::Reserved | ClusterState::Requested
-                if launcher != Launcher::Running
+            ClusterState::Reserved | ClusterState::Requested | ClusterState::Running => {
+                let launcher = LaunchLock::launcher(ctx.state_dir, &c.request_id);
+                if launcher == Launcher::Died && launcher_died(ctx, c)? {
+                    Some(Step::RollBack(
+                        c.clone(),
+                        "its launcher died".to_owned(),
+                        live()?,
+                    ))
+                } else if c.state != ClusterState::Running
+                    && launcher != Launcher::Running
                     && age
                         > options
                             .stuck_after
                             .map(ms)
-                            .unwrap_or_else(|| stuck_after_ms(c)) =>
-            {
-                Some(Step::RollBack(
-                    c.clone(),
-                    format!("abandoned for {} minutes", age / 60_000),
-                    live,
-                ))
+                            .unwrap_or_else(|| stuck_after_ms(c))
+                {
+                    Some(Step::RollBack(
+                        c.clone(),
+                        format!("abandoned for {} minutes", age / 60_000),
+                        live()?,
+                    ))
+                } else {
+                    None
+                }
             }
             // A launch that failed, and whose rollback did not get through (the cloud refused
             // or timed out): no process works on a failed cluster, so finish it now.
-            ClusterState::Failed if !live.is_empty() => Some(Step::FinishRollback(c.clone(), live)),
+            ClusterState::Failed => {
+                let live = live()?;
+                (!live.is_empty()).then(|| Step::FinishRollback(c.clone(), live))
+            }
             _ => None,
         };
         if let Some(s) = step {

@@ -131,7 +131,7 @@ pub async fn terminate_ids<P: Provider>(
     let spinner = ctx
         .printer
         .spinner(format!("waiting for {} nodes to terminate", ids.len()));
-    let grace = Millis::try_from(provider.consistency_grace().as_millis()).unwrap_or(Millis::MAX);
+    let grace = crate::model::millis_of(provider.consistency_grace());
     let deadline = Instant::now() + TERMINATE_TIMEOUT;
     let mut delay = Duration::from_millis(250);
     // Launch times, from the record or from a describe, for the grace of the missing.

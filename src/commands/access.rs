@@ -292,7 +292,6 @@ async fn pin_first_contact(
     client: &Client,
     nodes: &mut [NodeRow],
 ) -> Result<(), Error> {
-    let mut provider = None;
     for n in nodes.iter_mut().filter(|n| n.host_key.is_none()) {
         let Some(row) = &reach.row else {
             return Err(Error::runtime(format!(
@@ -301,10 +300,9 @@ async fn pin_first_contact(
             )));
         };
         let t = reach.target(n)?;
-        if provider.is_none() {
-            provider = Some(app.provider(row.provider).await?);
-        }
-        let provider = provider.as_deref().expect("set above");
+        // Built once per command (`App::provider` keeps it).
+        let provider = app.provider(row.provider).await?;
+        let provider = provider.as_ref();
         let key = if provider.host_keys_from_console() {
             let timeout = Duration::from_secs(row.record.profile.ready_timeout_secs);
             let key = console_host_key(provider, &n.instance_id, &t.name, timeout).await?;

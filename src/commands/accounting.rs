@@ -115,22 +115,8 @@ pub(super) async fn run(
             let answer = if remote::multi_user(app) {
                 call(app, caller, Request::Report { by, since, until }).await?
             } else {
-                let since = since.as_deref().map(super::parse_time).transpose()?;
-                let until = until.as_deref().map(super::parse_time).transpose()?;
-                let r = crate::accounting::report_from_store(
-                    &app.store,
-                    &app.config,
-                    since,
-                    until,
-                    now_millis(),
-                    by,
-                )?;
-                serde_json::json!({
-                    "report": serde_json::to_value(&r).map_err(|e| Error::runtime(e.to_string()))?,
-                    "csv": r.csv(),
-                    "table": r.table(),
-                    "unknown_types": r.unknown_types,
-                })
+                // The service account, or a single-user install: the store is at hand.
+                crate::quota::runner::report_answer(app, by, since.as_deref(), until.as_deref())?
             };
             if let Some(types) = answer["unknown_types"].as_array()
                 && !types.is_empty()

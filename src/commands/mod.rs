@@ -22,9 +22,10 @@ use crate::app::{App, Settings};
 use crate::caller::Caller;
 use crate::cli::{AdminAction, Cli, Command};
 use crate::cluster::observe;
-use crate::error::{Error, InputError};
+use crate::error::Error;
 use crate::model::{ClusterName, Millis, Owner, ProviderKind};
 use crate::printer::Printer;
+use crate::quota::runner::find_cluster;
 use crate::store::ClusterRow;
 
 pub async fn run(cli: Cli, printer: Arc<Printer>) -> Result<ExitCode, Error> {
@@ -153,15 +154,6 @@ pub fn parse_time(s: &str) -> Result<crate::model::Millis, Error> {
         .map_err(|e| Error::invalid(e.to_string()))?
         .timestamp()
         .as_millisecond())
-}
-
-/// The caller's cluster of this name: the live one, else the most recent.
-fn find_cluster(app: &App, owner: &Owner, name: &str) -> Result<ClusterRow, Error> {
-    let name = ClusterName::parse(name)?;
-    app.store
-        .find_cluster(owner, &name)?
-        .filter(|c| !c.hidden)
-        .ok_or_else(|| InputError::UnknownCluster(name.to_string()).into())
 }
 
 /// The caller's live cluster of this name.

@@ -422,12 +422,39 @@ fn abandoned(app: &App, c: &ClusterRow) -> bool {
     ) && LaunchLock::launcher(&app.state_dir, &c.request_id) == Launcher::Died
 }
 
-fn find(app: &App, owner: &Owner, name: &str) -> Result<ClusterRow, Error> {
+/// The owner's cluster of this name: the live one, else the most recent; never a deleted one.
+pub fn find_cluster(app: &App, owner: &Owner, name: &str) -> Result<ClusterRow, Error> {
     let name = ClusterName::parse(name)?;
     app.store
         .find_cluster(owner, &name)?
         .filter(|c| !c.hidden)
         .ok_or_else(|| InputError::UnknownCluster(name.to_string()).into())
+}
+
+/// The accounting report of everyone's recorded usage in `[since, until)`, as the runner answers
+/// it and the CLI prints it: the report, its CSV and table, and the types without a price.
+pub fn report_answer(
+    app: &App,
+    by: crate::accounting::report::By,
+    since: Option<&str>,
+    until: Option<&str>,
+) -> Result<Value, Error> {
+    let since = since.map(crate::commands::parse_time).transpose()?;
+    let until = until.map(crate::commands::parse_time).transpose()?;
+    let r = crate::accounting::report_from_store(
+        &app.store,
+        &app.config,
+        since,
+        until,
+        now_millis(),
+        by,
+    )?;
+    Ok(serde_json::json!({
+        "report": to_value(&r)?,
+        "csv": r.csv(),
+        "table": r.table(),
+        "unknown_types": r.unknown_types,
+    }))
 }
 
 /// Serves one request for `caller`. Every decision is audited.
@@ -541,7 +568,7 @@ async fn serve_inner(
             if count == 0 {
                 return Err(Error::invalid("launch-slaves needs a count of at least 1"));
             }
-            let c = find(app, &owner, &name)?;
+            let c = find_cluster(app, &owner, &name)?;
             if !c.state.is_up() {
                 return Err(Error::invalid(format!(
                     "cluster {} is {}; workers can be added once it is running",
@@ -579,7 +606,7 @@ async fn serve_inner(
         }
         Request::Terminate { name, owner } => {
             let owner = owner_for(caller, policy, owner.as_deref())?;
-            let c = find(app, &owner, &name)?;
+            let c = find_cluster(app, &owner, &name)?;
             let before = ids(&live_nodes(app.ctx(), &c)?);
             let provider = app.provider(c.provider).await?;
             reconcile_first(app, provider.as_ref(), &owner).await;
@@ -626,7 +653,7 @@ async fn serve_inner(
         }
         Request::Key { name } => {
             // The key goes to the cluster's owner and nobody else, instructors included.
-            let c = find(app, &caller.owner, &name)?;
+            let c = find_cluster(app, &caller.owner, &name)?;
             let key = ClusterKeys::of(&app.state_dir, &c).load_text()?;
             Ok((
                 serde_json::json!({ "cluster": view(app, &c)?, "private_key": key }),
@@ -675,29 +702,8 @@ async fn serve_inner(
                     "only instructors may read the accounting report",
                 ));
             }
-            let since = since
-                .as_deref()
-                .map(crate::commands::parse_time)
-                .transpose()?;
-            let until = until
-                .as_deref()
-                .map(crate::commands::parse_time)
-                .transpose()?;
-            let r = crate::accounting::report_from_store(
-                &app.store,
-                &app.config,
-                since,
-                until,
-                now_millis(),
-                by,
-            )?;
             Ok((
-                serde_json::json!({
-                    "report": to_value(&r)?,
-                    "csv": r.csv(),
-                    "table": r.table(),
-                    "unknown_types": r.unknown_types,
-                }),
+                report_answer(app, by, since.as_deref(), until.as_deref())?,
                 Vec::new(),
             ))
         }
