@@ -350,6 +350,13 @@ fn launch_list_terminate_tags_everything_and_leaves_nothing() {
     );
 }
 
+/// The EC2 provider of the site config `ec2_config` makes, as a user's own command builds it.
+pub(crate) fn ec2_provider(moto: &Moto, dir: &std::path::Path, extra: &str) -> Ec2Provider {
+    let config = ec2_config(moto, dir, extra);
+    moto.block_on(Ec2Provider::new(&config, Trust::Caller))
+        .unwrap()
+}
+
 pub(crate) fn ec2_config(moto: &Moto, dir: &std::path::Path, extra: &str) -> Ec2Config {
     let text = moto.site_config(dir, extra);
     SiteConfig::parse(&text, &dir.join("config.toml"))
@@ -372,10 +379,7 @@ fn access(port: u16, web: &[u16]) -> SshAccess {
 fn prepare_is_idempotent_converges_and_never_adopts_foreign_resources() {
     let Some(moto) = Moto::acquire() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let config = ec2_config(&moto, dir.path(), "client_cidrs = [\"203.0.113.0/24\"]");
-    let provider = moto
-        .block_on(Ec2Provider::new(&config, Trust::Caller))
-        .unwrap();
+    let provider = ec2_provider(&moto, dir.path(), "client_cidrs = [\"203.0.113.0/24\"]");
     let owner = Owner::parse("alice").unwrap();
     let cluster = ClusterRef {
         owner: owner.clone(),
@@ -566,10 +570,7 @@ fn listing_pages_past_moto_s_100_reservations() {
     assert!(ns.iter().all(|n| n["state"] == "running"), "{c:#}");
 
     // Through the library: every page, and only what the selector names.
-    let config = ec2_config(&moto, ctx.root.path(), "");
-    let provider = moto
-        .block_on(Ec2Provider::new(&config, Trust::Caller))
-        .unwrap();
+    let provider = ec2_provider(&moto, ctx.root.path(), "");
     let o = Owner::parse(&owner).unwrap();
     let big = moto
         .block_on(provider.describe(&Selector {
@@ -1258,14 +1259,11 @@ fn delete_cluster_removes_an_ended_cluster_with_its_leftovers_and_refuses_the_re
     let Some(moto) = Moto::acquire() else { return };
     let ctx = ec2_context(&moto, &format!("client_cidrs = {CIDRS:?}\n"));
     tagged_profile(&ctx);
-    let config = ec2_config(
+    let provider = ec2_provider(
         &moto,
         ctx.root.path(),
         &format!("client_cidrs = {CIDRS:?}\n"),
     );
-    let provider = moto
-        .block_on(Ec2Provider::new(&config, Trust::Caller))
-        .unwrap();
 
     // An unknown name is refused like everywhere else.
     let r = ctx.run(&["delete-cluster", "nosuch"]);
@@ -1332,10 +1330,7 @@ fn reconcile_rolls_back_an_abandoned_launch_and_records_and_removes_leftovers() 
     );
     let ctx = ec2_context(&moto, &extra);
     e2e_profile(&ctx, 120, None);
-    let config = ec2_config(&moto, ctx.root.path(), &extra);
-    let provider = moto
-        .block_on(Ec2Provider::new(&config, Trust::Caller))
-        .unwrap();
+    let provider = ec2_provider(&moto, ctx.root.path(), &extra);
 
     // A launch killed while it waits for SSH (no hypervisor boots its instances): its row stays
     // `requested`, its instances run, its group and key pair stay.

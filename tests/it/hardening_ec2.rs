@@ -15,14 +15,12 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::InstanceStateName;
 use serde_json::{Value, json};
-use stratus::cluster::provider::ec2::Ec2Provider;
-use stratus::config::Trust;
 use stratus::model::{Millis, now_millis};
 use stratus::store::{Interval, Store};
 
 use crate::ec2::ec2_moto::{Moto, UBUNTU_AMI, client, tag};
 use crate::ec2::{
-    CIDRS, E2E, TAGGED, TAGGED_USER_DATA, e2e_profile, ec2_config, ec2_context, hypervisor,
+    CIDRS, E2E, TAGGED, TAGGED_USER_DATA, e2e_profile, ec2_context, ec2_provider, hypervisor,
     leftovers, live_instances, nodes, owner, resources_exist, store_id, tagged_profile,
 };
 use crate::support::{Run, TestContext, eventually};
@@ -845,14 +843,11 @@ fn reconcile_records_and_terminates_an_old_orphan_with_its_hours() {
     let Some(moto) = Moto::acquire() else { return };
     let ctx = ec2_context(&moto, &format!("client_cidrs = {CIDRS:?}\n"));
     tagged_profile(&ctx);
-    let config = ec2_config(
+    let provider = ec2_provider(
         &moto,
         ctx.root.path(),
         &format!("client_cidrs = {CIDRS:?}\n"),
     );
-    let provider = moto
-        .block_on(Ec2Provider::new(&config, Trust::Caller))
-        .unwrap();
     leftovers(&moto, &provider, &store_id(&ctx), "orph", 1);
     let ids: Vec<String> = moto
         .instances(&[("tag:stratus:cluster", "orph")])
