@@ -361,9 +361,7 @@ pub fn report(
     user: &str,
     groups: &[String],
 ) -> Result<QuotaReport, StoreError> {
-    let limits = policy
-        .map(|p| p.limits(user, groups))
-        .unwrap_or_else(Limits::unlimited);
+    let limits = policy.map(|p| p.limits(user, groups)).unwrap_or_default();
     let (units, clusters, spent) = store.immediate(|tx| -> Result<_, StoreError> {
         let units = ledger::open_units(tx, user, -1)?;
         let clusters = ledger::live_clusters(tx, user, -1)?;

@@ -34,8 +34,7 @@ use crate::model::Millis;
 
 /// Thousandths of a cost unit.
 pub type MilliUnits = u64;
-/// Millionths of a dollar.
-pub type Micros = i64;
+pub use crate::accounting::prices::Micros;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -118,19 +117,9 @@ struct PolicyFile {
     reaper: ReaperFile,
 }
 
-/// One table of limits, parsed; `None` means the table does not set the key.
-#[derive(Debug, Clone, Default, PartialEq)]
-struct Table {
-    max_units: Option<MilliUnits>,
-    max_clusters: Option<u32>,
-    max_nodes: Option<u32>,
-    profiles: Option<BTreeSet<String>>,
-    max_lifetime: Option<Millis>,
-    budget: Option<Micros>,
-}
-
-/// A user's limits, every key resolved. `None` is "no limit".
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One table of limits as parsed (`None`: the table does not set the key), or a user's limits
+/// with every key resolved (`None`: no limit).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Limits {
     pub max_units: Option<MilliUnits>,
     pub max_clusters: Option<u32>,
@@ -151,17 +140,6 @@ impl Limits {
             (a, b) => a.or(b),
         }
     }
-
-    pub fn unlimited() -> Self {
-        Self {
-            max_units: None,
-            max_clusters: None,
-            max_nodes: None,
-            profiles: None,
-            max_lifetime: None,
-            budget: None,
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -176,9 +154,9 @@ pub struct Policy {
     pub units: BTreeMap<String, MilliUnits>,
     /// The reaper's grace between its warning and the termination.
     pub reaper_grace: Millis,
-    default: Table,
-    groups: BTreeMap<String, Table>,
-    users: BTreeMap<String, Table>,
+    default: Limits,
+    groups: BTreeMap<String, Limits>,
+    users: BTreeMap<String, Limits>,
 }
 
 /// Formats thousandths of a unit for people: `4`, `0.2`, `1.125`.
@@ -216,13 +194,13 @@ impl Policy {
         };
         let file: PolicyFile =
             toml::from_str(text).map_err(|e| invalid(crate::config::toml_message(&e)))?;
-        let units_of = |n: Number, what: &str| {
-            n.scaled(1000)
-                .map(|v| v as MilliUnits)
+        let scaled = |n: Number, scale: i64, what: &str| {
+            n.scaled(scale)
                 .ok_or_else(|| invalid(format!("{what} must be a number >= 0")))
         };
-        let table = |t: &LimitsFile, name: &str| -> Result<Table, PolicyError> {
-            Ok(Table {
+        let units_of = |n: Number, what: &str| scaled(n, 1000, what).map(|v| v as MilliUnits);
+        let table = |t: &LimitsFile, name: &str| -> Result<Limits, PolicyError> {
+            Ok(Limits {
                 max_units: t
                     .max_units
                     .map(|n| units_of(n, &format!("[{name}] max_units")))
@@ -232,19 +210,11 @@ impl Policy {
                 profiles: t.profiles.as_ref().map(|p| p.iter().cloned().collect()),
                 max_lifetime: t
                     .max_lifetime_hours
-                    .map(|n| {
-                        n.scaled(3_600_000).ok_or_else(|| {
-                            invalid(format!("[{name}] max_lifetime_hours must be a number >= 0"))
-                        })
-                    })
+                    .map(|n| scaled(n, 3_600_000, &format!("[{name}] max_lifetime_hours")))
                     .transpose()?,
                 budget: t
                     .budget_dollars
-                    .map(|n| {
-                        n.scaled(1_000_000).ok_or_else(|| {
-                            invalid(format!("[{name}] budget_dollars must be a number >= 0"))
-                        })
-                    })
+                    .map(|n| scaled(n, 1_000_000, &format!("[{name}] budget_dollars")))
                     .transpose()?,
             })
         };
@@ -271,9 +241,7 @@ impl Policy {
         };
         let grace = match file.reaper.grace_minutes {
             None => 30 * 60_000,
-            Some(n) => n
-                .scaled(60_000)
-                .ok_or_else(|| invalid("[reaper] grace_minutes must be a number >= 0".into()))?,
+            Some(n) => scaled(n, 60_000, "[reaper] grace_minutes")?,
         };
         let mut groups = BTreeMap::new();
         for (g, t) in &file.groups {
@@ -311,29 +279,13 @@ impl Policy {
     /// groups, else `[default]`, else no limit.
     pub fn limits(&self, user: &str, groups: &[String]) -> Limits {
         let own = self.users.get(user);
-        let theirs: Vec<&Table> = groups.iter().filter_map(|g| self.groups.get(g)).collect();
-        // The most generous of the groups that set the key: the largest number (no limit beats
-        // any), the union of profile lists.
-        fn most<T: Ord + Copy>(values: impl Iterator<Item = Option<T>>) -> Option<Option<T>> {
-            let vals: Vec<Option<T>> = values.collect();
-            if vals.is_empty() {
-                None
-            } else {
-                Some(vals.into_iter().max().flatten())
-            }
-        }
+        let theirs: Vec<&Limits> = groups.iter().filter_map(|g| self.groups.get(g)).collect();
+        // The most generous of the groups that set the key: the largest number, the union of
+        // profile lists.
         macro_rules! resolve {
             ($field:ident) => {
                 own.and_then(|t| t.$field)
-                    .or_else(|| {
-                        most(
-                            theirs
-                                .iter()
-                                .filter(|t| t.$field.is_some())
-                                .map(|t| t.$field),
-                        )
-                        .flatten()
-                    })
+                    .or_else(|| theirs.iter().filter_map(|t| t.$field).max())
                     .or(self.default.$field)
             };
         }
