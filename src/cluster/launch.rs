@@ -806,8 +806,10 @@ async fn bring_up_once<P: Provider>(
                 }
             }
         };
-        // The nodes whose key comes from their console, by instance id, with their names.
-        let from_console: BTreeMap<String, String> = if b.provider.host_keys_from_console() {
+        // The nodes whose key comes from their console (those without one yet, where the
+        // provider says so), by instance id, with their names.
+        let console_keys = b.provider.host_keys_from_console();
+        let from_console: BTreeMap<String, String> = if console_keys {
             running
                 .iter()
                 .filter(|r| r.host_key.is_none())
@@ -819,11 +821,7 @@ async fn bring_up_once<P: Provider>(
         } else {
             BTreeMap::new()
         };
-        // Which nodes wait for their console is known before any wait starts.
-        let (keys_tx, keys_rx) = tokio::sync::watch::channel(ConsoleKeys {
-            pending: from_console.keys().cloned().collect(),
-            read: BTreeMap::new(),
-        });
+        let (keys_tx, keys_rx) = tokio::sync::watch::channel(ConsoleKeys::new());
         let console = read_consoles(
             b,
             from_console,
@@ -847,27 +845,23 @@ async fn bring_up_once<P: Provider>(
             async move {
                 let id = row.instance_id.clone();
                 let mut remaining = remaining;
-                if row.host_key.is_none() && keys.borrow().pending.contains(&id) {
+                if console_keys && row.host_key.is_none() {
                     // First the key from the node's console, then SSH must present that key.
                     let read = tokio::select! {
-                        r = keys.wait_for(|k| k.read.contains_key(&id)) => match r {
-                            Ok(k) => k.read[&id].clone(),
+                        r = keys.wait_for(|k| k.contains_key(&id)) => match r {
+                            Ok(k) => k[&id].clone(),
                             Err(_) => Err(format!("{}: the console reader ended", t.name)),
                         },
                         _ = gone.wait_for(|g| g.contains(&id)) => {
                             Err(format!("{} was terminated before it answered SSH", t.name))
                         }
                     };
-                    let pinned = match read.and_then(|line| {
-                        ssh::parse_public_key(&line)
-                            .map(|k| (line, k))
-                            .map_err(|e| crate::error::one_line(&e))
-                    }) {
-                        Ok(p) => p,
+                    let (line, key) = match read {
+                        Ok(pinned) => pinned,
                         Err(e) => return (row, Err((e, false))),
                     };
-                    t.host_key = Some(pinned.1);
-                    row.host_key = Some(pinned.0);
+                    t.host_key = Some(key);
+                    row.host_key = Some(line);
                     remaining = deadline
                         .saturating_duration_since(Instant::now())
                         .max(Duration::from_secs(1));
@@ -976,13 +970,7 @@ pub(crate) async fn console_host_key<P: Provider>(
     let mut last = String::new();
     loop {
         match provider.console_host_keys(id).await {
-            Ok(Some(found)) => {
-                return ssh::preferred_host_key(&found).ok_or_else(|| {
-                        Error::runtime(format!(
-                            "{name} ({id}): its console lists no SSH host key of a type stratus can pin (ed25519, ECDSA or RSA)"
-                        ))
-                    });
-            }
+            Ok(Some(found)) => return pinnable(&found, name, id).map_err(Error::runtime),
             Ok(None) => {}
             Err(e) => last = format!(" (last error: {})", crate::error::one_line(&e)),
         }
@@ -995,14 +983,22 @@ pub(crate) async fn console_host_key<P: Provider>(
     }
 }
 
-/// What the console reader has found: for each node it reads, the host key line to pin, or why
-/// there is none.
-#[derive(Debug)]
-struct ConsoleKeys {
-    /// Instance ids whose key comes from the console.
-    pending: BTreeSet<String>,
-    read: BTreeMap<String, Result<String, String>>,
+/// Of the host keys a node's console lists, the one to pin; else why there is none.
+fn pinnable(
+    found: &[russh::keys::PublicKey],
+    name: &str,
+    id: &str,
+) -> Result<russh::keys::PublicKey, String> {
+    ssh::preferred_host_key(found).ok_or_else(|| {
+        format!(
+            "{name} ({id}): its console lists no SSH host key of a type stratus can pin (ed25519, ECDSA or RSA)"
+        )
+    })
 }
+
+/// What the console reader has found, by instance id: the host key to pin (as stored, and
+/// parsed), or why there is none.
+type ConsoleKeys = BTreeMap<String, Result<(String, russh::keys::PublicKey), String>>;
 
 /// Reads the host keys of `nodes` (instance id -> name) from their consoles, pinning each in the
 /// store as it is found, and publishes them on `keys`. One call per node still waiting per
@@ -1044,21 +1040,19 @@ async fn read_consoles<P: Provider>(
             let Some(name) = left.remove(&id) else {
                 continue;
             };
-            let result = match ssh::preferred_host_key(&found) {
-                Some(key) => {
+            let result = match pinnable(&found, &name, &id) {
+                Ok(key) => {
                     let line = ssh::public_key_openssh(&key);
                     if let Err(e) = b.ctx.store.set_host_key(&id, &line) {
                         return e.into();
                     }
                     tracing::info!(node = %name, key = %ssh::fingerprint(&key), "pinned the host key its console shows");
-                    Ok(line)
+                    Ok((line, key))
                 }
-                None => Err(format!(
-                    "{name} ({id}): its console lists no SSH host key of a type stratus can pin (ed25519, ECDSA or RSA)"
-                )),
+                Err(e) => Err(e),
             };
             keys.send_modify(|k| {
-                k.read.insert(id, result);
+                k.insert(id, result);
             });
         }
         if left.is_empty() {
@@ -1073,7 +1067,7 @@ async fn read_consoles<P: Provider>(
                         .map(|e| format!(" (last error: {e})"))
                         .unwrap_or_default();
                     let message = no_console_keys(&name, &id, ready_timeout, &last);
-                    k.read.insert(id, Err(message));
+                    k.insert(id, Err(message));
                 }
             });
             break;
