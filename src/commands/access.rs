@@ -59,6 +59,17 @@ fn local_time(rfc3339: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The clusters a `Request::List` names, as the runner (or the same code in-process) answers.
+async fn list_views(
+    app: &App,
+    caller: &Caller,
+    request: Request,
+) -> Result<Vec<ClusterView>, Error> {
+    let answer = call(app, caller, request).await?;
+    serde_json::from_value(answer)
+        .map_err(|e| Error::runtime(format!("the runner's answer is not a list: {e}")))
+}
+
 pub(super) async fn list(
     app: &App,
     caller: &Caller,
@@ -68,7 +79,7 @@ pub(super) async fn list(
     json: bool,
 ) -> Result<ExitCode, Error> {
     let name = name.map(ClusterName::parse).transpose()?;
-    let answer = call(
+    let views = list_views(
         app,
         caller,
         Request::List {
@@ -79,8 +90,6 @@ pub(super) async fn list(
         },
     )
     .await?;
-    let views: Vec<ClusterView> = serde_json::from_value(answer)
-        .map_err(|e| Error::runtime(format!("the runner's answer is not a list: {e}")))?;
     if json {
         let out: Vec<ClusterJson> = views
             .iter()
@@ -230,7 +239,7 @@ async fn reach(app: &App, caller: &Caller, name: &str) -> Result<Reach, Error> {
             row: Some(row),
         });
     }
-    let answer = call(
+    let mut views = list_views(
         app,
         caller,
         Request::List {
@@ -241,8 +250,6 @@ async fn reach(app: &App, caller: &Caller, name: &str) -> Result<Reach, Error> {
         },
     )
     .await?;
-    let mut views: Vec<ClusterView> = serde_json::from_value(answer)
-        .map_err(|e| Error::runtime(format!("the runner's answer is not a list: {e}")))?;
     let view = views
         .pop()
         .ok_or_else(|| crate::error::InputError::UnknownCluster(name.to_owned()))?;
