@@ -148,6 +148,23 @@ pub fn decode(area: &[u8]) -> Result<Option<WrapConfig>, String> {
 /// an already patched binary works.
 pub fn patch(binary: &[u8], cfg: &WrapConfig) -> Result<Vec<u8>, String> {
     let payload = encode(cfg)?;
+    let (start, end) = area_bounds(binary)?;
+    let mut out = binary.to_vec();
+    let area = &mut out[start..end];
+    area.fill(0);
+    area[..payload.len()].copy_from_slice(&payload);
+    Ok(out)
+}
+
+/// What `patch` wrote into `binary` (an installed wrapper), if the marker is there once and its
+/// area decodes as an install's configuration.
+pub fn read(binary: &[u8]) -> Option<WrapConfig> {
+    let (start, end) = area_bounds(binary).ok()?;
+    decode(&binary[start..end]).ok().flatten()
+}
+
+/// Where the configuration area of `binary` is: after the marker, which must occur exactly once.
+fn area_bounds(binary: &[u8]) -> Result<(usize, usize), String> {
     let start = match positions(binary, MARKER).as_slice() {
         [] => return Err("the stratus-wrap placeholder marker is not in this binary".to_string()),
         [one] => one + MARKER.len(),
@@ -162,11 +179,7 @@ pub fn patch(binary: &[u8], cfg: &WrapConfig) -> Result<Vec<u8>, String> {
     if end > binary.len() {
         return Err("the binary ends inside the configuration area".to_string());
     }
-    let mut out = binary.to_vec();
-    let area = &mut out[start..end];
-    area.fill(0);
-    area[..payload.len()].copy_from_slice(&payload);
-    Ok(out)
+    Ok((start, end))
 }
 
 /// Where `needle` starts in `haystack` (overlapping occurrences included).
@@ -269,8 +282,8 @@ mod tests {
     }
 
     fn area_of(patched: &[u8]) -> &[u8] {
-        let start = positions(patched, MARKER)[0] + MARKER.len();
-        &patched[start..start + AREA_LEN]
+        let (start, end) = area_bounds(patched).unwrap();
+        &patched[start..end]
     }
 
     #[test]
@@ -311,6 +324,12 @@ mod tests {
         let twice = patch(&once, &cfg()).unwrap();
         assert_eq!(decode(area_of(&twice)).unwrap(), Some(cfg()));
         assert_eq!(twice, patch(&binary(), &cfg()).unwrap());
+        assert_eq!(read(&twice), Some(cfg()));
+        assert_eq!(
+            read(&binary()),
+            None,
+            "an unpatched binary reads as no install"
+        );
         // The code around the area is untouched.
         assert!(twice.ends_with(b"...more code..."));
         assert!(twice.starts_with(b"\x7fELF....code...."));

@@ -646,16 +646,7 @@ fn doctor(
 
 /// What `admin install` wrote into the installed wrapper, if it reads as an install's.
 fn installed_wrap_config(wrapper: &Path) -> Option<WrapConfig> {
-    let b = std::fs::read(wrapper).ok()?;
-    let i = find(&b, placeholder::MARKER)?;
-    let area = b.get(
-        i + placeholder::MARKER.len()..i + placeholder::MARKER.len() + placeholder::AREA_LEN,
-    )?;
-    placeholder::decode(area).ok().flatten()
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    placeholder::read(&std::fs::read(wrapper).ok()?)
 }
 
 #[cfg(test)]
