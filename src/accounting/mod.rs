@@ -103,19 +103,13 @@ pub fn report_from_store(
     let since = since.unwrap_or(0);
     let until = until.unwrap_or(now).min(now);
     let intervals = store.intervals_of(None, since, until)?;
-    let clusters: BTreeMap<i64, report::ClusterFacts> = store
-        .list_clusters(None)?
-        .into_iter()
-        .map(|c| {
-            (
-                c.id,
-                report::ClusterFacts {
-                    name: c.name.to_string(),
-                },
-            )
-        })
-        .collect();
+    // Only rows by cluster carry its name.
+    let names = if by == report::By::Cluster {
+        store.cluster_names()?
+    } else {
+        BTreeMap::new()
+    };
     Ok(report::report(
-        config, &clusters, &intervals, since, until, now, by,
+        config, &names, &intervals, since, until, now, by,
     ))
 }

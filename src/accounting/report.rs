@@ -35,12 +35,6 @@ pub enum By {
     Day,
 }
 
-/// What a cluster's intervals are reported under.
-#[derive(Debug, Clone)]
-pub struct ClusterFacts {
-    pub name: String,
-}
-
 #[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
 struct Key {
     cluster: Option<String>,
@@ -123,7 +117,7 @@ fn day_of(ms: Millis) -> String {
 /// Builds the report of `intervals` in `[since, until)`, grouped `by`.
 pub fn report(
     config: &SiteConfig,
-    clusters: &BTreeMap<i64, ClusterFacts>,
+    names: &BTreeMap<i64, String>,
     intervals: &[Interval],
     since: Millis,
     until: Millis,
@@ -150,7 +144,6 @@ pub fn report(
             unknown.push(iv.instance_type.clone());
         }
         let per_hour = per_hour.unwrap_or(0);
-        let facts = clusters.get(&iv.cluster_id);
         // The pieces of the run in the window: one, or one per day.
         let mut cuts = vec![a];
         if by == By::Day {
@@ -180,7 +173,7 @@ pub fn report(
             }
             let key = Key {
                 cluster: (by == By::Cluster)
-                    .then(|| facts.map(|f| f.name.clone()).unwrap_or_default()),
+                    .then(|| names.get(&iv.cluster_id).cloned().unwrap_or_default()),
                 cluster_id: (by == By::Cluster).then_some(iv.cluster_id),
                 owner: matches!(by, By::Cluster | By::User).then(|| iv.owner.clone()),
                 profile: matches!(by, By::Cluster | By::Profile).then(|| iv.profile.clone()),
@@ -355,13 +348,8 @@ mod tests {
         }
     }
 
-    fn facts() -> BTreeMap<i64, ClusterFacts> {
-        BTreeMap::from([(
-            1,
-            ClusterFacts {
-                name: "demo".into(),
-            },
-        )])
+    fn facts() -> BTreeMap<i64, String> {
+        BTreeMap::from([(1, "demo".to_owned())])
     }
 
     #[test]

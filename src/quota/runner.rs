@@ -555,9 +555,10 @@ async fn serve_inner(
                 &admission,
             )
             .await?;
-            let ids = ids(&app.store.nodes_of(c.id)?);
+            let cluster = view(app, &c)?;
+            let ids = ids(&cluster.nodes);
             let out = Launched {
-                cluster: view(app, &c)?,
+                cluster,
                 private_key: ClusterKeys::of(&app.state_dir, &c).load_text()?,
             };
             Ok((to_value(&out)?, ids))

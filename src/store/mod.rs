@@ -492,6 +492,14 @@ impl Store {
             .transpose()
     }
 
+    /// Every cluster's name, by id (a report's rows name theirs; nothing else is read).
+    pub fn cluster_names(&self) -> Result<std::collections::BTreeMap<i64, String>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT id, name FROM clusters")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Clusters of `owner` (all owners if `None`), oldest first.
     pub fn list_clusters(&self, owner: Option<&Owner>) -> Result<Vec<ClusterRow>, StoreError> {
         let conn = self.conn();
