@@ -11,10 +11,10 @@ use stratus::accounting::snapshot::ingest;
 use stratus::cluster::Ctx;
 use stratus::cluster::provider::Instance;
 use stratus::config::SshConfig;
-use stratus::model::{
+use stratus::core::model::{
     ClusterName, InstanceState, Owner, ProviderKind, RequestId, Role, Tags, now_millis,
 };
-use stratus::printer::Printer;
+use stratus::core::printer::Printer;
 use stratus::store::{ClusterRecord, Created, NewCluster, NodeRow, Store};
 
 const H: i64 = 3_600_000;
@@ -29,7 +29,7 @@ fn file_size(dir: &std::path::Path) -> u64 {
 
 fn record() -> ClusterRecord {
     ClusterRecord {
-        profile: stratus::cluster::profile::Profile::for_tests("hadoop"),
+        profile: stratus::config::profile::Profile::for_tests("hadoop"),
         env: Default::default(),
     }
 }
@@ -213,8 +213,8 @@ fn term_report() {
                 store
                     .transition(
                         cluster.id,
-                        &[stratus::model::ClusterState::Reserved],
-                        stratus::model::ClusterState::Terminated,
+                        &[stratus::core::model::ClusterState::Reserved],
+                        stratus::core::model::ClusterState::Terminated,
                         None,
                     )
                     .unwrap();

@@ -11,16 +11,12 @@
 #![allow(clippy::result_large_err)]
 
 pub mod accounting;
-pub mod app;
-pub mod caller;
 pub mod cli;
 pub mod cluster;
-pub mod commands;
 pub mod config;
-pub mod error;
-pub mod model;
-pub mod printer;
-pub mod quota;
+pub mod core;
+pub mod policy;
+pub mod service;
 pub mod store;
 pub mod sys;
 pub mod templates;
@@ -32,7 +28,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Cli, Command};
-use crate::printer::{MakeLogWriter, Printer};
+use crate::core::printer::{MakeLogWriter, Printer};
 
 /// Parses the command line, runs the command, prints any error, and picks the exit code.
 pub fn main() -> ExitCode {
@@ -42,9 +38,9 @@ pub fn main() -> ExitCode {
             let _ = e.print();
             // Usage errors are bad input (2); --help and --version are not errors.
             return ExitCode::from(if e.use_stderr() {
-                error::exit::BAD_INPUT
+                crate::core::error::exit::BAD_INPUT
             } else {
-                error::exit::OK
+                crate::core::error::exit::OK
             });
         }
     };
@@ -55,9 +51,9 @@ pub fn main() -> ExitCode {
     if let Command::Runner = &cli.command {
         let Some(site) = &cli.config else {
             let _ = e_print("error: the runner needs --config, the install's site config");
-            return ExitCode::from(error::exit::BAD_INPUT);
+            return ExitCode::from(crate::core::error::exit::BAD_INPUT);
         };
-        return quota::runner::main(site, cli.verbose);
+        return service::serve::main(site, cli.verbose);
     }
     let printer = Arc::new(Printer::new(cli.command.json(), cli.quiet));
     init_logging(Some(printer.clone()), cli.verbose);
@@ -68,17 +64,17 @@ pub fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             printer.error(&format!("error: cannot start the async runtime: {e}"));
-            return ExitCode::from(error::exit::FAILURE);
+            return ExitCode::from(crate::core::error::exit::FAILURE);
         }
     };
-    let result = runtime.block_on(commands::run(cli, printer.clone()));
+    let result = runtime.block_on(cli::run(cli, printer.clone()));
     // Do not wait for lingering blocking tasks (a stdin read, say).
     runtime.shutdown_background();
     match result {
         Ok(code) => code,
         Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
         Err(e) => {
-            printer.error(&error::render(&e));
+            printer.error(&crate::core::error::render(&e));
             ExitCode::from(e.exit_code())
         }
     }

@@ -1,7 +1,6 @@
 //! Usage and cost, computed from the recorded usage intervals (never from counting snapshots):
-//! hours per cluster, and cost in micro-dollars from a price table (`prices`).
+//! hours per cluster, and cost in micro-dollars from a price table (`config::prices`).
 
-pub mod prices;
 pub mod reaper;
 pub mod report;
 pub mod snapshot;
@@ -9,9 +8,10 @@ pub mod snapshot;
 use std::collections::BTreeMap;
 
 use crate::config::SiteConfig;
+use crate::config::prices;
 use serde::Serialize;
 
-use crate::model::Millis;
+use crate::core::model::Millis;
 use crate::store::{ClusterRow, Interval};
 
 /// One row of `stratus usage`.

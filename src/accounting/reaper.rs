@@ -14,9 +14,9 @@ use crate::cluster::Ctx;
 use crate::cluster::provider::{Provider, Selector};
 use crate::cluster::{reconcile, terminate};
 use crate::config::SiteConfig;
-use crate::error::Error;
-use crate::model::{ClusterState, Millis, Owner, rfc3339};
-use crate::quota::policy::{Policy, dollars_text};
+use crate::core::error::Error;
+use crate::core::model::{ClusterState, Millis, Owner, rfc3339};
+use crate::policy::{Policy, dollars_text};
 use crate::store::{AuditRecord, ClusterRow};
 
 /// The tag a warned cluster's instances carry: when the reaper may terminate them (RFC 3339).
@@ -47,7 +47,10 @@ fn due(
     store: &crate::store::Store,
     now: Millis,
 ) -> Result<Option<String>, Error> {
-    let limits = policy.limits(c.owner.as_str(), &crate::caller::groups_of(&c.owner));
+    let limits = policy.limits(
+        c.owner.as_str(),
+        &crate::service::caller::groups_of(&c.owner),
+    );
     if let Some(max) = limits.lifetime(&c.record.profile)
         && now - c.created_at > max
     {
@@ -58,7 +61,7 @@ fn due(
         )));
     }
     if let Some(budget) = limits.budget {
-        let spent = crate::quota::spent_by(store, policy, config, c.owner.as_str())?;
+        let spent = crate::service::quota::spent_by(store, policy, config, c.owner.as_str())?;
         if spent >= budget {
             return Ok(Some(format!(
                 "{}'s budget of {} is spent ({} used)",
@@ -92,7 +95,7 @@ pub async fn reap<P: Provider>(
             action: format!("reap-{}", a.action),
             cluster: Some(format!("{}/{}", a.owner, a.cluster)),
             decision: "done".into(),
-            reason: Some(crate::quota::runner::escape(&a.reason)),
+            reason: Some(crate::service::serve::escape(&a.reason)),
             instances,
         };
         if let Err(e) = ctx.store.audit(&record, now) {
@@ -103,7 +106,7 @@ pub async fn reap<P: Provider>(
             a.action,
             a.owner,
             a.cluster,
-            crate::quota::runner::escape(&a.reason)
+            crate::service::serve::escape(&a.reason)
         ));
     };
     let clusters: Vec<ClusterRow> = ctx
@@ -169,7 +172,7 @@ pub async fn reap<P: Provider>(
                 if !dry_run && let Err(e) = terminate::terminate(ctx, provider, c).await {
                     // One cluster that will not end does not stop the others: the next pass
                     // tries it again.
-                    tracing::error!(cluster = %c.name, owner = %c.owner, "the reaper could not terminate it: {}", crate::error::one_line(&e));
+                    tracing::error!(cluster = %c.name, owner = %c.owner, "the reaper could not terminate it: {}", crate::core::error::one_line(&e));
                     continue;
                 }
                 audit(&a, ids);
@@ -187,7 +190,7 @@ pub async fn reap<P: Provider>(
             ..Default::default()
         })
         .await?;
-    let grace = crate::model::millis_of(provider.consistency_grace());
+    let grace = crate::core::model::millis_of(provider.consistency_grace());
     let mut owners: Vec<Owner> = Vec::new();
     for i in &listed {
         let Some(t) = &i.tags else { continue };

@@ -18,9 +18,9 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::prices::{self, MINIMUM_BILLED, Micros};
 use crate::config::SiteConfig;
-use crate::model::Millis;
+use crate::config::prices::{self, MINIMUM_BILLED, Micros};
+use crate::core::model::Millis;
 use crate::store::Interval;
 
 const DAY: Millis = 24 * 3600 * 1000;
@@ -306,13 +306,13 @@ impl Report {
         let mut header: Vec<String> = fields.iter().map(|f| f.to_uppercase()).collect();
         header.extend(["HOURS".into(), "COST".into()]);
         let h: Vec<&str> = header.iter().map(String::as_str).collect();
-        let mut t = crate::commands::table::Table::new(&h);
+        let mut t = crate::cli::table::Table::new(&h);
         for r in &self.rows {
             let mut cells = Self::keys_of(r, fields);
             cells.push(format!("{:.2}", r.instance_hours));
             cells.push(format!(
                 "{}{}",
-                crate::quota::policy::dollars_text(r.micros),
+                crate::policy::dollars_text(r.micros),
                 if r.estimated { " (estimated)" } else { "" }
             ));
             t.row(cells);
@@ -320,7 +320,7 @@ impl Report {
         let mut cells = vec!["total".to_owned()];
         cells.extend(vec![String::new(); fields.len().saturating_sub(1)]);
         cells.push(format!("{:.2}", self.total.instance_hours));
-        cells.push(crate::quota::policy::dollars_text(self.total.micros));
+        cells.push(crate::policy::dollars_text(self.total.micros));
         t.row(cells);
         t.render()
     }

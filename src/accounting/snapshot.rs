@@ -21,8 +21,8 @@ use serde::Serialize;
 
 use crate::cluster::provider::{Instance, Provider, Selector};
 use crate::cluster::{Ctx, orphans};
-use crate::error::Error;
-use crate::model::Millis;
+use crate::core::error::Error;
+use crate::core::model::Millis;
 use crate::store::{ClusterRow, Observation};
 
 /// The interval cron runs snapshots at: a missed end is estimated at the last sighting plus
@@ -48,7 +48,7 @@ pub async fn snapshot<P: Provider>(ctx: Ctx<'_>, provider: &P) -> Result<Snapsho
     // One snapshot at a time: the lock is held until this one's transaction is committed, and
     // the time is read once it is held, so a later snapshot never records an earlier time.
     let _lock = SnapshotLock::acquire(ctx.state_dir).await?;
-    let now = crate::model::now_millis();
+    let now = crate::core::model::now_millis();
     // Every stratus instance, this store's picked out below: one launched before stores had
     // ids carries none, and is this store's by its request.
     let mut listed = Vec::new();
@@ -57,14 +57,14 @@ pub async fn snapshot<P: Provider>(ctx: Ctx<'_>, provider: &P) -> Result<Snapsho
             listed.push(i);
         }
     }
-    let grace = crate::model::millis_of(provider.consistency_grace());
+    let grace = crate::core::model::millis_of(provider.consistency_grace());
     ingest(ctx, provider.kind(), grace, listed, now)
 }
 
 /// Records what one describe of `kind` listed at `now` (the part of a snapshot that writes).
 pub fn ingest(
     ctx: Ctx<'_>,
-    kind: crate::model::ProviderKind,
+    kind: crate::core::model::ProviderKind,
     grace: Millis,
     listed: Vec<Instance>,
     now: Millis,

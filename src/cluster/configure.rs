@@ -8,11 +8,11 @@ use std::time::Duration;
 use crate::cluster::Ctx;
 use crate::cluster::keys::ClusterKeys;
 use crate::cluster::meta::{Meta, facts, target};
-use crate::cluster::profile::{FileTarget, parse_mode};
 use crate::cluster::ssh::{self, Client, Target};
 use crate::cluster::terminate::live_nodes;
-use crate::error::Error;
-use crate::model::{RequestId, Role};
+use crate::config::profile::{FileTarget, parse_mode};
+use crate::core::error::Error;
+use crate::core::model::{RequestId, Role};
 use crate::store::{ClusterRow, NodeRow};
 use crate::templates::{NodeFacts, Renderer};
 

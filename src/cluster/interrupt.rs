@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::error::Error;
+use crate::core::error::Error;
 
 /// Why a launch was interrupted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

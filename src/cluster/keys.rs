@@ -8,7 +8,7 @@ use russh::keys::PrivateKey;
 
 use crate::cluster::provider::local::{write_atomic, write_private};
 use crate::cluster::ssh;
-use crate::error::Error;
+use crate::core::error::Error;
 use crate::store::{ClusterRow, NodeRow};
 
 #[derive(Debug, Clone)]

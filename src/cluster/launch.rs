@@ -19,15 +19,15 @@ use crate::cluster::interrupt::Interrupt;
 use crate::cluster::keys::ClusterKeys;
 use crate::cluster::locks::{GrowLock, LaunchLock};
 use crate::cluster::meta::{Meta, Want, access, cluster_ref, node_row, target};
-use crate::cluster::profile::Profile;
 use crate::cluster::provider::{Instance, InstanceState, Provider, SshAccess};
 use crate::cluster::ssh::{self, Client};
 use crate::cluster::terminate::{adopt, live_nodes, request_selector, rollback, terminate_ids};
-use crate::error::{Error, InputError};
-use crate::model::{
+use crate::config::profile::Profile;
+use crate::core::error::{Error, InputError};
+use crate::core::model::{
     ClusterName, ClusterState, Millis, Owner, ProviderKind, RequestId, Role, now_millis,
 };
-use crate::quota::Admission;
+use crate::service::quota::Admission;
 use crate::store::{
     BatchRow, ClusterRecord, ClusterRow, Created, NewCluster, NodeRow, Observation, Recorded,
 };
@@ -255,7 +255,7 @@ pub async fn launch<P: Provider>(
     match work.await {
         Ok(()) => Ok(ctx.store.cluster_by_id(cluster.id)?.unwrap_or(cluster)),
         Err(e) => {
-            let reason = crate::error::one_line(&e);
+            let reason = crate::core::error::one_line(&e);
             let interrupted = match &e {
                 Error::Interrupted { signal, .. } => Some(*signal),
                 _ => None,
@@ -285,7 +285,7 @@ pub async fn launch<P: Provider>(
                 // launch and terminate) finishes the rollback.
                 Err(rb) => format!(
                     "the rollback is incomplete ({}): the next stratus command that launches or terminates finishes it, or run `stratus reconcile`",
-                    crate::error::one_line(&rb),
+                    crate::core::error::one_line(&rb),
                 ),
             };
             Err(match interrupted {
@@ -388,12 +388,12 @@ pub async fn add_workers<P: Provider>(
         Err(e) => {
             ctx.printer.warn(format!(
                 "adding workers failed ({}); terminating the new workers",
-                crate::error::one_line(&e)
+                crate::core::error::one_line(&e)
             ));
             if let Err(rb) = rollback(ctx, provider, cluster, request, false).await {
                 ctx.printer.warn(format!(
                     "rollback incomplete: {}; `stratus reconcile` finishes it",
-                    crate::error::one_line(&rb)
+                    crate::core::error::one_line(&rb)
                 ));
             }
             Err(e)
@@ -620,7 +620,7 @@ async fn bring_up_once<P: Provider>(
         }
         count_up(bar, rows.len() as u64);
         for r in &rows {
-            tracing::info!(node = %crate::model::node_name(&cluster.name, r.role, r.index), instance = %r.instance_id, "launched");
+            tracing::info!(node = %crate::core::model::node_name(&cluster.name, r.role, r.index), instance = %r.instance_id, "launched");
         }
         let missing = spec.count.saturating_sub(rows.len() as u32);
         nodes.extend(rows);
@@ -631,7 +631,7 @@ async fn bring_up_once<P: Provider>(
             Some(e) => failed.push(Failure {
                 role: spec.role,
                 nodes: missing,
-                message: format!("{}: {}", spec.name, crate::error::one_line(&e)),
+                message: format!("{}: {}", spec.name, crate::core::error::one_line(&e)),
             }),
             None if missing > 0 => failed.push(Failure {
                 role: spec.role,
@@ -677,7 +677,7 @@ async fn bring_up_once<P: Provider>(
     let mut strays: BTreeSet<String> = BTreeSet::new();
     // A node missing from the provider's answers for longer than its consistency allows is
     // gone (terminated by another command, whose cleanup may have removed every trace of it).
-    let grace = crate::model::millis_of(b.provider.consistency_grace());
+    let grace = crate::core::model::millis_of(b.provider.consistency_grace());
     loop {
         let seen: HashMap<String, Instance> = b
             .provider
@@ -743,7 +743,7 @@ async fn bring_up_once<P: Provider>(
     let mut running: Vec<NodeRow> = Vec::new();
     let mut dead: BTreeSet<String> = strays;
     for row in nodes {
-        let name = crate::model::node_name(&cluster.name, row.role, row.index);
+        let name = crate::core::model::node_name(&cluster.name, row.role, row.index);
         if row.state == InstanceState::Running && !waiting.contains(&row.instance_id) {
             running.push(row);
         } else {
@@ -814,7 +814,7 @@ async fn bring_up_once<P: Provider>(
                 .iter()
                 .filter(|r| r.host_key.is_none())
                 .map(|r| {
-                    let name = crate::model::node_name(&cluster.name, r.role, r.index);
+                    let name = crate::core::model::node_name(&cluster.name, r.role, r.index);
                     (r.instance_id.clone(), name)
                 })
                 .collect()
@@ -883,7 +883,7 @@ async fn bring_up_once<P: Provider>(
                             }
                             other => other,
                         };
-                        (crate::error::one_line(&e), fatal)
+                        (crate::core::error::one_line(&e), fatal)
                     }),
                     _ = gone.wait_for(|g| g.contains(&id)) => {
                         Err((format!("{} was terminated before it answered SSH", t.name), false))
@@ -972,7 +972,7 @@ pub(crate) async fn console_host_key<P: Provider>(
         match provider.console_host_keys(id).await {
             Ok(Some(found)) => return pinnable(&found, name, id).map_err(Error::runtime),
             Ok(None) => {}
-            Err(e) => last = format!(" (last error: {})", crate::error::one_line(&e)),
+            Err(e) => last = format!(" (last error: {})", crate::core::error::one_line(&e)),
         }
         let now = Instant::now();
         if now >= deadline {
@@ -1033,7 +1033,7 @@ async fn read_consoles<P: Provider>(
                 Ok(None) => continue,
                 Err(e) => {
                     tracing::debug!(instance = %id, "cannot read the console: {e}");
-                    last_error.insert(id, crate::error::one_line(&e));
+                    last_error.insert(id, crate::core::error::one_line(&e));
                     continue;
                 }
             };

@@ -7,8 +7,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::error::Error;
-use crate::model::RequestId;
+use crate::core::error::Error;
+use crate::core::model::RequestId;
 
 pub struct LaunchLock {
     path: PathBuf,

@@ -6,11 +6,13 @@ use std::collections::BTreeMap;
 
 use russh::keys::PrivateKey;
 
-use crate::cluster::profile::{FileTarget, Profile};
 use crate::cluster::provider::{BatchSpec, ClusterRef, Instance, SshAccess};
 use crate::cluster::ssh::{self, Target};
-use crate::error::Error;
-use crate::model::{ClusterName, Owner, RequestId, Role, StoreId, Tags, node_name, now_millis};
+use crate::config::profile::{FileTarget, Profile};
+use crate::core::error::Error;
+use crate::core::model::{
+    ClusterName, Owner, RequestId, Role, StoreId, Tags, node_name, now_millis,
+};
 use crate::store::{ClusterRow, NodeRow};
 use crate::templates::{BootContext, ConfigureContext, NodeFacts, Renderer};
 

@@ -5,7 +5,7 @@
 //! validated request and the provider. The CLI, the runner and the tests all call the same
 //! functions; nothing here reads the environment or asks who is running it.
 //!
-//! The value types (names, owners, tags, states) live in `crate::model` and are re-exported
+//! The value types (names, owners, tags, states) live in `crate::core::model` and are re-exported
 //! here.
 
 pub mod configure;
@@ -17,7 +17,6 @@ pub mod locks;
 pub mod meta;
 pub mod observe;
 pub mod orphans;
-pub mod profile;
 pub mod provider;
 pub mod proxy;
 pub mod reconcile;
@@ -28,11 +27,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::config::SshConfig;
-pub use crate::model::{
+pub use crate::core::model::{
     ClusterName, Owner, RequestId, Role, StoreId, TAG_CLUSTER, TAG_OWNER, TAG_PROFILE, TAG_REQUEST,
     TAG_ROLE, TAG_STORE, Tags, node_name, shell_quote,
 };
-use crate::printer::Printer;
+use crate::core::printer::Printer;
 use crate::store::Store;
 
 /// What the lifecycle runs with, besides each call's own inputs.
@@ -48,7 +47,7 @@ pub struct Ctx<'a> {
     /// Tests only: a launch stops for good on reaching this state, so a test can kill its
     /// launcher there. Set from `STRATUS_TEST_PAUSE_AT` by a user's own command in a debug
     /// build; never in the runner, never in a release build.
-    pub pause_at: Option<crate::model::ClusterState>,
+    pub pause_at: Option<crate::core::model::ClusterState>,
 }
 
 impl Ctx<'_> {

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 
 use crate::cluster::Ctx;
 use crate::cluster::provider::{Instance, Provider, Selector};
-use crate::error::Error;
-use crate::model::{Owner, now_millis};
+use crate::core::error::Error;
+use crate::core::model::{Owner, now_millis};
 use crate::store::{ClusterRow, Observation};
 
 /// Observes the live nodes of `clusters` (those on this provider) at the provider.
@@ -47,7 +47,7 @@ pub async fn refresh<P: Provider>(
         seen.extend(found.into_iter().map(|i| (i.id.clone(), i)));
     }
     let now = now_millis();
-    let grace = crate::model::millis_of(provider.consistency_grace());
+    let grace = crate::core::model::millis_of(provider.consistency_grace());
     let observations: Vec<Observation> = nodes
         .into_iter()
         .filter_map(|n| match seen.get(&n.instance_id) {

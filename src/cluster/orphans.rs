@@ -6,8 +6,8 @@ use crate::cluster::Ctx;
 use crate::cluster::locks::{LaunchLock, Launcher};
 use crate::cluster::meta::node_row;
 use crate::cluster::provider::Instance;
-use crate::error::Error;
-use crate::model::{Millis, ProviderKind, Role};
+use crate::core::error::Error;
+use crate::core::model::{Millis, ProviderKind, Role};
 use crate::store::ClusterRow;
 
 /// Whether an instance is this store's: it carries this store's id, or (launched before stores

@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::cluster::ssh::Session;
-use crate::error::Error;
+use crate::core::error::Error;
 
 /// Serves SOCKS5 on `listener` until `stop` resolves or the SSH connection drops.
 pub async fn serve(

@@ -37,9 +37,11 @@ use crate::cluster::terminate::{
     adopt, cluster_selector, finish_rollback, live_nodes, request_selector, terminate,
     terminate_ids,
 };
-use crate::error::Error;
-use crate::model::millis_of as ms;
-use crate::model::{ClusterName, ClusterState, Millis, Owner, RequestId, StoreId, now_millis};
+use crate::core::error::Error;
+use crate::core::model::millis_of as ms;
+use crate::core::model::{
+    ClusterName, ClusterState, Millis, Owner, RequestId, StoreId, now_millis,
+};
 use crate::store::{BatchRow, ClusterRow};
 
 /// What reconcile may do, and how long it leaves things to the command that may still be
@@ -267,7 +269,7 @@ pub async fn reconcile<P: Provider>(
                 "{}: could not {}: {}",
                 action.cluster,
                 action.action,
-                crate::error::one_line(&e)
+                crate::core::error::one_line(&e)
             ));
             failed.get_or_insert(e);
             continue;

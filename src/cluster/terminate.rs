@@ -18,8 +18,8 @@ use crate::cluster::Ctx;
 use crate::cluster::locks::TerminateLock;
 use crate::cluster::meta::{cluster_ref, node_row};
 use crate::cluster::provider::{Instance, Provider, Selector};
-use crate::error::Error;
-use crate::model::{ClusterState, Millis, RequestId, Role, now_millis};
+use crate::core::error::Error;
+use crate::core::model::{ClusterState, Millis, RequestId, Role, now_millis};
 use crate::store::{ClusterRow, NodeRow, Observation};
 
 /// How long a terminate waits for the provider to confirm everything gone.
@@ -131,7 +131,7 @@ pub async fn terminate_ids<P: Provider>(
     let spinner = ctx
         .printer
         .spinner(format!("waiting for {} nodes to terminate", ids.len()));
-    let grace = crate::model::millis_of(provider.consistency_grace());
+    let grace = crate::core::model::millis_of(provider.consistency_grace());
     let deadline = Instant::now() + TERMINATE_TIMEOUT;
     let mut delay = Duration::from_millis(250);
     // Launch times, from the record or from a describe, for the grace of the missing.

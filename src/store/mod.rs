@@ -23,8 +23,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{ClusterName, Owner, ProviderKind, RequestId, StoreId};
-pub use crate::model::{ClusterState, Millis, now_millis};
+use crate::core::model::{ClusterName, Owner, ProviderKind, RequestId, StoreId};
+pub use crate::core::model::{ClusterState, Millis, now_millis};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -64,7 +64,7 @@ pub enum StoreError {
 /// update-slaves-file, login) act on the same settings even if the profile file changes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClusterRecord {
-    pub profile: crate::cluster::profile::Profile,
+    pub profile: crate::config::profile::Profile,
     pub env: std::collections::BTreeMap<String, String>,
 }
 
@@ -412,7 +412,7 @@ impl Store {
         provider: ProviderKind,
         (profile, request): (String, RequestId),
     ) -> Result<ClusterRow, StoreError> {
-        let mut p = crate::cluster::profile::Profile::placeholder(&profile);
+        let mut p = crate::config::profile::Profile::placeholder(&profile);
         p.description = "found by reconcile: instances no record knew".into();
         let record = ClusterRecord {
             profile: p,
@@ -666,7 +666,7 @@ pub fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::cluster::profile::Profile;
+    use crate::config::profile::Profile;
 
     pub(crate) fn record() -> ClusterRecord {
         ClusterRecord {

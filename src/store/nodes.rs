@@ -13,7 +13,7 @@ use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use super::{ClusterRow, Store, StoreError, cluster_state};
-use crate::model::{ClusterState, InstanceState, Millis, Role};
+use crate::core::model::{ClusterState, InstanceState, Millis, Role};
 
 /// A read path records that a running node was seen at most this often: enough for a vanished
 /// node to be closed near its end, without a write on every `stratus list`.
@@ -153,7 +153,7 @@ impl Store {
             if let Some(token) = token {
                 tx.execute(
                     "UPDATE launch_batches SET settled_at = ?2 WHERE token = ?1 AND settled_at IS NULL",
-                    params![token, crate::model::now_millis()],
+                    params![token, crate::core::model::now_millis()],
                 )?;
             }
             let state = cluster_state(tx, cluster.id)?;
@@ -170,7 +170,7 @@ impl Store {
     pub fn settle_batch(&self, token: &str) -> Result<(), StoreError> {
         self.conn().execute(
             "UPDATE launch_batches SET settled_at = ?2 WHERE token = ?1 AND settled_at IS NULL",
-            params![token, crate::model::now_millis()],
+            params![token, crate::core::model::now_millis()],
         )?;
         Ok(())
     }
@@ -663,7 +663,7 @@ pub(super) fn open_nodes(conn: &rusqlite::Connection) -> Result<Vec<NodeRow>, St
 mod tests {
     use super::super::tests::{create, record};
     use super::*;
-    use crate::model::{ClusterName, Owner, RequestId};
+    use crate::core::model::{ClusterName, Owner, RequestId};
 
     fn node(id: &str, cluster: &ClusterRow, launched_at: Millis) -> NodeRow {
         NodeRow {

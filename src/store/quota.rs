@@ -12,7 +12,7 @@ use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError};
-use crate::model::{Millis, now_millis};
+use crate::core::model::{Millis, now_millis};
 
 /// One decision of the privileged path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -205,7 +205,7 @@ impl Store {
             let at: i64 = r.get(0)?;
             let instances: String = r.get(6)?;
             Ok(AuditRecord {
-                at: crate::model::rfc3339(at),
+                at: crate::core::model::rfc3339(at),
                 user: r.get(1)?,
                 action: r.get(2)?,
                 cluster: r.get(3)?,

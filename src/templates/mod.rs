@@ -22,8 +22,8 @@ use std::io::Write;
 use handlebars::{Handlebars, RenderErrorReason, handlebars_helper};
 use serde::Serialize;
 
-use crate::cluster::profile::{Profile, RoleSettings};
-use crate::model::{Role, shell_quote};
+use crate::config::profile::{Profile, RoleSettings};
+use crate::core::model::{Role, shell_quote};
 
 /// EC2 accepts at most 16 KB of user data; stratus sends it gzipped (cloud-init unpacks it).
 pub const USER_DATA_LIMIT: usize = 16 * 1024;

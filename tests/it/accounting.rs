@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::Value;
-use stratus::model::{ClusterName, InstanceState, Owner, ProviderKind, RequestId, Role};
+use stratus::core::model::{ClusterName, InstanceState, Owner, ProviderKind, RequestId, Role};
 use stratus::store::{ClusterRecord, Created, NewCluster, NodeRow, Observation, Store};
 
 use crate::ec2::ec2_context;
@@ -220,7 +220,7 @@ fn scripted_term(ctx: &TestContext) -> i64 {
             .as_millisecond()
     };
     let cluster = |owner: &str, name: &str, profile: &str| {
-        let mut p = stratus::cluster::profile::Profile::for_tests(profile);
+        let mut p = stratus::config::profile::Profile::for_tests(profile);
         p.name = profile.into();
         let rec = ClusterRecord {
             profile: p,

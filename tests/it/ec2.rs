@@ -21,7 +21,7 @@ use serde_json::Value;
 use stratus::cluster::provider::ec2::{Ec2Provider, group_name, key_name};
 use stratus::cluster::provider::{ClusterRef, Provider, ProviderError, Selector, SshAccess};
 use stratus::config::{Ec2Config, SiteConfig, Trust};
-use stratus::model::{ClusterName, Owner, RequestId, StoreId};
+use stratus::core::model::{ClusterName, Owner, RequestId, StoreId};
 
 pub(crate) use crate::support::BIN;
 use crate::support::{TestContext, eventually};
@@ -46,7 +46,7 @@ pub(crate) fn ec2_context(moto: &Moto, ec2_extra: &str) -> TestContext {
 }
 
 pub(crate) fn owner() -> String {
-    stratus::caller::Caller::from_real_uid()
+    stratus::service::caller::Caller::from_real_uid()
         .unwrap()
         .owner
         .to_string()
@@ -1180,7 +1180,7 @@ pub(crate) fn leftovers(
     nodes: u32,
 ) -> ClusterRef {
     use stratus::cluster::provider::BatchSpec;
-    use stratus::model::Role;
+    use stratus::core::model::Role;
     let cref = ClusterRef {
         owner: Owner::parse(&owner()).unwrap(),
         name: ClusterName::parse(cluster).unwrap(),
@@ -1202,7 +1202,7 @@ pub(crate) fn leftovers(
             spot: false,
             volume_gb: None,
             user_data: "#!/bin/sh\n".into(),
-            tags: stratus::model::Tags {
+            tags: stratus::core::model::Tags {
                 role: Some(Role::Worker),
                 ..cref.tags()
             },
@@ -1238,18 +1238,18 @@ pub(crate) fn resources_exist(moto: &Moto, cluster: &str) -> bool {
     g == 1
 }
 
-pub(crate) fn app_for(ctx: &TestContext) -> stratus::app::App {
+pub(crate) fn app_for(ctx: &TestContext) -> stratus::service::app::App {
     let (config, config_path) = SiteConfig::load(Some(&ctx.config), None).unwrap();
-    let settings = stratus::app::Settings {
+    let settings = stratus::service::app::Settings {
         trust: Trust::Caller,
         config,
         config_path,
         state_dir: ctx.state.clone(),
         pause_at: None,
     };
-    stratus::app::App::new(
+    stratus::service::app::App::new(
         settings,
-        std::sync::Arc::new(stratus::printer::Printer::quiet()),
+        std::sync::Arc::new(stratus::core::printer::Printer::quiet()),
     )
     .unwrap()
 }

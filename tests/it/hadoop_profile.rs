@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use stratus::cluster::Role;
-use stratus::cluster::profile::{Profile, ProfileSet};
+use stratus::config::profile::{Profile, ProfileSet};
 use stratus::templates::{BootContext, ConfigureContext, NodeFacts, Renderer};
 
 use crate::ec2::ec2_moto::{Moto, tag};
@@ -65,7 +65,7 @@ fn pushed(p: &Profile) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for f in &p.files {
         let node = match f.to {
-            stratus::cluster::profile::FileTarget::Workers => workers[0].clone(),
+            stratus::config::profile::FileTarget::Workers => workers[0].clone(),
             _ => master.clone(),
         };
         let ctx = ConfigureContext {
@@ -601,7 +601,7 @@ fn hadoop_spot_launches_on_moto_with_the_rendered_user_data() {
         "hadoop-spot",
         "--no-configure",
     ]);
-    let owner = stratus::caller::Caller::from_real_uid()
+    let owner = stratus::service::caller::Caller::from_real_uid()
         .unwrap()
         .owner
         .to_string();
@@ -620,8 +620,8 @@ fn hadoop_spot_launches_on_moto_with_the_rendered_user_data() {
                 first + u32::try_from(i.ami_launch_index().unwrap()).unwrap()
             }
         };
-        let name = stratus::model::node_name(
-            &stratus::model::ClusterName::parse("hs").unwrap(),
+        let name = stratus::core::model::node_name(
+            &stratus::core::model::ClusterName::parse("hs").unwrap(),
             role,
             index,
         );

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::InstanceStateName;
 use serde_json::{Value, json};
-use stratus::model::{Millis, now_millis};
+use stratus::core::model::{Millis, now_millis};
 use stratus::store::{Interval, Store};
 
 use crate::ec2::ec2_moto::{Moto, UBUNTU_AMI, client, tag};

@@ -17,8 +17,10 @@ use std::time::Duration;
 use russh::keys::PublicKey;
 use serde::Serialize;
 
-pub use crate::model::InstanceState;
-use crate::model::{ClusterName, Millis, Owner, ProviderKind, RequestId, Role, StoreId, Tags};
+pub use crate::core::model::InstanceState;
+use crate::core::model::{
+    ClusterName, Millis, Owner, ProviderKind, RequestId, Role, StoreId, Tags,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {

@@ -21,7 +21,7 @@ use std::time::Duration;
 use aws_sdk_ec2::types::{Filter, InstanceStateName};
 use stratus::cluster::provider::local::LocalProvider;
 use stratus::cluster::provider::{BatchSpec, Provider, SshAccess};
-use stratus::model::{ClusterName, Owner, RequestId, Role, StoreId, Tags, node_name};
+use stratus::core::model::{ClusterName, Owner, RequestId, Role, StoreId, Tags, node_name};
 
 use super::ec2_moto::{client, tag};
 

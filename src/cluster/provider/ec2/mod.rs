@@ -44,7 +44,7 @@ use super::{
     SshAccess, TerminateReport,
 };
 use crate::config::{AddressKind, Ec2Config, HostKeySource, Trust};
-use crate::model::{
+use crate::core::model::{
     ClusterName, Owner, ProviderKind, RequestId, Role, StoreId, TAG_CLUSTER, TAG_OWNER,
     TAG_PROFILE, TAG_REQUEST, TAG_ROLE, TAG_STORE, Tags,
 };

@@ -30,7 +30,7 @@ use super::{
     SshAccess, TerminateReport,
 };
 use crate::config::LocalConfig;
-use crate::model::{Millis, ProviderKind, Role, Tags, node_name, now_millis};
+use crate::core::model::{Millis, ProviderKind, Role, Tags, node_name, now_millis};
 use crate::sys;
 
 /// The environment variable that marks every process a node starts.

@@ -16,7 +16,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::server::{self, ServerConfig};
 use super::{NODE_ID_ENV, NodeConfig, NodePaths, STOP_GRACE, processes_with_env, sweep};
-use crate::error::BoxError;
+use crate::core::error::BoxError;
 use crate::sys;
 
 /// The descriptor the node's listening socket arrives on.
@@ -45,7 +45,7 @@ pub fn run_node(dir: &Path) -> ExitCode {
             std::process::exit(0)
         }
         Err(e) => {
-            tracing::error!("node failed: {}", crate::error::render(e.as_ref()));
+            tracing::error!("node failed: {}", crate::core::error::render(e.as_ref()));
             std::process::exit(1)
         }
     }

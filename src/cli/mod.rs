@@ -9,23 +9,24 @@
 mod access;
 mod accounting;
 mod admin;
+pub mod args;
 mod info;
 mod launch;
-pub(crate) mod remote;
+pub use args::*;
+pub(crate) mod client;
 pub(crate) mod table;
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use crate::app::{App, Settings};
-use crate::caller::Caller;
-use crate::cli::{AdminAction, Cli, Command};
 use crate::cluster::observe;
-use crate::error::Error;
-use crate::model::{ClusterName, Millis, Owner, ProviderKind};
-use crate::printer::Printer;
-use crate::quota::runner::find_cluster;
+use crate::core::error::Error;
+use crate::core::model::{ClusterName, Millis, Owner, ProviderKind};
+use crate::core::printer::Printer;
+use crate::service::app::{App, Settings};
+use crate::service::caller::Caller;
+use crate::service::serve::find_cluster;
 use crate::store::ClusterRow;
 
 pub async fn run(cli: Cli, printer: Arc<Printer>) -> Result<ExitCode, Error> {
@@ -140,7 +141,7 @@ pub fn check_env(env: BTreeMap<String, String>) -> Result<BTreeMap<String, Strin
 }
 
 /// A time given on the command line: RFC 3339, or a date (its start, UTC).
-pub fn parse_time(s: &str) -> Result<crate::model::Millis, Error> {
+pub fn parse_time(s: &str) -> Result<crate::core::model::Millis, Error> {
     if let Ok(t) = s.parse::<jiff::Timestamp>() {
         return Ok(t.as_millisecond());
     }
@@ -220,7 +221,7 @@ pub(crate) async fn refresh_all(app: &App, clusters: &[ClusterRow]) {
         if let Err(e) = r {
             app.printer.warn(format!(
                 "cannot refresh from the {kind} provider; showing what was last recorded: {}",
-                crate::error::one_line(&e)
+                crate::core::error::one_line(&e)
             ));
         }
     }
@@ -265,7 +266,7 @@ pub fn invocation() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ClusterState, ProviderKind, RequestId};
+    use crate::core::model::{ClusterState, ProviderKind, RequestId};
     use crate::store::ClusterRecord;
 
     fn row(id: i64, name: &str, state: ClusterState, ended: Option<Millis>) -> ClusterRow {
@@ -282,7 +283,7 @@ mod tests {
             terminated_at: ended,
             failure: None,
             record: ClusterRecord {
-                profile: crate::cluster::profile::Profile::for_tests("p"),
+                profile: crate::config::profile::Profile::for_tests("p"),
                 env: Default::default(),
             },
             hidden: false,

@@ -5,7 +5,7 @@
 //! micro-dollars once, when the config is read.
 
 use crate::config::SiteConfig;
-use crate::model::Millis;
+use crate::core::model::Millis;
 
 /// Millionths of a dollar.
 pub type Micros = i64;
@@ -44,7 +44,7 @@ pub fn dollars_to_micros(dollars: f64) -> Option<Micros> {
 pub fn per_hour(config: &SiteConfig, instance_type: &str, spot: bool) -> Option<Micros> {
     let base = if let Some(p) = config.prices.get(instance_type) {
         dollars_to_micros(*p)?
-    } else if crate::model::is_local_instance_type(instance_type) {
+    } else if crate::core::model::is_local_instance_type(instance_type) {
         0
     } else {
         BUILTIN

@@ -30,11 +30,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::Millis;
+use crate::core::model::Millis;
 
 /// Thousandths of a cost unit.
 pub type MilliUnits = u64;
-pub use crate::accounting::prices::Micros;
+pub use crate::config::prices::Micros;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -131,7 +131,7 @@ pub struct Limits {
 
 impl Limits {
     /// The longest a cluster of `profile` may live: these limits', or the profile's if lower.
-    pub fn lifetime(&self, profile: &crate::cluster::profile::Profile) -> Option<Millis> {
+    pub fn lifetime(&self, profile: &crate::config::profile::Profile) -> Option<Millis> {
         let p = profile
             .max_lifetime_hours
             .map(|h| Millis::try_from(h).unwrap_or(Millis::MAX / 3_600_000) * 3_600_000);
@@ -314,7 +314,7 @@ impl Policy {
         self.units
             .get(instance_type)
             .copied()
-            .or_else(|| crate::model::is_local_instance_type(instance_type).then_some(0))
+            .or_else(|| crate::core::model::is_local_instance_type(instance_type).then_some(0))
     }
 
     /// An example policy, written by `admin install` when the site has none.

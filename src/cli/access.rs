@@ -7,21 +7,21 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::client::{self, call};
 use super::fresh_cluster;
-use super::remote::{self, call};
 use super::table::Table;
-use crate::app::App;
-use crate::caller::Caller;
 use crate::cluster::configure::update_workers_file;
 use crate::cluster::keys::ClusterKeys;
 use crate::cluster::launch::console_host_key;
 use crate::cluster::meta::target_of;
 use crate::cluster::provider::Provider;
 use crate::cluster::ssh::{self, Client, ExecOutput};
-use crate::error::Error;
-use crate::model::{ClusterName, Role, node_name};
-use crate::printer::Printer;
-use crate::quota::protocol::{ClusterView, Request};
+use crate::core::error::Error;
+use crate::core::model::{ClusterName, Role, node_name};
+use crate::core::printer::Printer;
+use crate::service::app::App;
+use crate::service::caller::Caller;
+use crate::service::protocol::{ClusterView, Request};
 use crate::store::{ClusterRow, NodeRow};
 
 #[derive(Serialize)]
@@ -229,9 +229,9 @@ impl Reach {
 /// The caller's live cluster of this name, ready to be reached.
 async fn reach(app: &App, caller: &Caller, name: &str) -> Result<Reach, Error> {
     let cname = ClusterName::parse(name)?;
-    if !remote::multi_user(app) {
+    if !client::multi_user(app) {
         let row = fresh_cluster(app, &caller.owner, name).await?;
-        let view = crate::quota::runner::view(app, &row)?;
+        let view = crate::service::serve::view(app, &row)?;
         return Ok(Reach {
             keys: ClusterKeys::of(&app.state_dir, &row),
             view,
@@ -252,14 +252,14 @@ async fn reach(app: &App, caller: &Caller, name: &str) -> Result<Reach, Error> {
     .await?;
     let view = views
         .pop()
-        .ok_or_else(|| crate::error::InputError::UnknownCluster(name.to_owned()))?;
-    if !crate::model::ClusterState::parse(&view.state).is_some_and(|s| s.is_live()) {
+        .ok_or_else(|| crate::core::error::InputError::UnknownCluster(name.to_owned()))?;
+    if !crate::core::model::ClusterState::parse(&view.state).is_some_and(|s| s.is_live()) {
         return Err(Error::invalid(format!(
             "cluster {} is {}",
             view.name, view.state
         )));
     }
-    let mut keys = remote::keys_of(app, &view);
+    let mut keys = client::keys_of(app, &view);
     if !keys.private_key().exists() {
         // Launched from another machine of this user: the runner hands the key over again.
         let answer = call(
@@ -273,7 +273,7 @@ async fn reach(app: &App, caller: &Caller, name: &str) -> Result<Reach, Error> {
         let key = answer["private_key"]
             .as_str()
             .ok_or_else(|| Error::runtime("the runner's answer holds no key"))?;
-        keys = remote::keep_key(app, &view, key)?;
+        keys = client::keep_key(app, &view, key)?;
     }
     keys.write_known_hosts(&view.nodes)?;
     Ok(Reach {
@@ -617,7 +617,7 @@ pub(super) async fn update_slaves_file(
     caller: &Caller,
     name: &str,
 ) -> Result<ExitCode, Error> {
-    if remote::multi_user(app) {
+    if client::multi_user(app) {
         return Err(Error::invalid(
             "in a multi-user install the runner keeps the workers file up to date (launch-slaves)",
         ));

@@ -12,13 +12,13 @@ use std::process::Stdio;
 
 use serde_json::Value;
 
-use crate::app::App;
-use crate::caller::Caller;
 use crate::cluster::keys::ClusterKeys;
 use crate::config::Mode;
-use crate::error::Error;
-use crate::quota::protocol::{ClusterView, Line, Request};
-use crate::quota::runner::{self, LoadedPolicy};
+use crate::core::error::Error;
+use crate::service::app::App;
+use crate::service::caller::Caller;
+use crate::service::protocol::{ClusterView, Line, Request};
+use crate::service::serve::LoadedPolicy;
 
 /// Whether requests go through the setuid wrapper: in a multi-user install, for everyone but
 /// the service account itself (its cron jobs work on the install's state directly).
@@ -30,7 +30,7 @@ pub fn multi_user(app: &App) -> bool {
 pub async fn call(app: &App, caller: &Caller, request: Request) -> Result<Value, Error> {
     if !multi_user(app) {
         let policy = LoadedPolicy::load(app);
-        return runner::serve(app, caller, &policy, request).await;
+        return crate::service::serve::serve(app, caller, &policy, request).await;
     }
     let wrapper = app.config.wrapper.clone().ok_or_else(|| {
         Error::invalid("the site config has mode = \"multi-user\" but no wrapper")

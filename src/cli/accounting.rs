@@ -4,16 +4,16 @@
 
 use std::process::ExitCode;
 
-use super::remote::{self, call};
+use super::client::{self, call};
 use crate::accounting::{reaper, snapshot};
-use crate::app::App;
-use crate::caller::Caller;
 use crate::cli::AccountingAction;
-use crate::error::Error;
-use crate::model::now_millis;
-use crate::quota::policy::Policy;
-use crate::quota::protocol::Request;
-use crate::quota::runner::LoadedPolicy;
+use crate::core::error::Error;
+use crate::core::model::now_millis;
+use crate::policy::Policy;
+use crate::service::app::App;
+use crate::service::caller::Caller;
+use crate::service::protocol::Request;
+use crate::service::serve::LoadedPolicy;
 
 pub(super) async fn run(
     app: &App,
@@ -36,7 +36,7 @@ pub(super) async fn run(
             {
                 app.printer.warn(format!(
                     "could not reconcile first: {}",
-                    crate::error::one_line(&e)
+                    crate::core::error::one_line(&e)
                 ));
             }
             let r = snapshot::snapshot(app.ctx(), provider.as_ref()).await?;
@@ -65,7 +65,9 @@ pub(super) async fn run(
         } => {
             let policy = match LoadedPolicy::load(app) {
                 LoadedPolicy::Present(p) => p,
-                LoadedPolicy::Broken(e) => return Err(Error::invalid(crate::error::one_line(&e))),
+                LoadedPolicy::Broken(e) => {
+                    return Err(Error::invalid(crate::core::error::one_line(&e)));
+                }
                 // No policy: no lifetime or budget to enforce; orphans are still found.
                 _ => Policy::parse("", std::path::Path::new("(no policy)"))
                     .map_err(|e| Error::runtime(e.to_string()))?,
@@ -112,11 +114,11 @@ pub(super) async fn run(
             for t in [&since, &until].into_iter().flatten() {
                 super::parse_time(t)?;
             }
-            let answer = if remote::multi_user(app) {
+            let answer = if client::multi_user(app) {
                 call(app, caller, Request::Report { by, since, until }).await?
             } else {
                 // The service account, or a single-user install: the store is at hand.
-                crate::quota::runner::report_answer(app, by, since.as_deref(), until.as_deref())?
+                crate::service::serve::report_answer(app, by, since.as_deref(), until.as_deref())?
             };
             if let Some(types) = answer["unknown_types"].as_array()
                 && !types.is_empty()

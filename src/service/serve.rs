@@ -24,20 +24,20 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::policy::{Policy, PolicyError};
-use super::protocol::{ClusterView, Launched, Line, MAX_REQUEST, Request};
-use super::{Admission, report};
-use crate::app::{App, Settings};
-use crate::caller::Caller;
 use crate::cluster::keys::ClusterKeys;
 use crate::cluster::launch::{self, LaunchRequest};
 use crate::cluster::provider::Provider;
 use crate::cluster::terminate::live_nodes;
 use crate::cluster::{observe, reconcile, terminate};
 use crate::config::{Mode, ProviderKind};
-use crate::error::{Error, InputError};
-use crate::model::{ClusterName, Owner, RequestId, now_millis};
-use crate::printer::Printer;
+use crate::core::error::{Error, InputError};
+use crate::core::model::{ClusterName, Owner, RequestId, now_millis};
+use crate::core::printer::Printer;
+use crate::policy::{Policy, PolicyError};
+use crate::service::app::{App, Settings};
+use crate::service::caller::Caller;
+use crate::service::protocol::{ClusterView, Launched, Line, MAX_REQUEST, Request};
+use crate::service::quota::{Admission, report};
 use crate::store::{AuditRecord, ClusterRow};
 
 /// The policy as loaded for a request: present, absent (no file), or broken. Loaded once per
@@ -72,7 +72,7 @@ impl LoadedPolicy {
             LoadedPolicy::Present(p) => Ok(Some(p)),
             LoadedPolicy::Broken(e) => Err(Error::invalid(format!(
                 "{}; every launch is refused until it is fixed",
-                crate::error::one_line(e)
+                crate::core::error::one_line(e)
             ))),
             LoadedPolicy::Absent(path) if mode == Mode::MultiUser => Err(Error::invalid(format!(
                 "the policy file {} does not exist; every launch is refused until the instructor writes it",
@@ -227,7 +227,7 @@ pub fn main(config: &Path, verbose: u8) -> ExitCode {
     crate::init_logging(None, verbose);
     let caller = match Caller::from_real_uid() {
         Ok(c) => c,
-        Err(e) => return fail(&printer, crate::error::one_line(&e), 1),
+        Err(e) => return fail(&printer, crate::core::error::one_line(&e), 1),
     };
     // The caller is known: from now on every id is the service account's, so the caller can
     // neither signal nor trace this process.
@@ -243,7 +243,7 @@ pub fn main(config: &Path, verbose: u8) -> ExitCode {
     let request = read_request();
     let settings = match Settings::for_service(config) {
         Ok(s) => s,
-        Err(e) => return fail(&printer, crate::error::one_line(&e), e.exit_code()),
+        Err(e) => return fail(&printer, crate::core::error::one_line(&e), e.exit_code()),
     };
     let me = crate::sys::effective_uid();
     let name = crate::sys::passwd(me)
@@ -271,7 +271,7 @@ pub fn main(config: &Path, verbose: u8) -> ExitCode {
     let code = runtime.block_on(async {
         let app = match App::new(settings, printer.clone()) {
             Ok(a) => a,
-            Err(e) => return fail(&printer, crate::error::one_line(&e), e.exit_code()),
+            Err(e) => return fail(&printer, crate::core::error::one_line(&e), e.exit_code()),
         };
         let ticker = {
             let printer = printer.clone();
@@ -310,7 +310,7 @@ pub fn main(config: &Path, verbose: u8) -> ExitCode {
                 let _ = printer.line(&Line::Result(value));
                 ExitCode::SUCCESS
             }
-            Err(e) => fail(&printer, crate::error::one_line(&e), e.exit_code()),
+            Err(e) => fail(&printer, crate::core::error::one_line(&e), e.exit_code()),
         }
     });
     runtime.shutdown_background();
@@ -382,7 +382,7 @@ pub fn view(app: &App, c: &ClusterRow) -> Result<ClusterView, Error> {
         profile: c.profile.clone(),
         provider: c.provider.to_string(),
         state: c.state.as_str().to_owned(),
-        created_at: crate::model::rfc3339(c.created_at),
+        created_at: crate::core::model::rfc3339(c.created_at),
         failure: c.failure.clone(),
         ssh_user: c.record.profile.ssh_user.clone(),
         notes: c
@@ -391,7 +391,7 @@ pub fn view(app: &App, c: &ClusterRow) -> Result<ClusterView, Error> {
             .map(|after| {
                 format!(
                     "the reaper terminates this cluster after {}: {}",
-                    crate::model::rfc3339(after),
+                    crate::core::model::rfc3339(after),
                     c.reap_reason.as_deref().unwrap_or("it breaks the policy")
                 )
             })
@@ -415,7 +415,7 @@ pub fn view(app: &App, c: &ClusterRow) -> Result<ClusterView, Error> {
 /// rolls back. Only read here, never acted on.
 fn abandoned(app: &App, c: &ClusterRow) -> bool {
     use crate::cluster::locks::{LaunchLock, Launcher};
-    use crate::model::ClusterState;
+    use crate::core::model::ClusterState;
     matches!(
         c.state,
         ClusterState::Reserved | ClusterState::Requested | ClusterState::Running
@@ -439,8 +439,8 @@ pub fn report_answer(
     since: Option<&str>,
     until: Option<&str>,
 ) -> Result<Value, Error> {
-    let since = since.map(crate::commands::parse_time).transpose()?;
-    let until = until.map(crate::commands::parse_time).transpose()?;
+    let since = since.map(crate::cli::parse_time).transpose()?;
+    let until = until.map(crate::cli::parse_time).transpose()?;
     let r = crate::accounting::report_from_store(
         &app.store,
         &app.config,
@@ -478,10 +478,10 @@ pub async fn serve(
     };
     let (decision, reason, instances) = match &r {
         Ok((_, ids)) => ("done", None, ids.clone()),
-        Err(e) if e.exit_code() == crate::error::exit::BAD_INPUT => {
-            ("refused", Some(crate::error::one_line(e)), tried())
+        Err(e) if e.exit_code() == crate::core::error::exit::BAD_INPUT => {
+            ("refused", Some(crate::core::error::one_line(e)), tried())
         }
-        Err(e) => ("failed", Some(crate::error::one_line(e)), tried()),
+        Err(e) => ("failed", Some(crate::core::error::one_line(e)), tried()),
     };
     // Reads are not decisions; only what changes something, and every refusal, is audited.
     if !matches!(action, "list" | "usage" | "quota" | "audit" | "report") || decision == "refused" {
@@ -527,7 +527,7 @@ async fn serve_inner(
             }
             let profile_name = profile.unwrap_or_else(|| app.default_profile());
             let profile = app.profiles.resolve(&profile_name)?;
-            let env = crate::commands::check_env(env)?;
+            let env = crate::cli::check_env(env)?;
             let req = LaunchRequest {
                 name,
                 workers,
@@ -600,7 +600,7 @@ async fn serve_inner(
             Ok((
                 serde_json::json!({
                     "cluster": view(app, &c)?,
-                    "added": added.iter().map(|n| crate::model::node_name(&c.name, n.role, n.index)).collect::<Vec<_>>(),
+                    "added": added.iter().map(|n| crate::core::model::node_name(&c.name, n.role, n.index)).collect::<Vec<_>>(),
                 }),
                 ids(&added),
             ))
@@ -634,7 +634,7 @@ async fn serve_inner(
                 Some(owner_for(caller, policy, owner.as_deref())?)
             };
             let name = name.as_deref().map(ClusterName::parse).transpose()?;
-            let clusters = crate::commands::shown(
+            let clusters = crate::cli::shown(
                 app.store.list_clusters(owners.as_ref())?,
                 name.as_ref(),
                 all,
@@ -645,7 +645,7 @@ async fn serve_inner(
             {
                 return Err(InputError::UnknownCluster(n.to_string()).into());
             }
-            crate::commands::refresh_all(app, &clusters).await;
+            crate::cli::refresh_all(app, &clusters).await;
             let views: Vec<ClusterView> = clusters
                 .iter()
                 .map(|c| view(app, c))
@@ -671,7 +671,7 @@ async fn serve_inner(
                 Some(owner_for(caller, policy, owner.as_deref())?)
             };
             let clusters = app.store.list_clusters(owners.as_ref())?;
-            crate::commands::refresh_all(app, &clusters).await;
+            crate::cli::refresh_all(app, &clusters).await;
             let intervals = app
                 .store
                 .intervals(&clusters.iter().map(|c| c.id).collect::<Vec<_>>())?;
@@ -686,7 +686,7 @@ async fn serve_inner(
         }
         Request::Quota => {
             if let LoadedPolicy::Broken(e) = policy {
-                return Err(Error::invalid(crate::error::one_line(e)));
+                return Err(Error::invalid(crate::core::error::one_line(e)));
             }
             let r = report(
                 &app.store,
@@ -714,7 +714,7 @@ async fn serve_inner(
             }
             let since = match since.as_deref() {
                 None => 0,
-                Some(s) => crate::commands::parse_time(s)?,
+                Some(s) => crate::cli::parse_time(s)?,
             };
             Ok((to_value(&app.store.audit_since(since)?)?, Vec::new()))
         }
@@ -727,7 +727,7 @@ fn groups_of(owner: &Owner, caller: &Caller) -> Vec<String> {
     if *owner == caller.owner {
         return caller.groups.clone();
     }
-    crate::caller::groups_of(owner)
+    crate::service::caller::groups_of(owner)
 }
 
 fn ids(nodes: &[crate::store::NodeRow]) -> Vec<String> {
@@ -745,7 +745,7 @@ pub async fn reconcile_first<P: Provider>(app: &App, provider: &P, owner: &Owner
     if let Err(e) = reconcile::reconcile(app.ctx(), provider, Some(owner), &options).await {
         app.printer.warn(format!(
             "could not reconcile leftovers first: {}",
-            crate::error::one_line(&e)
+            crate::core::error::one_line(&e)
         ));
     }
 }

@@ -3,8 +3,8 @@
 //! setuid program keeps the caller's real uid; the caller's groups come from the system's group
 //! database, not from the process (whose supplementary groups the wrapper dropped).
 
-use crate::error::Error;
-use crate::model::Owner;
+use crate::core::error::Error;
+use crate::core::model::Owner;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {

@@ -6,19 +6,16 @@
 //! check and the reservation it writes cannot race another launch: fifty launches at once never
 //! take more than the policy allows.
 
-pub mod policy;
-pub mod protocol;
-pub mod runner;
-
 use serde::Serialize;
 
-use crate::accounting::{self, prices};
+use crate::accounting;
 use crate::config::SiteConfig;
-use crate::error::{Error, InputError};
-use crate::model::{Millis, RequestId, now_millis};
+use crate::config::prices;
+use crate::core::error::{Error, InputError};
+use crate::core::model::{Millis, RequestId, now_millis};
+use crate::policy::{Limits, Micros, MilliUnits, Policy, dollars_text, units_text};
 use crate::store::quota::{self as ledger, NewReservation};
 use crate::store::{ClusterRow, NewCluster, Store, StoreError};
-use policy::{Limits, Micros, MilliUnits, Policy, dollars_text, units_text};
 
 /// The quota check a launch runs through: a policy and whom it applies to, or nothing.
 pub struct Admission<'a> {
@@ -162,7 +159,7 @@ impl Rules<'_> {
     /// `profile`.
     fn ask(
         &self,
-        profile: &crate::cluster::profile::Profile,
+        profile: &crate::config::profile::Profile,
         masters: u32,
         workers: u32,
     ) -> Result<Ask, InputError> {

@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub mod prices;
+pub mod profile;
+
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/stratus/config.toml";
 
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +31,7 @@ pub enum ConfigError {
     NoStateDir,
 }
 
-pub use crate::model::ProviderKind;
+pub use crate::core::model::ProviderKind;
 
 /// Whose settings a process may read. A user's own command (`Caller`) may take its config
 /// file, state directory, AWS endpoint and credentials from the environment it was started

@@ -22,14 +22,14 @@ use std::process::ExitCode;
 use setuid_wrap::placeholder::{self, WrapConfig};
 use setuid_wrap::safepath::{self, RealFs, Trusted, Want};
 
-use super::remote::call;
-use crate::app::{App, Settings};
-use crate::caller::Caller;
+use super::client::call;
 use crate::cli::{AdminAction, Command};
-use crate::error::Error;
-use crate::printer::Printer;
-use crate::quota::policy::Policy;
-use crate::quota::protocol::Request;
+use crate::core::error::Error;
+use crate::core::printer::Printer;
+use crate::policy::Policy;
+use crate::service::app::{App, Settings};
+use crate::service::caller::Caller;
+use crate::service::protocol::Request;
 use crate::store::AuditRecord;
 
 /// The paths of an install.
@@ -617,17 +617,17 @@ fn doctor(
                     problems.push("the site config does not say mode = \"multi-user\"".into())
                 }
                 // What the runner checks at every request besides.
-                problems.extend(crate::quota::runner::unsafe_inputs(
+                problems.extend(crate::service::serve::unsafe_inputs(
                     &c,
                     Some(&layout.config()),
                     trusted,
                 ));
             }
-            Err(e) => problems.push(crate::error::one_line(&e)),
+            Err(e) => problems.push(crate::core::error::one_line(&e)),
         }
     }
     if let Err(e) = Policy::load(&layout.policy()) {
-        problems.push(crate::error::one_line(&e));
+        problems.push(crate::core::error::one_line(&e));
     }
     if problems.is_empty() {
         printer.out(format!(

@@ -5,15 +5,15 @@
 use std::io::{BufRead, IsTerminal};
 use std::process::ExitCode;
 
-use super::remote::{self, call};
+use super::client::{self, call};
 use super::{find_cluster, invocation};
-use crate::app::App;
-use crate::caller::Caller;
 use crate::cli::LaunchOptions;
 use crate::cluster::reconcile;
-use crate::error::Error;
-use crate::model::{ClusterName, Owner};
-use crate::quota::protocol::{ClusterView, Launched, Request};
+use crate::core::error::Error;
+use crate::core::model::{ClusterName, Owner};
+use crate::service::app::App;
+use crate::service::caller::Caller;
+use crate::service::protocol::{ClusterView, Launched, Request};
 
 pub(super) async fn launch_cmd(
     app: &App,
@@ -39,14 +39,14 @@ pub(super) async fn launch_cmd(
     .await?;
     let launched: Launched = serde_json::from_value(answer)
         .map_err(|e| Error::runtime(format!("the runner's answer is not a launch: {e}")))?;
-    if remote::multi_user(app) {
-        remote::keep_key(app, &launched.cluster, &launched.private_key)?;
+    if client::multi_user(app) {
+        client::keep_key(app, &launched.cluster, &launched.private_key)?;
     }
     let c = &launched.cluster;
     let workers = c
         .nodes
         .iter()
-        .filter(|n| n.role == crate::model::Role::Worker && !n.state.is_gone())
+        .filter(|n| n.role == crate::core::model::Role::Worker && !n.state.is_gone())
         .count();
     app.printer.out(format!(
         "cluster {} is up: 1 master + {workers} workers (profile {}, {} provider)\nlog in with: {} login {}",
@@ -88,10 +88,10 @@ pub(super) async fn launch_slaves(
                 .collect()
         })
         .unwrap_or_default();
-    if remote::multi_user(app)
+    if client::multi_user(app)
         && let Ok(view) = serde_json::from_value::<ClusterView>(answer["cluster"].clone())
     {
-        remote::keys_of(app, &view).write_known_hosts(&view.nodes)?;
+        client::keys_of(app, &view).write_known_hosts(&view.nodes)?;
     }
     app.printer
         .out(format!("added {} to {name}", added.join(", ")))?;
@@ -123,7 +123,7 @@ pub(super) async fn terminate_cmd(
         std::io::stdin().lock().read_line(&mut answer)?;
         if !matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
             app.printer.status("not terminated");
-            return Ok(ExitCode::from(crate::error::exit::BAD_INPUT));
+            return Ok(ExitCode::from(crate::core::error::exit::BAD_INPUT));
         }
     }
     let answer = call(
@@ -147,7 +147,7 @@ pub(super) async fn delete_cluster(
     owner: &Owner,
     name: &str,
 ) -> Result<ExitCode, Error> {
-    if remote::multi_user(app) {
+    if client::multi_user(app) {
         return Err(Error::invalid(
             "in a multi-user install, delete-cluster is the instructor's (as the service account) or reconcile's job",
         ));

@@ -26,7 +26,7 @@ pub struct Printer {
 #[derive(Debug, Default)]
 struct Lines {
     bars: Vec<ProgressBar>,
-    last: Vec<crate::quota::protocol::Bar>,
+    last: Vec<crate::service::protocol::Bar>,
 }
 
 impl Printer {
@@ -58,7 +58,7 @@ impl Printer {
     }
 
     /// Writes one protocol line (runner mode).
-    pub fn line(&self, line: &crate::quota::protocol::Line) -> io::Result<()> {
+    pub fn line(&self, line: &crate::service::protocol::Line) -> io::Result<()> {
         let text = serde_json::to_string(line).map_err(io::Error::other)?;
         let mut out = io::stdout().lock();
         writeln!(out, "{text}")?;
@@ -71,10 +71,10 @@ impl Printer {
             return false;
         };
         let mut l = lines.lock().unwrap_or_else(|p| p.into_inner());
-        let now: Vec<crate::quota::protocol::Bar> = l
+        let now: Vec<crate::service::protocol::Bar> = l
             .bars
             .iter()
-            .map(|b| crate::quota::protocol::Bar {
+            .map(|b| crate::service::protocol::Bar {
                 message: b.message(),
                 position: b.position(),
                 length: b.length().unwrap_or(0),
@@ -87,7 +87,7 @@ impl Printer {
         }
         l.last = now.iter().filter(|b| !b.done).cloned().collect();
         drop(l);
-        self.line(&crate::quota::protocol::Line::Progress(now))
+        self.line(&crate::service::protocol::Line::Progress(now))
             .is_ok()
     }
 
@@ -156,7 +156,7 @@ impl Printer {
     /// A line of progress or advice on stderr; hidden by `--quiet` and `--json`.
     pub fn status(&self, msg: impl Display) {
         if self.lines.is_some() {
-            let _ = self.line(&crate::quota::protocol::Line::Status(msg.to_string()));
+            let _ = self.line(&crate::service::protocol::Line::Status(msg.to_string()));
             return;
         }
         if self.quiet || self.json {
@@ -167,7 +167,7 @@ impl Printer {
 
     pub fn warn(&self, msg: impl Display) {
         if self.lines.is_some() {
-            let _ = self.line(&crate::quota::protocol::Line::Warning(msg.to_string()));
+            let _ = self.line(&crate::service::protocol::Line::Warning(msg.to_string()));
             return;
         }
         self.stderr_line(&format!("warning: {msg}"));

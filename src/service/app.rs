@@ -11,14 +11,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::cluster::Ctx;
-use crate::cluster::profile::ProfileSet;
 use crate::cluster::provider::AnyProvider;
 use crate::cluster::provider::ec2::Ec2Provider;
 use crate::cluster::provider::local::LocalProvider;
+use crate::config::profile::ProfileSet;
 use crate::config::{ConfigError, ProviderKind, SiteConfig, Trust};
-use crate::error::Error;
-use crate::model::ClusterState;
-use crate::printer::Printer;
+use crate::core::error::Error;
+use crate::core::model::ClusterState;
+use crate::core::printer::Printer;
 use crate::store::Store;
 
 /// Where a command's settings come from.
@@ -68,8 +68,8 @@ impl Settings {
         if cfg!(debug_assertions)
             && let Ok(t) = std::env::var("STRATUS_TEST_NOW")
         {
-            let at = crate::commands::parse_time(&t)?;
-            crate::model::fix_clock(at);
+            let at = crate::cli::parse_time(&t)?;
+            crate::core::model::fix_clock(at);
         }
         Ok(Self {
             trust: Trust::Caller,

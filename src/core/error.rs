@@ -17,7 +17,7 @@ pub mod exit {
     pub const INTERRUPTED: u8 = 130;
 }
 
-pub use crate::model::InputError;
+pub use crate::core::model::InputError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -26,7 +26,7 @@ pub enum Error {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
-    Profile(#[from] crate::cluster::profile::ProfileError),
+    Profile(#[from] crate::config::profile::ProfileError),
     #[error(transparent)]
     Template(#[from] crate::templates::TemplateError),
     #[error(transparent)]

@@ -2,15 +2,15 @@
 
 use std::process::ExitCode;
 
-use super::remote::call;
+use super::client::call;
 use super::table::Table;
-use crate::app::App;
-use crate::caller::Caller;
 use crate::cli::ProfilesAction;
-use crate::error::Error;
-use crate::quota::QuotaReport;
-use crate::quota::policy::dollars_text;
-use crate::quota::protocol::Request;
+use crate::core::error::Error;
+use crate::policy::dollars_text;
+use crate::service::app::App;
+use crate::service::caller::Caller;
+use crate::service::protocol::Request;
+use crate::service::quota::QuotaReport;
 
 pub(super) async fn usage(
     app: &App,
@@ -29,7 +29,7 @@ pub(super) async fn usage(
     let mut t = Table::new(&["CLUSTER", "PROFILE", "HOURS", "COST", "OPEN"]);
     let (mut hours, mut micros) = (0.0, 0);
     for r in &rows {
-        let cost = crate::accounting::prices::dollars_to_micros(r.cost_dollars).unwrap_or(0);
+        let cost = crate::config::prices::dollars_to_micros(r.cost_dollars).unwrap_or(0);
         hours += r.instance_hours;
         micros += cost;
         t.row(vec![
@@ -80,7 +80,7 @@ pub(super) async fn quota(app: &App, caller: &Caller, json: bool) -> Result<Exit
             .unwrap_or_else(|| "no limit".into())
     };
     let money = |v: Option<f64>| {
-        v.and_then(crate::accounting::prices::dollars_to_micros)
+        v.and_then(crate::config::prices::dollars_to_micros)
             .map(dollars_text)
             .unwrap_or_else(|| "no limit".into())
     };
@@ -167,8 +167,8 @@ pub(super) fn profiles(app: &App, action: Option<ProfilesAction>) -> Result<Exit
 /// a profile that does not run there): its nodes listen on the site's `[local] ssh_port`, each
 /// on its own loopback address, and a session runs as the user who launched the cluster, the
 /// profile's `ssh_user` being only the login name a node accepts.
-fn local_overrides(app: &App, profile: &crate::cluster::profile::Profile) -> String {
-    if !profile.supports(crate::model::ProviderKind::Local) {
+fn local_overrides(app: &App, profile: &crate::config::profile::Profile) -> String {
+    if !profile.supports(crate::core::model::ProviderKind::Local) {
         return String::new();
     }
     format!(
