@@ -247,12 +247,12 @@ fn term_report() {
             32_000 * 4 * 96_000 + 64_000 * 4 * 67_200,
             "the shipped m5.large price or the spot fraction changed"
         );
-        let csv = r.csv();
+        let csv = stratus::cli::report::csv(&r).unwrap();
         println!(
             "term report by {by:?}: {} rows, total {:.1} instance-hours ${:.2}, in {took:?} ({} bytes of CSV)",
             r.rows.len(),
-            r.total.instance_hours,
-            r.total.cost_dollars,
+            r.total.millis as f64 / H as f64,
+            stratus::core::money::micros_to_dollars(r.total.micros),
             csv.len()
         );
     }

@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod policy;
+pub mod runner;
 pub mod service;
 pub mod store;
 pub mod sys;
@@ -53,7 +54,7 @@ pub fn main() -> ExitCode {
             let _ = e_print("error: the runner needs --config, the install's site config");
             return ExitCode::from(crate::core::error::exit::BAD_INPUT);
         };
-        return service::serve::main(site, cli.verbose);
+        return runner::main(site, cli.verbose);
     }
     let printer = Arc::new(Printer::new(cli.command.json(), cli.quiet));
     init_logging(Some(printer.clone()), cli.verbose);
@@ -67,7 +68,8 @@ pub fn main() -> ExitCode {
             return ExitCode::from(crate::core::error::exit::FAILURE);
         }
     };
-    let result = runtime.block_on(cli::run(cli, printer.clone()));
+    let env = crate::core::env::Environment::read();
+    let result = runtime.block_on(cli::run(cli, env, printer.clone()));
     // Do not wait for lingering blocking tasks (a stdin read, say).
     runtime.shutdown_background();
     match result {

@@ -100,6 +100,16 @@ fn passwd_entry(pwd: &libc::passwd) -> Passwd {
     }
 }
 
+/// The names of a user's groups, primary first, from the group database (none if the user is
+/// not known here).
+pub fn groups_of_user(name: &str) -> Vec<String> {
+    passwd_by_name(name)
+        .ok()
+        .flatten()
+        .and_then(|p| group_names(&p.name, p.gid).ok())
+        .unwrap_or_default()
+}
+
 /// The names of every group `user` belongs to in the group database, its primary group `gid`
 /// first.
 pub fn group_names(user: &str, gid: u32) -> io::Result<Vec<String>> {

@@ -4,36 +4,31 @@
 pub mod reaper;
 pub mod report;
 pub mod snapshot;
+pub mod spending;
 
 use std::collections::BTreeMap;
 
 use crate::config::SiteConfig;
 use crate::config::prices;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::core::model::Millis;
 use crate::store::{ClusterRow, Interval};
 
-/// One row of `stratus usage`.
-#[derive(Debug, Clone, Serialize)]
+/// One row of `stratus usage`: a cluster's instance time and cost, exact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UsageRow {
     pub cluster: String,
     pub owner: String,
     pub profile: String,
-    pub instance_hours: f64,
-    /// Dollars, to the micro-dollar (kept for scripts of earlier versions; `cost_dollars` is
-    /// the same).
-    pub estimated_cost: f64,
-    pub cost_dollars: f64,
+    pub millis: Millis,
+    pub micros: prices::Micros,
     pub open: bool,
     /// Some interval was closed at a last sighting rather than at an observed end.
     pub estimated: bool,
 }
 
-/// Micro-dollars as a JSON number of dollars (exact to 6 decimals).
-pub fn micros_to_dollars(m: prices::Micros) -> f64 {
-    m as f64 / 1_000_000.0
-}
+pub use crate::core::money::micros_to_dollars;
 
 /// The run time and cost of recorded intervals; an open interval counts until `now`. Types
 /// without a price are collected in `unknown_types` and cost nothing.
@@ -80,9 +75,8 @@ pub fn usage_rows(
                 cluster: c.name.to_string(),
                 owner: c.owner.to_string(),
                 profile: c.profile.clone(),
-                instance_hours: millis as f64 / 3_600_000.0,
-                estimated_cost: micros_to_dollars(cost),
-                cost_dollars: micros_to_dollars(cost),
+                millis,
+                micros: cost,
                 open: ivs.iter().any(|i| i.ended_at.is_none()),
                 estimated: ivs.iter().any(|i| i.estimated),
             }

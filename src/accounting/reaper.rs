@@ -8,7 +8,7 @@
 //! `[reaper] grace_minutes` have passed since the warning. Orphans (instances of this store no
 //! row knows) are reported, and terminated with `--orphans terminate`. Every action is audited.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::cluster::Ctx;
 use crate::cluster::provider::{Provider, Selector};
@@ -16,24 +16,26 @@ use crate::cluster::{reconcile, terminate};
 use crate::config::SiteConfig;
 use crate::core::error::Error;
 use crate::core::model::{ClusterState, Millis, Owner, rfc3339};
-use crate::policy::{Policy, dollars_text};
+use crate::core::money::dollars_text;
+use crate::policy::Policy;
 use crate::store::{AuditRecord, ClusterRow};
 
 /// The tag a warned cluster's instances carry: when the reaper may terminate them (RFC 3339).
 pub const TAG_REAP_AFTER: &str = "stratus:reap-after";
 
 /// One thing the reaper did (or, in a dry run, would do).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReapAction {
     pub cluster: String,
     pub owner: String,
     /// `warn`, `terminate` or `orphan`.
-    pub action: &'static str,
+    pub action: String,
     pub reason: String,
 }
 
 /// What to do about orphans.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Orphans {
     Report,
     Terminate,
@@ -49,7 +51,7 @@ fn due(
 ) -> Result<Option<String>, Error> {
     let limits = policy.limits(
         c.owner.as_str(),
-        &crate::service::caller::groups_of(&c.owner),
+        &crate::sys::groups_of_user(c.owner.as_str()),
     );
     if let Some(max) = limits.lifetime(&c.record.profile)
         && now - c.created_at > max
@@ -61,7 +63,7 @@ fn due(
         )));
     }
     if let Some(budget) = limits.budget {
-        let spent = crate::service::quota::spent_by(store, policy, config, c.owner.as_str())?;
+        let spent = super::spending::spent_by(store, policy, config, c.owner.as_str())?;
         if spent >= budget {
             return Ok(Some(format!(
                 "{}'s budget of {} is spent ({} used)",
@@ -95,7 +97,7 @@ pub async fn reap<P: Provider>(
             action: format!("reap-{}", a.action),
             cluster: Some(format!("{}/{}", a.owner, a.cluster)),
             decision: "done".into(),
-            reason: Some(crate::service::serve::escape(&a.reason)),
+            reason: Some(crate::core::text::escape(&a.reason)),
             instances,
         };
         if let Err(e) = ctx.store.audit(&record, now) {
@@ -106,7 +108,7 @@ pub async fn reap<P: Provider>(
             a.action,
             a.owner,
             a.cluster,
-            crate::service::serve::escape(&a.reason)
+            crate::core::text::escape(&a.reason)
         ));
     };
     let clusters: Vec<ClusterRow> = ctx
@@ -140,7 +142,7 @@ pub async fn reap<P: Provider>(
                 let a = ReapAction {
                     cluster: c.name.to_string(),
                     owner: c.owner.to_string(),
-                    action: "warn",
+                    action: "warn".into(),
                     reason: format!("{reason}; it will be terminated after {}", rfc3339(after)),
                 };
                 if !dry_run {
@@ -159,7 +161,7 @@ pub async fn reap<P: Provider>(
                 let a = ReapAction {
                     cluster: c.name.to_string(),
                     owner: c.owner.to_string(),
-                    action: "terminate",
+                    action: "terminate".into(),
                     reason: c
                         .reap_reason
                         .clone()
@@ -200,7 +202,7 @@ pub async fn reap<P: Provider>(
         let a = ReapAction {
             cluster: t.cluster.to_string(),
             owner: t.owner.to_string(),
-            action: "orphan",
+            action: "orphan".into(),
             reason: format!(
                 "instance {} runs under this store's tags with no record{}",
                 i.id,

@@ -1,5 +1,6 @@
 //! `stratus accounting report`: instance hours and cost from the recorded usage intervals, by
-//! cluster, user, profile or day, within a window, as a table, CSV or JSON.
+//! cluster, user, profile or day, within a window, in exact units (the CLI renders it as a
+//! table, CSV or JSON).
 //!
 //! The rules, so a report can be checked by hand:
 //! - an interval counts from its start to its end (an open one until now), clipped to the
@@ -16,7 +17,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::SiteConfig;
 use crate::config::prices::{self, MINIMUM_BILLED, Micros};
@@ -52,54 +53,34 @@ struct Sum {
 }
 
 /// One row, with its key fields (those of its grouping) and its sums.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Row {
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
     /// The cluster's row (by cluster), for callers that add up per cluster.
-    #[serde(skip)]
     pub cluster_id: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub profile: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub day: Option<String>,
-    pub instance_hours: f64,
-    pub cost_dollars: f64,
     pub estimated: bool,
-    #[serde(skip)]
     pub millis: Millis,
-    #[serde(skip)]
     pub micros: Micros,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Total {
-    pub instance_hours: f64,
-    pub cost_dollars: f64,
-    #[serde(skip)]
     pub millis: Millis,
-    #[serde(skip)]
     pub micros: Micros,
 }
 
-/// `accounting report --json`: `{"rows": [...], "total": {"instance_hours", "cost_dollars"}}`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A report: its rows, their total, how they are grouped, and the types that have no price.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     pub rows: Vec<Row>,
     pub total: Total,
-    #[serde(skip)]
     pub by: By,
     /// Instance types with no known price (they cost nothing here).
-    #[serde(skip)]
     pub unknown_types: Vec<String>,
-}
-
-fn hours(ms: Millis) -> f64 {
-    ms as f64 / 3_600_000.0
 }
 
 /// The cost of `piece_ms` at `per_hour`, rounded half up to the micro-dollar.
@@ -185,12 +166,7 @@ pub fn report(
             s.estimated |= iv.estimated;
         }
     }
-    let mut total = Total {
-        instance_hours: 0.0,
-        cost_dollars: 0.0,
-        millis: 0,
-        micros: 0,
-    };
+    let mut total = Total::default();
     let rows: Vec<Row> = sums
         .into_iter()
         .map(|(k, s)| {
@@ -207,16 +183,12 @@ pub fn report(
                 user: if by == By::User { k.owner } else { None },
                 profile: k.profile,
                 day: k.day,
-                instance_hours: hours(s.millis),
-                cost_dollars: super::micros_to_dollars(s.micros),
                 estimated: s.estimated,
                 millis: s.millis,
                 micros: s.micros,
             }
         })
         .collect();
-    total.instance_hours = hours(total.millis);
-    total.cost_dollars = super::micros_to_dollars(total.micros);
     Report {
         rows,
         total,
@@ -225,21 +197,9 @@ pub fn report(
     }
 }
 
-/// Micro-dollars as exact dollars with six decimals.
-pub fn dollars_exact(m: Micros) -> String {
-    let sign = if m < 0 { "-" } else { "" };
-    let m = m.abs();
-    format!("{sign}{}.{:06}", m / 1_000_000, m % 1_000_000)
-}
-
-/// Milliseconds as hours with nine decimals (exact to the millisecond's 1/3600000 up to the
-/// ninth digit).
-pub fn hours_exact(ms: Millis) -> String {
-    format!("{:.9}", hours(ms))
-}
-
 impl Report {
-    fn key_fields(&self) -> &'static [&'static str] {
+    /// The key fields of a row of this grouping, in order.
+    pub fn key_fields(&self) -> &'static [&'static str] {
         match self.by {
             By::Cluster => &["cluster", "owner", "profile"],
             By::User => &["user"],
@@ -248,8 +208,9 @@ impl Report {
         }
     }
 
-    fn keys_of(row: &Row, fields: &[&str]) -> Vec<String> {
-        fields
+    /// The values of `row`'s key fields, in the order of `key_fields`.
+    pub fn keys_of(&self, row: &Row) -> Vec<String> {
+        self.key_fields()
             .iter()
             .map(|f| {
                 match *f {
@@ -262,67 +223,6 @@ impl Report {
                 .unwrap_or_default()
             })
             .collect()
-    }
-
-    /// CSV with a header, full precision (hours to nine decimals, dollars to the micro-dollar).
-    pub fn csv(&self) -> String {
-        let fields = self.key_fields();
-        let quote = |s: &str| {
-            if s.contains([',', '"', '\n']) {
-                format!("\"{}\"", s.replace('"', "\"\""))
-            } else {
-                s.to_owned()
-            }
-        };
-        let mut out = format!(
-            "{},instance_hours,cost_dollars,estimated\n",
-            fields.join(",")
-        );
-        for r in &self.rows {
-            let keys: Vec<String> = Self::keys_of(r, fields).iter().map(|k| quote(k)).collect();
-            out.push_str(&format!(
-                "{},{},{},{}\n",
-                keys.join(","),
-                hours_exact(r.millis),
-                dollars_exact(r.micros),
-                r.estimated
-            ));
-        }
-        let blanks = vec![String::new(); fields.len().saturating_sub(1)];
-        let mut total = vec!["total".to_owned()];
-        total.extend(blanks);
-        out.push_str(&format!(
-            "{},{},{},\n",
-            total.join(","),
-            hours_exact(self.total.millis),
-            dollars_exact(self.total.micros)
-        ));
-        out
-    }
-
-    /// A table for people: hours to the hundredth, dollars to the cent, and a total.
-    pub fn table(&self) -> String {
-        let fields = self.key_fields();
-        let mut header: Vec<String> = fields.iter().map(|f| f.to_uppercase()).collect();
-        header.extend(["HOURS".into(), "COST".into()]);
-        let h: Vec<&str> = header.iter().map(String::as_str).collect();
-        let mut t = crate::cli::table::Table::new(&h);
-        for r in &self.rows {
-            let mut cells = Self::keys_of(r, fields);
-            cells.push(format!("{:.2}", r.instance_hours));
-            cells.push(format!(
-                "{}{}",
-                crate::policy::dollars_text(r.micros),
-                if r.estimated { " (estimated)" } else { "" }
-            ));
-            t.row(cells);
-        }
-        let mut cells = vec!["total".to_owned()];
-        cells.extend(vec![String::new(); fields.len().saturating_sub(1)]);
-        cells.push(format!("{:.2}", self.total.instance_hours));
-        cells.push(crate::policy::dollars_text(self.total.micros));
-        t.row(cells);
-        t.render()
     }
 }
 
@@ -449,32 +349,5 @@ mod tests {
         assert_eq!(r.rows[0].day.as_deref(), Some("1970-01-01"));
         assert_eq!(r.rows[1].day.as_deref(), Some("1970-01-02"));
         assert_eq!((r.rows[0].micros, r.rows[1].micros), (96_000, 96_000));
-    }
-
-    #[test]
-    fn formats_keep_full_precision() {
-        let cfg = SiteConfig::default();
-        let r = report(
-            &cfg,
-            &facts(),
-            &[iv(1, "alice", "m5.large", 0, Some(1_000))],
-            0,
-            H,
-            H,
-            By::Cluster,
-        );
-        let csv = r.csv();
-        assert!(
-            csv.starts_with("cluster,owner,profile,instance_hours,cost_dollars,estimated\n"),
-            "{csv}"
-        );
-        assert!(
-            csv.contains("demo,alice,p,0.000277778,0.001600,false"),
-            "{csv}"
-        );
-        let json = serde_json::to_value(&r).unwrap();
-        assert_eq!(json["rows"][0]["cost_dollars"], 0.0016);
-        assert_eq!(json["total"]["cost_dollars"], 0.0016);
-        assert_eq!(dollars_exact(1_234_567), "1.234567");
     }
 }

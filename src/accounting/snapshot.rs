@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::cluster::provider::{Instance, Provider, Selector};
 use crate::cluster::{Ctx, orphans};
@@ -30,7 +30,7 @@ use crate::store::{ClusterRow, Observation};
 pub const DEFAULT_INTERVAL: Millis = 5 * 60 * 1000;
 
 /// What one snapshot found.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotReport {
     pub at: Millis,
     /// Instances of this store the provider listed.

@@ -3,26 +3,21 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::Serialize;
 
-use super::client::{self, call};
-use super::fresh_cluster;
+use super::Hint;
+use super::client::Client;
+use super::launch::expect;
 use super::table::Table;
-use crate::cluster::configure::update_workers_file;
 use crate::cluster::keys::ClusterKeys;
-use crate::cluster::launch::console_host_key;
 use crate::cluster::meta::target_of;
-use crate::cluster::provider::Provider;
-use crate::cluster::ssh::{self, Client, ExecOutput};
+use crate::cluster::ssh::{self, Client as SshClient, ExecOutput};
 use crate::core::error::Error;
 use crate::core::model::{ClusterName, Role, node_name};
 use crate::core::printer::Printer;
-use crate::service::app::App;
-use crate::service::caller::Caller;
-use crate::service::protocol::{ClusterView, Request};
-use crate::store::{ClusterRow, NodeRow};
+use crate::service::protocol::{ClusterView, Request, Response};
+use crate::store::NodeRow;
 
 #[derive(Serialize)]
 struct NodeJson<'a> {
@@ -59,37 +54,25 @@ fn local_time(rfc3339: &str) -> String {
         .unwrap_or_default()
 }
 
-/// The clusters a `Request::List` names, as the runner (or the same code in-process) answers.
-async fn list_views(
-    app: &App,
-    caller: &Caller,
-    request: Request,
-) -> Result<Vec<ClusterView>, Error> {
-    let answer = call(app, caller, request).await?;
-    serde_json::from_value(answer)
-        .map_err(|e| Error::runtime(format!("the runner's answer is not a list: {e}")))
-}
-
 pub(super) async fn list(
-    app: &App,
-    caller: &Caller,
+    client: &Client,
+    hint: &Hint,
     name: Option<&str>,
     all: bool,
     (owner, everyone): (Option<String>, bool),
     json: bool,
 ) -> Result<ExitCode, Error> {
     let name = name.map(ClusterName::parse).transpose()?;
-    let views = list_views(
-        app,
-        caller,
-        Request::List {
+    let answer = client
+        .call(Request::List {
             name: name.as_ref().map(|n| n.to_string()),
             all,
             owner,
             everyone,
-        },
-    )
-    .await?;
+        })
+        .await?;
+    let views = expect!(answer, Response::Clusters);
+    let printer = client.printer();
     if json {
         let out: Vec<ClusterJson> = views
             .iter()
@@ -103,18 +86,18 @@ pub(super) async fn list(
                 nodes: c.nodes.iter().map(|n| node_json(&c.name, n)).collect(),
             })
             .collect();
-        app.printer.json(&out)?;
+        printer.json(&out)?;
         return Ok(ExitCode::SUCCESS);
     }
     if views.is_empty() {
-        app.printer.status(format!(
+        printer.status(format!(
             "no clusters{}; launch one with `{} launch-cluster NAME N`",
             if all {
                 ""
             } else {
                 " (`list --all` shows ended ones)"
             },
-            super::invocation()
+            hint
         ));
         return Ok(ExitCode::SUCCESS);
     }
@@ -132,7 +115,7 @@ pub(super) async fn list(
                     n.instance_id.clone(),
                 ]);
             }
-            app.printer.out(format!(
+            printer.out(format!(
                 "cluster {} ({}, profile {}, {} provider, created {})",
                 c.name,
                 c.state,
@@ -141,13 +124,12 @@ pub(super) async fn list(
                 local_time(&c.created_at)
             ))?;
             if let Some(f) = &c.failure {
-                app.printer
-                    .out(format!("failure: {}", f.lines().next().unwrap_or("")))?;
+                printer.out(format!("failure: {}", f.lines().next().unwrap_or("")))?;
             }
             for note in &c.notes {
-                app.printer.out(format!("note: {note}"))?;
+                printer.out(format!("note: {note}"))?;
             }
-            app.printer.out(t.render())?;
+            printer.out(t.render())?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -166,10 +148,10 @@ pub(super) async fn list(
             local_time(&c.created_at),
         ]);
     }
-    app.printer.out(t.render())?;
+    printer.out(t.render())?;
     for c in views.iter().filter(|c| !c.notes.is_empty()) {
         for note in &c.notes {
-            app.printer.out(format!("{}: {note}", c.name))?;
+            printer.out(format!("{}: {note}", c.name))?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -191,17 +173,33 @@ fn node_json<'a>(cluster: &str, n: &'a NodeRow) -> NodeJson<'a> {
 }
 
 /// A cluster to reach over SSH: its nodes, the user, and the key files, as the caller holds
-/// them (the state directory's own in a single-user install; the runner's answer and the key
-/// it handed over in a multi-user one).
+/// them, every host key it reaches pinned by the service first.
 struct Reach {
     view: ClusterView,
     name: ClusterName,
     keys: ClusterKeys,
-    /// Single-user: the row, so a first contact's host key can be pinned in the store.
-    row: Option<ClusterRow>,
 }
 
 impl Reach {
+    /// The caller's live cluster of this name, ready to be reached on its master (every node,
+    /// with `all`).
+    async fn of(client: &Client, name: &str, all: bool) -> Result<Self, Error> {
+        let cname = ClusterName::parse(name)?;
+        let answer = client
+            .call(Request::Reach {
+                name: name.to_owned(),
+                all,
+            })
+            .await?;
+        let keyed = expect!(answer, Response::Key);
+        let keys = client.keep(&keyed)?;
+        Ok(Self {
+            view: keyed.cluster,
+            name: cname,
+            keys,
+        })
+    }
+
     /// The nodes a command acts on: the running master, or every running node.
     fn targets(&self, all: bool) -> Result<Vec<NodeRow>, Error> {
         let nodes: Vec<NodeRow> = self
@@ -218,131 +216,33 @@ impl Reach {
                 if all { "nodes" } else { "master" }
             )));
         }
+        if let Some(n) = nodes.iter().find(|n| n.host_key.is_none()) {
+            return Err(Error::runtime(format!(
+                "{} has no pinned host key; stratus does not connect to it",
+                node_name(&self.name, n.role, n.index)
+            )));
+        }
         Ok(nodes)
     }
 
     fn target(&self, n: &NodeRow) -> Result<ssh::Target, Error> {
         target_of(n, &self.name, &self.view.ssh_user)
     }
-}
 
-/// The caller's live cluster of this name, ready to be reached.
-async fn reach(app: &App, caller: &Caller, name: &str) -> Result<Reach, Error> {
-    let cname = ClusterName::parse(name)?;
-    if !client::multi_user(app) {
-        let row = fresh_cluster(app, &caller.owner, name).await?;
-        let view = crate::service::serve::view(app, &row)?;
-        return Ok(Reach {
-            keys: ClusterKeys::of(&app.state_dir, &row),
-            view,
-            name: cname,
-            row: Some(row),
-        });
+    /// What exec and push connect to: the master (or every node), with a client holding the
+    /// cluster key.
+    fn plan(&self, client: &Client, all: bool) -> Result<(SshClient, Vec<ssh::Target>), Error> {
+        let targets = self
+            .targets(all)?
+            .iter()
+            .map(|n| self.target(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((self.ssh_client(client)?, targets))
     }
-    let mut views = list_views(
-        app,
-        caller,
-        Request::List {
-            name: Some(name.to_owned()),
-            all: false,
-            owner: None,
-            everyone: false,
-        },
-    )
-    .await?;
-    let view = views
-        .pop()
-        .ok_or_else(|| crate::core::error::InputError::UnknownCluster(name.to_owned()))?;
-    if !crate::core::model::ClusterState::parse(&view.state).is_some_and(|s| s.is_live()) {
-        return Err(Error::invalid(format!(
-            "cluster {} is {}",
-            view.name, view.state
-        )));
-    }
-    let mut keys = client::keys_of(app, &view);
-    if !keys.private_key().exists() {
-        // Launched from another machine of this user: the runner hands the key over again.
-        let answer = call(
-            app,
-            caller,
-            Request::Key {
-                name: name.to_owned(),
-            },
-        )
-        .await?;
-        let key = answer["private_key"]
-            .as_str()
-            .ok_or_else(|| Error::runtime("the runner's answer holds no key"))?;
-        keys = client::keep_key(app, &view, key)?;
-    }
-    keys.write_known_hosts(&view.nodes)?;
-    Ok(Reach {
-        view,
-        name: cname,
-        keys,
-        row: None,
-    })
-}
 
-fn client_for(app: &App, reach: &Reach) -> Result<Client, Error> {
-    let key = reach.keys.load()?;
-    Ok(Client::new(key, app.ctx().connect_timeout()))
-}
-
-/// Pins the host keys of nodes never reached over SSH yet (a cluster launched with
-/// `--no-configure` in a single-user install): from the node's console where the provider reads
-/// keys there (EC2's `host_keys = "console"`), else on this first contact; every later
-/// connection insists on them. The runner of a multi-user install pins every key itself.
-async fn pin_first_contact(
-    app: &App,
-    reach: &Reach,
-    client: &Client,
-    nodes: &mut [NodeRow],
-) -> Result<(), Error> {
-    for n in nodes.iter_mut().filter(|n| n.host_key.is_none()) {
-        let Some(row) = &reach.row else {
-            return Err(Error::runtime(format!(
-                "{} has no pinned host key; ask your instructor to run `stratus reconcile`",
-                node_name(&reach.name, n.role, n.index)
-            )));
-        };
-        let t = reach.target(n)?;
-        // Built once per command (`App::provider` keeps it).
-        let provider = app.provider(row.provider).await?;
-        let provider = provider.as_ref();
-        let key = if provider.host_keys_from_console() {
-            let timeout = Duration::from_secs(row.record.profile.ready_timeout_secs);
-            let key = console_host_key(provider, &n.instance_id, &t.name, timeout).await?;
-            tracing::info!(node = %t.name, key = %ssh::fingerprint(&key), "pinned the host key its console shows");
-            ssh::public_key_openssh(&key)
-        } else {
-            let session = client.connect(&t).await?;
-            let key = ssh::public_key_openssh(&session.host_key);
-            session.close().await;
-            tracing::info!(node = %t.name, "pinned its host key on first contact");
-            key
-        };
-        app.store.set_host_key(&n.instance_id, &key)?;
-        n.host_key = Some(key);
+    fn ssh_client(&self, client: &Client) -> Result<SshClient, Error> {
+        Ok(SshClient::new(self.keys.load()?, client.connect_timeout()))
     }
-    Ok(())
-}
-
-/// What exec and push connect to: the master (or every node), host keys pinned, with a client
-/// holding the cluster key.
-async fn connect_plan(
-    app: &App,
-    reach: &Reach,
-    all: bool,
-) -> Result<(Client, Vec<ssh::Target>), Error> {
-    let mut nodes = reach.targets(all)?;
-    let client = client_for(app, reach)?;
-    pin_first_contact(app, reach, &client, &mut nodes).await?;
-    let targets = nodes
-        .iter()
-        .map(|n| reach.target(n))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok((client, targets))
 }
 
 #[derive(Serialize)]
@@ -355,22 +255,21 @@ struct ExecJson {
 }
 
 pub(super) async fn exec(
-    app: &App,
-    caller: &Caller,
+    client: &Client,
     name: &str,
     all: bool,
     json: bool,
     command: &str,
 ) -> Result<ExitCode, Error> {
-    let reach = reach(app, caller, name).await?;
-    let (client, jobs) = connect_plan(app, &reach, all).await?;
+    let reach = Reach::of(client, name, all).await?;
+    let (ssh_client, jobs) = reach.plan(client, all)?;
     let command = command.to_owned();
-    let results = ssh::fan_out(jobs, app.config.ssh.max_parallel, move |t| {
-        let client = client.clone();
+    let results = ssh::fan_out(jobs, client.max_parallel(), move |t| {
+        let ssh_client = ssh_client.clone();
         let command = command.clone();
         async move {
             let r = async {
-                let s = client.connect(&t).await?;
+                let s = ssh_client.connect(&t).await?;
                 let out = s.exec(&command, None).await;
                 s.close().await;
                 out
@@ -380,7 +279,7 @@ pub(super) async fn exec(
         }
     })
     .await;
-
+    let printer = client.printer();
     let mut failed: Vec<String> = Vec::new();
     let mut report = Vec::new();
     for (node, r) in &results {
@@ -395,33 +294,18 @@ pub(super) async fn exec(
             Err(e) => failed.push(format!("{node} ({e})")),
         }
         if json {
-            let (exit_status, stdout, stderr, error) = match r {
-                Ok(o) => (
-                    o.status,
-                    String::from_utf8_lossy(&o.stdout).into_owned(),
-                    String::from_utf8_lossy(&o.stderr).into_owned(),
-                    None,
-                ),
-                Err(e) => (None, String::new(), String::new(), Some(e.to_string())),
-            };
-            report.push(ExecJson {
-                node: node.clone(),
-                exit_status,
-                stdout,
-                stderr,
-                error,
-            });
-        } else if !all {
-            if let Ok(out) = r {
-                app.printer.out_bytes(&out.stdout)?;
-                app.printer.err_bytes(&out.stderr)?;
-            }
+            report.push(exec_json(node, r));
         } else if let Ok(out) = r {
-            print_prefixed(&app.printer, node, out)?;
+            if all {
+                print_prefixed(printer, node, out)?;
+            } else {
+                printer.out_bytes(&out.stdout)?;
+                printer.err_bytes(&out.stderr)?;
+            }
         }
     }
     if json {
-        app.printer.json(&report)?;
+        printer.json(&report)?;
     }
     if failed.is_empty() {
         return Ok(ExitCode::SUCCESS);
@@ -439,6 +323,24 @@ pub(super) async fn exec(
     )))
 }
 
+fn exec_json(node: &str, r: &Result<ExecOutput, ssh::SshError>) -> ExecJson {
+    let (exit_status, stdout, stderr, error) = match r {
+        Ok(o) => (
+            o.status,
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+            None,
+        ),
+        Err(e) => (None, String::new(), String::new(), Some(e.to_string())),
+    };
+    ExecJson {
+        node: node.to_owned(),
+        exit_status,
+        stdout,
+        stderr,
+        error,
+    }
+}
 /// Prints a node's output with every line prefixed by its name.
 fn print_prefixed(printer: &Printer, node: &str, out: &ExecOutput) -> std::io::Result<()> {
     for (bytes, to_err) in [(&out.stdout, false), (&out.stderr, true)] {
@@ -463,8 +365,7 @@ fn print_prefixed(printer: &Printer, node: &str, out: &ExecOutput) -> std::io::R
 }
 
 pub(super) async fn push(
-    app: &App,
-    caller: &Caller,
+    client: &Client,
     name: &str,
     file: &std::path::Path,
     dest: Option<&str>,
@@ -490,16 +391,16 @@ pub(super) async fn push(
             .to_owned(),
     };
     let mode = meta.permissions().mode() & 0o777;
-    let reach = reach(app, caller, name).await?;
-    let (client, jobs) = connect_plan(app, &reach, all).await?;
+    let reach = Reach::of(client, name, all).await?;
+    let (ssh_client, jobs) = reach.plan(client, all)?;
     let data = Arc::new(data);
     let dest2 = dest.clone();
-    let results = ssh::fan_out(jobs, app.config.ssh.max_parallel, move |t| {
-        let client = client.clone();
+    let results = ssh::fan_out(jobs, client.max_parallel(), move |t| {
+        let ssh_client = ssh_client.clone();
         let data = data.clone();
         let dest = dest2.clone();
         async move {
-            let s = client.connect(&t).await?;
+            let s = ssh_client.connect(&t).await?;
             let r = s.upload(&data, &dest, mode).await;
             s.close().await;
             r
@@ -510,7 +411,7 @@ pub(super) async fn push(
     for r in results {
         r?;
     }
-    app.printer.status(format!(
+    client.printer().status(format!(
         "copied {} to {dest} on {copies} node(s) of {}",
         file.display(),
         reach.name
@@ -529,23 +430,13 @@ fn ssh_program() -> Result<&'static str, Error> {
 }
 
 pub(super) async fn login(
-    app: &App,
-    caller: &Caller,
+    client: &Client,
     name: &str,
     ssh_args: &[String],
 ) -> Result<ExitCode, Error> {
     use std::os::unix::process::CommandExt;
-    let reach = reach(app, caller, name).await?;
-    let mut masters = reach.targets(false)?;
-    pin_first_contact(app, &reach, &client_for(app, &reach)?, &mut masters).await?;
-    let master = masters.remove(0);
-    let mut nodes = reach.view.nodes.clone();
-    for n in nodes.iter_mut() {
-        if n.instance_id == master.instance_id {
-            n.host_key = master.host_key.clone();
-        }
-    }
-    reach.keys.write_known_hosts(&nodes)?;
+    let reach = Reach::of(client, name, false).await?;
+    let master = reach.targets(false)?.remove(0);
     let address = master
         .address
         .clone()
@@ -579,29 +470,27 @@ pub(super) async fn login(
 }
 
 /// A SOCKS5 proxy on 127.0.0.1:`port` through the master, until interrupted.
-pub(super) async fn proxy(
-    app: &App,
-    caller: &Caller,
-    name: &str,
-    port: u16,
-) -> Result<ExitCode, Error> {
-    let reach = reach(app, caller, name).await?;
-    let mut masters = reach.targets(false)?;
-    let client = client_for(app, &reach)?;
-    pin_first_contact(app, &reach, &client, &mut masters).await?;
-    let session = Arc::new(client.connect(&reach.target(&masters[0])?).await?);
+pub(super) async fn proxy(client: &Client, name: &str, port: u16) -> Result<ExitCode, Error> {
+    let reach = Reach::of(client, name, false).await?;
+    let masters = reach.targets(false)?;
+    let session = Arc::new(
+        reach
+            .ssh_client(client)?
+            .connect(&reach.target(&masters[0])?)
+            .await?,
+    );
     let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port))
         .await
         .map_err(|e| Error::runtime(format!("cannot listen on 127.0.0.1:{port}")).with_source(e))?;
     let bound = listener.local_addr()?.port();
     // The port on stdout, alone, so a script can read it (`--port 0`).
-    app.printer.out(bound)?;
+    client.printer().out(bound)?;
     let master_private = masters[0]
         .private_address
         .clone()
         .or_else(|| masters[0].address.clone())
         .unwrap_or_default();
-    app.printer.status(format!(
+    client.printer().status(format!(
         "SOCKS5 proxy into cluster {} on 127.0.0.1:{bound}, through its master; ^C to stop\n  e.g. curl --socks5-hostname 127.0.0.1:{bound} http://{master_private}:PORT/ (Hadoop's UIs: 9870 the NameNode, 8088 the ResourceManager)",
         reach.name
     ));
@@ -612,21 +501,16 @@ pub(super) async fn proxy(
     Ok(ExitCode::SUCCESS)
 }
 
-pub(super) async fn update_slaves_file(
-    app: &App,
-    caller: &Caller,
-    name: &str,
-) -> Result<ExitCode, Error> {
-    if client::multi_user(app) {
-        return Err(Error::invalid(
-            "in a multi-user install the runner keeps the workers file up to date (launch-slaves)",
-        ));
-    }
-    let cluster = fresh_cluster(app, &caller.owner, name).await?;
-    let n = update_workers_file(app.ctx(), &cluster).await?;
-    app.printer.status(format!(
-        "workers file of {} lists {n} workers",
-        cluster.name
+pub(super) async fn update_slaves_file(client: &Client, name: &str) -> Result<ExitCode, Error> {
+    let answer = client
+        .call(Request::UpdateWorkers {
+            name: name.to_owned(),
+        })
+        .await?;
+    let w = expect!(answer, Response::WorkersFile);
+    client.printer().status(format!(
+        "workers file of {} lists {} workers",
+        w.cluster, w.workers
     ));
     Ok(ExitCode::SUCCESS)
 }

@@ -1,95 +1,53 @@
 //! `stratus accounting`: the snapshot and the reaper (cron: the service account in a
-//! multi-user install, the user in a single-user one), and the report (instructors; through the
-//! runner in a multi-user install).
+//! multi-user install, the user in a single-user one; instructors through the runner), and the
+//! report (instructors).
 
 use std::process::ExitCode;
 
-use super::client::{self, call};
-use crate::accounting::{reaper, snapshot};
+use super::client::Client;
+use super::launch::expect;
 use crate::cli::AccountingAction;
 use crate::core::error::Error;
-use crate::core::model::now_millis;
-use crate::policy::Policy;
-use crate::service::app::App;
-use crate::service::caller::Caller;
-use crate::service::protocol::Request;
-use crate::service::serve::LoadedPolicy;
+use crate::service::protocol::{Request, Response};
 
-pub(super) async fn run(
-    app: &App,
-    caller: &Caller,
-    action: AccountingAction,
-) -> Result<ExitCode, Error> {
+pub(super) async fn run(client: &Client, action: AccountingAction) -> Result<ExitCode, Error> {
+    let printer = client.printer();
     match action {
         AccountingAction::Snapshot { json } => {
-            let provider = app.provider(app.config.provider).await?;
-            // Cron's chance to finish what interrupted commands of anyone left behind (a
-            // terminate cut short, a rollback that did not get through, an unfinished launch
-            // call): nobody else may come back to it.
-            if let Err(e) = crate::cluster::reconcile::reconcile(
-                app.ctx(),
-                provider.as_ref(),
-                None,
-                &crate::cluster::reconcile::Options::new(false),
-            )
-            .await
-            {
-                app.printer.warn(format!(
-                    "could not reconcile first: {}",
-                    crate::core::error::one_line(&e)
-                ));
-            }
-            let r = snapshot::snapshot(app.ctx(), provider.as_ref()).await?;
+            let r = expect!(client.call(Request::Snapshot).await?, Response::Snapshot);
             if json {
-                app.printer.json(&r)?;
-            } else {
-                app.printer.status(format!(
-                    "snapshot: {} instances seen, {} ended, {} gone without a sighting of their end, {} orphans recorded",
-                    r.seen,
-                    r.ended,
-                    r.missing.len(),
-                    r.orphans.len()
-                ));
-                for o in &r.orphans {
-                    app.printer.warn(format!(
-                        "instance {o} runs under this store's tags with no record; it is now accounted (`stratus accounting reap --orphans terminate` ends it)"
-                    ));
-                }
+                printer.json(&r)?;
+                return Ok(ExitCode::SUCCESS);
             }
-            Ok(ExitCode::SUCCESS)
+            printer.status(format!(
+                "snapshot: {} instances seen, {} ended, {} gone without a sighting of their end, {} orphans recorded",
+                r.seen,
+                r.ended,
+                r.missing.len(),
+                r.orphans.len()
+            ));
+            for o in &r.orphans {
+                printer.warn(format!(
+                    "instance {o} runs under this store's tags with no record; it is now accounted (`stratus accounting reap --orphans terminate` ends it)"
+                ));
+            }
         }
         AccountingAction::Reap {
             dry_run,
             orphans,
             json,
         } => {
-            let policy = match LoadedPolicy::load(app) {
-                LoadedPolicy::Present(p) => p,
-                LoadedPolicy::Broken(e) => {
-                    return Err(Error::invalid(crate::core::error::one_line(&e)));
-                }
-                // No policy: no lifetime or budget to enforce; orphans are still found.
-                _ => Policy::parse("", std::path::Path::new("(no policy)"))
-                    .map_err(|e| Error::runtime(e.to_string()))?,
-            };
-            let provider = app.provider(app.config.provider).await?;
-            let actions = reaper::reap(
-                app.ctx(),
-                provider.as_ref(),
-                &policy,
-                &app.config,
-                now_millis(),
-                dry_run,
-                orphans,
-            )
-            .await?;
+            let actions = expect!(
+                client.call(Request::Reap { dry_run, orphans }).await?,
+                Response::Reaped
+            );
             for a in &actions {
                 if json {
-                    app.printer.out(
+                    printer.out(
                         serde_json::to_string(a).map_err(|e| Error::runtime(e.to_string()))?,
                     )?;
                 } else {
-                    app.printer.out(format!(
+                    printer.out(format!(
                         "{}{} {}/{}: {}",
                         if dry_run { "would " } else { "" },
                         a.action,
@@ -100,9 +58,8 @@ pub(super) async fn run(
                 }
             }
             if actions.is_empty() && !json {
-                app.printer.status("nothing to reap");
+                printer.status("nothing to reap");
             }
-            Ok(ExitCode::SUCCESS)
         }
         AccountingAction::Report {
             by,
@@ -112,33 +69,27 @@ pub(super) async fn run(
             json,
         } => {
             for t in [&since, &until].into_iter().flatten() {
-                super::parse_time(t)?;
+                crate::core::input::parse_time(t)?;
             }
-            let answer = if client::multi_user(app) {
-                call(app, caller, Request::Report { by, since, until }).await?
-            } else {
-                // The service account, or a single-user install: the store is at hand.
-                crate::service::serve::report_answer(app, by, since.as_deref(), until.as_deref())?
-            };
-            if let Some(types) = answer["unknown_types"].as_array()
-                && !types.is_empty()
-            {
-                let names: Vec<&str> = types.iter().filter_map(|t| t.as_str()).collect();
-                app.printer.warn(format!(
+            let answer = expect!(
+                client.call(Request::Report { by, since, until }).await?,
+                Response::Report
+            );
+            let r = answer.report;
+            if !r.unknown_types.is_empty() {
+                printer.warn(format!(
                     "no price known for {}; add them under [prices] in the site config",
-                    names.join(", ")
+                    r.unknown_types.join(", ")
                 ));
             }
             if json {
-                app.printer.json(&answer["report"])?;
+                printer.json(&super::report::json(&r))?;
             } else if csv {
-                app.printer
-                    .out(answer["csv"].as_str().unwrap_or_default().trim_end())?;
+                printer.out(super::report::csv(&r)?.trim_end())?;
             } else {
-                app.printer
-                    .out(answer["table"].as_str().unwrap_or_default())?;
+                printer.out(super::report::table(&r))?;
             }
-            Ok(ExitCode::SUCCESS)
         }
     }
+    Ok(ExitCode::SUCCESS)
 }

@@ -22,15 +22,13 @@ use std::process::ExitCode;
 use setuid_wrap::placeholder::{self, WrapConfig};
 use setuid_wrap::safepath::{self, RealFs, Trusted, Want};
 
-use super::client::call;
-use crate::cli::{AdminAction, Command};
+use super::client::Client;
+use super::launch::expect;
+use crate::cli::AdminAction;
 use crate::core::error::Error;
 use crate::core::printer::Printer;
 use crate::policy::Policy;
-use crate::service::app::{App, Settings};
-use crate::service::caller::Caller;
-use crate::service::protocol::Request;
-use crate::store::AuditRecord;
+use crate::service::protocol::{Request, Response};
 
 /// The paths of an install.
 #[derive(Debug, Clone)]
@@ -72,57 +70,45 @@ impl Layout {
     }
 }
 
-pub(super) async fn run(
-    _settings: &Settings,
-    printer: &Printer,
-    command: Command,
-) -> Result<ExitCode, Error> {
-    match command {
-        Command::Admin {
-            action:
-                AdminAction::Install {
-                    prefix,
-                    service_user,
-                    wrapper,
-                },
+pub(super) fn install_or_doctor(printer: &Printer, action: AdminAction) -> Result<ExitCode, Error> {
+    match action {
+        AdminAction::Install {
+            prefix,
+            service_user,
+            wrapper,
         } => install(
             printer,
             prefix.as_deref(),
             &service_user,
             wrapper.as_deref(),
         ),
-        Command::Admin {
-            action:
-                AdminAction::Doctor {
-                    prefix,
-                    service_user,
-                },
+        AdminAction::Doctor {
+            prefix,
+            service_user,
         } => doctor(printer, prefix.as_deref(), service_user.as_deref()),
-        _ => Err(Error::runtime("not an install command")),
+        AdminAction::Audit { .. } => Err(Error::runtime("not an install command")),
     }
 }
 
 /// `admin audit`: the decisions of the privileged path, for instructors.
-pub(super) async fn audit(
-    app: &App,
-    caller: &Caller,
-    action: AdminAction,
-) -> Result<ExitCode, Error> {
+pub(super) async fn audit(client: &Client, action: AdminAction) -> Result<ExitCode, Error> {
     let AdminAction::Audit { json, since } = action else {
         return Err(Error::runtime("not an audit command"));
     };
     if let Some(s) = &since {
-        super::parse_time(s)?;
+        crate::core::input::parse_time(s)?;
     }
-    let answer = call(app, caller, Request::Audit { since }).await?;
-    let rows: Vec<AuditRecord> = serde_json::from_value(answer)
-        .map_err(|e| Error::runtime(format!("the runner's answer is not an audit trail: {e}")))?;
+    let rows = expect!(
+        client.call(Request::Audit { since }).await?,
+        Response::Audit
+    );
+    let printer = client.printer();
     for r in &rows {
         if json {
             let line = serde_json::to_string(r).map_err(|e| Error::runtime(e.to_string()))?;
-            app.printer.out(line)?;
+            printer.out(line)?;
         } else {
-            app.printer.out(format!(
+            printer.out(format!(
                 "{} {} {} {} {}{}{}",
                 r.at,
                 r.user,
@@ -617,7 +603,7 @@ fn doctor(
                     problems.push("the site config does not say mode = \"multi-user\"".into())
                 }
                 // What the runner checks at every request besides.
-                problems.extend(crate::service::serve::unsafe_inputs(
+                problems.extend(crate::service::inputs::unsafe_inputs_for(
                     &c,
                     Some(&layout.config()),
                     trusted,

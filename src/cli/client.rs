@@ -1,120 +1,209 @@
-//! The CLI's side of the privileged path: a request to the runner, through the installed setuid
-//! wrapper (multi-user mode), or to the same runner code in this process (single-user mode);
-//! the runner's progress drawn as this CLI's own bars, its status lines and warnings printed,
-//! and its answer returned.
+//! The CLI's side of the service: one client with two backends, decided once, here. In a
+//! single-user install (and for the service account's own cron jobs) the service runs in this
+//! process; in a multi-user install every other user's request goes through the installed
+//! setuid wrapper to the runner, whose progress is drawn as this CLI's own bars, its status
+//! lines and warnings printed, and its typed answer returned.
 //!
-//! Key custody: a launch's answer carries the cluster's private key, for its owner alone. It is
-//! kept in the owner's own state directory (`remote/`, mode 0600), and `login`, `exec`, `push`
-//! and `proxy` use it from there, as the owner, without the wrapper.
+//! Key custody: an answer that carries a cluster's private key (a launch, a reach) carries it
+//! for its owner alone. Through the wrapper it is kept in the owner's own state directory
+//! (`remote/`, mode 0600), and `login`, `exec`, `push` and `proxy` use it from there, as the
+//! owner; in-process the key is already in the state directory the service writes.
 
 use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
-
-use serde_json::Value;
+use std::sync::Arc;
 
 use crate::cluster::keys::ClusterKeys;
-use crate::config::Mode;
+use crate::config::SshConfig;
 use crate::core::error::Error;
-use crate::service::app::App;
+use crate::core::printer::{Event, Printer};
 use crate::service::caller::Caller;
-use crate::service::protocol::{ClusterView, Line, Request};
-use crate::service::serve::LoadedPolicy;
+use crate::service::protocol::{ClusterView, Launched, Line, Request, Response};
+use crate::service::{Service, Settings};
 
-/// Whether requests go through the setuid wrapper: in a multi-user install, for everyone but
-/// the service account itself (its cron jobs work on the install's state directly).
-pub fn multi_user(app: &App) -> bool {
-    app.config.mode == Mode::MultiUser && app.config.state_dir.as_deref() != Some(&app.state_dir)
+/// Where requests are served.
+pub enum Backend {
+    /// In this process, with this user's (or the service account's) own rights.
+    InProcess(Box<Service>),
+    /// By the runner, through the installed setuid wrapper at this path.
+    Wrapper(PathBuf),
 }
 
-/// Sends `request` to the runner and returns its answer.
-pub async fn call(app: &App, caller: &Caller, request: Request) -> Result<Value, Error> {
-    if !multi_user(app) {
-        let policy = LoadedPolicy::load(app);
-        return crate::service::serve::serve(app, caller, &policy, request).await;
+pub struct Client {
+    backend: Backend,
+    caller: Caller,
+    printer: Arc<Printer>,
+    /// This user's own state directory (where keys handed over through the wrapper are kept).
+    state_dir: PathBuf,
+    /// How this user's own SSH connections are made (`login`, `exec`, `push`, `proxy`).
+    ssh: SshConfig,
+}
+
+impl Client {
+    /// The client for `settings`: through the wrapper in a multi-user install (but for the
+    /// service account itself), else the service in this process.
+    pub fn new(settings: Settings, printer: Arc<Printer>) -> Result<Self, Error> {
+        let caller = Caller::from_real_uid()?;
+        let state_dir = settings.state_dir.clone();
+        let ssh = settings.config.ssh.clone();
+        let backend = if settings.through_wrapper() {
+            let wrapper = settings.config.wrapper.clone().ok_or_else(|| {
+                Error::invalid("the site config has mode = \"multi-user\" but no wrapper")
+            })?;
+            Backend::Wrapper(wrapper)
+        } else {
+            Backend::InProcess(Box::new(Service::new(settings, printer.clone())?))
+        };
+        Ok(Self {
+            backend,
+            caller,
+            printer,
+            state_dir,
+            ssh,
+        })
     }
-    let wrapper = app.config.wrapper.clone().ok_or_else(|| {
-        Error::invalid("the site config has mode = \"multi-user\" but no wrapper")
-    })?;
-    let printer = app.printer.clone();
-    // The wrapper and runner are a child process: blocking I/O on a thread of its own.
-    tokio::task::spawn_blocking(move || {
-        let mut child = std::process::Command::new(&wrapper)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| {
-                Error::runtime(format!(
-                    "cannot run the stratus wrapper {} (is the multi-user install complete? `stratus admin doctor` checks it)",
-                    wrapper.display()
-                ))
-                .with_source(e)
-            })?;
-        {
-            let mut stdin = child.stdin.take().expect("piped stdin");
-            let text = serde_json::to_vec(&request).map_err(|e| Error::runtime(e.to_string()))?;
-            // A runner that refuses early closes its end; its answer says why.
-            let _ = stdin.write_all(&text);
-        }
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut bars: Vec<indicatif::ProgressBar> = Vec::new();
-        let mut answer: Option<Result<Value, Error>> = None;
-        for line in std::io::BufReader::new(stdout).lines() {
-            let line = line?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let parsed: Line = serde_json::from_str(&line).map_err(|e| {
-                Error::runtime(format!("the runner answered something that is not its protocol: {e}"))
-            })?;
-            match parsed {
-                Line::Progress(now) => {
-                    for (i, b) in now.iter().enumerate() {
-                        if i >= bars.len() {
-                            bars.push(printer.bar(b.length, b.message.clone()));
-                        }
-                        let bar = &bars[i];
-                        bar.set_length(b.length);
-                        bar.set_position(b.position);
-                        bar.set_message(b.message.clone());
-                        if b.done {
-                            bar.finish_and_clear();
-                        }
-                    }
-                    bars.retain(|b| !b.is_finished());
-                }
-                Line::Status(s) => printer.status(s),
-                Line::Warning(w) => printer.warn(w),
-                Line::Result(v) => answer = Some(Ok(v)),
-                Line::Error { message, exit } => answer = Some(Err(Error::Remote { message, exit })),
+
+    /// One TCP connect plus SSH handshake, at most.
+    pub fn connect_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.ssh.connect_timeout_secs.max(1))
+    }
+
+    /// SSH sessions in flight when fanning out over nodes.
+    pub fn max_parallel(&self) -> usize {
+        self.ssh.max_parallel
+    }
+
+    pub fn printer(&self) -> &Printer {
+        &self.printer
+    }
+
+    /// Sends `request` to the service and returns its answer.
+    pub async fn call(&self, request: Request) -> Result<Response, Error> {
+        match &self.backend {
+            Backend::InProcess(service) => service.serve(&self.caller, request).await,
+            Backend::Wrapper(wrapper) => {
+                let (wrapper, printer) = (wrapper.clone(), self.printer.clone());
+                // The wrapper and runner are a child process: blocking I/O on a thread of its
+                // own.
+                tokio::task::spawn_blocking(move || through_wrapper(&wrapper, &printer, request))
+                    .await
+                    .map_err(|e| Error::runtime(format!("the wrapper's reader failed: {e}")))?
             }
         }
-        for b in bars {
+    }
+
+    /// The files of a cluster's key, as this user holds them.
+    pub fn keys_of(&self, view: &ClusterView) -> ClusterKeys {
+        match &self.backend {
+            Backend::InProcess(service) => {
+                ClusterKeys::named(service.state_dir(), view.id, &view.name)
+            }
+            Backend::Wrapper(_) => {
+                ClusterKeys::named(&self.state_dir.join("remote"), view.id, &view.name)
+            }
+        }
+    }
+
+    /// Keeps what an answer hands over: the cluster's private key (mode 0600, where this user
+    /// holds keys) and the pinned host keys of its nodes (a known_hosts file for `ssh`).
+    pub fn keep(&self, keyed: &Launched) -> Result<ClusterKeys, Error> {
+        let keys = self.keys_of(&keyed.cluster);
+        if let Backend::Wrapper(_) = self.backend {
+            let key = crate::cluster::ssh::parse_private_key(&keyed.private_key)?;
+            keys.create(&key)?;
+        }
+        keys.write_known_hosts(&keyed.cluster.nodes)?;
+        Ok(keys)
+    }
+
+    /// Keeps the pinned host keys of a cluster whose key this user already holds.
+    pub fn keep_host_keys(&self, view: &ClusterView) -> Result<(), Error> {
+        self.keys_of(view).write_known_hosts(&view.nodes)
+    }
+}
+
+/// One request through the wrapper: the request on its stdin, then its lines until the answer.
+fn through_wrapper(wrapper: &Path, printer: &Printer, request: Request) -> Result<Response, Error> {
+    let mut child = std::process::Command::new(wrapper)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| {
+            Error::runtime(format!(
+                "cannot run the stratus wrapper {} (is the multi-user install complete? `stratus admin doctor` checks it)",
+                wrapper.display()
+            ))
+            .with_source(e)
+        })?;
+    {
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let text = serde_json::to_vec(&request).map_err(|e| Error::runtime(e.to_string()))?;
+        // A runner that refuses early closes its end; its answer says why.
+        let _ = stdin.write_all(&text);
+    }
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut bars = Bars::default();
+    let mut answer: Option<Result<Response, Error>> = None;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed: Line<serde_json::Value> = serde_json::from_str(&line).map_err(|e| {
+            Error::runtime(format!(
+                "the runner answered something that is not its protocol: {e}"
+            ))
+        })?;
+        match parsed {
+            Line::Event(Event::Progress(now)) => bars.show(printer, &now),
+            Line::Event(Event::Status(s)) => printer.status(s),
+            Line::Event(Event::Warning(w)) => printer.warn(w),
+            Line::Result { result } => {
+                answer = Some(Response::decode(&request, result).map_err(|e| {
+                    Error::runtime(format!(
+                        "the runner's answer to {} is not one: {e}",
+                        request.action()
+                    ))
+                }))
+            }
+            Line::Error { error } => answer = Some(Err(error.into_error())),
+        }
+    }
+    bars.clear();
+    let status = child.wait()?;
+    answer.unwrap_or_else(|| {
+        Err(Error::runtime(format!(
+            "the runner ended without an answer ({status})"
+        )))
+    })
+}
+
+/// The runner's progress bars, drawn here.
+#[derive(Default)]
+struct Bars(Vec<indicatif::ProgressBar>);
+
+impl Bars {
+    fn show(&mut self, printer: &Printer, now: &[crate::core::printer::Bar]) {
+        for (i, b) in now.iter().enumerate() {
+            if i >= self.0.len() {
+                self.0.push(printer.bar(b.length, b.message.clone()));
+            }
+            let bar = &self.0[i];
+            bar.set_length(b.length);
+            bar.set_position(b.position);
+            bar.set_message(b.message.clone());
+            if b.done {
+                bar.finish_and_clear();
+            }
+        }
+        self.0.retain(|b| !b.is_finished());
+    }
+
+    fn clear(self) {
+        for b in self.0 {
             b.finish_and_clear();
         }
-        let status = child.wait()?;
-        match answer {
-            Some(a) => a,
-            None => Err(Error::runtime(format!(
-                "the runner ended without an answer ({status})"
-            ))),
-        }
-    })
-    .await
-    .map_err(|e| Error::runtime(format!("the wrapper's reader failed: {e}")))?
-}
-
-/// Where this user keeps the keys of clusters the runner launched for them.
-pub fn keys_of(app: &App, view: &ClusterView) -> ClusterKeys {
-    ClusterKeys::named(&app.state_dir.join("remote"), view.id, &view.name)
-}
-
-/// Keeps a cluster's private key (mode 0600) and its pinned host keys in the user's own state
-/// directory.
-pub fn keep_key(app: &App, view: &ClusterView, private_key: &str) -> Result<ClusterKeys, Error> {
-    let keys = keys_of(app, view);
-    let key = crate::cluster::ssh::parse_private_key(private_key)?;
-    keys.create(&key)?;
-    keys.write_known_hosts(&view.nodes)?;
-    Ok(keys)
+    }
 }

@@ -2,43 +2,78 @@
 
 use std::process::ExitCode;
 
-use super::client::call;
+use serde::Serialize;
+
+use super::client::Client;
+use super::launch::expect;
 use super::table::Table;
+use crate::accounting::UsageRow;
 use crate::cli::ProfilesAction;
+use crate::config::profile::ProfileSet;
 use crate::core::error::Error;
-use crate::policy::dollars_text;
-use crate::service::app::App;
-use crate::service::caller::Caller;
-use crate::service::protocol::Request;
-use crate::service::quota::QuotaReport;
+use crate::core::money::{dollars_text, micros_to_dollars};
+use crate::core::printer::Printer;
+use crate::service::Settings;
+use crate::service::protocol::{Request, Response};
+
+/// A row of `usage --json` (the contract scripts read).
+#[derive(Serialize)]
+struct UsageJson<'a> {
+    cluster: &'a str,
+    owner: &'a str,
+    profile: &'a str,
+    instance_hours: f64,
+    /// The same as `cost_dollars` (kept for scripts of earlier versions).
+    estimated_cost: f64,
+    cost_dollars: f64,
+    open: bool,
+    estimated: bool,
+}
+
+impl<'a> From<&'a UsageRow> for UsageJson<'a> {
+    fn from(r: &'a UsageRow) -> Self {
+        Self {
+            cluster: &r.cluster,
+            owner: &r.owner,
+            profile: &r.profile,
+            instance_hours: hours(r.millis),
+            estimated_cost: micros_to_dollars(r.micros),
+            cost_dollars: micros_to_dollars(r.micros),
+            open: r.open,
+            estimated: r.estimated,
+        }
+    }
+}
+
+fn hours(ms: i64) -> f64 {
+    ms as f64 / 3_600_000.0
+}
 
 pub(super) async fn usage(
-    app: &App,
-    caller: &Caller,
+    client: &Client,
     json: bool,
     owner: Option<String>,
     everyone: bool,
 ) -> Result<ExitCode, Error> {
-    let answer = call(app, caller, Request::Usage { owner, everyone }).await?;
+    let answer = client.call(Request::Usage { owner, everyone }).await?;
+    let rows = expect!(answer, Response::Usage);
+    let printer = client.printer();
     if json {
-        app.printer.json(&answer)?;
+        printer.json(&rows.iter().map(UsageJson::from).collect::<Vec<_>>())?;
         return Ok(ExitCode::SUCCESS);
     }
-    let rows: Vec<UsageLine> = serde_json::from_value(answer)
-        .map_err(|e| Error::runtime(format!("the runner's answer is not usage: {e}")))?;
     let mut t = Table::new(&["CLUSTER", "PROFILE", "HOURS", "COST", "OPEN"]);
-    let (mut hours, mut micros) = (0.0, 0);
+    let (mut millis, mut micros) = (0, 0);
     for r in &rows {
-        let cost = crate::config::prices::dollars_to_micros(r.cost_dollars).unwrap_or(0);
-        hours += r.instance_hours;
-        micros += cost;
+        millis += r.millis;
+        micros += r.micros;
         t.row(vec![
             r.cluster.clone(),
             r.profile.clone(),
-            format!("{:.2}", r.instance_hours),
+            format!("{:.2}", hours(r.millis)),
             format!(
                 "{}{}",
-                dollars_text(cost),
+                dollars_text(r.micros),
                 if r.estimated { " (estimated)" } else { "" }
             ),
             if r.open { "yes".into() } else { "no".into() },
@@ -47,40 +82,28 @@ pub(super) async fn usage(
     t.row(vec![
         "total".into(),
         String::new(),
-        format!("{hours:.2}"),
+        format!("{:.2}", hours(millis)),
         dollars_text(micros),
         String::new(),
     ]);
-    app.printer.out(t.render())?;
+    printer.out(t.render())?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// A row of `usage --json`, as read back.
-#[derive(serde::Deserialize)]
-struct UsageLine {
-    cluster: String,
-    profile: String,
-    instance_hours: f64,
-    cost_dollars: f64,
-    open: bool,
-    #[serde(default)]
-    estimated: bool,
-}
-
-pub(super) async fn quota(app: &App, caller: &Caller, json: bool) -> Result<ExitCode, Error> {
-    let answer = call(app, caller, Request::Quota).await?;
+pub(super) async fn quota(client: &Client, json: bool) -> Result<ExitCode, Error> {
+    let answer = client.call(Request::Quota).await?;
+    let r = expect!(answer, Response::Quota);
+    let printer = client.printer();
     if json {
-        app.printer.json(&answer)?;
+        printer.json(&r)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let r: QuotaReport = serde_json::from_value(answer)
-        .map_err(|e| Error::runtime(format!("the runner's answer is not a quota: {e}")))?;
     let num = |v: Option<f64>| {
         v.map(|x| format!("{x}"))
             .unwrap_or_else(|| "no limit".into())
     };
     let money = |v: Option<f64>| {
-        v.and_then(crate::config::prices::dollars_to_micros)
+        v.and_then(crate::core::money::dollars_to_micros)
             .map(dollars_text)
             .unwrap_or_else(|| "no limit".into())
     };
@@ -115,20 +138,25 @@ pub(super) async fn quota(app: &App, caller: &Caller, json: bool) -> Result<Exit
         String::new(),
         String::new(),
     ]);
-    app.printer.out(format!("quota of {}", r.user))?;
-    app.printer.out(t.render())?;
+    printer.out(format!("quota of {}", r.user))?;
+    printer.out(t.render())?;
     if let Some(p) = &r.limits.profiles {
-        app.printer.out(format!("profiles: {}", p.join(", ")))?;
+        printer.out(format!("profiles: {}", p.join(", ")))?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-pub(super) fn profiles(app: &App, action: Option<ProfilesAction>) -> Result<ExitCode, Error> {
+pub(super) fn profiles(
+    settings: &Settings,
+    printer: &Printer,
+    action: Option<ProfilesAction>,
+) -> Result<ExitCode, Error> {
+    let profiles = ProfileSet::load(settings.config.profiles_dir.as_deref())?;
     match action {
         None => {
             let mut t = Table::new(&["PROFILE", "DESCRIPTION", "SOURCE"]);
-            let default = app.default_profile();
-            for s in app.profiles.summaries() {
+            let default = settings.default_profile();
+            for s in profiles.summaries() {
                 let name = if s.name == default {
                     format!("{} (default)", s.name)
                 } else {
@@ -136,10 +164,10 @@ pub(super) fn profiles(app: &App, action: Option<ProfilesAction>) -> Result<Exit
                 };
                 t.row(vec![name, s.description, s.source]);
             }
-            app.printer.out(t.render())?;
+            printer.out(t.render())?;
         }
         Some(ProfilesAction::Show { name }) => {
-            let profile = app.profiles.resolve(&name)?;
+            let profile = profiles.resolve(&name)?;
             let mut value =
                 serde_json::to_value(&profile).map_err(|e| Error::runtime(e.to_string()))?;
             if let Some(obj) = value.as_object_mut() {
@@ -148,7 +176,7 @@ pub(super) fn profiles(app: &App, action: Option<ProfilesAction>) -> Result<Exit
             strip_nulls(&mut value);
             let text = toml::to_string_pretty(&value).map_err(|e| Error::runtime(e.to_string()))?;
             let templates: Vec<&String> = profile.templates.keys().collect();
-            app.printer.out(format!(
+            printer.out(format!(
                 "# profile {} (resolved)\n# templates: {}\n{}{text}",
                 profile.name,
                 templates
@@ -156,7 +184,7 @@ pub(super) fn profiles(app: &App, action: Option<ProfilesAction>) -> Result<Exit
                     .map(|s| s.as_str())
                     .collect::<Vec<_>>()
                     .join(", "),
-                local_overrides(app, &profile)
+                local_overrides(settings, &profile)
             ))?;
         }
     }
@@ -167,14 +195,14 @@ pub(super) fn profiles(app: &App, action: Option<ProfilesAction>) -> Result<Exit
 /// a profile that does not run there): its nodes listen on the site's `[local] ssh_port`, each
 /// on its own loopback address, and a session runs as the user who launched the cluster, the
 /// profile's `ssh_user` being only the login name a node accepts.
-fn local_overrides(app: &App, profile: &crate::config::profile::Profile) -> String {
+fn local_overrides(settings: &Settings, profile: &crate::config::profile::Profile) -> String {
     if !profile.supports(crate::core::model::ProviderKind::Local) {
         return String::new();
     }
     format!(
         "# on the local provider: ssh_port is [local] ssh_port ({}), on each node's own loopback address;\n\
          #   ssh_user ({:?}) is only the login name a node accepts: logins and commands run as you\n",
-        app.config.local.ssh_port, profile.ssh_user
+        settings.config.local.ssh_port, profile.ssh_user
     )
 }
 

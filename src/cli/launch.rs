@@ -1,67 +1,67 @@
 //! The commands that create and end clusters: launch-cluster, launch-master, launch-slaves,
-//! terminate-cluster (through the runner: the setuid wrapper's in a multi-user install, the same
-//! code in this process otherwise), delete-cluster and reconcile (the caller's own state).
+//! terminate-cluster, delete-cluster and reconcile.
 
 use std::io::{BufRead, IsTerminal};
 use std::process::ExitCode;
 
-use super::client::{self, call};
-use super::{find_cluster, invocation};
+use super::Hint;
+use super::client::Client;
 use crate::cli::LaunchOptions;
-use crate::cluster::reconcile;
 use crate::core::error::Error;
-use crate::core::model::{ClusterName, Owner};
-use crate::service::app::App;
-use crate::service::caller::Caller;
-use crate::service::protocol::{ClusterView, Launched, Request};
+use crate::core::model::{ClusterName, Role};
+use crate::service::protocol::{Request, Response};
+
+/// The answer `request` must have: anything else is the service's mistake.
+macro_rules! expect_answer {
+    ($answer:expr, $variant:path) => {
+        match $answer {
+            $variant(x) => x,
+            other => {
+                return Err(Error::runtime(format!(
+                    "the service answered {other:?} to a request of another kind"
+                )));
+            }
+        }
+    };
+}
+pub(crate) use expect_answer as expect;
 
 pub(super) async fn launch_cmd(
-    app: &App,
-    caller: &Caller,
+    client: &Client,
+    hint: &Hint,
     name: &str,
     workers: u32,
     opts: &LaunchOptions,
 ) -> Result<ExitCode, Error> {
     // Checked here too, so a typo is reported before the wrapper is even started.
     ClusterName::parse(name)?;
-    let env = super::parse_env(&opts.env)?;
-    let answer = call(
-        app,
-        caller,
-        Request::Launch {
+    let env = crate::core::input::parse_env(&opts.env)?;
+    let answer = client
+        .call(Request::Launch {
             name: name.to_owned(),
             workers,
             profile: opts.profile.clone(),
             env,
             configure: !opts.no_configure,
-        },
-    )
-    .await?;
-    let launched: Launched = serde_json::from_value(answer)
-        .map_err(|e| Error::runtime(format!("the runner's answer is not a launch: {e}")))?;
-    if client::multi_user(app) {
-        client::keep_key(app, &launched.cluster, &launched.private_key)?;
-    }
+        })
+        .await?;
+    let launched = expect!(answer, Response::Launched);
+    client.keep(&launched)?;
     let c = &launched.cluster;
     let workers = c
         .nodes
         .iter()
-        .filter(|n| n.role == crate::core::model::Role::Worker && !n.state.is_gone())
+        .filter(|n| n.role == Role::Worker && !n.state.is_gone())
         .count();
-    app.printer.out(format!(
-        "cluster {} is up: 1 master + {workers} workers (profile {}, {} provider)\nlog in with: {} login {}",
-        c.name,
-        c.profile,
-        c.provider,
-        invocation(),
-        c.name
+    client.printer().out(format!(
+        "cluster {} is up: 1 master + {workers} workers (profile {}, {} provider)\nlog in with: {hint} login {}",
+        c.name, c.profile, c.provider, c.name
     ))?;
     Ok(ExitCode::SUCCESS)
 }
 
 pub(super) async fn launch_slaves(
-    app: &App,
-    caller: &Caller,
+    client: &Client,
     name: &str,
     count: u32,
     owner: Option<String>,
@@ -70,128 +70,90 @@ pub(super) async fn launch_slaves(
     if count == 0 {
         return Err(Error::invalid("launch-slaves needs a count of at least 1"));
     }
-    let answer = call(
-        app,
-        caller,
-        Request::LaunchSlaves {
+    let answer = client
+        .call(Request::LaunchSlaves {
             name: name.to_owned(),
             count,
             owner,
-        },
-    )
-    .await?;
-    let added: Vec<String> = answer["added"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
         })
-        .unwrap_or_default();
-    if client::multi_user(app)
-        && let Ok(view) = serde_json::from_value::<ClusterView>(answer["cluster"].clone())
-    {
-        client::keys_of(app, &view).write_known_hosts(&view.nodes)?;
-    }
-    app.printer
-        .out(format!("added {} to {name}", added.join(", ")))?;
+        .await?;
+    let added = expect!(answer, Response::WorkersAdded);
+    client.keep_host_keys(&added.cluster)?;
+    client
+        .printer()
+        .out(format!("added {} to {name}", added.added.join(", ")))?;
     Ok(ExitCode::SUCCESS)
 }
 
 pub(super) async fn terminate_cmd(
-    app: &App,
-    caller: &Caller,
+    client: &Client,
     name: &str,
     yes: bool,
     owner: Option<String>,
 ) -> Result<ExitCode, Error> {
     ClusterName::parse(name)?;
-    if !yes {
-        if !std::io::stdin().is_terminal() {
-            return Err(Error::invalid(format!(
-                "refusing to terminate {name} without confirmation: pass --yes"
-            )));
-        }
-        let question = format!("Terminate cluster {name}? [y/N] ");
-        app.printer.suspend(|| {
-            use std::io::Write;
-            let mut e = std::io::stderr().lock();
-            let _ = write!(e, "{question}");
-            let _ = e.flush();
-        });
-        let mut answer = String::new();
-        std::io::stdin().lock().read_line(&mut answer)?;
-        if !matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
-            app.printer.status("not terminated");
-            return Ok(ExitCode::from(crate::core::error::exit::BAD_INPUT));
-        }
+    if !yes && !confirmed(client, &format!("Terminate cluster {name}? [y/N] "), name)? {
+        client.printer().status("not terminated");
+        return Ok(ExitCode::from(crate::core::error::exit::BAD_INPUT));
     }
-    let answer = call(
-        app,
-        caller,
-        Request::Terminate {
+    let answer = client
+        .call(Request::Terminate {
             name: name.to_owned(),
             owner,
-        },
-    )
-    .await?;
-    app.printer.status(format!(
+        })
+        .await?;
+    let t = expect!(answer, Response::Terminated);
+    client.printer().status(format!(
         "terminated cluster {name} ({} nodes)",
-        answer["terminated"].as_u64().unwrap_or(0)
+        t.terminated
     ));
     Ok(ExitCode::SUCCESS)
 }
 
-pub(super) async fn delete_cluster(
-    app: &App,
-    owner: &Owner,
-    name: &str,
-) -> Result<ExitCode, Error> {
-    if client::multi_user(app) {
-        return Err(Error::invalid(
-            "in a multi-user install, delete-cluster is the instructor's (as the service account) or reconcile's job",
-        ));
+/// Asks `question` on the terminal; off a terminal, refuses (scripts pass `--yes`).
+fn confirmed(client: &Client, question: &str, name: &str) -> Result<bool, Error> {
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::invalid(format!(
+            "refusing to terminate {name} without confirmation: pass --yes"
+        )));
     }
-    let cluster = find_cluster(app, owner, name)?;
-    let provider = app.provider(cluster.provider).await?;
-    let deleted = reconcile::delete_cluster(app.ctx(), provider.as_ref(), &cluster).await?;
-    app.printer.status(format!(
+    client.printer().suspend(|| {
+        use std::io::Write;
+        let mut e = std::io::stderr().lock();
+        let _ = write!(e, "{question}");
+        let _ = e.flush();
+    });
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
+}
+
+pub(super) async fn delete_cluster(client: &Client, name: &str) -> Result<ExitCode, Error> {
+    let answer = client
+        .call(Request::Delete {
+            name: name.to_owned(),
+        })
+        .await?;
+    let d = expect!(answer, Response::Deleted);
+    client.printer().status(format!(
         "deleted cluster {} ({} instances terminated); its usage stays in `stratus usage`",
-        cluster.name,
-        deleted.instances.len()
+        d.cluster,
+        d.instances.len()
     ));
     Ok(ExitCode::SUCCESS)
 }
 
-/// Reconciles the caller's clusters on every provider they use, and on the site's.
 pub(super) async fn reconcile_cmd(
-    app: &App,
-    owner: &Owner,
+    client: &Client,
     dry_run: bool,
     json: bool,
 ) -> Result<ExitCode, Error> {
-    let mut kinds = vec![app.config.provider];
-    for c in app.store.list_clusters(Some(owner))? {
-        if !kinds.contains(&c.provider) {
-            kinds.push(c.provider);
-        }
-    }
-    let mut actions = Vec::new();
-    for kind in kinds {
-        let provider = app.provider(kind).await?;
-        let done = reconcile::reconcile(
-            app.ctx(),
-            provider.as_ref(),
-            Some(owner),
-            &reconcile::Options::new(dry_run),
-        )
-        .await?;
-        actions.extend(done);
-    }
+    let answer = client.call(Request::Reconcile { dry_run }).await?;
+    let actions = expect!(answer, Response::Reconciled);
     if json {
-        app.printer.json(&actions)?;
+        client.printer().json(&actions)?;
     } else if actions.is_empty() {
-        app.printer.status("nothing to reconcile");
+        client.printer().status("nothing to reconcile");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -8,33 +8,7 @@ use std::time::Duration;
 
 use crate::core::error::Error;
 
-/// Why a launch was interrupted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Signal {
-    Interrupt,
-    Terminate,
-    Hangup,
-}
-
-impl Signal {
-    pub fn describe(self) -> &'static str {
-        match self {
-            Signal::Interrupt => "interrupted",
-            Signal::Terminate => "terminated by a signal",
-            Signal::Hangup => "stopped: the terminal hung up",
-        }
-    }
-
-    /// The shell's exit status for death by this signal: 128 + its number.
-    pub fn exit_code(self) -> u8 {
-        let n = match self {
-            Signal::Interrupt => libc::SIGINT,
-            Signal::Terminate => libc::SIGTERM,
-            Signal::Hangup => libc::SIGHUP,
-        };
-        (128 + n) as u8
-    }
-}
+pub use crate::core::error::Signal;
 
 #[derive(Clone)]
 pub struct Interrupt {

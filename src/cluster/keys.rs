@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use russh::keys::PrivateKey;
 
-use crate::cluster::provider::local::{write_atomic, write_private};
 use crate::cluster::ssh;
 use crate::core::error::Error;
+use crate::core::files::{write_atomic, write_private};
 use crate::store::{ClusterRow, NodeRow};
 
 #[derive(Debug, Clone)]
@@ -40,7 +40,7 @@ impl ClusterKeys {
 
     /// Writes the key pair; the private half is written with mode 0600 before any byte of it.
     pub fn create(&self, key: &PrivateKey) -> Result<(), Error> {
-        crate::store::create_private_dir(&self.dir)?;
+        crate::core::files::create_private_dir(&self.dir)?;
         let private = ssh::private_key_openssh(key)?;
         write_private(&self.private_key(), private.as_bytes())?;
         let public = ssh::public_key_openssh(key.public_key());
@@ -80,7 +80,7 @@ impl ClusterKeys {
                 text.push_str(&format!("{host} {}\n", key.trim()));
             }
         }
-        crate::store::create_private_dir(&self.dir)?;
+        crate::core::files::create_private_dir(&self.dir)?;
         write_private(&self.known_hosts(), text.as_bytes())?;
         Ok(())
     }

@@ -13,7 +13,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use crate::cluster::Ctx;
 use crate::cluster::configure::{Step, configure};
 use crate::cluster::interrupt::Interrupt;
 use crate::cluster::keys::ClusterKeys;
@@ -22,12 +21,12 @@ use crate::cluster::meta::{Meta, Want, access, cluster_ref, node_row, target};
 use crate::cluster::provider::{Instance, InstanceState, Provider, SshAccess};
 use crate::cluster::ssh::{self, Client};
 use crate::cluster::terminate::{adopt, live_nodes, request_selector, rollback, terminate_ids};
+use crate::cluster::{Admit, Ctx};
 use crate::config::profile::Profile;
 use crate::core::error::{Error, InputError};
 use crate::core::model::{
     ClusterName, ClusterState, Millis, Owner, ProviderKind, RequestId, Role, now_millis,
 };
-use crate::service::quota::Admission;
 use crate::store::{
     BatchRow, ClusterRecord, ClusterRow, Created, NewCluster, NodeRow, Observation, Recorded,
 };
@@ -128,7 +127,7 @@ pub async fn launch<P: Provider>(
     owner: &Owner,
     request: &RequestId,
     req: LaunchRequest,
-    admission: &Admission<'_>,
+    admission: &dyn Admit,
 ) -> Result<ClusterRow, Error> {
     validate_request(&req.profile, provider.kind(), req.workers, 0)?;
     let interrupt = Interrupt::listen()?;
@@ -256,10 +255,7 @@ pub async fn launch<P: Provider>(
         Ok(()) => Ok(ctx.store.cluster_by_id(cluster.id)?.unwrap_or(cluster)),
         Err(e) => {
             let reason = crate::core::error::one_line(&e);
-            let interrupted = match &e {
-                Error::Interrupted { signal, .. } => Some(*signal),
-                _ => None,
-            };
+            let interrupted = e.signal();
             ctx.printer.warn(match interrupted {
                 Some(_) => format!("{reason}; terminating everything it launched"),
                 None => format!(
@@ -289,10 +285,7 @@ pub async fn launch<P: Provider>(
                 ),
             };
             Err(match interrupted {
-                Some(signal) => Error::Interrupted {
-                    signal,
-                    message: format!("{reason}; {done}"),
-                },
+                Some(signal) => Error::interrupted_with(signal, format!("{reason}; {done}")),
                 None => {
                     ctx.printer.status(format!("{}: {done}", cluster.name));
                     e
@@ -312,7 +305,7 @@ pub async fn add_workers<P: Provider>(
     cluster: &ClusterRow,
     count: u32,
     request: &RequestId,
-    admission: &Admission<'_>,
+    admission: &dyn Admit,
 ) -> Result<Vec<NodeRow>, Error> {
     let profile = &cluster.record.profile;
     // One launch-slaves at a time per cluster: the next indices and max_workers are read here.

@@ -31,7 +31,7 @@ pub fn open_lock_file(path: &Path) -> Result<std::fs::File, Error> {
 /// Takes the lock file at `path`, without waiting: `None` if another process holds it.
 fn take(path: &Path) -> Result<Option<std::fs::File>, Error> {
     if let Some(dir) = path.parent() {
-        crate::store::create_private_dir(dir)?;
+        crate::core::files::create_private_dir(dir)?;
     }
     let file = open_lock_file(path)?;
     Ok(crate::sys::try_lock_file(&file)?.then_some(file))

@@ -27,12 +27,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::config::SshConfig;
+use crate::core::error::Error;
 pub use crate::core::model::{
     ClusterName, Owner, RequestId, Role, StoreId, TAG_CLUSTER, TAG_OWNER, TAG_PROFILE, TAG_REQUEST,
     TAG_ROLE, TAG_STORE, Tags, node_name, shell_quote,
 };
 use crate::core::printer::Printer;
-use crate::store::Store;
+use crate::store::{ClusterRow, NewCluster, Store, StoreError};
 
 /// What the lifecycle runs with, besides each call's own inputs.
 #[derive(Clone, Copy)]
@@ -53,5 +54,47 @@ pub struct Ctx<'a> {
 impl Ctx<'_> {
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.ssh.connect_timeout_secs.max(1))
+    }
+}
+
+/// The quota check a launch runs through, before it creates anything. The policy lives above
+/// the lifecycle (the service passes its admission in), so the lifecycle only knows this.
+pub trait Admit: Sync {
+    /// Checks a new cluster and reserves what it takes, inside the transaction that records it
+    /// (`cluster_id` is its uncommitted row). The inner error is a refusal: the row is dropped.
+    fn admit_launch(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        cluster_id: i64,
+        new: &NewCluster<'_>,
+        workers: u32,
+    ) -> Result<Result<(), Error>, StoreError>;
+
+    /// Checks `count` more workers for a live cluster and reserves them, in one transaction.
+    fn admit_growth(
+        &self,
+        store: &Store,
+        cluster: &ClusterRow,
+        request: &RequestId,
+        count: u32,
+    ) -> Result<(), Error>;
+}
+
+/// No policy: nothing is limited, nothing reserved (a single-user install without a policy).
+pub struct Unlimited;
+
+impl Admit for Unlimited {
+    fn admit_launch(
+        &self,
+        _: &rusqlite::Transaction<'_>,
+        _: i64,
+        _: &NewCluster<'_>,
+        _: u32,
+    ) -> Result<Result<(), Error>, StoreError> {
+        Ok(Ok(()))
+    }
+
+    fn admit_growth(&self, _: &Store, _: &ClusterRow, _: &RequestId, _: u32) -> Result<(), Error> {
+        Ok(())
     }
 }

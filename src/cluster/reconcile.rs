@@ -69,12 +69,12 @@ impl Options {
 }
 
 /// One thing reconcile did (or, with `dry_run`, would do).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Action {
     pub cluster: String,
     /// `roll-back`, `finish-terminate`, `finish-rollback`, `record-strays`, `reopen`,
     /// `orphans`, `release`, `foreign`, `tidy`.
-    pub action: &'static str,
+    pub action: String,
     /// What it is, said in the mood of the run ("would terminate …" in a dry run).
     pub what: String,
     /// The instances concerned.
@@ -116,7 +116,7 @@ impl Step {
         match self {
             Step::RollBack(c, why, live) => Action {
                 cluster: c.name.to_string(),
-                action: "roll-back",
+                action: "roll-back".into(),
                 what: format!(
                     "{} ({why})",
                     would(
@@ -128,7 +128,7 @@ impl Step {
             },
             Step::FinishTerminate(c, live) => Action {
                 cluster: c.name.to_string(),
-                action: "finish-terminate",
+                action: "finish-terminate".into(),
                 what: would(
                     "finish an interrupted terminate",
                     "finished an interrupted terminate",
@@ -137,7 +137,7 @@ impl Step {
             },
             Step::FinishRollback(c, live) => Action {
                 cluster: c.name.to_string(),
-                action: "finish-rollback",
+                action: "finish-rollback".into(),
                 what: would(
                     "finish rolling back a failed launch",
                     "finished rolling back a failed launch",
@@ -151,7 +151,7 @@ impl Step {
                 settle,
             } => Action {
                 cluster: cluster.name.to_string(),
-                action: "record-strays",
+                action: "record-strays".into(),
                 what: if found.is_empty() {
                     would(
                         &format!(
@@ -179,7 +179,7 @@ impl Step {
             },
             Step::Reopen(c, found) => Action {
                 cluster: c.name.to_string(),
-                action: "reopen",
+                action: "reopen".into(),
                 what: would(
                     &format!(
                         "terminate {} instance(s) recorded as ended that still run, counting their hours until they end",
@@ -194,7 +194,7 @@ impl Step {
             },
             Step::Orphans(name, found) => Action {
                 cluster: name.to_string(),
-                action: "orphans",
+                action: "orphans".into(),
                 what: would(
                     &format!(
                         "record and terminate {} instance(s) no record knows",
@@ -209,7 +209,7 @@ impl Step {
             },
             Step::Release(c) => Action {
                 cluster: c.name.to_string(),
-                action: "release",
+                action: "release".into(),
                 what: would(
                     "release the resources of a cluster that is gone",
                     "released the resources of a cluster that is gone",
@@ -218,7 +218,7 @@ impl Step {
             },
             Step::Foreign(owner, name, store, instances, resources) => Action {
                 cluster: name.to_string(),
-                action: "foreign",
+                action: "foreign".into(),
                 what: format!(
                     "left alone: {} instance(s) and {resources} other resource(s) of {owner}'s cluster {name} in another state directory (store {store})",
                     instances.len()
@@ -227,7 +227,7 @@ impl Step {
             },
             Step::Tidy(dirs) => Action {
                 cluster: String::new(),
-                action: "tidy",
+                action: "tidy".into(),
                 what: would(
                     &format!("remove {} half-made node directorie(s)", dirs.len()),
                     &format!("removed {} half-made node directorie(s)", dirs.len()),

@@ -482,6 +482,12 @@ where
     out.into_iter().flatten().collect()
 }
 
+impl From<SshError> for crate::core::error::Error {
+    fn from(e: SshError) -> Self {
+        crate::core::error::Error::wrap(crate::core::error::Kind::Failed, e)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

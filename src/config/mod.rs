@@ -250,8 +250,7 @@ impl SiteConfig {
                 ("ui_cidrs", &ec2.ui_cidrs),
             ] {
                 for cidr in cidrs {
-                    crate::cluster::provider::parse_cidr(cidr)
-                        .map_err(|m| invalid(format!("[ec2] {key}: {m}")))?;
+                    parse_cidr(cidr).map_err(|m| invalid(format!("[ec2] {key}: {m}")))?;
                     if cidr.ends_with("/0") && !ec2.allow_world {
                         return Err(invalid(format!(
                             "[ec2] {key} contains {cidr}, which opens the cluster to the whole internet; set allow_world = true if that is really meant"
@@ -344,6 +343,32 @@ pub fn state_dir(
         return Ok(h.join(".local/share/stratus"));
     }
     Err(ConfigError::NoStateDir)
+}
+
+/// Checks an IPv4 CIDR block such as `203.0.113.0/24`: a network address (no host bits set)
+/// and a prefix length.
+pub fn parse_cidr(s: &str) -> Result<ipnet::Ipv4Net, String> {
+    let (addr, len) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?} is not a CIDR block like 203.0.113.0/24"))?;
+    let addr: std::net::Ipv4Addr = addr
+        .parse()
+        .map_err(|_| format!("{s:?}: {addr:?} is not an IPv4 address"))?;
+    let net = len
+        .parse::<u8>()
+        .ok()
+        .and_then(|l| ipnet::Ipv4Net::new(addr, l).ok())
+        .ok_or_else(|| format!("{s:?}: prefix length must be 0 to 32"))?;
+    if net.trunc() != net {
+        return Err(format!("{s:?} has host bits set"));
+    }
+    Ok(net)
+}
+
+impl From<ConfigError> for crate::core::error::Error {
+    fn from(e: ConfigError) -> Self {
+        crate::core::error::Error::wrap(crate::core::error::Kind::BadInput, e)
+    }
 }
 
 #[cfg(test)]

@@ -7,8 +7,7 @@
 use crate::config::SiteConfig;
 use crate::core::model::Millis;
 
-/// Millionths of a dollar.
-pub type Micros = i64;
+pub use crate::core::money::{Micros, dollars_to_micros};
 
 /// Spot capacity is estimated at this fraction of the on-demand price (per mille).
 pub const SPOT_PER_MILLE: i64 = 700;
@@ -33,12 +32,6 @@ const BUILTIN: &[(&str, Micros)] = &[
     ("r5.large", 126_000),
     ("r5.xlarge", 252_000),
 ];
-
-/// Dollars per hour as micro-dollars (a price from a file: rounded to the micro-dollar once).
-pub fn dollars_to_micros(dollars: f64) -> Option<Micros> {
-    (dollars.is_finite() && (0.0..1e9).contains(&dollars))
-        .then(|| (dollars * 1_000_000.0).round() as Micros)
-}
 
 /// Micro-dollars per hour for an instance type; local nodes cost nothing; `None` if unknown.
 pub fn per_hour(config: &SiteConfig, instance_type: &str, spot: bool) -> Option<Micros> {

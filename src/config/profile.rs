@@ -505,10 +505,10 @@ impl Profile {
         self.providers.is_empty() || self.providers.contains(&provider)
     }
 
-    pub fn role(&self, role: crate::cluster::Role) -> &RoleSettings {
+    pub fn role(&self, role: crate::core::model::Role) -> &RoleSettings {
         match role {
-            crate::cluster::Role::Master => &self.master,
-            crate::cluster::Role::Worker => &self.worker,
+            crate::core::model::Role::Master => &self.master,
+            crate::core::model::Role::Worker => &self.worker,
         }
     }
 
@@ -564,6 +564,12 @@ pub fn parse_mode(s: &str) -> Result<u32, String> {
         return Err(format!("mode {s:?} is out of range"));
     }
     Ok(m)
+}
+
+impl From<ProfileError> for crate::core::error::Error {
+    fn from(e: ProfileError) -> Self {
+        crate::core::error::Error::wrap(crate::core::error::Kind::BadInput, e)
+    }
 }
 
 #[cfg(test)]

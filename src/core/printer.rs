@@ -18,7 +18,8 @@ pub struct Printer {
     quiet: bool,
     bars: bool,
     multi: MultiProgress,
-    /// The runner's mode: everything goes to stdout as JSON lines (`quota::protocol::Line`),
+    /// The runner's mode: everything goes to stdout as JSON lines (`Event`, then the service's
+    /// result or error),
     /// and the bars, hidden, are reported by `tick`.
     lines: Option<std::sync::Mutex<Lines>>,
 }
@@ -26,7 +27,28 @@ pub struct Printer {
 #[derive(Debug, Default)]
 struct Lines {
     bars: Vec<ProgressBar>,
-    last: Vec<crate::service::protocol::Bar>,
+    last: Vec<Bar>,
+}
+
+/// What the printer of a runner reports as it goes, one JSON line each (the service's protocol
+/// adds its result and error lines to these).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Event {
+    /// The progress bars in flight, each as the runner sees it now.
+    Progress(Vec<Bar>),
+    Status(String),
+    Warning(String),
+}
+
+/// A progress bar as the runner sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Bar {
+    pub message: String,
+    pub position: u64,
+    pub length: u64,
+    /// The bar is done (the CLI clears it).
+    pub done: bool,
 }
 
 impl Printer {
@@ -57,8 +79,8 @@ impl Printer {
         }
     }
 
-    /// Writes one protocol line (runner mode).
-    pub fn line(&self, line: &crate::service::protocol::Line) -> io::Result<()> {
+    /// Writes one JSON line to stdout (runner mode).
+    pub fn line<T: Serialize + ?Sized>(&self, line: &T) -> io::Result<()> {
         let text = serde_json::to_string(line).map_err(io::Error::other)?;
         let mut out = io::stdout().lock();
         writeln!(out, "{text}")?;
@@ -71,10 +93,10 @@ impl Printer {
             return false;
         };
         let mut l = lines.lock().unwrap_or_else(|p| p.into_inner());
-        let now: Vec<crate::service::protocol::Bar> = l
+        let now: Vec<Bar> = l
             .bars
             .iter()
-            .map(|b| crate::service::protocol::Bar {
+            .map(|b| Bar {
                 message: b.message(),
                 position: b.position(),
                 length: b.length().unwrap_or(0),
@@ -87,8 +109,7 @@ impl Printer {
         }
         l.last = now.iter().filter(|b| !b.done).cloned().collect();
         drop(l);
-        self.line(&crate::service::protocol::Line::Progress(now))
-            .is_ok()
+        self.line(&Event::Progress(now)).is_ok()
     }
 
     fn track(&self, pb: ProgressBar) -> ProgressBar {
@@ -156,7 +177,7 @@ impl Printer {
     /// A line of progress or advice on stderr; hidden by `--quiet` and `--json`.
     pub fn status(&self, msg: impl Display) {
         if self.lines.is_some() {
-            let _ = self.line(&crate::service::protocol::Line::Status(msg.to_string()));
+            let _ = self.line(&Event::Status(msg.to_string()));
             return;
         }
         if self.quiet || self.json {
@@ -167,7 +188,7 @@ impl Printer {
 
     pub fn warn(&self, msg: impl Display) {
         if self.lines.is_some() {
-            let _ = self.line(&crate::service::protocol::Line::Warning(msg.to_string()));
+            let _ = self.line(&Event::Warning(msg.to_string()));
             return;
         }
         self.stderr_line(&format!("warning: {msg}"));

@@ -33,8 +33,9 @@ use serde::{Deserialize, Serialize};
 use crate::core::model::Millis;
 
 /// Thousandths of a cost unit.
-pub type MilliUnits = u64;
-pub use crate::config::prices::Micros;
+pub use crate::core::money::{Micros, MilliUnits};
+
+pub mod admission;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -157,25 +158,6 @@ pub struct Policy {
     default: Limits,
     groups: BTreeMap<String, Limits>,
     users: BTreeMap<String, Limits>,
-}
-
-/// Formats thousandths of a unit for people: `4`, `0.2`, `1.125`.
-pub fn units_text(m: MilliUnits) -> String {
-    let whole = m / 1000;
-    let frac = m % 1000;
-    if frac == 0 {
-        whole.to_string()
-    } else {
-        format!("{whole}.{frac:03}")
-            .trim_end_matches('0')
-            .to_owned()
-    }
-}
-
-/// Formats micro-dollars as dollars and cents, rounded to the cent for people.
-pub fn dollars_text(m: Micros) -> String {
-    let cents = (m + if m >= 0 { 5_000 } else { -5_000 }) / 10_000;
-    format!("${}.{:02}", cents / 100, (cents % 100).abs())
 }
 
 impl Policy {
@@ -348,6 +330,7 @@ grace_minutes = 30               # between the reaper's warning and the terminat
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::money::{dollars_text, units_text};
 
     const CONTRACT: &str = r#"
 instructors = ["alice"]

@@ -33,12 +33,3 @@ impl Caller {
         Ok(Self { uid, owner, groups })
     }
 }
-
-/// The groups of a user, from the group database (none if the user is not known here).
-pub fn groups_of(owner: &Owner) -> Vec<String> {
-    crate::sys::passwd_by_name(owner.as_str())
-        .ok()
-        .flatten()
-        .and_then(|p| crate::sys::group_names(&p.name, p.gid).ok())
-        .unwrap_or_default()
-}

@@ -1,21 +1,35 @@
-//! What the CLI and the runner say to each other through the setuid wrapper: one request on the
-//! runner's stdin (JSON, at most `MAX_REQUEST` bytes), then JSON lines on its stdout: progress,
-//! status lines and warnings as they come, and one final result or error.
+//! What a client and the service say to each other: one `Request`, then lines of progress,
+//! status and warnings as they come, and one final `Response` or error. In a single-user install
+//! the request is served in the client's own process and nothing is encoded; through the setuid
+//! wrapper the request is JSON on the runner's stdin (at most `MAX_REQUEST` bytes) and the lines
+//! are JSON lines on its stdout.
 //!
 //! The request carries no identity: the runner learns who called from its real uid. Every field
-//! is checked again by the runner as untrusted input (`deny_unknown_fields`, names parsed, a
+//! is checked again by the service as untrusted input (`deny_unknown_fields`, names parsed, a
 //! profile only by name).
+//!
+//! A response is typed end to end. On the wire it is the bare answer (`{"result": ANSWER}`, as
+//! `list --json` and scripts of earlier versions read it), and the client decodes it as the
+//! answer to the request it sent (`Response::decode`): the request says what the answer is.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::NodeRow;
+use crate::accounting::UsageRow;
+use crate::accounting::reaper::{Orphans, ReapAction};
+use crate::accounting::report::{By, Report};
+use crate::accounting::snapshot::SnapshotReport;
+use crate::cluster::reconcile::Action as ReconcileAction;
+use crate::core::error::{Error, Kind};
+use crate::core::printer::Event;
+use crate::service::admission::QuotaReport;
+use crate::store::{AuditRecord, NodeRow};
 
 /// The most a request may be: anything longer is refused unread.
 pub const MAX_REQUEST: usize = 1 << 20;
 
-/// What the caller asks the runner to do.
+/// What the caller asks the service to do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Request {
@@ -54,6 +68,15 @@ pub enum Request {
     Key {
         name: String,
     },
+    /// The owner's live cluster, its nodes refreshed and every host key pinned (from the node's
+    /// console, or on first contact), with its key: what `login`, `exec`, `push` and `proxy`
+    /// connect with.
+    Reach {
+        name: String,
+        /// Every node, not only the master.
+        #[serde(default)]
+        all: bool,
+    },
     Usage {
         owner: Option<String>,
         #[serde(default)]
@@ -66,14 +89,40 @@ pub enum Request {
     },
     /// Instructors only: hours and cost by cluster, user, profile or day, in a window.
     Report {
-        by: crate::accounting::report::By,
+        by: By,
         since: Option<String>,
         until: Option<String>,
+    },
+    /// Removes an ended cluster from the list, with anything left of it at the provider.
+    Delete {
+        name: String,
+    },
+    /// Finishes or undoes what crashed commands left of the caller's clusters.
+    Reconcile {
+        #[serde(default)]
+        dry_run: bool,
+    },
+    /// Rewrites the master's workers file from the running workers.
+    UpdateWorkers {
+        name: String,
+    },
+    /// Records every instance's state and hours (cron).
+    Snapshot,
+    /// Warns, then terminates, clusters that break the policy (cron).
+    Reap {
+        #[serde(default)]
+        dry_run: bool,
+        #[serde(default = "report_orphans")]
+        orphans: Orphans,
     },
 }
 
 fn yes() -> bool {
     true
+}
+
+fn report_orphans() -> Orphans {
+    Orphans::Report
 }
 
 impl Request {
@@ -85,11 +134,33 @@ impl Request {
             Request::Terminate { .. } => "terminate",
             Request::List { .. } => "list",
             Request::Key { .. } => "key",
+            Request::Reach { .. } => "reach",
             Request::Usage { .. } => "usage",
             Request::Quota => "quota",
             Request::Audit { .. } => "audit",
             Request::Report { .. } => "report",
+            Request::Delete { .. } => "delete",
+            Request::Reconcile { .. } => "reconcile",
+            Request::UpdateWorkers { .. } => "update-workers",
+            Request::Snapshot => "snapshot",
+            Request::Reap { .. } => "reap",
         }
+    }
+
+    /// Whether serving it only reads (a read is not a decision: only refusals of reads are
+    /// audited).
+    pub fn is_read(&self) -> bool {
+        matches!(
+            self,
+            Request::List { .. }
+                | Request::Usage { .. }
+                | Request::Quota
+                | Request::Audit { .. }
+                | Request::Report { .. }
+                | Request::Reach { .. }
+                | Request::Reconcile { dry_run: true }
+                | Request::Reap { dry_run: true, .. }
+        )
     }
 
     /// The cluster the request is about, as given.
@@ -98,40 +169,17 @@ impl Request {
             Request::Launch { name, .. }
             | Request::LaunchSlaves { name, .. }
             | Request::Terminate { name, .. }
-            | Request::Key { name } => Some(name),
+            | Request::Key { name }
+            | Request::Reach { name, .. }
+            | Request::Delete { name }
+            | Request::UpdateWorkers { name } => Some(name),
             Request::List { name, .. } => name.as_deref(),
             _ => None,
         }
     }
 }
 
-/// One line the runner writes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Line {
-    /// The progress bars in flight, each as the runner sees it now.
-    Progress(Vec<Bar>),
-    Status(String),
-    Warning(String),
-    /// The answer; the last line.
-    Result(serde_json::Value),
-    /// The failure; the last line. `exit` is the exit code the CLI ends with.
-    Error {
-        message: String,
-        exit: u8,
-    },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Bar {
-    pub message: String,
-    pub position: u64,
-    pub length: u64,
-    /// The bar is done (the CLI clears it).
-    pub done: bool,
-}
-
-/// A cluster as the runner shows it to its owner or an instructor: what `list --json` shows,
+/// A cluster as the service shows it to its owner or an instructor: what `list --json` shows,
 /// plus what the CLI needs to reach the nodes itself (the SSH user, the pinned host keys).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClusterView {
@@ -150,12 +198,149 @@ pub struct ClusterView {
     pub nodes: Vec<NodeRow>,
 }
 
-/// What a launch answers: the cluster, and its key for its owner to keep (mode 0600, in the
-/// owner's own state directory): `login`, `exec`, `push` and `proxy` then run as the owner.
+/// A cluster and its key, for its owner to keep (mode 0600, in the owner's own state
+/// directory): `login`, `exec`, `push` and `proxy` then run as the owner.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Launched {
     pub cluster: ClusterView,
     pub private_key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkersAdded {
+    pub cluster: ClusterView,
+    /// The new nodes' names.
+    pub added: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Terminated {
+    pub cluster: String,
+    /// How many nodes were terminated.
+    pub terminated: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deleted {
+    pub cluster: String,
+    /// The instances still found, now terminated.
+    pub instances: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkersFile {
+    pub cluster: String,
+    /// How many workers the rewritten file lists.
+    pub workers: usize,
+}
+
+/// The accounting report, whole: the CLI renders it as a table, CSV or JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportAnswer {
+    pub report: Report,
+}
+
+/// The service's answer, typed: one variant per kind of request.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Response {
+    Launched(Launched),
+    WorkersAdded(WorkersAdded),
+    Terminated(Terminated),
+    Clusters(Vec<ClusterView>),
+    /// The cluster and its key (`Key` and `Reach`).
+    Key(Launched),
+    Usage(Vec<UsageRow>),
+    Quota(QuotaReport),
+    Audit(Vec<AuditRecord>),
+    Report(ReportAnswer),
+    Deleted(Deleted),
+    Reconciled(Vec<ReconcileAction>),
+    WorkersFile(WorkersFile),
+    Snapshot(SnapshotReport),
+    Reaped(Vec<ReapAction>),
+}
+
+impl Response {
+    /// Decodes the answer to `request` from its wire form.
+    pub fn decode(request: &Request, value: serde_json::Value) -> Result<Self, serde_json::Error> {
+        use serde_json::from_value as of;
+        Ok(match request {
+            Request::Launch { .. } => Response::Launched(of(value)?),
+            Request::LaunchSlaves { .. } => Response::WorkersAdded(of(value)?),
+            Request::Terminate { .. } => Response::Terminated(of(value)?),
+            Request::List { .. } => Response::Clusters(of(value)?),
+            Request::Key { .. } | Request::Reach { .. } => Response::Key(of(value)?),
+            Request::Usage { .. } => Response::Usage(of(value)?),
+            Request::Quota => Response::Quota(of(value)?),
+            Request::Audit { .. } => Response::Audit(of(value)?),
+            Request::Report { .. } => Response::Report(of(value)?),
+            Request::Delete { .. } => Response::Deleted(of(value)?),
+            Request::Reconcile { .. } => Response::Reconciled(of(value)?),
+            Request::UpdateWorkers { .. } => Response::WorkersFile(of(value)?),
+            Request::Snapshot => Response::Snapshot(of(value)?),
+            Request::Reap { .. } => Response::Reaped(of(value)?),
+        })
+    }
+
+    /// The instance ids the answer launched or terminated, for the audit trail.
+    pub fn instances(&self) -> Vec<String> {
+        let ids = |nodes: &[NodeRow]| nodes.iter().map(|n| n.instance_id.clone()).collect();
+        match self {
+            Response::Launched(l) => ids(&l.cluster.nodes),
+            Response::WorkersAdded(w) => {
+                let Ok(name) = crate::core::model::ClusterName::parse(&w.cluster.name) else {
+                    return Vec::new();
+                };
+                let added: Vec<&NodeRow> = w
+                    .cluster
+                    .nodes
+                    .iter()
+                    .filter(|n| {
+                        w.added
+                            .contains(&crate::core::model::node_name(&name, n.role, n.index))
+                    })
+                    .collect();
+                added.iter().map(|n| n.instance_id.clone()).collect()
+            }
+            Response::Deleted(d) => d.instances.clone(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// An error as it crosses the wire: its kind, its one-line message, and the exit code the
+/// client ends with (derived from the kind; kept for scripts that read the runner directly).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireError {
+    pub message: String,
+    pub kind: Kind,
+    pub exit: u8,
+}
+
+impl WireError {
+    pub fn of(e: &Error) -> Self {
+        Self {
+            message: crate::core::error::one_line(e),
+            kind: e.kind(),
+            exit: e.exit_code(),
+        }
+    }
+
+    pub fn into_error(self) -> Error {
+        Error::new(self.kind, self.message)
+    }
+}
+
+/// One line the runner writes: an event (progress, a status line, a warning) as it comes, then
+/// the result or the error, last. `R` is `Response` where it is written and the undecoded JSON
+/// where it is read (`Response::decode` finishes the job).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Line<R> {
+    Event(Event),
+    Result { result: R },
+    Error { error: WireError },
 }
 
 #[cfg(test)]
@@ -193,14 +378,43 @@ mod tests {
 
     #[test]
     fn lines_are_one_json_object_each() {
-        let l = Line::Error {
-            message: "no".into(),
-            exit: 2,
+        let l: Line<Response> = Line::Error {
+            error: WireError::of(&Error::refused("no")),
         };
         let text = serde_json::to_string(&l).unwrap();
-        assert_eq!(text, r#"{"error":{"message":"no","exit":2}}"#);
-        assert_eq!(serde_json::from_str::<Line>(&text).unwrap(), l);
-        let p = serde_json::to_string(&Line::Status("hi".into())).unwrap();
+        assert_eq!(
+            text,
+            r#"{"error":{"message":"no","kind":"refused","exit":2}}"#
+        );
+        let read: Line<serde_json::Value> = serde_json::from_str(&text).unwrap();
+        let Line::Error { error } = read else {
+            panic!("{read:?}")
+        };
+        assert_eq!(error.kind, Kind::Refused);
+        let p =
+            serde_json::to_string(&Line::<Response>::Event(Event::Status("hi".into()))).unwrap();
         assert_eq!(p, r#"{"status":"hi"}"#);
+        let t = Terminated {
+            cluster: "c".into(),
+            terminated: 3,
+        };
+        let text = serde_json::to_string(&Line::Result {
+            result: Response::Terminated(t.clone()),
+        })
+        .unwrap();
+        assert_eq!(text, r#"{"result":{"cluster":"c","terminated":3}}"#);
+        let Line::Result { result } =
+            serde_json::from_str::<Line<serde_json::Value>>(&text).unwrap()
+        else {
+            panic!()
+        };
+        let req = Request::Terminate {
+            name: "c".into(),
+            owner: None,
+        };
+        assert_eq!(
+            Response::decode(&req, result).unwrap(),
+            Response::Terminated(t)
+        );
     }
 }

@@ -38,12 +38,8 @@ pub enum StoreError {
         "the state database {0} is on a network file system, where SQLite's locking is unsafe; set STRATUS_HOME to a local directory"
     )]
     NetworkFs(PathBuf),
-    #[error("cannot create the state directory {path}")]
-    Dir {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Dir(#[from] crate::core::files::DirError),
     #[error("{path} is a symbolic link; the state directory and database must be real files")]
     Symlink { path: PathBuf },
     #[error(
@@ -248,7 +244,7 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens (creating if needed) the database in `dir`.
     pub fn open_in(dir: &Path) -> Result<Self, StoreError> {
-        create_private_dir(dir)?;
+        crate::core::files::create_private_dir(dir)?;
         Self::open(&dir.join("stratus.db"))
     }
 
@@ -644,23 +640,10 @@ fn cluster_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ClusterRow
     Ok(build())
 }
 
-/// Creates a directory (and its parents) readable only by its owner. A symbolic link where the
-/// directory should be is refused: something planted it to redirect stratus's writes.
-pub fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
-    use std::os::unix::fs::DirBuilderExt;
-    if std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) {
-        return Err(StoreError::Symlink {
-            path: dir.to_path_buf(),
-        });
+impl From<StoreError> for crate::core::error::Error {
+    fn from(e: StoreError) -> Self {
+        crate::core::error::Error::wrap(crate::core::error::Kind::Failed, e)
     }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|source| StoreError::Dir {
-            path: dir.to_path_buf(),
-            source,
-        })
 }
 
 #[cfg(test)]

@@ -221,6 +221,12 @@ pub fn check_user_data(template: &str, text: &str) -> Result<(), TemplateError> 
     Ok(())
 }
 
+impl From<TemplateError> for crate::core::error::Error {
+    fn from(e: TemplateError) -> Self {
+        crate::core::error::Error::wrap(crate::core::error::Kind::BadInput, e)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1238,16 +1238,16 @@ pub(crate) fn resources_exist(moto: &Moto, cluster: &str) -> bool {
     g == 1
 }
 
-pub(crate) fn app_for(ctx: &TestContext) -> stratus::service::app::App {
+pub(crate) fn app_for(ctx: &TestContext) -> stratus::service::Service {
     let (config, config_path) = SiteConfig::load(Some(&ctx.config), None).unwrap();
-    let settings = stratus::service::app::Settings {
+    let settings = stratus::service::Settings {
         trust: Trust::Caller,
         config,
         config_path,
         state_dir: ctx.state.clone(),
         pause_at: None,
     };
-    stratus::service::app::App::new(
+    stratus::service::Service::new(
         settings,
         std::sync::Arc::new(stratus::core::printer::Printer::quiet()),
     )
@@ -1421,8 +1421,8 @@ fn reconcile_rolls_back_an_abandoned_launch_and_records_and_removes_leftovers() 
         ))
         .unwrap();
     assert_eq!(
-        done.iter().map(|a| a.action).collect::<Vec<_>>(),
-        would.iter().map(|a| a.action).collect::<Vec<_>>(),
+        done.iter().map(|a| a.action.as_str()).collect::<Vec<_>>(),
+        would.iter().map(|a| a.action.as_str()).collect::<Vec<_>>(),
         "the real run does what the dry run said"
     );
     assert!(

@@ -57,7 +57,7 @@ fn start_sshd(client_key: &russh::keys::PrivateKey) -> Sshd {
     let dir = tempfile::tempdir().unwrap();
     let host = ssh::generate_key().unwrap();
     let host_path = dir.path().join("host_ed25519");
-    stratus::cluster::provider::local::write_private(
+    stratus::core::files::write_private(
         &host_path,
         ssh::private_key_openssh(&host).unwrap().as_bytes(),
     )

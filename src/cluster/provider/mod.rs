@@ -404,22 +404,13 @@ impl Provider for AnyProvider {
     }
 }
 
-/// Checks an IPv4 CIDR block such as `203.0.113.0/24`.
-pub fn parse_cidr(s: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
-    let (addr, len) = s
-        .split_once('/')
-        .ok_or_else(|| format!("{s:?} is not a CIDR block like 203.0.113.0/24"))?;
-    let addr: std::net::Ipv4Addr = addr
-        .parse()
-        .map_err(|_| format!("{s:?}: {addr:?} is not an IPv4 address"))?;
-    let len: u8 = len
-        .parse()
-        .ok()
-        .filter(|l| *l <= 32)
-        .ok_or_else(|| format!("{s:?}: prefix length must be 0 to 32"))?;
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-    if u32::from(addr) & !mask != 0 {
-        return Err(format!("{s:?} has host bits set"));
+impl From<ProviderError> for crate::core::error::Error {
+    fn from(e: ProviderError) -> Self {
+        let kind = if e.is_bad_input() {
+            crate::core::error::Kind::BadInput
+        } else {
+            crate::core::error::Kind::Failed
+        };
+        crate::core::error::Error::wrap(kind, e)
     }
-    Ok((addr, len))
 }

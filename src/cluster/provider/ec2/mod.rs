@@ -226,7 +226,7 @@ impl Ec2Provider {
     /// Builds the client from the site's `[ec2]` table and checks that credentials are at hand.
     pub async fn new(config: &Ec2Config, trust: Trust) -> Result<Self, ProviderError> {
         for cidr in config.client_cidrs.iter().chain(&config.ui_cidrs) {
-            super::parse_cidr(cidr).map_err(ProviderError::InvalidRequest)?;
+            crate::config::parse_cidr(cidr).map_err(ProviderError::InvalidRequest)?;
         }
         let built = client::build(config, trust).await?;
         let provider = Self {

@@ -18,7 +18,7 @@ pub use node::run_node;
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,7 @@ use super::{
     SshAccess, TerminateReport,
 };
 use crate::config::LocalConfig;
+use crate::core::files::{write_atomic, write_private};
 use crate::core::model::{Millis, ProviderKind, Role, Tags, node_name, now_millis};
 use crate::sys;
 
@@ -290,7 +291,7 @@ impl LocalProvider {
         let batch = node.batch;
         let id = random_id();
         let paths = self.paths(&id);
-        crate::store::create_private_dir(&paths.home())
+        crate::core::files::create_private_dir(&paths.home())
             .map_err(|e| ProviderError::Other(e.to_string()))?;
         let host_key = crate::cluster::ssh::generate_key()
             .map_err(|e| ProviderError::Other(format!("cannot generate a host key: {e}")))?;
@@ -483,30 +484,6 @@ pub fn processes_with_env(entry: &str) -> Vec<u32> {
     pids
 }
 
-/// Writes a file that only its owner can read, mode set before any byte is written, atomically
-/// (temp file, fsync, rename).
-pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    write_atomic(path, data, 0o600)
-}
-
-pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    // A fresh name, created exclusively (O_EXCL) with mode 0600: nothing planted where the
-    // temporary file goes is ever followed or reused.
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".tmp")
-        .tempfile_in(dir)?;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(mode))?;
-    tmp.write_all(data)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
-}
-
 fn random_id() -> String {
     use rand::RngExt;
     let n: u64 = rand::rng().random();
@@ -528,7 +505,7 @@ impl Provider for LocalProvider {
         _cluster: &ClusterRef,
         _access: &SshAccess,
     ) -> Result<(), ProviderError> {
-        crate::store::create_private_dir(&self.root)
+        crate::core::files::create_private_dir(&self.root)
             .map_err(|e| ProviderError::Other(e.to_string()))
     }
 

@@ -1,0 +1,353 @@
+//! The admission rules, pure: what a launch (or more workers) asks for in the policy's terms,
+//! and whether it fits beside what the user and the class already use. What is in use is read
+//! through `InUse`, only when a limit needs it; the service implements it inside the transaction
+//! that records the launch and writes the reservation. Nothing here reads or writes anything.
+
+use crate::config::SiteConfig;
+use crate::config::prices;
+use crate::config::profile::Profile;
+use crate::core::error::Error;
+use crate::core::money::{Micros, MilliUnits, dollars_text, units_text};
+use crate::policy::{Limits, Policy};
+
+/// What a launch asks for, in the policy's terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ask {
+    pub units: MilliUnits,
+    /// Nodes the cluster will hold, master included.
+    pub nodes: u32,
+    /// The most it may cost: every node for the longest lifetime the policy allows.
+    pub max_cost: Micros,
+    /// How the units were counted, for a refusal.
+    pub breakdown: String,
+}
+
+/// What is in use when a request is checked. Each is asked for only when a limit needs it.
+pub trait InUse {
+    type Error;
+    /// The user's live clusters, the one being admitted left out.
+    fn live_clusters(&mut self) -> Result<u32, Self::Error>;
+    /// The units of the user's open reservations, the one being admitted left out.
+    fn user_units(&mut self) -> Result<MilliUnits, Self::Error>;
+    /// The units of everyone's open reservations, the one being admitted left out.
+    fn class_units(&mut self) -> Result<MilliUnits, Self::Error>;
+    /// What the user has spent in the term, and what their running clusters may still spend
+    /// beyond it (their reservations' most, less what each has spent).
+    fn spending(&mut self) -> Result<(Micros, Micros), Self::Error>;
+}
+
+/// The policy, applied to one user.
+pub struct Rules<'a> {
+    policy: &'a Policy,
+    limits: Limits,
+    config: &'a SiteConfig,
+    user: String,
+}
+
+impl<'a> Rules<'a> {
+    pub fn new(policy: &'a Policy, config: &'a SiteConfig, user: &str, groups: &[String]) -> Self {
+        Self {
+            limits: policy.limits(user, groups),
+            policy,
+            config,
+            user: user.to_owned(),
+        }
+    }
+
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    fn refuse(&self, why: String) -> Error {
+        Error::refused(format!(
+            "refused by the policy ({}): {why}",
+            self.policy.path.display()
+        ))
+    }
+
+    /// A new cluster of `profile` with `workers` workers: the profile, the count of clusters,
+    /// then what `check` checks. The outer error is `in_use`'s; the inner one a refusal.
+    pub fn admit_launch<U: InUse>(
+        &self,
+        profile: &Profile,
+        workers: u32,
+        in_use: &mut U,
+    ) -> Result<Result<Ask, Error>, U::Error> {
+        if let Some(allowed) = &self.limits.profiles
+            && !allowed.contains(&profile.name)
+        {
+            return Ok(Err(self.refuse(format!(
+                "profile {} is not one {} may use ({})",
+                profile.name,
+                self.user,
+                allowed.iter().cloned().collect::<Vec<_>>().join(", ")
+            ))));
+        }
+        let ask = match self.ask(profile, 1, workers) {
+            Ok(a) => a,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        if let Some(max) = self.limits.max_clusters {
+            let live = in_use.live_clusters()?;
+            if live + 1 > max {
+                return Ok(Err(self.refuse(format!(
+                    "max_clusters for {} is {max}; {live} are live, and this launch would make {}",
+                    self.user,
+                    live + 1
+                ))));
+            }
+        }
+        Ok(self.check(&ask, in_use, "this launch")?.map(|()| ask))
+    }
+
+    /// `count` more workers for a cluster of `profile` that holds `held` nodes.
+    pub fn admit_growth<U: InUse>(
+        &self,
+        profile: &Profile,
+        held: u32,
+        count: u32,
+        in_use: &mut U,
+    ) -> Result<Result<Ask, Error>, U::Error> {
+        let mut ask = match self.ask(profile, 0, count) {
+            Ok(a) => a,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        ask.nodes = held + count;
+        let checked = self.check(&ask, in_use, &format!("adding {count} workers"))?;
+        // The reservation holds the new nodes only.
+        ask.nodes = count;
+        Ok(checked.map(|()| ask))
+    }
+
+    /// Units, nodes and the most it may cost: `masters` masters and `workers` workers of
+    /// `profile`.
+    fn ask(&self, profile: &Profile, masters: u32, workers: u32) -> Result<Ask, Error> {
+        let mut units: MilliUnits = 0;
+        let mut parts = Vec::new();
+        let mut per_hour: Micros = 0;
+        for (settings, n, what) in [
+            (&profile.master, masters, "master"),
+            (&profile.worker, workers, "workers"),
+        ] {
+            if n == 0 {
+                continue;
+            }
+            let ty = &settings.instance_type;
+            let u = self.policy.units_of(ty).ok_or_else(|| {
+                self.refuse(format!(
+                    "instance type {ty} (the {what} of profile {}) is not listed under [units]",
+                    profile.name
+                ))
+            })?;
+            units += u * u64::from(n);
+            parts.push(format!("{n} {what} of {ty} at {} each", units_text(u)));
+            if self.limits.budget.is_some() {
+                let p = prices::per_hour(self.config, ty, settings.spot).ok_or_else(|| {
+                    self.refuse(format!(
+                        "no price is known for {ty}, so no budget can be checked; add it under [prices] in the site config"
+                    ))
+                })?;
+                per_hour += p * i64::from(n);
+            }
+        }
+        let max_cost = match self.limits.lifetime(profile) {
+            Some(ms) if per_hour > 0 => prices::cost(per_hour, ms),
+            _ => 0,
+        };
+        Ok(Ask {
+            units,
+            nodes: masters + workers,
+            max_cost,
+            breakdown: parts.join(" and "),
+        })
+    }
+
+    /// The checks against what is in use: nodes, the user's units, the class's units, the
+    /// budget.
+    fn check<U: InUse>(
+        &self,
+        ask: &Ask,
+        in_use: &mut U,
+        what: &str,
+    ) -> Result<Result<(), Error>, U::Error> {
+        if let Some(max) = self.limits.max_nodes
+            && ask.nodes > max
+        {
+            return Ok(Err(self.refuse(format!(
+                "max_nodes for {} is {max} per cluster, master included; {what} asks for {}",
+                self.user, ask.nodes
+            ))));
+        }
+        if let Some(max) = self.limits.max_units {
+            let used = in_use.user_units()?;
+            if used + ask.units > max {
+                return Ok(Err(self.refuse(format!(
+                    "max_units for {} is {}; {} are in use, and {what} needs {} ({})",
+                    self.user,
+                    units_text(max),
+                    units_text(used),
+                    units_text(ask.units),
+                    ask.breakdown
+                ))));
+            }
+        }
+        if let Some(max) = self.policy.class_max_units {
+            let used = in_use.class_units()?;
+            if used + ask.units > max {
+                return Ok(Err(self.refuse(format!(
+                    "the class's max_units is {}; {} are in use by everyone, and {what} needs {}",
+                    units_text(max),
+                    units_text(used),
+                    units_text(ask.units)
+                ))));
+            }
+        }
+        if let Some(budget) = self.limits.budget {
+            let (spent, committed) = in_use.spending()?;
+            let left = budget - spent - committed;
+            if ask.max_cost > left {
+                return Ok(Err(self.refuse(format!(
+                    "{} has {} of the {} budget left ({} spent, {} held by running clusters), and {what} could cost up to {} over its lifetime",
+                    self.user,
+                    dollars_text(left.max(0)),
+                    dollars_text(budget),
+                    dollars_text(spent),
+                    dollars_text(committed),
+                    dollars_text(ask.max_cost)
+                ))));
+            }
+        }
+        Ok(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+
+    /// What is in use, as numbers, and which of them the rules asked for.
+    #[derive(Default)]
+    struct Numbers {
+        live: u32,
+        user: MilliUnits,
+        class: MilliUnits,
+        spent: Micros,
+        committed: Micros,
+        asked: Vec<&'static str>,
+    }
+
+    impl InUse for Numbers {
+        type Error = Infallible;
+        fn live_clusters(&mut self) -> Result<u32, Infallible> {
+            self.asked.push("live");
+            Ok(self.live)
+        }
+        fn user_units(&mut self) -> Result<MilliUnits, Infallible> {
+            self.asked.push("user");
+            Ok(self.user)
+        }
+        fn class_units(&mut self) -> Result<MilliUnits, Infallible> {
+            self.asked.push("class");
+            Ok(self.class)
+        }
+        fn spending(&mut self) -> Result<(Micros, Micros), Infallible> {
+            self.asked.push("spending");
+            Ok((self.spent, self.committed))
+        }
+    }
+
+    fn policy(text: &str) -> Policy {
+        Policy::parse(text, std::path::Path::new("/etc/stratus/policy.toml")).unwrap()
+    }
+
+    fn profile() -> Profile {
+        let mut p = Profile::for_tests("hadoop");
+        p.master.instance_type = "m5.large".into();
+        p.worker.instance_type = "m5.large".into();
+        p
+    }
+
+    #[test]
+    fn a_launch_that_fits_asks_for_its_units_and_its_most_cost() {
+        let p = policy(
+            "[units]\n\"m5.large\" = 1\n[default]\nmax_units = 4\nbudget_dollars = 10\nmax_lifetime_hours = 2\n",
+        );
+        let config = SiteConfig::default();
+        let rules = Rules::new(&p, &config, "alice", &[]);
+        let mut n = Numbers::default();
+        let ask = rules.admit_launch(&profile(), 2, &mut n).unwrap().unwrap();
+        assert_eq!(ask.units, 3_000);
+        assert_eq!(ask.nodes, 3);
+        // 3 m5.large for 2 hours at $0.096.
+        assert_eq!(ask.max_cost, 3 * 2 * 96_000);
+        // No max_clusters and no class limit: those were never read.
+        assert_eq!(n.asked, ["user", "spending"]);
+    }
+
+    #[test]
+    fn each_limit_refuses_with_its_numbers() {
+        let p = policy(
+            "[class]\nmax_units = 5\n[units]\n\"m5.large\" = 1\n[default]\nmax_units = 4\nmax_clusters = 1\nmax_nodes = 3\nbudget_dollars = 1\nmax_lifetime_hours = 8\n",
+        );
+        let config = SiteConfig::default();
+        let rules = Rules::new(&p, &config, "alice", &[]);
+        let refused = |n: &mut Numbers, workers: u32| {
+            let e = rules
+                .admit_launch(&profile(), workers, n)
+                .unwrap()
+                .unwrap_err();
+            assert_eq!(e.kind(), crate::core::error::Kind::Refused);
+            e.to_string()
+        };
+        let m = refused(&mut Numbers::default(), 3);
+        assert!(m.contains("max_nodes for alice is 3"), "{m}");
+        let m = refused(
+            &mut Numbers {
+                live: 1,
+                ..Default::default()
+            },
+            1,
+        );
+        assert!(m.contains("max_clusters for alice is 1; 1 are live"), "{m}");
+        let m = refused(
+            &mut Numbers {
+                user: 3_000,
+                ..Default::default()
+            },
+            1,
+        );
+        assert!(m.contains("max_units for alice is 4; 3 are in use"), "{m}");
+        let m = refused(
+            &mut Numbers {
+                class: 4_000,
+                ..Default::default()
+            },
+            1,
+        );
+        assert!(
+            m.contains("the class's max_units is 5; 4 are in use"),
+            "{m}"
+        );
+        let m = refused(&mut Numbers::default(), 1);
+        assert!(m.contains("could cost up to $1.54"), "{m}");
+        assert!(m.starts_with("refused by the policy (/etc/stratus/policy.toml): "));
+    }
+
+    #[test]
+    fn growth_counts_the_nodes_held_and_reserves_the_new_ones() {
+        let p = policy("[units]\n\"m5.large\" = 1\n[default]\nmax_nodes = 4\n");
+        let config = SiteConfig::default();
+        let rules = Rules::new(&p, &config, "alice", &[]);
+        let ask = rules
+            .admit_growth(&profile(), 3, 1, &mut Numbers::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!((ask.units, ask.nodes), (1_000, 1));
+        let e = rules
+            .admit_growth(&profile(), 3, 2, &mut Numbers::default())
+            .unwrap()
+            .unwrap_err();
+        assert!(e.to_string().contains("adding 2 workers asks for 5"), "{e}");
+    }
+}

@@ -1,0 +1,240 @@
+//! The policy at work: the admission a launch runs through (the policy's pure rules, fed with
+//! what the store says is in use, inside the transaction that records the launch, which also
+//! writes the reservation), and a user's quota as `stratus quota` shows it.
+//!
+//! Because the check and the reservation share one `BEGIN IMMEDIATE` transaction, fifty launches
+//! at once never take more than the policy allows.
+
+use serde::{Deserialize, Serialize};
+
+use crate::accounting;
+use crate::cluster::Admit;
+use crate::config::SiteConfig;
+use crate::core::error::Error;
+use crate::core::model::{Millis, RequestId, now_millis};
+use crate::core::money::{Micros, MilliUnits};
+use crate::policy::Policy;
+use crate::policy::admission::{Ask, InUse, Rules};
+use crate::store::quota::{self as ledger, NewReservation};
+use crate::store::{ClusterRow, NewCluster, Store, StoreError};
+
+/// The quota check of one user's requests: a policy's rules, or nothing (no policy).
+pub struct Admission<'a> {
+    rules: Option<Rules<'a>>,
+    policy: Option<&'a Policy>,
+    config: &'a SiteConfig,
+}
+
+impl<'a> Admission<'a> {
+    /// `policy` (if any) applied to `user` with the groups `groups`.
+    pub fn new(
+        policy: Option<&'a Policy>,
+        config: &'a SiteConfig,
+        user: &str,
+        groups: &[String],
+    ) -> Self {
+        Self {
+            rules: policy.map(|p| Rules::new(p, config, user, groups)),
+            policy,
+            config,
+        }
+    }
+}
+
+/// What is in use, read in the admission's transaction.
+struct Ledger<'t, 'a> {
+    tx: &'t rusqlite::Connection,
+    user: &'a str,
+    /// The cluster being admitted, not counted as in use (`-1`: none).
+    except: i64,
+    policy: &'a Policy,
+    config: &'a SiteConfig,
+}
+
+impl InUse for Ledger<'_, '_> {
+    type Error = StoreError;
+
+    fn live_clusters(&mut self) -> Result<u32, StoreError> {
+        ledger::live_clusters(self.tx, self.user, self.except)
+    }
+
+    fn user_units(&mut self) -> Result<MilliUnits, StoreError> {
+        ledger::open_units(self.tx, self.user, self.except)
+    }
+
+    fn class_units(&mut self) -> Result<MilliUnits, StoreError> {
+        ledger::class_units(self.tx, self.except)
+    }
+
+    fn spending(&mut self) -> Result<(Micros, Micros), StoreError> {
+        let (spent, by_cluster) =
+            accounting::spending::spending(self.tx, self.policy, self.config, self.user)?;
+        // A running cluster may still spend what its reservation allows beyond what it has
+        // spent (counted once, in `spent`).
+        let committed: Micros = ledger::open_max_costs(self.tx, self.user, self.except)?
+            .into_iter()
+            .map(|(cluster, max)| (max - by_cluster.get(&cluster).copied().unwrap_or(0)).max(0))
+            .sum();
+        Ok((spent, committed))
+    }
+}
+
+fn reserve(
+    tx: &rusqlite::Connection,
+    cluster_id: i64,
+    owner: &str,
+    request: &str,
+    ask: &Ask,
+) -> Result<(), StoreError> {
+    ledger::insert_reservation(
+        tx,
+        &NewReservation {
+            cluster_id,
+            owner,
+            request,
+            units: ask.units,
+            nodes: ask.nodes,
+            max_cost: ask.max_cost,
+        },
+    )
+}
+
+impl Admit for Admission<'_> {
+    fn admit_launch(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        cluster_id: i64,
+        new: &NewCluster<'_>,
+        workers: u32,
+    ) -> Result<Result<(), Error>, StoreError> {
+        let (Some(rules), Some(policy)) = (&self.rules, self.policy) else {
+            return Ok(Ok(()));
+        };
+        let mut in_use = Ledger {
+            tx,
+            user: rules.user(),
+            except: cluster_id,
+            policy,
+            config: self.config,
+        };
+        let ask = match rules.admit_launch(&new.record.profile, workers, &mut in_use)? {
+            Ok(ask) => ask,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        reserve(
+            tx,
+            cluster_id,
+            new.owner.as_str(),
+            new.request_id.as_str(),
+            &ask,
+        )?;
+        Ok(Ok(()))
+    }
+
+    fn admit_growth(
+        &self,
+        store: &Store,
+        cluster: &ClusterRow,
+        request: &RequestId,
+        count: u32,
+    ) -> Result<(), Error> {
+        let (Some(rules), Some(policy)) = (&self.rules, self.policy) else {
+            return Ok(());
+        };
+        store.immediate(|tx| -> Result<(), Error> {
+            let held = ledger::cluster_nodes(tx, cluster.id)?;
+            let mut in_use = Ledger {
+                tx,
+                user: rules.user(),
+                except: -1,
+                policy,
+                config: self.config,
+            };
+            let ask = rules.admit_growth(&cluster.record.profile, held, count, &mut in_use)??;
+            reserve(
+                tx,
+                cluster.id,
+                cluster.owner.as_str(),
+                request.as_str(),
+                &ask,
+            )?;
+            Ok(())
+        })
+    }
+}
+
+/// `stratus quota --json`: a user's limits, use and what is left.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuotaReport {
+    pub user: String,
+    pub limits: QuotaNumbers,
+    pub used: QuotaUse,
+    pub left: QuotaUse,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuotaNumbers {
+    pub max_units: Option<f64>,
+    pub max_clusters: Option<u32>,
+    pub max_nodes: Option<u32>,
+    pub max_lifetime_hours: Option<f64>,
+    pub budget_dollars: Option<f64>,
+    pub profiles: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuotaUse {
+    pub units: Option<f64>,
+    pub clusters: Option<u32>,
+    pub dollars: Option<f64>,
+}
+
+/// What `user` may use, uses and has left under `policy` (everything unlimited without one).
+pub fn quota(
+    store: &Store,
+    policy: Option<&Policy>,
+    config: &SiteConfig,
+    user: &str,
+    groups: &[String],
+) -> Result<QuotaReport, StoreError> {
+    let limits = policy.map(|p| p.limits(user, groups)).unwrap_or_default();
+    let (units, clusters, spent) = store.immediate(|tx| -> Result<_, StoreError> {
+        let units = ledger::open_units(tx, user, -1)?;
+        let clusters = ledger::live_clusters(tx, user, -1)?;
+        let spent = match policy {
+            Some(p) => Some(accounting::spending::spending(tx, p, config, user)?.0),
+            None => None,
+        };
+        Ok((units, clusters, spent))
+    })?;
+    let spent = match spent {
+        Some(s) => s,
+        None => {
+            let ivs = store.intervals_of(Some(user), 0, Millis::MAX)?;
+            accounting::cost_of(config, &ivs, now_millis(), &mut Vec::new()).1
+        }
+    };
+    let u = |m: u64| m as f64 / 1000.0;
+    let d = accounting::micros_to_dollars;
+    Ok(QuotaReport {
+        user: user.to_owned(),
+        limits: QuotaNumbers {
+            max_units: limits.max_units.map(u),
+            max_clusters: limits.max_clusters,
+            max_nodes: limits.max_nodes,
+            max_lifetime_hours: limits.max_lifetime.map(|ms| ms as f64 / 3_600_000.0),
+            budget_dollars: limits.budget.map(d),
+            profiles: limits.profiles.map(|p| p.into_iter().collect()),
+        },
+        used: QuotaUse {
+            units: Some(u(units)),
+            clusters: Some(clusters),
+            dollars: Some(d(spent)),
+        },
+        left: QuotaUse {
+            units: limits.max_units.map(|m| u(m.saturating_sub(units))),
+            clusters: limits.max_clusters.map(|m| m.saturating_sub(clusters)),
+            dollars: limits.budget.map(|b| d((b - spent).max(0))),
+        },
+    })
+}

@@ -1,0 +1,231 @@
+//! The requests that create and end clusters: launch, launch-slaves, terminate, delete, and
+//! those that finish what crashed commands left (reconcile) or keep a cluster's workers file.
+
+use std::collections::BTreeMap;
+
+use super::admission::Admission;
+use super::audit::Trail;
+use super::protocol::{Deleted, Launched, Response, Terminated, WorkersAdded, WorkersFile};
+use super::{Asked, Service};
+use crate::cluster::keys::ClusterKeys;
+use crate::cluster::launch::{self, LaunchRequest};
+use crate::cluster::provider::Provider;
+use crate::cluster::terminate::live_nodes;
+use crate::cluster::{observe, reconcile, terminate};
+use crate::config::{Mode, ProviderKind};
+use crate::core::error::Error;
+use crate::core::model::{ClusterName, Owner, RequestId};
+
+/// A launch as asked for, unchecked.
+pub(crate) struct LaunchAsk {
+    pub name: String,
+    pub workers: u32,
+    pub profile: Option<String>,
+    pub env: BTreeMap<String, String>,
+    pub configure: bool,
+}
+
+impl Service {
+    pub(super) async fn launch(
+        &self,
+        asked: &Asked<'_>,
+        ask: LaunchAsk,
+        trail: &mut Trail,
+    ) -> Result<Response, Error> {
+        let config = self.config();
+        let policy = asked.policy.for_launch(config.mode)?;
+        let name = ClusterName::parse(&ask.name)?;
+        if config.mode == Mode::MultiUser && config.provider == ProviderKind::Local {
+            return Err(Error::invalid(
+                "a multi-user install does not run the local provider: its nodes would run as the service account",
+            ));
+        }
+        let profile_name = ask
+            .profile
+            .unwrap_or_else(|| self.settings.default_profile());
+        let profile = self.profiles.resolve(&profile_name)?;
+        let env = crate::core::input::check_env(ask.env)?;
+        let req = LaunchRequest {
+            name,
+            workers: ask.workers,
+            profile,
+            env,
+            configure: ask.configure,
+            // Without configuring, nobody connects: host keys are pinned when the owner first
+            // reaches the nodes (`Request::Reach`).
+            wait_for_ssh: ask.configure,
+        };
+        let caller = asked.caller;
+        let admission = Admission::new(policy, config, caller.owner.as_str(), &caller.groups);
+        let provider = self.provider(config.provider).await?;
+        self.reconcile_first(provider.as_ref(), &caller.owner).await;
+        let request = RequestId::new();
+        trail.launching(&request);
+        let c = launch::launch(
+            self.ctx(),
+            provider.as_ref(),
+            &caller.owner,
+            &request,
+            req,
+            &admission,
+        )
+        .await?;
+        Ok(Response::Launched(Launched {
+            cluster: self.view(&c)?,
+            private_key: ClusterKeys::of(self.state_dir(), &c).load_text()?,
+        }))
+    }
+
+    pub(super) async fn launch_slaves(
+        &self,
+        asked: &Asked<'_>,
+        name: &str,
+        count: u32,
+        owner: Option<&str>,
+        trail: &mut Trail,
+    ) -> Result<Response, Error> {
+        let policy = asked.policy.for_launch(self.config().mode)?;
+        let owner = asked.owner_for(owner)?;
+        if count == 0 {
+            return Err(Error::invalid("launch-slaves needs a count of at least 1"));
+        }
+        let c = self.find_cluster(&owner, name)?;
+        if !c.state.is_up() {
+            return Err(Error::invalid(format!(
+                "cluster {} is {}; workers can be added once it is running",
+                c.name,
+                c.state.as_str()
+            )));
+        }
+        let provider = self.provider(c.provider).await?;
+        observe::refresh(self.ctx(), provider.as_ref(), std::slice::from_ref(&c)).await?;
+        let admission = Admission::new(
+            policy,
+            self.config(),
+            owner.as_str(),
+            &asked.groups_of(&owner),
+        );
+        self.reconcile_first(provider.as_ref(), &owner).await;
+        let request = RequestId::new();
+        trail.launching(&request);
+        let added = launch::add_workers(
+            self.ctx(),
+            provider.as_ref(),
+            &c,
+            count,
+            &request,
+            &admission,
+        )
+        .await?;
+        Ok(Response::WorkersAdded(WorkersAdded {
+            cluster: self.view(&c)?,
+            added: added
+                .iter()
+                .map(|n| crate::core::model::node_name(&c.name, n.role, n.index))
+                .collect(),
+        }))
+    }
+
+    pub(super) async fn terminate(
+        &self,
+        asked: &Asked<'_>,
+        name: &str,
+        owner: Option<&str>,
+        trail: &mut Trail,
+    ) -> Result<Response, Error> {
+        let owner = asked.owner_for(owner)?;
+        let c = self.find_cluster(&owner, name)?;
+        trail.terminating(
+            live_nodes(self.ctx(), &c)?
+                .into_iter()
+                .map(|n| n.instance_id)
+                .collect(),
+        );
+        let provider = self.provider(c.provider).await?;
+        self.reconcile_first(provider.as_ref(), &owner).await;
+        let n = terminate::terminate(self.ctx(), provider.as_ref(), &c).await?;
+        Ok(Response::Terminated(Terminated {
+            cluster: c.name.to_string(),
+            terminated: n as u64,
+        }))
+    }
+
+    pub(super) async fn delete(
+        &self,
+        asked: &Asked<'_>,
+        name: &str,
+        trail: &mut Trail,
+    ) -> Result<Response, Error> {
+        self.own_or_instructor(
+            asked,
+            "in a multi-user install, delete-cluster is the instructor's (as the service account) or reconcile's job",
+        )?;
+        let cluster = self.find_cluster(&asked.caller.owner, name)?;
+        let provider = self.provider(cluster.provider).await?;
+        let deleted = reconcile::delete_cluster(self.ctx(), provider.as_ref(), &cluster).await?;
+        trail.terminating(deleted.instances.clone());
+        Ok(Response::Deleted(Deleted {
+            cluster: cluster.name.to_string(),
+            instances: deleted.instances,
+        }))
+    }
+
+    /// Reconciles the caller's clusters (every user's, for an instructor) on every provider
+    /// they use, and on the site's.
+    pub(super) async fn reconcile(
+        &self,
+        asked: &Asked<'_>,
+        dry_run: bool,
+    ) -> Result<Response, Error> {
+        let owner = (!asked.is_instructor() || self.is_own(asked.caller))
+            .then(|| asked.caller.owner.clone());
+        let mut kinds = vec![self.config().provider];
+        for c in self.store.list_clusters(owner.as_ref())? {
+            if !kinds.contains(&c.provider) {
+                kinds.push(c.provider);
+            }
+        }
+        let mut actions = Vec::new();
+        for kind in kinds {
+            let provider = self.provider(kind).await?;
+            let done = reconcile::reconcile(
+                self.ctx(),
+                provider.as_ref(),
+                owner.as_ref(),
+                &reconcile::Options::new(dry_run),
+            )
+            .await?;
+            actions.extend(done);
+        }
+        Ok(Response::Reconciled(actions))
+    }
+
+    pub(super) async fn update_workers(
+        &self,
+        asked: &Asked<'_>,
+        name: &str,
+    ) -> Result<Response, Error> {
+        self.own_or_instructor(
+            asked,
+            "in a multi-user install the runner keeps the workers file up to date (launch-slaves)",
+        )?;
+        let cluster = self.fresh_cluster(&asked.caller.owner, name).await?;
+        let n = crate::cluster::configure::update_workers_file(self.ctx(), &cluster).await?;
+        Ok(Response::WorkersFile(WorkersFile {
+            cluster: cluster.name.to_string(),
+            workers: n,
+        }))
+    }
+
+    /// Finishes or undoes what crashed commands left behind, before one that launches or
+    /// terminates; a failure is reported, not fatal.
+    pub(super) async fn reconcile_first<P: Provider>(&self, provider: &P, owner: &Owner) {
+        let options = reconcile::Options::new(false);
+        if let Err(e) = reconcile::reconcile(self.ctx(), provider, Some(owner), &options).await {
+            self.printer.warn(format!(
+                "could not reconcile leftovers first: {}",
+                crate::core::error::one_line(&e)
+            ));
+        }
+    }
+}

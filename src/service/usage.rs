@@ -1,0 +1,143 @@
+//! The requests about hours and money: usage, quota, the accounting report, the audit trail,
+//! and cron's two jobs, the snapshot and the reaper.
+
+use super::protocol::{ReportAnswer, Response};
+use super::{Asked, LoadedPolicy, Service};
+use crate::accounting::reaper::{self, Orphans};
+use crate::accounting::report::By;
+use crate::accounting::snapshot;
+use crate::core::error::Error;
+use crate::core::input::parse_time;
+use crate::core::model::now_millis;
+use crate::policy::Policy;
+
+impl Service {
+    pub(super) async fn usage(
+        &self,
+        asked: &Asked<'_>,
+        owner: Option<&str>,
+        everyone: bool,
+    ) -> Result<Response, Error> {
+        let owners = asked.owners(owner, everyone, "see everyone's usage")?;
+        let clusters = self.store.list_clusters(owners.as_ref())?;
+        self.refresh_all(&clusters).await;
+        let intervals = self
+            .store
+            .intervals(&clusters.iter().map(|c| c.id).collect::<Vec<_>>())?;
+        let rows = crate::accounting::usage_rows(
+            self.config(),
+            &clusters,
+            &intervals,
+            now_millis(),
+            &mut Vec::new(),
+        );
+        Ok(Response::Usage(rows))
+    }
+
+    pub(super) fn quota(&self, asked: &Asked<'_>) -> Result<Response, Error> {
+        if let LoadedPolicy::Broken(e) = asked.policy {
+            return Err(Error::invalid(crate::core::error::one_line(e)));
+        }
+        let caller = asked.caller;
+        let r = super::admission::quota(
+            &self.store,
+            asked.policy.present(),
+            self.config(),
+            caller.owner.as_str(),
+            &caller.groups,
+        )?;
+        Ok(Response::Quota(r))
+    }
+
+    /// The accounting report of everyone's recorded usage in `[since, until)`.
+    pub(super) fn report(
+        &self,
+        asked: &Asked<'_>,
+        by: By,
+        since: Option<&str>,
+        until: Option<&str>,
+    ) -> Result<Response, Error> {
+        self.own_or_instructor(asked, "only instructors may read the accounting report")?;
+        let since = since.map(parse_time).transpose()?;
+        let until = until.map(parse_time).transpose()?;
+        let report = crate::accounting::report_from_store(
+            &self.store,
+            self.config(),
+            since,
+            until,
+            now_millis(),
+            by,
+        )?;
+        Ok(Response::Report(ReportAnswer { report }))
+    }
+
+    pub(super) fn audit_trail(
+        &self,
+        asked: &Asked<'_>,
+        since: Option<&str>,
+    ) -> Result<Response, Error> {
+        if !asked.is_instructor() {
+            return Err(Error::refused("only instructors may read the audit trail"));
+        }
+        let since = since.map(parse_time).transpose()?.unwrap_or(0);
+        Ok(Response::Audit(self.store.audit_since(since)?))
+    }
+
+    /// Records every instance's state and hours. First, cron's chance to finish what
+    /// interrupted commands of anyone left behind (a terminate cut short, a rollback that did
+    /// not get through, an unfinished launch call): nobody else may come back to it.
+    pub(super) async fn snapshot(&self, asked: &Asked<'_>) -> Result<Response, Error> {
+        self.own_or_instructor(asked, "only instructors may take the accounting snapshot")?;
+        let provider = self.provider(self.config().provider).await?;
+        if let Err(e) = crate::cluster::reconcile::reconcile(
+            self.ctx(),
+            provider.as_ref(),
+            None,
+            &crate::cluster::reconcile::Options::new(false),
+        )
+        .await
+        {
+            self.printer.warn(format!(
+                "could not reconcile first: {}",
+                crate::core::error::one_line(&e)
+            ));
+        }
+        let r = snapshot::snapshot(self.ctx(), provider.as_ref()).await?;
+        Ok(Response::Snapshot(r))
+    }
+
+    /// One pass of the reaper. Without a policy there is no lifetime or budget to enforce, but
+    /// orphans are still found.
+    pub(super) async fn reap(
+        &self,
+        asked: &Asked<'_>,
+        dry_run: bool,
+        orphans: Orphans,
+    ) -> Result<Response, Error> {
+        self.own_or_instructor(asked, "only instructors may run the reaper")?;
+        let none;
+        let policy = match asked.policy {
+            LoadedPolicy::Present(p) => p,
+            LoadedPolicy::Broken(e) => {
+                return Err(Error::invalid(crate::core::error::one_line(e)));
+            }
+            _ => {
+                none = Policy::parse("", std::path::Path::new("(no policy)"))
+                    .map_err(|e| Error::runtime(e.to_string()))?;
+                &none
+            }
+        };
+        let provider = self.provider(self.config().provider).await?;
+        let actions = reaper::reap(
+            self.ctx(),
+            provider.as_ref(),
+            policy,
+            self.config(),
+            now_millis(),
+            dry_run,
+            orphans,
+        )
+        .await?;
+        Ok(Response::Reaped(actions))
+    }
+}
