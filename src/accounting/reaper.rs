@@ -86,31 +86,15 @@ pub async fn reap<P: Provider>(
     dry_run: bool,
     orphans: Orphans,
 ) -> Result<Vec<ReapAction>, Error> {
-    let mut actions = Vec::new();
-    let audit = |a: &ReapAction, instances: Vec<String>| {
-        if dry_run {
-            return;
-        }
-        let record = AuditRecord {
-            at: String::new(),
-            user: "reaper".into(),
-            action: format!("reap-{}", a.action),
-            cluster: Some(format!("{}/{}", a.owner, a.cluster)),
-            decision: "done".into(),
-            reason: Some(crate::core::text::escape(&a.reason)),
-            instances,
-        };
-        if let Err(e) = ctx.store.audit(&record, now) {
-            tracing::error!("cannot write the audit trail: {e}");
-        }
-        crate::sys::syslog(&format!(
-            "reaper action={} owner={} cluster={} reason=\"{}\"",
-            a.action,
-            a.owner,
-            a.cluster,
-            crate::core::text::escape(&a.reason)
-        ));
+    let reaper = Reaper {
+        ctx,
+        provider,
+        policy,
+        config,
+        now,
+        dry_run,
     };
+    let mut actions = Vec::new();
     let clusters: Vec<ClusterRow> = ctx
         .store
         .list_clusters(None)?
@@ -124,115 +108,169 @@ pub async fn reap<P: Provider>(
         })
         .collect();
     for c in &clusters {
-        let Some(reason) = due(c, policy, config, ctx.store, now)? else {
+        if let Some(a) = reaper.cluster(c).await? {
+            actions.push(a);
+        }
+    }
+    actions.extend(reaper.orphans(orphans).await?);
+    Ok(actions)
+}
+
+/// One pass, and what it runs with.
+struct Reaper<'a, P> {
+    ctx: Ctx<'a>,
+    provider: &'a P,
+    policy: &'a Policy,
+    config: &'a SiteConfig,
+    now: Millis,
+    dry_run: bool,
+}
+
+impl<P: Provider> Reaper<'_, P> {
+    /// Warns a cluster that breaks the policy, or terminates it once its grace is over.
+    async fn cluster(&self, c: &ClusterRow) -> Result<Option<ReapAction>, Error> {
+        let (ctx, now) = (self.ctx, self.now);
+        let Some(reason) = due(c, self.policy, self.config, ctx.store, now)? else {
             // No longer due (the instructor raised a limit, say): a new breach gets a new
             // warning and a new grace.
-            if c.reap_after.is_some() && !dry_run {
+            if c.reap_after.is_some() && !self.dry_run {
                 ctx.store.set_reap(c.id, None, None)?;
             }
-            continue;
+            return Ok(None);
         };
         let ids: Vec<String> = terminate::live_nodes(ctx, c)?
             .into_iter()
             .map(|n| n.instance_id)
             .collect();
+        let action = |action: &str, reason: String| ReapAction {
+            cluster: c.name.to_string(),
+            owner: c.owner.to_string(),
+            action: action.into(),
+            reason,
+        };
         match c.reap_after {
             None => {
-                let after = now + policy.reaper_grace;
-                let a = ReapAction {
-                    cluster: c.name.to_string(),
-                    owner: c.owner.to_string(),
-                    action: "warn".into(),
-                    reason: format!("{reason}; it will be terminated after {}", rfc3339(after)),
-                };
-                if !dry_run {
+                let after = now + self.policy.reaper_grace;
+                let a = action(
+                    "warn",
+                    format!("{reason}; it will be terminated after {}", rfc3339(after)),
+                );
+                if !self.dry_run {
                     ctx.store.set_reap(c.id, Some(after), Some(&a.reason))?;
-                    if let Err(e) = provider
+                    if let Err(e) = self
+                        .provider
                         .tag(&ids, &[(TAG_REAP_AFTER.to_owned(), rfc3339(after))])
                         .await
                     {
                         tracing::warn!("cannot tag {} with its reaper warning: {e}", c.name);
                     }
                 }
-                audit(&a, ids);
-                actions.push(a);
+                self.audit(&a, ids);
+                Ok(Some(a))
             }
             Some(after) if now >= after => {
-                let a = ReapAction {
-                    cluster: c.name.to_string(),
-                    owner: c.owner.to_string(),
-                    action: "terminate".into(),
-                    reason: c
-                        .reap_reason
-                        .clone()
-                        .unwrap_or(reason)
-                        .split("; it will be terminated after")
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned(),
-                };
-                if !dry_run && let Err(e) = terminate::terminate(ctx, provider, c).await {
+                let why = c
+                    .reap_reason
+                    .clone()
+                    .unwrap_or(reason)
+                    .split("; it will be terminated after")
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                let a = action("terminate", why);
+                if !self.dry_run
+                    && let Err(e) = terminate::terminate(ctx, self.provider, c).await
+                {
                     // One cluster that will not end does not stop the others: the next pass
                     // tries it again.
                     tracing::error!(cluster = %c.name, owner = %c.owner, "the reaper could not terminate it: {}", crate::core::error::one_line(&e));
-                    continue;
+                    return Ok(None);
                 }
-                audit(&a, ids);
-                actions.push(a);
+                self.audit(&a, ids);
+                Ok(Some(a))
             }
             // Warned; the grace is not over.
-            Some(_) => {}
+            Some(_) => Ok(None),
         }
     }
 
-    // Orphans: this store's instances that no row knows, whose launcher is not running.
-    let listed = provider
-        .describe(&Selector {
-            store: Some(ctx.store.id().clone()),
-            ..Default::default()
-        })
-        .await?;
-    let grace = crate::core::model::millis_of(provider.consistency_grace());
-    let mut owners: Vec<Owner> = Vec::new();
-    for i in &listed {
-        let Some(t) = &i.tags else { continue };
-        if !crate::cluster::orphans::is_orphan(ctx, i, now, grace)? {
-            continue;
-        }
-        let a = ReapAction {
-            cluster: t.cluster.to_string(),
-            owner: t.owner.to_string(),
-            action: "orphan".into(),
-            reason: format!(
-                "instance {} runs under this store's tags with no record{}",
-                i.id,
-                if orphans == Orphans::Terminate {
-                    "; terminated"
-                } else {
-                    ""
-                }
-            ),
-        };
-        audit(&a, vec![i.id.clone()]);
-        actions.push(a);
-        if !owners.contains(&t.owner) {
-            owners.push(t.owner.clone());
-        }
-    }
-    if orphans == Orphans::Terminate && !dry_run {
-        // Reconcile records them (with their hours) and terminates them.
-        for o in &owners {
-            reconcile::reconcile(
-                ctx,
-                provider,
-                Some(o),
-                &reconcile::Options {
-                    orphan_grace: provider.consistency_grace(),
-                    ..reconcile::Options::new(false)
-                },
-            )
+    /// Orphans: this store's instances that no row knows, whose launcher is not running;
+    /// reported, and with `Orphans::Terminate` recorded (with their hours) and terminated.
+    async fn orphans(&self, orphans: Orphans) -> Result<Vec<ReapAction>, Error> {
+        let (ctx, provider) = (self.ctx, self.provider);
+        let listed = provider
+            .describe(&Selector {
+                store: Some(ctx.store.id().clone()),
+                ..Default::default()
+            })
             .await?;
+        let grace = crate::core::model::millis_of(provider.consistency_grace());
+        let mut actions = Vec::new();
+        let mut owners: Vec<Owner> = Vec::new();
+        for i in &listed {
+            let Some(t) = &i.tags else { continue };
+            if !crate::cluster::orphans::is_orphan(ctx, i, self.now, grace)? {
+                continue;
+            }
+            let a = ReapAction {
+                cluster: t.cluster.to_string(),
+                owner: t.owner.to_string(),
+                action: "orphan".into(),
+                reason: format!(
+                    "instance {} runs under this store's tags with no record{}",
+                    i.id,
+                    if orphans == Orphans::Terminate {
+                        "; terminated"
+                    } else {
+                        ""
+                    }
+                ),
+            };
+            self.audit(&a, vec![i.id.clone()]);
+            actions.push(a);
+            if !owners.contains(&t.owner) {
+                owners.push(t.owner.clone());
+            }
         }
+        if orphans == Orphans::Terminate && !self.dry_run {
+            // Reconcile records them (with their hours) and terminates them.
+            for o in &owners {
+                reconcile::reconcile(
+                    ctx,
+                    provider,
+                    Some(o),
+                    &reconcile::Options {
+                        orphan_grace: provider.consistency_grace(),
+                        ..reconcile::Options::new(false)
+                    },
+                )
+                .await?;
+            }
+        }
+        Ok(actions)
     }
-    Ok(actions)
+
+    /// One row of the audit trail and one syslog line per action (none in a dry run).
+    fn audit(&self, a: &ReapAction, instances: Vec<String>) {
+        if self.dry_run {
+            return;
+        }
+        let reason = crate::core::text::escape(&a.reason);
+        let record = AuditRecord {
+            at: String::new(),
+            user: "reaper".into(),
+            action: format!("reap-{}", a.action),
+            cluster: Some(format!("{}/{}", a.owner, a.cluster)),
+            decision: "done".into(),
+            reason: Some(reason.clone()),
+            instances,
+        };
+        if let Err(e) = self.ctx.store.audit(&record, self.now) {
+            tracing::error!("cannot write the audit trail: {e}");
+        }
+        crate::sys::syslog(&format!(
+            "reaper action={} owner={} cluster={} reason=\"{reason}\"",
+            a.action, a.owner, a.cluster
+        ));
+    }
 }

@@ -21,13 +21,17 @@ use crate::core::printer::{Event, Printer};
 use crate::service::caller::Caller;
 use crate::service::protocol::{ClusterView, Launched, Line, Request, Response};
 use crate::service::{Service, Settings};
+use crate::store::Store;
 
 /// Where requests are served.
 pub enum Backend {
     /// In this process, with this user's (or the service account's) own rights.
     InProcess(Box<Service>),
-    /// By the runner, through the installed setuid wrapper at this path.
-    Wrapper(PathBuf),
+    /// By the runner, through the installed setuid wrapper at this path. The caller's own
+    /// state directory still holds the keys the runner hands over, and its database is opened
+    /// as in a single-user install, so a link planted there is refused before anything is
+    /// written beside it.
+    Wrapper { path: PathBuf, _own_store: Store },
 }
 
 pub struct Client {
@@ -51,7 +55,10 @@ impl Client {
             let wrapper = settings.config.wrapper.clone().ok_or_else(|| {
                 Error::invalid("the site config has mode = \"multi-user\" but no wrapper")
             })?;
-            Backend::Wrapper(wrapper)
+            Backend::Wrapper {
+                path: wrapper,
+                _own_store: Store::open_in(&state_dir)?,
+            }
         } else {
             Backend::InProcess(Box::new(Service::new(settings, printer.clone())?))
         };
@@ -82,7 +89,7 @@ impl Client {
     pub async fn call(&self, request: Request) -> Result<Response, Error> {
         match &self.backend {
             Backend::InProcess(service) => service.serve(&self.caller, request).await,
-            Backend::Wrapper(wrapper) => {
+            Backend::Wrapper { path: wrapper, .. } => {
                 let (wrapper, printer) = (wrapper.clone(), self.printer.clone());
                 // The wrapper and runner are a child process: blocking I/O on a thread of its
                 // own.
@@ -99,7 +106,7 @@ impl Client {
             Backend::InProcess(service) => {
                 ClusterKeys::named(service.state_dir(), view.id, &view.name)
             }
-            Backend::Wrapper(_) => {
+            Backend::Wrapper { .. } => {
                 ClusterKeys::named(&self.state_dir.join("remote"), view.id, &view.name)
             }
         }
@@ -109,7 +116,7 @@ impl Client {
     /// holds keys) and the pinned host keys of its nodes (a known_hosts file for `ssh`).
     pub fn keep(&self, keyed: &Launched) -> Result<ClusterKeys, Error> {
         let keys = self.keys_of(&keyed.cluster);
-        if let Backend::Wrapper(_) = self.backend {
+        if let Backend::Wrapper { .. } = self.backend {
             let key = crate::cluster::ssh::parse_private_key(&keyed.private_key)?;
             keys.create(&key)?;
         }

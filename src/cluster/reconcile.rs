@@ -105,6 +105,58 @@ enum Step {
 
 impl Step {
     fn action(&self, dry_run: bool) -> Action {
+        Action {
+            cluster: self.cluster(),
+            action: self.kind().into(),
+            what: self.what(dry_run),
+            instances: self.instances(),
+        }
+    }
+
+    fn cluster(&self) -> String {
+        match self {
+            Step::RollBack(c, ..)
+            | Step::FinishTerminate(c, _)
+            | Step::FinishRollback(c, _)
+            | Step::Strays { cluster: c, .. }
+            | Step::Reopen(c, _) => c.name.to_string(),
+            Step::Orphans(name, _) | Step::Foreign(_, name, ..) => name.to_string(),
+            Step::Release(c) => c.name.to_string(),
+            Step::Tidy(_) => String::new(),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Step::RollBack(..) => "roll-back",
+            Step::FinishTerminate(..) => "finish-terminate",
+            Step::FinishRollback(..) => "finish-rollback",
+            Step::Strays { .. } => "record-strays",
+            Step::Reopen(..) => "reopen",
+            Step::Orphans(..) => "orphans",
+            Step::Release(_) => "release",
+            Step::Foreign(..) => "foreign",
+            Step::Tidy(_) => "tidy",
+        }
+    }
+
+    fn instances(&self) -> Vec<String> {
+        let ids = |v: &[Instance]| v.iter().map(|i| i.id.clone()).collect::<Vec<_>>();
+        match self {
+            Step::RollBack(_, _, live)
+            | Step::FinishTerminate(_, live)
+            | Step::FinishRollback(_, live) => live.clone(),
+            Step::Strays { found, .. } | Step::Reopen(_, found) | Step::Orphans(_, found) => {
+                ids(found)
+            }
+            Step::Release(_) => Vec::new(),
+            Step::Foreign(_, _, _, instances, _) => instances.clone(),
+            Step::Tidy(dirs) => dirs.clone(),
+        }
+    }
+
+    /// What the step is, said in the mood of the run ("would terminate …" in a dry run).
+    fn what(&self, dry_run: bool) -> String {
         let would = |now: &str, then: &str| {
             if dry_run {
                 format!("would {now}")
@@ -112,128 +164,80 @@ impl Step {
                 then.to_owned()
             }
         };
-        let ids = |v: &[Instance]| v.iter().map(|i| i.id.clone()).collect::<Vec<_>>();
         match self {
-            Step::RollBack(c, why, live) => Action {
-                cluster: c.name.to_string(),
-                action: "roll-back".into(),
-                what: format!(
-                    "{} ({why})",
-                    would(
-                        &format!("roll back the launch left in state {}", c.state.as_str()),
-                        &format!("rolled back the launch left in state {}", c.state.as_str())
-                    )
-                ),
-                instances: live.clone(),
-            },
-            Step::FinishTerminate(c, live) => Action {
-                cluster: c.name.to_string(),
-                action: "finish-terminate".into(),
-                what: would(
-                    "finish an interrupted terminate",
-                    "finished an interrupted terminate",
-                ),
-                instances: live.clone(),
-            },
-            Step::FinishRollback(c, live) => Action {
-                cluster: c.name.to_string(),
-                action: "finish-rollback".into(),
-                what: would(
-                    "finish rolling back a failed launch",
-                    "finished rolling back a failed launch",
-                ),
-                instances: live.clone(),
-            },
+            Step::RollBack(c, why, _) => format!(
+                "{} ({why})",
+                would(
+                    &format!("roll back the launch left in state {}", c.state.as_str()),
+                    &format!("rolled back the launch left in state {}", c.state.as_str())
+                )
+            ),
+            Step::FinishTerminate(..) => would(
+                "finish an interrupted terminate",
+                "finished an interrupted terminate",
+            ),
+            Step::FinishRollback(..) => would(
+                "finish rolling back a failed launch",
+                "finished rolling back a failed launch",
+            ),
             Step::Strays {
-                cluster,
                 request,
                 found,
                 settle,
-            } => Action {
-                cluster: cluster.name.to_string(),
-                action: "record-strays".into(),
-                what: if found.is_empty() {
+                ..
+            } => {
+                if found.is_empty() {
+                    let n = settle.len();
                     would(
                         &format!(
-                            "close {} launch call(s) of {request} that created nothing unrecorded",
-                            settle.len()
+                            "close {n} launch call(s) of {request} that created nothing unrecorded"
                         ),
                         &format!(
-                            "closed {} launch call(s) of {request} that created nothing unrecorded",
-                            settle.len()
+                            "closed {n} launch call(s) of {request} that created nothing unrecorded"
                         ),
                     )
                 } else {
+                    let n = found.len();
                     would(
                         &format!(
-                            "record and terminate {} instance(s) that an interrupted launch call of {request} created",
-                            found.len()
+                            "record and terminate {n} instance(s) that an interrupted launch call of {request} created"
                         ),
                         &format!(
-                            "recorded and terminated {} instance(s) that an interrupted launch call of {request} created",
-                            found.len()
+                            "recorded and terminated {n} instance(s) that an interrupted launch call of {request} created"
                         ),
                     )
-                },
-                instances: ids(found),
-            },
-            Step::Reopen(c, found) => Action {
-                cluster: c.name.to_string(),
-                action: "reopen".into(),
-                what: would(
+                }
+            }
+            Step::Reopen(_, found) => {
+                let n = found.len();
+                would(
                     &format!(
-                        "terminate {} instance(s) recorded as ended that still run, counting their hours until they end",
-                        found.len()
+                        "terminate {n} instance(s) recorded as ended that still run, counting their hours until they end"
                     ),
                     &format!(
-                        "terminated {} instance(s) recorded as ended that still ran, counting their hours until they ended",
-                        found.len()
+                        "terminated {n} instance(s) recorded as ended that still ran, counting their hours until they ended"
                     ),
-                ),
-                instances: ids(found),
-            },
-            Step::Orphans(name, found) => Action {
-                cluster: name.to_string(),
-                action: "orphans".into(),
-                what: would(
-                    &format!(
-                        "record and terminate {} instance(s) no record knows",
-                        found.len()
-                    ),
-                    &format!(
-                        "recorded and terminated {} instance(s) no record knew",
-                        found.len()
-                    ),
-                ),
-                instances: ids(found),
-            },
-            Step::Release(c) => Action {
-                cluster: c.name.to_string(),
-                action: "release".into(),
-                what: would(
-                    "release the resources of a cluster that is gone",
-                    "released the resources of a cluster that is gone",
-                ),
-                instances: vec![],
-            },
-            Step::Foreign(owner, name, store, instances, resources) => Action {
-                cluster: name.to_string(),
-                action: "foreign".into(),
-                what: format!(
-                    "left alone: {} instance(s) and {resources} other resource(s) of {owner}'s cluster {name} in another state directory (store {store})",
-                    instances.len()
-                ),
-                instances: instances.clone(),
-            },
-            Step::Tidy(dirs) => Action {
-                cluster: String::new(),
-                action: "tidy".into(),
-                what: would(
-                    &format!("remove {} half-made node directorie(s)", dirs.len()),
-                    &format!("removed {} half-made node directorie(s)", dirs.len()),
-                ),
-                instances: dirs.clone(),
-            },
+                )
+            }
+            Step::Orphans(_, found) => {
+                let n = found.len();
+                would(
+                    &format!("record and terminate {n} instance(s) no record knows"),
+                    &format!("recorded and terminated {n} instance(s) no record knew"),
+                )
+            }
+            Step::Release(_) => would(
+                "release the resources of a cluster that is gone",
+                "released the resources of a cluster that is gone",
+            ),
+            Step::Foreign(owner, name, store, instances, resources) => format!(
+                "left alone: {} instance(s) and {resources} other resource(s) of {owner}'s cluster {name} in another state directory (store {store})",
+                instances.len()
+            ),
+            Step::Tidy(dirs) => would(
+                &format!("remove {} half-made node directorie(s)", dirs.len()),
+                &format!("removed {} half-made node directorie(s)", dirs.len()),
+            ),
         }
     }
 }
@@ -297,231 +301,286 @@ async fn plan<P: Provider>(
     owner: Option<&Owner>,
     options: &Options,
 ) -> Result<Vec<Step>, Error> {
-    let now = now_millis();
-    let grace = ms(provider.consistency_grace());
-    let clusters: Vec<ClusterRow> = ctx
-        .store
-        .list_clusters(owner)?
-        .into_iter()
-        .filter(|c| c.provider == provider.kind())
-        .collect();
-    let mut steps = Vec::new();
-    // Clusters a step below already takes care of, with all their instances.
-    let mut handled: BTreeSet<i64> = BTreeSet::new();
-
-    // Rows: interrupted terminates are finished, abandoned launches rolled back.
-    for c in &clusters {
-        let age = now - c.updated_at;
-        // Read only for the few rows a step may concern, not for every cluster ever made.
-        let live = || -> Result<Vec<String>, Error> {
-            Ok(live_nodes(ctx, c)?
-                .into_iter()
-                .map(|n| n.instance_id)
-                .collect())
-        };
-        let step = match c.state {
-            ClusterState::Terminating if !TerminateLock::is_held(ctx.state_dir, c.id) => {
-                Some(Step::FinishTerminate(c.clone(), live()?))
-            }
-            ClusterState::Reserved | ClusterState::Requested | ClusterState::Running => {
-                let launcher = LaunchLock::launcher(ctx.state_dir, &c.request_id);
-                if launcher == Launcher::Died && launcher_died(ctx, c)? {
-                    Some(Step::RollBack(
-                        c.clone(),
-                        "its launcher died".to_owned(),
-                        live()?,
-                    ))
-                } else if c.state != ClusterState::Running
-                    && launcher != Launcher::Running
-                    && age
-                        > options
-                            .stuck_after
-                            .map(ms)
-                            .unwrap_or_else(|| stuck_after_ms(c))
-                {
-                    Some(Step::RollBack(
-                        c.clone(),
-                        format!("abandoned for {} minutes", age / 60_000),
-                        live()?,
-                    ))
-                } else {
-                    None
-                }
-            }
-            // A launch that failed, and whose rollback did not get through (the cloud refused
-            // or timed out): no process works on a failed cluster, so finish it now.
-            ClusterState::Failed => {
-                let live = live()?;
-                (!live.is_empty()).then(|| Step::FinishRollback(c.clone(), live))
-            }
-            _ => None,
-        };
-        if let Some(s) = step {
-            handled.insert(c.id);
-            steps.push(s);
-        }
-    }
-
-    // Launch calls whose launcher is gone, and what they created that no row knows.
-    let by_id: BTreeMap<i64, &ClusterRow> = clusters.iter().map(|c| (c.id, c)).collect();
-    let mut batches: BTreeMap<String, Vec<BatchRow>> = BTreeMap::new();
-    for b in ctx.store.pending_batches()? {
-        if by_id.contains_key(&b.cluster_id) {
-            batches.entry(b.request_id.clone()).or_default().push(b);
-        }
-    }
-    let mut claimed: BTreeSet<String> = BTreeSet::new();
-    for (request, rows) in batches {
-        let request = RequestId::from_stored(request);
-        if LaunchLock::launcher(ctx.state_dir, &request) == Launcher::Running {
-            continue;
-        }
-        let cluster = by_id[&rows[0].cluster_id];
-        let found: Vec<Instance> = provider
-            .describe(&request_selector(ctx, cluster, &request))
-            .await?
+    let mut p = Planner {
+        ctx,
+        owner,
+        options,
+        now: now_millis(),
+        grace: ms(provider.consistency_grace()),
+        clusters: ctx
+            .store
+            .list_clusters(owner)?
             .into_iter()
-            .filter(|i| !i.state.is_gone())
-            .filter(|i| !ctx.store.knows_instance(&i.id).unwrap_or(true))
-            .collect();
-        // A call is closed once nothing unrecorded of it is found after EC2 has had time to
-        // show it.
-        let settle: Vec<String> = if found.is_empty() {
-            rows.iter()
-                .filter(|b| now - b.created_at > grace)
-                .map(|b| b.token.clone())
-                .collect()
-        } else {
-            Vec::new()
-        };
-        if found.is_empty() && settle.is_empty() {
-            continue;
-        }
-        claimed.extend(found.iter().map(|i| i.id.clone()));
-        steps.push(Step::Strays {
-            cluster: cluster.clone(),
-            request,
-            found,
-            settle,
-        });
-    }
-
-    // Instances: this store's live ones that no row knows, or that a row holds as ended.
+            .filter(|c| c.provider == provider.kind())
+            .collect(),
+        steps: Vec::new(),
+        handled: BTreeSet::new(),
+        claimed: BTreeSet::new(),
+    };
+    p.rows()?;
+    p.strays(provider).await?;
     let tagged = provider
         .describe(&Selector {
             owner: owner.cloned(),
             ..Default::default()
         })
         .await?;
-    let mut orphans: BTreeMap<(Owner, ClusterName), Vec<Instance>> = BTreeMap::new();
-    let mut reopen: BTreeMap<i64, Vec<Instance>> = BTreeMap::new();
-    let mut foreign: BTreeMap<(Owner, ClusterName, StoreId), Vec<String>> = BTreeMap::new();
-    for i in &tagged {
-        let Some(tags) = &i.tags else { continue };
-        if i.state.is_gone() || claimed.contains(&i.id) {
-            continue;
-        }
-        if !orphans::is_ours(ctx, i)? {
-            if let Some(store) = &tags.store {
-                foreign
-                    .entry((tags.owner.clone(), tags.cluster.clone(), store.clone()))
-                    .or_default()
-                    .push(i.id.clone());
-            }
-            continue;
-        }
-        match ctx.store.node(&i.id)? {
-            Some(n) if n.state.is_gone() || n.ended_at.is_some() => {
-                if !handled.contains(&n.cluster_id) {
-                    reopen.entry(n.cluster_id).or_default().push(i.clone());
-                }
-            }
-            Some(_) => {}
-            None => {
-                // A launch (or launch-slaves) in progress records its nodes right after its
-                // call returns: leave its instances alone while its launcher lives.
-                if orphans::is_orphan(ctx, i, now, ms(options.orphan_grace))? {
-                    orphans
-                        .entry((tags.owner.clone(), tags.cluster.clone()))
-                        .or_default()
-                        .push(i.clone());
-                }
-            }
-        }
-    }
-    for (cluster_id, found) in reopen {
-        if let Some(c) = ctx.store.cluster_by_id(cluster_id)? {
-            steps.push(Step::Reopen(c, found));
-        }
-    }
-    for ((_, name), found) in orphans {
-        steps.push(Step::Orphans(name, found));
-    }
-
-    // Per-cluster resources of clusters that are gone. Listed first, the rows read after: a
-    // launch records its row before it creates its group and key pair, so whatever is listed
-    // here and belongs to a launch in progress has its live row read below.
-    let resources = provider
-        .cluster_resources(&Selector {
-            owner: owner.cloned(),
-            ..Default::default()
-        })
-        .await?;
-    let live_names: BTreeSet<(Owner, ClusterName)> = ctx
-        .store
-        .list_clusters(owner)?
-        .into_iter()
-        .filter(|c| c.state.is_live() || handled.contains(&c.id))
-        .map(|c| (c.owner, c.name))
-        .collect();
-    let still_running: BTreeSet<(Owner, ClusterName)> = tagged
-        .iter()
-        .filter(|i| !i.state.is_gone())
-        .filter_map(|i| {
-            i.tags
-                .as_ref()
-                .map(|t| (t.owner.clone(), t.cluster.clone()))
-        })
-        .collect();
-    let mut foreign_resources: BTreeMap<(Owner, ClusterName, StoreId), usize> = BTreeMap::new();
-    let mut released: BTreeSet<(Owner, ClusterName)> = BTreeSet::new();
-    for t in resources {
-        let key = (t.owner.clone(), t.cluster.clone());
-        let mine = match &t.store {
-            Some(s) => s == ctx.store.id(),
-            None => ctx.store.knows_request(t.request.as_str())?,
-        };
-        if !mine {
-            if let Some(s) = t.store {
-                *foreign_resources
-                    .entry((t.owner, t.cluster, s))
-                    .or_default() += 1;
-            }
-            continue;
-        }
-        if live_names.contains(&key) || still_running.contains(&key) || !released.insert(key) {
-            continue;
-        }
-        steps.push(Step::Release(ClusterRef {
-            owner: t.owner,
-            name: t.cluster,
-            profile: t.profile,
-            request: t.request,
-            store: ctx.store.id().clone(),
-        }));
-    }
-    let mut keys: BTreeSet<(Owner, ClusterName, StoreId)> = foreign.keys().cloned().collect();
-    keys.extend(foreign_resources.keys().cloned());
-    for k in keys {
-        let instances = foreign.remove(&k).unwrap_or_default();
-        let resources = foreign_resources.get(&k).copied().unwrap_or(0);
-        steps.push(Step::Foreign(k.0, k.1, k.2, instances, resources));
-    }
+    let foreign = p.instances(&tagged)?;
+    p.resources(provider, &tagged, foreign).await?;
     let half_made = provider.half_made(options.orphan_grace).await?;
     if !half_made.is_empty() {
-        steps.push(Step::Tidy(half_made));
+        p.steps.push(Step::Tidy(half_made));
     }
-    Ok(steps)
+    Ok(p.steps)
+}
+
+/// Instances of the same owner from another state directory, by cluster and store.
+type Foreign = BTreeMap<(Owner, ClusterName, StoreId), Vec<String>>;
+
+/// A plan in the making: the clusters it looks at, and what its phases found so far.
+struct Planner<'a> {
+    ctx: Ctx<'a>,
+    owner: Option<&'a Owner>,
+    options: &'a Options,
+    now: Millis,
+    grace: Millis,
+    clusters: Vec<ClusterRow>,
+    steps: Vec<Step>,
+    /// Clusters a step already takes care of, with all their instances.
+    handled: BTreeSet<i64>,
+    /// Instances a step already takes care of.
+    claimed: BTreeSet<String>,
+}
+
+impl Planner<'_> {
+    /// Rows: interrupted terminates are finished, abandoned launches rolled back, failed
+    /// rollbacks finished.
+    fn rows(&mut self) -> Result<(), Error> {
+        let ctx = self.ctx;
+        for c in &self.clusters {
+            // Read only for the few rows a step may concern, not for every cluster ever made.
+            let live = || -> Result<Vec<String>, Error> {
+                Ok(live_nodes(ctx, c)?
+                    .into_iter()
+                    .map(|n| n.instance_id)
+                    .collect())
+            };
+            let step = match c.state {
+                ClusterState::Terminating if !TerminateLock::is_held(ctx.state_dir, c.id) => {
+                    Some(Step::FinishTerminate(c.clone(), live()?))
+                }
+                ClusterState::Reserved | ClusterState::Requested | ClusterState::Running => self
+                    .abandoned(c)?
+                    .map(|why| -> Result<Step, Error> {
+                        Ok(Step::RollBack(c.clone(), why, live()?))
+                    })
+                    .transpose()?,
+                // A launch that failed, and whose rollback did not get through (the cloud
+                // refused or timed out): no process works on a failed cluster, so finish it.
+                ClusterState::Failed => {
+                    let live = live()?;
+                    (!live.is_empty()).then(|| Step::FinishRollback(c.clone(), live))
+                }
+                _ => None,
+            };
+            if let Some(s) = step {
+                self.handled.insert(c.id);
+                self.steps.push(s);
+            }
+        }
+        Ok(())
+    }
+
+    /// Why a launch in progress counts as abandoned, if it does: its launcher died, or it has
+    /// been stuck in `reserved` or `requested` longer than any launch takes.
+    fn abandoned(&self, c: &ClusterRow) -> Result<Option<String>, Error> {
+        let ctx = self.ctx;
+        let age = self.now - c.updated_at;
+        let launcher = LaunchLock::launcher(ctx.state_dir, &c.request_id);
+        if launcher == Launcher::Died && launcher_died(ctx, c)? {
+            return Ok(Some("its launcher died".to_owned()));
+        }
+        let stuck_after = self
+            .options
+            .stuck_after
+            .map(ms)
+            .unwrap_or_else(|| stuck_after_ms(c));
+        Ok(
+            (c.state != ClusterState::Running
+                && launcher != Launcher::Running
+                && age > stuck_after)
+                .then(|| format!("abandoned for {} minutes", age / 60_000)),
+        )
+    }
+
+    /// Launch calls whose launcher is gone, and what they created that no row knows.
+    async fn strays<P: Provider>(&mut self, provider: &P) -> Result<(), Error> {
+        let ctx = self.ctx;
+        let by_id: BTreeMap<i64, &ClusterRow> = self.clusters.iter().map(|c| (c.id, c)).collect();
+        let mut batches: BTreeMap<String, Vec<BatchRow>> = BTreeMap::new();
+        for b in ctx.store.pending_batches()? {
+            if by_id.contains_key(&b.cluster_id) {
+                batches.entry(b.request_id.clone()).or_default().push(b);
+            }
+        }
+        for (request, rows) in batches {
+            let request = RequestId::from_stored(request);
+            if LaunchLock::launcher(ctx.state_dir, &request) == Launcher::Running {
+                continue;
+            }
+            let cluster = by_id[&rows[0].cluster_id];
+            let found: Vec<Instance> = provider
+                .describe(&request_selector(ctx, cluster, &request))
+                .await?
+                .into_iter()
+                .filter(|i| !i.state.is_gone())
+                .filter(|i| !ctx.store.knows_instance(&i.id).unwrap_or(true))
+                .collect();
+            // A call is closed once nothing unrecorded of it is found after EC2 has had time
+            // to show it.
+            let settle: Vec<String> = if found.is_empty() {
+                rows.iter()
+                    .filter(|b| self.now - b.created_at > self.grace)
+                    .map(|b| b.token.clone())
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            if found.is_empty() && settle.is_empty() {
+                continue;
+            }
+            self.claimed.extend(found.iter().map(|i| i.id.clone()));
+            self.steps.push(Step::Strays {
+                cluster: cluster.clone(),
+                request,
+                found,
+                settle,
+            });
+        }
+        Ok(())
+    }
+
+    /// Instances: this store's live ones that no row knows (orphans), or that a row holds as
+    /// ended (reopened). Returns those of other stores.
+    fn instances(&mut self, tagged: &[Instance]) -> Result<Foreign, Error> {
+        let ctx = self.ctx;
+        let mut orphans: BTreeMap<(Owner, ClusterName), Vec<Instance>> = BTreeMap::new();
+        let mut reopen: BTreeMap<i64, Vec<Instance>> = BTreeMap::new();
+        let mut foreign: Foreign = BTreeMap::new();
+        for i in tagged {
+            let Some(tags) = &i.tags else { continue };
+            if i.state.is_gone() || self.claimed.contains(&i.id) {
+                continue;
+            }
+            if !orphans::is_ours(ctx, i)? {
+                if let Some(store) = &tags.store {
+                    foreign
+                        .entry((tags.owner.clone(), tags.cluster.clone(), store.clone()))
+                        .or_default()
+                        .push(i.id.clone());
+                }
+                continue;
+            }
+            match ctx.store.node(&i.id)? {
+                Some(n) if n.state.is_gone() || n.ended_at.is_some() => {
+                    if !self.handled.contains(&n.cluster_id) {
+                        reopen.entry(n.cluster_id).or_default().push(i.clone());
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    // A launch (or launch-slaves) in progress records its nodes right after its
+                    // call returns: leave its instances alone while its launcher lives.
+                    if orphans::is_orphan(ctx, i, self.now, ms(self.options.orphan_grace))? {
+                        orphans
+                            .entry((tags.owner.clone(), tags.cluster.clone()))
+                            .or_default()
+                            .push(i.clone());
+                    }
+                }
+            }
+        }
+        for (cluster_id, found) in reopen {
+            if let Some(c) = ctx.store.cluster_by_id(cluster_id)? {
+                self.steps.push(Step::Reopen(c, found));
+            }
+        }
+        for ((_, name), found) in orphans {
+            self.steps.push(Step::Orphans(name, found));
+        }
+        Ok(foreign)
+    }
+
+    /// Per-cluster resources of clusters that are gone, released; and what belongs to other
+    /// stores, reported. Listed first, the rows read after: a launch records its row before it
+    /// creates its group and key pair, so whatever is listed here and belongs to a launch in
+    /// progress has its live row read below.
+    async fn resources<P: Provider>(
+        &mut self,
+        provider: &P,
+        tagged: &[Instance],
+        mut foreign: Foreign,
+    ) -> Result<(), Error> {
+        let ctx = self.ctx;
+        let resources = provider
+            .cluster_resources(&Selector {
+                owner: self.owner.cloned(),
+                ..Default::default()
+            })
+            .await?;
+        let live_names: BTreeSet<(Owner, ClusterName)> = ctx
+            .store
+            .list_clusters(self.owner)?
+            .into_iter()
+            .filter(|c| c.state.is_live() || self.handled.contains(&c.id))
+            .map(|c| (c.owner, c.name))
+            .collect();
+        let still_running: BTreeSet<(Owner, ClusterName)> = tagged
+            .iter()
+            .filter(|i| !i.state.is_gone())
+            .filter_map(|i| {
+                i.tags
+                    .as_ref()
+                    .map(|t| (t.owner.clone(), t.cluster.clone()))
+            })
+            .collect();
+        let mut foreign_resources: BTreeMap<(Owner, ClusterName, StoreId), usize> = BTreeMap::new();
+        let mut released: BTreeSet<(Owner, ClusterName)> = BTreeSet::new();
+        for t in resources {
+            let key = (t.owner.clone(), t.cluster.clone());
+            let mine = match &t.store {
+                Some(s) => s == ctx.store.id(),
+                None => ctx.store.knows_request(t.request.as_str())?,
+            };
+            if !mine {
+                if let Some(s) = t.store {
+                    *foreign_resources
+                        .entry((t.owner, t.cluster, s))
+                        .or_default() += 1;
+                }
+                continue;
+            }
+            if live_names.contains(&key) || still_running.contains(&key) || !released.insert(key) {
+                continue;
+            }
+            self.steps.push(Step::Release(ClusterRef {
+                owner: t.owner,
+                name: t.cluster,
+                profile: t.profile,
+                request: t.request,
+                store: ctx.store.id().clone(),
+            }));
+        }
+        let mut keys: BTreeSet<(Owner, ClusterName, StoreId)> = foreign.keys().cloned().collect();
+        keys.extend(foreign_resources.keys().cloned());
+        for k in keys {
+            let instances = foreign.remove(&k).unwrap_or_default();
+            let resources = foreign_resources.get(&k).copied().unwrap_or(0);
+            self.steps
+                .push(Step::Foreign(k.0, k.1, k.2, instances, resources));
+        }
+        Ok(())
+    }
 }
 
 async fn carry_out<P: Provider>(ctx: Ctx<'_>, provider: &P, step: Step) -> Result<(), Error> {
