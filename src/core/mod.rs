@@ -2,6 +2,7 @@
 //! times), the error type and its kinds, money, input parsing, escaping, file writing, the
 //! backoff every wait uses, and the output sink. It imports nothing of the project but `sys`.
 
+pub mod backoff;
 pub mod env;
 pub mod error;
 pub mod files;

@@ -9,6 +9,35 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+/// The names of an enum's variants, written once: `as_str`, `parse` (`None` for a name that is
+/// not one), `ALL` and `Display`.
+macro_rules! named_enum {
+    ($ty:ident { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $ty {
+            pub const ALL: &'static [$ty] = &[$($ty::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name),+
+                }
+            }
+
+            pub fn parse(s: &str) -> Option<Self> {
+                match s {
+                    $($name => Some($ty::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
 /// Milliseconds since the Unix epoch. Hours are computed from these, so short-lived clusters
 /// still show their (small) usage.
 pub type Millis = i64;
@@ -199,28 +228,10 @@ pub enum Role {
     Worker,
 }
 
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Master => "master",
-            Role::Worker => "worker",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "master" => Some(Role::Master),
-            "worker" => Some(Role::Worker),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+named_enum!(Role {
+    Master => "master",
+    Worker => "worker",
+});
 
 fn random_hex() -> String {
     use rand::RngExt;
@@ -339,28 +350,10 @@ pub enum ProviderKind {
     Ec2,
 }
 
-impl ProviderKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProviderKind::Local => "local",
-            ProviderKind::Ec2 => "ec2",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "local" => Some(ProviderKind::Local),
-            "ec2" => Some(ProviderKind::Ec2),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for ProviderKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+named_enum!(ProviderKind {
+    Local => "local",
+    Ec2 => "ec2",
+});
 
 /// Where a cluster is in its life. A launch moves reserved -> requested -> running ->
 /// configured, or to failed (then everything it launched is terminated); terminate moves any
@@ -377,33 +370,17 @@ pub enum ClusterState {
     Terminated,
 }
 
+named_enum!(ClusterState {
+    Reserved => "reserved",
+    Requested => "requested",
+    Running => "running",
+    Configured => "configured",
+    Failed => "failed",
+    Terminating => "terminating",
+    Terminated => "terminated",
+});
+
 impl ClusterState {
-    pub const ALL: [ClusterState; 7] = [
-        ClusterState::Reserved,
-        ClusterState::Requested,
-        ClusterState::Running,
-        ClusterState::Configured,
-        ClusterState::Failed,
-        ClusterState::Terminating,
-        ClusterState::Terminated,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ClusterState::Reserved => "reserved",
-            ClusterState::Requested => "requested",
-            ClusterState::Running => "running",
-            ClusterState::Configured => "configured",
-            ClusterState::Failed => "failed",
-            ClusterState::Terminating => "terminating",
-            ClusterState::Terminated => "terminated",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| c.as_str() == s)
-    }
-
     /// A cluster that holds its name: anything but failed and terminated.
     pub fn is_live(self) -> bool {
         !matches!(self, ClusterState::Failed | ClusterState::Terminated)
@@ -428,31 +405,17 @@ pub enum InstanceState {
     Unknown,
 }
 
+named_enum!(InstanceState {
+    Pending => "pending",
+    Running => "running",
+    Stopping => "stopping",
+    Stopped => "stopped",
+    ShuttingDown => "shutting-down",
+    Terminated => "terminated",
+    Unknown => "unknown",
+});
+
 impl InstanceState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            InstanceState::Pending => "pending",
-            InstanceState::Running => "running",
-            InstanceState::Stopping => "stopping",
-            InstanceState::Stopped => "stopped",
-            InstanceState::ShuttingDown => "shutting-down",
-            InstanceState::Terminated => "terminated",
-            InstanceState::Unknown => "unknown",
-        }
-    }
-
-    pub fn parse(s: &str) -> Self {
-        match s {
-            "pending" => InstanceState::Pending,
-            "running" => InstanceState::Running,
-            "stopping" => InstanceState::Stopping,
-            "stopped" => InstanceState::Stopped,
-            "shutting-down" => InstanceState::ShuttingDown,
-            "terminated" => InstanceState::Terminated,
-            _ => InstanceState::Unknown,
-        }
-    }
-
     /// Gone for good: it will never run again and no longer bills. Only a positive sighting
     /// says so; an instance the provider does not list is not gone (EC2 is eventually
     /// consistent).
@@ -469,12 +432,6 @@ impl InstanceState {
             self,
             InstanceState::Pending | InstanceState::Running | InstanceState::Stopping
         )
-    }
-}
-
-impl fmt::Display for InstanceState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -563,7 +520,7 @@ mod tests {
 
     #[test]
     fn states_round_trip() {
-        for s in ClusterState::ALL {
+        for &s in ClusterState::ALL {
             assert_eq!(ClusterState::parse(s.as_str()), Some(s));
         }
     }

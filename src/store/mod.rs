@@ -582,7 +582,9 @@ fn update_state(
 /// once (without the busy handler) when another process has it open, as when two commands
 /// create a fresh state directory together: so check first, and retry the switch for a while.
 fn set_wal(conn: &Connection) -> rusqlite::Result<()> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let ms = std::time::Duration::from_millis;
+    let mut backoff = crate::core::backoff::Backoff::new(ms(10), ms(10))
+        .until(std::time::Instant::now() + std::time::Duration::from_secs(10));
     loop {
         let attempt = (|| {
             let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
@@ -593,11 +595,7 @@ fn set_wal(conn: &Connection) -> rusqlite::Result<()> {
         })();
         match attempt {
             Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::DatabaseBusy
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
+                if e.code == rusqlite::ErrorCode::DatabaseBusy && backoff.wait_blocking() => {}
             other => return other,
         }
     }

@@ -637,7 +637,7 @@ fn node_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<NodeRow, Stor
                 .ok_or_else(|| StoreError::Corrupt(format!("node role {role:?}")))?,
             index: r.get(3)?,
             request_id: r.get(4)?,
-            state: InstanceState::parse(&state),
+            state: InstanceState::parse(&state).unwrap_or(InstanceState::Unknown),
             address: r.get(6)?,
             ssh_port: r.get(7)?,
             instance_type: r.get(8)?,
@@ -709,7 +709,7 @@ mod tests {
         (dir, store, c)
     }
 
-    const ALL: &[ClusterState] = &ClusterState::ALL;
+    const ALL: &[ClusterState] = ClusterState::ALL;
 
     #[test]
     fn intervals_end_on_stop_and_gone_and_reopen_on_restart() {
