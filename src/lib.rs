@@ -1,8 +1,9 @@
 //! stratus: launch Hadoop clusters on EC2, or as local processes, for a class.
 //!
 //! The binary is a thin shell over [`main`]; everything lives here so tests can drive it.
-//! See `DESIGN.md` for the architecture: CLI -> cluster lifecycle -> provider trait (ec2 |
-//! local), with SSH, templates and one SQLite state file beside it.
+//! See `docs/architecture.md` for the layers (cli -> service -> accounting, policy -> cluster ->
+//! store, templates -> config -> core, sys), the rule that imports only go down, and where each
+//! concern lives.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 // Unsafe code lives in `sys` only, each block with a SAFETY comment.
 #![deny(unsafe_code)]

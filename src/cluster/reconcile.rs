@@ -1,6 +1,6 @@
 //! Reconcile and delete-cluster: finding what a crash, a SIGKILL or an interrupted command left
 //! behind, by comparing the store's rows with what the provider holds under stratus's tags, and
-//! finishing or undoing it (DESIGN.md, "A launch is a state machine").
+//! finishing or undoing it (docs/architecture.md, "A launch is a state machine").
 //!
 //! What it does, by what it finds:
 //! - a cluster `terminating` whose terminate is not running any more: the terminate is finished;

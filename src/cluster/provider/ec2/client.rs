@@ -1,6 +1,6 @@
 //! The SDK client, built explicitly from the site config: region, endpoint, credentials, retry
 //! and timeouts are all set here, so nothing of the caller's AWS config files decides where
-//! stratus's calls go or with which identity (DESIGN.md, "What the runner must not trust").
+//! stratus's calls go or with which identity (docs/architecture.md, "The privilege model").
 //!
 //! Credentials are static keys read by stratus itself (see `credentials`): no source can make
 //! stratus run a program or ask a metadata service. With `Trust::Service` (the runner of a
