@@ -16,13 +16,13 @@
 mod access;
 mod accounting;
 mod admin;
-pub mod args;
+pub(crate) mod args;
 mod info;
 mod launch;
 pub use args::*;
-pub(crate) mod client;
+mod client;
 pub mod report;
-pub(crate) mod table;
+mod table;
 
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -2,12 +2,12 @@
 //! times), the error type and its kinds, money, input parsing, escaping, file writing, the
 //! backoff every wait uses, and the output sink. It imports nothing of the project but `sys`.
 
-pub mod backoff;
-pub mod env;
+pub(crate) mod backoff;
+pub(crate) mod env;
 pub mod error;
 pub mod files;
-pub mod input;
+pub(crate) mod input;
 pub mod model;
 pub mod money;
 pub mod printer;
-pub mod text;
+pub(crate) mod text;

@@ -13,14 +13,14 @@
 //! - `audit`: the audit trail and syslog;
 //! - `protocol`: the request, the typed answer, and their wire form.
 
-pub mod admission;
-pub mod audit;
+pub(crate) mod admission;
+pub(crate) mod audit;
 pub mod caller;
-pub mod clusters;
-pub mod inputs;
-pub mod launch;
-pub mod protocol;
-pub mod usage;
+pub(crate) mod clusters;
+pub(crate) mod inputs;
+pub(crate) mod launch;
+pub(crate) mod protocol;
+pub(crate) mod usage;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
