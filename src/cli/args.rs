@@ -161,6 +161,10 @@ pub enum Command {
     /// install's `--config`, fixed at install time; not for direct use)
     #[command(name = "runner", hide = true)]
     Runner,
+    /// Run the class service: the privileged side of a multi-user install, as the service
+    /// account, on the Unix socket `[service] socket` (started by systemd's stratus.socket, or
+    /// any supervisor)
+    Serve,
     /// List cluster profiles, or show one resolved
     Profiles {
         #[command(subcommand)]

@@ -47,6 +47,7 @@ pub async fn run(cli: Cli, env: Environment, printer: Arc<Printer>) -> Result<Ex
                 "__node and runner are handled before the CLI starts",
             ));
         }
+        Command::Serve => return crate::service::serve::run(settings, printer).await,
         _ => {}
     }
     let client = Client::new(settings, printer)?;
@@ -110,7 +111,7 @@ pub async fn run(cli: Cli, env: Environment, printer: Arc<Printer>) -> Result<Ex
         Command::Quota { json } => info::quota(&client, json).await,
         Command::Admin { action } => admin::audit(&client, action).await,
         Command::Accounting { action } => accounting::run(&client, action).await,
-        Command::Profiles { .. } | Command::Node { .. } | Command::Runner => {
+        Command::Profiles { .. } | Command::Node { .. } | Command::Runner | Command::Serve => {
             unreachable!("handled above")
         }
     }

@@ -62,8 +62,14 @@ pub struct SiteConfig {
     /// `single-user` (the default) or `multi-user` (launches go through the setuid wrapper).
     #[serde(default)]
     pub mode: Mode,
-    /// The installed setuid wrapper (multi-user mode).
+    /// The installed setuid wrapper (multi-user mode, `transport = "setuid"`).
     pub wrapper: Option<PathBuf>,
+    /// How a multi-user install's CLI reaches the privileged side: the class service's socket
+    /// (`service`, the default when a `[service]` table is present) or the setuid wrapper
+    /// (`setuid`, the default otherwise).
+    pub transport: Option<Transport>,
+    /// The class service (`stratus serve`): its socket and its timers.
+    pub service: Option<ServiceConfig>,
     /// The state directory of a multi-user install (the runner's; users' own state stays in
     /// their homes). Single-user installs use `STRATUS_HOME` or the home directory.
     pub state_dir: Option<PathBuf>,
@@ -86,6 +92,41 @@ pub struct SiteConfig {
     /// table.
     #[serde(default)]
     pub prices: BTreeMap<String, f64>,
+}
+
+/// How a multi-user install's CLI reaches the privileged side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    /// The class service's Unix socket (`[service] socket`): one process for the class, outside
+    /// every student's cgroup.
+    Service,
+    /// The setuid wrapper (`wrapper`), for hosts where no service can run.
+    Setuid,
+}
+
+/// The class service: `stratus serve`, as the service account.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig {
+    /// The socket it listens on, in a directory only root may write to.
+    pub socket: PathBuf,
+    /// Run the accounting snapshot every this many minutes (none: cron does).
+    pub snapshot_minutes: Option<u32>,
+    /// Run the reaper every this many minutes (none: cron does).
+    pub reap_minutes: Option<u32>,
+}
+
+pub const DEFAULT_SOCKET: &str = "/run/stratus/stratus.sock";
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from(DEFAULT_SOCKET),
+            snapshot_minutes: None,
+            reap_minutes: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -265,11 +306,29 @@ impl SiteConfig {
                     "mode = \"multi-user\" needs provider = \"ec2\": local nodes would run as the service account, and a shell on one could read its credentials".into(),
                 ));
             }
-            if self.wrapper.is_none() {
+            if self.transport() == Transport::Setuid && self.wrapper.is_none() {
                 return Err(invalid(
-                    "mode = \"multi-user\" needs `wrapper`, the path of the installed stratus-wrap"
+                    "mode = \"multi-user\" with transport = \"setuid\" needs `wrapper`, the path of the installed stratus-wrap"
                         .into(),
                 ));
+            }
+        }
+        if let Some(s) = &self.service {
+            if !s.socket.is_absolute() {
+                return Err(invalid(format!(
+                    "[service] socket = {:?} must be an absolute path",
+                    s.socket.display()
+                )));
+            }
+            for (key, v) in [
+                ("snapshot_minutes", s.snapshot_minutes),
+                ("reap_minutes", s.reap_minutes),
+            ] {
+                if v == Some(0) {
+                    return Err(invalid(format!(
+                        "[service] {key} must be at least 1 (leave it out for none)"
+                    )));
+                }
             }
         }
         // Checked where they are used: a multi-user (EC2) site never reads them.
@@ -297,6 +356,23 @@ impl SiteConfig {
 }
 
 impl SiteConfig {
+    /// How a multi-user install's CLI reaches the privileged side.
+    pub fn transport(&self) -> Transport {
+        self.transport.unwrap_or(if self.service.is_some() {
+            Transport::Service
+        } else {
+            Transport::Setuid
+        })
+    }
+
+    /// The class service's socket.
+    pub fn socket(&self) -> PathBuf {
+        self.service
+            .as_ref()
+            .map(|s| s.socket.clone())
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+    }
+
     /// The policy file: `policy`, else `policy.toml` beside the site config (none without one).
     pub fn policy_path(&self, config_path: Option<&Path>) -> Option<PathBuf> {
         self.policy.clone().or_else(|| {

@@ -20,6 +20,7 @@ pub(crate) mod clusters;
 pub(crate) mod inputs;
 pub(crate) mod launch;
 pub(crate) mod protocol;
+pub(crate) mod serve;
 pub(crate) mod usage;
 
 use std::collections::HashMap;
