@@ -119,6 +119,7 @@ fn snapshot_of_10000() {
         ssh: &ssh,
         printer: &printer,
         pause_at: None,
+        hangup: None,
     };
     let before = file_size(dir.path());
     let mut times = Vec::new();

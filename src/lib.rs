@@ -50,11 +50,16 @@ pub fn main() -> ExitCode {
         init_logging(None, 1);
         return cluster::provider::local::run_node(dir);
     }
-    if let Command::Runner = &cli.command {
+    if let Command::Runner | Command::Serve = &cli.command {
         let Some(site) = &cli.config else {
-            let _ = e_print("error: the runner needs --config, the install's site config");
+            let _ = e_print(
+                "error: the runner and the class service need --config, the install's site config",
+            );
             return ExitCode::from(crate::core::error::exit::BAD_INPUT);
         };
+        if let Command::Serve = &cli.command {
+            return service::serve::main(site, &crate::core::env::Environment::read(), cli.verbose);
+        }
         return runner::main(site, cli.verbose);
     }
     let printer = Arc::new(Printer::new(cli.command.json(), cli.quiet));

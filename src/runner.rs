@@ -23,12 +23,11 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use crate::core::error::{Error, Kind};
+use crate::core::error::Error;
 use crate::core::printer::Printer;
 use crate::service::caller::Caller;
 use crate::service::protocol::{Line, MAX_REQUEST, Request, Response, WireError};
 use crate::service::{Service, Settings};
-use crate::store::AuditRecord;
 
 /// The entry point of `stratus runner --config FILE`.
 pub fn main(config: &Path, verbose: u8) -> ExitCode {
@@ -91,53 +90,16 @@ pub fn main(config: &Path, verbose: u8) -> ExitCode {
     code
 }
 
-/// Serves the request (or refuses the one that could not be read), with the progress bars
-/// reported as they move.
+/// Serves the request (or refuses the one that could not be read) through the service's one
+/// entry point, as the class service does.
 async fn serve(
     settings: Settings,
     printer: Arc<Printer>,
     caller: &Caller,
     request: Result<Request, String>,
 ) -> ExitCode {
-    let service = match Service::new(settings, printer.clone()) {
-        Ok(s) => s,
-        Err(e) => return fail(&printer, &e),
-    };
-    let request = match request {
-        Ok(r) => r,
-        Err(message) => {
-            crate::service::audit::record(
-                &service,
-                AuditRecord {
-                    at: String::new(),
-                    user: caller.owner.to_string(),
-                    action: "request".into(),
-                    cluster: None,
-                    decision: "refused".into(),
-                    reason: Some(crate::core::text::shortened(&message, 300)),
-                    instances: Vec::new(),
-                },
-            );
-            return fail(&printer, &Error::new(Kind::BadInput, message));
-        }
-    };
-    let ticker = {
-        let printer = printer.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                printer.tick();
-            }
-        })
-    };
-    let r = service.serve(caller, request).await;
-    ticker.abort();
-    printer.tick();
-    match r {
-        Ok(result) => {
-            let _ = printer.line(&Line::Result { result });
-            ExitCode::SUCCESS
-        }
+    match Service::new(settings, printer.clone()) {
+        Ok(service) => ExitCode::from(service.answer(caller, request).await),
         Err(e) => fail(&printer, &e),
     }
 }
@@ -158,14 +120,11 @@ fn read_request() -> Result<Request, String> {
         .take(MAX_REQUEST as u64 + 1)
         .read_to_end(&mut buf)
         .map_err(|e| format!("cannot read the request: {e}"))?;
-    if buf.len() > MAX_REQUEST {
-        return Err(format!(
-            "the request is larger than {} bytes; refused unread",
-            MAX_REQUEST
-        ));
-    }
-    if buf.iter().all(|b| b.is_ascii_whitespace()) {
-        return Err("no request on stdin".into());
-    }
-    serde_json::from_slice(&buf).map_err(|e| format!("malformed request: {e}"))
+    crate::service::protocol::parse_request(&buf).map_err(|e| {
+        if e == "no request" {
+            "no request on stdin".to_owned()
+        } else {
+            e
+        }
+    })
 }

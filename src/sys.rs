@@ -685,3 +685,70 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// The listening socket a supervisor passed (systemd's socket activation: descriptor 3, with
+/// `LISTEN_PID` naming this process), checked to be a listening Unix stream socket. Taken at
+/// most once.
+pub fn activated_listener(
+    listen_pid: u32,
+    listen_fds: u32,
+) -> io::Result<Option<std::os::unix::net::UnixListener>> {
+    const FIRST: RawFd = 3;
+    if listen_fds == 0 || listen_pid != std::process::id() {
+        return Ok(None);
+    }
+    // SAFETY: fstat fills a plain-old-data struct for a descriptor number; a descriptor that is
+    // not open makes it fail with EBADF.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(FIRST, &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(io::Error::other("descriptor 3 is not a socket"));
+    }
+    let (mut accepting, mut len): (libc::c_int, libc::socklen_t) =
+        (0, std::mem::size_of::<libc::c_int>() as libc::socklen_t);
+    // SAFETY: getsockopt writes at most `len` bytes into `accepting`, an int.
+    let r = unsafe {
+        libc::getsockopt(
+            FIRST,
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            (&mut accepting as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 || accepting == 0 {
+        return Err(io::Error::other("descriptor 3 is not a listening socket"));
+    }
+    // SAFETY: descriptor 3 is open, a listening socket, and handed to this process alone by its
+    // supervisor: nothing else in this process owns it.
+    let listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(FIRST) };
+    // A Unix socket, not a TCP one.
+    listener.local_addr()?;
+    set_cloexec(FIRST)?;
+    Ok(Some(listener))
+}
+
+/// The uid of the process at the other end of a Unix socket, as the kernel recorded it when the
+/// connection was made (`SO_PEERCRED`).
+pub fn peer_uid(stream: &std::os::unix::net::UnixStream) -> io::Result<u32> {
+    // SAFETY: ucred is plain old data; all-zero is a valid value that getsockopt overwrites.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a ucred, for a descriptor the
+    // stream owns.
+    let r = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred.uid)
+}

@@ -15,7 +15,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 
 use crate::cluster::keys::ClusterKeys;
-use crate::config::SshConfig;
+use crate::config::{SshConfig, Transport};
 use crate::core::error::Error;
 use crate::core::printer::{Event, Printer};
 use crate::service::caller::Caller;
@@ -32,6 +32,13 @@ pub enum Backend {
     /// as in a single-user install, so a link planted there is refused before anything is
     /// written beside it.
     Wrapper { path: PathBuf, _own_store: Store },
+    /// By the class service, on its Unix socket, run by the service account of this uid (the
+    /// owner of the install's state directory: a socket answered by anyone else is refused).
+    Socket {
+        path: PathBuf,
+        service_uid: u32,
+        _own_store: Store,
+    },
 }
 
 pub struct Client {
@@ -52,12 +59,19 @@ impl Client {
         let state_dir = settings.state_dir.clone();
         let ssh = settings.config.ssh.clone();
         let backend = if settings.through_wrapper() {
-            let wrapper = settings.config.wrapper.clone().ok_or_else(|| {
-                Error::invalid("the site config has mode = \"multi-user\" but no wrapper")
-            })?;
-            Backend::Wrapper {
-                path: wrapper,
-                _own_store: Store::open_in(&state_dir)?,
+            let own_store = Store::open_in(&state_dir)?;
+            match settings.config.transport() {
+                Transport::Service => Backend::Socket {
+                    path: settings.config.socket(),
+                    service_uid: service_uid(&settings)?,
+                    _own_store: own_store,
+                },
+                Transport::Setuid => Backend::Wrapper {
+                    path: settings.config.wrapper.clone().ok_or_else(|| {
+                        Error::invalid("the site config has mode = \"multi-user\" but no wrapper")
+                    })?,
+                    _own_store: own_store,
+                },
             }
         } else {
             Backend::InProcess(Box::new(Service::new(settings, printer.clone())?))
@@ -89,14 +103,17 @@ impl Client {
     pub async fn call(&self, request: Request) -> Result<Response, Error> {
         match &self.backend {
             Backend::InProcess(service) => service.serve(&self.caller, request).await,
-            Backend::Wrapper { path: wrapper, .. } => {
-                let (wrapper, printer) = (wrapper.clone(), self.printer.clone());
+            Backend::Wrapper { path, .. } => {
+                let (path, printer) = (path.clone(), self.printer.clone());
                 // The wrapper and runner are a child process: blocking I/O on a thread of its
                 // own.
-                tokio::task::spawn_blocking(move || through_wrapper(&wrapper, &printer, request))
+                tokio::task::spawn_blocking(move || through_wrapper(&path, &printer, request))
                     .await
                     .map_err(|e| Error::runtime(format!("the wrapper's reader failed: {e}")))?
             }
+            Backend::Socket {
+                path, service_uid, ..
+            } => through_socket(path, *service_uid, self.printer.clone(), request).await,
         }
     }
 
@@ -106,7 +123,7 @@ impl Client {
             Backend::InProcess(service) => {
                 ClusterKeys::named(service.state_dir(), view.id, &view.name)
             }
-            Backend::Wrapper { .. } => {
+            Backend::Wrapper { .. } | Backend::Socket { .. } => {
                 ClusterKeys::named(&self.state_dir.join("remote"), view.id, &view.name)
             }
         }
@@ -116,7 +133,7 @@ impl Client {
     /// holds keys) and the pinned host keys of its nodes (a known_hosts file for `ssh`).
     pub fn keep(&self, keyed: &Launched) -> Result<ClusterKeys, Error> {
         let keys = self.keys_of(&keyed.cluster);
-        if let Backend::Wrapper { .. } = self.backend {
+        if !matches!(self.backend, Backend::InProcess(_)) {
             let key = crate::cluster::ssh::parse_private_key(&keyed.private_key)?;
             keys.create(&key)?;
         }
@@ -151,16 +168,99 @@ fn through_wrapper(wrapper: &Path, printer: &Printer, request: Request) -> Resul
         let _ = stdin.write_all(&text);
     }
     let stdout = child.stdout.take().expect("piped stdout");
+    let answer = read_answer(
+        std::io::BufReader::new(stdout),
+        printer,
+        &request,
+        "the runner",
+    );
+    let status = child.wait()?;
+    answer?.unwrap_or_else(|| {
+        Err(Error::runtime(format!(
+            "the runner ended without an answer ({status})"
+        )))
+    })
+}
+
+/// One request to the class service: the request as one line on its socket, then its lines
+/// until the answer. ^C while waiting tells the service this client is going (a launch rolls
+/// back, and its answer says so); a second ^C leaves at once.
+async fn through_socket(
+    path: &Path,
+    service_uid: u32,
+    printer: Arc<Printer>,
+    request: Request,
+) -> Result<Response, Error> {
+    let stream = std::os::unix::net::UnixStream::connect(path).map_err(|e| {
+        Error::runtime(format!(
+            "cannot reach the class service on {} (is stratus.socket running? `stratus admin doctor` checks the install)",
+            path.display()
+        ))
+        .with_source(e)
+    })?;
+    let peer = crate::sys::peer_uid(&stream)?;
+    if peer != service_uid {
+        return Err(Error::runtime(format!(
+            "{} is answered by uid {peer}, not by the service account (uid {service_uid}); not sending it anything",
+            path.display()
+        )));
+    }
+    let mut line = serde_json::to_vec(&request).map_err(|e| Error::runtime(e.to_string()))?;
+    line.push(b'\n');
+    (&stream).write_all(&line)?;
+    let closer = stream.try_clone()?;
+    let reader = std::thread::spawn(move || {
+        read_answer(
+            std::io::BufReader::new(stream),
+            &printer,
+            &request,
+            "the class service",
+        )
+    });
+    let mut interrupts = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let reader = tokio::task::spawn_blocking(move || reader.join());
+    tokio::pin!(reader);
+    let mut asked_to_stop = false;
+    let answer = loop {
+        tokio::select! {
+            joined = &mut reader => break joined,
+            _ = interrupts.recv() => {
+                if asked_to_stop {
+                    return Err(Error::interrupted(crate::core::error::Signal::Interrupt));
+                }
+                asked_to_stop = true;
+                // The service sees this side closed: a launch stops and rolls back.
+                let _ = closer.shutdown(std::net::Shutdown::Write);
+            }
+        }
+    };
+    let answer = answer
+        .map_err(|e| Error::runtime(format!("the reader of the class service failed: {e}")))?
+        .map_err(|_| Error::runtime("the reader of the class service panicked"))?;
+    answer?.unwrap_or_else(|| {
+        Err(Error::runtime(
+            "the class service closed the connection without an answer",
+        ))
+    })
+}
+
+/// The service's lines, as they come, until its answer (`None` if the lines end without one).
+fn read_answer<R: BufRead>(
+    reader: R,
+    printer: &Printer,
+    request: &Request,
+    who: &str,
+) -> Result<Option<Result<Response, Error>>, Error> {
     let mut bars = Bars::default();
     let mut answer: Option<Result<Response, Error>> = None;
-    for line in std::io::BufReader::new(stdout).lines() {
+    for line in reader.lines() {
         let line = line?;
         if line.trim().is_empty() {
             continue;
         }
         let parsed: Line<serde_json::Value> = serde_json::from_str(&line).map_err(|e| {
             Error::runtime(format!(
-                "the runner answered something that is not its protocol: {e}"
+                "{who} answered something that is not its protocol: {e}"
             ))
         })?;
         match parsed {
@@ -168,23 +268,39 @@ fn through_wrapper(wrapper: &Path, printer: &Printer, request: Request) -> Resul
             Line::Event(Event::Status(s)) => printer.status(s),
             Line::Event(Event::Warning(w)) => printer.warn(w),
             Line::Result { result } => {
-                answer = Some(Response::decode(&request, result).map_err(|e| {
+                answer = Some(Response::decode(request, result).map_err(|e| {
                     Error::runtime(format!(
-                        "the runner's answer to {} is not one: {e}",
+                        "{who}'s answer to {} is not one: {e}",
                         request.action()
                     ))
-                }))
+                }));
+                break;
             }
-            Line::Error { error } => answer = Some(Err(error.into_error())),
+            Line::Error { error } => {
+                answer = Some(Err(error.into_error()));
+                break;
+            }
         }
     }
     bars.clear();
-    let status = child.wait()?;
-    answer.unwrap_or_else(|| {
-        Err(Error::runtime(format!(
-            "the runner ended without an answer ({status})"
-        )))
-    })
+    Ok(answer)
+}
+
+/// The uid of the service account: the owner of the install's state directory.
+fn service_uid(settings: &Settings) -> Result<u32, Error> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = settings.config.state_dir.clone().ok_or_else(|| {
+        Error::invalid("the site config has mode = \"multi-user\" but no state_dir")
+    })?;
+    Ok(std::fs::metadata(&dir)
+        .map_err(|e| {
+            Error::runtime(format!(
+                "cannot look at the install's state directory {}",
+                dir.display()
+            ))
+            .with_source(e)
+        })?
+        .uid())
 }
 
 /// The runner's progress bars, drawn here.

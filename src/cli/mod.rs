@@ -42,12 +42,11 @@ pub async fn run(cli: Cli, env: Environment, printer: Arc<Printer>) -> Result<Ex
             action: action @ (AdminAction::Install { .. } | AdminAction::Doctor { .. }),
         } => return admin::install_or_doctor(&printer, action),
         Command::Profiles { action } => return info::profiles(&settings, &printer, action),
-        Command::Node { .. } | Command::Runner => {
+        Command::Node { .. } | Command::Runner | Command::Serve => {
             return Err(Error::runtime(
-                "__node and runner are handled before the CLI starts",
+                "__node, runner and serve are handled before the CLI starts",
             ));
         }
-        Command::Serve => return crate::service::serve::run(settings, printer).await,
         _ => {}
     }
     let client = Client::new(settings, printer)?;

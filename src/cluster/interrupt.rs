@@ -10,15 +10,19 @@ use crate::core::error::Error;
 
 pub use crate::core::error::Signal;
 
+/// Turns `true` when the client a request serves has gone (the class service's connection).
+pub type Hangup = tokio::sync::watch::Receiver<bool>;
+
 #[derive(Clone)]
 pub struct Interrupt {
     rx: tokio::sync::watch::Receiver<Option<Signal>>,
 }
 
 impl Interrupt {
-    /// Starts listening. Must be called inside the runtime. Fails if a handler cannot be
+    /// Starts listening for this process's signals, and for `hangup` (a client gone) where
+    /// there is one. Must be called inside the runtime. Fails if a handler cannot be
     /// installed: a launch must not run without the means to roll back.
-    pub fn listen() -> Result<Self, Error> {
+    pub fn listen(hangup: Option<&Hangup>) -> Result<Self, Error> {
         use tokio::signal::unix::{SignalKind, signal};
         let (tx, rx) = tokio::sync::watch::channel(None);
         let install = |kind: SignalKind, name: &str| {
@@ -33,13 +37,29 @@ impl Interrupt {
         let mut int = install(SignalKind::interrupt(), "SIGINT")?;
         let mut term = install(SignalKind::terminate(), "SIGTERM")?;
         let mut hup = install(SignalKind::hangup(), "SIGHUP")?;
+        let mut gone = hangup.cloned();
         tokio::spawn(async move {
             loop {
-                let why = tokio::select! {
-                    _ = int.recv() => Signal::Interrupt,
-                    _ = term.recv() => Signal::Terminate,
-                    _ = hup.recv() => Signal::Hangup,
+                let client_gone = async {
+                    let went = match &mut gone {
+                        Some(g) => g.wait_for(|gone| *gone).await.is_ok(),
+                        None => false,
+                    };
+                    if !went {
+                        // No client, or the request is over: nothing more comes from there.
+                        std::future::pending::<()>().await;
+                    }
                 };
+                let (why, client) = tokio::select! {
+                    _ = int.recv() => (Signal::Interrupt, false),
+                    _ = term.recv() => (Signal::Terminate, false),
+                    _ = hup.recv() => (Signal::Hangup, false),
+                    () = client_gone => (Signal::Hangup, true),
+                };
+                if client {
+                    // A client goes only once.
+                    gone = None;
+                }
                 if tx.send(Some(why)).is_err() {
                     return;
                 }
@@ -60,12 +80,20 @@ impl Interrupt {
     pub async fn race<T>(&self, fut: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
         self.check()?;
         let mut rx = self.rx.clone();
+        // The signal is copied out of the channel inside, so nothing borrowed from it is held
+        // across an await (the future stays Send).
+        let signalled = async move {
+            match rx.wait_for(Option::is_some).await {
+                Ok(why) => Some((*why).unwrap_or(Signal::Interrupt)),
+                Err(_) => None,
+            }
+        };
         tokio::select! {
             biased;
-            r = rx.wait_for(Option::is_some) => match r {
-                Ok(why) => Err(Error::interrupted(why.unwrap_or(Signal::Interrupt))),
+            why = signalled => match why {
+                Some(why) => Err(Error::interrupted(why)),
                 // The listener is gone: no signal can come any more.
-                Err(_) => std::future::pending().await,
+                None => std::future::pending().await,
             },
             r = fut => r,
         }

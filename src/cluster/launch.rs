@@ -130,7 +130,7 @@ pub async fn launch<P: Provider>(
     admission: &dyn Admit,
 ) -> Result<ClusterRow, Error> {
     validate_request(&req.profile, provider.kind(), req.workers, 0)?;
-    let interrupt = Interrupt::listen()?;
+    let interrupt = Interrupt::listen(ctx.hangup)?;
     let _lock = LaunchLock::acquire(ctx.state_dir, request)?;
     let meta = Meta {
         cluster: &req.name,
@@ -319,7 +319,7 @@ pub async fn add_workers<P: Provider>(
             cluster.name
         )));
     }
-    let interrupt = Interrupt::listen()?;
+    let interrupt = Interrupt::listen(ctx.hangup)?;
     let _lock = LaunchLock::acquire(ctx.state_dir, request)?;
     let store_id = ctx.store.id().clone();
     let meta = Meta::of(cluster, request, &store_id);

@@ -49,6 +49,9 @@ pub struct Ctx<'a> {
     /// launcher there. Set from `STRATUS_TEST_PAUSE_AT` by a user's own command in a debug
     /// build; never in the runner, never in a release build.
     pub pause_at: Option<crate::core::model::ClusterState>,
+    /// The class service: says when the client of this request has gone (its CLI killed, its
+    /// connection closed), which stops a launch as ^C would.
+    pub hangup: Option<&'a interrupt::Hangup>,
 }
 
 impl Ctx<'_> {

@@ -19,6 +19,9 @@ pub struct Environment {
     /// Run by `cargo run` (cargo sets `CARGO_MANIFEST_DIR` and `CARGO_PKG_NAME`).
     pub under_cargo: bool,
     pub path: Option<OsString>,
+    /// `LISTEN_PID` and `LISTEN_FDS`: a listening socket passed by the supervisor of
+    /// `stratus serve` (systemd's socket activation).
+    pub listen: Option<(u32, u32)>,
     /// Debug builds only: `STRATUS_TEST_PAUSE_AT` and `STRATUS_TEST_NOW` (tests).
     pub test_pause_at: Option<String>,
     pub test_now: Option<String>,
@@ -50,6 +53,14 @@ impl Environment {
             under_cargo: std::env::var_os("CARGO_MANIFEST_DIR").is_some()
                 && std::env::var("CARGO_PKG_NAME").as_deref() == Ok("stratus"),
             path: std::env::var_os("PATH"),
+            listen: std::env::var("LISTEN_PID")
+                .ok()
+                .and_then(|p| p.parse().ok())
+                .zip(
+                    std::env::var("LISTEN_FDS")
+                        .ok()
+                        .and_then(|n| n.parse().ok()),
+                ),
             test_pause_at: test("STRATUS_TEST_PAUSE_AT"),
             test_now: test("STRATUS_TEST_NOW"),
         }

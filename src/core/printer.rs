@@ -18,16 +18,27 @@ pub struct Printer {
     quiet: bool,
     bars: bool,
     multi: MultiProgress,
-    /// The runner's mode: everything goes to stdout as JSON lines (`Event`, then the service's
-    /// result or error),
-    /// and the bars, hidden, are reported by `tick`.
+    /// The runner's and the class service's mode: everything goes to a sink as JSON lines
+    /// (`Event`, then the service's result or error), and the bars, hidden, are reported by
+    /// `tick`.
     lines: Option<std::sync::Mutex<Lines>>,
 }
 
-#[derive(Debug, Default)]
+/// Where the lines of a runner or of one request to the class service go.
+pub type LineSink = Box<dyn FnMut(&str) -> io::Result<()> + Send>;
+
 struct Lines {
     bars: Vec<ProgressBar>,
     last: Vec<Bar>,
+    sink: LineSink,
+}
+
+impl std::fmt::Debug for Lines {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lines")
+            .field("bars", &self.bars.len())
+            .finish()
+    }
 }
 
 /// What the printer of a runner reports as it goes, one JSON line each (the service's protocol
@@ -70,21 +81,42 @@ impl Printer {
 
     /// The runner's printer: JSON lines on stdout, for the CLI on the other side of the wrapper.
     pub fn lines() -> Self {
+        Self::lines_to(Box::new(|line| {
+            let mut out = io::stdout().lock();
+            writeln!(out, "{line}")?;
+            out.flush()
+        }))
+    }
+
+    /// A printer of JSON lines into `sink` (one request to the class service).
+    pub fn lines_to(sink: LineSink) -> Self {
         Self {
             json: false,
             quiet: false,
             bars: false,
             multi: MultiProgress::with_draw_target(ProgressDrawTarget::hidden()),
-            lines: Some(std::sync::Mutex::new(Lines::default())),
+            lines: Some(std::sync::Mutex::new(Lines {
+                bars: Vec::new(),
+                last: Vec::new(),
+                sink,
+            })),
         }
     }
 
-    /// Writes one JSON line to stdout (runner mode).
+    /// Writes one JSON line to the sink (runner and service modes; stdout otherwise).
     pub fn line<T: Serialize + ?Sized>(&self, line: &T) -> io::Result<()> {
         let text = serde_json::to_string(line).map_err(io::Error::other)?;
-        let mut out = io::stdout().lock();
-        writeln!(out, "{text}")?;
-        out.flush()
+        match &self.lines {
+            Some(lines) => {
+                let mut l = lines.lock().unwrap_or_else(|p| p.into_inner());
+                (l.sink)(&text)
+            }
+            None => {
+                let mut out = io::stdout().lock();
+                writeln!(out, "{text}")?;
+                out.flush()
+            }
+        }
     }
 
     /// In runner mode, reports the bars that changed since the last call; `true` if it wrote.

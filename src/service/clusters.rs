@@ -33,7 +33,7 @@ impl Service {
         let owners = asked.owners(owner, everyone, "list every user's clusters")?;
         let name = name.map(ClusterName::parse).transpose()?;
         let clusters = shown(
-            self.store.list_clusters(owners.as_ref())?,
+            self.store().list_clusters(owners.as_ref())?,
             name.as_ref(),
             all,
             now_millis(),
@@ -83,7 +83,7 @@ impl Service {
     /// them.
     async fn pin_first_contact(&self, c: &ClusterRow, all: bool) -> Result<(), Error> {
         let unpinned: Vec<NodeRow> = self
-            .store
+            .store()
             .nodes_of(c.id)?
             .into_iter()
             .filter(|n| !n.state.is_gone() && n.host_key.is_none())
@@ -112,7 +112,7 @@ impl Service {
                 tracing::info!(node = %t.name, "pinned its host key on first contact");
                 key
             };
-            self.store.set_host_key(&n.instance_id, &key)?;
+            self.store().set_host_key(&n.instance_id, &key)?;
         }
         Ok(())
     }
@@ -147,7 +147,7 @@ impl Service {
             failure: c.failure.clone(),
             ssh_user: c.record.profile.ssh_user.clone(),
             notes: reaped.into_iter().chain(cut_off).collect(),
-            nodes: self.store.nodes_of(c.id)?,
+            nodes: self.store().nodes_of(c.id)?,
         })
     }
 
@@ -179,7 +179,7 @@ impl Service {
             }
             .await;
             if let Err(e) = r {
-                self.printer.warn(format!(
+                self.printer().warn(format!(
                     "cannot refresh from the {kind} provider; showing what was last recorded: {}",
                     crate::core::error::one_line(&e)
                 ));

@@ -42,8 +42,8 @@ impl Service {
         }
         let profile_name = ask
             .profile
-            .unwrap_or_else(|| self.settings.default_profile());
-        let profile = self.profiles.resolve(&profile_name)?;
+            .unwrap_or_else(|| self.settings().default_profile());
+        let profile = self.profiles().resolve(&profile_name)?;
         let env = crate::core::input::check_env(ask.env)?;
         let req = LaunchRequest {
             name,
@@ -180,7 +180,7 @@ impl Service {
         let owner = (!asked.is_instructor() || self.is_own(asked.caller))
             .then(|| asked.caller.owner.clone());
         let mut kinds = vec![self.config().provider];
-        for c in self.store.list_clusters(owner.as_ref())? {
+        for c in self.store().list_clusters(owner.as_ref())? {
             if !kinds.contains(&c.provider) {
                 kinds.push(c.provider);
             }
@@ -222,7 +222,7 @@ impl Service {
     pub(super) async fn reconcile_first<P: Provider>(&self, provider: &P, owner: &Owner) {
         let options = reconcile::Options::new(false);
         if let Err(e) = reconcile::reconcile(self.ctx(), provider, Some(owner), &options).await {
-            self.printer.warn(format!(
+            self.printer().warn(format!(
                 "could not reconcile leftovers first: {}",
                 crate::core::error::one_line(&e)
             ));

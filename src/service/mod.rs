@@ -128,14 +128,24 @@ impl Settings {
     }
 }
 
-/// What serves requests: the store, the profiles, the printer and the providers of one install.
+/// What serves requests: the store, the profiles and the providers of one install (shared by
+/// every request the class service serves at once), with the printer and the client of the
+/// request at hand.
 pub struct Service {
+    shared: Arc<Shared>,
+    printer: Arc<Printer>,
+    /// The class service: turns `true` when this request's client has gone.
+    hangup: Option<crate::cluster::interrupt::Hangup>,
+}
+
+struct Shared {
     settings: Settings,
     store: Store,
     profiles: ProfileSet,
-    printer: Arc<Printer>,
     /// The uid this process serves as: requests of this user are the install's own.
     uid: u32,
+    /// Each provider built once, on first use, for every request: one EC2 client (and one
+    /// adaptive rate limiter) for the whole class.
     providers: tokio::sync::Mutex<HashMap<ProviderKind, Arc<AnyProvider>>>,
 }
 
@@ -144,25 +154,50 @@ impl Service {
         let store = Store::open_in(&settings.state_dir)?;
         let profiles = ProfileSet::load(settings.config.profiles_dir.as_deref())?;
         Ok(Self {
-            settings,
-            store,
-            profiles,
+            shared: Arc::new(Shared {
+                settings,
+                store,
+                profiles,
+                uid: crate::sys::effective_uid(),
+                providers: tokio::sync::Mutex::new(HashMap::new()),
+            }),
             printer,
-            uid: crate::sys::effective_uid(),
-            providers: tokio::sync::Mutex::new(HashMap::new()),
+            hangup: None,
         })
     }
 
+    /// The same install, for one request of the class service: its own printer (its lines go
+    /// to its client), and the watch on its client.
+    pub(crate) fn for_request(
+        &self,
+        printer: Arc<Printer>,
+        hangup: crate::cluster::interrupt::Hangup,
+    ) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            printer,
+            hangup: Some(hangup),
+        }
+    }
+
+    fn settings(&self) -> &Settings {
+        &self.shared.settings
+    }
+
     pub fn config(&self) -> &SiteConfig {
-        &self.settings.config
+        &self.shared.settings.config
     }
 
     pub fn state_dir(&self) -> &Path {
-        &self.settings.state_dir
+        &self.shared.settings.state_dir
     }
 
     pub fn store(&self) -> &Store {
-        &self.store
+        &self.shared.store
+    }
+
+    fn profiles(&self) -> &ProfileSet {
+        &self.shared.profiles
     }
 
     pub fn printer(&self) -> &Printer {
@@ -171,25 +206,28 @@ impl Service {
 
     /// What the cluster lifecycle runs with.
     pub fn ctx(&self) -> Ctx<'_> {
+        let s = &self.shared.settings;
         Ctx {
-            store: &self.store,
-            state_dir: &self.settings.state_dir,
-            ssh: &self.settings.config.ssh,
+            store: &self.shared.store,
+            state_dir: &s.state_dir,
+            ssh: &s.config.ssh,
             printer: &self.printer,
-            pause_at: self.settings.pause_at,
+            pause_at: s.pause_at,
+            hangup: self.hangup.as_ref(),
         }
     }
 
     /// The provider of this kind, built on first use (for EC2 that checks the credentials).
     pub(crate) async fn provider(&self, kind: ProviderKind) -> Result<Arc<AnyProvider>, Error> {
-        let mut built = self.providers.lock().await;
+        let mut built = self.shared.providers.lock().await;
         if let Some(p) = built.get(&kind) {
             return Ok(p.clone());
         }
-        let config = &self.settings.config;
+        let settings = self.settings();
+        let config = &settings.config;
         let p = Arc::new(match kind {
             ProviderKind::Local => AnyProvider::Local(LocalProvider::new(
-                &self.settings.state_dir,
+                &settings.state_dir,
                 config.local.clone(),
             )?),
             ProviderKind::Ec2 => {
@@ -198,16 +236,70 @@ impl Service {
                         "this cluster is on ec2, but the site config has no [ec2] table",
                     ));
                 };
-                AnyProvider::Ec2(Box::new(Ec2Provider::new(ec2, self.settings.trust).await?))
+                AnyProvider::Ec2(Box::new(Ec2Provider::new(ec2, settings.trust).await?))
             }
         });
         built.insert(kind, p.clone());
         Ok(p)
     }
 
+    /// One request of the privileged path, from what was read to its last line: the runner and
+    /// the class service both answer through this. A request that could not be read is refused
+    /// and audited; a request is served with the progress bars reported as they move; the answer
+    /// or the error goes out as the last line. Returns the exit code the client ends with.
+    pub(crate) async fn answer(&self, caller: &Caller, request: Result<Request, String>) -> u8 {
+        use protocol::{Line, WireError};
+        let request = match request {
+            Ok(r) => r,
+            Err(message) => {
+                audit::record(
+                    self,
+                    crate::store::AuditRecord {
+                        at: String::new(),
+                        user: caller.owner.to_string(),
+                        action: "request".into(),
+                        cluster: None,
+                        decision: "refused".into(),
+                        reason: Some(crate::core::text::shortened(&message, 300)),
+                        instances: Vec::new(),
+                    },
+                );
+                let e = Error::invalid(message);
+                let _ = self.printer.line(&Line::<Response>::Error {
+                    error: WireError::of(&e),
+                });
+                return e.exit_code();
+            }
+        };
+        let ticker = {
+            let printer = self.printer.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    printer.tick();
+                }
+            })
+        };
+        let r = self.serve(caller, request).await;
+        ticker.abort();
+        self.printer.tick();
+        match r {
+            Ok(result) => {
+                let _ = self.printer.line(&Line::Result { result });
+                0
+            }
+            Err(e) => {
+                let _ = self.printer.line(&Line::<Response>::Error {
+                    error: WireError::of(&e),
+                });
+                e.exit_code()
+            }
+        }
+    }
+
     /// Serves one request for `caller`. Every decision (and every refusal) is audited.
     pub async fn serve(&self, caller: &Caller, request: Request) -> Result<Response, Error> {
-        let policy = LoadedPolicy::load(&self.settings);
+        let policy = LoadedPolicy::load(self.settings());
         let asked = Asked {
             caller,
             policy: &policy,
@@ -279,7 +371,7 @@ impl Service {
     /// one.
     pub(crate) fn find_cluster(&self, owner: &Owner, name: &str) -> Result<ClusterRow, Error> {
         let name = ClusterName::parse(name)?;
-        self.store
+        self.store()
             .find_cluster(owner, &name)?
             .filter(|c| !c.hidden)
             .ok_or_else(|| InputError::UnknownCluster(name.to_string()).into())
@@ -366,7 +458,7 @@ impl Service {
     /// Whether `caller` is the user this service runs as (a single-user install's user, or the
     /// service account itself): their requests are the install's own.
     fn is_own(&self, caller: &Caller) -> bool {
-        caller.uid == self.uid
+        caller.uid == self.shared.uid
     }
 
     /// Requests only the install's own user or an instructor may make (the snapshot, the

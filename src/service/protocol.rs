@@ -121,6 +121,20 @@ fn yes() -> bool {
     true
 }
 
+/// A request as read from its client (the runner's stdin, a line of the class service's
+/// socket): at most `MAX_REQUEST` bytes of JSON; why not, for the audit trail and the client.
+pub fn parse_request(buf: &[u8]) -> Result<Request, String> {
+    if buf.len() > MAX_REQUEST {
+        return Err(format!(
+            "the request is larger than {MAX_REQUEST} bytes; refused unread"
+        ));
+    }
+    if buf.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err("no request".into());
+    }
+    serde_json::from_slice(buf).map_err(|e| format!("malformed request: {e}"))
+}
+
 fn report_orphans() -> Orphans {
     Orphans::Report
 }

@@ -19,10 +19,10 @@ impl Service {
         everyone: bool,
     ) -> Result<Response, Error> {
         let owners = asked.owners(owner, everyone, "see everyone's usage")?;
-        let clusters = self.store.list_clusters(owners.as_ref())?;
+        let clusters = self.store().list_clusters(owners.as_ref())?;
         self.refresh_all(&clusters).await;
         let intervals = self
-            .store
+            .store()
             .intervals(&clusters.iter().map(|c| c.id).collect::<Vec<_>>())?;
         let rows = crate::accounting::usage_rows(
             self.config(),
@@ -40,7 +40,7 @@ impl Service {
         }
         let caller = asked.caller;
         let r = super::admission::quota(
-            &self.store,
+            &self.store(),
             asked.policy.present(),
             self.config(),
             caller.owner.as_str(),
@@ -61,7 +61,7 @@ impl Service {
         let since = since.map(parse_time).transpose()?;
         let until = until.map(parse_time).transpose()?;
         let report = crate::accounting::report_from_store(
-            &self.store,
+            &self.store(),
             self.config(),
             since,
             until,
@@ -80,7 +80,7 @@ impl Service {
             return Err(Error::refused("only instructors may read the audit trail"));
         }
         let since = since.map(parse_time).transpose()?.unwrap_or(0);
-        Ok(Response::Audit(self.store.audit_since(since)?))
+        Ok(Response::Audit(self.store().audit_since(since)?))
     }
 
     /// Records every instance's state and hours. First, cron's chance to finish what
@@ -97,7 +97,7 @@ impl Service {
         )
         .await
         {
-            self.printer.warn(format!(
+            self.printer().warn(format!(
                 "could not reconcile first: {}",
                 crate::core::error::one_line(&e)
             ));
