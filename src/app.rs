@@ -118,7 +118,9 @@ pub struct App {
 impl App {
     pub fn new(settings: Settings, printer: Arc<Printer>) -> Result<Self, Error> {
         let store = Store::open_in(&settings.state_dir)?;
-        let profiles = ProfileSet::load(settings.config.profiles_dir.as_deref())?;
+        let profiles = ProfileSet::load(settings.config.profiles_dir.as_deref())?.with_images(
+            crate::cluster::image::Images::load_or_warn(&settings.state_dir, &settings.config),
+        );
         Ok(Self {
             config: settings.config,
             config_path: settings.config_path,

@@ -38,6 +38,12 @@ pub async fn run(cli: Cli, printer: Arc<Printer>) -> Result<ExitCode, Error> {
         // These work on an install, not on a state directory.
         return admin::run(&settings, &printer, cli.command).await;
     }
+    if let Command::Admin {
+        action: AdminAction::IamPolicy,
+    } = &cli.command
+    {
+        return crate::cluster::provider::ec2::iam_policy::command(&settings, &printer);
+    }
     let app = App::new(settings, printer)?;
     let owner = &caller.owner;
     match cli.command {
@@ -91,6 +97,12 @@ pub async fn run(cli: Cli, printer: Arc<Printer>) -> Result<ExitCode, Error> {
         } => info::usage(&app, &caller, json, owner, everyone).await,
         Command::Quota { json } => info::quota(&app, &caller, json).await,
         Command::Profiles { action } => info::profiles(&app, action),
+        Command::Admin {
+            action:
+                AdminAction::Image {
+                    action: crate::cli::ImageAction::Build { profile, dry_run },
+                },
+        } => crate::cluster::image::command(&app, &caller, &profile, dry_run).await,
         Command::Admin { action } => admin::audit(&app, &caller, action).await,
         Command::Accounting { action } => accounting::run(&app, &caller, action).await,
         Command::Node { .. } | Command::Runner => Err(Error::runtime(

@@ -537,6 +537,7 @@ async fn serve_inner(
                 // Without configuring, nobody connects: host keys stay unpinned, and the
                 // owner's CLI refuses to connect to such nodes in a multi-user install.
                 wait_for_ssh: configure,
+                image_build: false,
             };
             let admission = match policy {
                 Some(p) => Admission::new(p, &app.config, caller.owner.as_str(), &caller.groups),
