@@ -8,6 +8,7 @@ mod ec2;
 mod hadoop_profile;
 mod hardening_ec2;
 mod hardening_local;
+mod iam;
 mod local;
 mod openssh;
 mod privileged;
