@@ -253,7 +253,10 @@ fn store_of(policy: &Value) -> String {
 enum Outcome {
     Completed,
     /// The step, and its output, where stratus was refused or failed.
-    Stopped { step: &'static str, run: Run },
+    Stopped {
+        step: &'static str,
+        run: Run,
+    },
 }
 
 /// One run of the scenario, from a fresh moto, with the printed policy changed by `edit`. The
@@ -276,7 +279,11 @@ fn scenario(moto: &IamMoto, edit: &dyn Fn(&Value) -> Value) -> (Value, Outcome) 
             .send()
             .await
             .unwrap();
-        let subnet = subnet.subnet().and_then(|s| s.subnet_id()).unwrap().to_owned();
+        let subnet = subnet
+            .subnet()
+            .and_then(|s| s.subnet_id())
+            .unwrap()
+            .to_owned();
         (vpc, subnet)
     });
     let ctx = TestContext::new();
@@ -305,10 +312,7 @@ fn scenario(moto: &IamMoto, edit: &dyn Fn(&Value) -> Value) -> (Value, Outcome) 
     let attached = edit(&as_moto_evaluates(&policy));
     let file = ctx.root.path().join("service-policy.json");
     std::fs::write(&file, attached.to_string()).unwrap();
-    let service = key_of(&moto.admin(
-        Some(&admin),
-        &["user", "stratus", file.to_str().unwrap()],
-    ));
+    let service = key_of(&moto.admin(Some(&admin), &["user", "stratus", file.to_str().unwrap()]));
     std::fs::write(
         &creds,
         format!(
@@ -319,7 +323,8 @@ fn scenario(moto: &IamMoto, edit: &dyn Fn(&Value) -> Value) -> (Value, Outcome) 
     .unwrap();
 
     // Leftovers of an earlier cluster `one` of this store: its group with a rule the site no
-    // longer asks for, and its key pair with another key. The launch takes them over.
+    // longer asks for, and its key pair with another key. They appear while the launch below
+    // runs, after its reconcile (which would release them), so that it takes them over.
     let tags = |cluster: &str| {
         vec![
             ("stratus:owner", owner.clone()),
@@ -336,52 +341,94 @@ fn scenario(moto: &IamMoto, edit: &dyn Fn(&Value) -> Value) -> (Value, Outcome) 
         }
         b.build()
     };
-    moto.rt.block_on(async {
-        let group = ec2
-            .create_security_group()
-            .group_name(format!("stratus-{owner}-one"))
-            .description("an earlier cluster's")
-            .vpc_id(&vpc)
-            .tag_specifications(spec(ResourceType::SecurityGroup, &tags("one")))
-            .send()
-            .await
-            .unwrap();
-        ec2.authorize_security_group_ingress()
-            .group_id(group.group_id().unwrap())
-            .ip_permissions(
-                IpPermission::builder()
-                    .ip_protocol("tcp")
-                    .from_port(80)
-                    .to_port(80)
-                    .ip_ranges(IpRange::builder().cidr_ip("10.9.0.0/16").build())
-                    .build(),
-            )
-            .send()
-            .await
-            .unwrap();
-        ec2.import_key_pair()
-            .key_name(format!("{owner}-one"))
-            .public_key_material(aws_sdk_ec2::primitives::Blob::new(fresh_public_key(
-                russh::keys::Algorithm::Ed25519,
-            )))
-            .tag_specifications(spec(ResourceType::KeyPair, &tags("one")))
-            .send()
-            .await
-            .unwrap();
-    });
+    let leftovers = || {
+        moto.rt.block_on(async {
+            let group = ec2
+                .create_security_group()
+                .group_name(format!("stratus-{owner}-one"))
+                .description("an earlier cluster")
+                .vpc_id(&vpc)
+                .tag_specifications(spec(ResourceType::SecurityGroup, &tags("one")))
+                .send()
+                .await
+                .unwrap();
+            ec2.authorize_security_group_ingress()
+                .group_id(group.group_id().unwrap())
+                .ip_permissions(
+                    IpPermission::builder()
+                        .ip_protocol("tcp")
+                        .from_port(80)
+                        .to_port(80)
+                        .ip_ranges(IpRange::builder().cidr_ip("10.9.0.0/16").build())
+                        .build(),
+                )
+                .send()
+                .await
+                .unwrap();
+            ec2.import_key_pair()
+                .key_name(format!("{owner}-one"))
+                .public_key_material(aws_sdk_ec2::primitives::Blob::new(fresh_public_key(
+                    russh::keys::Algorithm::Ed25519,
+                )))
+                .tag_specifications(spec(ResourceType::KeyPair, &tags("one")))
+                .send()
+                .await
+                .unwrap();
+        })
+    };
 
     let step = |name: &'static str, args: &[&str]| -> Option<Outcome> {
         let run = ctx.run(args);
-        let refused = run.code != 0 || format!("{}{}", run.stdout, run.stderr).contains("not allowed to call");
+        let refused = run.code != 0
+            || format!("{}{}", run.stdout, run.stderr).contains("not allowed to call");
         refused.then_some(Outcome::Stopped { step: name, run })
     };
     let outcome = (|| {
-        if let Some(o) = step(
-            "launch over leftovers",
-            &["launch-cluster", "one", "1", "-p", "iam", "--no-configure"],
-        ) {
-            return o;
+        // The launch is held at its first DescribeSubnets (in `prepare`, after the reconcile)
+        // while the leftovers are made.
+        moto.post("/stratus-faults/hold", r#"{"action": "DescribeSubnets"}"#);
+        let args = ["launch-cluster", "one", "1", "-p", "iam", "--no-configure"];
+        let mut child = ctx
+            .cmd()
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run stratus");
+        let held = loop {
+            let (_, answer) = http(&moto.endpoint, "GET", "/stratus-faults/held", "");
+            let held: Value = serde_json::from_str(&answer).unwrap();
+            if held["DescribeSubnets"].as_u64().unwrap_or(0) > 0 {
+                break true;
+            }
+            if child.try_wait().unwrap().is_some() {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        if held {
+            leftovers();
         }
+        moto.post(
+            "/stratus-faults/release",
+            r#"{"action": "DescribeSubnets"}"#,
+        );
+        let out = child.wait_with_output().unwrap();
+        let run = Run {
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stdout_bytes: out.stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        if run.code != 0 || format!("{}{}", run.stdout, run.stderr).contains("not allowed to call")
+        {
+            return Outcome::Stopped {
+                step: "launch over leftovers",
+                run,
+            };
+        }
+        assert!(held, "the launch reached its DescribeSubnets:\n{run}");
         spot_request_for(moto, &ec2, &subnet, &tags("one"));
         if let Some(o) = step("snapshot", &["accounting", "snapshot"]) {
             return o;
@@ -390,12 +437,19 @@ fn scenario(moto: &IamMoto, edit: &dyn Fn(&Value) -> Value) -> (Value, Outcome) 
             return o;
         }
         let boot = BootImageBuild::start(moto.endpoint.clone(), admin.clone(), "image-iam");
-        let baked = step("image build", &["admin", "image", "build", "--profile", "iam"]);
+        let baked = step(
+            "image build",
+            &["admin", "image", "build", "--profile", "iam"],
+        );
         let booted = boot.stop();
         if let Some(o) = baked {
             return o;
         }
-        assert_eq!(booted.len(), 1, "the image build's node booted once: {booted:?}");
+        assert_eq!(
+            booted.len(),
+            1,
+            "the image build's node booted once: {booted:?}"
+        );
         if let Some(o) = step(
             "launch",
             &["launch-cluster", "two", "1", "-p", "iam", "--no-configure"],
@@ -416,7 +470,12 @@ fn scenario(moto: &IamMoto, edit: &dyn Fn(&Value) -> Value) -> (Value, Outcome) 
         let live = |cluster: &str| {
             moto.rt.block_on(async {
                 ec2.describe_instances()
-                    .filters(Filter::builder().name("tag:stratus:cluster").values(cluster).build())
+                    .filters(
+                        Filter::builder()
+                            .name("tag:stratus:cluster")
+                            .values(cluster)
+                            .build(),
+                    )
                     .send()
                     .await
                     .unwrap()
@@ -433,7 +492,11 @@ fn scenario(moto: &IamMoto, edit: &dyn Fn(&Value) -> Value) -> (Value, Outcome) 
             })
         };
         for cluster in ["one", "two", "image-iam"] {
-            assert_eq!(live(cluster), 0, "every instance of {cluster} is terminated");
+            assert_eq!(
+                live(cluster),
+                0,
+                "every instance of {cluster} is terminated"
+            );
         }
         let reaped = ctx.ok(&["admin", "audit", "--json"]);
         assert!(
@@ -452,7 +515,12 @@ fn scenario(moto: &IamMoto, edit: &dyn Fn(&Value) -> Value) -> (Value, Outcome) 
 
 /// A spot request for a worker of `cluster` (what EC2 keeps beside each spot instance it
 /// launches, and moto does not): its instance carries the cluster's tags.
-fn spot_request_for(moto: &IamMoto, ec2: &aws_sdk_ec2::Client, subnet: &str, tags: &[(&str, String)]) {
+fn spot_request_for(
+    moto: &IamMoto,
+    ec2: &aws_sdk_ec2::Client,
+    subnet: &str,
+    tags: &[(&str, String)],
+) {
     moto.rt.block_on(async {
         let out = ec2
             .request_spot_instances()
@@ -485,11 +553,16 @@ fn spot_request_for(moto: &IamMoto, ec2: &aws_sdk_ec2::Client, subnet: &str, tag
         for (k, v) in tags.iter().filter(|(k, _)| *k != "stratus:request") {
             call = call.tags(Tag::builder().key(*k).value(v).build());
         }
-        call.tags(Tag::builder().key("stratus:request").value("req-spot-worker").build())
-            .tags(Tag::builder().key("stratus:role").value("worker").build())
-            .send()
-            .await
-            .unwrap();
+        call.tags(
+            Tag::builder()
+                .key("stratus:request")
+                .value("req-spot-worker")
+                .build(),
+        )
+        .tags(Tag::builder().key("stratus:role").value("worker").build())
+        .send()
+        .await
+        .unwrap();
     });
 }
 
@@ -522,7 +595,12 @@ impl BootImageBuild {
     }
 }
 
-async fn boot_loop(endpoint: String, admin: Key, cluster: &str, stop: Arc<AtomicBool>) -> Vec<String> {
+async fn boot_loop(
+    endpoint: String,
+    admin: Key,
+    cluster: &str,
+    stop: Arc<AtomicBool>,
+) -> Vec<String> {
     use stratus::cluster::provider::local::LocalProvider;
     use stratus::cluster::provider::{BatchSpec, Provider, SshAccess};
     use stratus::model::{ClusterName, Owner, RequestId, Role, StoreId, Tags};
@@ -538,7 +616,12 @@ async fn boot_loop(endpoint: String, admin: Key, cluster: &str, stop: Arc<Atomic
     while !stop.load(Ordering::SeqCst) {
         let listed = ec2
             .describe_instances()
-            .filters(Filter::builder().name("tag:stratus:cluster").values(cluster).build())
+            .filters(
+                Filter::builder()
+                    .name("tag:stratus:cluster")
+                    .values(cluster)
+                    .build(),
+            )
             .send()
             .await;
         let instances: Vec<_> = listed
@@ -622,7 +705,12 @@ async fn boot_loop(endpoint: String, admin: Key, cluster: &str, stop: Arc<Atomic
                 .expect("boot the image build's node");
             let host_key = node.host_key.clone().unwrap();
             let body = json!({"instance_id": id, "output": console_text(&[host_key])});
-            let (status, answer) = http(&endpoint, "POST", "/stratus-faults/console", &body.to_string());
+            let (status, answer) = http(
+                &endpoint,
+                "POST",
+                "/stratus-faults/console",
+                &body.to_string(),
+            );
             assert_eq!(status, 200, "console: {answer}");
             booted.push((id, node.id));
         }
@@ -639,7 +727,9 @@ async fn boot_loop(endpoint: String, admin: Key, cluster: &str, stop: Arc<Atomic
 
 #[test]
 fn the_printed_policy_is_enough_and_every_action_in_it_is_needed() {
-    let Some(moto) = IamMoto::acquire() else { return };
+    let Some(moto) = IamMoto::acquire() else {
+        return;
+    };
     let (policy, outcome) = scenario(&moto, &|p| p.clone());
     if let Outcome::Stopped { step, run } = outcome {
         panic!("with the printed policy, stratus stopped at {step}:\n{run}");
@@ -653,7 +743,9 @@ fn the_printed_policy_is_enough_and_every_action_in_it_is_needed() {
         let (_, outcome) = scenario(&moto, &|p| without(p, action));
         match outcome {
             Outcome::Completed => {
-                panic!("without ec2:{action} every step still succeeded: the policy lists an action stratus does not need here")
+                panic!(
+                    "without ec2:{action} every step still succeeded: the policy lists an action stratus does not need here"
+                )
             }
             Outcome::Stopped { step, run } => {
                 let said = format!("{}{}", run.stdout, run.stderr);
