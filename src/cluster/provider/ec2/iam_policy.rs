@@ -698,6 +698,50 @@ mod tests {
         );
     }
 
+    #[test]
+    fn an_install_s_store_id_is_read_without_writing_to_it() {
+        let install = tempfile::tempdir().unwrap();
+        let own = tempfile::tempdir().unwrap();
+        let settings = |dir: &std::path::Path| crate::app::Settings {
+            trust: crate::config::Trust::Caller,
+            config: crate::config::SiteConfig {
+                mode: crate::config::Mode::MultiUser,
+                state_dir: Some(dir.to_path_buf()),
+                ..Default::default()
+            },
+            config_path: None,
+            state_dir: own.path().join("state"),
+            pause_at: None,
+        };
+        // No database yet: refused, naming who must run it.
+        let e = store_id(&settings(install.path())).unwrap_err();
+        assert_eq!(e.exit_code(), crate::error::exit::BAD_INPUT);
+        assert!(e.to_string().contains("as the service account"), "{e}");
+        let id = crate::store::Store::open_in(install.path())
+            .unwrap()
+            .id()
+            .clone();
+        let files = |d: &std::path::Path| {
+            let mut v: Vec<String> = std::fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        let before = files(install.path());
+        assert_eq!(store_id(&settings(install.path())).unwrap(), id);
+        assert_eq!(
+            files(install.path()),
+            before,
+            "nothing written beside the database"
+        );
+        assert!(
+            !own.path().join("state").exists(),
+            "the caller's own state is not made"
+        );
+    }
+
     /// The EC2 calls of this provider's source: every `client.<method>(` of the SDK client.
     fn sdk_calls_in_source() -> BTreeSet<String> {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
