@@ -212,6 +212,14 @@ pub fn versions(profile: &Profile) -> BTreeMap<String, String> {
 
 /// The reserved name of a profile's image-build cluster.
 pub fn cluster_name(profile: &str) -> Result<ClusterName, Error> {
+    // Profile names are file names: anything a cluster name may not hold becomes '-'.
+    let profile: String = profile
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9') => c,
+            _ => '-',
+        })
+        .collect();
     let mut name = format!("image-{profile}");
     name.truncate(ClusterName::MAX_LEN);
     let name = name.trim_end_matches('-').to_owned();
@@ -755,5 +763,9 @@ mod tests {
         let long = cluster_name(&"a".repeat(60)).unwrap();
         assert_eq!(long.as_str().len(), ClusterName::MAX_LEN);
         assert!(cluster_name("a-------------------------------------------------").is_ok());
+        assert_eq!(
+            cluster_name("My_Hadoop.2").unwrap().as_str(),
+            "image-my-hadoop-2"
+        );
     }
 }
