@@ -86,7 +86,9 @@ pub(super) fn install_or_doctor(printer: &Printer, action: AdminAction) -> Resul
             prefix,
             service_user,
         } => doctor(printer, prefix.as_deref(), service_user.as_deref()),
-        AdminAction::Audit { .. } => Err(Error::runtime("not an install command")),
+        AdminAction::Audit { .. } | AdminAction::IamPolicy | AdminAction::Image { .. } => {
+            Err(Error::runtime("not an install command"))
+        }
     }
 }
 
@@ -658,4 +660,91 @@ mod tests {
             crate::config::SiteConfig::parse(&out, Path::new("/opt/s/etc/stratus/config.toml"));
         assert!(parsed.is_ok(), "{parsed:?}");
     }
+}
+
+/// `stratus admin iam-policy`: the least-privilege IAM policy of the service account, as JSON
+/// on stdout, for this install's store, region, class types and profiles.
+pub(super) fn iam_policy(
+    settings: &crate::service::Settings,
+    printer: &Printer,
+) -> Result<ExitCode, Error> {
+    use crate::cluster::provider::ec2::iam_policy::{ClassTypes, generate, input_from_site};
+    let config = &settings.config;
+    if config.ec2.is_none() {
+        return Err(Error::invalid(
+            "admin iam-policy is for the ec2 provider: the site config has no [ec2] table",
+        ));
+    }
+    let policy = match config.policy_path(settings.config_path.as_deref()) {
+        Some(path) if path.exists() => Some(
+            Policy::load(&path).map_err(|e| Error::invalid(crate::core::error::one_line(&e)))?,
+        ),
+        _ => None,
+    };
+    let class = policy.as_ref().map(|p| ClassTypes {
+        policy: &p.path,
+        types: p.units.keys().cloned().collect(),
+    });
+    let profiles = crate::config::profile::ProfileSet::load(config.profiles_dir.as_deref())?;
+    let input = input_from_site(config, class, &profiles, settings.install_store_id()?)?;
+    let text = serde_json::to_string_pretty(&generate(&input))
+        .map_err(|e| Error::runtime(e.to_string()))?;
+    printer.out(text)?;
+    printer.status(format!(
+        "the IAM policy for the state database {} in {}; instance types: {}",
+        input.store,
+        input.region,
+        input
+            .instance_types
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `stratus admin image build --profile P [--dry-run]`.
+pub(super) async fn image_build(
+    client: &Client,
+    profile: String,
+    dry_run: bool,
+) -> Result<ExitCode, Error> {
+    let b = expect!(
+        client
+            .call(Request::ImageBuild { profile, dry_run })
+            .await?,
+        Response::Image
+    );
+    let printer = client.printer();
+    let Some(image) = &b.image else {
+        printer.out(format!(
+            "admin image build --dry-run: nothing is created; a build would\n{}",
+            b.plan
+                .iter()
+                .map(|l| format!("  {l}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ))?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    printer.out(format!(
+        "image {image} ({}) of profile {}{} recorded in {}: its launches now boot from it",
+        b.name.as_deref().unwrap_or_default(),
+        b.profile,
+        if b.versions.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", {}",
+                b.versions
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        },
+        b.record
+    ))?;
+    Ok(ExitCode::SUCCESS)
 }

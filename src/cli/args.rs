@@ -236,6 +236,14 @@ pub enum AdminAction {
         #[arg(long, value_name = "FILE")]
         wrapper: Option<PathBuf>,
     },
+    /// The IAM policy the service account needs, as IAM JSON: generated from the site config,
+    /// the class policy and the state database's id
+    IamPolicy,
+    /// Images that boot a profile with its software installed
+    Image {
+        #[command(subcommand)]
+        action: ImageAction,
+    },
     /// Check every owner and mode of an install; exit 1 naming each problem
     Doctor {
         /// The install to check (default /usr/local, with the config in /etc/stratus and the
@@ -246,6 +254,20 @@ pub enum AdminAction {
         /// wrapper names, else stratus)
         #[arg(long, value_name = "NAME")]
         service_user: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageAction {
+    /// Bake an image of a profile: one instance with the install only, imaged, then
+    /// terminated; the profile's launches then boot from the image
+    Build {
+        /// The profile to bake
+        #[arg(long, short = 'p')]
+        profile: String,
+        /// Only say what would be done
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 

@@ -42,6 +42,9 @@ pub async fn run(cli: Cli, env: Environment, printer: Arc<Printer>) -> Result<Ex
             action: action @ (AdminAction::Install { .. } | AdminAction::Doctor { .. }),
         } => return admin::install_or_doctor(&printer, action),
         Command::Profiles { action } => return info::profiles(&settings, &printer, action),
+        Command::Admin {
+            action: AdminAction::IamPolicy,
+        } => return admin::iam_policy(&settings, &printer),
         Command::Node { .. } | Command::Runner | Command::Serve => {
             return Err(Error::runtime(
                 "__node, runner and serve are handled before the CLI starts",
@@ -108,6 +111,12 @@ pub async fn run(cli: Cli, env: Environment, printer: Arc<Printer>) -> Result<Ex
             everyone,
         } => info::usage(&client, json, owner, everyone).await,
         Command::Quota { json } => info::quota(&client, json).await,
+        Command::Admin {
+            action:
+                AdminAction::Image {
+                    action: ImageAction::Build { profile, dry_run },
+                },
+        } => admin::image_build(&client, profile, dry_run).await,
         Command::Admin { action } => admin::audit(&client, action).await,
         Command::Accounting { action } => accounting::run(&client, action).await,
         Command::Profiles { .. } | Command::Node { .. } | Command::Runner | Command::Serve => {

@@ -52,6 +52,8 @@ pub struct LaunchRequest {
     pub configure: bool,
     /// Wait for every node to answer SSH, pinning its host key, even without configuring.
     pub wait_for_ssh: bool,
+    /// Render the user-data for an image build (`cluster::image`): install only.
+    pub image_build: bool,
 }
 
 /// Checks what a launch asks for against the profile and provider; nothing is created.
@@ -139,6 +141,7 @@ pub async fn launch<P: Provider>(
         env: &req.env,
         request,
         store: ctx.store.id(),
+        image_build: req.image_build,
     };
     // Everything that can be checked without creating anything, first.
     let renderer = Renderer::for_profile(&req.profile)?;

@@ -24,6 +24,8 @@ pub struct Meta<'a> {
     pub env: &'a BTreeMap<String, String>,
     pub request: &'a RequestId,
     pub store: &'a StoreId,
+    /// The launch bakes an image (`BootContext::image_build`).
+    pub image_build: bool,
 }
 
 /// Nodes of one role to launch in one call.
@@ -46,6 +48,7 @@ impl<'a> Meta<'a> {
             env: &cluster.record.env,
             request,
             store,
+            image_build: false,
         }
     }
 
@@ -57,6 +60,7 @@ impl<'a> Meta<'a> {
             request_id: self.request.as_str(),
             profile: self.profile.into(),
             env: self.env,
+            image_build: self.image_build,
         }
     }
 

@@ -9,6 +9,7 @@
 //! here.
 
 pub mod configure;
+pub mod image;
 pub mod interrupt;
 pub mod intra_key;
 pub mod keys;

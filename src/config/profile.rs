@@ -240,6 +240,8 @@ pub struct ProfileSummary {
 pub struct ProfileSet {
     profiles: BTreeMap<String, RawProfile>,
     site_dir: Option<PathBuf>,
+    /// The images `admin image build` baked, which profiles boot from (`cluster::image`).
+    images: crate::config::images::Images,
 }
 
 impl ProfileSet {
@@ -290,7 +292,13 @@ impl ProfileSet {
         Ok(Self {
             profiles,
             site_dir: site_dir.map(Path::to_path_buf),
+            images: Default::default(),
         })
+    }
+
+    /// The same profiles, booting from these baked images where they apply.
+    pub fn with_images(self, images: crate::config::images::Images) -> Self {
+        Self { images, ..self }
     }
 
     pub fn names(&self) -> Vec<String> {
@@ -315,8 +323,16 @@ impl ProfileSet {
             .collect()
     }
 
-    /// Resolves a profile by name: inheritance, schema, templates.
+    /// Resolves a profile by name: inheritance, schema, templates, and the image baked for it
+    /// (`admin image build`), if one applies.
     pub fn resolve(&self, name: &str) -> Result<Profile, ProfileError> {
+        let mut profile = self.resolve_as_written(name)?;
+        self.images.apply(&mut profile);
+        Ok(profile)
+    }
+
+    /// A profile as its files say, without a baked image (what a bake starts from).
+    pub fn resolve_as_written(&self, name: &str) -> Result<Profile, ProfileError> {
         let mut chain: Vec<String> = Vec::new();
         let merged = self.merged_table(name, &mut chain)?;
         let raw = &self.profiles[name];

@@ -54,6 +54,7 @@ impl Service {
             // Without configuring, nobody connects: host keys are pinned when the owner first
             // reaches the nodes (`Request::Reach`).
             wait_for_ssh: ask.configure,
+            image_build: false,
         };
         let caller = asked.caller;
         let admission = Admission::new(policy, config, caller.owner.as_str(), &caller.groups);
@@ -227,5 +228,65 @@ impl Service {
                 crate::core::error::one_line(&e)
             ));
         }
+    }
+}
+
+impl Service {
+    /// Bakes an image of `profile` (instructors, or the install's own user), or says how.
+    pub(super) async fn image_build(
+        &self,
+        asked: &Asked<'_>,
+        profile: &str,
+        dry_run: bool,
+    ) -> Result<Response, Error> {
+        use crate::cluster::image;
+        self.own_or_instructor(asked, "only instructors may build images")?;
+        let config = self.config();
+        let (Some(ec2), ProviderKind::Ec2) = (config.ec2.as_ref(), config.provider) else {
+            return Err(Error::invalid(
+                "admin image build needs the ec2 provider (provider = \"ec2\" and an [ec2] table in the site config)",
+            ));
+        };
+        let profile = self.profiles().resolve_as_written(profile)?;
+        let owner = &asked.caller.owner;
+        image::check(&profile, owner, self.store().id())?;
+        let plan: Vec<String> = image::plan(&profile, self.state_dir())?
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        let record = crate::config::images::Images::path(self.state_dir())
+            .display()
+            .to_string();
+        if dry_run {
+            return Ok(Response::Image(super::protocol::ImageBuilt {
+                profile: profile.name.clone(),
+                plan,
+                image: None,
+                name: None,
+                versions: crate::config::images::versions(&profile),
+                record,
+            }));
+        }
+        let provider = self.provider(ProviderKind::Ec2).await?;
+        self.reconcile_first(provider.as_ref(), owner).await;
+        let name = profile.name.clone();
+        let built = image::build(
+            image::BuildInputs {
+                ctx: self.ctx(),
+                provider: provider.as_ref(),
+                owner,
+                region: &ec2.region,
+            },
+            profile,
+        )
+        .await?;
+        Ok(Response::Image(super::protocol::ImageBuilt {
+            profile: name,
+            plan,
+            image: Some(built.image),
+            name: Some(built.name),
+            versions: built.versions,
+            record: built.record.display().to_string(),
+        }))
     }
 }

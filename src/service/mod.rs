@@ -116,6 +116,30 @@ impl Settings {
             && self.config.state_dir.as_deref() != Some(&self.state_dir)
     }
 
+    /// The id of the state database the install's resources carry: the install's in a
+    /// multi-user install (read without writing anything beside it when the caller does not own
+    /// it, as root does not), else the caller's own (made if it does not exist yet).
+    pub fn install_store_id(&self) -> Result<crate::core::model::StoreId, Error> {
+        let install = self
+            .config
+            .state_dir
+            .as_ref()
+            .filter(|_| self.config.mode == Mode::MultiUser)
+            .filter(|d| **d != self.state_dir);
+        let Some(dir) = install else {
+            return Ok(Store::open_in(&self.state_dir)?.id().clone());
+        };
+        let db = dir.join(crate::store::DB_FILE);
+        if !db.exists() {
+            return Err(Error::invalid(format!(
+                "the install's state database {} does not exist yet: run this command as the service account (the owner of {}), which creates it",
+                db.display(),
+                dir.display()
+            )));
+        }
+        Ok(Store::read_id(dir)?)
+    }
+
     /// The profile `launch-cluster` uses when none is named.
     pub fn default_profile(&self) -> String {
         self.config.default_profile.clone().unwrap_or_else(|| {
@@ -152,7 +176,9 @@ struct Shared {
 impl Service {
     pub fn new(settings: Settings, printer: Arc<Printer>) -> Result<Self, Error> {
         let store = Store::open_in(&settings.state_dir)?;
-        let profiles = ProfileSet::load(settings.config.profiles_dir.as_deref())?;
+        let profiles = ProfileSet::load(settings.config.profiles_dir.as_deref())?.with_images(
+            crate::config::images::Images::load_or_warn(&settings.state_dir, &settings.config),
+        );
         Ok(Self {
             shared: Arc::new(Shared {
                 settings,
@@ -364,6 +390,9 @@ impl Service {
             Request::Audit { since } => self.audit_trail(asked, since.as_deref()),
             Request::Snapshot => self.snapshot(asked).await,
             Request::Reap { dry_run, orphans } => self.reap(asked, dry_run, orphans).await,
+            Request::ImageBuild { profile, dry_run } => {
+                self.image_build(asked, &profile, dry_run).await
+            }
         }
     }
 
@@ -519,5 +548,54 @@ impl LoadedPolicy {
             LoadedPolicy::Present(p) => Some(p),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_install_s_store_id_is_read_without_writing_to_it() {
+        let install = tempfile::tempdir().unwrap();
+        let own = tempfile::tempdir().unwrap();
+        let settings = |dir: &std::path::Path| Settings {
+            trust: crate::config::Trust::Caller,
+            config: crate::config::SiteConfig {
+                mode: crate::config::Mode::MultiUser,
+                state_dir: Some(dir.to_path_buf()),
+                ..Default::default()
+            },
+            config_path: None,
+            state_dir: own.path().join("state"),
+            pause_at: None,
+        };
+        // No database yet: refused, naming who must run it.
+        let e = settings(install.path()).install_store_id().unwrap_err();
+        assert_eq!(e.exit_code(), crate::core::error::exit::BAD_INPUT);
+        assert!(e.to_string().contains("as the service account"), "{e}");
+        let id = crate::store::Store::open_in(install.path())
+            .unwrap()
+            .id()
+            .clone();
+        let files = |d: &std::path::Path| {
+            let mut v: Vec<String> = std::fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        let before = files(install.path());
+        assert_eq!(settings(install.path()).install_store_id().unwrap(), id);
+        assert_eq!(
+            files(install.path()),
+            before,
+            "nothing written beside the database"
+        );
+        assert!(
+            !own.path().join("state").exists(),
+            "the caller's own state is not made"
+        );
     }
 }

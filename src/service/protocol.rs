@@ -108,6 +108,13 @@ pub enum Request {
     },
     /// Records every instance's state and hours (cron).
     Snapshot,
+    /// Bakes an image of a profile (instructors, the service account): one instance with the
+    /// install only, imaged, terminated; the profile's launches then boot from the image.
+    ImageBuild {
+        profile: String,
+        #[serde(default)]
+        dry_run: bool,
+    },
     /// Warns, then terminates, clusters that break the policy (cron).
     Reap {
         #[serde(default)]
@@ -158,6 +165,7 @@ impl Request {
             Request::UpdateWorkers { .. } => "update-workers",
             Request::Snapshot => "snapshot",
             Request::Reap { .. } => "reap",
+            Request::ImageBuild { .. } => "image-build",
         }
     }
 
@@ -174,6 +182,7 @@ impl Request {
                 | Request::Reach { .. }
                 | Request::Reconcile { dry_run: true }
                 | Request::Reap { dry_run: true, .. }
+                | Request::ImageBuild { dry_run: true, .. }
         )
     }
 
@@ -254,6 +263,21 @@ pub struct ReportAnswer {
     pub report: Report,
 }
 
+/// What an image build did, or (a dry run) would do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageBuilt {
+    pub profile: String,
+    /// The steps, one per line.
+    pub plan: Vec<String>,
+    /// The image made (none in a dry run).
+    pub image: Option<String>,
+    pub name: Option<String>,
+    /// The versions the image was tagged with (`hadoop_version = 3.4.2`).
+    pub versions: std::collections::BTreeMap<String, String>,
+    /// Where the image is recorded for the profile's launches.
+    pub record: String,
+}
+
 /// The service's answer, typed: one variant per kind of request.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
@@ -273,6 +297,7 @@ pub enum Response {
     WorkersFile(WorkersFile),
     Snapshot(SnapshotReport),
     Reaped(Vec<ReapAction>),
+    Image(ImageBuilt),
 }
 
 impl Response {
@@ -294,6 +319,7 @@ impl Response {
             Request::UpdateWorkers { .. } => Response::WorkersFile(of(value)?),
             Request::Snapshot => Response::Snapshot(of(value)?),
             Request::Reap { .. } => Response::Reaped(of(value)?),
+            Request::ImageBuild { .. } => Response::Image(of(value)?),
         })
     }
 

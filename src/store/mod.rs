@@ -225,6 +225,9 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 /// The state database. Cheap to clone; all clones share one connection.
+/// The database's file name in its state directory.
+pub const DB_FILE: &str = "stratus.db";
+
 #[derive(Clone)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
@@ -245,7 +248,7 @@ impl Store {
     /// Opens (creating if needed) the database in `dir`.
     pub fn open_in(dir: &Path) -> Result<Self, StoreError> {
         crate::core::files::create_private_dir(dir)?;
-        Self::open(&dir.join("stratus.db"))
+        Self::open(&dir.join(DB_FILE))
     }
 
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -295,6 +298,38 @@ impl Store {
     /// The id every resource this database launches is tagged with.
     pub fn id(&self) -> &StoreId {
         &self.id
+    }
+
+    /// The id of the database in `dir`, read without writing anything beside it: read-only and
+    /// immutable, so no lock, journal or WAL file is made (root's would lock the service account
+    /// out of its own database). The id never changes.
+    pub fn read_id(dir: &Path) -> Result<StoreId, StoreError> {
+        let db = dir.join(DB_FILE);
+        let mut uri = String::from("file:");
+        for c in db.display().to_string().chars() {
+            match c {
+                '%' => uri.push_str("%25"),
+                '?' => uri.push_str("%3f"),
+                '#' => uri.push_str("%23"),
+                c => uri.push(c),
+            }
+        }
+        uri.push_str("?immutable=1");
+        let open_err = |source| StoreError::Open {
+            path: db.clone(),
+            source,
+        };
+        let conn = Connection::open_with_flags(
+            &uri,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI,
+        )
+        .map_err(open_err)?;
+        let id: String = conn
+            .query_row("SELECT value FROM meta WHERE key = 'store_id'", [], |r| {
+                r.get(0)
+            })
+            .map_err(open_err)?;
+        Ok(StoreId::from_stored(id))
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {

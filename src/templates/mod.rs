@@ -6,7 +6,8 @@
 //!
 //! Two contexts exist, because a cloud launches master and workers together, before any address
 //! is known, and launches all the nodes of a role in one call, with one user-data:
-//! - boot (user-data, one per role): cluster, owner, role, request id, profile, env. A node learns
+//! - boot (user-data, one per role): cluster, owner, role, request id, profile, env, and
+//!   `image_build` (true only when `admin image build` bakes an image of the profile). A node learns
 //!   its own index at boot (EC2's `ami-launch-index` in the instance metadata, plus the batch's
 //!   first index in the `stratus:first-index` tag; `STRATUS_NODE_INDEX` on a local node);
 //! - configure (pushed files, per node): all of the above plus the node's `index` and
@@ -94,6 +95,9 @@ pub struct BootContext<'a> {
     pub request_id: &'a str,
     pub profile: ProfileFacts<'a>,
     pub env: &'a BTreeMap<String, String>,
+    /// True in the user-data of an image build (`stratus admin image build`): install only,
+    /// start nothing, report phase `done` when the node can be baked.
+    pub image_build: bool,
 }
 
 /// A node as configure-time templates see it.
@@ -245,6 +249,7 @@ mod tests {
             request_id: "req-1",
             profile: p.into(),
             env,
+            image_build: false,
         }
     }
 

@@ -28,6 +28,7 @@ fn boot<'a>(p: &'a Profile, env: &'a BTreeMap<String, String>, role: Role) -> Bo
         request_id: REQUEST,
         profile: p.into(),
         env,
+        image_build: false,
     }
 }
 
@@ -639,6 +640,7 @@ fn hadoop_spot_launches_on_moto_with_the_rendered_user_data() {
             request_id: request,
             profile: (&p).into(),
             env: &env,
+            image_build: false,
         };
         let want = Renderer::for_profile(&p)
             .unwrap()

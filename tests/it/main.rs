@@ -8,6 +8,8 @@ mod ec2;
 mod hadoop_profile;
 mod hardening_ec2;
 mod hardening_local;
+mod iam;
+mod image;
 mod local;
 mod openssh;
 mod privileged;

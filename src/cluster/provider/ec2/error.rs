@@ -135,7 +135,7 @@ fn from_code(op: &str, ctx: &Context, code: &str, message: &str) -> ProviderErro
     }
     if AUTH_FORBIDDEN.contains(&code) {
         return ProviderError::Auth(format!(
-            "the AWS credentials from {} are not allowed to call {op} ({code}); the service account needs the IAM permissions listed in the README",
+            "the AWS credentials from {} are not allowed to call {op} ({code}); the service account needs the IAM policy `stratus admin iam-policy` prints",
             ctx.credentials
         ));
     }

@@ -22,6 +22,8 @@
 mod client;
 pub mod console;
 mod error;
+pub mod iam_policy;
+pub mod image;
 mod rules;
 
 use std::collections::HashMap;

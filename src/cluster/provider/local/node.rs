@@ -152,6 +152,12 @@ fn node_env(cfg: &NodeConfig, paths: &NodePaths) -> Vec<(String, String)> {
         ("STRATUS_NODE_INDEX".into(), cfg.index.to_string()),
         ("STRATUS_NODE_ADDRESS".into(), cfg.address.clone()),
         ("STRATUS_CLUSTER".into(), cfg.tags.cluster.to_string()),
+        // What /var/lib/stratus is on an instance (the phase a node reports, say), in the
+        // node's own directory: an absolute path would be this machine's.
+        (
+            "STRATUS_STATE_DIR".into(),
+            paths.dir.join("state").display().to_string(),
+        ),
         (
             "STRATUS_BOOT_LOG".into(),
             paths.boot_log().display().to_string(),
