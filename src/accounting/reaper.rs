@@ -101,9 +101,15 @@ pub async fn reap<P: Provider>(
         .into_iter()
         .filter(|c| c.provider == provider.kind())
         .filter(|c| {
+            // Every state that may hold instances: a launch stuck before running, and a
+            // terminate that stopped, run past their deadlines like any other.
             matches!(
                 c.state,
-                ClusterState::Running | ClusterState::Configured | ClusterState::Requested
+                ClusterState::Reserved
+                    | ClusterState::Requested
+                    | ClusterState::Running
+                    | ClusterState::Configured
+                    | ClusterState::Terminating
             )
         })
         .collect();
@@ -130,6 +136,9 @@ impl<P: Provider> Reaper<'_, P> {
     /// Warns a cluster that breaks the policy, or terminates it once its grace is over.
     async fn cluster(&self, c: &ClusterRow) -> Result<Option<ReapAction>, Error> {
         let (ctx, now) = (self.ctx, self.now);
+        if c.state == ClusterState::Terminating {
+            return self.stuck_terminate(c).await;
+        }
         let Some(reason) = due(c, self.policy, self.config, ctx.store, now)? else {
             // No longer due (the instructor raised a limit, say): a new breach gets a new
             // warning and a new grace.
@@ -192,6 +201,34 @@ impl<P: Provider> Reaper<'_, P> {
             // Warned; the grace is not over.
             Some(_) => Ok(None),
         }
+    }
+
+    /// A cluster left `terminating` by a terminate that is no longer making progress (its
+    /// process died, or stopped renewing its lock's lease): the terminate is finished now, with
+    /// no warning or grace, since its owner or an instructor already asked for it.
+    async fn stuck_terminate(&self, c: &ClusterRow) -> Result<Option<ReapAction>, Error> {
+        let ctx = self.ctx;
+        if crate::cluster::locks::TerminateLock::is_held(ctx.state_dir, c.id) {
+            return Ok(None);
+        }
+        let ids: Vec<String> = terminate::live_nodes(ctx, c)?
+            .into_iter()
+            .map(|n| n.instance_id)
+            .collect();
+        let a = ReapAction {
+            cluster: c.name.to_string(),
+            owner: c.owner.to_string(),
+            action: "terminate".into(),
+            reason: "its terminate stopped before the end (the process working on it died or made no progress)".into(),
+        };
+        if !self.dry_run
+            && let Err(e) = terminate::terminate(ctx, self.provider, c).await
+        {
+            tracing::error!(cluster = %c.name, owner = %c.owner, "the reaper could not finish its terminate: {}", crate::core::error::one_line(&e));
+            return Ok(None);
+        }
+        self.audit(&a, ids);
+        Ok(Some(a))
     }
 
     /// Orphans: this store's instances that no row knows, whose launcher is not running;
@@ -262,7 +299,7 @@ impl<P: Provider> Reaper<'_, P> {
             action: format!("reap-{}", a.action),
             cluster: Some(format!("{}/{}", a.owner, a.cluster)),
             decision: "done".into(),
-            reason: Some(reason.clone()),
+            reason: Some(a.reason.clone()),
             instances,
         };
         if let Err(e) = self.ctx.store.audit(&record, self.now) {

@@ -92,6 +92,27 @@ pub(super) fn install_or_doctor(printer: &Printer, action: AdminAction) -> Resul
     }
 }
 
+/// One row of the audit trail for people: the time, then every field quoted (the trail holds
+/// them escaped; a quote is escaped here), so no value can pose as another column.
+fn audit_line(r: &crate::store::AuditRecord) -> String {
+    let q = |s: &str| format!("\"{}\"", s.replace('"', "\\\""));
+    let mut line = format!(
+        "{} {} {} {} {}",
+        r.at,
+        q(&r.user),
+        q(&r.action),
+        r.cluster.as_deref().map(q).unwrap_or_else(|| "-".into()),
+        q(&r.decision)
+    );
+    if let Some(reason) = &r.reason {
+        line.push_str(&format!(" {}", q(reason)));
+    }
+    if !r.instances.is_empty() {
+        line.push_str(&format!(" [{}]", r.instances.join(", ")));
+    }
+    line
+}
+
 /// `admin audit`: the decisions of the privileged path, for instructors.
 pub(super) async fn audit(client: &Client, action: AdminAction) -> Result<ExitCode, Error> {
     let AdminAction::Audit { json, since } = action else {
@@ -110,23 +131,7 @@ pub(super) async fn audit(client: &Client, action: AdminAction) -> Result<ExitCo
             let line = serde_json::to_string(r).map_err(|e| Error::runtime(e.to_string()))?;
             printer.out(line)?;
         } else {
-            printer.out(format!(
-                "{} {} {} {} {}{}{}",
-                r.at,
-                r.user,
-                r.action,
-                r.cluster.as_deref().unwrap_or("-"),
-                r.decision,
-                r.reason
-                    .as_deref()
-                    .map(|x| format!(": {x}"))
-                    .unwrap_or_default(),
-                if r.instances.is_empty() {
-                    String::new()
-                } else {
-                    format!(" [{}]", r.instances.join(", "))
-                }
-            ))?;
+            printer.out(audit_line(r))?;
         }
     }
     Ok(ExitCode::SUCCESS)

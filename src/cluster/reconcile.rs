@@ -126,6 +126,24 @@ impl Step {
         }
     }
 
+    /// Whose cluster the step is about, where that is known.
+    fn owner(&self) -> Option<String> {
+        match self {
+            Step::RollBack(c, ..)
+            | Step::FinishTerminate(c, _)
+            | Step::FinishRollback(c, _)
+            | Step::Strays { cluster: c, .. }
+            | Step::Reopen(c, _) => Some(c.owner.to_string()),
+            Step::Orphans(_, found) => found
+                .first()
+                .and_then(|i| i.tags.as_ref())
+                .map(|t| t.owner.to_string()),
+            Step::Release(c) => Some(c.owner.to_string()),
+            Step::Foreign(owner, ..) => Some(owner.to_string()),
+            Step::Tidy(_) => None,
+        }
+    }
+
     fn kind(&self) -> &'static str {
         match self {
             Step::RollBack(..) => "roll-back",
@@ -264,6 +282,7 @@ pub async fn reconcile<P: Provider>(
     let mut failed: Option<Error> = None;
     for step in plan {
         let action = step.action(options.dry_run);
+        let owner_of = step.owner();
         // One step that fails (a cloud call refused) does not keep the others from being done;
         // the next reconcile tries it again.
         if !options.dry_run
@@ -287,11 +306,37 @@ pub async fn reconcile<P: Provider>(
             },
             action.what
         ));
+        if !options.dry_run {
+            audit(ctx, &action, owner_of.as_deref());
+        }
         actions.push(action);
     }
     match failed {
         Some(e) => Err(e),
         None => Ok(actions),
+    }
+}
+
+/// Each thing reconcile did to a cluster (a rollback, a terminate finished, instances recorded
+/// or ended, resources released) is a row of the audit trail. What it leaves alone is not.
+fn audit(ctx: Ctx<'_>, action: &Action, owner: Option<&str>) {
+    if matches!(action.action.as_str(), "foreign" | "tidy") {
+        return;
+    }
+    let record = crate::store::AuditRecord {
+        at: String::new(),
+        user: "reconcile".into(),
+        action: format!("reconcile-{}", action.action),
+        cluster: Some(match owner {
+            Some(o) => format!("{o}/{}", action.cluster),
+            None => action.cluster.clone(),
+        }),
+        decision: "done".into(),
+        reason: Some(action.what.clone()),
+        instances: action.instances.clone(),
+    };
+    if let Err(e) = ctx.store.audit(&record, now_millis()) {
+        tracing::error!("cannot write the audit trail: {e}");
     }
 }
 

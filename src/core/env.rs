@@ -25,6 +25,8 @@ pub struct Environment {
     /// Debug builds only: `STRATUS_TEST_PAUSE_AT` and `STRATUS_TEST_NOW` (tests).
     pub test_pause_at: Option<String>,
     pub test_now: Option<String>,
+    /// Debug builds only: `STRATUS_TEST_LEASE_SECS`, the lease of terminate and grow locks.
+    pub test_lease_secs: Option<u64>,
 }
 
 impl Environment {
@@ -63,6 +65,7 @@ impl Environment {
                 ),
             test_pause_at: test("STRATUS_TEST_PAUSE_AT"),
             test_now: test("STRATUS_TEST_NOW"),
+            test_lease_secs: test("STRATUS_TEST_LEASE_SECS").and_then(|s| s.parse().ok()),
         }
     }
 

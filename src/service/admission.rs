@@ -99,6 +99,47 @@ fn reserve(
     )
 }
 
+/// The "accepted" row of the audit trail, in the transaction that writes the reservation: a
+/// launch is on record before it creates anything, even if its process dies right after.
+fn accepted(
+    tx: &rusqlite::Connection,
+    owner: &str,
+    action: &str,
+    cluster: &str,
+    request: &str,
+    ask: Option<&Ask>,
+) -> Result<(), StoreError> {
+    let reason = match ask {
+        Some(a) => format!(
+            "request {request}: {} nodes and {} units reserved{}",
+            a.nodes,
+            crate::core::money::units_text(a.units),
+            if a.max_cost > 0 {
+                format!(
+                    ", up to {} of the budget",
+                    crate::core::money::dollars_text(a.max_cost)
+                )
+            } else {
+                String::new()
+            }
+        ),
+        None => format!("request {request}: no policy applies"),
+    };
+    ledger::insert_audit(
+        tx,
+        &crate::store::AuditRecord {
+            at: String::new(),
+            user: owner.to_owned(),
+            action: action.to_owned(),
+            cluster: Some(cluster.to_owned()),
+            decision: "accepted".into(),
+            reason: Some(reason),
+            instances: Vec::new(),
+        },
+        now_millis(),
+    )
+}
+
 impl Admit for Admission<'_> {
     fn admit_launch(
         &self,
@@ -107,26 +148,37 @@ impl Admit for Admission<'_> {
         new: &NewCluster<'_>,
         workers: u32,
     ) -> Result<Result<(), Error>, StoreError> {
-        let (Some(rules), Some(policy)) = (&self.rules, self.policy) else {
-            return Ok(Ok(()));
+        let ask = match (&self.rules, self.policy) {
+            (Some(rules), Some(policy)) => {
+                let mut in_use = Ledger {
+                    tx,
+                    user: rules.user(),
+                    except: cluster_id,
+                    policy,
+                    config: self.config,
+                };
+                let ask = match rules.admit_launch(&new.record.profile, workers, &mut in_use)? {
+                    Ok(ask) => ask,
+                    Err(refusal) => return Ok(Err(refusal)),
+                };
+                reserve(
+                    tx,
+                    cluster_id,
+                    new.owner.as_str(),
+                    new.request_id.as_str(),
+                    &ask,
+                )?;
+                Some(ask)
+            }
+            _ => None,
         };
-        let mut in_use = Ledger {
+        accepted(
             tx,
-            user: rules.user(),
-            except: cluster_id,
-            policy,
-            config: self.config,
-        };
-        let ask = match rules.admit_launch(&new.record.profile, workers, &mut in_use)? {
-            Ok(ask) => ask,
-            Err(refusal) => return Ok(Err(refusal)),
-        };
-        reserve(
-            tx,
-            cluster_id,
             new.owner.as_str(),
+            "launch",
+            new.name.as_str(),
             new.request_id.as_str(),
-            &ask,
+            ask.as_ref(),
         )?;
         Ok(Ok(()))
     }
@@ -138,25 +190,37 @@ impl Admit for Admission<'_> {
         request: &RequestId,
         count: u32,
     ) -> Result<(), Error> {
-        let (Some(rules), Some(policy)) = (&self.rules, self.policy) else {
-            return Ok(());
-        };
         store.immediate(|tx| -> Result<(), Error> {
-            let held = ledger::cluster_nodes(tx, cluster.id)?;
-            let mut in_use = Ledger {
-                tx,
-                user: rules.user(),
-                except: -1,
-                policy,
-                config: self.config,
+            let ask = match (&self.rules, self.policy) {
+                (Some(rules), Some(policy)) => {
+                    let held = ledger::cluster_nodes(tx, cluster.id)?;
+                    let mut in_use = Ledger {
+                        tx,
+                        user: rules.user(),
+                        except: -1,
+                        policy,
+                        config: self.config,
+                    };
+                    let ask =
+                        rules.admit_growth(&cluster.record.profile, held, count, &mut in_use)??;
+                    reserve(
+                        tx,
+                        cluster.id,
+                        cluster.owner.as_str(),
+                        request.as_str(),
+                        &ask,
+                    )?;
+                    Some(ask)
+                }
+                _ => None,
             };
-            let ask = rules.admit_growth(&cluster.record.profile, held, count, &mut in_use)??;
-            reserve(
+            accepted(
                 tx,
-                cluster.id,
                 cluster.owner.as_str(),
+                "launch-slaves",
+                cluster.name.as_str(),
                 request.as_str(),
-                &ask,
+                ask.as_ref(),
             )?;
             Ok(())
         })

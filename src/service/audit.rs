@@ -4,7 +4,6 @@
 
 use crate::core::error::Error;
 use crate::core::model::{RequestId, now_millis};
-use crate::core::text::escape;
 use crate::service::Service;
 use crate::service::caller::Caller;
 use crate::service::protocol::{Request, Response};
@@ -89,20 +88,19 @@ impl Trail {
     }
 }
 
-/// Records one decision: a row in the audit table and a line to syslog.
+/// Records one decision: a row in the audit table and a line to syslog, both bounded and
+/// escaped (`AuditRecord::bounded`).
 pub(crate) fn record(service: &Service, record: AuditRecord) {
-    let record = AuditRecord {
-        user: escape(&record.user),
-        action: escape(&record.action),
-        cluster: record.cluster.as_deref().map(escape),
-        decision: escape(&record.decision),
-        reason: record.reason.as_deref().map(escape),
-        instances: record.instances.iter().map(|i| escape(i)).collect(),
-        at: record.at,
-    };
-    // Every field quoted (Debug escapes quotes and backslashes), so no value can pose as a
-    // second field.
-    let line = format!(
+    if let Err(e) = service.store().audit(&record, now_millis()) {
+        tracing::error!("cannot write the audit trail: {e}");
+    }
+    crate::sys::syslog(&syslog_line(&record.bounded()));
+}
+
+/// The syslog line of a (bounded) record: every field quoted (Debug escapes quotes and
+/// backslashes), so no value can pose as a second field.
+fn syslog_line(record: &AuditRecord) -> String {
+    format!(
         "user={:?} action={:?} cluster={:?} decision={:?}{}{}",
         record.user,
         record.action,
@@ -118,9 +116,5 @@ pub(crate) fn record(service: &Service, record: AuditRecord) {
         } else {
             format!(" instances={}", record.instances.join(","))
         }
-    );
-    if let Err(e) = service.store().audit(&record, now_millis()) {
-        tracing::error!("cannot write the audit trail: {e}");
-    }
-    crate::sys::syslog(&line);
+    )
 }

@@ -73,6 +73,9 @@ impl Settings {
             )?,
         };
         let pause_at = env.test_pause_at.as_deref().and_then(ClusterState::parse);
+        if let Some(secs) = env.test_lease_secs {
+            crate::cluster::locks::set_lease_for_tests(std::time::Duration::from_secs(secs));
+        }
         // Tests that script a term of usage fix the clock (debug builds only).
         if let Some(t) = &env.test_now {
             crate::core::model::fix_clock(crate::core::input::parse_time(t)?);

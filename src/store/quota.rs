@@ -28,6 +28,54 @@ pub struct AuditRecord {
     pub instances: Vec<String>,
 }
 
+/// The most characters of a name (user, cluster, action, decision) the audit trail keeps.
+pub const AUDIT_NAME_CHARS: usize = 100;
+/// The most characters of a reason, and of an instance id, the audit trail keeps.
+pub const AUDIT_REASON_CHARS: usize = 300;
+
+impl AuditRecord {
+    /// The record as the audit trail keeps it: every field cut to its bound (a name padded to a
+    /// megabyte takes 100 characters, not a megabyte per row of an append-only table) and
+    /// escaped (no control character, line separator or bidi control: no value can pose as a
+    /// second entry or field).
+    pub fn bounded(&self) -> Self {
+        use crate::core::text::{escape, shortened};
+        let name = |s: &str| escape(&shortened(s, AUDIT_NAME_CHARS));
+        let long = |s: &str| escape(&shortened(s, AUDIT_REASON_CHARS));
+        Self {
+            at: self.at.clone(),
+            user: name(&self.user),
+            action: name(&self.action),
+            cluster: self.cluster.as_deref().map(name),
+            decision: name(&self.decision),
+            reason: self.reason.as_deref().map(long),
+            instances: self.instances.iter().map(|i| long(i)).collect(),
+        }
+    }
+}
+
+/// Appends one decision to the audit trail on `conn` (inside a transaction of the caller's, or
+/// on its own), bounded and escaped.
+pub fn insert_audit(conn: &Connection, record: &AuditRecord, at: Millis) -> Result<(), StoreError> {
+    let record = record.bounded();
+    let instances =
+        serde_json::to_string(&record.instances).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    conn.execute(
+        "INSERT INTO audit (at, user, action, cluster, decision, reason, instances)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            at,
+            record.user,
+            record.action,
+            record.cluster,
+            record.decision,
+            record.reason,
+            instances
+        ],
+    )?;
+    Ok(())
+}
+
 /// Units (thousandths) held by the open reservations of `owner`, leaving out `except`'s.
 pub fn open_units(conn: &Connection, owner: &str, except: i64) -> Result<u64, StoreError> {
     let n: i64 = conn.query_row(
@@ -176,22 +224,7 @@ impl Store {
 
     /// Appends one decision to the audit trail.
     pub fn audit(&self, record: &AuditRecord, at: Millis) -> Result<(), StoreError> {
-        let instances = serde_json::to_string(&record.instances)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        self.conn().execute(
-            "INSERT INTO audit (at, user, action, cluster, decision, reason, instances)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                at,
-                record.user,
-                record.action,
-                record.cluster,
-                record.decision,
-                record.reason,
-                instances
-            ],
-        )?;
-        Ok(())
+        insert_audit(&self.conn(), record, at)
     }
 
     /// The audit trail from `since` on, oldest first.
