@@ -647,6 +647,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_audit_line_quotes_every_field() {
+        let r = crate::store::AuditRecord {
+            at: "2026-12-01T00:00:00.000Z".into(),
+            user: "mallory".into(),
+            action: "launch".into(),
+            cluster: Some(format!("x{}\" \"done", " ".repeat(40))),
+            decision: "refused".into(),
+            reason: Some("no".into()),
+            instances: Vec::new(),
+        };
+        let line = audit_line(&r);
+        assert!(
+            line.starts_with(&format!(
+                "2026-12-01T00:00:00.000Z \"mallory\" \"launch\" \"x{}\\\" \\\"done\" \"refused\"",
+                " ".repeat(40)
+            )),
+            "{line}"
+        );
+        // The padding stays inside its quotes: the verdict is the fifth quoted field.
+        let fields: Vec<&str> = line.split(" \"").collect();
+        assert_eq!(fields.len(), 6, "{line}");
+    }
+
+    #[test]
     fn an_instructors_config_keeps_its_keys_and_gains_what_is_missing() {
         let layout = Layout::new(Some(Path::new("/opt/s")));
         let text = "provider = \"ec2\"\nwrapper = \"/elsewhere\"\n[ec2]\nregion = \"eu-west-1\"\n";

@@ -218,7 +218,7 @@ async fn connection(service: &Service, stream: UnixStream) {
         }
     };
     let mut rd = BufReader::new(rd);
-    let request = read_request(&mut rd).await;
+    let request = read_request(&mut rd, REQUEST_TIMEOUT).await;
     let (lines, writer) = line_writer(wr);
     let printer = Arc::new(Printer::lines_to(Box::new(move |line| {
         // A client gone, or slow: its lines are dropped, never waited for.
@@ -248,10 +248,13 @@ async fn connection(service: &Service, stream: UnixStream) {
 }
 
 /// The request: one line of JSON, within `REQUEST_TIMEOUT`, of at most `MAX_REQUEST` bytes.
-async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(rd: &mut R) -> Result<Request, String> {
+async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(
+    rd: &mut R,
+    within: Duration,
+) -> Result<Request, String> {
     let mut buf = Vec::new();
     let read = tokio::time::timeout(
-        REQUEST_TIMEOUT,
+        within,
         (&mut *rd)
             .take(MAX_REQUEST as u64 + 1)
             .read_until(b'\n', &mut buf),
@@ -260,7 +263,7 @@ async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(rd: &mut R) -> Result<
     match read {
         Err(_) => Err(format!(
             "no request within {} seconds",
-            REQUEST_TIMEOUT.as_secs()
+            within.as_secs_f64()
         )),
         Ok(Err(e)) => Err(format!("cannot read the request: {e}")),
         Ok(Ok(_)) => parse_request(&buf),
@@ -359,5 +362,39 @@ impl Service {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_request_is_one_line_read_in_time_and_bounded() {
+        let within = REQUEST_TIMEOUT;
+        let ok = br#"{"action":"quota"}
+"#;
+        let mut rd = BufReader::new(&ok[..]);
+        assert_eq!(read_request(&mut rd, within).await, Ok(Request::Quota));
+
+        // Nothing comes: refused once the time is up.
+        let (client, server) = tokio::io::duplex(64);
+        let mut rd = BufReader::new(server);
+        let started = std::time::Instant::now();
+        let e = read_request(&mut rd, Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert_eq!(e, "no request within 0.05 seconds");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        drop(client);
+
+        let big = vec![b'x'; MAX_REQUEST + 10];
+        let mut rd = BufReader::new(&big[..]);
+        let e = read_request(&mut rd, within).await.unwrap_err();
+        assert!(e.contains("larger than"), "{e}");
+
+        let mut rd = BufReader::new(&b"{\"action\":\"rm\"}\n"[..]);
+        let e = read_request(&mut rd, within).await.unwrap_err();
+        assert!(e.starts_with("malformed request"), "{e}");
     }
 }

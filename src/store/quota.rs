@@ -261,3 +261,38 @@ impl Store {
         intervals_in(&self.conn(), owner, since, until)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_fields_are_bounded_and_escaped() {
+        let huge = "a".repeat(1 << 20);
+        let r = AuditRecord {
+            at: String::new(),
+            user: "alice".into(),
+            action: "launch".into(),
+            cluster: Some(format!("{huge}\n")),
+            decision: "refused".into(),
+            reason: Some(format!("x\ny{}", "z".repeat(10_000))),
+            instances: vec!["i-1".into()],
+        }
+        .bounded();
+        let cluster = r.cluster.unwrap();
+        assert_eq!(
+            cluster.chars().count(),
+            AUDIT_NAME_CHARS + 1,
+            "cut, and marked"
+        );
+        assert!(cluster.ends_with('…'));
+        let reason = r.reason.unwrap();
+        assert!(reason.starts_with("x\\u{a}y"), "{reason}");
+        assert!(
+            reason.chars().count() <= AUDIT_REASON_CHARS + 8,
+            "{}",
+            reason.len()
+        );
+        assert_eq!(r.instances, ["i-1"]);
+    }
+}
