@@ -151,7 +151,9 @@ pub(super) fn profiles(
     printer: &Printer,
     action: Option<ProfilesAction>,
 ) -> Result<ExitCode, Error> {
-    let profiles = ProfileSet::load(settings.config.profiles_dir.as_deref())?;
+    let profiles = ProfileSet::load(settings.config.profiles_dir.as_deref())?.with_images(
+        crate::config::images::Images::load_or_warn(&settings.state_dir, &settings.config),
+    );
     match action {
         None => {
             let mut t = Table::new(&["PROFILE", "DESCRIPTION", "SOURCE"]);
