@@ -9,7 +9,6 @@ use super::launch::expect;
 use super::table::Table;
 use crate::accounting::UsageRow;
 use crate::cli::ProfilesAction;
-use crate::config::profile::ProfileSet;
 use crate::core::error::Error;
 use crate::core::money::{dollars_text, micros_to_dollars};
 use crate::core::printer::Printer;
@@ -151,9 +150,7 @@ pub(super) fn profiles(
     printer: &Printer,
     action: Option<ProfilesAction>,
 ) -> Result<ExitCode, Error> {
-    let profiles = ProfileSet::load(settings.config.profiles_dir.as_deref())?.with_images(
-        crate::config::images::Images::load_or_warn(&settings.state_dir, &settings.config),
-    );
+    let profiles = settings.profiles()?;
     match action {
         None => {
             let mut t = Table::new(&["PROFILE", "DESCRIPTION", "SOURCE"]);

@@ -143,6 +143,15 @@ impl Settings {
         Ok(Store::read_id(dir)?)
     }
 
+    /// The site's profiles, booting from the images this state directory records.
+    pub fn profiles(&self) -> Result<ProfileSet, Error> {
+        Ok(
+            ProfileSet::load(self.config.profiles_dir.as_deref())?.with_images(
+                crate::config::images::Images::load_or_warn(&self.state_dir, &self.config),
+            ),
+        )
+    }
+
     /// The profile `launch-cluster` uses when none is named.
     pub fn default_profile(&self) -> String {
         self.config.default_profile.clone().unwrap_or_else(|| {
@@ -179,9 +188,7 @@ struct Shared {
 impl Service {
     pub fn new(settings: Settings, printer: Arc<Printer>) -> Result<Self, Error> {
         let store = Store::open_in(&settings.state_dir)?;
-        let profiles = ProfileSet::load(settings.config.profiles_dir.as_deref())?.with_images(
-            crate::config::images::Images::load_or_warn(&settings.state_dir, &settings.config),
-        );
+        let profiles = settings.profiles()?;
         Ok(Self {
             shared: Arc::new(Shared {
                 settings,
