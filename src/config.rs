@@ -141,8 +141,15 @@ pub struct Ec2Config {
     pub profile: Option<String>,
     /// A credentials file of the service account (INI, as the AWS CLI writes it).
     pub credentials_file: Option<PathBuf>,
+    /// The VPC the site's subnets belong to (checked); needs `subnet_id` or `subnet_ids`.
     pub vpc_id: Option<String>,
+    /// The subnet nodes launch into (one; `subnet_ids` lists several).
     pub subnet_id: Option<String>,
+    /// Subnets to launch into, in order of preference, ideally one per availability zone: when
+    /// EC2 has no capacity for a type in one, the launch tries the next (then the next type).
+    /// All must be in one VPC. `subnet_id`, if also given, must be the first.
+    #[serde(default)]
+    pub subnet_ids: Vec<String>,
     #[serde(default)]
     pub address: AddressKind,
     /// Networks allowed to reach the nodes' SSH port.
@@ -160,6 +167,107 @@ pub struct Ec2Config {
     /// cloud-init does not print its keys to the console).
     #[serde(default)]
     pub host_keys: HostKeySource,
+    /// An HTTP proxy every EC2 (and SSM) call goes through: `http://proxy.example.edu:3128`. Only
+    /// from here, never from the environment (`HTTPS_PROXY`), which a caller controls.
+    pub https_proxy: Option<String>,
+    /// The SSM endpoint that resolves `resolve:ssm:` images; by default `endpoint_url` when that
+    /// is set (an EC2-compatible API serving both), else AWS's in the region.
+    pub ssm_endpoint_url: Option<String>,
+}
+
+impl Ec2Config {
+    /// The subnets to launch into, in order of preference; empty: the region's default VPC.
+    pub fn subnets(&self) -> Vec<String> {
+        if self.subnet_ids.is_empty() {
+            self.subnet_id.iter().cloned().collect()
+        } else {
+            self.subnet_ids.clone()
+        }
+    }
+
+    /// What is wrong with the `[ec2]` table on its own, before any call.
+    fn problems(&self) -> Option<String> {
+        let id_ok = |s: &str, prefix: &str| {
+            s.strip_prefix(prefix).is_some_and(|rest| {
+                !rest.is_empty() && rest.chars().all(|c| c.is_ascii_alphanumeric())
+            })
+        };
+        for s in self.subnet_id.iter().chain(&self.subnet_ids) {
+            if !id_ok(s, "subnet-") {
+                return Some(format!("[ec2] {s:?} is not a subnet id (subnet-…)"));
+            }
+        }
+        for (i, s) in self.subnet_ids.iter().enumerate() {
+            if self.subnet_ids[..i].contains(s) {
+                return Some(format!("[ec2] subnet_ids lists {s} twice"));
+            }
+        }
+        if let (Some(one), Some(first)) = (&self.subnet_id, self.subnet_ids.first())
+            && one != first
+        {
+            return Some(format!(
+                "[ec2] subnet_id = {one:?} must be the first of subnet_ids ({}), or left out",
+                self.subnet_ids.join(", ")
+            ));
+        }
+        if let Some(vpc) = &self.vpc_id {
+            if !id_ok(vpc, "vpc-") {
+                return Some(format!("[ec2] vpc_id {vpc:?} is not a VPC id (vpc-…)"));
+            }
+            // EC2 would put the group in that VPC and the nodes in the default VPC's subnet,
+            // and refuse the launch ("belong to different networks"); picking a subnet here
+            // would choose an availability zone and a route to the internet for the site.
+            if self.subnets().is_empty() {
+                return Some(format!(
+                    "[ec2] vpc_id = {vpc:?} needs subnet_id (or subnet_ids): the subnets of {vpc} to launch into (aws ec2 describe-subnets --filters Name=vpc-id,Values={vpc} lists them)"
+                ));
+            }
+        }
+        if let Some(proxy) = &self.https_proxy
+            && let Err(e) = check_proxy_url(proxy)
+        {
+            return Some(format!("[ec2] https_proxy: {e}"));
+        }
+        for (key, url) in [
+            ("endpoint_url", &self.endpoint_url),
+            ("ssm_endpoint_url", &self.ssm_endpoint_url),
+        ] {
+            if let Some(u) = url
+                && !(u.starts_with("http://") || u.starts_with("https://"))
+            {
+                return Some(format!(
+                    "[ec2] {key} {u:?} must be an http:// or https:// URL"
+                ));
+            }
+        }
+        None
+    }
+}
+
+/// Checks a proxy URL: `http://host:port`, with no credentials in it (the site config is
+/// readable by everyone).
+pub fn check_proxy_url(url: &str) -> Result<(), String> {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err(format!(
+            "{url:?} must be an http:// URL (the proxy is asked to CONNECT to AWS's HTTPS endpoints)"
+        ));
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.contains('@') {
+        return Err(format!(
+            "{url:?} holds a user name or password, which the site config (readable by everyone) must not"
+        ));
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (authority, None),
+    };
+    if host.is_empty() || port.is_some_and(|p| p.parse::<u16>().map_or(true, |p| p == 0)) {
+        return Err(format!(
+            "{url:?} is not a proxy URL like http://proxy.example.edu:3128"
+        ));
+    }
+    Ok(())
 }
 
 /// Where stratus learns an EC2 node's host key, to pin it.
@@ -242,6 +350,9 @@ impl SiteConfig {
             ));
         }
         if let Some(ec2) = &self.ec2 {
+            if let Some(problem) = ec2.problems() {
+                return Err(invalid(problem));
+            }
             for (key, cidrs) in [
                 ("client_cidrs", &ec2.client_cidrs),
                 ("ui_cidrs", &ec2.ui_cidrs),

@@ -11,6 +11,7 @@
 pub mod configure;
 pub mod interrupt;
 pub mod intra_key;
+pub mod journal;
 pub mod keys;
 pub mod launch;
 pub mod locks;

@@ -146,11 +146,24 @@ impl Store {
         nodes: &[NodeRow],
         accepting: &[ClusterState],
     ) -> Result<Recorded, StoreError> {
+        self.record_launch(cluster, token.as_slice(), nodes, accepting)
+    }
+
+    /// `record_nodes` for a batch launched in several calls (a provider's fallback to another
+    /// subnet or type): every token in `settled` is settled with the nodes, in one transaction.
+    pub fn record_launch<T: AsRef<str>>(
+        &self,
+        cluster: &ClusterRow,
+        settled: &[T],
+        nodes: &[NodeRow],
+        accepting: &[ClusterState],
+    ) -> Result<Recorded, StoreError> {
         self.write(|tx| {
             for node in nodes {
                 insert_node(tx, cluster, node, false)?;
             }
-            if let Some(token) = token {
+            for token in settled {
+                let token = token.as_ref();
                 tx.execute(
                     "UPDATE launch_batches SET settled_at = ?2 WHERE token = ?1 AND settled_at IS NULL",
                     params![token, crate::model::now_millis()],

@@ -19,9 +19,11 @@
 //! SDK types stay in this module: everything is converted to the provider's own types at the
 //! edge, and every `Option` the SDK returns is handled, never unwrapped.
 
+mod capacity;
 mod client;
 pub mod console;
 mod error;
+mod network;
 mod rules;
 
 use std::collections::HashMap;
@@ -40,8 +42,8 @@ use aws_sdk_ec2::types::{
 use base64::Engine;
 
 use super::{
-    BatchSpec, ClusterRef, Instance, InstanceState, Launched, Provider, ProviderError, Selector,
-    SshAccess, TerminateReport,
+    BatchSpec, ClusterRef, Instance, InstanceState, Journal, Launched, Provider, ProviderError,
+    Selector, SshAccess, TerminateReport,
 };
 use crate::config::{AddressKind, Ec2Config, HostKeySource, Trust};
 use crate::model::{
@@ -102,6 +104,12 @@ pub struct Ec2Provider {
     /// Whether GetConsoleOutput is asked for the latest output (`Latest=true`); turned off for
     /// good when the endpoint refuses it (EC2 does on instance types without it).
     console_latest: AtomicBool,
+    /// The site's subnets and VPC, looked up once.
+    network: tokio::sync::OnceCell<network::Network>,
+    /// Set once the VPC is known to give instances DNS host names.
+    dns_checked: tokio::sync::OnceCell<()>,
+    /// Placements (type and subnet) that lately had no room.
+    shortages: Mutex<capacity::Shortages>,
 }
 
 impl std::fmt::Debug for Ec2Provider {
@@ -236,6 +244,9 @@ impl Ec2Provider {
             groups: Mutex::new(HashMap::new()),
             root_devices: Mutex::new(HashMap::new()),
             console_latest: AtomicBool::new(true),
+            network: tokio::sync::OnceCell::new(),
+            dns_checked: tokio::sync::OnceCell::new(),
+            shortages: Mutex::new(capacity::Shortages::default()),
         };
         provider.check_access().await?;
         Ok(provider)
@@ -263,41 +274,6 @@ impl Ec2Provider {
         E: aws_sdk_ec2::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
         error::classify(op, &self.ctx, e)
-    }
-
-    /// The VPC the cluster's group belongs in: the subnet's, else `vpc_id`, else (None) the
-    /// region's default VPC.
-    async fn vpc(&self) -> Result<Option<String>, ProviderError> {
-        let Some(subnet) = &self.config.subnet_id else {
-            return Ok(self.config.vpc_id.clone());
-        };
-        let out = self
-            .client
-            .describe_subnets()
-            .subnet_ids(subnet)
-            .send()
-            .await
-            .map_err(|e| self.err("DescribeSubnets", e))?;
-        let vpc = out
-            .subnets()
-            .iter()
-            .find(|s| s.subnet_id() == Some(subnet.as_str()))
-            .and_then(|s| s.vpc_id())
-            .map(str::to_owned)
-            .ok_or_else(|| {
-                ProviderError::InvalidRequest(format!(
-                    "[ec2] subnet_id {subnet} does not exist in {}",
-                    self.config.region
-                ))
-            })?;
-        if let Some(want) = &self.config.vpc_id
-            && *want != vpc
-        {
-            return Err(ProviderError::InvalidRequest(format!(
-                "[ec2] subnet_id {subnet} is in VPC {vpc}, not in vpc_id {want}"
-            )));
-        }
-        Ok(Some(vpc))
     }
 
     /// The cluster's security group, if it exists (found by name and tags, so a group of the
@@ -358,7 +334,7 @@ impl Ec2Provider {
         {
             return Ok(id.clone());
         }
-        let vpc = self.vpc().await?;
+        let vpc = self.network().await?.vpc.clone();
         self.find_group(cluster, vpc.as_deref())
             .await?
             .ok_or_else(|| {
@@ -615,35 +591,37 @@ impl Ec2Provider {
         Ok(device)
     }
 
-    /// One RunInstances for the whole batch: MinCount is what the batch needs at least,
-    /// MaxCount what it wants. EC2 launches between the two; moto launches MinCount.
+    /// One RunInstances of a batch, of one type in one subnet: MinCount is what the batch
+    /// still needs at least, MaxCount what it still wants. EC2 launches between the two; moto
+    /// launches MinCount.
     async fn run_instances(
         &self,
         cluster: &ClusterRef,
         access: &SshAccess,
         node: &BatchSpec,
+        call: &capacity::Call<'_>,
     ) -> Result<Vec<Instance>, ProviderError> {
-        let count = i32::try_from(node.count).map_err(|_| {
-            ProviderError::InvalidRequest(format!("{} nodes is too many", node.count))
+        let count = i32::try_from(call.count).map_err(|_| {
+            ProviderError::InvalidRequest(format!("{} nodes is too many", call.count))
         })?;
-        let min_count = i32::try_from(node.min_count.clamp(1, node.count)).unwrap_or(count);
+        let min_count = i32::try_from(call.min_count.clamp(1, call.count)).unwrap_or(count);
         let group = self.group_id(cluster).await?;
         let user_data = base64::engine::general_purpose::STANDARD
             .encode(crate::templates::gzip(node.user_data.as_bytes()));
         let mut tags = owned_pairs(&node.tags);
         tags.push((TAG_NAME.to_owned(), node.name.clone()));
-        tags.push((TAG_FIRST_INDEX.to_owned(), node.first_index.to_string()));
+        tags.push((TAG_FIRST_INDEX.to_owned(), call.first_index.to_string()));
         tags.push((TAG_SSH_PORT.to_owned(), access.port.to_string()));
         let mut req = self
             .client
             .run_instances()
             .image_id(&node.image)
-            .instance_type(InstanceType::from(node.instance_type.as_str()))
+            .instance_type(InstanceType::from(call.placement.instance_type.as_str()))
             .min_count(min_count)
             .max_count(count)
             .key_name(key_name(&cluster.owner, &cluster.name))
             .user_data(user_data)
-            .client_token(client_token(&node.client_token))
+            .client_token(client_token(call.token))
             .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
             // IMDSv2 only: a process tricked into fetching a URL cannot read the metadata.
             .metadata_options(
@@ -659,7 +637,7 @@ impl Ec2Provider {
             self.config.address,
             AddressKind::PublicIp | AddressKind::PublicDns
         );
-        req = match &self.config.subnet_id {
+        req = match &call.placement.subnet {
             // A subnet of the site's own VPC may not hand out public addresses by default; stratus
             // reaches nodes at theirs, so it asks for one (group and subnet then belong to the
             // network interface).
@@ -725,7 +703,7 @@ impl Ec2Provider {
                 message: "the answer lists no instance".into(),
             });
         }
-        tracing::info!(nodes = %node.name, instances = instances.len(), token = %node.client_token, "RunInstances");
+        tracing::info!(nodes = %node.name, instances = instances.len(), instance_type = %call.placement.instance_type, subnet = ?call.placement.subnet, token = %call.token, "RunInstances");
         Ok(instances)
     }
 
@@ -990,7 +968,8 @@ impl Provider for Ec2Provider {
             }
         }
         let tags = owned_pairs(&cluster.tags());
-        let vpc = self.vpc().await?;
+        let vpc = self.network().await?.vpc.clone();
+        self.check_dns().await?;
         let group = self.ensure_group(cluster, vpc.as_deref(), &tags).await?;
         self.sync_rules(&group, access, &tags).await?;
         self.ensure_key_pair(cluster, access, &tags).await?;
@@ -1002,17 +981,9 @@ impl Provider for Ec2Provider {
         cluster: &ClusterRef,
         access: &SshAccess,
         batch: &BatchSpec,
+        journal: &dyn Journal,
     ) -> Launched {
-        match self.run_instances(cluster, access, batch).await {
-            Ok(instances) => Launched {
-                instances,
-                error: None,
-            },
-            Err(e) => Launched {
-                instances: Vec::new(),
-                error: Some(e),
-            },
-        }
+        self.launch_batch(cluster, access, batch, journal).await
     }
 
     async fn describe(&self, selector: &Selector) -> Result<Vec<Instance>, ProviderError> {
