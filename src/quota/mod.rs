@@ -176,23 +176,32 @@ impl Rules<'_> {
             if n == 0 {
                 continue;
             }
-            let ty = &settings.instance_type;
-            let u = self.policy.units_of(ty).ok_or_else(|| {
-                self.refuse(format!(
-                    "instance type {ty} (the {what} of profile {}) is not listed under [units]",
-                    profile.name
-                ))
-            })?;
-            units += u * u64::from(n);
-            parts.push(format!("{n} {what} of {ty} at {} each", units_text(u)));
-            if self.limits.budget.is_some() {
-                let p = prices::per_hour(self.config, ty, settings.spot).ok_or_else(|| {
+            // Every type the role may fall back to must be allowed, and the most a node may
+            // take (in units and in money) is what is reserved.
+            let (mut u, mut price, mut ty) = (0, 0, "");
+            for (k, t) in settings.types().into_iter().enumerate() {
+                let fallback = if k == 0 { "" } else { "a fallback type of " };
+                let tu = self.policy.units_of(t).ok_or_else(|| {
                     self.refuse(format!(
-                        "no price is known for {ty}, so no budget can be checked; add it under [prices] in the site config"
+                        "instance type {t} ({fallback}the {what} of profile {}) is not listed under [units]",
+                        profile.name
                     ))
                 })?;
-                per_hour += p * i64::from(n);
+                if tu > u || ty.is_empty() {
+                    (u, ty) = (tu, t);
+                }
+                if self.limits.budget.is_some() {
+                    let p = prices::per_hour(self.config, t, settings.spot).ok_or_else(|| {
+                        self.refuse(format!(
+                            "no price is known for {t}, so no budget can be checked; add it under [prices] in the site config"
+                        ))
+                    })?;
+                    price = price.max(p);
+                }
             }
+            units += u * u64::from(n);
+            parts.push(format!("{n} {what} of {ty} at {} each", units_text(u)));
+            per_hour += price * i64::from(n);
         }
         let lifetime = self.limits.lifetime(profile);
         let max_cost = match lifetime {

@@ -1521,3 +1521,252 @@ fn a_public_address_is_asked_for_in_a_site_subnet() {
             .is_empty()
     );
 }
+
+/// A profile whose roles list fallback types, in order of preference (issue 13, item 4).
+pub(crate) const FALLBACK: &str = r#"
+description = "EC2 test: instance types in order of preference"
+providers = ["ec2"]
+max_workers = 20
+ssh_user = "ubuntu"
+ssh_port = 2200
+ready_timeout_secs = 60
+
+[master]
+image = "IMAGE"
+instance_types = ["m5.large", "m6i.large"]
+user_data = "tagged/node.sh.hbs"
+
+[worker]
+image = "IMAGE"
+instance_types = ["m5.xlarge", "m5a.large"]
+user_data = "tagged/node.sh.hbs"
+"#;
+
+pub(crate) fn fallback_profile(ctx: &TestContext) {
+    ctx.profile_file("fallback.toml", &FALLBACK.replace("IMAGE", UBUNTU_AMI));
+    ctx.profile_file("tagged/node.sh.hbs", TAGGED_USER_DATA);
+}
+
+/// Every launch batch the state database holds: (token, settled).
+pub(crate) fn batches(ctx: &TestContext) -> Vec<(String, bool)> {
+    let db = rusqlite::Connection::open(ctx.state.join("stratus.db")).unwrap();
+    let mut stmt = db
+        .prepare(
+            "SELECT token, settled_at IS NOT NULL FROM launch_batches ORDER BY created_at, token",
+        )
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// EC2 without room for the preferred type in one zone, and not offering it (`Unsupported`) or
+/// not fulfilling it (`UnfulfillableCapacity`) in the other: each role moves on to the next
+/// subnet, then to its next type, within one round (no pause), every call written down first
+/// with a token of its own and settled with its answer.
+#[test]
+fn a_capacity_shortage_moves_to_the_next_subnet_then_the_next_type() {
+    let Some(moto) = Moto::acquire() else { return };
+    let (_vpc, subnets) = moto.loopback_subnets(2);
+    let ctx = ec2_context(
+        &moto,
+        &format!("subnet_ids = {subnets:?}\naddress = \"private_ip\"\nclient_cidrs = {CIDRS:?}\n"),
+    );
+    fallback_profile(&ctx);
+    let faults = moto.faults();
+    faults.configure(serde_json::json!({"refuse_when": [
+        {"action": "RunInstances", "code": "InsufficientInstanceCapacity",
+         "message": "We currently do not have sufficient capacity in the Availability Zone you requested.",
+         "when": {"SubnetId": subnets[0]}},
+        {"action": "RunInstances", "code": "Unsupported",
+         "message": "The requested configuration is currently not supported.",
+         "when": {"SubnetId": subnets[1], "InstanceType": "m5.large"}},
+        {"action": "RunInstances", "code": "UnfulfillableCapacity",
+         "when": {"SubnetId": subnets[1], "InstanceType": "m5.xlarge"}},
+    ]}));
+    ctx.ok(&[
+        "launch-cluster",
+        "fb",
+        "2",
+        "-p",
+        "fallback",
+        "--no-configure",
+    ]);
+
+    let instances = moto.instances(&[("tag:stratus:cluster", "fb")]);
+    assert_eq!(instances.len(), 3, "{instances:#?}");
+    for i in &instances {
+        let (role, ty) = (
+            tag(i.tags(), "stratus:role").unwrap(),
+            i.instance_type().map(|t| t.as_str()),
+        );
+        match role {
+            "master" => assert_eq!(ty, Some("m6i.large")),
+            _ => assert_eq!(ty, Some("m5a.large")),
+        }
+        assert_eq!(i.subnet_id(), Some(subnets[1].as_str()), "{i:?}");
+    }
+    let listed = ctx.cluster_json("fb");
+    let mut types: Vec<String> = nodes(&listed)
+        .iter()
+        .map(|n| n["instance_type"].as_str().unwrap().to_owned())
+        .collect();
+    types.sort();
+    assert_eq!(types, ["m5a.large", "m5a.large", "m6i.large"], "{listed:#}");
+    // Per role: type 1 in zone a, type 1 in zone b, type 2 in zone a, type 2 in zone b.
+    assert_eq!(faults.count("RunInstances"), 8);
+    let written = batches(&ctx);
+    assert_eq!(written.len(), 8, "one batch per call: {written:?}");
+    assert!(written.iter().all(|(_, settled)| *settled), "{written:?}");
+    let tokens: BTreeSet<&str> = written.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(tokens.len(), 8, "{written:?}");
+    ctx.ok(&["terminate-cluster", "fb", "--yes"]);
+}
+
+/// The account at a limit: each quota error stops the launch at its first answer (no other
+/// subnet, type or replacement round), names what the instructor must raise, and rolls back what
+/// did launch (the master).
+#[test]
+fn quota_errors_stop_the_launch_at_once_and_roll_it_back() {
+    let Some(moto) = Moto::acquire() else { return };
+    let ctx = ec2_context(&moto, &format!("client_cidrs = {CIDRS:?}\n"));
+    tagged_profile(&ctx);
+    let faults = moto.faults();
+    for (n, (code, advice)) in [
+        (
+            "VcpuLimitExceeded",
+            "raise the account's vCPU quota for On-Demand",
+        ),
+        (
+            "MaxSpotInstanceCountExceeded",
+            "raise the account's Spot vCPU quota",
+        ),
+        (
+            "InstanceLimitExceeded",
+            "raise the account's instance limit",
+        ),
+        ("InsufficientFreeAddressesInSubnet", "widen the subnet"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        faults.reset();
+        faults.configure(serde_json::json!({"refuse_when": [
+            {"action": "RunInstances", "code": code, "when": {"InstanceType": "m5.xlarge"}},
+        ]}));
+        let name = format!("q{n}");
+        let r = ctx.run(&[
+            "launch-cluster",
+            &name,
+            "2",
+            "-p",
+            "tagged",
+            "--no-configure",
+        ]);
+        assert_eq!(r.code, 1, "{r}");
+        assert!(r.stderr.contains(code), "{r}");
+        assert!(r.stderr.contains("the AWS account is at a limit"), "{r}");
+        assert!(r.stderr.contains(advice), "{r}");
+        assert!(
+            r.stderr.contains("terminating everything it launched"),
+            "{r}"
+        );
+        assert_eq!(faults.count("RunInstances"), 2, "one call per role: {r}");
+        assert_eq!(live_instances(&moto, &name), 0, "the master is rolled back");
+        assert_eq!(ctx.cluster_json(&name)["state"], "failed");
+    }
+}
+
+/// A whole round without room: the launch pauses and goes round again (and succeeds when room
+/// comes back); three rounds without room fail it, naming every type and subnet it tried.
+#[test]
+fn a_round_without_room_pauses_then_tries_again_and_gives_up_naming_what_it_tried() {
+    let Some(moto) = Moto::acquire() else { return };
+    let (_vpc, subnets) = moto.loopback_subnets(2);
+    let ctx = ec2_context(
+        &moto,
+        &format!("subnet_ids = {subnets:?}\naddress = \"private_ip\"\nclient_cidrs = {CIDRS:?}\n"),
+    );
+    fallback_profile(&ctx);
+    let faults = moto.faults();
+    // Room again after the first round's four calls.
+    faults.configure(serde_json::json!({"refuse_when": [
+        {"action": "RunInstances", "code": "InsufficientInstanceCapacity", "times": 4},
+    ]}));
+    let started = std::time::Instant::now();
+    ctx.ok(&["launch-master", "r1", "-p", "fallback", "--no-configure"]);
+    assert!(
+        started.elapsed() >= Duration::from_secs(10),
+        "the second round comes after a pause"
+    );
+    assert_eq!(faults.count("RunInstances"), 5);
+    let master = moto.instances(&[("tag:stratus:cluster", "r1")]);
+    assert_eq!(master.len(), 1);
+    assert_eq!(
+        master[0].instance_type().map(|t| t.as_str()),
+        Some("m5.large")
+    );
+    assert!(batches(&ctx).iter().all(|(_, settled)| *settled));
+    ctx.ok(&["terminate-cluster", "r1", "--yes"]);
+
+    faults.reset();
+    faults.configure(serde_json::json!({"refuse_when": [
+        {"action": "RunInstances", "code": "InsufficientInstanceCapacity"},
+    ]}));
+    let started = std::time::Instant::now();
+    let r = ctx.run(&["launch-master", "r2", "-p", "fallback", "--no-configure"]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(started.elapsed() >= Duration::from_secs(40), "{r}");
+    assert_eq!(
+        faults.count("RunInstances"),
+        12,
+        "four placements, three rounds: {r}"
+    );
+    assert!(r.stderr.contains("EC2 had no room for r2-master"), "{r}");
+    assert!(r.stderr.contains("in 3 rounds"), "{r}");
+    for ty in ["m5.large", "m6i.large"] {
+        for s in &subnets {
+            assert!(
+                r.stderr.contains(&format!("{ty} in {s} (us-east-1")),
+                "names {ty} in {s}: {r}"
+            );
+        }
+    }
+    assert_eq!(ctx.cluster_json("r2")["state"], "failed");
+    assert_eq!(live_instances(&moto, "r2"), 0);
+}
+
+/// The policy allows a launch only if it allows every type the launch may fall back to, and
+/// reserves the most units any of them takes; refused before anything is created.
+#[test]
+fn the_policy_checks_every_type_a_launch_may_fall_back_to() {
+    let Some(moto) = Moto::acquire() else { return };
+    let ctx = ec2_context(&moto, &format!("client_cidrs = {CIDRS:?}\n"));
+    fallback_profile(&ctx);
+    let policy = ctx.config.parent().unwrap().join("policy.toml");
+    let write_policy = |units: &str| {
+        std::fs::write(
+            &policy,
+            format!("[units]\n{units}\n[default]\nmax_units = 2\nprofiles = [\"fallback\"]\n"),
+        )
+        .unwrap()
+    };
+    let faults = moto.faults();
+    write_policy("\"m5.large\" = 1\n\"m5.xlarge\" = 1\n\"m5a.large\" = 1\n");
+    let r = ctx.run(&["launch-master", "p1", "-p", "fallback", "--no-configure"]);
+    assert_eq!(r.code, 2, "{r}");
+    assert!(
+        r.stderr.contains(
+            "instance type m6i.large (a fallback type of the master of profile fallback) is not listed under [units]"
+        ),
+        "{r}"
+    );
+    write_policy("\"m5.large\" = 1\n\"m6i.large\" = 3\n");
+    let r = ctx.run(&["launch-master", "p2", "-p", "fallback", "--no-configure"]);
+    assert_eq!(r.code, 2, "{r}");
+    assert!(r.stderr.contains("max_units for"), "{r}");
+    assert!(r.stderr.contains("1 master of m6i.large at 3"), "{r}");
+    assert_eq!(faults.count("RunInstances"), 0);
+    assert!(ctx.list_json().is_empty(), "nothing recorded");
+}

@@ -99,7 +99,8 @@ impl Moto {
     }
 
     /// A VPC and subnet of 127.0.0.0/24: moto hands instances in it 127.0.0.4, .5, …, addresses a
-    /// test can serve SSH on. Returns (vpc id, subnet id).
+    /// test can serve SSH on. The VPC has DNS host names on, as a site's must. Returns (vpc id,
+    /// subnet id).
     pub fn loopback_subnet(&self) -> (String, String) {
         self.block_on(async {
             let vpc = self
@@ -110,6 +111,19 @@ impl Moto {
                 .await
                 .unwrap();
             let vpc = vpc.vpc().and_then(|v| v.vpc_id()).unwrap().to_owned();
+            // A VPC of one's own has DNS host names off, on AWS as in moto; a site turns them
+            // on for Hadoop (and stratus refuses a VPC without them).
+            self.ec2
+                .modify_vpc_attribute()
+                .vpc_id(&vpc)
+                .enable_dns_hostnames(
+                    aws_sdk_ec2::types::AttributeBooleanValue::builder()
+                        .value(true)
+                        .build(),
+                )
+                .send()
+                .await
+                .unwrap();
             let subnet = self
                 .ec2
                 .create_subnet()
@@ -124,6 +138,39 @@ impl Moto {
                 .unwrap()
                 .to_owned();
             (vpc, subnet)
+        })
+    }
+
+    /// A VPC with DNS host names on and `n` subnets (at most 4) splitting 127.0.0.0/24, each in
+    /// its own availability zone (us-east-1a, 1b, ...), as a site spreads a class over zones.
+    /// Returns (vpc id, subnet ids in zone order).
+    pub fn loopback_subnets(&self, n: usize) -> (String, Vec<String>) {
+        assert!((1..=4).contains(&n));
+        let (vpc, first) = self.loopback_subnet();
+        self.block_on(async {
+            // The /24 subnet covers everything: replace it with n smaller ones.
+            self.ec2
+                .delete_subnet()
+                .subnet_id(&first)
+                .send()
+                .await
+                .unwrap();
+            let mut subnets = Vec::new();
+            for k in 0..n {
+                let cidr = format!("127.0.0.{}/26", k * 64);
+                let zone = format!("{REGION}{}", (b'a' + k as u8) as char);
+                let s = self
+                    .ec2
+                    .create_subnet()
+                    .vpc_id(&vpc)
+                    .cidr_block(cidr)
+                    .availability_zone(zone)
+                    .send()
+                    .await
+                    .unwrap();
+                subnets.push(s.subnet().and_then(|s| s.subnet_id()).unwrap().to_owned());
+            }
+            (vpc, subnets)
         })
     }
 
