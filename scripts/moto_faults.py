@@ -36,6 +36,10 @@ With nothing configured it is transparent. The control API, JSON in and out:
   POST /stratus-faults/release  {"action": "RunInstances"}
   GET  /stratus-faults/held     {"RunInstances": 1}
   POST /stratus-faults/console  {"instance_id": "i-…", "output": "text"} (null output: moto's)
+  POST /stratus-faults/ssm-parameter {"name": "/aws/service/…", "value": "ami-…", "region": R}
+                                a public SSM parameter, as AWS publishes its images' (moto
+                                refuses to create names under /aws; this puts it in moto's
+                                store directly)
 and POST /moto-api/reset clears all of the above before moto resets its own state.
 
 Usage: python moto_faults.py --host 127.0.0.1 --port P
@@ -248,6 +252,31 @@ def age_instances(ids, seconds):
                 instance.launch_time -= datetime.timedelta(seconds=seconds)
                 aged += 1
     return aged
+
+
+def put_public_parameter(name, value, region):
+    """An AWS-owned SSM parameter (an image id) in moto's store, in the default account."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.core.utils import utcnow
+    from moto.ssm.models import Parameter, ssm_backends
+
+    backend = ssm_backends[DEFAULT_ACCOUNT_ID][region]
+    versions = backend._parameters[name]
+    versions.append(
+        Parameter(
+            account_id=DEFAULT_ACCOUNT_ID,
+            name=name,
+            value=value,
+            parameter_type="String",
+            description=None,
+            allowed_pattern=None,
+            keyid=None,
+            last_modified_date=utcnow(),
+            version=len(versions) + 1,
+            data_type="aws:ec2:image",
+        )
+    )
+    return len(versions)
 
 
 def drop_new_instances(body, is_new):
@@ -478,6 +507,11 @@ class FaultMiddleware:
             if what == "console" and method == "POST":
                 n = f.set_console(str(arg["instance_id"]), arg.get("output"))
                 return self.json_answer(start_response, {"consoles": n})
+            if what == "ssm-parameter" and method == "POST":
+                version = put_public_parameter(
+                    str(arg["name"]), str(arg["value"]), str(arg.get("region") or "us-east-1")
+                )
+                return self.json_answer(start_response, {"version": version})
             if what == "held" and method == "GET":
                 return self.json_answer(start_response, f.held_now())
         except (KeyError, TypeError, ValueError, AttributeError) as e:

@@ -505,6 +505,60 @@ mod tests {
     }
 
     #[test]
+    fn ec2_networks_are_checked_at_load() {
+        let ec2 = |extra: &str| {
+            SiteConfig::parse(
+                &format!("provider = \"ec2\"\n[ec2]\nregion = \"us-east-1\"\n{extra}"),
+                Path::new("/x/c.toml"),
+            )
+        };
+        // vpc_id alone would put the group in that VPC and the nodes in the default one.
+        let err = ec2("vpc_id = \"vpc-0abc\"\n").unwrap_err().to_string();
+        assert!(err.contains("/x/c.toml"), "{err}");
+        assert!(
+            err.contains("vpc_id = \"vpc-0abc\" needs subnet_id (or subnet_ids)"),
+            "{err}"
+        );
+        assert!(err.contains("Name=vpc-id,Values=vpc-0abc"), "{err}");
+        let ok = ec2("vpc_id = \"vpc-0abc\"\nsubnet_ids = [\"subnet-1\", \"subnet-2\"]\n").unwrap();
+        assert_eq!(ok.ec2.unwrap().subnets(), ["subnet-1", "subnet-2"]);
+        let one = ec2("subnet_id = \"subnet-1\"\n").unwrap().ec2.unwrap();
+        assert_eq!(one.subnets(), ["subnet-1"]);
+        for (extra, needle) in [
+            (
+                "subnet_id = \"subnet-2\"\nsubnet_ids = [\"subnet-1\", \"subnet-2\"]\n",
+                "subnet_id = \"subnet-2\" must be the first of subnet_ids",
+            ),
+            (
+                "subnet_ids = [\"subnet-1\", \"subnet-1\"]\n",
+                "lists subnet-1 twice",
+            ),
+            ("subnet_ids = [\"sub net\"]\n", "is not a subnet id"),
+            (
+                "vpc_id = \"default\"\nsubnet_id = \"subnet-1\"\n",
+                "is not a VPC id",
+            ),
+            (
+                "https_proxy = \"socks5://p:1080\"\n",
+                "must be an http:// URL",
+            ),
+            (
+                "https_proxy = \"http://user:secret@p:3128\"\n",
+                "holds a user name or password",
+            ),
+            ("https_proxy = \"http://p:0\"\n", "is not a proxy URL"),
+            (
+                "ssm_endpoint_url = \"localhost:4566\"\n",
+                "ssm_endpoint_url",
+            ),
+        ] {
+            let err = ec2(extra).unwrap_err().to_string();
+            assert!(err.contains(needle), "{extra}: {err}");
+        }
+        assert!(ec2("https_proxy = \"http://proxy.example.edu:3128\"\n").is_ok());
+    }
+
+    #[test]
     fn local_nodes_need_a_loopback_address_and_a_port() {
         for (text, needle) in [
             (

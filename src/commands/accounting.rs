@@ -23,6 +23,9 @@ pub(super) async fn run(
     match action {
         AccountingAction::Snapshot { json } => {
             let provider = app.provider(app.config.provider).await?;
+            if let Some(w) = crate::cluster::provider::ec2::credentials::notice(&provider) {
+                app.printer.warn(w);
+            }
             // Cron's chance to finish what interrupted commands of anyone left behind (a
             // terminate cut short, a rollback that did not get through, an unfinished launch
             // call): nobody else may come back to it.
@@ -71,6 +74,9 @@ pub(super) async fn run(
                     .map_err(|e| Error::runtime(e.to_string()))?,
             };
             let provider = app.provider(app.config.provider).await?;
+            if let Some(w) = crate::cluster::provider::ec2::credentials::notice(&provider) {
+                app.printer.warn(w);
+            }
             let actions = reaper::reap(
                 app.ctx(),
                 provider.as_ref(),

@@ -622,6 +622,14 @@ fn doctor(
                     Some(&layout.config()),
                     trusted,
                 ));
+                if let Some(ec2) = &c.ec2 {
+                    use crate::cluster::provider::ec2::credentials;
+                    match credentials::doctor(ec2, crate::config::Trust::Service) {
+                        Ok(Some(warning)) => printer.warn(warning),
+                        Ok(None) => {}
+                        Err(problem) => problems.push(problem),
+                    }
+                }
             }
             Err(e) => problems.push(crate::error::one_line(&e)),
         }

@@ -1770,3 +1770,207 @@ fn the_policy_checks_every_type_a_launch_may_fall_back_to() {
     assert_eq!(faults.count("RunInstances"), 0);
     assert!(ctx.list_json().is_empty(), "nothing recorded");
 }
+
+/// Amazon Linux 2023's current image as AWS publishes it, in SSM (moto knows it).
+const AL2023_PARAMETER: &str =
+    "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64";
+
+/// `volume_gb` sizes the root volume of the image the node boots, whatever its root device:
+/// Amazon Linux 2023's `/dev/xvda` (named by an SSM parameter, which stratus resolves) and
+/// Ubuntu's `/dev/sda1`, each from the image's own `RootDeviceName`; one volume per node, never
+/// a second empty disk. A parameter SSM does not have is refused before anything launches.
+#[test]
+fn the_root_volume_is_the_resolved_image_s_own_root_device() {
+    let Some(moto) = Moto::acquire() else { return };
+    let ctx = ec2_context(&moto, &format!("client_cidrs = {CIDRS:?}\n"));
+    let profile = TAGGED
+        .replace(
+            "[master]\nimage = \"IMAGE\"",
+            &format!("[master]\nimage = \"resolve:ssm:{AL2023_PARAMETER}\"\nvolume_gb = 40"),
+        )
+        .replace("IMAGE", UBUNTU_AMI);
+    ctx.profile_file("tagged.toml", &profile);
+    ctx.profile_file("tagged/node.sh.hbs", TAGGED_USER_DATA);
+    ctx.ok(&[
+        "launch-cluster",
+        "rd",
+        "1",
+        "-p",
+        "tagged",
+        "--no-configure",
+    ]);
+    let instances = moto.instances(&[("tag:stratus:cluster", "rd")]);
+    assert_eq!(instances.len(), 2);
+    for i in &instances {
+        let role = tag(i.tags(), "stratus:role").unwrap();
+        let ami = i.image_id().unwrap();
+        let image = moto.block_on(async {
+            moto.ec2
+                .describe_images()
+                .image_ids(ami)
+                .send()
+                .await
+                .unwrap()
+                .images()[0]
+                .clone()
+        });
+        let (want_device, want_gb) = match role {
+            "master" => {
+                assert!(ami.starts_with("ami-"), "resolved, not {ami}");
+                assert!(
+                    image.name().unwrap_or_default().starts_with("al2023-ami-"),
+                    "{image:?}"
+                );
+                ("/dev/xvda", 40)
+            }
+            _ => {
+                assert_eq!(ami, UBUNTU_AMI);
+                ("/dev/sda1", 40)
+            }
+        };
+        assert_eq!(image.root_device_name(), Some(want_device));
+        let mappings = i.block_device_mappings();
+        assert_eq!(mappings.len(), 1, "one volume, the root: {mappings:?}");
+        assert_eq!(mappings[0].device_name(), Some(want_device), "{mappings:?}");
+        let volume = mappings[0].ebs().and_then(|e| e.volume_id()).unwrap();
+        let size = moto.block_on(async {
+            moto.ec2
+                .describe_volumes()
+                .volume_ids(volume)
+                .send()
+                .await
+                .unwrap()
+                .volumes()[0]
+                .size()
+        });
+        assert_eq!(size, Some(want_gb), "{role}");
+    }
+    ctx.ok(&["terminate-cluster", "rd", "--yes"]);
+
+    let missing = profile.replace(AL2023_PARAMETER, "/aws/service/nosuch/ami-id");
+    ctx.profile_file("tagged.toml", &missing);
+    let r = ctx.run(&[
+        "launch-cluster",
+        "rm",
+        "1",
+        "-p",
+        "tagged",
+        "--no-configure",
+    ]);
+    assert_eq!(r.code, 2, "{r}");
+    assert!(
+        r.stderr
+            .contains("SSM has no parameter /aws/service/nosuch/ami-id in us-east-1"),
+        "{r}"
+    );
+    assert_eq!(live_instances(&moto, "rm"), 0);
+}
+
+/// A VPC whose instances get no DNS host names breaks Hadoop: `prepare` refuses it with the
+/// command that fixes it, before creating anything.
+#[test]
+fn a_vpc_without_dns_host_names_is_refused_before_anything_is_created() {
+    let Some(moto) = Moto::acquire() else { return };
+    let (vpc, subnet) = moto.loopback_subnet();
+    moto.block_on(async {
+        moto.ec2
+            .modify_vpc_attribute()
+            .vpc_id(&vpc)
+            .enable_dns_hostnames(
+                aws_sdk_ec2::types::AttributeBooleanValue::builder()
+                    .value(false)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap()
+    });
+    let ctx = ec2_context(
+        &moto,
+        &format!(
+            "subnet_ids = [\"{subnet}\"]\naddress = \"private_ip\"\nclient_cidrs = {CIDRS:?}\n"
+        ),
+    );
+    tagged_profile(&ctx);
+    let r = ctx.run(&[
+        "launch-cluster",
+        "dn",
+        "1",
+        "-p",
+        "tagged",
+        "--no-configure",
+    ]);
+    assert_eq!(r.code, 2, "{r}");
+    assert!(
+        r.stderr
+            .contains(&format!("VPC {vpc} has enableDnsHostnames off")),
+        "{r}"
+    );
+    assert!(r.stderr.contains("--enable-dns-hostnames"), "{r}");
+    let faults = moto.faults();
+    assert_eq!(faults.count("RunInstances"), 0);
+    assert!(
+        moto.groups_named(&format!("stratus-{}-dn", owner()))
+            .is_empty()
+    );
+    assert!(moto.key_pairs_named(&format!("{}-dn", owner())).is_empty());
+}
+
+/// Instance types without the latest console output (Xen: t2, m4) refuse `Latest=true` with
+/// codes EC2 does not document: any error of that first call falls back to the buffered output,
+/// which still shows the keys, and later reads ask for it alone.
+#[test]
+fn any_error_of_the_first_latest_console_read_falls_back_to_the_buffered_output() {
+    let Some(moto) = Moto::acquire() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let provider = ec2_provider(&moto, dir.path(), "");
+    let id = moto.block_on(async {
+        moto.ec2
+            .run_instances()
+            .image_id(UBUNTU_AMI)
+            .min_count(1)
+            .max_count(1)
+            .send()
+            .await
+            .unwrap()
+            .instances()[0]
+            .instance_id()
+            .unwrap()
+            .to_owned()
+    });
+    let key = ec2_hypervisor::fresh_public_key(russh::keys::Algorithm::Ed25519);
+    let (status, body) = moto.post(
+        "/stratus-faults/console",
+        &serde_json::json!({"instance_id": id, "output": ec2_hypervisor::console_text(std::slice::from_ref(&key))})
+            .to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let faults = moto.faults();
+    faults.configure(serde_json::json!({"refuse_when": [
+        {"action": "GetConsoleOutput", "code": "InvalidParameter",
+         "message": "The Latest parameter is not supported for this instance type.",
+         "when": {"Latest": "true"}},
+    ]}));
+    let keys = moto
+        .block_on(provider.console_host_keys(&id))
+        .unwrap()
+        .expect("the buffered output shows the keys");
+    assert_eq!(keys.len(), 1);
+    assert_eq!(
+        first_two_fields(&stratus::cluster::ssh::public_key_openssh(&keys[0])),
+        first_two_fields(&key)
+    );
+    assert_eq!(
+        faults.count("GetConsoleOutput"),
+        2,
+        "the latest, then the buffered"
+    );
+    moto.block_on(provider.console_host_keys(&id))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        faults.count("GetConsoleOutput"),
+        3,
+        "the buffered output alone from then on"
+    );
+}

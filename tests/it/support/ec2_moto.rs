@@ -18,6 +18,9 @@ use aws_sdk_ec2::types::{Filter, Tag};
 pub const REGION: &str = "us-east-1";
 /// An Ubuntu image moto knows (DescribeImages finds it, so a root volume size can be set).
 pub const UBUNTU_AMI: &str = "ami-785db401";
+/// The SSM parameter of the shipped profiles' image (`resolve:ssm:` it).
+pub const UBUNTU_PARAMETER: &str =
+    "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id";
 
 /// The moto server, held exclusively by this test until dropped.
 pub struct Moto {
@@ -67,10 +70,24 @@ impl Moto {
         Some(moto)
     }
 
-    /// Wipes every resource (and every IAM user) moto holds.
+    /// Wipes every resource (and every IAM user) moto holds, then publishes the SSM parameter
+    /// of the shipped profiles' Ubuntu image as AWS does (naming an Ubuntu image moto knows).
     pub fn reset(&self) {
         let (status, body) = self.post("/moto-api/reset", "");
         assert_eq!(status, 200, "moto reset: {body}");
+        self.publish_parameter(UBUNTU_PARAMETER, UBUNTU_AMI);
+    }
+
+    /// Publishes a public SSM parameter (an image id), as AWS publishes its images'.
+    pub fn publish_parameter(&self, name: &str, value: &str) {
+        let (status, body) = self.post(
+            "/stratus-faults/ssm-parameter",
+            &serde_json::json!({"name": name, "value": value, "region": REGION}).to_string(),
+        );
+        assert_eq!(
+            status, 200,
+            "publish {name}: {body} (is the server scripts/moto_faults.py?)"
+        );
     }
 
     /// moto's IAM auth: `"0"` enforces it from the next request, `"inf"` turns it off.

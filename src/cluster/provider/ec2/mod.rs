@@ -22,7 +22,9 @@
 mod capacity;
 mod client;
 pub mod console;
+pub mod credentials;
 mod error;
+mod images;
 mod network;
 mod rules;
 
@@ -70,9 +72,6 @@ const IDS_PER_CALL: usize = 200;
 /// How long `release` keeps trying to delete a security group that instances still use (they
 /// hold it until they are fully terminated, a minute or two after shutting-down).
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
-/// The root device of images given as `resolve:ssm:…` (which DescribeImages cannot look up):
-/// Ubuntu's, the distribution the shipped profiles use.
-const DEFAULT_ROOT_DEVICE: &str = "/dev/sda1";
 
 /// The security group of a cluster.
 pub fn group_name(owner: &Owner, cluster: &ClusterName) -> String {
@@ -95,11 +94,17 @@ pub(crate) fn io_reason(e: &std::io::Error) -> String {
 
 pub struct Ec2Provider {
     client: aws_sdk_ec2::Client,
+    /// Resolves `resolve:ssm:` images.
+    ssm: aws_sdk_ssm::Client,
+    /// What the credentials are (temporary, until when).
+    credentials: credentials::Facts,
     ctx: error::Context,
     config: Ec2Config,
     /// Security group ids by name, learned by `prepare` or looked up by `launch`.
     groups: Mutex<HashMap<String, String>>,
-    /// Root device names by image id.
+    /// Images as launched (AMI ids, `resolve:ssm:` ones resolved) by image as profiles name
+    /// them, and root device names by AMI id.
+    images: Mutex<HashMap<String, String>>,
     root_devices: Mutex<HashMap<String, String>>,
     /// Whether GetConsoleOutput is asked for the latest output (`Latest=true`); turned off for
     /// good when the endpoint refuses it (EC2 does on instance types without it).
@@ -239,9 +244,12 @@ impl Ec2Provider {
         let built = client::build(config, trust).await?;
         let provider = Self {
             client: built.client,
+            ssm: built.ssm,
+            credentials: built.credentials,
             ctx: built.context,
             config: config.clone(),
             groups: Mutex::new(HashMap::new()),
+            images: Mutex::new(HashMap::new()),
             root_devices: Mutex::new(HashMap::new()),
             console_latest: AtomicBool::new(true),
             network: tokio::sync::OnceCell::new(),
@@ -551,46 +559,6 @@ impl Ec2Provider {
         )))
     }
 
-    /// The device name of an image's root volume, to resize it.
-    async fn root_device(&self, image: &str) -> Result<String, ProviderError> {
-        if !image.starts_with("ami-") {
-            return Ok(DEFAULT_ROOT_DEVICE.to_owned());
-        }
-        if let Some(d) = self
-            .root_devices
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(image)
-        {
-            return Ok(d.clone());
-        }
-        let out = self
-            .client
-            .describe_images()
-            .image_ids(image)
-            .send()
-            .await
-            .map_err(|e| self.err("DescribeImages", e))?;
-        let device = out
-            .images()
-            .iter()
-            .find(|i| i.image_id() == Some(image))
-            .ok_or_else(|| {
-                ProviderError::InvalidRequest(format!(
-                    "image {image} does not exist in {}",
-                    self.config.region
-                ))
-            })?
-            .root_device_name()
-            .unwrap_or(DEFAULT_ROOT_DEVICE)
-            .to_owned();
-        self.root_devices
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(image.to_owned(), device.clone());
-        Ok(device)
-    }
-
     /// One RunInstances of a batch, of one type in one subnet: MinCount is what the batch
     /// still needs at least, MaxCount what it still wants. EC2 launches between the two; moto
     /// launches MinCount.
@@ -606,6 +574,7 @@ impl Ec2Provider {
         })?;
         let min_count = i32::try_from(call.min_count.clamp(1, call.count)).unwrap_or(count);
         let group = self.group_id(cluster).await?;
+        let image = self.resolve_image(&node.image).await?;
         let user_data = base64::engine::general_purpose::STANDARD
             .encode(crate::templates::gzip(node.user_data.as_bytes()));
         let mut tags = owned_pairs(&node.tags);
@@ -615,7 +584,7 @@ impl Ec2Provider {
         let mut req = self
             .client
             .run_instances()
-            .image_id(&node.image)
+            .image_id(&image)
             .instance_type(InstanceType::from(call.placement.instance_type.as_str()))
             .min_count(min_count)
             .max_count(count)
@@ -670,7 +639,7 @@ impl Ec2Provider {
                 .tag_specifications(tag_spec(ResourceType::SpotInstancesRequest, &tags));
         }
         if let Some(gb) = node.volume_gb {
-            let device = self.root_device(&node.image).await?;
+            let device = self.root_device(&image).await?;
             let size = i32::try_from(gb).map_err(|_| {
                 ProviderError::InvalidRequest(format!("volume_gb = {gb} is too large"))
             })?;
@@ -1156,23 +1125,24 @@ impl Provider for Ec2Provider {
         }
         let answer = match call.send().await {
             Ok(a) => a,
-            Err(e)
-                if latest
-                    && matches!(
-                        error::code(&e),
-                        Some("UnsupportedOperation" | "InvalidParameterCombination")
-                    ) =>
-            {
-                // Instance types without the latest output answer this; the buffered output
-                // (EC2 updates it after boot) still shows cloud-init's keys, only later.
-                tracing::debug!("GetConsoleOutput refuses Latest=true; asking without it");
-                self.console_latest.store(false, Ordering::Relaxed);
-                self.client
+            Err(e) if latest => {
+                // Only Nitro instances have the latest output; other types (Xen: t2, m4) refuse
+                // `Latest=true`, with codes EC2 does not document. Whatever the error, ask for
+                // the buffered output (EC2 updates it after boot: it still shows cloud-init's
+                // keys, only later), and if that answers, stop asking for the latest.
+                tracing::debug!(
+                    "GetConsoleOutput with Latest=true failed ({}); asking without it",
+                    error::code(&e).unwrap_or("no code")
+                );
+                let answer = self
+                    .client
                     .get_console_output()
                     .instance_id(id)
                     .send()
                     .await
-                    .map_err(|e| self.err("GetConsoleOutput", e))?
+                    .map_err(|e| self.err("GetConsoleOutput", e))?;
+                self.console_latest.store(false, Ordering::Relaxed);
+                answer
             }
             Err(e) => return Err(self.err("GetConsoleOutput", e)),
         };
