@@ -1974,3 +1974,272 @@ fn any_error_of_the_first_latest_console_read_falls_back_to_the_buffered_output(
         "the buffered output alone from then on"
     );
 }
+
+/// Temporary keys in the credentials file, with their expiry: within a day of it, every cron run
+/// warns (a student's command does not); with none given, cron warns that none is known; once
+/// expired, every EC2 command fails at once, naming the file and the time, calling nothing.
+#[test]
+fn temporary_credentials_warn_a_day_ahead_and_stop_every_command_once_expired() {
+    let Some(moto) = Moto::acquire() else { return };
+    let ctx = ec2_context(&moto, &format!("client_cidrs = {CIDRS:?}\n"));
+    tagged_profile(&ctx);
+    let creds = ctx.root.path().join("aws-credentials");
+    let write = |expiry: Option<jiff::Timestamp>| {
+        let line = expiry
+            .map(|t| format!("aws_credential_expiration = {t}\n"))
+            .unwrap_or_default();
+        std::fs::write(
+            &creds,
+            format!("[default]\naws_access_key_id = testing\naws_secret_access_key = testing\naws_session_token = FwoGZXIvYXdzEBYaDN\n{line}"),
+        )
+        .unwrap();
+    };
+    let now = jiff::Timestamp::now().as_second();
+    let soon = jiff::Timestamp::from_second(now + 5 * 3600).unwrap();
+    write(Some(soon));
+    let described = format!("the credentials file {} (profile default)", creds.display());
+    for cmd in [
+        &["accounting", "snapshot", "--quiet"][..],
+        &["accounting", "reap", "--quiet"][..],
+    ] {
+        let r = ctx.ok(cmd);
+        assert!(
+            r.stderr.contains(&format!(
+                "warning: the AWS credentials in {described} expire at {soon}, in 4h 5"
+            )),
+            "{r}"
+        );
+    }
+    let r = ctx.ok(&["list"]);
+    assert!(!r.stderr.contains("expire"), "students are not told: {r}");
+    // Far ahead: nothing to say.
+    write(Some(
+        jiff::Timestamp::from_second(now + 3 * 86_400).unwrap(),
+    ));
+    let r = ctx.ok(&["accounting", "snapshot", "--quiet"]);
+    assert!(!r.stderr.contains("expire"), "{r}");
+    write(None);
+    let r = ctx.ok(&["accounting", "snapshot", "--quiet"]);
+    assert!(
+        r.stderr.contains("are temporary (they have a session token) but say nothing of when they expire; add aws_credential_expiration"),
+        "{r}"
+    );
+
+    let past = jiff::Timestamp::from_second(now - 2 * 3600).unwrap();
+    write(Some(past));
+    let faults = moto.faults();
+    faults.reset();
+    for cmd in [
+        &["accounting", "snapshot", "--quiet"][..],
+        &["accounting", "reap", "--quiet"][..],
+        &["reconcile"][..],
+        &[
+            "launch-cluster",
+            "ex",
+            "1",
+            "-p",
+            "tagged",
+            "--no-configure",
+        ][..],
+    ] {
+        let r = ctx.run(cmd);
+        assert_eq!(r.code, 1, "{r}");
+        assert!(
+            r.stderr.contains(&format!(
+                "error: the AWS credentials in {described} expired at {past} (2h 0m ago); put fresh keys there, with their aws_credential_expiration"
+            )),
+            "{r}"
+        );
+    }
+    assert_eq!(faults.counts().values().sum::<u64>(), 0, "no call was made");
+}
+
+/// A campus egress proxy: a small HTTP proxy on 127.0.0.1 that forwards requests in absolute
+/// form (what an HTTP proxy gets for an http:// URL) to moto, and answers CONNECT (what it gets
+/// for an https:// URL, AWS's) with 502. It records the request line of everything it gets.
+struct EgressProxy {
+    port: u16,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl EgressProxy {
+    fn start(upstream: &str) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let upstream = upstream.to_owned();
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { break };
+                let (upstream, log) = (upstream.clone(), log.clone());
+                std::thread::spawn(move || {
+                    let _ = Self::serve(conn, &upstream, &log);
+                });
+            }
+        });
+        Self { port, seen }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// One request from the client: forwarded whole, then the connection is closed (the answer
+    /// says so).
+    fn serve(
+        conn: std::net::TcpStream,
+        upstream: &str,
+        log: &std::sync::Mutex<Vec<String>>,
+    ) -> std::io::Result<()> {
+        use std::io::{BufRead, BufReader, Read, Write};
+        conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut reader = BufReader::new(conn.try_clone()?);
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let mut parts = line.split_whitespace();
+        let (method, target) = (
+            parts.next().unwrap_or_default().to_owned(),
+            parts.next().unwrap_or_default().to_owned(),
+        );
+        log.lock().unwrap().push(format!("{method} {target}"));
+        let mut headers = Vec::new();
+        let mut length = 0usize;
+        loop {
+            let mut h = String::new();
+            reader.read_line(&mut h)?;
+            if h.trim().is_empty() {
+                break;
+            }
+            let lower = h.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+            if !lower.starts_with("connection:") && !lower.starts_with("proxy-") {
+                headers.push(h);
+            }
+        }
+        let mut out = conn;
+        if method == "CONNECT" {
+            return out.write_all(
+                b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+        let Some(path) = target
+            .strip_prefix("http://")
+            .map(|rest| rest.find('/').map(|i| &rest[i..]).unwrap_or("/"))
+        else {
+            return out.write_all(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        };
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body)?;
+        let mut up = std::net::TcpStream::connect(upstream)?;
+        write!(up, "{method} {path} HTTP/1.1\r\n")?;
+        for h in &headers {
+            up.write_all(h.as_bytes())?;
+        }
+        up.write_all(b"Connection: close\r\n\r\n")?;
+        up.write_all(&body)?;
+        let mut answer = Vec::new();
+        up.read_to_end(&mut answer)?;
+        out.write_all(&answer)
+    }
+}
+
+/// `[ec2] https_proxy` sends every EC2 call through the site's proxy, and nothing else does: with
+/// an endpoint whose host name cannot resolve (`.invalid`), a launch still works, because only
+/// the proxy ever connects to it; an https:// endpoint is asked of the proxy with CONNECT; and
+/// proxy variables in the caller's environment are ignored.
+#[test]
+fn https_proxy_carries_every_call_and_the_environment_s_proxies_do_not() {
+    let Some(moto) = Moto::acquire() else { return };
+    let upstream = moto.endpoint.trim_start_matches("http://").to_owned();
+    let proxy = EgressProxy::start(&upstream);
+    let ctx = ec2_context(
+        &moto,
+        &format!(
+            "client_cidrs = {CIDRS:?}\nhttps_proxy = \"{}\"\n",
+            proxy.url()
+        ),
+    );
+    let config = std::fs::read_to_string(&ctx.config).unwrap();
+    let unresolvable = "http://ec2.stratus-egress-test.invalid";
+    std::fs::write(&ctx.config, config.replace(&moto.endpoint, unresolvable)).unwrap();
+    tagged_profile(&ctx);
+    let faults = moto.faults();
+    ctx.ok(&[
+        "launch-cluster",
+        "px",
+        "1",
+        "-p",
+        "tagged",
+        "--no-configure",
+    ]);
+    let seen = proxy.seen();
+    assert!(seen.len() >= 4, "{seen:?}");
+    assert!(
+        seen.iter().all(|l| l == &format!("POST {unresolvable}/")),
+        "every call in absolute form, to the endpoint: {seen:?}"
+    );
+    assert_eq!(faults.count("RunInstances"), 2, "the calls reached moto");
+    assert_eq!(moto.instances(&[("tag:stratus:cluster", "px")]).len(), 2);
+    ctx.ok(&["terminate-cluster", "px", "--yes"]);
+
+    // AWS's endpoints are https://: the proxy is asked to CONNECT to them.
+    let config = std::fs::read_to_string(&ctx.config).unwrap();
+    std::fs::write(
+        &ctx.config,
+        config.replace(unresolvable, "https://ec2.stratus-egress-test.invalid"),
+    )
+    .unwrap();
+    let r = ctx.run(&["accounting", "snapshot"]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(
+        proxy
+            .seen()
+            .contains(&"CONNECT ec2.stratus-egress-test.invalid:443".to_owned()),
+        "{:?}",
+        proxy.seen()
+    );
+
+    // Without https_proxy, the caller's proxy variables change nothing.
+    let before = proxy.seen().len();
+    let plain = ec2_context(&moto, &format!("client_cidrs = {CIDRS:?}\n"));
+    tagged_profile(&plain);
+    let mut cmd = plain.cmd();
+    for var in [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ] {
+        cmd.env(var, proxy.url());
+    }
+    let out = cmd
+        .args([
+            "launch-cluster",
+            "np",
+            "1",
+            "-p",
+            "tagged",
+            "--no-configure",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(moto.instances(&[("tag:stratus:cluster", "np")]).len(), 2);
+    assert_eq!(proxy.seen().len(), before, "{:?}", proxy.seen());
+    plain.ok(&["terminate-cluster", "np", "--yes"]);
+}
