@@ -82,6 +82,8 @@ fn snapshot_of_10000() {
                 host_key: None,
                 launched_at: t0,
                 ended_at: None,
+                volume_gb: 50,
+                public_ipv4: true,
             })
             .collect();
         store.record_nodes(&cluster, None, &nodes, &[]).unwrap();
@@ -108,6 +110,8 @@ fn snapshot_of_10000() {
                 }),
                 host_key: None,
                 launched_at: Some(t0),
+                volume_gb: None,
+                public_ipv4: Some(true),
             });
         }
     }
@@ -205,6 +209,8 @@ fn term_report() {
                             host_key: None,
                             launched_at: start,
                             ended_at: Some(start + 4 * H),
+                            volume_gb: 50,
+                            public_ipv4: true,
                         }
                     })
                     .collect();

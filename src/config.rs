@@ -396,9 +396,36 @@ impl SiteConfig {
         if self.ssh.max_parallel == 0 {
             return Err(invalid("[ssh] max_parallel must be at least 1".into()));
         }
+        use crate::accounting::prices;
         for (ty, price) in &self.prices {
             if !price.is_finite() || *price < 0.0 {
                 return Err(invalid(format!("[prices] {ty:?} must be a price >= 0")));
+            }
+            if !ty.contains('.')
+                && !crate::model::is_local_instance_type(ty)
+                && ty != prices::GP3_KEY
+                && ty != prices::IPV4_KEY
+            {
+                return Err(invalid(format!(
+                    "[prices] {ty:?} is neither an instance type (like \"m5.large\") nor {} or {}",
+                    prices::GP3_KEY,
+                    prices::IPV4_KEY
+                )));
+            }
+        }
+        // Estimates and budgets need the region's prices: unknown ones must come from here.
+        if self.provider == ProviderKind::Ec2
+            && let Some(ec2) = &self.ec2
+            && !prices::region_known(&ec2.region)
+        {
+            let types = self.prices.keys().any(|k| k.contains('.'));
+            if !types || !self.prices.contains_key(prices::GP3_KEY) {
+                return Err(invalid(format!(
+                    "[ec2] region = {:?} has no built-in prices (stratus knows {}); give the region's under [prices]: dollars per hour by instance type (\"m5.large\" = 0.107) and {} (gp3 storage, dollars per GB-month)",
+                    ec2.region,
+                    prices::known_regions().join(", "),
+                    prices::GP3_KEY
+                )));
             }
         }
         Ok(())
@@ -556,6 +583,40 @@ mod tests {
             assert!(err.contains(needle), "{extra}: {err}");
         }
         assert!(ec2("https_proxy = \"http://proxy.example.edu:3128\"\n").is_ok());
+    }
+
+    #[test]
+    fn a_region_without_known_prices_needs_the_site_s() {
+        let ec2 = |region: &str, prices: &str| {
+            SiteConfig::parse(
+                &format!("provider = \"ec2\"\n{prices}\n[ec2]\nregion = \"{region}\"\n"),
+                Path::new("/x/c.toml"),
+            )
+        };
+        assert!(ec2("us-east-2", "").is_ok());
+        let err = ec2("eu-west-3", "").unwrap_err().to_string();
+        assert!(err.contains("/x/c.toml"), "{err}");
+        assert!(
+            err.contains("region = \"eu-west-3\" has no built-in prices (stratus knows us-east-1"),
+            "{err}"
+        );
+        let err = ec2("eu-west-3", "[prices]\n\"m5.large\" = 0.112\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ebs_gp3_gb_month"), "{err}");
+        assert!(
+            ec2(
+                "eu-west-3",
+                "[prices]\n\"m5.large\" = 0.112\nebs_gp3_gb_month = 0.0928\n"
+            )
+            .is_ok()
+        );
+        let err = ec2("us-east-1", "[prices]\ngp3 = 0.08\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"gp3\" is neither an instance type"), "{err}");
+        // A local site never prices EC2.
+        assert!(SiteConfig::parse("[ec2]\nregion = \"eu-west-3\"\n", Path::new("c")).is_ok());
     }
 
     #[test]

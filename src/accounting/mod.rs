@@ -35,8 +35,9 @@ pub fn micros_to_dollars(m: prices::Micros) -> f64 {
     m as f64 / 1_000_000.0
 }
 
-/// The run time and cost of recorded intervals; an open interval counts until `now`. Types
-/// without a price are collected in `unknown_types` and cost nothing.
+/// The run time and cost of recorded intervals (each node's instance, public address and
+/// volume); an open interval counts until `now`. Types without a price are collected in
+/// `unknown_types` and cost nothing.
 pub fn cost_of<'a>(
     config: &SiteConfig,
     intervals: impl IntoIterator<Item = &'a Interval>,
@@ -47,8 +48,8 @@ pub fn cost_of<'a>(
     for i in intervals {
         let run = (i.ended_at.unwrap_or(now) - i.started_at).max(0);
         millis += run;
-        match prices::per_hour(config, &i.instance_type, i.spot) {
-            Some(p) => cost += prices::cost(p, run),
+        match prices::interval_rate(config, i) {
+            Some(rate) => cost += prices::cost_at_rate(rate, run),
             None => {
                 if !unknown_types.contains(&i.instance_type) {
                     unknown_types.push(i.instance_type.clone());

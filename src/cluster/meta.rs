@@ -180,6 +180,8 @@ pub fn node_row(
     fallback_index: u32,
     inst: &Instance,
 ) -> NodeRow {
+    use crate::accounting::prices::DEFAULT_ROOT_GB;
+    let local = crate::model::is_local_instance_type(&inst.instance_type);
     NodeRow {
         instance_id: inst.id.clone(),
         cluster_id: cluster.id,
@@ -196,6 +198,17 @@ pub fn node_row(
         host_key: inst.host_key.clone(),
         launched_at: inst.launched_at.unwrap_or_else(now_millis),
         ended_at: None,
+        // What the provider says, else what the profile asks for; a cloud node without either
+        // is estimated with the usual image's root volume and an address.
+        volume_gb: inst
+            .volume_gb
+            .or(cluster
+                .record
+                .profile
+                .role(inst.role.unwrap_or(role))
+                .volume_gb)
+            .unwrap_or(if local { 0 } else { DEFAULT_ROOT_GB }),
+        public_ipv4: inst.public_ipv4.unwrap_or(!local),
     }
 }
 

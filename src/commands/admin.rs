@@ -664,7 +664,7 @@ mod tests {
     #[test]
     fn an_instructors_config_keeps_its_keys_and_gains_what_is_missing() {
         let layout = Layout::new(Some(Path::new("/opt/s")));
-        let text = "provider = \"ec2\"\nwrapper = \"/elsewhere\"\n[ec2]\nregion = \"eu-west-1\"\n";
+        let text = "provider = \"ec2\"\nwrapper = \"/elsewhere\"\n[ec2]\nregion = \"us-west-2\"\n";
         let out = amend_config(text, &layout);
         assert!(out.contains("mode = \"multi-user\""), "{out}");
         assert!(

@@ -168,7 +168,8 @@ impl Rules<'_> {
     ) -> Result<Ask, InputError> {
         let mut units: MilliUnits = 0;
         let mut parts = Vec::new();
-        let mut per_hour: Micros = 0;
+        // Micro-dollars per 730 hours of every node (`prices::node_rate`).
+        let mut rate: Micros = 0;
         for (settings, n, what) in [
             (&profile.master, masters, "master"),
             (&profile.worker, workers, "workers"),
@@ -191,7 +192,14 @@ impl Rules<'_> {
                     (u, ty) = (tu, t);
                 }
                 if self.limits.budget.is_some() {
-                    let p = prices::per_hour(self.config, t, settings.spot).ok_or_else(|| {
+                    // Its instance, its root volume and a public IPv4 address.
+                    let node = prices::NodeCost {
+                        instance_type: t,
+                        spot: settings.spot,
+                        volume_gb: settings.volume_gb.unwrap_or(prices::DEFAULT_ROOT_GB),
+                        public_ipv4: true,
+                    };
+                    let p = prices::node_rate(self.config, &node).ok_or_else(|| {
                         self.refuse(format!(
                             "no price is known for {t}, so no budget can be checked; add it under [prices] in the site config"
                         ))
@@ -201,11 +209,11 @@ impl Rules<'_> {
             }
             units += u * u64::from(n);
             parts.push(format!("{n} {what} of {ty} at {} each", units_text(u)));
-            per_hour += price * i64::from(n);
+            rate += price * i64::from(n);
         }
         let lifetime = self.limits.lifetime(profile);
         let max_cost = match lifetime {
-            Some(ms) if per_hour > 0 => prices::cost(per_hour, ms),
+            Some(ms) if rate > 0 => prices::cost_at_rate(rate, ms),
             _ => 0,
         };
         Ok(Ask {

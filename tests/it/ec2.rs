@@ -2243,3 +2243,103 @@ fn https_proxy_carries_every_call_and_the_environment_s_proxies_do_not() {
     assert_eq!(proxy.seen().len(), before, "{:?}", proxy.seen());
     plain.ok(&["terminate-cluster", "np", "--yes"]);
 }
+
+/// Estimates count what AWS bills for a node besides its instance hours: its public IPv4
+/// address ($0.005 an hour) and its gp3 root volume ($0.08 per GB-month in us-east-1, pro rata
+/// over a 730-hour month). The launch records both with each node: the volume the profile asks
+/// for (else the image's own root volume), and an address only where the network gives one.
+#[test]
+fn estimates_count_each_node_s_public_address_and_volume() {
+    let Some(moto) = Moto::acquire() else { return };
+    let intervals = |ctx: &TestContext, name: &str| {
+        let store = stratus::store::Store::open_in(&ctx.state).unwrap();
+        let ids: Vec<i64> = store
+            .list_clusters(None)
+            .unwrap()
+            .into_iter()
+            .filter(|c| c.name.as_str() == name)
+            .map(|c| c.id)
+            .collect();
+        store.intervals(&ids).unwrap()
+    };
+    // The default VPC gives every node a public address.
+    let ctx = ec2_context(&moto, &format!("client_cidrs = {CIDRS:?}\n"));
+    tagged_profile(&ctx);
+    ctx.ok(&[
+        "launch-cluster",
+        "ev",
+        "2",
+        "-p",
+        "tagged",
+        "--no-configure",
+    ]);
+    ctx.ok(&["terminate-cluster", "ev", "--yes"]);
+    let ivs = intervals(&ctx, "ev");
+    assert_eq!(ivs.len(), 3);
+    let image_gb = moto.block_on(async {
+        let images = moto
+            .ec2
+            .describe_images()
+            .image_ids(UBUNTU_AMI)
+            .send()
+            .await
+            .unwrap();
+        let image = images.images()[0].clone();
+        image
+            .block_device_mappings()
+            .iter()
+            .find(|m| m.device_name() == image.root_device_name())
+            .and_then(|m| m.ebs())
+            .and_then(|e| e.volume_size())
+            .map(|gb| gb as u32)
+    });
+    let mut expected = 0i64;
+    for iv in &ivs {
+        assert!(iv.public_ipv4, "{iv:?}");
+        let (per_hour, gb) = if iv.instance_type == "m5.xlarge" {
+            // Spot workers of 40 GB: 70% of $0.192.
+            assert!(iv.spot);
+            (134_400, 40)
+        } else {
+            // The master: the image's own root volume (8 GiB if the image does not say).
+            (96_000, image_gb.unwrap_or(8))
+        };
+        assert_eq!(iv.volume_gb, gb, "{iv:?}");
+        let rate = (per_hour + 5_000) * 730 + i64::from(gb) * 80_000;
+        let ms = iv.ended_at.unwrap() - iv.started_at;
+        let seconds = (ms.max(60_000) + 999) / 1000;
+        expected += ((i128::from(rate) * i128::from(seconds) * 1000 + 730 * 1_800_000)
+            / (730 * 3_600_000)) as i64;
+    }
+    let usage: Value = serde_json::from_str(&ctx.ok(&["usage", "--json"]).stdout).unwrap();
+    let row = usage
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["cluster"] == "ev")
+        .unwrap()
+        .clone();
+    let dollars = row["cost_dollars"].as_f64().unwrap();
+    assert_eq!((dollars * 1e6).round() as i64, expected, "{row}");
+
+    // A subnet of the site's that maps no public addresses, reached on private ones: no
+    // address to pay for.
+    let (_vpc, subnet) = moto.loopback_subnet();
+    let private = ec2_context(
+        &moto,
+        &format!("subnet_id = \"{subnet}\"\naddress = \"private_ip\"\nclient_cidrs = {CIDRS:?}\n"),
+    );
+    tagged_profile(&private);
+    private.ok(&[
+        "launch-cluster",
+        "pv",
+        "1",
+        "-p",
+        "tagged",
+        "--no-configure",
+    ]);
+    let ivs = intervals(&private, "pv");
+    assert_eq!(ivs.len(), 2);
+    assert!(ivs.iter().all(|iv| !iv.public_ipv4), "{ivs:?}");
+    private.ok(&["terminate-cluster", "pv", "--yes"]);
+}

@@ -1512,7 +1512,7 @@ fn a_hostile_environment_changes_nothing_about_a_launch() {
     fs::write(
         &stratus_config,
         format!(
-            "provider = \"ec2\"\nstate_dir = \"{c}\"\n[ec2]\nregion = \"eu-west-3\"\nendpoint_url = \"{evil}\"\ncredentials_file = \"{}\"\n",
+            "provider = \"ec2\"\nstate_dir = \"{c}\"\n[prices]\n\"m5.large\" = 0.112\nebs_gp3_gb_month = 0.0928\n[ec2]\nregion = \"eu-west-3\"\nendpoint_url = \"{evil}\"\ncredentials_file = \"{}\"\n",
             aws_creds.display(),
             c = canary.display()
         ),

@@ -184,6 +184,10 @@ pub struct Instance {
     /// The host key, when the provider knows it before first contact.
     pub host_key: Option<String>,
     pub launched_at: Option<Millis>,
+    /// Its root volume in GiB, when the provider knows it (EC2: at launch).
+    pub volume_gb: Option<u32>,
+    /// Whether it holds a public IPv4 address, when the provider knows.
+    pub public_ipv4: Option<bool>,
 }
 
 /// Which instances a describe call is about; every field narrows.

@@ -14,6 +14,9 @@ use aws_sdk_ssm::error::ProvideErrorMetadata;
 use super::Ec2Provider;
 use crate::cluster::provider::ProviderError;
 
+/// An image's root device name and the size of its root volume in GiB, as far as known.
+pub(super) type RootVolume = (Option<String>, Option<u32>);
+
 /// How a profile names an image by SSM parameter.
 pub const SSM_PREFIX: &str = "resolve:ssm:";
 
@@ -79,46 +82,55 @@ impl Ec2Provider {
         Ok(ami)
     }
 
-    /// The device name of an AMI's root volume (its `RootDeviceName`), to size it.
-    pub(super) async fn root_device(&self, ami: &str) -> Result<String, ProviderError> {
-        if let Some(d) = self
+    /// An AMI's root device (its `RootDeviceName`) and the size of its root volume in GiB, from
+    /// DescribeImages (once per AMI). An image EC2 does not describe is an error only when its
+    /// root volume is to be sized (`needed`); otherwise its size is just unknown.
+    pub(super) async fn root_volume(
+        &self,
+        ami: &str,
+        needed: bool,
+    ) -> Result<RootVolume, ProviderError> {
+        if let Some(found) = self
             .root_devices
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(ami)
         {
-            return Ok(d.clone());
+            return Ok(found.clone());
         }
-        let out = self
-            .client
-            .describe_images()
-            .image_ids(ami)
-            .send()
-            .await
-            .map_err(|e| self.err("DescribeImages", e))?;
-        let found = out
-            .images()
-            .iter()
-            .find(|i| i.image_id() == Some(ami))
-            .ok_or_else(|| {
-                ProviderError::InvalidRequest(format!(
-                    "image {ami} does not exist in {} (or is not shared with this account)",
-                    self.config.region
-                ))
-            })?;
+        let out = match self.client.describe_images().image_ids(ami).send().await {
+            Ok(out) => out,
+            Err(e) if !needed => {
+                tracing::debug!(image = ami, "cannot describe the image: {e}");
+                return Ok((None, None));
+            }
+            Err(e) => return Err(self.err("DescribeImages", e)),
+        };
+        let Some(found) = out.images().iter().find(|i| i.image_id() == Some(ami)) else {
+            if !needed {
+                return Ok((None, None));
+            }
+            return Err(ProviderError::InvalidRequest(format!(
+                "image {ami} does not exist in {} (or is not shared with this account)",
+                self.config.region
+            )));
+        };
         let device = found
             .root_device_name()
             .filter(|d| !d.is_empty())
-            .ok_or_else(|| {
-                ProviderError::InvalidRequest(format!(
-                    "image {ami} names no root device, so its root volume cannot be sized; leave volume_gb out of the profile"
-                ))
-            })?
-            .to_owned();
+            .map(str::to_owned);
+        let size = found
+            .block_device_mappings()
+            .iter()
+            .find(|m| m.device_name() == device.as_deref())
+            .and_then(|m| m.ebs())
+            .and_then(|e| e.volume_size())
+            .and_then(|gb| u32::try_from(gb).ok());
+        let facts = (device, size);
         self.root_devices
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(ami.to_owned(), device.clone());
-        Ok(device)
+            .insert(ami.to_owned(), facts.clone());
+        Ok(facts)
     }
 }

@@ -105,7 +105,8 @@ pub struct Ec2Provider {
     /// Images as launched (AMI ids, `resolve:ssm:` ones resolved) by image as profiles name
     /// them, and root device names by AMI id.
     images: Mutex<HashMap<String, String>>,
-    root_devices: Mutex<HashMap<String, String>>,
+    /// Root device names and root volume sizes by AMI id.
+    root_devices: Mutex<HashMap<String, images::RootVolume>>,
     /// Whether GetConsoleOutput is asked for the latest output (`Latest=true`); turned off for
     /// good when the endpoint refuses it (EC2 does on instance types without it).
     console_latest: AtomicBool,
@@ -638,8 +639,13 @@ impl Ec2Provider {
                 )
                 .tag_specifications(tag_spec(ResourceType::SpotInstancesRequest, &tags));
         }
+        let (device, image_gb) = self.root_volume(&image, node.volume_gb.is_some()).await?;
         if let Some(gb) = node.volume_gb {
-            let device = self.root_device(&image).await?;
+            let device = device.ok_or_else(|| {
+                ProviderError::InvalidRequest(format!(
+                    "image {image} names no root device, so its root volume cannot be sized; leave volume_gb out of the profile"
+                ))
+            })?;
             let size = i32::try_from(gb).map_err(|_| {
                 ProviderError::InvalidRequest(format!("volume_gb = {gb} is too large"))
             })?;
@@ -656,6 +662,21 @@ impl Ec2Provider {
                     .build(),
             );
         }
+        // What the nodes will cost besides their type: the root volume, and a public address if
+        // the network gives them one (asked for, a subnet that maps them, or the default VPC's).
+        let volume_gb = node.volume_gb.or(image_gb);
+        let public_ipv4 = match &call.placement.subnet {
+            Some(subnet) => {
+                public
+                    || self
+                        .network()
+                        .await?
+                        .subnets
+                        .iter()
+                        .any(|s| s.id == *subnet && s.public_ips)
+            }
+            None => true,
+        };
         let out = req.send().await.map_err(|e| self.err("RunInstances", e))?;
         let instances: Vec<Instance> = out
             .instances()
@@ -663,6 +684,8 @@ impl Ec2Provider {
             .filter_map(|i| self.convert(i))
             .map(|i| Instance {
                 ssh_port: access.port,
+                volume_gb,
+                public_ipv4: Some(public_ipv4),
                 ..i
             })
             .collect();
@@ -734,6 +757,12 @@ impl Ec2Provider {
             tags,
             host_key: None,
             launched_at: i.launch_time().and_then(|t| t.to_millis().ok()),
+            volume_gb: None,
+            // Known once EC2 has assigned one (not yet while pending).
+            public_ipv4: i
+                .public_ip_address()
+                .filter(|a| !a.is_empty())
+                .map(|_| true),
         })
     }
 

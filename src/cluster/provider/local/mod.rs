@@ -386,6 +386,9 @@ impl LocalProvider {
             tags: Some(cfg.tags.clone()),
             host_key: Some(cfg.host_public_key.clone()),
             launched_at: Some(cfg.launched_at),
+            // A directory on this machine: no volume, no address, nothing to pay.
+            volume_gb: Some(0),
+            public_ipv4: Some(false),
         }
     }
 
