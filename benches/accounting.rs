@@ -82,8 +82,8 @@ fn snapshot_of_10000() {
                 host_key: None,
                 launched_at: t0,
                 ended_at: None,
-                volume_gb: 50,
-                public_ipv4: true,
+                volume_gb: 0,
+                public_ipv4: false,
             })
             .collect();
         store.record_nodes(&cluster, None, &nodes, &[]).unwrap();
@@ -209,8 +209,9 @@ fn term_report() {
                             host_key: None,
                             launched_at: start,
                             ended_at: Some(start + 4 * H),
-                            volume_gb: 50,
-                            public_ipv4: true,
+                            // Instance hours alone: the asserted total is theirs.
+                            volume_gb: 0,
+                            public_ipv4: false,
                         }
                     })
                     .collect();
