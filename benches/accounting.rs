@@ -82,6 +82,8 @@ fn snapshot_of_10000() {
                 host_key: None,
                 launched_at: t0,
                 ended_at: None,
+                volume_gb: 0,
+                public_ipv4: false,
             })
             .collect();
         store.record_nodes(&cluster, None, &nodes, &[]).unwrap();
@@ -108,6 +110,8 @@ fn snapshot_of_10000() {
                 }),
                 host_key: None,
                 launched_at: Some(t0),
+                volume_gb: None,
+                public_ipv4: Some(true),
             });
         }
     }
@@ -206,6 +210,9 @@ fn term_report() {
                             host_key: None,
                             launched_at: start,
                             ended_at: Some(start + 4 * H),
+                            // Instance hours alone: the asserted total is theirs.
+                            volume_gb: 0,
+                            public_ipv4: false,
                         }
                     })
                     .collect();

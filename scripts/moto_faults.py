@@ -14,12 +14,20 @@ Runs moto's WSGI app in this process (as `moto_server` does) behind a middleware
   - count every EC2 call by Action;
   - age instances: make their launch time older in moto's backend (moto has no clock API);
   - console: make GetConsoleOutput of an instance answer a given text (base64 in <output>, as
-    EC2 does) instead of moto's canned boot log, as cloud-init prints its SSH host keys there.
+    EC2 does) instead of moto's canned boot log, as cloud-init prints its SSH host keys there;
+  - refuse_when: answer calls of an action whose parameters match (a subnet, an instance type)
+    with an EC2 error code, without forwarding, as EC2 answers InsufficientInstanceCapacity for
+    one type in one zone: a list of {"action", "code", "message"?, "when": {NAME: VALUE},
+    "times"?}, where NAME matches a parameter of that name at any depth (`SubnetId` matches
+    `NetworkInterface.1.SubnetId`) and `times` (default: always) counts the calls it answers.
 With nothing configured it is transparent. The control API, JSON in and out:
   POST /stratus-faults/reset                     faults, holds (released), counts, tracked ids,
                                                  consoles
   POST /stratus-faults/config   {"throttle": {"RunInstances": 3}, "lose_answer": {...},
-                                 "not_found_secs": 20, "idempotent_client_token": true}
+                                 "not_found_secs": 20, "idempotent_client_token": true,
+                                 "refuse_when": [{"action": "RunInstances",
+                                   "code": "InsufficientInstanceCapacity",
+                                   "when": {"InstanceType": "m5.large"}, "times": 2}]}
                                 each key named replaces its old value
   GET  /stratus-faults/config   the faults in force
   GET  /stratus-faults/counts   {"RunInstances": 2, ...}
@@ -28,6 +36,10 @@ With nothing configured it is transparent. The control API, JSON in and out:
   POST /stratus-faults/release  {"action": "RunInstances"}
   GET  /stratus-faults/held     {"RunInstances": 1}
   POST /stratus-faults/console  {"instance_id": "i-…", "output": "text"} (null output: moto's)
+  POST /stratus-faults/ssm-parameter {"name": "/aws/service/…", "value": "ami-…", "region": R}
+                                a public SSM parameter, as AWS publishes its images' (moto
+                                refuses to create names under /aws; this puts it in moto's
+                                store directly)
 and POST /moto-api/reset clears all of the above before moto resets its own state.
 
 Usage: python moto_faults.py --host 127.0.0.1 --port P
@@ -110,6 +122,7 @@ class Faults:
             self.first_seen = {}  # instance id -> monotonic time its RunInstances answer passed
             self.holds = {}  # action -> Hold
             self.consoles = {}  # instance id -> the console output GetConsoleOutput answers
+            self.refusals = []  # [{"action", "code", "message", "when", "times" (None: always)}]
 
     def configure(self, conf):
         with self.lock:
@@ -121,6 +134,17 @@ class Faults:
                 self.not_found_secs = float(conf["not_found_secs"] or 0)
             if "idempotent_client_token" in conf:
                 self.idempotent = bool(conf["idempotent_client_token"])
+            if "refuse_when" in conf:
+                self.refusals = [
+                    {
+                        "action": str(r["action"]),
+                        "code": str(r["code"]),
+                        "message": str(r.get("message") or f"{r['code']} (stratus-faults)"),
+                        "when": {str(k): str(v) for k, v in (r.get("when") or {}).items()},
+                        "times": None if r.get("times") is None else int(r["times"]),
+                    }
+                    for r in conf["refuse_when"] or []
+                ]
         return self.config()
 
     def config(self):
@@ -130,6 +154,7 @@ class Faults:
                 "lose_answer": {a: k for a, k in self.lose_answer.items() if k > 0},
                 "not_found_secs": self.not_found_secs,
                 "idempotent_client_token": self.idempotent,
+                "refuse_when": [dict(r) for r in self.refusals if r["times"] != 0],
             }
 
     def take(self, table, action):
@@ -139,6 +164,24 @@ class Faults:
                 table[action] -= 1
                 return True
             return False
+
+    def refusal(self, action, params):
+        """The (code, message) of the first refusal matching this call, using one of its times."""
+
+        def has(name, value):
+            return any(
+                (k == name or k.endswith("." + name)) and value in vs for k, vs in params.items()
+            )
+
+        with self.lock:
+            for r in self.refusals:
+                if r["action"] != action or r["times"] == 0:
+                    continue
+                if all(has(k, v) for k, v in r["when"].items()):
+                    if r["times"] is not None:
+                        r["times"] -= 1
+                    return r["code"], r["message"]
+        return None
 
     def count(self, action):
         with self.lock:
@@ -209,6 +252,31 @@ def age_instances(ids, seconds):
                 instance.launch_time -= datetime.timedelta(seconds=seconds)
                 aged += 1
     return aged
+
+
+def put_public_parameter(name, value, region):
+    """An AWS-owned SSM parameter (an image id) in moto's store, in the default account."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.core.utils import utcnow
+    from moto.ssm.models import Parameter, ssm_backends
+
+    backend = ssm_backends[DEFAULT_ACCOUNT_ID][region]
+    versions = backend._parameters[name]
+    versions.append(
+        Parameter(
+            account_id=DEFAULT_ACCOUNT_ID,
+            name=name,
+            value=value,
+            parameter_type="String",
+            description=None,
+            allowed_pattern=None,
+            keyid=None,
+            last_modified_date=utcnow(),
+            version=len(versions) + 1,
+            data_type="aws:ec2:image",
+        )
+    )
+    return len(versions)
 
 
 def drop_new_instances(body, is_new):
@@ -343,6 +411,10 @@ class FaultMiddleware:
         f = self.faults
         params = environ["stratus.params"]
         f.count(action)
+        # A refusal answers at once, before any hold: a test can hold the call that follows it.
+        refused = f.refusal(action, params)
+        if refused is not None:
+            return self.ec2_error(start_response, "400 Bad Request", *refused)
         f.wait_if_held(action)
         if f.take(f.throttle, action):
             return self.ec2_error(
@@ -435,6 +507,11 @@ class FaultMiddleware:
             if what == "console" and method == "POST":
                 n = f.set_console(str(arg["instance_id"]), arg.get("output"))
                 return self.json_answer(start_response, {"consoles": n})
+            if what == "ssm-parameter" and method == "POST":
+                version = put_public_parameter(
+                    str(arg["name"]), str(arg["value"]), str(arg.get("region") or "us-east-1")
+                )
+                return self.json_answer(start_response, {"version": version})
             if what == "held" and method == "GET":
                 return self.json_answer(start_response, f.held_now())
         except (KeyError, TypeError, ValueError, AttributeError) as e:

@@ -30,8 +30,23 @@ pub struct UsageRow {
 
 pub use crate::core::money::micros_to_dollars;
 
-/// The run time and cost of recorded intervals; an open interval counts until `now`. Types
-/// without a price are collected in `unknown_types` and cost nothing.
+/// The rate of a recorded interval's node (see `prices::node_rate`): its instance, its public
+/// address and its volume, as recorded.
+pub(crate) fn interval_rate(config: &SiteConfig, iv: &Interval) -> Option<prices::Micros> {
+    prices::node_rate(
+        config,
+        &prices::NodeCost {
+            instance_type: &iv.instance_type,
+            spot: iv.spot,
+            volume_gb: iv.volume_gb,
+            public_ipv4: iv.public_ipv4,
+        },
+    )
+}
+
+/// The run time and cost of recorded intervals (each node's instance, public address and
+/// volume); an open interval counts until `now`. Types without a price are collected in
+/// `unknown_types` and cost nothing.
 pub fn cost_of<'a>(
     config: &SiteConfig,
     intervals: impl IntoIterator<Item = &'a Interval>,
@@ -42,8 +57,8 @@ pub fn cost_of<'a>(
     for i in intervals {
         let run = (i.ended_at.unwrap_or(now) - i.started_at).max(0);
         millis += run;
-        match prices::per_hour(config, &i.instance_type, i.spot) {
-            Some(p) => cost += prices::cost(p, run),
+        match interval_rate(config, i) {
+            Some(rate) => cost += prices::cost_at_rate(rate, run),
             None => {
                 if !unknown_types.contains(&i.instance_type) {
                     unknown_types.push(i.instance_type.clone());

@@ -10,8 +10,9 @@
 //!   (and on the day) where the run starts, so clipping never bills it twice; the rounding
 //!   counts in the window holding the run's end, and a run still open ends now, so a report up
 //!   to now bills an open run as if it ended now (up to a second past `until`);
-//! - each piece costs its price per hour times its time, rounded to the micro-dollar; rows and
-//!   the total are sums of micro-dollars: nothing is a float until it is printed;
+//! - each piece costs its node's rate (instance, public IPv4 address, EBS volume; see
+//!   `prices::node_rate`) times its time, rounded to the micro-dollar; rows and the total are
+//!   sums of micro-dollars: nothing is a float until it is printed;
 //! - `estimated` says that some interval of the row ended at a last sighting rather than at an
 //!   observed end.
 
@@ -83,11 +84,6 @@ pub struct Report {
     pub unknown_types: Vec<String>,
 }
 
-/// The cost of `piece_ms` at `per_hour`, rounded half up to the micro-dollar.
-fn piece_cost(per_hour: Micros, piece_ms: Millis) -> Micros {
-    ((i128::from(per_hour) * i128::from(piece_ms) + 1_800_000) / 3_600_000) as Micros
-}
-
 /// The UTC day of a time, as `YYYY-MM-DD`.
 fn day_of(ms: Millis) -> String {
     jiff::Timestamp::from_millisecond(ms)
@@ -120,11 +116,11 @@ pub fn report(
             // Nothing of it in the window, not even its minimum.
             continue;
         }
-        let per_hour = prices::per_hour(config, &iv.instance_type, iv.spot);
-        if per_hour.is_none() && !unknown.contains(&iv.instance_type) {
+        let rate = super::interval_rate(config, iv);
+        if rate.is_none() && !unknown.contains(&iv.instance_type) {
             unknown.push(iv.instance_type.clone());
         }
-        let per_hour = per_hour.unwrap_or(0);
+        let rate = rate.unwrap_or(0);
         // The pieces of the run in the window: one, or one per day.
         let mut cuts = vec![a];
         if by == By::Day {
@@ -162,7 +158,7 @@ pub fn report(
             };
             let s = sums.entry(key).or_default();
             s.millis += q - p;
-            s.micros += piece_cost(per_hour, billed);
+            s.micros += prices::piece_at_rate(rate, billed);
             s.estimated |= iv.estimated;
         }
     }
@@ -245,11 +241,43 @@ mod tests {
             ended_at: end,
             estimated: false,
             orphan: false,
+            volume_gb: 0,
+            public_ipv4: false,
         }
     }
 
     fn facts() -> BTreeMap<i64, String> {
         BTreeMap::from([(1, "demo".to_owned())])
+    }
+
+    #[test]
+    fn a_node_s_address_and_volume_are_billed_with_it() {
+        let cfg = SiteConfig::default();
+        let mut full = iv(1, "alice", "m5.large", 0, Some(2 * H));
+        full.volume_gb = 50;
+        full.public_ipv4 = true;
+        let r = report(&cfg, &facts(), &[full], 0, 10 * H, 10 * H, By::Cluster);
+        // Two hours of m5.large ($0.192), of its address ($0.01), of 50 GB of gp3 at $0.08 per
+        // GB-month over 730 hours ($0.010959).
+        assert_eq!(r.total.micros, 192_000 + 10_000 + 10_959);
+        assert_eq!(r.rows[0].micros, r.total.micros);
+        // By day, the pieces add up to the same to within a micro-dollar each.
+        let r = report(
+            &cfg,
+            &facts(),
+            &[{
+                let mut i = iv(1, "alice", "m5.large", 23 * H, Some(25 * H));
+                i.volume_gb = 50;
+                i.public_ipv4 = true;
+                i
+            }],
+            0,
+            48 * H,
+            48 * H,
+            By::Day,
+        );
+        assert_eq!(r.rows.len(), 2);
+        assert!((r.total.micros - 212_959).abs() <= 1, "{}", r.total.micros);
     }
 
     #[test]

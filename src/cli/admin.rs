@@ -615,6 +615,14 @@ fn doctor(
                     Some(&layout.config()),
                     trusted,
                 ));
+                if let Some(ec2) = &c.ec2 {
+                    use crate::cluster::provider::ec2::credentials;
+                    match credentials::doctor(ec2, crate::config::Trust::Service) {
+                        Ok(Some(warning)) => printer.warn(warning),
+                        Ok(None) => {}
+                        Err(problem) => problems.push(problem),
+                    }
+                }
             }
             Err(e) => problems.push(crate::core::error::one_line(&e)),
         }
@@ -673,7 +681,7 @@ mod tests {
     #[test]
     fn an_instructors_config_keeps_its_keys_and_gains_what_is_missing() {
         let layout = Layout::new(Some(Path::new("/opt/s")));
-        let text = "provider = \"ec2\"\nwrapper = \"/elsewhere\"\n[ec2]\nregion = \"eu-west-1\"\n";
+        let text = "provider = \"ec2\"\nwrapper = \"/elsewhere\"\n[ec2]\nregion = \"us-west-2\"\n";
         let out = amend_config(text, &layout);
         assert!(out.contains("mode = \"multi-user\""), "{out}");
         assert!(

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::cluster::configure::{Step, configure};
 use crate::cluster::interrupt::Interrupt;
+use crate::cluster::journal::BatchJournal;
 use crate::cluster::keys::ClusterKeys;
 use crate::cluster::locks::{GrowLock, LaunchLock};
 use crate::cluster::meta::{Meta, Want, access, cluster_ref, node_row, target};
@@ -547,6 +548,7 @@ async fn bring_up_once<P: Provider>(
     // call dropped mid-flight could create instances nobody records.
     show_phase(bar, "launching");
     let mut specs = Vec::new();
+    let mut journals = Vec::new();
     for w in wants {
         let spec = b.meta.batch(b.renderer, *w, round)?;
         let row = BatchRow {
@@ -566,12 +568,15 @@ async fn bring_up_once<P: Provider>(
                 state.map(|s| s.as_str()).unwrap_or("gone")
             )));
         }
+        // Further calls of the batch (a provider's fallback) are written down the same way.
+        journals.push(BatchJournal::new(ctx.store, row, b.accepting));
         specs.push(spec);
     }
     let results = futures_util::future::join_all(
         specs
             .iter()
-            .map(|spec| b.provider.launch(&cref, b.access, spec)),
+            .zip(&journals)
+            .map(|(spec, journal)| b.provider.launch(&cref, b.access, spec, journal)),
     )
     .await;
 
@@ -599,12 +604,12 @@ async fn bring_up_once<P: Provider>(
             .collect();
         // A call that failed may still have created instances: its batch stays pending for
         // reconcile, so those are found even if no describe below shows them yet.
-        let token = launched
-            .error
-            .is_none()
-            .then_some(spec.client_token.as_str());
-        if !rows.is_empty() || token.is_some() {
-            match ctx.store.record_nodes(cluster, token, &rows, b.accepting) {
+        let settled = &launched.settled;
+        if !rows.is_empty() || !settled.is_empty() {
+            match ctx
+                .store
+                .record_launch(cluster, settled, &rows, b.accepting)
+            {
                 Ok(Recorded::Accepted) => {}
                 Ok(Recorded::ClusterNotAccepting(state)) => moved_on = Some(state),
                 Err(e) => {
@@ -621,9 +626,10 @@ async fn bring_up_once<P: Provider>(
         let missing = spec.count.saturating_sub(rows.len() as u32);
         nodes.extend(rows);
         match launched.error {
-            // The request itself is wrong (an unknown image, say): no other node will do
-            // better. Stop, once what did launch is recorded for the rollback.
-            Some(e) if e.is_bad_input() => refused = refused.or(Some(e.into())),
+            // The request itself is wrong (an unknown image, say), or the account is at a
+            // quota: no other node will do better. Stop, once what did launch is recorded for
+            // the rollback.
+            Some(e) if e.stops_launch() => refused = refused.or(Some(e.into())),
             Some(e) => failed.push(Failure {
                 role: spec.role,
                 nodes: missing,

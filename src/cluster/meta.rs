@@ -99,7 +99,8 @@ impl<'a> Meta<'a> {
                 Role::Worker => format!("{}-worker", self.cluster),
             },
             image: settings.image.clone(),
-            instance_type: settings.instance_type.clone(),
+            instance_type: settings.types()[0].to_owned(),
+            instance_types: settings.types().into_iter().map(str::to_owned).collect(),
             spot: settings.spot,
             volume_gb: settings.volume_gb,
             user_data,
@@ -185,6 +186,8 @@ pub fn node_row(
     fallback_index: u32,
     inst: &Instance,
 ) -> NodeRow {
+    use crate::config::prices::DEFAULT_ROOT_GB;
+    let local = crate::core::model::is_local_instance_type(&inst.instance_type);
     NodeRow {
         instance_id: inst.id.clone(),
         cluster_id: cluster.id,
@@ -201,6 +204,17 @@ pub fn node_row(
         host_key: inst.host_key.clone(),
         launched_at: inst.launched_at.unwrap_or_else(now_millis),
         ended_at: None,
+        // What the provider says, else what the profile asks for; a cloud node without either
+        // is estimated with the usual image's root volume and an address.
+        volume_gb: inst
+            .volume_gb
+            .or(cluster
+                .record
+                .profile
+                .role(inst.role.unwrap_or(role))
+                .volume_gb)
+            .unwrap_or(if local { 0 } else { DEFAULT_ROOT_GB }),
+        public_ipv4: inst.public_ipv4.unwrap_or(!local),
     }
 }
 

@@ -12,6 +12,7 @@ pub mod configure;
 pub mod image;
 pub mod interrupt;
 pub mod intra_key;
+pub mod journal;
 pub mod keys;
 pub mod launch;
 pub mod locks;

@@ -186,8 +186,15 @@ pub struct Ec2Config {
     pub profile: Option<String>,
     /// A credentials file of the service account (INI, as the AWS CLI writes it).
     pub credentials_file: Option<PathBuf>,
+    /// The VPC the site's subnets belong to (checked); needs `subnet_id` or `subnet_ids`.
     pub vpc_id: Option<String>,
+    /// The subnet nodes launch into (one; `subnet_ids` lists several).
     pub subnet_id: Option<String>,
+    /// Subnets to launch into, in order of preference, ideally one per availability zone: when
+    /// EC2 has no capacity for a type in one, the launch tries the next (then the next type).
+    /// All must be in one VPC. `subnet_id`, if also given, must be the first.
+    #[serde(default)]
+    pub subnet_ids: Vec<String>,
     #[serde(default)]
     pub address: AddressKind,
     /// Networks allowed to reach the nodes' SSH port.
@@ -205,6 +212,107 @@ pub struct Ec2Config {
     /// cloud-init does not print its keys to the console).
     #[serde(default)]
     pub host_keys: HostKeySource,
+    /// An HTTP proxy every EC2 (and SSM) call goes through: `http://proxy.example.edu:3128`. Only
+    /// from here, never from the environment (`HTTPS_PROXY`), which a caller controls.
+    pub https_proxy: Option<String>,
+    /// The SSM endpoint that resolves `resolve:ssm:` images; by default `endpoint_url` when that
+    /// is set (an EC2-compatible API serving both), else AWS's in the region.
+    pub ssm_endpoint_url: Option<String>,
+}
+
+impl Ec2Config {
+    /// The subnets to launch into, in order of preference; empty: the region's default VPC.
+    pub fn subnets(&self) -> Vec<String> {
+        if self.subnet_ids.is_empty() {
+            self.subnet_id.iter().cloned().collect()
+        } else {
+            self.subnet_ids.clone()
+        }
+    }
+
+    /// What is wrong with the `[ec2]` table on its own, before any call.
+    fn problems(&self) -> Option<String> {
+        let id_ok = |s: &str, prefix: &str| {
+            s.strip_prefix(prefix).is_some_and(|rest| {
+                !rest.is_empty() && rest.chars().all(|c| c.is_ascii_alphanumeric())
+            })
+        };
+        for s in self.subnet_id.iter().chain(&self.subnet_ids) {
+            if !id_ok(s, "subnet-") {
+                return Some(format!("[ec2] {s:?} is not a subnet id (subnet-…)"));
+            }
+        }
+        for (i, s) in self.subnet_ids.iter().enumerate() {
+            if self.subnet_ids[..i].contains(s) {
+                return Some(format!("[ec2] subnet_ids lists {s} twice"));
+            }
+        }
+        if let (Some(one), Some(first)) = (&self.subnet_id, self.subnet_ids.first())
+            && one != first
+        {
+            return Some(format!(
+                "[ec2] subnet_id = {one:?} must be the first of subnet_ids ({}), or left out",
+                self.subnet_ids.join(", ")
+            ));
+        }
+        if let Some(vpc) = &self.vpc_id {
+            if !id_ok(vpc, "vpc-") {
+                return Some(format!("[ec2] vpc_id {vpc:?} is not a VPC id (vpc-…)"));
+            }
+            // EC2 would put the group in that VPC and the nodes in the default VPC's subnet,
+            // and refuse the launch ("belong to different networks"); picking a subnet here
+            // would choose an availability zone and a route to the internet for the site.
+            if self.subnets().is_empty() {
+                return Some(format!(
+                    "[ec2] vpc_id = {vpc:?} needs subnet_id (or subnet_ids): the subnets of {vpc} to launch into (aws ec2 describe-subnets --filters Name=vpc-id,Values={vpc} lists them)"
+                ));
+            }
+        }
+        if let Some(proxy) = &self.https_proxy
+            && let Err(e) = check_proxy_url(proxy)
+        {
+            return Some(format!("[ec2] https_proxy: {e}"));
+        }
+        for (key, url) in [
+            ("endpoint_url", &self.endpoint_url),
+            ("ssm_endpoint_url", &self.ssm_endpoint_url),
+        ] {
+            if let Some(u) = url
+                && !(u.starts_with("http://") || u.starts_with("https://"))
+            {
+                return Some(format!(
+                    "[ec2] {key} {u:?} must be an http:// or https:// URL"
+                ));
+            }
+        }
+        None
+    }
+}
+
+/// Checks a proxy URL: `http://host:port`, with no credentials in it (the site config is
+/// readable by everyone).
+pub fn check_proxy_url(url: &str) -> Result<(), String> {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err(format!(
+            "{url:?} must be an http:// URL (the proxy is asked to CONNECT to AWS's HTTPS endpoints)"
+        ));
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.contains('@') {
+        return Err(format!(
+            "{url:?} holds a user name or password, which the site config (readable by everyone) must not"
+        ));
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (authority, None),
+    };
+    if host.is_empty() || port.is_some_and(|p| p.parse::<u16>().map_or(true, |p| p == 0)) {
+        return Err(format!(
+            "{url:?} is not a proxy URL like http://proxy.example.edu:3128"
+        ));
+    }
+    Ok(())
 }
 
 /// Where stratus learns an EC2 node's host key, to pin it.
@@ -287,6 +395,9 @@ impl SiteConfig {
             ));
         }
         if let Some(ec2) = &self.ec2 {
+            if let Some(problem) = ec2.problems() {
+                return Err(invalid(problem));
+            }
             for (key, cidrs) in [
                 ("client_cidrs", &ec2.client_cidrs),
                 ("ui_cidrs", &ec2.ui_cidrs),
@@ -347,9 +458,36 @@ impl SiteConfig {
         if self.ssh.max_parallel == 0 {
             return Err(invalid("[ssh] max_parallel must be at least 1".into()));
         }
+        use crate::config::prices;
         for (ty, price) in &self.prices {
             if !price.is_finite() || *price < 0.0 {
                 return Err(invalid(format!("[prices] {ty:?} must be a price >= 0")));
+            }
+            if !ty.contains('.')
+                && !crate::core::model::is_local_instance_type(ty)
+                && ty != prices::GP3_KEY
+                && ty != prices::IPV4_KEY
+            {
+                return Err(invalid(format!(
+                    "[prices] {ty:?} is neither an instance type (like \"m5.large\") nor {} or {}",
+                    prices::GP3_KEY,
+                    prices::IPV4_KEY
+                )));
+            }
+        }
+        // Estimates and budgets need the region's prices: unknown ones must come from here.
+        if self.provider == ProviderKind::Ec2
+            && let Some(ec2) = &self.ec2
+            && !prices::region_known(&ec2.region)
+        {
+            let types = self.prices.keys().any(|k| k.contains('.'));
+            if !types || !self.prices.contains_key(prices::GP3_KEY) {
+                return Err(invalid(format!(
+                    "[ec2] region = {:?} has no built-in prices (stratus knows {}); give the region's under [prices]: dollars per hour by instance type (\"m5.large\" = 0.107) and {} (gp3 storage, dollars per GB-month)",
+                    ec2.region,
+                    prices::known_regions().join(", "),
+                    prices::GP3_KEY
+                )));
             }
         }
         Ok(())
@@ -496,6 +634,94 @@ mod tests {
         );
         let err = ec2("host_keys = \"trust\"\n").unwrap_err().to_string();
         assert!(err.contains("first-contact"), "{err}");
+    }
+
+    #[test]
+    fn ec2_networks_are_checked_at_load() {
+        let ec2 = |extra: &str| {
+            SiteConfig::parse(
+                &format!("provider = \"ec2\"\n[ec2]\nregion = \"us-east-1\"\n{extra}"),
+                Path::new("/x/c.toml"),
+            )
+        };
+        // vpc_id alone would put the group in that VPC and the nodes in the default one.
+        let err = ec2("vpc_id = \"vpc-0abc\"\n").unwrap_err().to_string();
+        assert!(err.contains("/x/c.toml"), "{err}");
+        assert!(
+            err.contains("vpc_id = \"vpc-0abc\" needs subnet_id (or subnet_ids)"),
+            "{err}"
+        );
+        assert!(err.contains("Name=vpc-id,Values=vpc-0abc"), "{err}");
+        let ok = ec2("vpc_id = \"vpc-0abc\"\nsubnet_ids = [\"subnet-1\", \"subnet-2\"]\n").unwrap();
+        assert_eq!(ok.ec2.unwrap().subnets(), ["subnet-1", "subnet-2"]);
+        let one = ec2("subnet_id = \"subnet-1\"\n").unwrap().ec2.unwrap();
+        assert_eq!(one.subnets(), ["subnet-1"]);
+        for (extra, needle) in [
+            (
+                "subnet_id = \"subnet-2\"\nsubnet_ids = [\"subnet-1\", \"subnet-2\"]\n",
+                "subnet_id = \"subnet-2\" must be the first of subnet_ids",
+            ),
+            (
+                "subnet_ids = [\"subnet-1\", \"subnet-1\"]\n",
+                "lists subnet-1 twice",
+            ),
+            ("subnet_ids = [\"sub net\"]\n", "is not a subnet id"),
+            (
+                "vpc_id = \"default\"\nsubnet_id = \"subnet-1\"\n",
+                "is not a VPC id",
+            ),
+            (
+                "https_proxy = \"socks5://p:1080\"\n",
+                "must be an http:// URL",
+            ),
+            (
+                "https_proxy = \"http://user:secret@p:3128\"\n",
+                "holds a user name or password",
+            ),
+            ("https_proxy = \"http://p:0\"\n", "is not a proxy URL"),
+            (
+                "ssm_endpoint_url = \"localhost:4566\"\n",
+                "ssm_endpoint_url",
+            ),
+        ] {
+            let err = ec2(extra).unwrap_err().to_string();
+            assert!(err.contains(needle), "{extra}: {err}");
+        }
+        assert!(ec2("https_proxy = \"http://proxy.example.edu:3128\"\n").is_ok());
+    }
+
+    #[test]
+    fn a_region_without_known_prices_needs_the_site_s() {
+        let ec2 = |region: &str, prices: &str| {
+            SiteConfig::parse(
+                &format!("provider = \"ec2\"\n{prices}\n[ec2]\nregion = \"{region}\"\n"),
+                Path::new("/x/c.toml"),
+            )
+        };
+        assert!(ec2("us-east-2", "").is_ok());
+        let err = ec2("eu-west-3", "").unwrap_err().to_string();
+        assert!(err.contains("/x/c.toml"), "{err}");
+        assert!(
+            err.contains("region = \"eu-west-3\" has no built-in prices (stratus knows us-east-1"),
+            "{err}"
+        );
+        let err = ec2("eu-west-3", "[prices]\n\"m5.large\" = 0.112\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ebs_gp3_gb_month"), "{err}");
+        assert!(
+            ec2(
+                "eu-west-3",
+                "[prices]\n\"m5.large\" = 0.112\nebs_gp3_gb_month = 0.0928\n"
+            )
+            .is_ok()
+        );
+        let err = ec2("us-east-1", "[prices]\ngp3 = 0.08\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"gp3\" is neither an instance type"), "{err}");
+        // A local site never prices EC2.
+        assert!(SiteConfig::parse("[ec2]\nregion = \"eu-west-3\"\n", Path::new("c")).is_ok());
     }
 
     #[test]

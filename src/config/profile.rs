@@ -47,12 +47,22 @@ pub enum ProfileError {
     },
 }
 
+/// Instance types a role may list as fallbacks, at most.
+pub const MAX_INSTANCE_TYPES: usize = 8;
+
 /// One role's machine: image, instance type, user-data template.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoleSettings {
     pub image: String,
+    /// The preferred instance type: the first of `instance_types`.
+    #[serde(default)]
     pub instance_type: String,
+    /// Every instance type this role may run on, in order of preference (`instance_type` first):
+    /// when EC2 has no capacity for one, the launch tries the next. Filled from `instance_type`
+    /// when a profile gives only that (and in records written before the list existed).
+    #[serde(default)]
+    pub instance_types: Vec<String>,
     /// Path of the user-data template, relative to the profiles directory.
     pub user_data: String,
     /// Run this role on spot capacity (workers only; the master is always on-demand).
@@ -199,6 +209,7 @@ struct ProfileFile {
 struct RoleFile {
     image: Option<String>,
     instance_type: Option<String>,
+    instance_types: Option<Vec<String>>,
     user_data: Option<String>,
     spot: Option<bool>,
     volume_gb: Option<u32>,
@@ -445,11 +456,26 @@ fn is_safe_relative(p: &str) -> bool {
             .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
 }
 
-/// Merges `child` over `base`: tables merge key by key, other values are replaced.
+/// Merges `child` over `base`: tables merge key by key, other values are replaced. A role's
+/// `instance_type` and `instance_types` are one setting: a child that sets either replaces both.
 fn merge(base: &mut toml::Table, child: toml::Table) {
+    for role in ["master", "worker"] {
+        let sets_types = child
+            .get(role)
+            .and_then(|v| v.as_table())
+            .is_some_and(|t| t.contains_key("instance_type") || t.contains_key("instance_types"));
+        if sets_types && let Some(toml::Value::Table(b)) = base.get_mut(role) {
+            b.remove("instance_type");
+            b.remove("instance_types");
+        }
+    }
+    merge_tables(base, child);
+}
+
+fn merge_tables(base: &mut toml::Table, child: toml::Table) {
     for (k, v) in child {
         match (base.get_mut(&k), v) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(c)) => merge(b, c),
+            (Some(toml::Value::Table(b)), toml::Value::Table(c)) => merge_tables(b, c),
             (_, v) => {
                 base.insert(k, v);
             }
@@ -457,8 +483,65 @@ fn merge(base: &mut toml::Table, child: toml::Table) {
     }
 }
 
+impl RoleSettings {
+    /// The instance types this role may run on, in order of preference; never empty for a
+    /// resolved profile.
+    pub fn types(&self) -> Vec<&str> {
+        if self.instance_types.is_empty() {
+            vec![self.instance_type.as_str()]
+        } else {
+            self.instance_types.iter().map(String::as_str).collect()
+        }
+    }
+
+    /// Checks `instance_type` against `instance_types` and fills in the one not given.
+    fn normalize_types(&mut self, role: &str) -> Result<(), String> {
+        if self.instance_types.is_empty() {
+            if self.instance_type.is_empty() {
+                return Err(format!(
+                    "[{role}] needs an instance_type (or instance_types, in order of preference)"
+                ));
+            }
+            self.instance_types = vec![self.instance_type.clone()];
+        }
+        if self.instance_types.len() > MAX_INSTANCE_TYPES {
+            return Err(format!(
+                "[{role}] instance_types lists {} types; at most {MAX_INSTANCE_TYPES} are allowed",
+                self.instance_types.len()
+            ));
+        }
+        for (i, t) in self.instance_types.iter().enumerate() {
+            if t.is_empty()
+                || !t
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+            {
+                return Err(format!(
+                    "[{role}] instance_types: {t:?} is not an instance type"
+                ));
+            }
+            if self.instance_types[..i].contains(t) {
+                return Err(format!("[{role}] instance_types lists {t} twice"));
+            }
+        }
+        let first = &self.instance_types[0];
+        if self.instance_type.is_empty() {
+            self.instance_type = first.clone();
+        } else if self.instance_type != *first {
+            return Err(format!(
+                "[{role}] instance_type = {:?} must be the first of instance_types ({}), or left out",
+                self.instance_type,
+                self.instance_types.join(", ")
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Profile {
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&mut self) -> Result<(), String> {
+        self.master.normalize_types("master")?;
+        self.worker.normalize_types("worker")?;
         if self.max_workers > HARD_MAX_WORKERS {
             return Err(format!(
                 "max_workers = {} is above the limit of {HARD_MAX_WORKERS}",
@@ -542,6 +625,7 @@ impl Profile {
         let role = RoleSettings {
             image: "img".into(),
             instance_type: "local".into(),
+            instance_types: vec!["local".into()],
             user_data: "t.hbs".into(),
             spot: false,
             volume_gb: None,
@@ -682,5 +766,72 @@ b = 2
         )]);
         let err = set.resolve("evil").unwrap_err().to_string();
         assert!(err.contains("must be relative"), "{err}");
+    }
+
+    #[test]
+    fn instance_types_are_one_setting_with_instance_type() {
+        let list = "[master]\ninstance_types = [\"m5.large\", \"m6i.large\", \"m5a.large\"]\n";
+        let (_d, set) = site(&[
+            ("base.toml", BASE),
+            ("x.hbs", ""),
+            ("list.toml", &format!("extends = \"base\"\n{list}")),
+            (
+                "both.toml",
+                "extends = \"base\"\n[master]\ninstance_type = \"m5.large\"\ninstance_types = [\"m5.large\", \"m6i.large\"]\n",
+            ),
+            (
+                "mismatch.toml",
+                "extends = \"base\"\n[master]\ninstance_type = \"m6i.large\"\ninstance_types = [\"m5.large\", \"m6i.large\"]\n",
+            ),
+            (
+                "twice.toml",
+                "extends = \"base\"\n[worker]\ninstance_types = [\"a.b\", \"a.b\"]\n",
+            ),
+            (
+                "empty.toml",
+                "extends = \"base\"\n[worker]\ninstance_types = []\n",
+            ),
+            (
+                "back.toml",
+                "extends = \"list\"\n[master]\ninstance_type = \"c5.large\"\n",
+            ),
+        ]);
+        // Only instance_type (the parent): a list of one.
+        let p = set.resolve("base").unwrap();
+        assert_eq!(p.master.types(), ["t1"]);
+        assert_eq!(p.master.instance_types, ["t1"]);
+        // A child's list replaces the parent's instance_type, whose first is the preferred one.
+        let p = set.resolve("list").unwrap();
+        assert_eq!(p.master.types(), ["m5.large", "m6i.large", "m5a.large"]);
+        assert_eq!(p.master.instance_type, "m5.large");
+        assert_eq!(p.worker.types(), ["t1"]);
+        assert_eq!(
+            set.resolve("both").unwrap().master.types(),
+            ["m5.large", "m6i.large"]
+        );
+        // And a grandchild's instance_type replaces the list again.
+        assert_eq!(set.resolve("back").unwrap().master.types(), ["c5.large"]);
+        for (name, needle) in [
+            ("mismatch", "must be the first of instance_types"),
+            ("twice", "lists a.b twice"),
+            ("empty", "[worker] needs an instance_type"),
+        ] {
+            let err = set.resolve(name).unwrap_err().to_string();
+            assert!(err.contains(needle), "{name}: {err}");
+            assert!(err.contains(&format!("{name}.toml")), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn records_without_instance_types_still_read() {
+        let mut p = Profile::for_tests("old");
+        p.worker.instance_types.clear();
+        p.worker.instance_type = "m5.large".into();
+        let json = serde_json::to_string(&p)
+            .unwrap()
+            .replace(",\"instance_types\":[]", "");
+        assert!(!json.contains("\"instance_types\":[]"), "{json}");
+        let back: Profile = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.worker.types(), ["m5.large"]);
     }
 }

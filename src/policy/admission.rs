@@ -124,7 +124,8 @@ impl<'a> Rules<'a> {
     fn ask(&self, profile: &Profile, masters: u32, workers: u32) -> Result<Ask, Error> {
         let mut units: MilliUnits = 0;
         let mut parts = Vec::new();
-        let mut per_hour: Micros = 0;
+        // Micro-dollars per 730 hours of every node (`prices::node_rate`).
+        let mut rate: Micros = 0;
         for (settings, n, what) in [
             (&profile.master, masters, "master"),
             (&profile.worker, workers, "workers"),
@@ -132,26 +133,42 @@ impl<'a> Rules<'a> {
             if n == 0 {
                 continue;
             }
-            let ty = &settings.instance_type;
-            let u = self.policy.units_of(ty).ok_or_else(|| {
-                self.refuse(format!(
-                    "instance type {ty} (the {what} of profile {}) is not listed under [units]",
-                    profile.name
-                ))
-            })?;
-            units += u * u64::from(n);
-            parts.push(format!("{n} {what} of {ty} at {} each", units_text(u)));
-            if self.limits.budget.is_some() {
-                let p = prices::per_hour(self.config, ty, settings.spot).ok_or_else(|| {
+            // Every type the role may fall back to must be allowed, and the most a node may
+            // take (in units and in money) is what is reserved.
+            let (mut u, mut price, mut ty) = (0, 0, "");
+            for (k, t) in settings.types().into_iter().enumerate() {
+                let fallback = if k == 0 { "" } else { "a fallback type of " };
+                let tu = self.policy.units_of(t).ok_or_else(|| {
                     self.refuse(format!(
-                        "no price is known for {ty}, so no budget can be checked; add it under [prices] in the site config"
+                        "instance type {t} ({fallback}the {what} of profile {}) is not listed under [units]",
+                        profile.name
                     ))
                 })?;
-                per_hour += p * i64::from(n);
+                if tu > u || ty.is_empty() {
+                    (u, ty) = (tu, t);
+                }
+                if self.limits.budget.is_some() {
+                    // Its instance, its root volume and a public IPv4 address.
+                    let node = prices::NodeCost {
+                        instance_type: t,
+                        spot: settings.spot,
+                        volume_gb: settings.volume_gb.unwrap_or(prices::DEFAULT_ROOT_GB),
+                        public_ipv4: true,
+                    };
+                    let p = prices::node_rate(self.config, &node).ok_or_else(|| {
+                        self.refuse(format!(
+                            "no price is known for {t}, so no budget can be checked; add it under [prices] in the site config"
+                        ))
+                    })?;
+                    price = price.max(p);
+                }
             }
+            units += u * u64::from(n);
+            parts.push(format!("{n} {what} of {ty} at {} each", units_text(u)));
+            rate += price * i64::from(n);
         }
         let max_cost = match self.limits.lifetime(profile) {
-            Some(ms) if per_hour > 0 => prices::cost(per_hour, ms),
+            Some(ms) if rate > 0 => prices::cost_at_rate(rate, ms),
             _ => 0,
         };
         Ok(Ask {

@@ -89,6 +89,7 @@ impl Service {
     pub(super) async fn snapshot(&self, asked: &Asked<'_>) -> Result<Response, Error> {
         self.own_or_instructor(asked, "only instructors may take the accounting snapshot")?;
         let provider = self.provider(self.config().provider).await?;
+        self.warn_of_expiring_credentials(&provider);
         if let Err(e) = crate::cluster::reconcile::reconcile(
             self.ctx(),
             provider.as_ref(),
@@ -128,6 +129,7 @@ impl Service {
             }
         };
         let provider = self.provider(self.config().provider).await?;
+        self.warn_of_expiring_credentials(&provider);
         let actions = reaper::reap(
             self.ctx(),
             provider.as_ref(),
@@ -139,5 +141,15 @@ impl Service {
         )
         .await?;
         Ok(Response::Reaped(actions))
+    }
+}
+
+impl Service {
+    /// Cron's runs (and the service's timers) say so, loudly, when the service account's
+    /// temporary credentials expire within a day: nobody else would notice before they stop.
+    fn warn_of_expiring_credentials(&self, provider: &crate::cluster::provider::AnyProvider) {
+        if let Some(w) = crate::cluster::provider::ec2::credentials::notice(provider) {
+            self.printer().warn(&w);
+        }
     }
 }

@@ -222,6 +222,14 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX usage_owner ON usage_intervals(owner, started_at);
     CREATE INDEX nodes_open ON nodes(cluster_id) WHERE ended_at IS NULL;
     "#,
+    // 5: what a node costs besides its instance hours: its EBS root volume (GiB) and whether it
+    // holds a public IPv4 address; recorded with each interval, as the instance type is.
+    r#"
+    ALTER TABLE nodes ADD COLUMN volume_gb INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE nodes ADD COLUMN public_ipv4 INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE usage_intervals ADD COLUMN volume_gb INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE usage_intervals ADD COLUMN public_ipv4 INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The state database. Cheap to clone; all clones share one connection.

@@ -38,6 +38,12 @@ pub struct NodeRow {
     pub host_key: Option<String>,
     pub launched_at: Millis,
     pub ended_at: Option<Millis>,
+    /// Its EBS root volume in GiB (0: none, or unknown), for the cost estimate.
+    #[serde(default)]
+    pub volume_gb: u32,
+    /// Whether it holds a public IPv4 address (AWS charges those by the hour).
+    #[serde(default)]
+    pub public_ipv4: bool,
 }
 
 /// One launch call (a RunInstances of one role's nodes), written before the call is made.
@@ -99,10 +105,15 @@ pub struct Interval {
     pub estimated: bool,
     /// Found running without a record and terminated by reconcile.
     pub orphan: bool,
+    /// The node's EBS root volume in GiB, and whether it held a public IPv4 address: what it
+    /// costs besides the instance.
+    pub volume_gb: u32,
+    pub public_ipv4: bool,
 }
 
 const NODE_SELECT: &str = "SELECT instance_id, cluster_id, role, idx, request_id, state, address,
-    ssh_port, instance_type, image, spot, host_key, launched_at, ended_at, private_address
+    ssh_port, instance_type, image, spot, host_key, launched_at, ended_at, private_address,
+    volume_gb, public_ipv4
     FROM nodes";
 
 impl Store {
@@ -146,11 +157,24 @@ impl Store {
         nodes: &[NodeRow],
         accepting: &[ClusterState],
     ) -> Result<Recorded, StoreError> {
+        self.record_launch(cluster, token.as_slice(), nodes, accepting)
+    }
+
+    /// `record_nodes` for a batch launched in several calls (a provider's fallback to another
+    /// subnet or type): every token in `settled` is settled with the nodes, in one transaction.
+    pub fn record_launch<T: AsRef<str>>(
+        &self,
+        cluster: &ClusterRow,
+        settled: &[T],
+        nodes: &[NodeRow],
+        accepting: &[ClusterState],
+    ) -> Result<Recorded, StoreError> {
         self.write(|tx| {
             for node in nodes {
                 insert_node(tx, cluster, node, false)?;
             }
-            if let Some(token) = token {
+            for token in settled {
+                let token = token.as_ref();
                 tx.execute(
                     "UPDATE launch_batches SET settled_at = ?2 WHERE token = ?1 AND settled_at IS NULL",
                     params![token, crate::core::model::now_millis()],
@@ -384,7 +408,7 @@ impl Store {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
             "SELECT instance_id, cluster_id, owner, profile, instance_type, spot, started_at,
-                    last_seen_at, ended_at, end_source, orphan
+                    last_seen_at, ended_at, end_source, orphan, volume_gb, public_ipv4
              FROM usage_intervals WHERE cluster_id = ?1 ORDER BY id",
         )?;
         let mut out = Vec::new();
@@ -412,6 +436,8 @@ pub(super) fn interval_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Inter
         ended_at: r.get(8)?,
         estimated: end_source.as_deref() == Some("estimated"),
         orphan: r.get(10)?,
+        volume_gb: r.get(11)?,
+        public_ipv4: r.get(12)?,
     })
 }
 
@@ -435,8 +461,8 @@ fn insert_node(
     let inserted = tx.execute(
         "INSERT OR IGNORE INTO nodes (instance_id, cluster_id, role, idx, request_id, state,
                 address, ssh_port, instance_type, image, spot, host_key, launched_at,
-                private_address, ended_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                private_address, ended_at, volume_gb, public_ipv4)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
         params![
             node.instance_id,
             cluster.id,
@@ -453,6 +479,8 @@ fn insert_node(
             node.launched_at,
             node.private_address,
             node.ended_at,
+            node.volume_gb,
+            node.public_ipv4,
         ],
     )?;
     if inserted == 0 {
@@ -462,8 +490,8 @@ fn insert_node(
     tx.execute(
         "INSERT INTO usage_intervals (instance_id, cluster_id, owner, profile, instance_type,
                                       spot, started_at, last_seen_at, ended_at, end_source,
-                                      orphan)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10)",
+                                      orphan, volume_gb, public_ipv4)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10, ?11, ?12)",
         params![
             node.instance_id,
             cluster.id,
@@ -474,7 +502,9 @@ fn insert_node(
             node.launched_at,
             node.ended_at,
             end_source,
-            orphan
+            orphan,
+            node.volume_gb,
+            node.public_ipv4
         ],
     )?;
     Ok(true)
@@ -612,9 +642,9 @@ fn apply_observation(tx: &rusqlite::Connection, o: &Observation) -> Result<(), S
                     tx.execute(
                         "INSERT INTO usage_intervals (instance_id, cluster_id, owner, profile,
                                                       instance_type, spot, started_at,
-                                                      last_seen_at)
+                                                      last_seen_at, volume_gb, public_ipv4)
                          SELECT n.instance_id, n.cluster_id, c.owner, c.profile,
-                                n.instance_type, n.spot, ?2, ?2
+                                n.instance_type, n.spot, ?2, ?2, n.volume_gb, n.public_ipv4
                          FROM nodes n JOIN clusters c ON c.id = n.cluster_id
                          WHERE n.instance_id = ?1",
                         params![instance_id, at],
@@ -647,6 +677,8 @@ fn node_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<NodeRow, Stor
             launched_at: r.get(12)?,
             ended_at: r.get(13)?,
             private_address: r.get(14)?,
+            volume_gb: r.get(15)?,
+            public_ipv4: r.get(16)?,
         })
     };
     Ok(build())
@@ -682,6 +714,8 @@ mod tests {
             host_key: None,
             launched_at,
             ended_at: None,
+            volume_gb: 0,
+            public_ipv4: false,
         }
     }
 

@@ -152,7 +152,7 @@ pub fn intervals_in(
 ) -> Result<Vec<super::Interval>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT instance_id, cluster_id, owner, profile, instance_type, spot, started_at,
-                last_seen_at, ended_at, end_source, orphan
+                last_seen_at, ended_at, end_source, orphan, volume_gb, public_ipv4
          FROM usage_intervals
          WHERE (?1 IS NULL OR owner = ?1) AND started_at < ?3
            AND (ended_at IS NULL OR ended_at >= ?2)

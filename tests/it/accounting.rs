@@ -259,6 +259,8 @@ fn scripted_term(ctx: &TestContext) -> i64 {
         host_key: None,
         launched_at: at,
         ended_at: None,
+        volume_gb: 0,
+        public_ipv4: false,
     };
     let seen = |id: &str, state: InstanceState, at: i64| Observation::Seen {
         instance_id: id.into(),

@@ -1199,6 +1199,7 @@ pub(crate) fn leftovers(
             name: format!("{cluster}-worker"),
             image: UBUNTU_AMI.into(),
             instance_type: "m5.large".into(),
+            instance_types: vec!["m5.large".into()],
             spot: false,
             volume_gb: None,
             user_data: "#!/bin/sh\n".into(),
@@ -1208,11 +1209,21 @@ pub(crate) fn leftovers(
             },
             client_token: format!("{}-w", cref.request),
         };
-        let launched = moto.block_on(provider.launch(&cref, &a, &spec));
+        let launched = moto.block_on(provider.launch(&cref, &a, &spec, &Unrecorded));
         assert!(launched.error.is_none(), "{:?}", launched.error);
         assert_eq!(launched.instances.len(), nodes as usize);
     }
     cref
+}
+
+/// The journal of a launch that records nothing: as a launcher that crashed before recording
+/// would leave it.
+pub(crate) struct Unrecorded;
+
+impl stratus::cluster::provider::Journal for Unrecorded {
+    fn begin(&self, _token: &str) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 pub(crate) fn live_instances(moto: &Moto, cluster: &str) -> usize {
@@ -1509,4 +1520,826 @@ fn a_public_address_is_asked_for_in_a_site_subnet() {
         moto.groups_named(&format!("stratus-{owner}-pub"))
             .is_empty()
     );
+}
+
+/// A profile whose roles list fallback types, in order of preference (issue 13, item 4).
+pub(crate) const FALLBACK: &str = r#"
+description = "EC2 test: instance types in order of preference"
+providers = ["ec2"]
+max_workers = 20
+ssh_user = "ubuntu"
+ssh_port = 2200
+ready_timeout_secs = 60
+
+[master]
+image = "IMAGE"
+instance_types = ["m5.large", "m6i.large"]
+user_data = "tagged/node.sh.hbs"
+
+[worker]
+image = "IMAGE"
+instance_types = ["m5.xlarge", "m5a.large"]
+user_data = "tagged/node.sh.hbs"
+"#;
+
+pub(crate) fn fallback_profile(ctx: &TestContext) {
+    ctx.profile_file("fallback.toml", &FALLBACK.replace("IMAGE", UBUNTU_AMI));
+    ctx.profile_file("tagged/node.sh.hbs", TAGGED_USER_DATA);
+}
+
+/// Every launch batch the state database holds: (token, settled).
+pub(crate) fn batches(ctx: &TestContext) -> Vec<(String, bool)> {
+    let db = rusqlite::Connection::open(ctx.state.join("stratus.db")).unwrap();
+    let mut stmt = db
+        .prepare(
+            "SELECT token, settled_at IS NOT NULL FROM launch_batches ORDER BY created_at, token",
+        )
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// EC2 without room for the preferred type in one zone, and not offering it (`Unsupported`) or
+/// not fulfilling it (`UnfulfillableCapacity`) in the other: each role moves on to the next
+/// subnet, then to its next type, within one round (no pause), every call written down first
+/// with a token of its own and settled with its answer.
+#[test]
+fn a_capacity_shortage_moves_to_the_next_subnet_then_the_next_type() {
+    let Some(moto) = Moto::acquire() else { return };
+    let (_vpc, subnets) = moto.loopback_subnets(2);
+    let ctx = ec2_context(
+        &moto,
+        &format!("subnet_ids = {subnets:?}\naddress = \"private_ip\"\nclient_cidrs = {CIDRS:?}\n"),
+    );
+    fallback_profile(&ctx);
+    let faults = moto.faults();
+    faults.configure(serde_json::json!({"refuse_when": [
+        {"action": "RunInstances", "code": "InsufficientInstanceCapacity",
+         "message": "We currently do not have sufficient capacity in the Availability Zone you requested.",
+         "when": {"SubnetId": subnets[0]}},
+        {"action": "RunInstances", "code": "Unsupported",
+         "message": "The requested configuration is currently not supported.",
+         "when": {"SubnetId": subnets[1], "InstanceType": "m5.large"}},
+        {"action": "RunInstances", "code": "UnfulfillableCapacity",
+         "when": {"SubnetId": subnets[1], "InstanceType": "m5.xlarge"}},
+    ]}));
+    ctx.ok(&[
+        "launch-cluster",
+        "fb",
+        "2",
+        "-p",
+        "fallback",
+        "--no-configure",
+    ]);
+
+    let instances = moto.instances(&[("tag:stratus:cluster", "fb")]);
+    assert_eq!(instances.len(), 3, "{instances:#?}");
+    for i in &instances {
+        let (role, ty) = (
+            tag(i.tags(), "stratus:role").unwrap(),
+            i.instance_type().map(|t| t.as_str()),
+        );
+        match role {
+            "master" => assert_eq!(ty, Some("m6i.large")),
+            _ => assert_eq!(ty, Some("m5a.large")),
+        }
+        assert_eq!(i.subnet_id(), Some(subnets[1].as_str()), "{i:?}");
+    }
+    let listed = ctx.cluster_json("fb");
+    let mut types: Vec<String> = nodes(&listed)
+        .iter()
+        .map(|n| n["instance_type"].as_str().unwrap().to_owned())
+        .collect();
+    types.sort();
+    assert_eq!(types, ["m5a.large", "m5a.large", "m6i.large"], "{listed:#}");
+    // Per role: type 1 in zone a, type 1 in zone b, type 2 in zone a, type 2 in zone b.
+    assert_eq!(faults.count("RunInstances"), 8);
+    let written = batches(&ctx);
+    assert_eq!(written.len(), 8, "one batch per call: {written:?}");
+    assert!(written.iter().all(|(_, settled)| *settled), "{written:?}");
+    let tokens: BTreeSet<&str> = written.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(tokens.len(), 8, "{written:?}");
+    ctx.ok(&["terminate-cluster", "fb", "--yes"]);
+}
+
+/// The account at a limit: each quota error stops the launch at its first answer (no other
+/// subnet, type or replacement round), names what the instructor must raise, and rolls back what
+/// did launch (the master).
+#[test]
+fn quota_errors_stop_the_launch_at_once_and_roll_it_back() {
+    let Some(moto) = Moto::acquire() else { return };
+    let ctx = ec2_context(&moto, &format!("client_cidrs = {CIDRS:?}\n"));
+    tagged_profile(&ctx);
+    let faults = moto.faults();
+    for (n, (code, advice)) in [
+        (
+            "VcpuLimitExceeded",
+            "raise the account's vCPU quota for On-Demand",
+        ),
+        (
+            "MaxSpotInstanceCountExceeded",
+            "raise the account's Spot vCPU quota",
+        ),
+        (
+            "InstanceLimitExceeded",
+            "raise the account's instance limit",
+        ),
+        ("InsufficientFreeAddressesInSubnet", "widen the subnet"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        faults.reset();
+        faults.configure(serde_json::json!({"refuse_when": [
+            {"action": "RunInstances", "code": code, "when": {"InstanceType": "m5.xlarge"}},
+        ]}));
+        let name = format!("q{n}");
+        let r = ctx.run(&[
+            "launch-cluster",
+            &name,
+            "2",
+            "-p",
+            "tagged",
+            "--no-configure",
+        ]);
+        assert_eq!(r.code, 1, "{r}");
+        assert!(r.stderr.contains(code), "{r}");
+        assert!(r.stderr.contains("the AWS account is at a limit"), "{r}");
+        assert!(r.stderr.contains(advice), "{r}");
+        assert!(
+            r.stderr.contains("terminating everything it launched"),
+            "{r}"
+        );
+        assert_eq!(faults.count("RunInstances"), 2, "one call per role: {r}");
+        assert_eq!(live_instances(&moto, &name), 0, "the master is rolled back");
+        assert_eq!(ctx.cluster_json(&name)["state"], "failed");
+    }
+}
+
+/// A whole round without room: the launch pauses and goes round again (and succeeds when room
+/// comes back); three rounds without room fail it, naming every type and subnet it tried.
+#[test]
+fn a_round_without_room_pauses_then_tries_again_and_gives_up_naming_what_it_tried() {
+    let Some(moto) = Moto::acquire() else { return };
+    let (_vpc, subnets) = moto.loopback_subnets(2);
+    let ctx = ec2_context(
+        &moto,
+        &format!("subnet_ids = {subnets:?}\naddress = \"private_ip\"\nclient_cidrs = {CIDRS:?}\n"),
+    );
+    fallback_profile(&ctx);
+    let faults = moto.faults();
+    // Room again after the first round's four calls.
+    faults.configure(serde_json::json!({"refuse_when": [
+        {"action": "RunInstances", "code": "InsufficientInstanceCapacity", "times": 4},
+    ]}));
+    let started = std::time::Instant::now();
+    ctx.ok(&["launch-master", "r1", "-p", "fallback", "--no-configure"]);
+    assert!(
+        started.elapsed() >= Duration::from_secs(10),
+        "the second round comes after a pause"
+    );
+    assert_eq!(faults.count("RunInstances"), 5);
+    let master = moto.instances(&[("tag:stratus:cluster", "r1")]);
+    assert_eq!(master.len(), 1);
+    assert_eq!(
+        master[0].instance_type().map(|t| t.as_str()),
+        Some("m5.large")
+    );
+    assert!(batches(&ctx).iter().all(|(_, settled)| *settled));
+    ctx.ok(&["terminate-cluster", "r1", "--yes"]);
+
+    faults.reset();
+    faults.configure(serde_json::json!({"refuse_when": [
+        {"action": "RunInstances", "code": "InsufficientInstanceCapacity"},
+    ]}));
+    let started = std::time::Instant::now();
+    let r = ctx.run(&["launch-master", "r2", "-p", "fallback", "--no-configure"]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(started.elapsed() >= Duration::from_secs(40), "{r}");
+    assert_eq!(
+        faults.count("RunInstances"),
+        12,
+        "four placements, three rounds: {r}"
+    );
+    assert!(r.stderr.contains("EC2 had no room for r2-master"), "{r}");
+    assert!(r.stderr.contains("in 3 rounds"), "{r}");
+    for ty in ["m5.large", "m6i.large"] {
+        for s in &subnets {
+            assert!(
+                r.stderr.contains(&format!("{ty} in {s} (us-east-1")),
+                "names {ty} in {s}: {r}"
+            );
+        }
+    }
+    assert_eq!(ctx.cluster_json("r2")["state"], "failed");
+    assert_eq!(live_instances(&moto, "r2"), 0);
+}
+
+/// The policy allows a launch only if it allows every type the launch may fall back to, and
+/// reserves the most units any of them takes; refused before anything is created.
+#[test]
+fn the_policy_checks_every_type_a_launch_may_fall_back_to() {
+    let Some(moto) = Moto::acquire() else { return };
+    let ctx = ec2_context(&moto, &format!("client_cidrs = {CIDRS:?}\n"));
+    fallback_profile(&ctx);
+    let policy = ctx.config.parent().unwrap().join("policy.toml");
+    let write_policy = |units: &str| {
+        std::fs::write(
+            &policy,
+            format!("[units]\n{units}\n[default]\nmax_units = 2\nprofiles = [\"fallback\"]\n"),
+        )
+        .unwrap()
+    };
+    let faults = moto.faults();
+    write_policy("\"m5.large\" = 1\n\"m5.xlarge\" = 1\n\"m5a.large\" = 1\n");
+    let r = ctx.run(&["launch-master", "p1", "-p", "fallback", "--no-configure"]);
+    assert_eq!(r.code, 2, "{r}");
+    assert!(
+        r.stderr.contains(
+            "instance type m6i.large (a fallback type of the master of profile fallback) is not listed under [units]"
+        ),
+        "{r}"
+    );
+    write_policy("\"m5.large\" = 1\n\"m6i.large\" = 3\n");
+    let r = ctx.run(&["launch-master", "p2", "-p", "fallback", "--no-configure"]);
+    assert_eq!(r.code, 2, "{r}");
+    assert!(r.stderr.contains("max_units for"), "{r}");
+    assert!(r.stderr.contains("1 master of m6i.large at 3"), "{r}");
+    assert_eq!(faults.count("RunInstances"), 0);
+    assert!(ctx.list_json().is_empty(), "nothing recorded");
+}
+
+/// Amazon Linux 2023's current image as AWS publishes it, in SSM (moto knows it).
+const AL2023_PARAMETER: &str =
+    "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64";
+
+/// `volume_gb` sizes the root volume of the image the node boots, whatever its root device:
+/// Amazon Linux 2023's `/dev/xvda` (named by an SSM parameter, which stratus resolves) and
+/// Ubuntu's `/dev/sda1`, each from the image's own `RootDeviceName`; one volume per node, never
+/// a second empty disk. A parameter SSM does not have is refused before anything launches.
+#[test]
+fn the_root_volume_is_the_resolved_image_s_own_root_device() {
+    let Some(moto) = Moto::acquire() else { return };
+    let ctx = ec2_context(&moto, &format!("client_cidrs = {CIDRS:?}\n"));
+    let profile = TAGGED
+        .replace(
+            "[master]\nimage = \"IMAGE\"",
+            &format!("[master]\nimage = \"resolve:ssm:{AL2023_PARAMETER}\"\nvolume_gb = 40"),
+        )
+        .replace("IMAGE", UBUNTU_AMI);
+    ctx.profile_file("tagged.toml", &profile);
+    ctx.profile_file("tagged/node.sh.hbs", TAGGED_USER_DATA);
+    ctx.ok(&[
+        "launch-cluster",
+        "rd",
+        "1",
+        "-p",
+        "tagged",
+        "--no-configure",
+    ]);
+    let instances = moto.instances(&[("tag:stratus:cluster", "rd")]);
+    assert_eq!(instances.len(), 2);
+    for i in &instances {
+        let role = tag(i.tags(), "stratus:role").unwrap();
+        let ami = i.image_id().unwrap();
+        let image = moto.block_on(async {
+            moto.ec2
+                .describe_images()
+                .image_ids(ami)
+                .send()
+                .await
+                .unwrap()
+                .images()[0]
+                .clone()
+        });
+        let (want_device, want_gb) = match role {
+            "master" => {
+                assert!(ami.starts_with("ami-"), "resolved, not {ami}");
+                assert!(
+                    image.name().unwrap_or_default().starts_with("al2023-ami-"),
+                    "{image:?}"
+                );
+                ("/dev/xvda", 40)
+            }
+            _ => {
+                assert_eq!(ami, UBUNTU_AMI);
+                ("/dev/sda1", 40)
+            }
+        };
+        assert_eq!(image.root_device_name(), Some(want_device));
+        let mappings = i.block_device_mappings();
+        assert_eq!(mappings.len(), 1, "one volume, the root: {mappings:?}");
+        assert_eq!(mappings[0].device_name(), Some(want_device), "{mappings:?}");
+        let volume = mappings[0].ebs().and_then(|e| e.volume_id()).unwrap();
+        let size = moto.block_on(async {
+            moto.ec2
+                .describe_volumes()
+                .volume_ids(volume)
+                .send()
+                .await
+                .unwrap()
+                .volumes()[0]
+                .size()
+        });
+        assert_eq!(size, Some(want_gb), "{role}");
+    }
+    ctx.ok(&["terminate-cluster", "rd", "--yes"]);
+
+    let missing = profile.replace(AL2023_PARAMETER, "/aws/service/nosuch/ami-id");
+    ctx.profile_file("tagged.toml", &missing);
+    let r = ctx.run(&[
+        "launch-cluster",
+        "rm",
+        "1",
+        "-p",
+        "tagged",
+        "--no-configure",
+    ]);
+    assert_eq!(r.code, 2, "{r}");
+    assert!(
+        r.stderr
+            .contains("SSM has no parameter /aws/service/nosuch/ami-id in us-east-1"),
+        "{r}"
+    );
+    assert_eq!(live_instances(&moto, "rm"), 0);
+}
+
+/// A VPC whose instances get no DNS host names breaks Hadoop: `prepare` refuses it with the
+/// command that fixes it, before creating anything.
+#[test]
+fn a_vpc_without_dns_host_names_is_refused_before_anything_is_created() {
+    let Some(moto) = Moto::acquire() else { return };
+    let (vpc, subnet) = moto.loopback_subnet();
+    moto.block_on(async {
+        moto.ec2
+            .modify_vpc_attribute()
+            .vpc_id(&vpc)
+            .enable_dns_hostnames(
+                aws_sdk_ec2::types::AttributeBooleanValue::builder()
+                    .value(false)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap()
+    });
+    let ctx = ec2_context(
+        &moto,
+        &format!(
+            "subnet_ids = [\"{subnet}\"]\naddress = \"private_ip\"\nclient_cidrs = {CIDRS:?}\n"
+        ),
+    );
+    tagged_profile(&ctx);
+    let r = ctx.run(&[
+        "launch-cluster",
+        "dn",
+        "1",
+        "-p",
+        "tagged",
+        "--no-configure",
+    ]);
+    assert_eq!(r.code, 2, "{r}");
+    assert!(
+        r.stderr
+            .contains(&format!("VPC {vpc} has enableDnsHostnames off")),
+        "{r}"
+    );
+    assert!(r.stderr.contains("--enable-dns-hostnames"), "{r}");
+    let faults = moto.faults();
+    assert_eq!(faults.count("RunInstances"), 0);
+    assert!(
+        moto.groups_named(&format!("stratus-{}-dn", owner()))
+            .is_empty()
+    );
+    assert!(moto.key_pairs_named(&format!("{}-dn", owner())).is_empty());
+}
+
+/// Instance types without the latest console output (Xen: t2, m4) refuse `Latest=true` with
+/// codes EC2 does not document: any error of that first call falls back to the buffered output,
+/// which still shows the keys, and later reads ask for it alone.
+#[test]
+fn any_error_of_the_first_latest_console_read_falls_back_to_the_buffered_output() {
+    let Some(moto) = Moto::acquire() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let provider = ec2_provider(&moto, dir.path(), "");
+    let id = moto.block_on(async {
+        moto.ec2
+            .run_instances()
+            .image_id(UBUNTU_AMI)
+            .min_count(1)
+            .max_count(1)
+            .send()
+            .await
+            .unwrap()
+            .instances()[0]
+            .instance_id()
+            .unwrap()
+            .to_owned()
+    });
+    let key = ec2_hypervisor::fresh_public_key(russh::keys::Algorithm::Ed25519);
+    let (status, body) = moto.post(
+        "/stratus-faults/console",
+        &serde_json::json!({"instance_id": id, "output": ec2_hypervisor::console_text(std::slice::from_ref(&key))})
+            .to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let faults = moto.faults();
+    faults.configure(serde_json::json!({"refuse_when": [
+        {"action": "GetConsoleOutput", "code": "InvalidParameter",
+         "message": "The Latest parameter is not supported for this instance type.",
+         "when": {"Latest": "true"}},
+    ]}));
+    let keys = moto
+        .block_on(provider.console_host_keys(&id))
+        .unwrap()
+        .expect("the buffered output shows the keys");
+    assert_eq!(keys.len(), 1);
+    assert_eq!(
+        first_two_fields(&stratus::cluster::ssh::public_key_openssh(&keys[0])),
+        first_two_fields(&key)
+    );
+    assert_eq!(
+        faults.count("GetConsoleOutput"),
+        2,
+        "the latest, then the buffered"
+    );
+    moto.block_on(provider.console_host_keys(&id))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        faults.count("GetConsoleOutput"),
+        3,
+        "the buffered output alone from then on"
+    );
+}
+
+/// Temporary keys in the credentials file, with their expiry: within a day of it, every cron run
+/// warns (a student's command does not); with none given, cron warns that none is known; once
+/// expired, every EC2 command fails at once, naming the file and the time, calling nothing.
+#[test]
+fn temporary_credentials_warn_a_day_ahead_and_stop_every_command_once_expired() {
+    let Some(moto) = Moto::acquire() else { return };
+    let ctx = ec2_context(&moto, &format!("client_cidrs = {CIDRS:?}\n"));
+    tagged_profile(&ctx);
+    let creds = ctx.root.path().join("aws-credentials");
+    let write = |expiry: Option<jiff::Timestamp>| {
+        let line = expiry
+            .map(|t| format!("aws_credential_expiration = {t}\n"))
+            .unwrap_or_default();
+        std::fs::write(
+            &creds,
+            format!("[default]\naws_access_key_id = testing\naws_secret_access_key = testing\naws_session_token = FwoGZXIvYXdzEBYaDN\n{line}"),
+        )
+        .unwrap();
+    };
+    let now = jiff::Timestamp::now().as_second();
+    let soon = jiff::Timestamp::from_second(now + 5 * 3600).unwrap();
+    write(Some(soon));
+    let described = format!("the credentials file {} (profile default)", creds.display());
+    for cmd in [
+        &["accounting", "snapshot", "--quiet"][..],
+        &["accounting", "reap", "--quiet"][..],
+    ] {
+        let r = ctx.ok(cmd);
+        assert!(
+            r.stderr.contains(&format!(
+                "warning: the AWS credentials in {described} expire at {soon}, in 4h 5"
+            )),
+            "{r}"
+        );
+    }
+    let r = ctx.ok(&["list"]);
+    assert!(!r.stderr.contains("expire"), "students are not told: {r}");
+    // Far ahead: nothing to say.
+    write(Some(
+        jiff::Timestamp::from_second(now + 3 * 86_400).unwrap(),
+    ));
+    let r = ctx.ok(&["accounting", "snapshot", "--quiet"]);
+    assert!(!r.stderr.contains("expire"), "{r}");
+    write(None);
+    let r = ctx.ok(&["accounting", "snapshot", "--quiet"]);
+    assert!(
+        r.stderr.contains("are temporary (they have a session token) but say nothing of when they expire; add aws_credential_expiration"),
+        "{r}"
+    );
+
+    let past = jiff::Timestamp::from_second(now - 2 * 3600).unwrap();
+    write(Some(past));
+    let faults = moto.faults();
+    faults.reset();
+    for cmd in [
+        &["accounting", "snapshot", "--quiet"][..],
+        &["accounting", "reap", "--quiet"][..],
+        &["reconcile"][..],
+        &[
+            "launch-cluster",
+            "ex",
+            "1",
+            "-p",
+            "tagged",
+            "--no-configure",
+        ][..],
+    ] {
+        let r = ctx.run(cmd);
+        assert_eq!(r.code, 1, "{r}");
+        assert!(
+            r.stderr.contains(&format!(
+                "error: the AWS credentials in {described} expired at {past} (2h 0m ago); put fresh keys there, with their aws_credential_expiration"
+            )),
+            "{r}"
+        );
+    }
+    assert_eq!(faults.counts().values().sum::<u64>(), 0, "no call was made");
+}
+
+/// A campus egress proxy: a small HTTP proxy on 127.0.0.1 that forwards requests in absolute
+/// form (what an HTTP proxy gets for an http:// URL) to moto, and answers CONNECT (what it gets
+/// for an https:// URL, AWS's) with 502. It records the request line of everything it gets.
+struct EgressProxy {
+    port: u16,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl EgressProxy {
+    fn start(upstream: &str) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let upstream = upstream.to_owned();
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { break };
+                let (upstream, log) = (upstream.clone(), log.clone());
+                std::thread::spawn(move || {
+                    let _ = Self::serve(conn, &upstream, &log);
+                });
+            }
+        });
+        Self { port, seen }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// One request from the client: forwarded whole, then the connection is closed (the answer
+    /// says so).
+    fn serve(
+        conn: std::net::TcpStream,
+        upstream: &str,
+        log: &std::sync::Mutex<Vec<String>>,
+    ) -> std::io::Result<()> {
+        use std::io::{BufRead, BufReader, Read, Write};
+        conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut reader = BufReader::new(conn.try_clone()?);
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let mut parts = line.split_whitespace();
+        let (method, target) = (
+            parts.next().unwrap_or_default().to_owned(),
+            parts.next().unwrap_or_default().to_owned(),
+        );
+        log.lock().unwrap().push(format!("{method} {target}"));
+        let mut headers = Vec::new();
+        let mut length = 0usize;
+        loop {
+            let mut h = String::new();
+            reader.read_line(&mut h)?;
+            if h.trim().is_empty() {
+                break;
+            }
+            let lower = h.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+            if !lower.starts_with("connection:") && !lower.starts_with("proxy-") {
+                headers.push(h);
+            }
+        }
+        let mut out = conn;
+        if method == "CONNECT" {
+            return out.write_all(
+                b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+        let Some(path) = target
+            .strip_prefix("http://")
+            .map(|rest| rest.find('/').map(|i| &rest[i..]).unwrap_or("/"))
+        else {
+            return out.write_all(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        };
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body)?;
+        let mut up = std::net::TcpStream::connect(upstream)?;
+        write!(up, "{method} {path} HTTP/1.1\r\n")?;
+        for h in &headers {
+            up.write_all(h.as_bytes())?;
+        }
+        up.write_all(b"Connection: close\r\n\r\n")?;
+        up.write_all(&body)?;
+        let mut answer = Vec::new();
+        up.read_to_end(&mut answer)?;
+        out.write_all(&answer)
+    }
+}
+
+/// `[ec2] https_proxy` sends every EC2 call through the site's proxy, and nothing else does: with
+/// an endpoint whose host name cannot resolve (`.invalid`), a launch still works, because only
+/// the proxy ever connects to it; an https:// endpoint is asked of the proxy with CONNECT; and
+/// proxy variables in the caller's environment are ignored.
+#[test]
+fn https_proxy_carries_every_call_and_the_environment_s_proxies_do_not() {
+    let Some(moto) = Moto::acquire() else { return };
+    let upstream = moto.endpoint.trim_start_matches("http://").to_owned();
+    let proxy = EgressProxy::start(&upstream);
+    let ctx = ec2_context(
+        &moto,
+        &format!(
+            "client_cidrs = {CIDRS:?}\nhttps_proxy = \"{}\"\n",
+            proxy.url()
+        ),
+    );
+    let config = std::fs::read_to_string(&ctx.config).unwrap();
+    let unresolvable = "http://ec2.stratus-egress-test.invalid";
+    std::fs::write(&ctx.config, config.replace(&moto.endpoint, unresolvable)).unwrap();
+    tagged_profile(&ctx);
+    let faults = moto.faults();
+    ctx.ok(&[
+        "launch-cluster",
+        "px",
+        "1",
+        "-p",
+        "tagged",
+        "--no-configure",
+    ]);
+    let seen = proxy.seen();
+    assert!(seen.len() >= 4, "{seen:?}");
+    assert!(
+        seen.iter().all(|l| l == &format!("POST {unresolvable}/")),
+        "every call in absolute form, to the endpoint: {seen:?}"
+    );
+    assert_eq!(faults.count("RunInstances"), 2, "the calls reached moto");
+    assert_eq!(moto.instances(&[("tag:stratus:cluster", "px")]).len(), 2);
+    ctx.ok(&["terminate-cluster", "px", "--yes"]);
+
+    // AWS's endpoints are https://: the proxy is asked to CONNECT to them.
+    let config = std::fs::read_to_string(&ctx.config).unwrap();
+    std::fs::write(
+        &ctx.config,
+        config.replace(unresolvable, "https://ec2.stratus-egress-test.invalid"),
+    )
+    .unwrap();
+    let r = ctx.run(&["accounting", "snapshot"]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(
+        proxy
+            .seen()
+            .contains(&"CONNECT ec2.stratus-egress-test.invalid:443".to_owned()),
+        "{:?}",
+        proxy.seen()
+    );
+
+    // Without https_proxy, the caller's proxy variables change nothing.
+    let before = proxy.seen().len();
+    let plain = ec2_context(&moto, &format!("client_cidrs = {CIDRS:?}\n"));
+    tagged_profile(&plain);
+    let mut cmd = plain.cmd();
+    for var in [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ] {
+        cmd.env(var, proxy.url());
+    }
+    let out = cmd
+        .args([
+            "launch-cluster",
+            "np",
+            "1",
+            "-p",
+            "tagged",
+            "--no-configure",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(moto.instances(&[("tag:stratus:cluster", "np")]).len(), 2);
+    assert_eq!(proxy.seen().len(), before, "{:?}", proxy.seen());
+    plain.ok(&["terminate-cluster", "np", "--yes"]);
+}
+
+/// Estimates count what AWS bills for a node besides its instance hours: its public IPv4
+/// address ($0.005 an hour) and its gp3 root volume ($0.08 per GB-month in us-east-1, pro rata
+/// over a 730-hour month). The launch records both with each node: the volume the profile asks
+/// for (else the image's own root volume), and an address only where the network gives one.
+#[test]
+fn estimates_count_each_node_s_public_address_and_volume() {
+    let Some(moto) = Moto::acquire() else { return };
+    let intervals = |ctx: &TestContext, name: &str| {
+        let store = stratus::store::Store::open_in(&ctx.state).unwrap();
+        let ids: Vec<i64> = store
+            .list_clusters(None)
+            .unwrap()
+            .into_iter()
+            .filter(|c| c.name.as_str() == name)
+            .map(|c| c.id)
+            .collect();
+        store.intervals(&ids).unwrap()
+    };
+    // The default VPC gives every node a public address.
+    let ctx = ec2_context(&moto, &format!("client_cidrs = {CIDRS:?}\n"));
+    tagged_profile(&ctx);
+    ctx.ok(&[
+        "launch-cluster",
+        "ev",
+        "2",
+        "-p",
+        "tagged",
+        "--no-configure",
+    ]);
+    ctx.ok(&["terminate-cluster", "ev", "--yes"]);
+    let ivs = intervals(&ctx, "ev");
+    assert_eq!(ivs.len(), 3);
+    let image_gb = moto.block_on(async {
+        let images = moto
+            .ec2
+            .describe_images()
+            .image_ids(UBUNTU_AMI)
+            .send()
+            .await
+            .unwrap();
+        let image = images.images()[0].clone();
+        image
+            .block_device_mappings()
+            .iter()
+            .find(|m| m.device_name() == image.root_device_name())
+            .and_then(|m| m.ebs())
+            .and_then(|e| e.volume_size())
+            .map(|gb| gb as u32)
+    });
+    let mut expected = 0i64;
+    for iv in &ivs {
+        assert!(iv.public_ipv4, "{iv:?}");
+        let (per_hour, gb) = if iv.instance_type == "m5.xlarge" {
+            // Spot workers of 40 GB: 70% of $0.192.
+            assert!(iv.spot);
+            (134_400, 40)
+        } else {
+            // The master: the image's own root volume (8 GiB if the image does not say).
+            (96_000, image_gb.unwrap_or(8))
+        };
+        assert_eq!(iv.volume_gb, gb, "{iv:?}");
+        let rate = (per_hour + 5_000) * 730 + i64::from(gb) * 80_000;
+        let ms = iv.ended_at.unwrap() - iv.started_at;
+        let seconds = (ms.max(60_000) + 999) / 1000;
+        expected += ((i128::from(rate) * i128::from(seconds) * 1000 + 730 * 1_800_000)
+            / (730 * 3_600_000)) as i64;
+    }
+    let usage: Value = serde_json::from_str(&ctx.ok(&["usage", "--json"]).stdout).unwrap();
+    let row = usage
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["cluster"] == "ev")
+        .unwrap()
+        .clone();
+    let dollars = row["cost_dollars"].as_f64().unwrap();
+    assert_eq!((dollars * 1e6).round() as i64, expected, "{row}");
+
+    // A subnet of the site's that maps no public addresses, reached on private ones: no
+    // address to pay for.
+    let (_vpc, subnet) = moto.loopback_subnet();
+    let private = ec2_context(
+        &moto,
+        &format!("subnet_id = \"{subnet}\"\naddress = \"private_ip\"\nclient_cidrs = {CIDRS:?}\n"),
+    );
+    tagged_profile(&private);
+    private.ok(&[
+        "launch-cluster",
+        "pv",
+        "1",
+        "-p",
+        "tagged",
+        "--no-configure",
+    ]);
+    let ivs = intervals(&private, "pv");
+    assert_eq!(ivs.len(), 2);
+    assert!(ivs.iter().all(|iv| !iv.public_ipv4), "{ivs:?}");
+    private.ok(&["terminate-cluster", "pv", "--yes"]);
 }

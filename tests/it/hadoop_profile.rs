@@ -626,7 +626,13 @@ fn hadoop_spot_launches_on_moto_with_the_rendered_user_data() {
             role,
             index,
         );
-        assert_eq!(i.image_id(), Some(p.master.image.as_str()));
+        // The image the profile names by SSM parameter, resolved by stratus to the AMI it
+        // launches (so that its root device is known).
+        assert_eq!(
+            p.master.image.strip_prefix("resolve:ssm:"),
+            Some(crate::ec2::ec2_moto::UBUNTU_PARAMETER)
+        );
+        assert_eq!(i.image_id(), Some(crate::ec2::ec2_moto::UBUNTU_AMI));
         assert_eq!(
             i.instance_lifecycle().is_some(),
             role == Role::Worker,

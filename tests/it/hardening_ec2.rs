@@ -1075,3 +1075,71 @@ fn a_duplicate_from_a_lost_answer_is_recorded_and_terminated() {
         }
     }
 }
+
+/// SIGKILLed while a fallback call (the second subnet, after the first had no room) is in flight:
+/// the call was written down as a batch of its own before it was made, so reconcile finds what
+/// it created once the launcher is gone, records it and terminates it. No fallback can create
+/// instances that nobody tracks.
+#[test]
+fn sigkill_with_a_fallback_call_in_flight_then_reconcile() {
+    let Some(moto) = Moto::acquire() else { return };
+    let (_vpc, subnets) = moto.loopback_subnets(2);
+    let ctx = ec2_context(
+        &moto,
+        &format!("subnet_ids = {subnets:?}\naddress = \"private_ip\"\nclient_cidrs = {CIDRS:?}\n"),
+    );
+    crate::ec2::fallback_profile(&ctx);
+    let faults = moto.faults();
+    // The first zone has no room (answered at once); the calls into the second are held.
+    faults.configure(json!({"refuse_when": [
+        {"action": "RunInstances", "code": "InsufficientInstanceCapacity",
+         "when": {"SubnetId": subnets[0]}},
+    ]}));
+    faults.hold("RunInstances");
+    let launcher = Launcher::spawn(
+        &ctx,
+        &[
+            "launch-cluster",
+            "kf",
+            "2",
+            "-p",
+            "fallback",
+            "--no-configure",
+        ],
+        &[],
+    );
+    faults.wait_held("RunInstances", 2, Duration::from_secs(60));
+    assert_eq!(
+        faults.count("RunInstances"),
+        4,
+        "one refused and one held call per role"
+    );
+    // Each role's fallback call was written down, under a token of its own, before it was
+    // made; nothing is settled before the calls' answers are recorded.
+    let written = crate::ec2::batches(&ctx);
+    assert_eq!(written.len(), 4, "{written:?}");
+    assert!(written.iter().all(|(_, settled)| !settled), "{written:?}");
+    let fallbacks = written.iter().filter(|(t, _)| t.ends_with("-a1")).count();
+    assert_eq!(fallbacks, 2, "{written:?}");
+    launcher.sigkill();
+    faults.release("RunInstances");
+    wait_for(
+        "moto creates the held fallback calls' instances",
+        Duration::from_secs(30),
+        || (live_instances(&moto, "kf") == 3).then_some(()),
+    );
+    assert_eq!(recorded_nodes(&ctx, "kf"), 0, "nobody recorded them");
+    let in_moto: BTreeSet<String> = states(&moto).into_keys().collect();
+    let (r, actions) = reconcile_json(&ctx);
+    let strays: BTreeSet<String> = actions
+        .iter()
+        .filter(|a| a["action"] == "record-strays")
+        .flat_map(action_ids)
+        .collect();
+    assert_eq!(strays, in_moto, "{r}");
+    assert!(running_in_moto(&moto).is_empty(), "{:?}", states(&moto));
+    assert_eq!(ctx.cluster_json("kf")["state"], "failed");
+    assert_eq!(recorded_nodes(&ctx, "kf"), 3, "their hours are accounted");
+    let r = ctx.ok(&["reconcile", "--json", "--dry-run"]);
+    assert_eq!(r.stdout.trim(), "[]", "nothing is left for reconcile:\n{r}");
+}

@@ -693,6 +693,7 @@ async fn boot_loop(
                 name: format!("{cluster}-master"),
                 image: i.image_id().unwrap_or_default().to_owned(),
                 instance_type: "m5.large".into(),
+                instance_types: Vec::new(),
                 spot: false,
                 volume_gb: None,
                 user_data: decode_user_data(&user_data),

@@ -1512,7 +1512,7 @@ fn a_hostile_environment_changes_nothing_about_a_launch() {
     fs::write(
         &stratus_config,
         format!(
-            "provider = \"ec2\"\nstate_dir = \"{c}\"\n[ec2]\nregion = \"eu-west-3\"\nendpoint_url = \"{evil}\"\ncredentials_file = \"{}\"\n",
+            "provider = \"ec2\"\nstate_dir = \"{c}\"\n[prices]\n\"m5.large\" = 0.112\nebs_gp3_gb_month = 0.0928\n[ec2]\nregion = \"eu-west-3\"\nendpoint_url = \"{evil}\"\ncredentials_file = \"{}\"\n",
             aws_creds.display(),
             c = canary.display()
         ),
@@ -2936,4 +2936,48 @@ fn colliding_resource_names_of_two_owners_never_hand_one_the_others_group_or_key
         "b's reservation is released: {q:#}"
     );
     site.assert_settled(&moto);
+}
+
+/// Temporary keys in the service account's credentials file: `admin doctor` warns within a day
+/// of their expiry (the install is still sound) and names them as a problem once expired.
+#[test]
+fn doctor_warns_of_credentials_expiring_within_a_day_and_fails_expired_ones() {
+    let Some(_serial) = start() else {
+        return;
+    };
+    let site = Site::offline(1);
+    let creds = site.credentials();
+    let write = |expiry: jiff::Timestamp| {
+        fs::write(
+            &creds,
+            format!("[default]\naws_access_key_id = testing\naws_secret_access_key = testing\naws_session_token = FwoGZXIvYXdzEBYaDN\naws_credential_expiration = {expiry}\n"),
+        )
+        .unwrap()
+    };
+    let described = format!("the credentials file {} (profile default)", creds.display());
+    let now = jiff::Timestamp::now().as_second();
+    let soon = jiff::Timestamp::from_second(now + 3 * 3600).unwrap();
+    write(soon);
+    let out = site.doctor().ok();
+    assert!(out.stdout.ends_with("is sound\n"), "{out}");
+    assert!(
+        out.stderr.contains(&format!(
+            "warning: the AWS credentials in {described} expire at {soon}, in 2h 5"
+        )),
+        "{out}"
+    );
+    let later = jiff::Timestamp::from_second(now + 7 * 86_400).unwrap();
+    write(later);
+    let out = site.doctor().ok();
+    assert!(!out.stderr.contains("expire"), "{out}");
+    let past = jiff::Timestamp::from_second(now - 60).unwrap();
+    write(past);
+    let out = site.doctor();
+    assert_eq!(out.code, 1, "{out}");
+    assert!(
+        out.stdout.contains(&format!(
+            "problem: the AWS credentials in {described} expired at {past}"
+        )),
+        "{out}"
+    );
 }

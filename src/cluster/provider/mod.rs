@@ -27,9 +27,14 @@ pub enum ProviderError {
     /// The request itself is wrong (an unknown image or instance type, say): exit code 2.
     #[error("{0}")]
     InvalidRequest(String),
-    /// The cloud has no capacity for this now; another try may work.
+    /// The cloud has no capacity for this now; another try (another type, another zone, later)
+    /// may work.
     #[error("no capacity: {0}")]
     Capacity(String),
+    /// A limit of the cloud account (a vCPU quota, a subnet without free addresses) that only
+    /// whoever runs the account can raise: no retry helps, so a launch stops at once.
+    #[error("{0}")]
+    Quota(String),
     #[error("{0}")]
     Auth(String),
     #[error("{op} failed: {message}")]
@@ -47,6 +52,15 @@ pub enum ProviderError {
 impl ProviderError {
     pub fn is_bad_input(&self) -> bool {
         matches!(self, ProviderError::InvalidRequest(_))
+    }
+
+    /// Whether no other node of the launch can do better: the request is wrong, or the
+    /// account is at a limit. The launch stops and rolls back instead of replacing nodes.
+    pub fn stops_launch(&self) -> bool {
+        matches!(
+            self,
+            ProviderError::InvalidRequest(_) | ProviderError::Quota(_)
+        )
     }
 
     pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
@@ -106,13 +120,29 @@ pub struct BatchSpec {
     /// `demo-master`, `demo-worker`: what the nodes are called at the provider.
     pub name: String,
     pub image: String,
+    /// The preferred instance type (the first of `instance_types`).
     pub instance_type: String,
+    /// Every type the nodes may run on, in order of preference: a provider that meets a
+    /// capacity shortage for one tries the next.
+    pub instance_types: Vec<String>,
     pub spot: bool,
     pub volume_gb: Option<u32>,
     pub user_data: String,
     pub tags: Tags,
     /// Idempotency token of the call (EC2's ClientToken): a retried call never launches twice.
+    /// A provider that makes more than one call for the batch (another subnet, another type)
+    /// derives a token of its own for each from this one, and writes it down first.
     pub client_token: String,
+}
+
+/// Where a provider writes down each launch call before making it: the store's launch batches,
+/// which `reconcile` goes through should the process die with a call in flight. The batch's own
+/// `client_token` is written before `launch` is called; a provider that makes further calls
+/// (a fallback to another subnet or type) must `begin` each one's token before its call.
+pub trait Journal: Sync {
+    /// Writes down a call with this token, before it is made. An error means the call must not
+    /// be made (the cluster moved on, or the store failed): the launch stops.
+    fn begin(&self, token: &str) -> Result<(), String>;
 }
 
 /// What a launch call created. A call may create some instances and still fail (a local node
@@ -121,6 +151,10 @@ pub struct BatchSpec {
 pub struct Launched {
     pub instances: Vec<Instance>,
     pub error: Option<ProviderError>,
+    /// The tokens of the calls known to have created exactly `instances` and nothing more (they
+    /// succeeded, or the cloud refused them outright): settled when the instances are recorded.
+    /// A call whose answer was lost stays unsettled, for `reconcile`.
+    pub settled: Vec<String>,
 }
 
 /// What a terminate call could not act on yet.
@@ -152,6 +186,10 @@ pub struct Instance {
     /// The host key, when the provider knows it before first contact.
     pub host_key: Option<String>,
     pub launched_at: Option<Millis>,
+    /// Its root volume in GiB, when the provider knows it (EC2: at launch).
+    pub volume_gb: Option<u32>,
+    /// Whether it holds a public IPv4 address, when the provider knows.
+    pub public_ipv4: Option<bool>,
 }
 
 /// Which instances a describe call is about; every field narrows.
@@ -189,12 +227,14 @@ pub trait Provider: Send + Sync {
         access: &SshAccess,
     ) -> impl Future<Output = Result<(), ProviderError>> + Send;
 
-    /// Launches one batch of nodes, tagged from the moment they exist.
+    /// Launches one batch of nodes, tagged from the moment they exist. Every call beyond the
+    /// batch's first is written to `journal` before it is made.
     fn launch(
         &self,
         cluster: &ClusterRef,
         access: &SshAccess,
         batch: &BatchSpec,
+        journal: &dyn Journal,
     ) -> impl Future<Output = Launched> + Send;
 
     /// Every instance matching the selector, terminated ones included while the provider still
@@ -326,10 +366,11 @@ impl Provider for AnyProvider {
         cluster: &ClusterRef,
         access: &SshAccess,
         batch: &BatchSpec,
+        journal: &dyn Journal,
     ) -> Launched {
         match self {
-            AnyProvider::Local(p) => p.launch(cluster, access, batch).await,
-            AnyProvider::Ec2(p) => p.launch(cluster, access, batch).await,
+            AnyProvider::Local(p) => p.launch(cluster, access, batch, journal).await,
+            AnyProvider::Ec2(p) => p.launch(cluster, access, batch, journal).await,
         }
     }
 

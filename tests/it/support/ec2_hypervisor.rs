@@ -357,6 +357,7 @@ async fn boot(
             .instance_type()
             .map(|t| t.as_str().to_owned())
             .unwrap_or_default(),
+        instance_types: Vec::new(),
         spot: false,
         volume_gb: None,
         user_data,

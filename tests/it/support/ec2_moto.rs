@@ -18,6 +18,9 @@ use aws_sdk_ec2::types::{Filter, Tag};
 pub const REGION: &str = "us-east-1";
 /// An Ubuntu image moto knows (DescribeImages finds it, so a root volume size can be set).
 pub const UBUNTU_AMI: &str = "ami-785db401";
+/// The SSM parameter of the shipped profiles' image (`resolve:ssm:` it).
+pub const UBUNTU_PARAMETER: &str =
+    "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id";
 
 /// The moto server, held exclusively by this test until dropped.
 pub struct Moto {
@@ -67,10 +70,24 @@ impl Moto {
         Some(moto)
     }
 
-    /// Wipes every resource (and every IAM user) moto holds.
+    /// Wipes every resource (and every IAM user) moto holds, then publishes the SSM parameter
+    /// of the shipped profiles' Ubuntu image as AWS does (naming an Ubuntu image moto knows).
     pub fn reset(&self) {
         let (status, body) = self.post("/moto-api/reset", "");
         assert_eq!(status, 200, "moto reset: {body}");
+        self.publish_parameter(UBUNTU_PARAMETER, UBUNTU_AMI);
+    }
+
+    /// Publishes a public SSM parameter (an image id), as AWS publishes its images'.
+    pub fn publish_parameter(&self, name: &str, value: &str) {
+        let (status, body) = self.post(
+            "/stratus-faults/ssm-parameter",
+            &serde_json::json!({"name": name, "value": value, "region": REGION}).to_string(),
+        );
+        assert_eq!(
+            status, 200,
+            "publish {name}: {body} (is the server scripts/moto_faults.py?)"
+        );
     }
 
     /// moto's IAM auth: `"0"` enforces it from the next request, `"inf"` turns it off.
@@ -99,7 +116,8 @@ impl Moto {
     }
 
     /// A VPC and subnet of 127.0.0.0/24: moto hands instances in it 127.0.0.4, .5, …, addresses a
-    /// test can serve SSH on. Returns (vpc id, subnet id).
+    /// test can serve SSH on. The VPC has DNS host names on, as a site's must. Returns (vpc id,
+    /// subnet id).
     pub fn loopback_subnet(&self) -> (String, String) {
         self.block_on(async {
             let vpc = self
@@ -110,6 +128,19 @@ impl Moto {
                 .await
                 .unwrap();
             let vpc = vpc.vpc().and_then(|v| v.vpc_id()).unwrap().to_owned();
+            // A VPC of one's own has DNS host names off, on AWS as in moto; a site turns them
+            // on for Hadoop (and stratus refuses a VPC without them).
+            self.ec2
+                .modify_vpc_attribute()
+                .vpc_id(&vpc)
+                .enable_dns_hostnames(
+                    aws_sdk_ec2::types::AttributeBooleanValue::builder()
+                        .value(true)
+                        .build(),
+                )
+                .send()
+                .await
+                .unwrap();
             let subnet = self
                 .ec2
                 .create_subnet()
@@ -124,6 +155,39 @@ impl Moto {
                 .unwrap()
                 .to_owned();
             (vpc, subnet)
+        })
+    }
+
+    /// A VPC with DNS host names on and `n` subnets (at most 4) splitting 127.0.0.0/24, each in
+    /// its own availability zone (us-east-1a, 1b, ...), as a site spreads a class over zones.
+    /// Returns (vpc id, subnet ids in zone order).
+    pub fn loopback_subnets(&self, n: usize) -> (String, Vec<String>) {
+        assert!((1..=4).contains(&n));
+        let (vpc, first) = self.loopback_subnet();
+        self.block_on(async {
+            // The /24 subnet covers everything: replace it with n smaller ones.
+            self.ec2
+                .delete_subnet()
+                .subnet_id(&first)
+                .send()
+                .await
+                .unwrap();
+            let mut subnets = Vec::new();
+            for k in 0..n {
+                let cidr = format!("127.0.0.{}/26", k * 64);
+                let zone = format!("{REGION}{}", (b'a' + k as u8) as char);
+                let s = self
+                    .ec2
+                    .create_subnet()
+                    .vpc_id(&vpc)
+                    .cidr_block(cidr)
+                    .availability_zone(zone)
+                    .send()
+                    .await
+                    .unwrap();
+                subnets.push(s.subnet().and_then(|s| s.subnet_id()).unwrap().to_owned());
+            }
+            (vpc, subnets)
         })
     }
 

@@ -53,8 +53,11 @@ impl Faults<'_> {
     /// launched from now on unknown for 20 s to DescribeInstances (by id: NotFound; without ids:
     /// left out), TerminateInstances and CreateTags (NotFound, not forwarded);
     /// `{"idempotent_client_token": true}` answers a RunInstances whose ClientToken was answered
-    /// before with that same answer, as EC2 does (moto alone launches again). Returns the faults
-    /// now in force.
+    /// before with that same answer, as EC2 does (moto alone launches again);
+    /// `{"refuse_when": [{"action": "RunInstances", "code": "InsufficientInstanceCapacity",
+    /// "when": {"SubnetId": "subnet-…"}, "times": 2}]}` answers the calls whose parameters match
+    /// (at any depth) with that code, `times` times or always, before any hold. Returns the
+    /// faults now in force.
     pub fn configure(&self, config: Value) -> Value {
         self.call("POST", "config", Some(config))
     }

@@ -3,10 +3,15 @@
 //! stratus's calls go or with which identity (docs/architecture.md, "The privilege model").
 //!
 //! Credentials are static keys read by stratus itself (see `credentials`): no source can make
-//! stratus run a program or ask a metadata service. With `Trust::Service` (the runner of a
-//! multi-user install) nothing comes from the environment: not the endpoint, not credentials,
-//! not proxies (the HTTP client is built here with none), not certificate locations (the trust
-//! store is the system's bundle, named here).
+//! stratus run a program or ask a metadata service. Temporary keys carry their expiry (see
+//! `super::credentials`); expired ones stop every command before it calls anything. With
+//! `Trust::Service` (the runner of a multi-user install) nothing comes from the environment: not
+//! the endpoint, not credentials, not proxies (the HTTP client goes through `[ec2] https_proxy`
+//! or nothing, never `HTTPS_PROXY`), not certificate locations (the trust store is the system's
+//! bundle, named here).
+//!
+//! The SSM client (which resolves `resolve:ssm:` images) is built the same way and shares the
+//! HTTP client, so it goes through the same proxy with the same identity.
 
 use std::path::Path;
 use std::time::Duration;
@@ -15,6 +20,7 @@ use aws_sdk_ec2::config::retry::RetryConfig;
 use aws_sdk_ec2::config::timeout::TimeoutConfig;
 use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region, SharedCredentialsProvider};
 
+use super::credentials::Facts;
 use super::error::Context;
 use crate::cluster::provider::ProviderError;
 use crate::config::{Ec2Config, Trust};
@@ -36,14 +42,36 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(300);
 /// The endpoint to use: the site config's, else (for a user's own command only) the standard
 /// `AWS_ENDPOINT_URL_EC2` or `AWS_ENDPOINT_URL`.
 fn endpoint(config: &Ec2Config, trust: Trust) -> Result<Option<String>, ProviderError> {
+    endpoint_of(config.endpoint_url.as_ref(), "AWS_ENDPOINT_URL_EC2", trust)
+}
+
+/// The SSM endpoint: `ssm_endpoint_url`, else `endpoint_url` (an EC2-compatible API serving
+/// both, such as moto), else (a user's own command) `AWS_ENDPOINT_URL_SSM` or
+/// `AWS_ENDPOINT_URL`.
+fn ssm_endpoint(config: &Ec2Config, trust: Trust) -> Result<Option<String>, ProviderError> {
+    endpoint_of(
+        config
+            .ssm_endpoint_url
+            .as_ref()
+            .or(config.endpoint_url.as_ref()),
+        "AWS_ENDPOINT_URL_SSM",
+        trust,
+    )
+}
+
+fn endpoint_of(
+    configured: Option<&String>,
+    service_var: &str,
+    trust: Trust,
+) -> Result<Option<String>, ProviderError> {
     let from_env = || {
-        ["AWS_ENDPOINT_URL_EC2", "AWS_ENDPOINT_URL"]
+        [service_var, "AWS_ENDPOINT_URL"]
             .iter()
             .find_map(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
     };
     let url = match trust {
-        Trust::Caller => config.endpoint_url.clone().or_else(from_env),
-        Trust::Service => config.endpoint_url.clone(),
+        Trust::Caller => configured.cloned().or_else(from_env),
+        Trust::Service => configured.cloned(),
     };
     if let Some(u) = &url
         && !(u.starts_with("http://") || u.starts_with("https://"))
@@ -55,28 +83,59 @@ fn endpoint(config: &Ec2Config, trust: Trust) -> Result<Option<String>, Provider
     Ok(url)
 }
 
-/// The HTTPS client: rustls, never a proxy (this version of the SDK's client reads no proxy
-/// variables, and none is configured here), and for a runner the system's CA bundle rather than
-/// whatever `SSL_CERT_FILE` or `SSL_CERT_DIR` would name.
-fn http_client(trust: Trust) -> Result<aws_sdk_ec2::config::SharedHttpClient, ProviderError> {
+/// The HTTPS client: rustls; for a runner the system's CA bundle rather than whatever
+/// `SSL_CERT_FILE` or `SSL_CERT_DIR` would name; and the site's `https_proxy`, or no proxy at
+/// all (the SDK's client reads no proxy variables unless asked to, and it is not asked). Through
+/// the proxy, an https:// endpoint (AWS) is reached with CONNECT, an http:// one (moto) with
+/// requests in absolute form.
+fn http_client(
+    trust: Trust,
+    proxy: Option<&str>,
+) -> Result<aws_sdk_ec2::config::SharedHttpClient, ProviderError> {
+    use aws_smithy_http_client::proxy::ProxyConfig;
     use aws_smithy_http_client::tls::{self, TlsContext, TrustStore, rustls_provider::CryptoMode};
-    let mut builder = aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring));
+    let mut context = TlsContext::default();
     if trust == Trust::Service
         && let Ok(pem) = std::fs::read(SYSTEM_CA_BUNDLE)
     {
-        let context = TlsContext::builder()
+        context = TlsContext::builder()
             .with_trust_store(TrustStore::empty().with_pem_certificate(pem))
             .build()
             .map_err(|e| ProviderError::Other(format!("cannot set up TLS: {e}")))?;
-        builder = builder.tls_context(context);
     }
-    Ok(builder.build_https())
+    let Some(url) = proxy else {
+        return Ok(aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+            .tls_context(context)
+            .build_https());
+    };
+    crate::config::check_proxy_url(url)
+        .map_err(|e| ProviderError::InvalidRequest(format!("[ec2] https_proxy: {e}")))?;
+    let proxy = ProxyConfig::all(url)
+        .map_err(|e| ProviderError::InvalidRequest(format!("[ec2] https_proxy {url:?}: {e}")))?;
+    Ok(
+        aws_smithy_http_client::Builder::new().build_with_connector_fn(
+            move |settings, components| {
+                let mut b = aws_smithy_http_client::Connector::builder();
+                b.set_connector_settings(settings.cloned());
+                if let Some(c) = components {
+                    b.set_sleep_impl(c.sleep_impl());
+                }
+                b.proxy_config(proxy.clone())
+                    .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+                    .tls_context(context.clone())
+                    .build()
+            },
+        ),
+    )
 }
 
 pub(super) struct Built {
     pub client: aws_sdk_ec2::Client,
+    pub ssm: aws_sdk_ssm::Client,
     pub context: Context,
+    /// What the credentials are (temporary, until when), for warnings.
+    pub credentials: Facts,
 }
 
 pub(super) async fn build(config: &Ec2Config, trust: Trust) -> Result<Built, ProviderError> {
@@ -86,33 +145,51 @@ pub(super) async fn build(config: &Ec2Config, trust: Trust) -> Result<Built, Pro
         ));
     }
     let endpoint = endpoint(config, trust)?;
-    let (credentials, described) = credentials(config, trust)?;
+    let ssm_endpoint = ssm_endpoint(config, trust)?;
+    let (credentials, facts) = credentials(config, trust)?;
+    // Expired keys would fail every call with ExpiredToken; say so plainly before any.
+    if let Some(message) = facts.expired(jiff::Timestamp::now()) {
+        return Err(ProviderError::Auth(message));
+    }
+    let http = http_client(trust, config.https_proxy.as_deref())?;
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+        .operation_timeout(OPERATION_TIMEOUT)
+        .build();
+    let retry = RetryConfig::adaptive().with_max_attempts(MAX_ATTEMPTS);
     let mut builder = aws_sdk_ec2::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new(config.region.clone()))
-        .credentials_provider(credentials)
-        .http_client(http_client(trust)?)
-        .retry_config(RetryConfig::adaptive().with_max_attempts(MAX_ATTEMPTS))
-        .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(CONNECT_TIMEOUT)
-                .operation_attempt_timeout(ATTEMPT_TIMEOUT)
-                .operation_timeout(OPERATION_TIMEOUT)
-                .build(),
-        );
+        .credentials_provider(credentials.clone())
+        .http_client(http.clone())
+        .retry_config(retry.clone())
+        .timeout_config(timeouts.clone());
     if let Some(url) = &endpoint {
         builder = builder.endpoint_url(url);
+    }
+    let mut ssm = aws_sdk_ssm::Config::builder()
+        .behavior_version(aws_sdk_ssm::config::BehaviorVersion::latest())
+        .region(aws_sdk_ssm::config::Region::new(config.region.clone()))
+        .credentials_provider(credentials)
+        .http_client(http)
+        .retry_config(retry)
+        .timeout_config(timeouts);
+    if let Some(url) = &ssm_endpoint {
+        ssm = ssm.endpoint_url(url);
     }
     let context = Context {
         endpoint: match &endpoint {
             Some(u) => format!("the EC2 endpoint {u}"),
             None => format!("the EC2 API of {}", config.region),
         },
-        credentials: described,
+        credentials: facts.described.clone(),
     };
     Ok(Built {
         client: aws_sdk_ec2::Client::from_conf(builder.build()),
+        ssm: aws_sdk_ssm::Client::from_conf(ssm.build()),
         context,
+        credentials: facts,
     })
 }
 
@@ -124,18 +201,19 @@ pub(super) async fn build(config: &Ec2Config, trust: Trust) -> Result<Built, Pro
 /// user's own command): `credentials_file`, else the environment's `AWS_ACCESS_KEY_ID` and
 /// `AWS_SECRET_ACCESS_KEY`, else the named `profile` (or `AWS_PROFILE`, or `default`) of the
 /// shared credentials file (`AWS_SHARED_CREDENTIALS_FILE`, or `~/.aws/credentials`).
-fn credentials(
+pub(super) fn credentials(
     config: &Ec2Config,
     trust: Trust,
-) -> Result<(SharedCredentialsProvider, String), ProviderError> {
+) -> Result<(SharedCredentialsProvider, Facts), ProviderError> {
     if let Some(path) = &config.credentials_file {
         let profile = config.profile.as_deref().unwrap_or("default");
         let described = format!(
             "the credentials file {} (profile {profile})",
             path.display()
         );
-        let creds = read_credentials_file(path, profile)?;
-        return Ok((SharedCredentialsProvider::new(creds), described));
+        let (creds, expires) = read_credentials_file(path, profile)?;
+        let facts = Facts::of(&creds, expires, described, "aws_credential_expiration");
+        return Ok((SharedCredentialsProvider::new(creds), facts));
     }
     if trust == Trust::Service {
         return Err(ProviderError::Auth(
@@ -144,11 +222,29 @@ fn credentials(
     }
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
     if let (Some(id), Some(secret)) = (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
-        let creds = Credentials::new(id, secret, var("AWS_SESSION_TOKEN"), None, "environment");
-        return Ok((
-            SharedCredentialsProvider::new(creds),
+        // The variable `aws configure export-credentials --format env` sets with the keys.
+        let expires = match var("AWS_CREDENTIAL_EXPIRATION") {
+            Some(t) => Some(
+                super::credentials::parse_expiry(&t)
+                    .map_err(|e| ProviderError::Auth(format!("AWS_CREDENTIAL_EXPIRATION: {e}")))?,
+            ),
+            None => None,
+        };
+        let token = var("AWS_SESSION_TOKEN");
+        let creds = Credentials::new(
+            id,
+            secret,
+            token,
+            expires.map(super::credentials::system_time),
+            "environment",
+        );
+        let facts = Facts::of(
+            &creds,
+            expires,
             "the environment (AWS_ACCESS_KEY_ID)".into(),
-        ));
+            "AWS_CREDENTIAL_EXPIRATION",
+        );
+        return Ok((SharedCredentialsProvider::new(creds), facts));
     }
     let profile = config
         .profile
@@ -172,23 +268,27 @@ fn credentials(
             path.display()
         )));
     }
-    let creds = read_credentials_file(&path, &profile)?;
-    Ok((
-        SharedCredentialsProvider::new(creds),
+    let (creds, expires) = read_credentials_file(&path, &profile)?;
+    let facts = Facts::of(
+        &creds,
+        expires,
         format!(
             "the credentials file {} (profile {profile})",
             path.display()
         ),
-    ))
+        "aws_credential_expiration",
+    );
+    Ok((SharedCredentialsProvider::new(creds), facts))
 }
 
 /// Reads static keys from an INI credentials file as the AWS CLI writes it:
 /// `[profile]` then `aws_access_key_id`, `aws_secret_access_key` and optionally
-/// `aws_session_token`.
+/// `aws_session_token` with its expiry, `aws_credential_expiration` (or
+/// `x_security_token_expires`, as SAML and Okta tools write it), an RFC 3339 time.
 pub(super) fn read_credentials_file(
     path: &Path,
     profile: &str,
-) -> Result<Credentials, ProviderError> {
+) -> Result<(Credentials, Option<jiff::Timestamp>), ProviderError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ProviderError::Auth(format!(
             "cannot read the AWS credentials file {}: {}",
@@ -204,10 +304,13 @@ pub(super) fn read_credentials_file(
     })
 }
 
-fn parse_credentials(text: &str, profile: &str) -> Result<Credentials, String> {
+fn parse_credentials(
+    text: &str,
+    profile: &str,
+) -> Result<(Credentials, Option<jiff::Timestamp>), String> {
     let mut section: Option<String> = None;
     let mut found = false;
-    let (mut key_id, mut secret, mut token) = (None, None, None);
+    let (mut key_id, mut secret, mut token, mut expires) = (None, None, None, None);
     for line in text.lines() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
@@ -232,6 +335,12 @@ fn parse_credentials(text: &str, profile: &str) -> Result<Credentials, String> {
             "aws_access_key_id" => key_id = Some(v),
             "aws_secret_access_key" => secret = Some(v),
             "aws_session_token" => token = Some(v),
+            key @ ("aws_credential_expiration" | "x_security_token_expires") => {
+                expires = Some(
+                    super::credentials::parse_expiry(&v)
+                        .map_err(|e| format!("has an invalid {key} in [{profile}]: {e}"))?,
+                )
+            }
             _ => {}
         }
     }
@@ -242,12 +351,15 @@ fn parse_credentials(text: &str, profile: &str) -> Result<Credentials, String> {
         key_id.filter(|v| !v.is_empty()),
         secret.filter(|v| !v.is_empty()),
     ) {
-        (Some(id), Some(secret)) => Ok(Credentials::new(
-            id,
-            secret,
-            token.filter(|t| !t.is_empty()),
-            None,
-            "stratus-credentials-file",
+        (Some(id), Some(secret)) => Ok((
+            Credentials::new(
+                id,
+                secret,
+                token.filter(|t| !t.is_empty()),
+                expires.map(super::credentials::system_time),
+                "stratus-credentials-file",
+            ),
+            expires,
         )),
         _ => Err(format!(
             "has no aws_access_key_id and aws_secret_access_key in [{profile}]"
@@ -262,11 +374,12 @@ mod tests {
     #[test]
     fn credentials_file_sections() {
         let text = "# service account\n[default]\naws_access_key_id = AKIA1\naws_secret_access_key=s1\n\n[profile ci]\naws_access_key_id=AKIA2\naws_secret_access_key = s2\naws_session_token = t\n";
-        let c = parse_credentials(text, "default").unwrap();
+        let (c, expires) = parse_credentials(text, "default").unwrap();
+        assert!(expires.is_none());
         assert_eq!(c.access_key_id(), "AKIA1");
         assert_eq!(c.secret_access_key(), "s1");
         assert!(c.session_token().is_none());
-        let c = parse_credentials(text, "ci").unwrap();
+        let (c, _) = parse_credentials(text, "ci").unwrap();
         assert_eq!(c.access_key_id(), "AKIA2");
         assert_eq!(c.session_token(), Some("t"));
         assert!(
@@ -278,6 +391,22 @@ mod tests {
             parse_credentials("[default]\naws_access_key_id=x\n", "default")
                 .unwrap_err()
                 .contains("aws_secret_access_key")
+        );
+    }
+
+    #[test]
+    fn temporary_keys_carry_their_expiry() {
+        let text = "[default]\naws_access_key_id=A\naws_secret_access_key=s\naws_session_token=t\naws_credential_expiration = 2026-11-01T12:00:00Z\n[saml]\naws_access_key_id=A\naws_secret_access_key=s\naws_session_token=t\nx_security_token_expires = 2026-11-01T14:00:00+02:00\n[bad]\naws_access_key_id=A\naws_secret_access_key=s\naws_credential_expiration = tomorrow\n";
+        let want: jiff::Timestamp = "2026-11-01T12:00:00Z".parse().unwrap();
+        for profile in ["default", "saml"] {
+            let (c, expires) = parse_credentials(text, profile).unwrap();
+            assert_eq!(expires, Some(want), "{profile}");
+            assert!(c.expiry().is_some(), "{profile}");
+        }
+        let err = parse_credentials(text, "bad").unwrap_err();
+        assert!(
+            err.contains("invalid aws_credential_expiration in [bad]"),
+            "{err}"
         );
     }
 }

@@ -17,19 +17,41 @@ pub(super) struct Context {
     pub credentials: String,
 }
 
-/// Codes meaning "the cloud has no room for this now": another try, or another type, may work.
+/// Codes meaning "the cloud has no room for this here, now": another zone, another type, or a
+/// later try may work. `Unsupported` is what EC2 answers for a type that an availability zone
+/// does not offer (<https://repost.aws/knowledge-center/ec2-instance-type-not-supported-az-error>).
 const CAPACITY: &[&str] = &[
     "InsufficientInstanceCapacity",
     "InsufficientHostCapacity",
     "InsufficientReservedInstanceCapacity",
     "InsufficientCapacity",
     "InsufficientAddressCapacity",
-    "InsufficientFreeAddressesInSubnet",
-    "InstanceLimitExceeded",
-    "VcpuLimitExceeded",
-    "MaxSpotInstanceCountExceeded",
     "SpotMaxPriceTooLow",
     "InsufficientCapacityOnOutpost",
+    "UnfulfillableCapacity",
+    "Unsupported",
+];
+
+/// Codes meaning the account is at a limit that only its owner can raise, with what to tell the
+/// instructor. No retry, zone or type helps.
+/// <https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/ec2-resource-limits.html>
+const QUOTA: &[(&str, &str)] = &[
+    (
+        "VcpuLimitExceeded",
+        "the instructor must raise the account's vCPU quota for On-Demand instances in the region (Service Quotas, Amazon EC2, \"Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances\"); the README says how many vCPUs a class needs",
+    ),
+    (
+        "MaxSpotInstanceCountExceeded",
+        "the instructor must raise the account's Spot vCPU quota in the region (Service Quotas, Amazon EC2, \"All Standard (A, C, D, H, I, M, R, T, Z) Spot Instance Requests\"); the README says how many vCPUs a class needs",
+    ),
+    (
+        "InstanceLimitExceeded",
+        "the instructor must raise the account's instance limit in the region (Service Quotas, Amazon EC2)",
+    ),
+    (
+        "InsufficientFreeAddressesInSubnet",
+        "the subnet has no free IP addresses left: the instructor must widen the subnet, or list more subnets under [ec2] subnet_ids",
+    ),
 ];
 
 /// Codes meaning the caller's identity was not accepted, or may not do this.
@@ -139,6 +161,11 @@ fn from_code(op: &str, ctx: &Context, code: &str, message: &str) -> ProviderErro
             ctx.credentials
         ));
     }
+    if let Some((_, advice)) = QUOTA.iter().find(|(c, _)| *c == code) {
+        return ProviderError::Quota(format!(
+            "{op} refused: {detail}: the AWS account is at a limit; {advice}"
+        ));
+    }
     if CAPACITY.contains(&code) {
         return ProviderError::Capacity(detail);
     }
@@ -150,7 +177,7 @@ fn from_code(op: &str, ctx: &Context, code: &str, message: &str) -> ProviderErro
     );
     let invalid = (code.starts_with("Invalid") && !code.ends_with(".Duplicate") && !ours_missing)
         || code.starts_with("MissingParameter")
-        || code.starts_with("Unsupported")
+        || (code.starts_with("Unsupported") && code != "Unsupported")
         || code == "VPCIdNotSpecified";
     if invalid {
         return ProviderError::InvalidRequest(format!("{op} refused the request: {detail}"));
@@ -203,9 +230,31 @@ mod tests {
             k("SpotMaxPriceTooLow"),
             ProviderError::Capacity(_)
         ));
+        for quota in [
+            "InstanceLimitExceeded",
+            "VcpuLimitExceeded",
+            "InsufficientFreeAddressesInSubnet",
+            "MaxSpotInstanceCountExceeded",
+        ] {
+            let e = k(quota);
+            assert!(matches!(e, ProviderError::Quota(_)), "{quota}: {e:?}");
+            assert!(e.stops_launch(), "{quota}");
+            let text = e.to_string();
+            assert!(text.contains("the instructor must"), "{text}");
+            assert!(text.contains(quota), "{text}");
+        }
+        for capacity in [
+            "Unsupported",
+            "UnfulfillableCapacity",
+            "InsufficientInstanceCapacity",
+        ] {
+            let e = k(capacity);
+            assert!(matches!(e, ProviderError::Capacity(_)), "{capacity}: {e:?}");
+            assert!(!e.stops_launch(), "{capacity}");
+        }
         assert!(matches!(
-            k("InstanceLimitExceeded"),
-            ProviderError::Capacity(_)
+            k("UnsupportedOperation"),
+            ProviderError::InvalidRequest(_)
         ));
         assert!(matches!(
             k("InvalidAMIID.NotFound"),
@@ -215,7 +264,6 @@ mod tests {
             k("InvalidParameterValue"),
             ProviderError::InvalidRequest(_)
         ));
-        assert!(matches!(k("Unsupported"), ProviderError::InvalidRequest(_)));
         assert!(matches!(
             k("InvalidKeyPair.NotFound"),
             ProviderError::Api { .. }

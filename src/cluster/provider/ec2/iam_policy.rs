@@ -20,8 +20,9 @@
 //! - TerminateInstances, GetConsoleOutput, CancelSpotInstanceRequests, DeleteSecurityGroup,
 //!   Authorize/RevokeSecurityGroupIngress, DeleteKeyPair, CreateTags and CreateImage on existing
 //!   resources only where `ec2:ResourceTag/stratus:store` is this store's id;
-//! - what EC2 does on stratus's behalf: `ssm:GetParameters` for the profiles' `resolve:ssm:`
-//!   images (those parameters only), and `iam:CreateServiceLinkedRole` for spot, once per account,
+//! - `ssm:GetParameters` for the profiles' `resolve:ssm:` images (those parameters only), which
+//!   stratus resolves itself to learn the image's root device;
+//! - what EC2 does on stratus's behalf: `iam:CreateServiceLinkedRole` for spot, once per account,
 //!   when a profile runs workers on spot.
 
 use std::collections::BTreeSet;
@@ -45,6 +46,8 @@ pub const ACTIONS: &[&str] = &[
     "DescribeSecurityGroups",
     "DescribeSpotInstanceRequests",
     "DescribeSubnets",
+    "DescribeVpcAttribute",
+    "DescribeVpcs",
     "GetConsoleOutput",
     "ImportKeyPair",
     "RevokeSecurityGroupIngress",
@@ -69,8 +72,8 @@ pub struct PolicyInput {
     pub store: StoreId,
     /// The instance types a launch may ask for (the class policy's `[units]`).
     pub instance_types: BTreeSet<String>,
-    /// The site's subnet and VPC, when it names them (else any of the region).
-    pub subnet_id: Option<String>,
+    /// The site's subnets and VPC, when it names them (else any of the region).
+    pub subnet_ids: Vec<String>,
     pub vpc_id: Option<String>,
     /// The SSM parameters the profiles' images are resolved from (`resolve:ssm:NAME`).
     pub ssm_parameters: BTreeSet<String>,
@@ -109,7 +112,11 @@ pub fn generate(input: &PolicyInput) -> Value {
     let request_store = json!({ "StringEquals": { &request_tag: store } });
     let resource_store = json!({ "StringEquals": { &resource_tag: store } });
     let types: Vec<&String> = input.instance_types.iter().collect();
-    let subnet = arn("subnet", input.subnet_id.as_deref().unwrap_or("*"));
+    let subnets: Vec<String> = if input.subnet_ids.is_empty() {
+        vec![arn("subnet", "*")]
+    } else {
+        input.subnet_ids.iter().map(|s| arn("subnet", s)).collect()
+    };
     let vpc = arn("vpc", input.vpc_id.as_deref().unwrap_or("*"));
 
     let mut launch_creates = vec![arn("volume", "*"), arn("network-interface", "*")];
@@ -127,6 +134,8 @@ pub fn generate(input: &PolicyInput) -> Value {
                 "DescribeSecurityGroups",
                 "DescribeSpotInstanceRequests",
                 "DescribeSubnets",
+                "DescribeVpcAttribute",
+                "DescribeVpcs",
             ]),
             "Resource": "*",
             "Condition": { "StringEquals": { "aws:RequestedRegion": region } },
@@ -149,7 +158,9 @@ pub fn generate(input: &PolicyInput) -> Value {
             "Sid": "LaunchUses",
             "Effect": "Allow",
             "Action": "ec2:RunInstances",
-            "Resource": [format!("arn:{p}:ec2:{region}::image/*"), subnet],
+            "Resource": std::iter::once(format!("arn:{p}:ec2:{region}::image/*"))
+                .chain(subnets)
+                .collect::<Vec<_>>(),
         }),
         json!({
             "Sid": "LaunchUsesTheStoresGroupsAndKeys",
@@ -381,7 +392,7 @@ pub fn input_from_site(
         region: ec2.region.clone(),
         store,
         instance_types,
-        subnet_id: ec2.subnet_id.clone(),
+        subnet_ids: ec2.subnets(),
         vpc_id: ec2.vpc_id.clone(),
         ssm_parameters,
         spot: ec2_profiles.iter().any(|p| p.worker.spot),
@@ -397,7 +408,7 @@ mod tests {
             region: "eu-west-1".into(),
             store: StoreId::from_stored("st-0123".into()),
             instance_types: ["m5.large".to_owned(), "m5.xlarge".to_owned()].into(),
-            subnet_id: Some("subnet-1".into()),
+            subnet_ids: vec!["subnet-1".into()],
             vpc_id: None,
             ssm_parameters: ["/aws/service/canonical/ubuntu/x/ami-id".to_owned()].into(),
             spot: true,

@@ -19,11 +19,15 @@
 //! SDK types stay in this module: everything is converted to the provider's own types at the
 //! edge, and every `Option` the SDK returns is handled, never unwrapped.
 
+mod boot_image;
+mod capacity;
 mod client;
 pub mod console;
+pub mod credentials;
 mod error;
 pub mod iam_policy;
 pub mod image;
+mod network;
 mod rules;
 
 use std::collections::HashMap;
@@ -42,8 +46,8 @@ use aws_sdk_ec2::types::{
 use base64::Engine;
 
 use super::{
-    BatchSpec, ClusterRef, Instance, InstanceState, Launched, Provider, ProviderError, Selector,
-    SshAccess, TerminateReport,
+    BatchSpec, ClusterRef, Instance, InstanceState, Journal, Launched, Provider, ProviderError,
+    Selector, SshAccess, TerminateReport,
 };
 use crate::config::{AddressKind, Ec2Config, HostKeySource, Trust};
 use crate::core::model::{
@@ -70,9 +74,6 @@ const IDS_PER_CALL: usize = 200;
 /// How long `release` keeps trying to delete a security group that instances still use (they
 /// hold it until they are fully terminated, a minute or two after shutting-down).
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
-/// The root device of images given as `resolve:ssm:…` (which DescribeImages cannot look up):
-/// Ubuntu's, the distribution the shipped profiles use.
-const DEFAULT_ROOT_DEVICE: &str = "/dev/sda1";
 
 /// The security group of a cluster.
 pub fn group_name(owner: &Owner, cluster: &ClusterName) -> String {
@@ -95,15 +96,28 @@ pub(crate) fn io_reason(e: &std::io::Error) -> String {
 
 pub struct Ec2Provider {
     client: aws_sdk_ec2::Client,
+    /// Resolves `resolve:ssm:` images.
+    ssm: aws_sdk_ssm::Client,
+    /// What the credentials are (temporary, until when).
+    credentials: credentials::Facts,
     ctx: error::Context,
     config: Ec2Config,
     /// Security group ids by name, learned by `prepare` or looked up by `launch`.
     groups: Mutex<HashMap<String, String>>,
-    /// Root device names by image id.
-    root_devices: Mutex<HashMap<String, String>>,
+    /// Images as launched (AMI ids, `resolve:ssm:` ones resolved) by image as profiles name
+    /// them, and root device names by AMI id.
+    images: Mutex<HashMap<String, String>>,
+    /// Root device names and root volume sizes by AMI id.
+    root_devices: Mutex<HashMap<String, boot_image::RootVolume>>,
     /// Whether GetConsoleOutput is asked for the latest output (`Latest=true`); turned off for
     /// good when the endpoint refuses it (EC2 does on instance types without it).
     console_latest: AtomicBool,
+    /// The site's subnets and VPC, looked up once.
+    network: tokio::sync::OnceCell<network::Network>,
+    /// Set once the VPC is known to give instances DNS host names.
+    dns_checked: tokio::sync::OnceCell<()>,
+    /// Placements (type and subnet) that lately had no room.
+    shortages: Mutex<capacity::Shortages>,
 }
 
 impl std::fmt::Debug for Ec2Provider {
@@ -233,11 +247,17 @@ impl Ec2Provider {
         let built = client::build(config, trust).await?;
         let provider = Self {
             client: built.client,
+            ssm: built.ssm,
+            credentials: built.credentials,
             ctx: built.context,
             config: config.clone(),
             groups: Mutex::new(HashMap::new()),
+            images: Mutex::new(HashMap::new()),
             root_devices: Mutex::new(HashMap::new()),
             console_latest: AtomicBool::new(true),
+            network: tokio::sync::OnceCell::new(),
+            dns_checked: tokio::sync::OnceCell::new(),
+            shortages: Mutex::new(capacity::Shortages::default()),
         };
         provider.check_access().await?;
         Ok(provider)
@@ -265,41 +285,6 @@ impl Ec2Provider {
         E: aws_sdk_ec2::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
         error::classify(op, &self.ctx, e)
-    }
-
-    /// The VPC the cluster's group belongs in: the subnet's, else `vpc_id`, else (None) the
-    /// region's default VPC.
-    async fn vpc(&self) -> Result<Option<String>, ProviderError> {
-        let Some(subnet) = &self.config.subnet_id else {
-            return Ok(self.config.vpc_id.clone());
-        };
-        let out = self
-            .client
-            .describe_subnets()
-            .subnet_ids(subnet)
-            .send()
-            .await
-            .map_err(|e| self.err("DescribeSubnets", e))?;
-        let vpc = out
-            .subnets()
-            .iter()
-            .find(|s| s.subnet_id() == Some(subnet.as_str()))
-            .and_then(|s| s.vpc_id())
-            .map(str::to_owned)
-            .ok_or_else(|| {
-                ProviderError::InvalidRequest(format!(
-                    "[ec2] subnet_id {subnet} does not exist in {}",
-                    self.config.region
-                ))
-            })?;
-        if let Some(want) = &self.config.vpc_id
-            && *want != vpc
-        {
-            return Err(ProviderError::InvalidRequest(format!(
-                "[ec2] subnet_id {subnet} is in VPC {vpc}, not in vpc_id {want}"
-            )));
-        }
-        Ok(Some(vpc))
     }
 
     /// The cluster's security group, if it exists (found by name and tags, so a group of the
@@ -360,7 +345,7 @@ impl Ec2Provider {
         {
             return Ok(id.clone());
         }
-        let vpc = self.vpc().await?;
+        let vpc = self.network().await?.vpc.clone();
         self.find_group(cluster, vpc.as_deref())
             .await?
             .ok_or_else(|| {
@@ -577,75 +562,38 @@ impl Ec2Provider {
         )))
     }
 
-    /// The device name of an image's root volume, to resize it.
-    async fn root_device(&self, image: &str) -> Result<String, ProviderError> {
-        if !image.starts_with("ami-") {
-            return Ok(DEFAULT_ROOT_DEVICE.to_owned());
-        }
-        if let Some(d) = self
-            .root_devices
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(image)
-        {
-            return Ok(d.clone());
-        }
-        let out = self
-            .client
-            .describe_images()
-            .image_ids(image)
-            .send()
-            .await
-            .map_err(|e| self.err("DescribeImages", e))?;
-        let device = out
-            .images()
-            .iter()
-            .find(|i| i.image_id() == Some(image))
-            .ok_or_else(|| {
-                ProviderError::InvalidRequest(format!(
-                    "image {image} does not exist in {}",
-                    self.config.region
-                ))
-            })?
-            .root_device_name()
-            .unwrap_or(DEFAULT_ROOT_DEVICE)
-            .to_owned();
-        self.root_devices
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(image.to_owned(), device.clone());
-        Ok(device)
-    }
-
-    /// One RunInstances for the whole batch: MinCount is what the batch needs at least,
-    /// MaxCount what it wants. EC2 launches between the two; moto launches MinCount.
+    /// One RunInstances of a batch, of one type in one subnet: MinCount is what the batch
+    /// still needs at least, MaxCount what it still wants. EC2 launches between the two; moto
+    /// launches MinCount.
     async fn run_instances(
         &self,
         cluster: &ClusterRef,
         access: &SshAccess,
         node: &BatchSpec,
+        call: &capacity::Call<'_>,
     ) -> Result<Vec<Instance>, ProviderError> {
-        let count = i32::try_from(node.count).map_err(|_| {
-            ProviderError::InvalidRequest(format!("{} nodes is too many", node.count))
+        let count = i32::try_from(call.count).map_err(|_| {
+            ProviderError::InvalidRequest(format!("{} nodes is too many", call.count))
         })?;
-        let min_count = i32::try_from(node.min_count.clamp(1, node.count)).unwrap_or(count);
+        let min_count = i32::try_from(call.min_count.clamp(1, call.count)).unwrap_or(count);
         let group = self.group_id(cluster).await?;
+        let image = self.resolve_image(&node.image).await?;
         let user_data = base64::engine::general_purpose::STANDARD
             .encode(crate::templates::gzip(node.user_data.as_bytes()));
         let mut tags = owned_pairs(&node.tags);
         tags.push((TAG_NAME.to_owned(), node.name.clone()));
-        tags.push((TAG_FIRST_INDEX.to_owned(), node.first_index.to_string()));
+        tags.push((TAG_FIRST_INDEX.to_owned(), call.first_index.to_string()));
         tags.push((TAG_SSH_PORT.to_owned(), access.port.to_string()));
         let mut req = self
             .client
             .run_instances()
-            .image_id(&node.image)
-            .instance_type(InstanceType::from(node.instance_type.as_str()))
+            .image_id(&image)
+            .instance_type(InstanceType::from(call.placement.instance_type.as_str()))
             .min_count(min_count)
             .max_count(count)
             .key_name(key_name(&cluster.owner, &cluster.name))
             .user_data(user_data)
-            .client_token(client_token(&node.client_token))
+            .client_token(client_token(call.token))
             .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
             // IMDSv2 only: a process tricked into fetching a URL cannot read the metadata.
             .metadata_options(
@@ -661,7 +609,7 @@ impl Ec2Provider {
             self.config.address,
             AddressKind::PublicIp | AddressKind::PublicDns
         );
-        req = match &self.config.subnet_id {
+        req = match &call.placement.subnet {
             // A subnet of the site's own VPC may not hand out public addresses by default; stratus
             // reaches nodes at theirs, so it asks for one (group and subnet then belong to the
             // network interface).
@@ -693,8 +641,13 @@ impl Ec2Provider {
                 )
                 .tag_specifications(tag_spec(ResourceType::SpotInstancesRequest, &tags));
         }
+        let (device, image_gb) = self.root_volume(&image, node.volume_gb.is_some()).await?;
         if let Some(gb) = node.volume_gb {
-            let device = self.root_device(&node.image).await?;
+            let device = device.ok_or_else(|| {
+                ProviderError::InvalidRequest(format!(
+                    "image {image} names no root device, so its root volume cannot be sized; leave volume_gb out of the profile"
+                ))
+            })?;
             let size = i32::try_from(gb).map_err(|_| {
                 ProviderError::InvalidRequest(format!("volume_gb = {gb} is too large"))
             })?;
@@ -711,6 +664,21 @@ impl Ec2Provider {
                     .build(),
             );
         }
+        // What the nodes will cost besides their type: the root volume, and a public address if
+        // the network gives them one (asked for, a subnet that maps them, or the default VPC's).
+        let volume_gb = node.volume_gb.or(image_gb);
+        let public_ipv4 = match &call.placement.subnet {
+            Some(subnet) => {
+                public
+                    || self
+                        .network()
+                        .await?
+                        .subnets
+                        .iter()
+                        .any(|s| s.id == *subnet && s.public_ips)
+            }
+            None => true,
+        };
         let out = req.send().await.map_err(|e| self.err("RunInstances", e))?;
         let instances: Vec<Instance> = out
             .instances()
@@ -718,6 +686,8 @@ impl Ec2Provider {
             .filter_map(|i| self.convert(i))
             .map(|i| Instance {
                 ssh_port: access.port,
+                volume_gb,
+                public_ipv4: Some(public_ipv4),
                 ..i
             })
             .collect();
@@ -727,7 +697,7 @@ impl Ec2Provider {
                 message: "the answer lists no instance".into(),
             });
         }
-        tracing::info!(nodes = %node.name, instances = instances.len(), token = %node.client_token, "RunInstances");
+        tracing::info!(nodes = %node.name, instances = instances.len(), instance_type = %call.placement.instance_type, subnet = ?call.placement.subnet, token = %call.token, "RunInstances");
         Ok(instances)
     }
 
@@ -789,6 +759,12 @@ impl Ec2Provider {
             tags,
             host_key: None,
             launched_at: i.launch_time().and_then(|t| t.to_millis().ok()),
+            volume_gb: None,
+            // Known once EC2 has assigned one (not yet while pending).
+            public_ipv4: i
+                .public_ip_address()
+                .filter(|a| !a.is_empty())
+                .map(|_| true),
         })
     }
 
@@ -992,7 +968,8 @@ impl Provider for Ec2Provider {
             }
         }
         let tags = owned_pairs(&cluster.tags());
-        let vpc = self.vpc().await?;
+        let vpc = self.network().await?.vpc.clone();
+        self.check_dns().await?;
         let group = self.ensure_group(cluster, vpc.as_deref(), &tags).await?;
         self.sync_rules(&group, access, &tags).await?;
         self.ensure_key_pair(cluster, access, &tags).await?;
@@ -1004,17 +981,9 @@ impl Provider for Ec2Provider {
         cluster: &ClusterRef,
         access: &SshAccess,
         batch: &BatchSpec,
+        journal: &dyn Journal,
     ) -> Launched {
-        match self.run_instances(cluster, access, batch).await {
-            Ok(instances) => Launched {
-                instances,
-                error: None,
-            },
-            Err(e) => Launched {
-                instances: Vec::new(),
-                error: Some(e),
-            },
-        }
+        self.launch_batch(cluster, access, batch, journal).await
     }
 
     async fn describe(&self, selector: &Selector) -> Result<Vec<Instance>, ProviderError> {
@@ -1187,23 +1156,24 @@ impl Provider for Ec2Provider {
         }
         let answer = match call.send().await {
             Ok(a) => a,
-            Err(e)
-                if latest
-                    && matches!(
-                        error::code(&e),
-                        Some("UnsupportedOperation" | "InvalidParameterCombination")
-                    ) =>
-            {
-                // Instance types without the latest output answer this; the buffered output
-                // (EC2 updates it after boot) still shows cloud-init's keys, only later.
-                tracing::debug!("GetConsoleOutput refuses Latest=true; asking without it");
-                self.console_latest.store(false, Ordering::Relaxed);
-                self.client
+            Err(e) if latest => {
+                // Only Nitro instances have the latest output; other types (Xen: t2, m4) refuse
+                // `Latest=true`, with codes EC2 does not document. Whatever the error, ask for
+                // the buffered output (EC2 updates it after boot: it still shows cloud-init's
+                // keys, only later), and if that answers, stop asking for the latest.
+                tracing::debug!(
+                    "GetConsoleOutput with Latest=true failed ({}); asking without it",
+                    error::code(&e).unwrap_or("no code")
+                );
+                let answer = self
+                    .client
                     .get_console_output()
                     .instance_id(id)
                     .send()
                     .await
-                    .map_err(|e| self.err("GetConsoleOutput", e))?
+                    .map_err(|e| self.err("GetConsoleOutput", e))?;
+                self.console_latest.store(false, Ordering::Relaxed);
+                answer
             }
             Err(e) => return Err(self.err("GetConsoleOutput", e)),
         };

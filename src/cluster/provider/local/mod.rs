@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
 use super::{
-    BatchSpec, ClusterRef, Instance, InstanceState, Launched, Provider, ProviderError, Selector,
-    SshAccess, TerminateReport,
+    BatchSpec, ClusterRef, Instance, InstanceState, Journal, Launched, Provider, ProviderError,
+    Selector, SshAccess, TerminateReport,
 };
 use crate::config::LocalConfig;
 use crate::core::files::{write_atomic, write_private};
@@ -387,6 +387,9 @@ impl LocalProvider {
             tags: Some(cfg.tags.clone()),
             host_key: Some(cfg.host_public_key.clone()),
             launched_at: Some(cfg.launched_at),
+            // A directory on this machine: no volume, no address, nothing to pay.
+            volume_gb: Some(0),
+            public_ipv4: Some(false),
         }
     }
 
@@ -516,6 +519,7 @@ impl Provider for LocalProvider {
         _cluster: &ClusterRef,
         access: &SshAccess,
         batch: &BatchSpec,
+        _journal: &dyn Journal,
     ) -> Launched {
         let starts = (0..batch.count).map(|k| {
             let index = batch.first_index + k;
@@ -530,12 +534,17 @@ impl Provider for LocalProvider {
         let mut launched = Launched {
             instances: Vec::new(),
             error: None,
+            settled: Vec::new(),
         };
         for r in futures_util::future::join_all(starts).await {
             match r {
                 Ok(i) => launched.instances.push(i),
                 Err(e) => launched.error = launched.error.or(Some(e)),
             }
+        }
+        // One call: settled once it is known to have done all it did.
+        if launched.error.is_none() {
+            launched.settled.push(batch.client_token.clone());
         }
         launched
     }
