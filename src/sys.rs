@@ -651,41 +651,6 @@ pub fn syslog(line: &str) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pids_that_do_not_name_one_process_are_never_signalled() {
-        for pid in [0u32, 1, u32::MAX, (i32::MAX as u32) + 1] {
-            let err = kill(pid, 0).unwrap_err();
-            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{pid}");
-            assert!(kill_group(pid, 0).is_err(), "{pid}");
-        }
-        // Our own pid is fine, and signal 0 only checks.
-        kill(std::process::id(), 0).unwrap();
-    }
-
-    #[test]
-    fn a_lock_held_here_is_seen_from_a_second_descriptor_as_free() {
-        // POSIX locks belong to the process: another descriptor of ours sees no conflict.
-        let dir = std::env::temp_dir().join(format!("stratus-sys-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("l");
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .unwrap();
-        assert!(try_lock_file(&f).unwrap());
-        let g = File::open(&path).unwrap();
-        assert_eq!(lock_holder(&g).unwrap(), LockHolder::Free);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-}
-
 /// The listening socket a supervisor passed (systemd's socket activation: descriptor 3, with
 /// `LISTEN_PID` naming this process), checked to be a listening Unix stream socket. Taken at
 /// most once.
@@ -751,4 +716,39 @@ pub fn peer_uid(stream: &std::os::unix::net::UnixStream) -> io::Result<u32> {
         return Err(io::Error::last_os_error());
     }
     Ok(cred.uid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pids_that_do_not_name_one_process_are_never_signalled() {
+        for pid in [0u32, 1, u32::MAX, (i32::MAX as u32) + 1] {
+            let err = kill(pid, 0).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{pid}");
+            assert!(kill_group(pid, 0).is_err(), "{pid}");
+        }
+        // Our own pid is fine, and signal 0 only checks.
+        kill(std::process::id(), 0).unwrap();
+    }
+
+    #[test]
+    fn a_lock_held_here_is_seen_from_a_second_descriptor_as_free() {
+        // POSIX locks belong to the process: another descriptor of ours sees no conflict.
+        let dir = std::env::temp_dir().join(format!("stratus-sys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("l");
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .unwrap();
+        assert!(try_lock_file(&f).unwrap());
+        let g = File::open(&path).unwrap();
+        assert_eq!(lock_holder(&g).unwrap(), LockHolder::Free);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

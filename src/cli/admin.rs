@@ -650,55 +650,6 @@ fn installed_wrap_config(wrapper: &Path) -> Option<WrapConfig> {
     placeholder::read(&std::fs::read(wrapper).ok()?)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_audit_line_quotes_every_field() {
-        let r = crate::store::AuditRecord {
-            at: "2026-12-01T00:00:00.000Z".into(),
-            user: "mallory".into(),
-            action: "launch".into(),
-            cluster: Some(format!("x{}\" \"done", " ".repeat(40))),
-            decision: "refused".into(),
-            reason: Some("no".into()),
-            instances: Vec::new(),
-        };
-        let line = audit_line(&r);
-        assert!(
-            line.starts_with(&format!(
-                "2026-12-01T00:00:00.000Z \"mallory\" \"launch\" \"x{}\\\" \\\"done\" \"refused\"",
-                " ".repeat(40)
-            )),
-            "{line}"
-        );
-        // The padding stays inside its quotes: the verdict is the fifth quoted field.
-        let fields: Vec<&str> = line.split(" \"").collect();
-        assert_eq!(fields.len(), 6, "{line}");
-    }
-
-    #[test]
-    fn an_instructors_config_keeps_its_keys_and_gains_what_is_missing() {
-        let layout = Layout::new(Some(Path::new("/opt/s")));
-        let text = "provider = \"ec2\"\nwrapper = \"/elsewhere\"\n[ec2]\nregion = \"us-west-2\"\n";
-        let out = amend_config(text, &layout);
-        assert!(out.contains("mode = \"multi-user\""), "{out}");
-        assert!(
-            out.contains("state_dir = \"/opt/s/var/lib/stratus\""),
-            "{out}"
-        );
-        assert!(out.contains("wrapper = \"/elsewhere\""), "{out}");
-        assert_eq!(out.matches("wrapper =").count(), 1, "{out}");
-        assert!(out.ends_with(text), "{out}");
-        // Amending twice changes nothing more.
-        assert_eq!(amend_config(&out, &layout), out);
-        let parsed =
-            crate::config::SiteConfig::parse(&out, Path::new("/opt/s/etc/stratus/config.toml"));
-        assert!(parsed.is_ok(), "{parsed:?}");
-    }
-}
-
 /// `stratus admin iam-policy`: the least-privilege IAM policy of the service account, as JSON
 /// on stdout, for this install's store, region, class types and profiles.
 pub(super) fn iam_policy(
@@ -784,4 +735,53 @@ pub(super) async fn image_build(
         b.record
     ))?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_audit_line_quotes_every_field() {
+        let r = crate::store::AuditRecord {
+            at: "2026-12-01T00:00:00.000Z".into(),
+            user: "mallory".into(),
+            action: "launch".into(),
+            cluster: Some(format!("x{}\" \"done", " ".repeat(40))),
+            decision: "refused".into(),
+            reason: Some("no".into()),
+            instances: Vec::new(),
+        };
+        let line = audit_line(&r);
+        assert!(
+            line.starts_with(&format!(
+                "2026-12-01T00:00:00.000Z \"mallory\" \"launch\" \"x{}\\\" \\\"done\" \"refused\"",
+                " ".repeat(40)
+            )),
+            "{line}"
+        );
+        // The padding stays inside its quotes: the verdict is the fifth quoted field.
+        let fields: Vec<&str> = line.split(" \"").collect();
+        assert_eq!(fields.len(), 6, "{line}");
+    }
+
+    #[test]
+    fn an_instructors_config_keeps_its_keys_and_gains_what_is_missing() {
+        let layout = Layout::new(Some(Path::new("/opt/s")));
+        let text = "provider = \"ec2\"\nwrapper = \"/elsewhere\"\n[ec2]\nregion = \"us-west-2\"\n";
+        let out = amend_config(text, &layout);
+        assert!(out.contains("mode = \"multi-user\""), "{out}");
+        assert!(
+            out.contains("state_dir = \"/opt/s/var/lib/stratus\""),
+            "{out}"
+        );
+        assert!(out.contains("wrapper = \"/elsewhere\""), "{out}");
+        assert_eq!(out.matches("wrapper =").count(), 1, "{out}");
+        assert!(out.ends_with(text), "{out}");
+        // Amending twice changes nothing more.
+        assert_eq!(amend_config(&out, &layout), out);
+        let parsed =
+            crate::config::SiteConfig::parse(&out, Path::new("/opt/s/etc/stratus/config.toml"));
+        assert!(parsed.is_ok(), "{parsed:?}");
+    }
 }

@@ -187,7 +187,7 @@ pub async fn launch<P: Provider>(
     })? {
         Created::Row(c) => c,
         Created::NameInUse => return Err(InputError::NameInUse(req.name.to_string()).into()),
-        Created::Refused(refusal) => return Err(refusal.into()),
+        Created::Refused(refusal) => return Err(refusal),
     };
     tracing::info!(cluster = %cluster.name, request = %request, "launch reserved");
 

@@ -283,14 +283,13 @@ mod tests {
 
     /// A holder in another process: the lock file locked by a child that sleeps.
     fn hold_elsewhere(path: &Path) -> std::process::Child {
-        let child = std::process::Command::new("perl")
+        std::process::Command::new("perl")
             .arg("-e")
             .arg("use Fcntl qw(:DEFAULT :flock); open(my $f, '+<', $ARGV[0]) or die; my $l = pack('s s l l l', F_WRLCK, 0, 0, 0, 0); fcntl($f, F_SETLK, $l) or die; print STDOUT \"locked\\n\"; STDOUT->flush; sleep 60")
             .arg(path)
             .stdout(std::process::Stdio::piped())
             .spawn()
-            .unwrap();
-        child
+            .unwrap()
     }
 
     #[test]

@@ -280,8 +280,10 @@ mod tests {
 
     fn profile() -> Profile {
         let mut p = Profile::for_tests("hadoop");
-        p.master.instance_type = "m5.large".into();
-        p.worker.instance_type = "m5.large".into();
+        for role in [&mut p.master, &mut p.worker] {
+            role.instance_type = "m5.large".into();
+            role.instance_types = vec!["m5.large".into()];
+        }
         p
     }
 
@@ -296,8 +298,10 @@ mod tests {
         let ask = rules.admit_launch(&profile(), 2, &mut n).unwrap().unwrap();
         assert_eq!(ask.units, 3_000);
         assert_eq!(ask.nodes, 3);
-        // 3 m5.large for 2 hours at $0.096.
-        assert_eq!(ask.max_cost, 3 * 2 * 96_000);
+        // 3 m5.large for 2 hours: each $0.096 an hour, its public IPv4 address $0.005 an hour,
+        // and its 8 GB gp3 root volume at $0.08 a GB-month (of 730 hours), rounded once.
+        let per_730_hours = 3 * ((96_000 + 5_000) * 730 + 8 * 80_000);
+        assert_eq!(ask.max_cost, (per_730_hours * 2 + 365) / 730);
         // No max_clusters and no class limit: those were never read.
         assert_eq!(n.asked, ["user", "spending"]);
     }
@@ -347,7 +351,8 @@ mod tests {
             "{m}"
         );
         let m = refused(&mut Numbers::default(), 1);
-        assert!(m.contains("could cost up to $1.54"), "{m}");
+        // 2 nodes for 8 hours at the rate above: $1.63.
+        assert!(m.contains("could cost up to $1.63"), "{m}");
         assert!(m.starts_with("refused by the policy (/etc/stratus/policy.toml): "));
     }
 

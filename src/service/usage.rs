@@ -40,7 +40,7 @@ impl Service {
         }
         let caller = asked.caller;
         let r = super::admission::quota(
-            &self.store(),
+            self.store(),
             asked.policy.present(),
             self.config(),
             caller.owner.as_str(),
@@ -61,7 +61,7 @@ impl Service {
         let since = since.map(parse_time).transpose()?;
         let until = until.map(parse_time).transpose()?;
         let report = crate::accounting::report_from_store(
-            &self.store(),
+            self.store(),
             self.config(),
             since,
             until,
