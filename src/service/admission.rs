@@ -79,65 +79,86 @@ impl InUse for Ledger<'_, '_> {
     }
 }
 
-fn reserve(
-    tx: &rusqlite::Connection,
+/// What an admitted request writes in its transaction: the reservation (when a policy asked
+/// for one) and the "accepted" row of the audit trail, so that a launch is on record before it
+/// creates anything, even if its process dies right after.
+struct Admitted<'a> {
     cluster_id: i64,
-    owner: &str,
-    request: &str,
-    ask: &Ask,
-) -> Result<(), StoreError> {
-    ledger::insert_reservation(
-        tx,
-        &NewReservation {
-            cluster_id,
-            owner,
-            request,
-            units: ask.units,
-            nodes: ask.nodes,
-            max_cost: ask.max_cost,
-        },
-    )
+    owner: &'a str,
+    cluster: &'a str,
+    action: &'a str,
+    request: &'a str,
 }
 
-/// The "accepted" row of the audit trail, in the transaction that writes the reservation: a
-/// launch is on record before it creates anything, even if its process dies right after.
-fn accepted(
-    tx: &rusqlite::Connection,
-    owner: &str,
-    action: &str,
-    cluster: &str,
-    request: &str,
-    ask: Option<&Ask>,
-) -> Result<(), StoreError> {
-    let reason = match ask {
-        Some(a) => format!(
-            "request {request}: {} nodes and {} units reserved{}",
-            a.nodes,
-            crate::core::money::units_text(a.units),
-            if a.max_cost > 0 {
-                format!(
-                    ", up to {} of the budget",
-                    crate::core::money::dollars_text(a.max_cost)
-                )
-            } else {
-                String::new()
-            }
-        ),
-        None => format!("request {request}: no policy applies"),
-    };
-    ledger::insert_audit(
-        tx,
-        &crate::store::AuditRecord {
-            at: String::new(),
-            user: owner.to_owned(),
-            action: action.to_owned(),
-            cluster: Some(cluster.to_owned()),
-            decision: "accepted".into(),
-            reason: Some(reason),
-            instances: Vec::new(),
-        },
-        now_millis(),
-    )
+impl Admitted<'_> {
+    fn record(&self, tx: &rusqlite::Connection, ask: Option<&Ask>) -> Result<(), StoreError> {
+        if let Some(ask) = ask {
+            ledger::insert_reservation(
+                tx,
+                &NewReservation {
+                    cluster_id: self.cluster_id,
+                    owner: self.owner,
+                    request: self.request,
+                    units: ask.units,
+                    nodes: ask.nodes,
+                    max_cost: ask.max_cost,
+                },
+            )?;
+        }
+        let request = self.request;
+        let reason = match ask {
+            Some(a) => format!(
+                "request {request}: {} nodes and {} units reserved{}",
+                a.nodes,
+                crate::core::money::units_text(a.units),
+                if a.max_cost > 0 {
+                    format!(
+                        ", up to {} of the budget",
+                        crate::core::money::dollars_text(a.max_cost)
+                    )
+                } else {
+                    String::new()
+                }
+            ),
+            None => format!("request {request}: no policy applies"),
+        };
+        ledger::insert_audit(
+            tx,
+            &crate::store::AuditRecord {
+                at: String::new(),
+                user: self.owner.to_owned(),
+                action: self.action.to_owned(),
+                cluster: Some(self.cluster.to_owned()),
+                decision: "accepted".into(),
+                reason: Some(reason),
+                instances: Vec::new(),
+            },
+            now_millis(),
+        )
+    }
+}
+
+impl Admission<'_> {
+    /// The rules' answer in `tx` (`except`: the cluster being admitted, not counted as in use):
+    /// what to reserve, or a refusal; nothing to reserve without a policy.
+    fn decide(
+        &self,
+        tx: &rusqlite::Connection,
+        except: i64,
+        ask: impl FnOnce(&Rules<'_>, &mut Ledger<'_, '_>) -> Result<Result<Ask, Error>, StoreError>,
+    ) -> Result<Result<Option<Ask>, Error>, StoreError> {
+        let (Some(rules), Some(policy)) = (&self.rules, self.policy) else {
+            return Ok(Ok(None));
+        };
+        let mut in_use = Ledger {
+            tx,
+            user: rules.user(),
+            except,
+            policy,
+            config: self.config,
+        };
+        Ok(ask(rules, &mut in_use)?.map(Some))
+    }
 }
 
 impl Admit for Admission<'_> {
@@ -148,38 +169,20 @@ impl Admit for Admission<'_> {
         new: &NewCluster<'_>,
         workers: u32,
     ) -> Result<Result<(), Error>, StoreError> {
-        let ask = match (&self.rules, self.policy) {
-            (Some(rules), Some(policy)) => {
-                let mut in_use = Ledger {
-                    tx,
-                    user: rules.user(),
-                    except: cluster_id,
-                    policy,
-                    config: self.config,
-                };
-                let ask = match rules.admit_launch(&new.record.profile, workers, &mut in_use)? {
-                    Ok(ask) => ask,
-                    Err(refusal) => return Ok(Err(refusal)),
-                };
-                reserve(
-                    tx,
-                    cluster_id,
-                    new.owner.as_str(),
-                    new.request_id.as_str(),
-                    &ask,
-                )?;
-                Some(ask)
-            }
-            _ => None,
+        let ask = match self.decide(tx, cluster_id, |rules, in_use| {
+            rules.admit_launch(&new.record.profile, workers, in_use)
+        })? {
+            Ok(ask) => ask,
+            Err(refusal) => return Ok(Err(refusal)),
         };
-        accepted(
-            tx,
-            new.owner.as_str(),
-            "launch",
-            new.name.as_str(),
-            new.request_id.as_str(),
-            ask.as_ref(),
-        )?;
+        let admitted = Admitted {
+            cluster_id,
+            owner: new.owner.as_str(),
+            cluster: new.name.as_str(),
+            action: "launch",
+            request: new.request_id.as_str(),
+        };
+        admitted.record(tx, ask.as_ref())?;
         Ok(Ok(()))
     }
 
@@ -191,37 +194,18 @@ impl Admit for Admission<'_> {
         count: u32,
     ) -> Result<(), Error> {
         store.immediate(|tx| -> Result<(), Error> {
-            let ask = match (&self.rules, self.policy) {
-                (Some(rules), Some(policy)) => {
-                    let held = ledger::cluster_nodes(tx, cluster.id)?;
-                    let mut in_use = Ledger {
-                        tx,
-                        user: rules.user(),
-                        except: -1,
-                        policy,
-                        config: self.config,
-                    };
-                    let ask =
-                        rules.admit_growth(&cluster.record.profile, held, count, &mut in_use)??;
-                    reserve(
-                        tx,
-                        cluster.id,
-                        cluster.owner.as_str(),
-                        request.as_str(),
-                        &ask,
-                    )?;
-                    Some(ask)
-                }
-                _ => None,
+            let ask = self.decide(tx, -1, |rules, in_use| {
+                let held = ledger::cluster_nodes(tx, cluster.id)?;
+                rules.admit_growth(&cluster.record.profile, held, count, in_use)
+            })??;
+            let admitted = Admitted {
+                cluster_id: cluster.id,
+                owner: cluster.owner.as_str(),
+                cluster: cluster.name.as_str(),
+                action: "launch-slaves",
+                request: request.as_str(),
             };
-            accepted(
-                tx,
-                cluster.owner.as_str(),
-                "launch-slaves",
-                cluster.name.as_str(),
-                request.as_str(),
-                ask.as_ref(),
-            )?;
+            admitted.record(tx, ask.as_ref())?;
             Ok(())
         })
     }
