@@ -617,7 +617,7 @@ fn doctor(
                 ));
                 if let Some(ec2) = &c.ec2 {
                     use crate::cluster::provider::ec2::credentials;
-                    match credentials::doctor(ec2, crate::config::Trust::Service) {
+                    match credentials::doctor(ec2, &crate::config::Trust::Service) {
                         Ok(Some(warning)) => printer.warn(warning),
                         Ok(None) => {}
                         Err(problem) => problems.push(problem),

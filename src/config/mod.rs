@@ -39,10 +39,22 @@ pub use crate::core::model::ProviderKind;
 /// with. The runner of a multi-user install (`Service`) runs with the service account's rights
 /// on a caller's behalf, so it reads only its install's files: no `STRATUS_*`, no `AWS_*`, no
 /// proxy or certificate variables, nothing from a home directory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trust {
-    Caller,
+    /// A user's own command, with the AWS settings of the environment it was started with (read
+    /// once, at the top).
+    Caller(crate::core::env::AwsEnv),
     Service,
+}
+
+impl Trust {
+    /// The caller's AWS environment, or `None` for a service (which reads none).
+    pub fn caller_env(&self) -> Option<&crate::core::env::AwsEnv> {
+        match self {
+            Trust::Caller(env) => Some(env),
+            Trust::Service => None,
+        }
+    }
 }
 
 /// How launches are made on this machine.

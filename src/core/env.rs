@@ -6,6 +6,42 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+/// The AWS settings of a user's own environment, for the EC2 client of their own commands
+/// (`Trust::Caller`): endpoints, static keys, the shared credentials file and profile.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AwsEnv {
+    pub endpoint_url: Option<String>,
+    pub endpoint_url_ec2: Option<String>,
+    pub endpoint_url_ssm: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub session_token: Option<String>,
+    /// `AWS_CREDENTIAL_EXPIRATION`, as `aws configure export-credentials` sets it.
+    pub credential_expiration: Option<String>,
+    pub profile: Option<String>,
+    pub shared_credentials_file: Option<String>,
+    pub home: Option<String>,
+}
+
+impl AwsEnv {
+    /// This process's AWS variables.
+    pub fn of_this_process() -> Self {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        Self {
+            endpoint_url: var("AWS_ENDPOINT_URL"),
+            endpoint_url_ec2: var("AWS_ENDPOINT_URL_EC2"),
+            endpoint_url_ssm: var("AWS_ENDPOINT_URL_SSM"),
+            access_key_id: var("AWS_ACCESS_KEY_ID"),
+            secret_access_key: var("AWS_SECRET_ACCESS_KEY"),
+            session_token: var("AWS_SESSION_TOKEN"),
+            credential_expiration: var("AWS_CREDENTIAL_EXPIRATION"),
+            profile: var("AWS_PROFILE"),
+            shared_credentials_file: var("AWS_SHARED_CREDENTIALS_FILE"),
+            home: var("HOME"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Environment {
     /// `STRATUS_CONFIG`: the site config file.
@@ -19,6 +55,8 @@ pub struct Environment {
     /// Run by `cargo run` (cargo sets `CARGO_MANIFEST_DIR` and `CARGO_PKG_NAME`).
     pub under_cargo: bool,
     pub path: Option<OsString>,
+    /// The AWS settings of this environment (a user's own EC2 commands only).
+    pub aws: AwsEnv,
     /// `LISTEN_PID` and `LISTEN_FDS`: a listening socket passed by the supervisor of
     /// `stratus serve` (systemd's socket activation).
     pub listen: Option<(u32, u32)>,
@@ -55,6 +93,7 @@ impl Environment {
             under_cargo: std::env::var_os("CARGO_MANIFEST_DIR").is_some()
                 && std::env::var("CARGO_PKG_NAME").as_deref() == Ok("stratus"),
             path: std::env::var_os("PATH"),
+            aws: AwsEnv::of_this_process(),
             listen: std::env::var("LISTEN_PID")
                 .ok()
                 .and_then(|p| p.parse().ok())

@@ -3,7 +3,7 @@
 //! backoff every wait uses, and the output sink. It imports nothing of the project but `sys`.
 
 pub(crate) mod backoff;
-pub(crate) mod env;
+pub mod env;
 pub mod error;
 pub mod files;
 pub(crate) mod input;

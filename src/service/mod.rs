@@ -81,7 +81,7 @@ impl Settings {
             crate::core::model::fix_clock(crate::core::input::parse_time(t)?);
         }
         Ok(Self {
-            trust: Trust::Caller,
+            trust: Trust::Caller(env.aws.clone()),
             config,
             config_path,
             state_dir,
@@ -272,7 +272,7 @@ impl Service {
                         "this cluster is on ec2, but the site config has no [ec2] table",
                     ));
                 };
-                AnyProvider::Ec2(Box::new(Ec2Provider::new(ec2, settings.trust).await?))
+                AnyProvider::Ec2(Box::new(Ec2Provider::new(ec2, &settings.trust).await?))
             }
         });
         built.insert(kind, p.clone());
@@ -570,7 +570,7 @@ mod tests {
         let install = tempfile::tempdir().unwrap();
         let own = tempfile::tempdir().unwrap();
         let settings = |dir: &std::path::Path| Settings {
-            trust: crate::config::Trust::Caller,
+            trust: crate::config::Trust::Caller(Default::default()),
             config: crate::config::SiteConfig {
                 mode: crate::config::Mode::MultiUser,
                 state_dir: Some(dir.to_path_buf()),

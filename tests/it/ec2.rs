@@ -353,8 +353,11 @@ fn launch_list_terminate_tags_everything_and_leaves_nothing() {
 /// The EC2 provider of the site config `ec2_config` makes, as a user's own command builds it.
 pub(crate) fn ec2_provider(moto: &Moto, dir: &std::path::Path, extra: &str) -> Ec2Provider {
     let config = ec2_config(moto, dir, extra);
-    moto.block_on(Ec2Provider::new(&config, Trust::Caller))
-        .unwrap()
+    moto.block_on(Ec2Provider::new(
+        &config,
+        &Trust::Caller(stratus::core::env::AwsEnv::of_this_process()),
+    ))
+    .unwrap()
 }
 
 pub(crate) fn ec2_config(moto: &Moto, dir: &std::path::Path, extra: &str) -> Ec2Config {
@@ -497,7 +500,10 @@ fn prepare_is_idempotent_converges_and_never_adopts_foreign_resources() {
         "client_cidrs = [\"0.0.0.0/0\"]\nallow_world = true",
     );
     let open = moto
-        .block_on(Ec2Provider::new(&world, Trust::Caller))
+        .block_on(Ec2Provider::new(
+            &world,
+            &Trust::Caller(stratus::core::env::AwsEnv::of_this_process()),
+        ))
         .unwrap();
     moto.block_on(open.prepare(&cluster2, &b)).unwrap();
     assert!(
@@ -1252,7 +1258,7 @@ pub(crate) fn resources_exist(moto: &Moto, cluster: &str) -> bool {
 pub(crate) fn app_for(ctx: &TestContext) -> stratus::service::Service {
     let (config, config_path) = SiteConfig::load(Some(&ctx.config), None).unwrap();
     let settings = stratus::service::Settings {
-        trust: Trust::Caller,
+        trust: Trust::Caller(stratus::core::env::AwsEnv::of_this_process()),
         config,
         config_path,
         state_dir: ctx.state.clone(),

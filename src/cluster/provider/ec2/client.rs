@@ -41,36 +41,38 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The endpoint to use: the site config's, else (for a user's own command only) the standard
 /// `AWS_ENDPOINT_URL_EC2` or `AWS_ENDPOINT_URL`.
-fn endpoint(config: &Ec2Config, trust: Trust) -> Result<Option<String>, ProviderError> {
-    endpoint_of(config.endpoint_url.as_ref(), "AWS_ENDPOINT_URL_EC2", trust)
+fn endpoint(config: &Ec2Config, trust: &Trust) -> Result<Option<String>, ProviderError> {
+    endpoint_of(
+        config.endpoint_url.as_ref(),
+        trust.caller_env().and_then(|e| e.endpoint_url_ec2.as_ref()),
+        trust,
+    )
 }
 
 /// The SSM endpoint: `ssm_endpoint_url`, else `endpoint_url` (an EC2-compatible API serving
 /// both, such as moto), else (a user's own command) `AWS_ENDPOINT_URL_SSM` or
 /// `AWS_ENDPOINT_URL`.
-fn ssm_endpoint(config: &Ec2Config, trust: Trust) -> Result<Option<String>, ProviderError> {
+fn ssm_endpoint(config: &Ec2Config, trust: &Trust) -> Result<Option<String>, ProviderError> {
     endpoint_of(
         config
             .ssm_endpoint_url
             .as_ref()
             .or(config.endpoint_url.as_ref()),
-        "AWS_ENDPOINT_URL_SSM",
+        trust.caller_env().and_then(|e| e.endpoint_url_ssm.as_ref()),
         trust,
     )
 }
 
 fn endpoint_of(
     configured: Option<&String>,
-    service_var: &str,
-    trust: Trust,
+    for_the_service: Option<&String>,
+    trust: &Trust,
 ) -> Result<Option<String>, ProviderError> {
-    let from_env = || {
-        [service_var, "AWS_ENDPOINT_URL"]
-            .iter()
-            .find_map(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
-    };
     let url = match trust {
-        Trust::Caller => configured.cloned().or_else(from_env),
+        Trust::Caller(env) => configured
+            .or(for_the_service)
+            .or(env.endpoint_url.as_ref())
+            .cloned(),
         Trust::Service => configured.cloned(),
     };
     if let Some(u) = &url
@@ -89,13 +91,13 @@ fn endpoint_of(
 /// the proxy, an https:// endpoint (AWS) is reached with CONNECT, an http:// one (moto) with
 /// requests in absolute form.
 fn http_client(
-    trust: Trust,
+    trust: &Trust,
     proxy: Option<&str>,
 ) -> Result<aws_sdk_ec2::config::SharedHttpClient, ProviderError> {
     use aws_smithy_http_client::proxy::ProxyConfig;
     use aws_smithy_http_client::tls::{self, TlsContext, TrustStore, rustls_provider::CryptoMode};
     let mut context = TlsContext::default();
-    if trust == Trust::Service
+    if *trust == Trust::Service
         && let Ok(pem) = std::fs::read(SYSTEM_CA_BUNDLE)
     {
         context = TlsContext::builder()
@@ -138,7 +140,7 @@ pub(super) struct Built {
     pub credentials: Facts,
 }
 
-pub(super) async fn build(config: &Ec2Config, trust: Trust) -> Result<Built, ProviderError> {
+pub(super) async fn build(config: &Ec2Config, trust: &Trust) -> Result<Built, ProviderError> {
     if config.region.trim().is_empty() {
         return Err(ProviderError::InvalidRequest(
             "[ec2] region must not be empty".into(),
@@ -203,7 +205,7 @@ pub(super) async fn build(config: &Ec2Config, trust: Trust) -> Result<Built, Pro
 /// shared credentials file (`AWS_SHARED_CREDENTIALS_FILE`, or `~/.aws/credentials`).
 pub(super) fn credentials(
     config: &Ec2Config,
-    trust: Trust,
+    trust: &Trust,
 ) -> Result<(SharedCredentialsProvider, Facts), ProviderError> {
     if let Some(path) = &config.credentials_file {
         let profile = config.profile.as_deref().unwrap_or("default");
@@ -215,22 +217,21 @@ pub(super) fn credentials(
         let facts = Facts::of(&creds, expires, described, "aws_credential_expiration");
         return Ok((SharedCredentialsProvider::new(creds), facts));
     }
-    if trust == Trust::Service {
+    let Some(env) = trust.caller_env() else {
         return Err(ProviderError::Auth(
             "the site config has no credentials_file under [ec2]; a multi-user install reads the service account's keys only from there".into(),
         ));
-    }
-    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-    if let (Some(id), Some(secret)) = (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
+    };
+    if let (Some(id), Some(secret)) = (env.access_key_id.clone(), env.secret_access_key.clone()) {
         // The variable `aws configure export-credentials --format env` sets with the keys.
-        let expires = match var("AWS_CREDENTIAL_EXPIRATION") {
+        let expires = match &env.credential_expiration {
             Some(t) => Some(
-                super::credentials::parse_expiry(&t)
+                super::credentials::parse_expiry(t)
                     .map_err(|e| ProviderError::Auth(format!("AWS_CREDENTIAL_EXPIRATION: {e}")))?,
             ),
             None => None,
         };
-        let token = var("AWS_SESSION_TOKEN");
+        let token = env.session_token.clone();
         let creds = Credentials::new(
             id,
             secret,
@@ -249,11 +250,11 @@ pub(super) fn credentials(
     let profile = config
         .profile
         .clone()
-        .or_else(|| var("AWS_PROFILE"))
+        .or_else(|| env.profile.clone())
         .unwrap_or_else(|| "default".into());
-    let path = match var("AWS_SHARED_CREDENTIALS_FILE") {
+    let path = match &env.shared_credentials_file {
         Some(p) => std::path::PathBuf::from(p),
-        None => match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        None => match &env.home {
             Some(h) => std::path::PathBuf::from(h).join(".aws/credentials"),
             None => {
                 return Err(ProviderError::Auth(

@@ -120,7 +120,7 @@ pub(super) fn system_time(t: jiff::Timestamp) -> SystemTime {
 /// What `admin doctor` says of the `[ec2]` credentials: a problem (they have expired), or a
 /// warning (they expire within a day, or without a known expiry). Credentials it cannot read
 /// yet (a new install's empty file) are not its matter here.
-pub fn doctor(config: &Ec2Config, trust: Trust) -> Result<Option<String>, String> {
+pub fn doctor(config: &Ec2Config, trust: &Trust) -> Result<Option<String>, String> {
     let facts = match super::client::credentials(config, trust) {
         Ok((_, facts)) => facts,
         Err(e) => {

@@ -240,7 +240,7 @@ fn state_of(name: &InstanceStateName) -> InstanceState {
 
 impl Ec2Provider {
     /// Builds the client from the site's `[ec2]` table and checks that credentials are at hand.
-    pub async fn new(config: &Ec2Config, trust: Trust) -> Result<Self, ProviderError> {
+    pub async fn new(config: &Ec2Config, trust: &Trust) -> Result<Self, ProviderError> {
         for cidr in config.client_cidrs.iter().chain(&config.ui_cidrs) {
             crate::config::parse_cidr(cidr).map_err(ProviderError::InvalidRequest)?;
         }
