@@ -43,7 +43,7 @@ pub use crate::core::model::ProviderKind;
 pub enum Trust {
     /// A user's own command, with the AWS settings of the environment it was started with (read
     /// once, at the top).
-    Caller(crate::core::env::AwsEnv),
+    Caller(Box<crate::core::env::AwsEnv>),
     Service,
 }
 

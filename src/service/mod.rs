@@ -81,7 +81,7 @@ impl Settings {
             crate::core::model::fix_clock(crate::core::input::parse_time(t)?);
         }
         Ok(Self {
-            trust: Trust::Caller(env.aws.clone()),
+            trust: Trust::Caller(Box::new(env.aws.clone())),
             config,
             config_path,
             state_dir,
@@ -570,7 +570,7 @@ mod tests {
         let install = tempfile::tempdir().unwrap();
         let own = tempfile::tempdir().unwrap();
         let settings = |dir: &std::path::Path| Settings {
-            trust: crate::config::Trust::Caller(Default::default()),
+            trust: crate::config::Trust::Caller(Box::default()),
             config: crate::config::SiteConfig {
                 mode: crate::config::Mode::MultiUser,
                 state_dir: Some(dir.to_path_buf()),

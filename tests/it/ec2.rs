@@ -355,7 +355,7 @@ pub(crate) fn ec2_provider(moto: &Moto, dir: &std::path::Path, extra: &str) -> E
     let config = ec2_config(moto, dir, extra);
     moto.block_on(Ec2Provider::new(
         &config,
-        &Trust::Caller(stratus::core::env::AwsEnv::of_this_process()),
+        &Trust::Caller(Box::new(stratus::core::env::AwsEnv::of_this_process())),
     ))
     .unwrap()
 }
@@ -502,7 +502,7 @@ fn prepare_is_idempotent_converges_and_never_adopts_foreign_resources() {
     let open = moto
         .block_on(Ec2Provider::new(
             &world,
-            &Trust::Caller(stratus::core::env::AwsEnv::of_this_process()),
+            &Trust::Caller(Box::new(stratus::core::env::AwsEnv::of_this_process())),
         ))
         .unwrap();
     moto.block_on(open.prepare(&cluster2, &b)).unwrap();
@@ -1258,7 +1258,7 @@ pub(crate) fn resources_exist(moto: &Moto, cluster: &str) -> bool {
 pub(crate) fn app_for(ctx: &TestContext) -> stratus::service::Service {
     let (config, config_path) = SiteConfig::load(Some(&ctx.config), None).unwrap();
     let settings = stratus::service::Settings {
-        trust: Trust::Caller(stratus::core::env::AwsEnv::of_this_process()),
+        trust: Trust::Caller(Box::new(stratus::core::env::AwsEnv::of_this_process())),
         config,
         config_path,
         state_dir: ctx.state.clone(),
