@@ -101,29 +101,71 @@ fn ec2_actions(names: &[&str]) -> Value {
     )
 }
 
+/// The names a policy's statements are written with: ARNs of the region, and the store's tag
+/// as a request tag and as a resource tag.
+struct Doc<'a> {
+    partition: &'static str,
+    region: &'a str,
+    store: &'a str,
+    request_tag: String,
+    resource_tag: String,
+}
+
+impl Doc<'_> {
+    fn arn(&self, kind: &str, id: &str) -> String {
+        format!("arn:{}:ec2:{}:*:{kind}/{id}", self.partition, self.region)
+    }
+
+    /// An ARN of a resource no account owns in its name (images, snapshots).
+    fn shared(&self, kind: &str) -> String {
+        format!("arn:{}:ec2:{}::{kind}/*", self.partition, self.region)
+    }
+
+    /// The request must tag what it creates with this store's id.
+    fn request_store(&self) -> Value {
+        json!({ "StringEquals": { &self.request_tag: self.store } })
+    }
+
+    /// The resource must already carry this store's id.
+    fn resource_store(&self) -> Value {
+        json!({ "StringEquals": { &self.resource_tag: self.store } })
+    }
+}
+
 /// The policy document, as IAM JSON.
 pub fn generate(input: &PolicyInput) -> Value {
-    let p = partition(&input.region);
-    let region = &input.region;
-    let arn = |kind: &str, id: &str| format!("arn:{p}:ec2:{region}:*:{kind}/{id}");
-    let store = input.store.as_str();
-    let request_tag = format!("aws:RequestTag/{TAG_STORE}");
-    let resource_tag = format!("ec2:ResourceTag/{TAG_STORE}");
-    let request_store = json!({ "StringEquals": { &request_tag: store } });
-    let resource_store = json!({ "StringEquals": { &resource_tag: store } });
+    let d = Doc {
+        partition: partition(&input.region),
+        region: &input.region,
+        store: input.store.as_str(),
+        request_tag: format!("aws:RequestTag/{TAG_STORE}"),
+        resource_tag: format!("ec2:ResourceTag/{TAG_STORE}"),
+    };
+    let mut statements = launches(&d, input);
+    statements.extend(creates(&d, input));
+    statements.extend(tags_and_changes(&d));
+    statements.extend(others(&d, input));
+    json!({ "Version": "2012-10-17", "Statement": statements })
+}
+
+/// Describes in the region, and RunInstances: what it creates (tagged, of the class's types)
+/// apart from what it uses (the image, the site's subnets, the store's groups and keys).
+fn launches(d: &Doc<'_>, input: &PolicyInput) -> Vec<Value> {
     let types: Vec<&String> = input.instance_types.iter().collect();
     let subnets: Vec<String> = if input.subnet_ids.is_empty() {
-        vec![arn("subnet", "*")]
+        vec![d.arn("subnet", "*")]
     } else {
-        input.subnet_ids.iter().map(|s| arn("subnet", s)).collect()
+        input
+            .subnet_ids
+            .iter()
+            .map(|s| d.arn("subnet", s))
+            .collect()
     };
-    let vpc = arn("vpc", input.vpc_id.as_deref().unwrap_or("*"));
-
-    let mut launch_creates = vec![arn("volume", "*"), arn("network-interface", "*")];
+    let mut launch_creates = vec![d.arn("volume", "*"), d.arn("network-interface", "*")];
     if input.spot {
-        launch_creates.push(arn("spot-instances-request", "*"));
+        launch_creates.push(d.arn("spot-instances-request", "*"));
     }
-    let mut statements = vec![
+    vec![
         json!({
             "Sid": "Describe",
             "Effect": "Allow",
@@ -138,71 +180,76 @@ pub fn generate(input: &PolicyInput) -> Value {
                 "DescribeVpcs",
             ]),
             "Resource": "*",
-            "Condition": { "StringEquals": { "aws:RequestedRegion": region } },
+            "Condition": { "StringEquals": { "aws:RequestedRegion": d.region } },
         }),
         json!({
             "Sid": "LaunchInstancesOfTheClassTypes",
             "Effect": "Allow",
             "Action": "ec2:RunInstances",
-            "Resource": arn("instance", "*"),
-            "Condition": { "StringEquals": { &request_tag: store, "ec2:InstanceType": types } },
+            "Resource": d.arn("instance", "*"),
+            "Condition": { "StringEquals": { &d.request_tag: d.store, "ec2:InstanceType": types } },
         }),
         json!({
             "Sid": "LaunchCreatesTagged",
             "Effect": "Allow",
             "Action": "ec2:RunInstances",
             "Resource": launch_creates,
-            "Condition": request_store,
+            "Condition": d.request_store(),
         }),
         json!({
             "Sid": "LaunchUses",
             "Effect": "Allow",
             "Action": "ec2:RunInstances",
-            "Resource": std::iter::once(format!("arn:{p}:ec2:{region}::image/*"))
-                .chain(subnets)
-                .collect::<Vec<_>>(),
+            "Resource": std::iter::once(d.shared("image")).chain(subnets).collect::<Vec<_>>(),
         }),
         json!({
             "Sid": "LaunchUsesTheStoresGroupsAndKeys",
             "Effect": "Allow",
             "Action": "ec2:RunInstances",
-            "Resource": [arn("security-group", "*"), arn("key-pair", "*")],
-            "Condition": resource_store,
+            "Resource": [d.arn("security-group", "*"), d.arn("key-pair", "*")],
+            "Condition": d.resource_store(),
         }),
+    ]
+}
+
+/// What else stratus creates: groups (in the site's VPC), key pairs, images and rules, each
+/// tagged with the store's id in the call that creates it.
+fn creates(d: &Doc<'_>, input: &PolicyInput) -> Vec<Value> {
+    vec![
         json!({
             "Sid": "CreateGroupsTagged",
             "Effect": "Allow",
             "Action": "ec2:CreateSecurityGroup",
-            "Resource": arn("security-group", "*"),
-            "Condition": request_store,
+            "Resource": d.arn("security-group", "*"),
+            "Condition": d.request_store(),
         }),
         json!({
             "Sid": "ImportKeysTagged",
             "Effect": "Allow",
             "Action": "ec2:ImportKeyPair",
-            "Resource": arn("key-pair", "*"),
-            "Condition": request_store,
+            "Resource": d.arn("key-pair", "*"),
+            "Condition": d.request_store(),
         }),
         json!({
             "Sid": "CreateImagesTagged",
             "Effect": "Allow",
             "Action": "ec2:CreateImage",
-            "Resource": format!("arn:{p}:ec2:{region}::image/*"),
-            "Condition": request_store,
+            "Resource": d.shared("image"),
+            "Condition": d.request_store(),
         }),
         json!({
             // The rules a group gets; the group itself must be the store's (below).
             "Sid": "RulesCreatedTagged",
             "Effect": "Allow",
             "Action": "ec2:AuthorizeSecurityGroupIngress",
-            "Resource": arn("security-group-rule", "*"),
-            "Condition": request_store,
+            "Resource": d.arn("security-group-rule", "*"),
+            "Condition": d.request_store(),
         }),
         json!({
             "Sid": "GroupsInTheSiteVpc",
             "Effect": "Allow",
             "Action": "ec2:CreateSecurityGroup",
-            "Resource": vpc,
+            "Resource": d.arn("vpc", input.vpc_id.as_deref().unwrap_or("*")),
         }),
         json!({
             // CreateImage makes a snapshot of each volume; the image's own tags are required
@@ -210,24 +257,31 @@ pub fn generate(input: &PolicyInput) -> Value {
             "Sid": "ImageSnapshots",
             "Effect": "Allow",
             "Action": "ec2:CreateImage",
-            "Resource": format!("arn:{p}:ec2:{region}::snapshot/*"),
+            "Resource": d.shared("snapshot"),
         }),
+    ]
+}
+
+/// Tags set at creation only (`ec2:CreateAction`), and every change to what exists only where
+/// it carries this store's id.
+fn tags_and_changes(d: &Doc<'_>) -> Vec<Value> {
+    vec![
         json!({
             "Sid": "TagOnCreate",
             "Effect": "Allow",
             "Action": "ec2:CreateTags",
             "Resource": [
-                arn("instance", "*"),
-                arn("volume", "*"),
-                arn("network-interface", "*"),
-                arn("spot-instances-request", "*"),
-                arn("security-group", "*"),
-                arn("security-group-rule", "*"),
-                arn("key-pair", "*"),
-                format!("arn:{p}:ec2:{region}::image/*"),
+                d.arn("instance", "*"),
+                d.arn("volume", "*"),
+                d.arn("network-interface", "*"),
+                d.arn("spot-instances-request", "*"),
+                d.arn("security-group", "*"),
+                d.arn("security-group-rule", "*"),
+                d.arn("key-pair", "*"),
+                d.shared("image"),
             ],
             "Condition": {
-                "StringEquals": { "ec2:CreateAction": CREATE_ACTIONS, &request_tag: store }
+                "StringEquals": { "ec2:CreateAction": CREATE_ACTIONS, &d.request_tag: d.store }
             },
         }),
         json!({
@@ -236,8 +290,8 @@ pub fn generate(input: &PolicyInput) -> Value {
             "Sid": "TagImageSnapshots",
             "Effect": "Allow",
             "Action": "ec2:CreateTags",
-            "Resource": format!("arn:{p}:ec2:{region}::snapshot/*"),
-            "Condition": request_store,
+            "Resource": d.shared("snapshot"),
+            "Condition": d.request_store(),
         }),
         json!({
             "Sid": "OnlyThisStoresResources",
@@ -254,27 +308,34 @@ pub fn generate(input: &PolicyInput) -> Value {
                 "TerminateInstances",
             ]),
             "Resource": [
-                arn("instance", "*"),
-                arn("spot-instances-request", "*"),
-                arn("security-group", "*"),
-                arn("key-pair", "*"),
+                d.arn("instance", "*"),
+                d.arn("spot-instances-request", "*"),
+                d.arn("security-group", "*"),
+                d.arn("key-pair", "*"),
             ],
-            "Condition": resource_store,
+            "Condition": d.resource_store(),
         }),
-    ];
+    ]
+}
+
+/// SSM for the profiles' `resolve:ssm:` images, and spot's service role, when needed.
+fn others(d: &Doc<'_>, input: &PolicyInput) -> Vec<Value> {
+    let mut statements = Vec::new();
     if !input.ssm_parameters.is_empty() {
         let params: Vec<String> = input
             .ssm_parameters
             .iter()
             .map(|name| {
                 format!(
-                    "arn:{p}:ssm:{region}::parameter/{}",
+                    "arn:{}:ssm:{}::parameter/{}",
+                    d.partition,
+                    d.region,
                     name.trim_start_matches('/')
                 )
             })
             .collect();
         statements.push(json!({
-            // EC2 resolves `resolve:ssm:` images with the caller's rights.
+            // stratus resolves `resolve:ssm:` images itself, to know their root device.
             "Sid": "ResolveProfileImages",
             "Effect": "Allow",
             "Action": "ssm:GetParameters",
@@ -287,11 +348,14 @@ pub fn generate(input: &PolicyInput) -> Value {
             "Sid": "SpotServiceRole",
             "Effect": "Allow",
             "Action": "iam:CreateServiceLinkedRole",
-            "Resource": format!("arn:{p}:iam::*:role/aws-service-role/spot.amazonaws.com/AWSServiceRoleForEC2Spot"),
+            "Resource": format!(
+                "arn:{}:iam::*:role/aws-service-role/spot.amazonaws.com/AWSServiceRoleForEC2Spot",
+                d.partition
+            ),
             "Condition": { "StringLike": { "iam:AWSServiceName": "spot.amazonaws.com" } },
         }));
     }
-    json!({ "Version": "2012-10-17", "Statement": statements })
+    statements
 }
 
 /// The EC2 actions a policy document allows, in any statement (without the `ec2:` prefix).

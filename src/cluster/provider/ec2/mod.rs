@@ -609,76 +609,20 @@ impl Ec2Provider {
             self.config.address,
             AddressKind::PublicIp | AddressKind::PublicDns
         );
-        req = match &call.placement.subnet {
-            // A subnet of the site's own VPC may not hand out public addresses by default; stratus
-            // reaches nodes at theirs, so it asks for one (group and subnet then belong to the
-            // network interface).
-            Some(subnet) if public => req.network_interfaces(
-                InstanceNetworkInterfaceSpecification::builder()
-                    .device_index(0)
-                    .subnet_id(subnet)
-                    .groups(group)
-                    .associate_public_ip_address(true)
-                    .delete_on_termination(true)
-                    .build(),
-            ),
-            subnet => req.security_group_ids(group).set_subnet_id(subnet.clone()),
-        };
+        req = placed(req, call.placement.subnet.as_ref(), group, public);
         if node.spot {
-            req = req
-                .instance_market_options(
-                    InstanceMarketOptionsRequest::builder()
-                        .market_type(MarketType::Spot)
-                        .spot_options(
-                            SpotMarketOptions::builder()
-                                .spot_instance_type(SpotInstanceType::OneTime)
-                                .instance_interruption_behavior(
-                                    InstanceInterruptionBehavior::Terminate,
-                                )
-                                .build(),
-                        )
-                        .build(),
-                )
-                .tag_specifications(tag_spec(ResourceType::SpotInstancesRequest, &tags));
+            req = on_spot(req, &tags);
         }
         let (device, image_gb) = self.root_volume(&image, node.volume_gb.is_some()).await?;
         if let Some(gb) = node.volume_gb {
-            let device = device.ok_or_else(|| {
-                ProviderError::InvalidRequest(format!(
-                    "image {image} names no root device, so its root volume cannot be sized; leave volume_gb out of the profile"
-                ))
-            })?;
-            let size = i32::try_from(gb).map_err(|_| {
-                ProviderError::InvalidRequest(format!("volume_gb = {gb} is too large"))
-            })?;
-            req = req.block_device_mappings(
-                BlockDeviceMapping::builder()
-                    .device_name(device)
-                    .ebs(
-                        EbsBlockDevice::builder()
-                            .volume_size(size)
-                            .volume_type(VolumeType::Gp3)
-                            .delete_on_termination(true)
-                            .build(),
-                    )
-                    .build(),
-            );
+            req = req.block_device_mappings(root_mapping(&image, device, gb)?);
         }
         // What the nodes will cost besides their type: the root volume, and a public address if
-        // the network gives them one (asked for, a subnet that maps them, or the default VPC's).
+        // the network gives them one.
         let volume_gb = node.volume_gb.or(image_gb);
-        let public_ipv4 = match &call.placement.subnet {
-            Some(subnet) => {
-                public
-                    || self
-                        .network()
-                        .await?
-                        .subnets
-                        .iter()
-                        .any(|s| s.id == *subnet && s.public_ips)
-            }
-            None => true,
-        };
+        let public_ipv4 = self
+            .public_ipv4(call.placement.subnet.as_ref(), public)
+            .await?;
         let out = req.send().await.map_err(|e| self.err("RunInstances", e))?;
         let instances: Vec<Instance> = out
             .instances()
@@ -699,6 +643,27 @@ impl Ec2Provider {
         }
         tracing::info!(nodes = %node.name, instances = instances.len(), instance_type = %call.placement.instance_type, subnet = ?call.placement.subnet, token = %call.token, "RunInstances");
         Ok(instances)
+    }
+
+    /// Whether nodes placed in `subnet` get a public address: asked for, a subnet that maps
+    /// them, or the default VPC's.
+    async fn public_ipv4(
+        &self,
+        subnet: Option<&String>,
+        asked: bool,
+    ) -> Result<bool, ProviderError> {
+        Ok(match subnet {
+            Some(subnet) => {
+                asked
+                    || self
+                        .network()
+                        .await?
+                        .subnets
+                        .iter()
+                        .any(|s| s.id == *subnet && s.public_ips)
+            }
+            None => true,
+        })
     }
 
     /// Converts an SDK instance; `None` for one without an id (never seen, but not unwrapped).
@@ -1189,6 +1154,67 @@ impl Provider for Ec2Provider {
             })?;
         Ok(console::host_keys(&String::from_utf8_lossy(&bytes)))
     }
+}
+
+type RunRequest = aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder;
+
+/// Puts the nodes in `subnet` (else the default VPC's) with the cluster's group. A subnet of the
+/// site's own VPC may not hand out public addresses by default; stratus reaches nodes at theirs,
+/// so it asks for one (group and subnet then belong to the network interface).
+fn placed(req: RunRequest, subnet: Option<&String>, group: String, public: bool) -> RunRequest {
+    match subnet {
+        Some(subnet) if public => req.network_interfaces(
+            InstanceNetworkInterfaceSpecification::builder()
+                .device_index(0)
+                .subnet_id(subnet)
+                .groups(group)
+                .associate_public_ip_address(true)
+                .delete_on_termination(true)
+                .build(),
+        ),
+        subnet => req.security_group_ids(group).set_subnet_id(subnet.cloned()),
+    }
+}
+
+/// One-time spot capacity, terminated on interruption, its request tagged like the nodes.
+fn on_spot(req: RunRequest, tags: &[(String, String)]) -> RunRequest {
+    req.instance_market_options(
+        InstanceMarketOptionsRequest::builder()
+            .market_type(MarketType::Spot)
+            .spot_options(
+                SpotMarketOptions::builder()
+                    .spot_instance_type(SpotInstanceType::OneTime)
+                    .instance_interruption_behavior(InstanceInterruptionBehavior::Terminate)
+                    .build(),
+            )
+            .build(),
+    )
+    .tag_specifications(tag_spec(ResourceType::SpotInstancesRequest, tags))
+}
+
+/// The root volume of `gb` GB (gp3), on the image's own root device.
+fn root_mapping(
+    image: &str,
+    device: Option<String>,
+    gb: u32,
+) -> Result<BlockDeviceMapping, ProviderError> {
+    let device = device.ok_or_else(|| {
+        ProviderError::InvalidRequest(format!(
+            "image {image} names no root device, so its root volume cannot be sized; leave volume_gb out of the profile"
+        ))
+    })?;
+    let size = i32::try_from(gb)
+        .map_err(|_| ProviderError::InvalidRequest(format!("volume_gb = {gb} is too large")))?;
+    Ok(BlockDeviceMapping::builder()
+        .device_name(device)
+        .ebs(
+            EbsBlockDevice::builder()
+                .volume_size(size)
+                .volume_type(VolumeType::Gp3)
+                .delete_on_termination(true)
+                .build(),
+        )
+        .build())
 }
 
 #[cfg(test)]
