@@ -244,6 +244,17 @@ pub trait Provider: Send + Sync {
         selector: &Selector,
     ) -> impl Future<Output = Result<Vec<Instance>, ProviderError>> + Send;
 
+    /// `describe`, for a wait that polls: the provider may answer from a describe of all its
+    /// instances made a moment ago for another wait (the class service's launches waiting at
+    /// once then cost one DescribeInstances per round, however many they are). Never for a
+    /// decision that must see the latest answer (reconcile, a terminate's confirmation).
+    fn poll(
+        &self,
+        selector: &Selector,
+    ) -> impl Future<Output = Result<Vec<Instance>, ProviderError>> + Send {
+        self.describe(selector)
+    }
+
     /// The instances of these ids that the provider lists now, whatever their tags (to check
     /// whose they are). Ids it does not list are left out.
     fn describe_ids(
@@ -378,6 +389,13 @@ impl Provider for AnyProvider {
         match self {
             AnyProvider::Local(p) => p.describe(selector).await,
             AnyProvider::Ec2(p) => p.describe(selector).await,
+        }
+    }
+
+    async fn poll(&self, selector: &Selector) -> Result<Vec<Instance>, ProviderError> {
+        match self {
+            AnyProvider::Local(p) => p.poll(selector).await,
+            AnyProvider::Ec2(p) => p.poll(selector).await,
         }
     }
 

@@ -118,7 +118,20 @@ pub struct Ec2Provider {
     dns_checked: tokio::sync::OnceCell<()>,
     /// Placements (type and subnet) that lately had no room.
     shortages: Mutex<capacity::Shortages>,
+    /// The last describe of every instance of a store, shared by the waits that poll (`poll`).
+    polled: tokio::sync::Mutex<Option<Polled>>,
 }
+
+/// One describe of a store's instances, and when it answered.
+struct Polled {
+    at: std::time::Instant,
+    store: Option<crate::core::model::StoreId>,
+    instances: std::sync::Arc<Vec<Instance>>,
+}
+
+/// How long one describe answers every wait that polls: a wait polls every 10 to 15 s after its
+/// first seconds, so a class of launches waiting at once costs a few describes per round.
+const SHARED_POLL: Duration = Duration::from_secs(3);
 
 impl std::fmt::Debug for Ec2Provider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -258,6 +271,7 @@ impl Ec2Provider {
             network: tokio::sync::OnceCell::new(),
             dns_checked: tokio::sync::OnceCell::new(),
             shortages: Mutex::new(capacity::Shortages::default()),
+            polled: tokio::sync::Mutex::new(None),
         };
         provider.check_access().await?;
         Ok(provider)
@@ -949,6 +963,38 @@ impl Provider for Ec2Provider {
         journal: &dyn Journal,
     ) -> Launched {
         self.launch_batch(cluster, access, batch, journal).await
+    }
+
+    /// A wait's describe: one DescribeInstances of the store's instances answers every wait
+    /// of this process that polls within `SHARED_POLL` of it; waits queue behind the one in
+    /// flight rather than ask again.
+    async fn poll(&self, selector: &Selector) -> Result<Vec<Instance>, ProviderError> {
+        let mut polled = self.polled.lock().await;
+        let fresh = polled
+            .as_ref()
+            .filter(|p| p.store == selector.store && p.at.elapsed() < SHARED_POLL);
+        let instances = match fresh {
+            Some(p) => p.instances.clone(),
+            None => {
+                let all = Selector {
+                    store: selector.store.clone(),
+                    ..Default::default()
+                };
+                let instances = std::sync::Arc::new(self.describe(&all).await?);
+                *polled = Some(Polled {
+                    at: std::time::Instant::now(),
+                    store: selector.store.clone(),
+                    instances: instances.clone(),
+                });
+                instances
+            }
+        };
+        drop(polled);
+        Ok(instances
+            .iter()
+            .filter(|i| i.tags.as_ref().is_some_and(|t| selector.matches(t)))
+            .cloned()
+            .collect())
     }
 
     async fn describe(&self, selector: &Selector) -> Result<Vec<Instance>, ProviderError> {
