@@ -272,6 +272,17 @@ fn scenario(moto: &IamMoto, edit: &dyn Fn(&Value) -> Value) -> (Value, Outcome) 
             .await
             .unwrap();
         let vpc = vpc.vpc().and_then(|v| v.vpc_id()).unwrap().to_owned();
+        // DNS host names on, as a site's VPC must have them (stratus checks).
+        ec2.modify_vpc_attribute()
+            .vpc_id(&vpc)
+            .enable_dns_hostnames(
+                aws_sdk_ec2::types::AttributeBooleanValue::builder()
+                    .value(true)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
         let subnet = ec2
             .create_subnet()
             .vpc_id(&vpc)
