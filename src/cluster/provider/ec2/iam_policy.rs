@@ -161,6 +161,19 @@ fn launches(d: &Doc<'_>, input: &PolicyInput) -> Vec<Value> {
             .map(|s| d.arn("subnet", s))
             .collect()
     };
+    let mut describes = vec![
+        "DescribeImages",
+        "DescribeInstances",
+        "DescribeKeyPairs",
+        "DescribeSecurityGroups",
+        "DescribeSpotInstanceRequests",
+        "DescribeSubnets",
+        "DescribeVpcAttribute",
+    ];
+    // The default VPC is looked up only when the site names no subnet.
+    if input.subnet_ids.is_empty() {
+        describes.push("DescribeVpcs");
+    }
     let mut launch_creates = vec![d.arn("volume", "*"), d.arn("network-interface", "*")];
     if input.spot {
         launch_creates.push(d.arn("spot-instances-request", "*"));
@@ -169,16 +182,7 @@ fn launches(d: &Doc<'_>, input: &PolicyInput) -> Vec<Value> {
         json!({
             "Sid": "Describe",
             "Effect": "Allow",
-            "Action": ec2_actions(&[
-                "DescribeImages",
-                "DescribeInstances",
-                "DescribeKeyPairs",
-                "DescribeSecurityGroups",
-                "DescribeSpotInstanceRequests",
-                "DescribeSubnets",
-                "DescribeVpcAttribute",
-                "DescribeVpcs",
-            ]),
+            "Action": ec2_actions(&describes),
             "Resource": "*",
             "Condition": { "StringEquals": { "aws:RequestedRegion": d.region } },
         }),
@@ -522,10 +526,15 @@ mod tests {
 
     #[test]
     fn every_listed_action_and_no_other_is_allowed() {
-        let policy = generate(&input());
-        let allowed = ec2_actions_of(&policy);
+        // Without a subnet every listed action is needed; with one, the default VPC is never
+        // looked up.
+        let mut anywhere = input();
+        anywhere.subnet_ids.clear();
         let listed: BTreeSet<String> = ACTIONS.iter().map(|a| (*a).to_owned()).collect();
-        assert_eq!(allowed, listed);
+        assert_eq!(ec2_actions_of(&generate(&anywhere)), listed);
+        let mut in_subnets = listed.clone();
+        in_subnets.remove("DescribeVpcs");
+        assert_eq!(ec2_actions_of(&generate(&input())), in_subnets);
     }
 
     #[test]
@@ -675,7 +684,8 @@ mod tests {
         assert!(!text.contains("ssm:"), "{text}");
         assert!(!text.contains("iam:"), "{text}");
         assert!(!text.contains("spot-instances-request/*\",\"arn:aws:ec2:eu-west-1:*:volume"));
-        assert_eq!(ec2_actions_of(&plain).len(), ACTIONS.len());
+        // Every EC2 action but DescribeVpcs (the input names a subnet).
+        assert_eq!(ec2_actions_of(&plain).len(), ACTIONS.len() - 1);
     }
 
     #[test]
