@@ -34,6 +34,11 @@ use crate::core::printer::{MakeLogWriter, Printer};
 
 /// Parses the command line, runs the command, prints any error, and picks the exit code.
 pub fn main() -> ExitCode {
+    // The runner, as the setuid wrapper execs it, before clap: its main thread runs on the
+    // caller's RLIMIT_STACK, which argument parsing alone can exceed (see `runner::invoked`).
+    if let Some(config) = runner::invoked() {
+        return runner::main(&config, 0);
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -2937,3 +2937,127 @@ fn colliding_resource_names_of_two_owners_never_hand_one_the_others_group_or_key
     );
     site.assert_settled(&moto);
 }
+
+// ---------------------------------------------------------------------------------------------
+// 8. What the setuid path cannot protect, refused; what it needs, measured (issue 15).
+
+#[test]
+fn under_the_lowest_stack_limit_the_wrapper_accepts_a_launch_is_whole() {
+    let Some((_serial, moto, subnet)) = start_with_moto() else {
+        return;
+    };
+    let site = Site::new(&moto.endpoint, &subnet, 1);
+    let s1 = site.student(0);
+    let kib = setuid_wrap::limits::STACK_MINIMUM / 1024;
+    let under = |kib: u64, request: &Value| {
+        // `ulimit -s` sets the soft and the hard limit: the wrapper can raise neither.
+        site.wrap_with(
+            s1,
+            request.to_string().as_bytes(),
+            &Call {
+                shell: &format!("ulimit -s {kib};"),
+                ..Call::default()
+            },
+        )
+    };
+
+    // One KiB below the minimum: refused before any runner starts, naming the limit.
+    under(kib - 1, &launch("stk0", 1, "tiny")).wrapper_refused(&format!(
+        "the caller's hard limit RLIMIT_STACK is {} KiB; the runner needs at least {kib} KiB",
+        kib - 1
+    ));
+    assert_nothing_created(&moto, s1, "stk0");
+
+    // At the minimum (every higher limit only gives the main thread more room): whole
+    // launches, each recorded, several times since the stack's random offset varies; and the
+    // other long request, a terminate.
+    for i in 1..=3 {
+        let name = format!("stk{i}");
+        let r = under(kib, &launch(&name, 1, "tiny"));
+        assert_eq!(r.result()["cluster"]["state"], "running", "{name}: {r}");
+        assert_eq!(live_instances(&moto, s1, &name), 2, "{name}");
+    }
+    let r = under(kib, &json!({"action": "terminate", "name": "stk1"}));
+    r.result();
+    assert_eq!(live_instances(&moto, s1, "stk1"), 0);
+    let rows = site.sql("SELECT name, state FROM clusters ORDER BY id");
+    assert_eq!(
+        rows,
+        [
+            json!({"name": "stk1", "state": "terminated"}),
+            json!({"name": "stk2", "state": "running"}),
+            json!({"name": "stk3", "state": "running"}),
+        ]
+    );
+    site.assert_settled(&moto);
+}
+
+#[test]
+fn parked_requests_give_up_within_the_time_limit_and_are_audited() {
+    let Some(_serial) = start() else {
+        return;
+    };
+    let site = Site::offline(1);
+    let s1 = site.student(0);
+    let home = s1.home.display().to_string();
+    // The issue fixes it at 10 s.
+    let limit = Duration::from_secs(10);
+
+    // Eight runners on one FIFO that the student holds open (fd 3, read-write, so opening it to
+    // read never waits for a writer): half a request is written, the rest never comes. With
+    // no time limit each would park a process of the service account for as long as the
+    // student likes.
+    let started = Instant::now();
+    let out = site
+        .sh(
+            s1,
+            &format!(
+                "cd {home} && mkfifo park && exec 3<>park && printf '{{\"action\":' >&3 && \
+                 for i in 1 2 3 4 5 6 7 8; do {w} < park > out.$i 2> err.$i & done; wait; \
+                 for i in 1 2 3 4 5 6 7 8; do echo \"exit.$i\"; cat out.$i; done",
+                w = site.wrapper().display()
+            ),
+        )
+        .ok();
+    let took = started.elapsed();
+    assert!(
+        took >= limit && took < limit + Duration::from_secs(10),
+        "the parked runners took {took:?}"
+    );
+    let errors: Vec<Value> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(errors.len(), 8, "{out}");
+    for e in &errors {
+        assert_eq!(e["error"]["exit"], 2, "{e}");
+        assert_eq!(
+            e["error"]["message"],
+            format!(
+                "no whole request on stdin within {} s; refused",
+                limit.as_secs()
+            ),
+            "{e}"
+        );
+    }
+    assert!(runner_pids(&site).is_empty(), "{:?}", runner_pids(&site));
+    let refused: Vec<Value> = site
+        .audit()
+        .into_iter()
+        .filter(|r| r["action"] == "request")
+        .collect();
+    assert_eq!(refused.len(), 8, "{refused:#?}");
+    for r in &refused {
+        assert_eq!(r["user"], s1.name.as_str(), "{r}");
+        assert_eq!(r["decision"], "refused", "{r}");
+        assert!(
+            r["reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("no whole request"),
+            "{r}"
+        );
+    }
+}
