@@ -3061,3 +3061,184 @@ fn parked_requests_give_up_within_the_time_limit_and_are_audited() {
         );
     }
 }
+
+/// A cgroup v2 directory made for a test at the root of the hierarchy, removed (with what is
+/// below it) on drop.
+struct TestCgroup {
+    dir: PathBuf,
+}
+
+impl TestCgroup {
+    fn new(name: &str) -> TestCgroup {
+        let text = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let mount = setuid_wrap::cgroup::parse_mountinfo(&text)
+            .into_iter()
+            .find(|m| m.v2 && m.root == "/")
+            .expect("no cgroup v2 hierarchy mounted here");
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let dir = mount
+            .mount_point
+            .join(format!("spt-{name}-{}-{n}", std::process::id()));
+        fs::create_dir(&dir).unwrap();
+        TestCgroup { dir }
+    }
+
+    /// As systemd's `Delegate=yes` hands `user@UID.service` to its user: the directory and the
+    /// files the kernel lists as delegatable (/sys/kernel/cgroup/delegate).
+    fn delegate_to(&self, u: &User) {
+        std::os::unix::fs::chown(&self.dir, Some(u.uid), Some(u.gid)).unwrap();
+        for f in fs::read_to_string("/sys/kernel/cgroup/delegate")
+            .unwrap()
+            .lines()
+        {
+            let _ = std::os::unix::fs::chown(self.dir.join(f), Some(u.uid), Some(u.gid));
+        }
+    }
+
+    fn procs(&self) -> PathBuf {
+        self.dir.join("cgroup.procs")
+    }
+
+    /// `cmd`, started by a shell of root's that first moves itself into this cgroup (as logind
+    /// or systemd would place a session or a scope).
+    fn wrap(&self, cmd: &Command) -> Command {
+        let mut c = Command::new("/bin/sh");
+        c.env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .args(["-c", "echo $$ > \"$0\" || exit 97; exec \"$@\""])
+            .arg(self.procs())
+            .arg(cmd.get_program())
+            .args(cmd.get_args())
+            .stdin(Stdio::null());
+        c
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let mut dirs = vec![self.dir.clone()];
+        let mut i = 0;
+        while i < dirs.len() {
+            for e in fs::read_dir(&dirs[i]).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    dirs.push(e.path());
+                }
+            }
+            i += 1;
+        }
+        for d in dirs.iter().rev() {
+            let _ = fs::remove_dir(d);
+        }
+    }
+}
+
+#[test]
+fn a_student_in_a_cgroup_of_their_own_is_refused_by_the_wrapper_and_one_in_a_login_session_is_not()
+{
+    let Some(_serial) = start() else {
+        return;
+    };
+    let site = Site::offline(1);
+    let s1 = site.student(0);
+
+    // The student's own subtree, as systemd delegates user@UID.service.
+    let user = TestCgroup::new("user");
+    user.delegate_to(s1);
+    // The attack is real: a process of the service account's in that subtree (as a runner
+    // would be) is moved by the student into a cgroup of the student's own and frozen there.
+    // cgroup v2 checks the cgroup files, not whose process it is.
+    let mut svc_sleep = ChildGuard(Some(
+        user.wrap(
+            Command::new("/usr/bin/setpriv")
+                .arg(format!("--reuid={}", site.svc.uid))
+                .arg(format!("--regid={}", site.svc.gid))
+                .args(["--clear-groups", "--", "/bin/sleep", "120"]),
+        )
+        .spawn()
+        .unwrap(),
+    ));
+    let pid = svc_sleep.0.as_ref().unwrap().id();
+    eventually(Duration::from_secs(10), || {
+        fs::read_to_string(user.procs())
+            .unwrap()
+            .lines()
+            .any(|l| l == pid.to_string())
+            .then_some(())
+    })
+    .expect("the service account's process in the student's cgroup");
+    let app = user.dir.join("app");
+    site.sh(
+        s1,
+        &format!(
+            "mkdir {app} && echo {pid} > {app}/cgroup.procs && echo 1 > {app}/cgroup.freeze",
+            app = app.display()
+        ),
+    )
+    .ok();
+    eventually(Duration::from_secs(10), || {
+        fs::read_to_string(app.join("cgroup.events"))
+            .unwrap()
+            .contains("frozen 1")
+            .then_some(())
+    })
+    .expect("the student froze the service account's process");
+    let _ = stratus::sys::kill(pid, libc::SIGKILL);
+    fs::write(app.join("cgroup.freeze"), "0").unwrap();
+    let _ = svc_sleep.0.take().unwrap().wait();
+
+    // So the wrapper refuses to start there, directly with one line, and through the CLI,
+    // which passes its line on; no runner ever starts.
+    let mut direct = site.as_user(s1, &[]);
+    direct
+        .args(["/usr/bin/env", "-i", "PATH=/usr/bin:/bin"])
+        .arg(site.wrapper());
+    let out = output(&mut user.wrap(&direct));
+    let refusal = format!(
+        "stratus-wrap: the caller can write {} (its cgroup v2 cgroup /{}), so it could freeze \
+         or kill the runner mid-launch: run the command from a login session (not a systemd \
+         --user scope or service), or have the site use the class service (transport = \
+         \"service\")",
+        user.dir.display(),
+        user.dir.file_name().unwrap().to_string_lossy()
+    );
+    assert_eq!(
+        (out.code, out.stdout.as_str(), out.stderr.trim_end()),
+        (1, "", refusal.as_str()),
+        "{out}"
+    );
+    let out = output(&mut user.wrap(&site.stratus_cmd(s1, &["quota", "--json"])));
+    assert_eq!(out.code, 1, "{out}");
+    assert!(out.stderr.lines().any(|l| l == refusal), "{out}");
+    assert!(runner_pids(&site).is_empty());
+    // A cgroup of root's below the student's subtree (the scope `systemd-run --user --scope`
+    // makes is the user's own; this is the stricter case): the ancestor is enough to refuse.
+    let scope = user.dir.join("run-u1.scope");
+    fs::create_dir(&scope).unwrap();
+    let inner = site.stratus_cmd(s1, &["quota", "--json"]);
+    let mut in_scope = Command::new("/bin/sh");
+    in_scope
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .args(["-c", "echo $$ > \"$0\" || exit 97; exec \"$@\""])
+        .arg(scope.join("cgroup.procs"))
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .stdin(Stdio::null());
+    let out = output(&mut in_scope);
+    assert_eq!(out.code, 1, "{out}");
+    assert!(
+        out.stderr.contains(&format!(
+            "the caller can write {} (an ancestor of its cgroup v2 cgroup",
+            user.dir.display()
+        )),
+        "{out}"
+    );
+
+    // From a login session's cgroup (root's, as logind makes session-N.scope), it runs.
+    let session = TestCgroup::new("session");
+    let q = output(&mut session.wrap(&site.stratus_cmd(s1, &["quota", "--json"])))
+        .ok()
+        .json();
+    assert_eq!(q["user"], s1.name.as_str(), "{q:#}");
+    assert_eq!(q["limits"]["max_clusters"], 10, "{q:#}");
+}
