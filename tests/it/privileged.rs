@@ -271,6 +271,10 @@ struct Site {
 impl Drop for Site {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.root);
+        // What the install wrote for systemd and cron, named after the install.
+        for f in self.service_files() {
+            let _ = fs::remove_file(f);
+        }
         // `with_devlog` binds /dev onto canary/dev-real in a mount namespace of its own; should
         // that mount ever be seen here, removing the directory would empty /dev.
         let dev = |p: &Path| fs::metadata(p).map(|m| m.dev()).ok();
@@ -389,6 +393,27 @@ impl Site {
     }
     fn db(&self) -> PathBuf {
         self.state().join("stratus.db")
+    }
+    /// The name of this install's units and cron file: `stratus-` and the prefix's components.
+    fn unit_name(&self) -> String {
+        format!(
+            "stratus-{}",
+            self.root
+                .strip_prefix("/")
+                .unwrap()
+                .display()
+                .to_string()
+                .replace('/', "-")
+        )
+    }
+    /// Where the install put its systemd units and cron file.
+    fn service_files(&self) -> [PathBuf; 3] {
+        let name = self.unit_name();
+        [
+            PathBuf::from(format!("/etc/systemd/system/{name}.socket")),
+            PathBuf::from(format!("/etc/systemd/system/{name}.service")),
+            PathBuf::from(format!("/etc/cron.d/{name}")),
+        ]
     }
 
     /// `stratus admin install`, as root, from the build's binary (the wrapper beside it).
