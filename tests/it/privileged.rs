@@ -354,6 +354,11 @@ impl Site {
             fs::create_dir(dir).unwrap();
             fs::set_permissions(dir, fs::Permissions::from_mode(mode)).unwrap();
         }
+        // The instructor's site config first (the install keeps it, and installs the cron
+        // file its setuid transport needs), then the install, then the rest of what the
+        // instructor fills in.
+        fs::create_dir_all(site.etc()).unwrap();
+        fs::write(site.config(), site.config_text()).unwrap();
         site.install().ok();
         site.fill_in();
         site
