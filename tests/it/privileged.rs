@@ -3272,3 +3272,438 @@ fn a_student_in_a_cgroup_of_their_own_is_refused_by_the_wrapper_and_one_in_a_log
     assert_eq!(q["user"], s1.name.as_str(), "{q:#}");
     assert_eq!(q["limits"]["max_clusters"], 10, "{q:#}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// 9. An install that works on day one.
+
+/// Files an install wrote outside its prefix, removed on drop.
+struct Removed(Vec<PathBuf>);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        for f in &self.0 {
+            let _ = fs::remove_file(f);
+        }
+    }
+}
+
+/// `BIN admin install` as root for another prefix of this site (`ARGS` after the prefix).
+fn install_at(prefix: &Path, args: &[&str]) -> Out {
+    output(
+        Command::new(BIN)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("HOME", "/root")
+            .args(["admin", "install", "--prefix"])
+            .arg(prefix)
+            .args(args),
+    )
+}
+
+/// The name `admin install` gives the units and cron file of the install under `prefix`.
+fn unit_name_of(prefix: &Path) -> String {
+    format!(
+        "stratus-{}",
+        prefix
+            .strip_prefix("/")
+            .unwrap()
+            .display()
+            .to_string()
+            .replace('/', "-")
+    )
+}
+
+#[test]
+fn install_writes_the_units_and_the_cron_file_where_they_run_and_says_what_is_left_to_do() {
+    let Some(_serial) = start() else {
+        return;
+    };
+    let site = Site::offline(0);
+    // A fresh install (no config of the instructor's yet) beside the site's own.
+    let prefix = site.root.join("fresh");
+    let name = unit_name_of(&prefix);
+    let socket_unit = PathBuf::from(format!("/etc/systemd/system/{name}.socket"));
+    let service_unit = PathBuf::from(format!("/etc/systemd/system/{name}.service"));
+    let cron = PathBuf::from(format!("/etc/cron.d/{name}"));
+    let _cleanup = Removed(vec![
+        socket_unit.clone(),
+        service_unit.clone(),
+        cron.clone(),
+    ]);
+    let out = install_at(&prefix, &["--service-user", &site.svc.name]).ok();
+    let p = prefix.display().to_string();
+    let svc = &site.svc.name;
+    assert_eq!(
+        out.stdout,
+        format!(
+            "left to do:\n\
+             \x20 1. put the service account's AWS keys in {p}/etc/stratus/aws-credentials \
+             ([default] aws_access_key_id and aws_secret_access_key; the file stays {svc}'s, mode 0600)\n\
+             \x20 2. fill in [ec2] in {p}/etc/stratus/config.toml: subnet_id, client_cidrs (and check region)\n\
+             \x20 3. write the class policy in {p}/etc/stratus/policy.toml: the instructors, the \
+             [units] of each instance type, the [default] limits (it holds the example)\n\
+             \x20 4. start the class service: systemctl daemon-reload && systemctl enable --now \
+             {name}.socket {name}.service\n\
+             \x20 5. check the install: {p}/bin/stratus admin doctor --prefix {p}\n\
+             \x20 6. have students run {p}/bin/stratus (it knows this install), e.g. on their \
+             PATH: ln -s {p}/bin/stratus /usr/local/bin/stratus\n"
+        ),
+        "{out}"
+    );
+
+    // The units, where systemd reads them, root's and 0644, for this install.
+    for unit in [&socket_unit, &service_unit] {
+        assert_eq!(mode_of(unit), (0, 0o644), "{}", unit.display());
+    }
+    let service = fs::read_to_string(&service_unit).unwrap();
+    let socket = fs::read_to_string(&socket_unit).unwrap();
+    let config = prefix.join("etc/stratus/config.toml");
+    for line in [
+        format!("# written by `stratus admin install` for the install under {p}"),
+        format!("User={svc}"),
+        format!(
+            "ExecStart={p}/bin/stratus serve --config {}",
+            config.display()
+        ),
+        "NoNewPrivileges=yes".into(),
+        "ProtectSystem=strict".into(),
+        format!("ReadWritePaths={p}/var/lib/stratus"),
+        "ProtectHome=yes".into(),
+        "PrivateTmp=yes".into(),
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6".into(),
+        "LockPersonality=yes".into(),
+        format!("Requires={name}.socket"),
+    ] {
+        assert!(service.lines().any(|l| l == line), "{line:?} in {service}");
+    }
+    for line in [
+        format!("ListenStream=/run/stratus/{name}.sock"),
+        "SocketMode=0666".into(),
+        "SocketUser=root".into(),
+        "DirectoryMode=0755".into(),
+    ] {
+        assert!(socket.lines().any(|l| l == line), "{line:?} in {socket}");
+    }
+    // systemd's own reading of them.
+    let analyze = Path::new("/usr/bin/systemd-analyze");
+    if analyze.exists() {
+        let out = output(
+            Command::new(analyze)
+                .arg("verify")
+                .arg(&socket_unit)
+                .arg(&service_unit),
+        );
+        assert_eq!(out.code, 0, "{out}");
+        assert!(
+            !out.stderr.contains(&*socket_unit.display().to_string())
+                && !out.stderr.contains(&*service_unit.display().to_string()),
+            "systemd-analyze has something to say about the units: {out}"
+        );
+    } else {
+        // Each line is a section, a comment, or a KEY=VALUE of a known section.
+        for text in [&service, &socket] {
+            let mut section = "";
+            for l in text
+                .lines()
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            {
+                if l.starts_with('[') {
+                    section = l;
+                    assert!(
+                        ["[Unit]", "[Service]", "[Socket]", "[Install]"].contains(&l),
+                        "{l}"
+                    );
+                } else {
+                    assert!(!section.is_empty() && l.contains('='), "{l:?} in {text}");
+                }
+            }
+        }
+    }
+    // A new site config goes to the service, whose timers run the accounting side: no cron.
+    let text = fs::read_to_string(&config).unwrap();
+    assert!(text.contains("\ntransport = \"service\""), "{text}");
+    assert!(
+        text.contains(&format!(
+            "[service]\nsocket = \"/run/stratus/{name}.sock\"\nsnapshot_minutes = 5"
+        )),
+        "{text}"
+    );
+    assert!(!cron.exists(), "a cron file beside the service's timers");
+
+    // The setuid transport: the cron file, where cron reads it, with this install's paths.
+    fs::write(
+        &config,
+        text.replace("transport = \"service\"", "transport = \"setuid\""),
+    )
+    .unwrap();
+    let out = install_at(&prefix, &["--service-user", svc]).ok();
+    assert!(!out.stdout.contains("systemctl"), "{out}");
+    assert_eq!(mode_of(&cron), (0, 0o644));
+    let cron_text = fs::read_to_string(&cron).unwrap();
+    let cli = format!("{p}/bin/stratus --config {}", config.display());
+    assert_eq!(
+        cron_text,
+        format!(
+            "# written by `stratus admin install` for the install under {p}\n\
+             # stratus accounting: a snapshot of every instance every 5 minutes, the reaper every 15.\n\
+             */5 * * * * {svc} {cli} accounting snapshot --quiet\n\
+             */15 * * * * {svc} {cli} accounting reap --quiet\n"
+        )
+    );
+    // The site's own install (another prefix, the same machine) keeps its files.
+    let [site_socket, _, site_cron] = site.service_files();
+    assert!(site_socket.exists() && site_cron.exists());
+    assert!(
+        fs::read_to_string(&site_cron)
+            .unwrap()
+            .contains(&format!("{} --config", site.cli().display()))
+    );
+    // Back to the service: the cron file goes, so the accounting side never runs twice.
+    fs::write(&config, &text).unwrap();
+    install_at(&prefix, &["--service-user", svc]).ok();
+    assert!(!cron.exists());
+
+    // A file of that name the install did not write is refused, before anything is made.
+    let other = site.root.join("other");
+    let other_cron = PathBuf::from(format!("/etc/cron.d/{}", unit_name_of(&other)));
+    let _other = Removed(vec![other_cron.clone()]);
+    fs::write(&other_cron, "# the administrator's own lines\n").unwrap();
+    install_at(&other, &["--service-user", svc]).refused(&format!(
+        "{} exists and was not written by stratus admin install",
+        other_cron.display()
+    ));
+    assert!(!other.exists());
+    assert_eq!(
+        fs::read_to_string(&other_cron).unwrap(),
+        "# the administrator's own lines\n"
+    );
+}
+
+#[test]
+fn after_a_prefix_install_a_students_plain_stratus_shows_the_class_policy() {
+    let Some(_serial) = start() else {
+        return;
+    };
+    let site = Site::offline(1);
+    let s1 = site.student(0);
+    // The student's login environment, without STRATUS_CONFIG.
+    let plain = |u: &User, args: &[&str]| {
+        let mut c = site.as_user(u, &[]);
+        c.args(["/usr/bin/env", "-i", "PATH=/usr/bin:/bin", "LANG=C.UTF-8"])
+            .arg(format!("HOME={}", u.home.display()))
+            .arg(format!("USER={}", u.name))
+            .arg(site.cli())
+            .args(args);
+        output(&mut c)
+    };
+    let q = plain(s1, &["quota", "--json"]).ok().json();
+    assert_eq!(q["user"], s1.name.as_str(), "{q:#}");
+    // ROOMY's limits, not single-user mode's "no limit".
+    assert_eq!(q["limits"]["max_clusters"], 10, "{q:#}");
+    assert_eq!(q["limits"]["max_units"], 40.0, "{q:#}");
+    assert_eq!(
+        q["limits"]["profiles"],
+        json!(["odd", "tiny", "wide"]),
+        "{q:#}"
+    );
+    // A launch goes there too: to the install's EC2 endpoint (nothing listens on this offline
+    // site's), never to local nodes run as the student.
+    let out = plain(
+        s1,
+        &["launch-cluster", "day1", "1", "--profile", "local-demo"],
+    );
+    out.refused_with(1, "cannot reach the EC2 endpoint http://127.0.0.1:9");
+    assert!(
+        !s1.home.join(".local/share/stratus/local").exists(),
+        "{out}"
+    );
+    // And root's `admin doctor`, without --prefix, checks this install.
+    let out = output(
+        Command::new(site.cli())
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("HOME", "/root")
+            .args(["admin", "doctor"]),
+    )
+    .ok();
+    assert_eq!(
+        out.stdout,
+        format!("the install under {} is sound\n", site.root.display())
+    );
+}
+
+#[test]
+fn admin_install_refuses_a_binary_that_is_not_the_wrapper_and_doctor_finds_one_unsound() {
+    let Some(_serial) = start() else {
+        return;
+    };
+    let site = Site::offline(0);
+    let fresh = site.root.join("never");
+    let never_user = format!("spt-never-{}", std::process::id());
+    let refused_with = |wrapper: &Path, needle: &str| {
+        let out = install_at(
+            &fresh,
+            &[
+                "--service-user",
+                &never_user,
+                "--wrapper",
+                &wrapper.display().to_string(),
+            ],
+        );
+        out.refused(needle);
+        // Nothing half made: no directory, no user, no unit.
+        assert!(!fresh.exists(), "{out}");
+        assert!(
+            stratus::sys::passwd_by_name(&never_user).unwrap().is_none(),
+            "{out}"
+        );
+        assert!(
+            !Path::new(&format!(
+                "/etc/systemd/system/{}.service",
+                unit_name_of(&fresh)
+            ))
+            .exists()
+        );
+    };
+    // cargo's test harness (this binary) and the stratus CLI both hold the placeholder marker.
+    let harness = std::env::current_exe().unwrap();
+    let marker = setuid_wrap::placeholder::MARKER;
+    for bin in [harness.as_path(), Path::new(BIN)] {
+        let bytes = fs::read(bin).unwrap();
+        assert!(setuid_wrap::placeholder::count(&bytes, marker) >= 1);
+        refused_with(
+            bin,
+            &format!(
+                "{} is not the stratus wrapper: it is not a stratus-wrap build: it lacks the \
+                 wrapper's build marker",
+                bin.display()
+            ),
+        );
+    }
+    // A file with both markers that is not the wrapper: its trial run shows it, and ran as
+    // nobody, not as root.
+    let canary = site.canary.join("trial-uid");
+    let fake = site.canary.join("fake-wrap");
+    let mut script = format!(
+        "#!/bin/sh\nid -u > {}\necho not-the-wrapper\n# ",
+        canary.display()
+    )
+    .into_bytes();
+    script.extend_from_slice(&setuid_wrap::identity::build_marker());
+    script.extend_from_slice(b"\n# ");
+    script.extend_from_slice(marker);
+    script.push(b'\n');
+    fs::write(&fake, &script).unwrap();
+    refused_with(
+        &fake,
+        "is not the stratus wrapper: its trial run answered \"not-the-wrapper\\n\" (exit status: 0)",
+    );
+    let nobody = stratus::sys::passwd_by_name("nobody")
+        .unwrap()
+        .map(|p| p.uid)
+        .unwrap_or(65534);
+    assert_eq!(
+        fs::read_to_string(&canary).unwrap().trim(),
+        nobody.to_string()
+    );
+    // No wrapper beside the binary: the missing file named, and how to build it.
+    let lone = site.canary.join("lone");
+    fs::create_dir(&lone).unwrap();
+    fs::copy(BIN, lone.join("stratus")).unwrap();
+    let out = output(
+        Command::new(lone.join("stratus"))
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .args(["admin", "install", "--prefix"])
+            .arg(&fresh)
+            .args(["--service-user", &never_user]),
+    );
+    out.refused(&format!(
+        "the wrapper {}/stratus-wrap does not exist: build it with `cargo build --release` in \
+         the stratus source tree (one build makes both stratus and stratus-wrap)",
+        lone.display()
+    ));
+    assert!(!fresh.exists());
+
+    // The old bug: a binary holding the placeholder marker once but no build marker (here the
+    // wrapper itself with its build marker blanked, as good a stand-in as any) installed as the
+    // wrapper with every owner, mode and capability right. Doctor finds it unsound.
+    site.doctor().ok();
+    let mut bytes = fs::read(site.wrapper()).unwrap();
+    let build = setuid_wrap::identity::build_marker();
+    let at = bytes
+        .windows(build.len())
+        .position(|w| w == build.as_slice())
+        .unwrap();
+    bytes[at..at + build.len()].fill(b'-');
+    let patched = bytes;
+    fs::write(site.wrapper(), patched).unwrap();
+    std::os::unix::fs::chown(site.wrapper(), Some(site.svc.uid), Some(site.svc.gid)).unwrap();
+    fs::set_permissions(site.wrapper(), fs::Permissions::from_mode(0o4755)).unwrap();
+    setuid_wrap::sys::set_xattr(
+        &site.wrapper(),
+        setuid_wrap::CAPABILITY_XATTR,
+        &setuid_wrap::setgid_capability_xattr(),
+    )
+    .unwrap();
+    let out = site.doctor();
+    assert_eq!(out.code, 1, "{out}");
+    assert_eq!(
+        out.stdout.lines().collect::<Vec<_>>(),
+        [format!(
+            "problem: the wrapper {} is not the stratus wrapper: it is not a stratus-wrap build: \
+             it lacks the wrapper's build marker (a program that only links the setuid-wrap \
+             library, such as the stratus CLI or a test harness, holds the placeholder marker but \
+             not this one) (reinstall with `stratus admin install`)",
+            site.wrapper().display()
+        )],
+        "{out}"
+    );
+    site.install().ok();
+    site.doctor().ok();
+}
+
+#[test]
+fn roots_commands_act_on_the_installs_state_through_the_wrapper() {
+    let Some((_serial, moto, subnet)) = start_with_moto() else {
+        return;
+    };
+    let site = Site::new(&moto.endpoint, &subnet, 1);
+    let s1 = site.student(0);
+    site.stratus(s1, &["launch-cluster", "rc", "1", "--no-configure"])
+        .ok();
+    // Root types the installed CLI, with no STRATUS_CONFIG, from a home of its own.
+    let home = site.canary.join("root-home");
+    fs::create_dir(&home).unwrap();
+    let root = |args: &[&str]| {
+        output(
+            Command::new(site.cli())
+                .env_clear()
+                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+                .env("HOME", &home)
+                .args(args),
+        )
+    };
+    let snap = root(&["accounting", "snapshot", "--json"]).ok().json();
+    // The class's instances are this store's own (root's own store would see none of them).
+    assert_eq!(snap["seen"], 2, "{snap:#}");
+    assert_eq!(snap["orphans"], json!([]), "{snap:#}");
+    let listed = root(&["list", "--everyone", "--json"]).ok().json();
+    assert_eq!(listed[0]["name"], "rc", "{listed:#}");
+    assert_eq!(listed[0]["owner"], s1.name.as_str(), "{listed:#}");
+    root(&["accounting", "reap", "--dry-run"]).ok();
+    root(&["reconcile", "--dry-run"]).ok();
+    // Root's own state holds no cluster.
+    let own = home.join(".local/share/stratus/stratus.db");
+    if own.exists() {
+        let out = output(
+            Command::new("/usr/bin/sqlite3")
+                .arg(&own)
+                .arg("SELECT count(*) FROM clusters"),
+        )
+        .ok();
+        assert_eq!(out.stdout.trim(), "0", "{out}");
+    }
+    site.stratus(s1, &["terminate-cluster", "rc", "--yes"]).ok();
+    site.assert_settled(&moto);
+}
