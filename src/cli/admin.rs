@@ -578,41 +578,10 @@ fn install(
         Some((setuid_wrap::caps::CAPABILITY_XATTR, &cap)),
     )?;
 
-    // The site config: created, or given the keys a multi-user install needs.
     let config = layout.config();
-    let (text, fresh) = match std::fs::read_to_string(&config) {
-        Ok(t) => (amend_config(&t, &layout), false),
-        Err(_) => (new_config(&layout), true),
-    };
-    place(&config, text.as_bytes(), 0, 0, 0o644, None)?;
-    // The policy and the credentials: never overwritten.
-    if !layout.policy().exists() {
-        place(
-            &layout.policy(),
-            Policy::EXAMPLE.as_bytes(),
-            0,
-            0,
-            0o644,
-            None,
-        )?;
-    }
-    if !layout.credentials().exists() {
-        place(&layout.credentials(), b"", svc.uid, svc.gid, 0o600, None)?;
-    }
-
+    let (text, fresh) = site_files(&layout, &svc)?;
     // The service manager's files, where it reads them.
     let plan = Plan::of(&text, &layout);
-    let group = crate::sys::group_name(svc.gid)?.unwrap_or_else(|| svc.gid.to_string());
-    let unit = Unit {
-        name: &layout.name,
-        install: &layout.install(),
-        cli: &layout.cli,
-        config: &config,
-        state: &plan.state,
-        socket: &layout.socket,
-        user: &svc.name,
-        group: &group,
-    };
     let systemd = Path::new("/etc/systemd").is_dir();
     let mut written = vec![
         layout.cli.clone(),
@@ -622,44 +591,7 @@ fn install(
         layout.credentials(),
         layout.state.clone(),
     ];
-    if systemd {
-        make_dir(&layout.units, 0, 0, 0o755)?;
-        place(
-            &layout.socket_unit(),
-            unit.socket_unit().as_bytes(),
-            0,
-            0,
-            0o644,
-            None,
-        )?;
-        place(
-            &layout.service_unit(),
-            unit.service_unit().as_bytes(),
-            0,
-            0,
-            0o644,
-            None,
-        )?;
-        written.extend([layout.socket_unit(), layout.service_unit()]);
-    }
-    if plan.cron_snapshot || plan.cron_reap {
-        make_dir(Path::new(CRON_DIR), 0, 0, 0o755)?;
-        place(
-            &layout.cron,
-            unit.cron_file(plan.cron_snapshot, plan.cron_reap)
-                .as_bytes(),
-            0,
-            0,
-            0o644,
-            None,
-        )?;
-        written.push(layout.cron.clone());
-    } else if layout.cron.exists() {
-        // The service's timers run the accounting side now; cron running it too would be a
-        // second process on the state.
-        std::fs::remove_file(&layout.cron)
-            .map_err(io_err(format!("cannot remove {}", layout.cron.display())))?;
-    }
+    written.extend(service_files(&layout, &plan, &svc, systemd)?);
     printer.status(format!(
         "installed for service account {} (uid {}):\n{}",
         svc.name,
@@ -677,6 +609,86 @@ fn install(
     }
     printer.out(out.trim_end())?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The site config (created, or given the keys a multi-user install needs), the policy and the
+/// credentials (never overwritten). Returns the config's text and whether it is new.
+fn site_files(layout: &Layout, svc: &crate::sys::Passwd) -> Result<(String, bool), Error> {
+    let config = layout.config();
+    let (text, fresh) = match std::fs::read_to_string(&config) {
+        Ok(t) => (amend_config(&t, layout), false),
+        Err(_) => (new_config(layout), true),
+    };
+    place(&config, text.as_bytes(), 0, 0, 0o644, None)?;
+    // The policy and the credentials: never overwritten.
+    if !layout.policy().exists() {
+        place(
+            &layout.policy(),
+            Policy::EXAMPLE.as_bytes(),
+            0,
+            0,
+            0o644,
+            None,
+        )?;
+    }
+    if !layout.credentials().exists() {
+        place(&layout.credentials(), b"", svc.uid, svc.gid, 0o600, None)?;
+    }
+    Ok((text, fresh))
+}
+
+/// Writes the systemd units (where there is systemd) and the cron file (where the service's
+/// timers do not run the accounting side, else removes it); returns what it wrote.
+fn service_files(
+    layout: &Layout,
+    plan: &Plan,
+    svc: &crate::sys::Passwd,
+    systemd: bool,
+) -> Result<Vec<PathBuf>, Error> {
+    let group = crate::sys::group_name(svc.gid)?.unwrap_or_else(|| svc.gid.to_string());
+    let (install, config) = (layout.install(), layout.config());
+    let unit = Unit {
+        name: &layout.name,
+        install: &install,
+        cli: &layout.cli,
+        config: &config,
+        state: &plan.state,
+        socket: &layout.socket,
+        user: &svc.name,
+        group: &group,
+    };
+    let mut written = Vec::new();
+    if systemd {
+        make_dir(&layout.units, 0, 0, 0o755)?;
+        for (path, text) in [
+            (layout.socket_unit(), unit.socket_unit()),
+            (layout.service_unit(), unit.service_unit()),
+        ] {
+            place(&path, text.as_bytes(), 0, 0, 0o644, None)?;
+            written.push(path);
+        }
+    }
+    if plan.cron_snapshot || plan.cron_reap {
+        make_dir(Path::new(CRON_DIR), 0, 0, 0o755)?;
+        let text = unit.cron_file(plan.cron_snapshot, plan.cron_reap);
+        place(&layout.cron, text.as_bytes(), 0, 0, 0o644, None)?;
+        written.push(layout.cron.clone());
+    } else if layout.cron.exists() {
+        // The service's timers run the accounting side now; cron running it too would be a
+        // second process on the state.
+        std::fs::remove_file(&layout.cron)
+            .map_err(io_err(format!("cannot remove {}", layout.cron.display())))?;
+    }
+    // Where installs before this one put the cron file under a prefix, which cron never read.
+    if let Some(p) = &layout.prefix {
+        let stale = p.join("etc/cron.d/stratus");
+        if std::fs::read_to_string(&stale).is_ok_and(|t| units::owner_of(&t).is_some()) {
+            std::fs::remove_file(&stale)
+                .map_err(io_err(format!("cannot remove {}", stale.display())))?;
+            let _ = std::fs::remove_dir(p.join("etc/cron.d"));
+        }
+    }
+    Ok(written)
 }
 
 /// Exactly what an install leaves to its administrator, in order.
@@ -779,6 +791,126 @@ fn doctor(
             return Ok(ExitCode::FAILURE);
         }
     };
+    problems.extend(owners_and_modes(&layout, &svc));
+    // What the wrapper itself checks at every start: no one but root or the service account can
+    // write the runner, the wrapper, the config directory, or any of their ancestors.
+    let trusted = Trusted {
+        uid: svc.uid,
+        user: &svc.name,
+    };
+    for (what, path, want) in [
+        ("the runner", &layout.cli, Want::File),
+        ("the wrapper", &layout.wrapper, Want::File),
+        ("the config directory", &layout.config_dir, Want::Dir),
+    ] {
+        if let Err(e) = safepath::check(&RealFs, what, path, want, trusted) {
+            problems.push(e);
+        }
+    }
+    problems.extend(binary_problems(&layout, &svc, patched.as_ref()));
+    if let Ok(text) = std::fs::read_to_string(layout.config()) {
+        match crate::config::SiteConfig::parse(&text, &layout.config()) {
+            Ok(c) => {
+                if c.mode != crate::config::Mode::MultiUser {
+                    problems.push("the site config does not say mode = \"multi-user\"".into())
+                }
+                problems.extend(service_files_missing(&layout, &text));
+                // What the runner checks at every request besides.
+                problems.extend(crate::service::inputs::unsafe_inputs_for(
+                    &c,
+                    Some(&layout.config()),
+                    trusted,
+                ));
+            }
+            Err(e) => problems.push(crate::core::error::one_line(&e)),
+        }
+    }
+    if let Err(e) = Policy::load(&layout.policy()) {
+        problems.push(crate::core::error::one_line(&e));
+    }
+    if problems.is_empty() {
+        printer.out(format!("the install under {} is sound", layout.install()))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for p in &problems {
+        printer.out(format!("problem: {p}"))?;
+    }
+    Ok(ExitCode::FAILURE)
+}
+
+/// What is wrong with the installed binaries themselves: a wrapper that is no wrapper, lacks its
+/// capability or is patched for another install; a CLI that does not know its install.
+fn binary_problems(
+    layout: &Layout,
+    svc: &crate::sys::Passwd,
+    patched: Option<&WrapConfig>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    // A binary that only holds the placeholder marker (a test harness, the CLI) is no wrapper.
+    if let Ok(bytes) = std::fs::read(&layout.wrapper)
+        && let Err(e) = setuid_wrap::identity::check_build(&bytes)
+    {
+        problems.push(format!(
+            "the wrapper {} is not the stratus wrapper: {e} (reinstall with `stratus admin install`)",
+            layout.wrapper.display()
+        ));
+    }
+    // Its users would fall back to single-user mode without STRATUS_CONFIG.
+    match std::fs::read(&layout.cli)
+        .ok()
+        .map(|b| install_area::read(&b))
+    {
+        Some(Some(c)) if c == layout.config() => {}
+        Some(Some(c)) => problems.push(format!(
+            "the CLI {} belongs to the install whose config is {}, not {}",
+            layout.cli.display(),
+            c.display(),
+            layout.config().display()
+        )),
+        Some(None) => problems.push(format!(
+            "the CLI {} does not know its install: its users get single-user mode unless they \
+             set STRATUS_CONFIG (reinstall with `stratus admin install`)",
+            layout.cli.display()
+        )),
+        // Reported above as missing.
+        None => {}
+    }
+    match setuid_wrap::sys::get_xattr(&layout.wrapper, setuid_wrap::caps::CAPABILITY_XATTR) {
+        Ok(Some(v)) if v == setuid_wrap::caps::setgid_capability_xattr() => {}
+        _ => problems.push(format!(
+            "the wrapper {} lacks the capability cap_setgid=ep (reinstall with `stratus admin install`)",
+            layout.wrapper.display()
+        )),
+    }
+    match patched {
+        Some(cfg) => {
+            if cfg.config != layout.config() || cfg.runner != layout.cli {
+                problems.push(format!(
+                    "the wrapper runs {} with {}, not this install's {} and {}",
+                    cfg.runner.display(),
+                    cfg.config.display(),
+                    layout.cli.display(),
+                    layout.config().display()
+                ));
+            }
+            if cfg.service_user != svc.name || cfg.service_uid != svc.uid {
+                problems.push(format!(
+                    "the wrapper was installed for service account {} (uid {}), not {} (uid {})",
+                    cfg.service_user, cfg.service_uid, svc.name, svc.uid
+                ));
+            }
+        }
+        None => problems.push(format!(
+            "the wrapper {} is not patched for this install",
+            layout.wrapper.display()
+        )),
+    }
+    problems
+}
+
+/// Every path of the install with the owner, mode and kind it must have.
+fn owners_and_modes(layout: &Layout, svc: &crate::sys::Passwd) -> Vec<String> {
+    let mut problems = Vec::new();
     let expect = [
         Expect {
             path: layout.cli.clone(),
@@ -875,108 +1007,7 @@ fn doctor(
             }
         }
     }
-    // What the wrapper itself checks at every start: no one but root or the service account can
-    // write the runner, the wrapper, the config directory, or any of their ancestors.
-    let trusted = Trusted {
-        uid: svc.uid,
-        user: &svc.name,
-    };
-    for (what, path, want) in [
-        ("the runner", &layout.cli, Want::File),
-        ("the wrapper", &layout.wrapper, Want::File),
-        ("the config directory", &layout.config_dir, Want::Dir),
-    ] {
-        if let Err(e) = safepath::check(&RealFs, what, path, want, trusted) {
-            problems.push(e);
-        }
-    }
-    // A binary that only holds the placeholder marker (a test harness, the CLI) is no wrapper.
-    if let Ok(bytes) = std::fs::read(&layout.wrapper)
-        && let Err(e) = setuid_wrap::identity::check_build(&bytes)
-    {
-        problems.push(format!(
-            "the wrapper {} is not the stratus wrapper: {e} (reinstall with `stratus admin install`)",
-            layout.wrapper.display()
-        ));
-    }
-    // Its users would fall back to single-user mode without STRATUS_CONFIG.
-    match std::fs::read(&layout.cli)
-        .ok()
-        .map(|b| install_area::read(&b))
-    {
-        Some(Some(c)) if c == layout.config() => {}
-        Some(Some(c)) => problems.push(format!(
-            "the CLI {} belongs to the install whose config is {}, not {}",
-            layout.cli.display(),
-            c.display(),
-            layout.config().display()
-        )),
-        Some(None) => problems.push(format!(
-            "the CLI {} does not know its install: its users get single-user mode unless they \
-             set STRATUS_CONFIG (reinstall with `stratus admin install`)",
-            layout.cli.display()
-        )),
-        // Reported above as missing.
-        None => {}
-    }
-    match setuid_wrap::sys::get_xattr(&layout.wrapper, setuid_wrap::caps::CAPABILITY_XATTR) {
-        Ok(Some(v)) if v == setuid_wrap::caps::setgid_capability_xattr() => {}
-        _ => problems.push(format!(
-            "the wrapper {} lacks the capability cap_setgid=ep (reinstall with `stratus admin install`)",
-            layout.wrapper.display()
-        )),
-    }
-    match &patched {
-        Some(cfg) => {
-            if cfg.config != layout.config() || cfg.runner != layout.cli {
-                problems.push(format!(
-                    "the wrapper runs {} with {}, not this install's {} and {}",
-                    cfg.runner.display(),
-                    cfg.config.display(),
-                    layout.cli.display(),
-                    layout.config().display()
-                ));
-            }
-            if cfg.service_user != svc.name || cfg.service_uid != svc.uid {
-                problems.push(format!(
-                    "the wrapper was installed for service account {} (uid {}), not {} (uid {})",
-                    cfg.service_user, cfg.service_uid, svc.name, svc.uid
-                ));
-            }
-        }
-        None => problems.push(format!(
-            "the wrapper {} is not patched for this install",
-            layout.wrapper.display()
-        )),
-    }
-    if let Ok(text) = std::fs::read_to_string(layout.config()) {
-        match crate::config::SiteConfig::parse(&text, &layout.config()) {
-            Ok(c) => {
-                if c.mode != crate::config::Mode::MultiUser {
-                    problems.push("the site config does not say mode = \"multi-user\"".into())
-                }
-                problems.extend(service_files_missing(&layout, &text));
-                // What the runner checks at every request besides.
-                problems.extend(crate::service::inputs::unsafe_inputs_for(
-                    &c,
-                    Some(&layout.config()),
-                    trusted,
-                ));
-            }
-            Err(e) => problems.push(crate::core::error::one_line(&e)),
-        }
-    }
-    if let Err(e) = Policy::load(&layout.policy()) {
-        problems.push(crate::core::error::one_line(&e));
-    }
-    if problems.is_empty() {
-        printer.out(format!("the install under {} is sound", layout.install()))?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    for p in &problems {
-        printer.out(format!("problem: {p}"))?;
-    }
-    Ok(ExitCode::FAILURE)
+    problems
 }
 
 /// The units and the cron file this install's config needs, where they are missing or are

@@ -3431,12 +3431,21 @@ fn install_writes_the_units_and_the_cron_file_where_they_run_and_says_what_is_le
     assert!(!cron.exists(), "a cron file beside the service's timers");
 
     // The setuid transport: the cron file, where cron reads it, with this install's paths.
+    // (Where an older install put it, under the prefix, it goes.)
+    let stale = prefix.join("etc/cron.d/stratus");
+    fs::create_dir_all(stale.parent().unwrap()).unwrap();
+    fs::write(
+        &stale,
+        "# stratus accounting: a snapshot of every instance every 5 minutes, the reaper every 15.\n",
+    )
+    .unwrap();
     fs::write(
         &config,
         text.replace("transport = \"service\"", "transport = \"setuid\""),
     )
     .unwrap();
     let out = install_at(&prefix, &["--service-user", svc]).ok();
+    assert!(!stale.exists(), "{out}");
     assert!(!out.stdout.contains("systemctl"), "{out}");
     assert_eq!(mode_of(&cron), (0, 0o644));
     let cron_text = fs::read_to_string(&cron).unwrap();
@@ -3693,6 +3702,16 @@ fn roots_commands_act_on_the_installs_state_through_the_wrapper() {
     assert_eq!(listed[0]["owner"], s1.name.as_str(), "{listed:#}");
     root(&["accounting", "reap", "--dry-run"]).ok();
     root(&["reconcile", "--dry-run"]).ok();
+    // So does an instructor's, without becoming the service account.
+    let ins = &site.instructor;
+    let snap = site
+        .stratus(ins, &["accounting", "snapshot", "--json"])
+        .ok()
+        .json();
+    assert_eq!(snap["seen"], 2, "{snap:#}");
+    site.stratus(ins, &["accounting", "reap", "--dry-run"]).ok();
+    site.stratus(ins, &["reconcile", "--dry-run"]).ok();
+    site.stratus(ins, &["accounting", "report", "--json"]).ok();
     // Root's own state holds no cluster.
     let own = home.join(".local/share/stratus/stratus.db");
     if own.exists() {
