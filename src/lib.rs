@@ -34,6 +34,11 @@ use crate::core::printer::{MakeLogWriter, Printer};
 
 /// Parses the command line, runs the command, prints any error, and picks the exit code.
 pub fn main() -> ExitCode {
+    // The runner, as the setuid wrapper execs it, before clap: its main thread runs on the
+    // caller's RLIMIT_STACK, which argument parsing alone can exceed (see `runner::invoked`).
+    if let Some(config) = runner::invoked() {
+        return runner::main(&config, 0);
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -66,6 +71,7 @@ pub fn main() -> ExitCode {
     init_logging(Some(printer.clone()), cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(service::RUNTIME_STACK)
         .build()
     {
         Ok(rt) => rt,
@@ -75,7 +81,7 @@ pub fn main() -> ExitCode {
         }
     };
     let env = crate::core::env::Environment::read();
-    let result = runtime.block_on(cli::run(cli, env, printer.clone()));
+    let result = runtime.block_on(Box::pin(cli::run(cli, env, printer.clone())));
     // Do not wait for lingering blocking tasks (a stdin read, say).
     runtime.shutdown_background();
     match result {

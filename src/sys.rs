@@ -509,6 +509,22 @@ pub fn detach_with_fds(cmd: &mut std::process::Command, fds: Vec<(RawFd, RawFd)>
     }
 }
 
+/// Makes `cmd` start with `no_new_privs` set, so that nothing it execs gains privileges from a
+/// setuid bit or file capabilities (the installer's trial run of a wrapper it was handed).
+pub fn no_new_privs_in_child(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure makes one async-signal-safe system call (prctl) and does not
+    // allocate.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Makes `cmd` start in a new session with its stdin terminal as the controlling terminal: what
 /// a login shell on a pseudo-terminal needs for job control and ^C.
 pub fn session_on_terminal(cmd: &mut tokio::process::Command) {

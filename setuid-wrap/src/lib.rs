@@ -4,14 +4,16 @@
 //! account that holds the AWS credentials, cleans up everything the caller's process could pass
 //! on and execs the runner (`stratus runner --config <site config>`). This library holds the
 //! pure policy (the patched [`placeholder`] configuration, the [`env`](mod@env) allow-list, the
-//! [`limits`] table, the [`safepath`] check, the [`caps`] xattr), the start sequence in
-//! [`start`], and every system call in [`sys`], the only module with `unsafe` code.
-//! The installer (`stratus admin install`) uses [`placeholder::patch`] and
-//! [`setgid_capability_xattr`].
+//! [`limits`] table, the [`safepath`] check, the [`cgroup`] check, the [`caps`] xattr, the
+//! wrapper's [`identity`]), the start sequence in [`start`], and every system call in [`sys`],
+//! the only module with `unsafe` code. The installer (`stratus admin install`) uses
+//! [`identity::check_build`], [`placeholder::patch`] and [`setgid_capability_xattr`].
 #![deny(unsafe_code)]
 
 pub mod caps;
+pub mod cgroup;
 pub mod env;
+pub mod identity;
 pub mod limits;
 pub mod placeholder;
 pub mod safepath;

@@ -12,6 +12,7 @@
 /// `RLIM_INFINITY`, as the kernel reports it on Linux.
 pub const INFINITY: u64 = u64::MAX;
 
+const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 
@@ -71,11 +72,24 @@ pub struct Rule {
     pub soft: Soft,
 }
 
+/// The smallest hard `RLIMIT_STACK` the wrapper accepts. The limit sizes the runner's main
+/// thread only: the runner serves its request on a thread whose stack it sizes itself (16 MiB,
+/// `WORK_STACK` in stratus's `runner.rs`), and its main thread only starts that thread and
+/// waits for it. Measured with the debug build the tests use, by launches through the wrapper
+/// (`privileged.rs`, the minimum lowered to 16 KiB for the purpose) under `ulimit -s N`: every
+/// launch completed at 36 KiB and above (4 of 4 at 40 and 48, one each at 36 to 1024), and at
+/// 32 to 35 KiB most died of a stack overflow before reading the request (the stack's random
+/// offset decides). Before the work moved off the main thread a launch needed 1280 to
+/// 1408 KiB there, so the old minimum of 1 MiB let it overflow after RunInstances. 256 KiB is
+/// seven times the measured need.
+pub const STACK_MINIMUM: u64 = 256 * 1024;
+
 /// The runner's needs. `RLIMIT_AS` is large because the async runtime and the TLS stack reserve
 /// much more virtual memory than they use; `RLIMIT_NOFILE` stops at 65536 because more buys
 /// nothing and some libraries size tables by it; `RLIMIT_STACK` stays at 8 MiB unless the caller
-/// set it higher (an unlimited stack changes the memory layout). `RLIMIT_DATA` and
-/// `RLIMIT_STACK` go beyond the five limits the design names, for the same reason.
+/// set it higher (an unlimited stack changes the memory layout), and its minimum is
+/// [`STACK_MINIMUM`]. `RLIMIT_DATA` and `RLIMIT_STACK` go beyond the five limits the design
+/// names, for the same reason.
 pub const RULES: &[Rule] = &[
     Rule {
         resource: Resource::Fsize,
@@ -103,7 +117,7 @@ pub const RULES: &[Rule] = &[
     },
     Rule {
         resource: Resource::Stack,
-        minimum: MIB,
+        minimum: STACK_MINIMUM,
         unit: Unit::Bytes,
         soft: Soft::AtLeast(8 * MIB),
     },
@@ -141,14 +155,15 @@ pub fn decide(rule: &Rule, soft: u64, hard: u64) -> Result<Option<u64>, String> 
     Ok((target != soft).then_some(target))
 }
 
-/// A limit value for people: `1 GiB`, `8 MiB`, `1024 bytes`, `600 s`, `8 files`, `unlimited`.
+/// A limit value for people: `1 GiB`, `8 MiB`, `256 KiB`, `512 bytes`, `600 s`, `8 files`,
+/// `unlimited`.
 pub fn show(value: u64, unit: Unit) -> String {
     if value == INFINITY {
         return "unlimited".to_string();
     }
     match unit {
         Unit::Bytes => {
-            for (size, name) in [(GIB, "GiB"), (MIB, "MiB")] {
+            for (size, name) in [(GIB, "GiB"), (MIB, "MiB"), (KIB, "KiB")] {
                 if value >= size && value.is_multiple_of(size) {
                     return format!("{} {name}", value / size);
                 }
@@ -189,7 +204,7 @@ mod tests {
             1024,
             1024,
             Err(
-                "the caller's hard limit RLIMIT_FSIZE is 1024 bytes; the runner needs at least 1 GiB \
+                "the caller's hard limit RLIMIT_FSIZE is 1 KiB; the runner needs at least 1 GiB \
                  (raise it, or do not lower it with ulimit)",
             ),
         ),
@@ -220,12 +235,7 @@ mod tests {
             100 * MIB,
             Err("RLIMIT_DATA is 100 MiB"),
         ),
-        (
-            Resource::Stack,
-            65536,
-            65536,
-            Err("RLIMIT_STACK is 65536 bytes"),
-        ),
+        (Resource::Stack, 65536, 65536, Err("RLIMIT_STACK is 64 KiB")),
         // NOFILE goes to min(hard, 65536), never down.
         (Resource::Nofile, 1024, 524288, Ok(Some(65536))),
         (Resource::Nofile, 1024, 4096, Ok(Some(4096))),
@@ -237,6 +247,15 @@ mod tests {
         (Resource::Stack, MIB, 2 * MIB, Ok(Some(2 * MIB))),
         (Resource::Stack, 8 * MIB, INF, Ok(None)),
         (Resource::Stack, INF, INF, Ok(None)),
+        // The minimum is the measured need with room to spare, not 1 MiB.
+        (Resource::Stack, 256 * 1024, 256 * 1024, Ok(None)),
+        (Resource::Stack, 64 * 1024, 256 * 1024, Ok(Some(256 * 1024))),
+        (
+            Resource::Stack,
+            256 * 1024 - 1024,
+            256 * 1024 - 1024,
+            Err("RLIMIT_STACK is 255 KiB; the runner needs at least 256 KiB"),
+        ),
     ];
 
     #[test]
@@ -273,6 +292,8 @@ mod tests {
         assert_eq!(show(8 * GIB, Unit::Bytes), "8 GiB");
         assert_eq!(show(1536 * MIB, Unit::Bytes), "1536 MiB");
         assert_eq!(show(512, Unit::Bytes), "512 bytes");
+        assert_eq!(show(256 * KIB, Unit::Bytes), "256 KiB");
+        assert_eq!(show(1536, Unit::Bytes), "1536 bytes");
         assert_eq!(show(0, Unit::Bytes), "0 bytes");
         assert_eq!(show(600, Unit::Seconds), "600 s");
     }

@@ -1,11 +1,14 @@
 //! The wrapper's start: the fixed sequence of steps between the setuid exec and the runner.
 //!
 //! Each step closes one way in which the caller's process state could reach the runner, which
-//! runs with the service account's rights: descriptors, identity, groups, inherited descriptors,
-//! resource limits, signal state, umask and working directory, the trust of the files it runs
-//! and reads, the environment, and the arguments. The order matters: fds 0-2 are made valid
-//! before any file is opened (so nothing lands on them by accident), and nothing is trusted
-//! before the identity check. Any failure stops the wrapper with one line,
+//! runs with the service account's rights: descriptors, identity, the caller's cgroups (through
+//! which it could freeze or kill the runner), groups, inherited descriptors, resource limits,
+//! signal state, umask and working directory, the trust of the files it runs and reads, the
+//! environment, and the arguments. The order matters: fds 0-2 are made valid before any file is
+//! opened (so nothing lands on them by accident), nothing is trusted before the identity check,
+//! and the cgroups are checked with the caller's own groups, before they are dropped. The one
+//! argument the wrapper reads, `--is-stratus-wrap` (the installer's trial run), only prints a
+//! fixed line. Any failure stops the wrapper with one line,
 //! `stratus-wrap: <reason>`, and exit code 1 (2 is the runner's, for refusals by policy).
 //! See the crate's README for why each step is there.
 #![forbid(unsafe_code)]
@@ -16,7 +19,9 @@ use std::io::{self, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
+use crate::cgroup;
 use crate::env::child_env;
+use crate::identity;
 use crate::limits::{self, Resource};
 use crate::placeholder::{self, WrapConfig};
 use crate::safepath::{self, RealFs, Trusted, Want};
@@ -45,6 +50,15 @@ fn fail(reason: &str) -> ExitCode {
 fn start(area: &[u8]) -> Result<Infallible, String> {
     // 1. fds 0-2 open, before anything else can open a file onto them.
     standard_fds()?;
+    // The installer's trial run (`stratus-wrap --is-stratus-wrap`, not setuid, as nobody):
+    // a fixed line, before anything is read or checked.
+    if trial_run() {
+        let mut out = io::stdout().lock();
+        return match writeln!(out, "{}", identity::ANSWER).and_then(|_| out.flush()) {
+            Ok(()) => std::process::exit(0),
+            Err(e) => Err(format!("cannot answer {}: {e}", identity::TRIAL_ARG)),
+        };
+    }
     // A panic must fail closed like any refusal, and must not read RUST_BACKTRACE from the
     // caller's environment to decide what to print.
     std::panic::set_hook(Box::new(|info| {
@@ -58,8 +72,11 @@ fn start(area: &[u8]) -> Result<Infallible, String> {
         .map_err(|e| format!("the install configuration is damaged ({e}): reinstall"))?
         .ok_or("not installed: run `stratus admin install`")?;
 
-    // 3. Who we are.
+    // 3. Who we are, and whether the caller can freeze or kill us through a cgroup (checked
+    // with the caller's real ids and groups, so before the groups change).
     identity(&cfg)?;
+    let (real_uid, _, _) = sys::getresuid();
+    cgroup::check(&cgroup::RealCgroupFs, real_uid)?;
     // 4. Groups, then no capability left.
     groups_and_capabilities(&cfg)?;
     // 5. No inherited descriptor beyond 0-2 reaches the runner.
@@ -99,6 +116,16 @@ fn start(area: &[u8]) -> Result<Infallible, String> {
         "cannot execute the runner {}: {err}",
         cfg.runner.display()
     ))
+}
+
+/// Whether this is the installer's trial run: exactly one argument, [`identity::TRIAL_ARG`].
+/// Every other argument is ignored.
+fn trial_run() -> bool {
+    let mut args = std::env::args_os().skip(1);
+    matches!(
+        (args.next(), args.next()),
+        (Some(a), None) if a == identity::TRIAL_ARG
+    )
 }
 
 fn standard_fds() -> Result<(), String> {

@@ -413,6 +413,23 @@ pub fn execve(path: &Path, argv: &[&OsStr], envp: &[(&OsStr, &OsStr)]) -> io::Er
     io::Error::last_os_error()
 }
 
+/// Whether the real uid, real gid and supplementary groups may write `path`: `access(2)`,
+/// which checks with the real ids rather than the effective ones (a setuid process asking on
+/// its caller's behalf). A read-only file system or a refused check is `false`; a path that
+/// does not exist is an error.
+pub fn real_ids_can_write(path: &Path) -> io::Result<bool> {
+    let path = cstring(path.as_os_str().as_bytes())?;
+    // SAFETY: `path` is NUL-terminated; access does not keep the pointer.
+    if unsafe { libc::access(path.as_ptr(), libc::W_OK) } == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EACCES) | Some(libc::EROFS) | Some(libc::EPERM) => Ok(false),
+        _ => Err(err),
+    }
+}
+
 /// `setxattr(path, name, value, 0)`: for the installer (the `security.capability` attribute,
 /// see [`crate::caps`]) and the tests.
 pub fn set_xattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {

@@ -17,6 +17,8 @@ use std::process::{Command, Output};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use setuid_wrap::cgroup::{self, CgroupMount};
+use setuid_wrap::identity;
 use setuid_wrap::limits::Resource;
 use setuid_wrap::placeholder::{self, AREA_LEN, MARKER, WrapConfig};
 use setuid_wrap::{CAPABILITY_XATTR, setgid_capability_xattr, sys};
@@ -218,6 +220,36 @@ impl Install {
         shell_prefix: &str,
         redirections: &str,
     ) -> Output {
+        run(&mut self.caller_command(wrapper, setpriv_extra, shell_prefix, redirections))
+    }
+
+    /// `run_default`, but from inside the cgroups whose `cgroup.procs` files are given: root
+    /// moves the shell there before it becomes the caller (as logind or systemd would).
+    fn run_in_cgroups(&self, procs: &[PathBuf]) -> Output {
+        let inner = self.caller_command(&self.cfg.wrapper, &[], "", "");
+        let moves: String = procs
+            .iter()
+            .map(|p| format!("echo $$ > '{}' || exit 97; ", p.display()))
+            .collect();
+        let mut cmd = Command::new("/bin/sh");
+        cmd.env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .args(["-c", &format!("{moves}exec \"$@\""), "sh"])
+            .arg(inner.get_program())
+            .args(inner.get_args());
+        let out = run(&mut cmd);
+        assert_ne!(out.status.code(), Some(97), "could not join {procs:?}");
+        out
+    }
+
+    /// The command `run_as_caller` runs.
+    fn caller_command(
+        &self,
+        wrapper: &Path,
+        setpriv_extra: &[&str],
+        shell_prefix: &str,
+        redirections: &str,
+    ) -> Command {
         let _ = fs::remove_file(&self.report);
         let c = &self.caller;
         let script =
@@ -234,7 +266,7 @@ impl Install {
             .args(HOSTILE.iter().chain(KEPT).map(|(k, v)| format!("{k}={v}")))
             .arg(wrapper)
             .args(["--evil", "arg"]);
-        run(&mut cmd)
+        cmd
     }
 
     fn run_default(&self) -> Output {
@@ -664,4 +696,213 @@ fn low_hard_limits_are_refused() {
         let out = install.run_as_caller(&install.cfg.wrapper, &[], &format!("{ulimit};"), "");
         assert_refused(&install, &out, want);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The caller's cgroups.
+
+/// A cgroup made for one test, in the hierarchy mounted at `mount` (v2, or a v1 one), removed
+/// (with the cgroups below it) on drop, once the processes in it have ended.
+struct TestCgroup {
+    dir: PathBuf,
+}
+
+impl TestCgroup {
+    fn new(mount: &Path, name: &str) -> TestCgroup {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let dir = mount.join(format!("swt-{name}-{}-{n}", std::process::id()));
+        fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        TestCgroup { dir }
+    }
+
+    fn child(&self, name: &str) -> PathBuf {
+        let d = self.dir.join(name);
+        fs::create_dir(&d).unwrap();
+        d
+    }
+
+    /// What systemd's `Delegate=yes` does for a user: the directory and the files listed in
+    /// /sys/kernel/cgroup/delegate (v2), or the whole directory's files (v1), become the user's.
+    fn delegate(dir: &Path, u: &User) {
+        chown(dir, Some(u.uid), Some(u.gid)).unwrap();
+        let delegated = fs::read_to_string("/sys/kernel/cgroup/delegate").unwrap_or_default();
+        for e in fs::read_dir(dir).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let v2_listed = delegated.lines().any(|l| l == name);
+            let v1 = !dir.join("cgroup.controllers").exists();
+            if e.file_type().unwrap().is_file() && (v2_listed || v1) {
+                chown(e.path(), Some(u.uid), Some(u.gid)).unwrap();
+            }
+        }
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let mut dirs: Vec<PathBuf> = vec![self.dir.clone()];
+        let mut i = 0;
+        while i < dirs.len() {
+            if let Ok(rd) = fs::read_dir(&dirs[i]) {
+                for e in rd.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        dirs.push(e.path());
+                    }
+                }
+            }
+            i += 1;
+        }
+        for d in dirs.iter().rev() {
+            let _ = fs::remove_dir(d);
+        }
+    }
+}
+
+/// Where this machine mounts a hierarchy: cgroup v2 (`None`), or the v1 one of `controller`.
+fn cgroup_mount(controller: Option<&str>) -> Option<CgroupMount> {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    cgroup::parse_mountinfo(&text)
+        .into_iter()
+        .filter(|m| m.root == "/")
+        .find(|m| match controller {
+            None => m.v2,
+            Some(c) => !m.v2 && m.options.iter().any(|o| o == c),
+        })
+}
+
+#[test]
+fn a_caller_who_can_write_its_cgroup_or_an_ancestor_is_refused() {
+    let _serial = serial();
+    need_root!();
+    let install = Install::new();
+    let v2 = cgroup_mount(None)
+        .expect("no cgroup v2 hierarchy is mounted here (the wrapper would refuse every caller)");
+    let procs = |d: &Path| d.join("cgroup.procs");
+    let rel = |d: &Path| format!("/{}", d.strip_prefix(&v2.mount_point).unwrap().display());
+
+    // A cgroup of root's, as logind makes for a login session: the wrapper runs.
+    let session = TestCgroup::new(&v2.mount_point, "session");
+    let out = install.run_in_cgroups(&[procs(&session.dir)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(install.report.exists());
+
+    // A delegated cgroup (systemd-run --user --scope lands in one): refused, before the runner.
+    let delegated = TestCgroup::new(&v2.mount_point, "delegated");
+    TestCgroup::delegate(&delegated.dir, &install.caller);
+    let out = install.run_in_cgroups(&[procs(&delegated.dir)]);
+    assert_refused(
+        &install,
+        &out,
+        &format!(
+            "the caller can write {} (its cgroup v2 cgroup {}), so it could freeze or kill the \
+             runner mid-launch: run the command from a login session (not a systemd --user scope \
+             or service), or have the site use the class service (transport = \"service\")",
+            delegated.dir.display(),
+            rel(&delegated.dir)
+        ),
+    );
+
+    // A root-owned cgroup below a delegated one: the caller could move the runner out of it
+    // into a cgroup of its own, or freeze the whole subtree.
+    let under = TestCgroup::new(&v2.mount_point, "ancestor");
+    TestCgroup::delegate(&under.dir, &install.caller);
+    let scope = under.child("run-1.scope");
+    let out = install.run_in_cgroups(&[procs(&scope)]);
+    assert_refused(
+        &install,
+        &out,
+        &format!(
+            "the caller can write {} (an ancestor of its cgroup v2 cgroup {})",
+            under.dir.display(),
+            rel(&scope)
+        ),
+    );
+
+    // One control file writable through one of the caller's supplementary groups (100): the
+    // check uses the caller's own groups, before the wrapper drops them.
+    let grouped = TestCgroup::new(&v2.mount_point, "group");
+    let freeze = grouped.dir.join("cgroup.freeze");
+    chown(&freeze, None, Some(100)).unwrap();
+    set_mode(&freeze, 0o664);
+    let out = install.run_in_cgroups(&[procs(&grouped.dir)]);
+    assert_refused(
+        &install,
+        &out,
+        &format!("the caller can write {}", freeze.display()),
+    );
+
+    // The v1 freezer, where this machine has one.
+    if let Some(freezer) = cgroup_mount(Some("freezer")) {
+        let frozen = TestCgroup::new(&freezer.mount_point, "freezer");
+        TestCgroup::delegate(&frozen.dir, &install.caller);
+        let out = install.run_in_cgroups(&[procs(&session.dir), procs(&frozen.dir)]);
+        let dir = frozen.dir.display().to_string();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_refused(
+            &install,
+            &out,
+            "(its cgroup v1 freezer cgroup /swt-freezer-",
+        );
+        assert!(
+            err.contains(&format!("the caller can write {dir}")),
+            "{err}"
+        );
+        // Root-owned again: it runs.
+        chown(&frozen.dir, Some(0), Some(0)).unwrap();
+        for e in fs::read_dir(&frozen.dir).unwrap().flatten() {
+            chown(e.path(), Some(0), Some(0)).unwrap();
+        }
+        let out = install.run_in_cgroups(&[procs(&session.dir), procs(&frozen.dir)]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    } else {
+        println!("no cgroup v1 freezer is mounted here: nothing of it to check");
+    }
+
+    // Root as the caller is not checked: root can freeze anything.
+    let out = run(Command::new("/bin/sh")
+        .env_clear()
+        .args(["-c", "echo $$ > \"$1\" && exec \"$2\"", "sh"])
+        .arg(procs(&delegated.dir))
+        .arg(&install.cfg.wrapper));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_wrapper_answers_its_trial_run_and_holds_its_build_marker_once() {
+    let _serial = serial();
+    let built = fs::read(WRAP).unwrap();
+    identity::check_build(&built).unwrap();
+    assert_eq!(placeholder::count(&built, &identity::build_marker()), 1);
+    // This test harness links the library, so it holds the placeholder marker, and must not
+    // pass for a wrapper.
+    let me = fs::read(std::env::current_exe().unwrap()).unwrap();
+    assert!(placeholder::count(&me, MARKER) >= 1);
+    let err = identity::check_build(&me).unwrap_err();
+    assert!(err.starts_with("it is not a stratus-wrap build"), "{err}");
+
+    // Unpatched and not setuid, it answers the fixed line and nothing else.
+    let out = run(Command::new(WRAP).env_clear().arg(identity::TRIAL_ARG));
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{}\n", identity::ANSWER)
+    );
+    assert!(out.stderr.is_empty());
+    // With another argument beside it, it is not a trial run: arguments are ignored.
+    let out = run(Command::new(WRAP)
+        .env_clear()
+        .args([identity::TRIAL_ARG, "x"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
 }

@@ -6,17 +6,21 @@
 //!
 //! | path | owner, mode | what |
 //! | --- | --- | --- |
-//! | `DIR/bin/stratus` | root, 0755 | the CLI (and the runner) |
+//! | `DIR/bin/stratus` | root, 0755 | the CLI (and the runner), which knows this install's config |
 //! | `DIR/libexec/stratus/stratus-wrap` | service user, 04755, `cap_setgid=ep` | the wrapper |
 //! | `DIR/etc/stratus/config.toml` | root, 0644 | the site config |
 //! | `DIR/etc/stratus/policy.toml` | root, 0644 | the policy |
 //! | `DIR/etc/stratus/aws-credentials` | service user, 0600 | the service account's keys |
 //! | `DIR/var/lib/stratus/` | service user, 0700 | the state: database, cluster keys |
+//! | `/etc/systemd/system/NAME.socket`, `NAME.service` | root, 0644 | the class service (`units`) |
+//! | `/etc/cron.d/NAME` | root, 0644 | the accounting side, unless the service's timers run it |
 //!
-//! Every step is idempotent: an instructor's config keys, policy and credentials are kept.
+//! NAME is `stratus`, or `stratus-` and the prefix's components with `--prefix`. Every step is
+//! idempotent: an instructor's config keys, policy and credentials are kept. Nothing is created
+//! before the wrapper is known to be one (`wrapper_check`) and every path has been checked.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
 
 use setuid_wrap::placeholder::{self, WrapConfig};
@@ -24,40 +28,130 @@ use setuid_wrap::safepath::{self, RealFs, Trusted, Want};
 
 use super::client::Client;
 use super::launch::expect;
+use super::units::{self, Unit};
 use crate::cli::AdminAction;
+use crate::config::{SiteConfig, Transport};
 use crate::core::error::Error;
+use crate::core::install_area;
 use crate::core::printer::Printer;
 use crate::policy::Policy;
 use crate::service::protocol::{Request, Response};
 
+/// Where systemd reads the units of the machine's administrator.
+const SYSTEMD_UNITS: &str = "/etc/systemd/system";
+/// Where cron reads system crontabs.
+const CRON_DIR: &str = "/etc/cron.d";
+/// The class service's sockets, in a directory of root's that systemd makes.
+const SOCKET_DIR: &str = "/run/stratus";
+
 /// The paths of an install.
 #[derive(Debug, Clone)]
 pub struct Layout {
+    /// `None` for the default install.
+    pub prefix: Option<PathBuf>,
     pub cli: PathBuf,
     pub wrapper: PathBuf,
     pub config_dir: PathBuf,
     pub state: PathBuf,
+    /// `stratus`, or `stratus-opt-class` for `--prefix /opt/class`: the name of the units and
+    /// of the cron file, so that installs never share one.
+    pub name: String,
     pub cron: PathBuf,
+    pub units: PathBuf,
+    /// The class service's socket: `/run/stratus/NAME.sock`.
+    pub socket: PathBuf,
 }
 
 impl Layout {
-    pub fn new(prefix: Option<&Path>) -> Self {
-        match prefix {
-            Some(p) => Self {
-                cli: p.join("bin/stratus"),
-                wrapper: p.join("libexec/stratus/stratus-wrap"),
-                config_dir: p.join("etc/stratus"),
-                state: p.join("var/lib/stratus"),
-                cron: p.join("etc/cron.d/stratus"),
-            },
-            None => Self {
-                cli: PathBuf::from("/usr/local/bin/stratus"),
-                wrapper: PathBuf::from("/usr/local/libexec/stratus/stratus-wrap"),
-                config_dir: PathBuf::from("/etc/stratus"),
-                state: PathBuf::from("/var/lib/stratus"),
-                cron: PathBuf::from("/etc/cron.d/stratus"),
-            },
+    /// The layout of the install under `prefix` (the default one without): the prefix must be
+    /// absolute and plain, of letters, digits, `.`, `_` and `-`, since it names files.
+    pub fn new(prefix: Option<&Path>) -> Result<Self, Error> {
+        let Some(p) = prefix else {
+            return Ok(Self::with(
+                None,
+                PathBuf::from("/usr/local/bin/stratus"),
+                PathBuf::from("/usr/local/libexec/stratus/stratus-wrap"),
+                PathBuf::from("/etc/stratus"),
+                PathBuf::from("/var/lib/stratus"),
+                "stratus".into(),
+            ));
+        };
+        let bad = |why: &str| {
+            Error::invalid(format!(
+                "--prefix {} {why}: it names the install's units and cron file, so use an \
+                 absolute path of letters, digits, '.', '_' and '-'",
+                p.display()
+            ))
+        };
+        if !p.is_absolute() {
+            return Err(bad("is not an absolute path"));
         }
+        let mut parts = Vec::new();
+        for c in p.components() {
+            match c {
+                Component::RootDir => {}
+                Component::Normal(n) => {
+                    let n = n.to_str().ok_or_else(|| bad("is not UTF-8"))?;
+                    if !n
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                    {
+                        return Err(bad("holds other characters"));
+                    }
+                    parts.push(n.replace('.', "_"));
+                }
+                _ => return Err(bad("is not plain")),
+            }
+        }
+        if parts.is_empty() {
+            return Err(bad("is /"));
+        }
+        Ok(Self::with(
+            Some(p.to_path_buf()),
+            p.join("bin/stratus"),
+            p.join("libexec/stratus/stratus-wrap"),
+            p.join("etc/stratus"),
+            p.join("var/lib/stratus"),
+            format!("stratus-{}", parts.join("-")),
+        ))
+    }
+
+    fn with(
+        prefix: Option<PathBuf>,
+        cli: PathBuf,
+        wrapper: PathBuf,
+        config_dir: PathBuf,
+        state: PathBuf,
+        name: String,
+    ) -> Self {
+        Self {
+            prefix,
+            cli,
+            wrapper,
+            config_dir,
+            state,
+            cron: Path::new(CRON_DIR).join(&name),
+            units: PathBuf::from(SYSTEMD_UNITS),
+            socket: Path::new(SOCKET_DIR).join(format!("{name}.sock")),
+            name,
+        }
+    }
+
+    /// The layout whose site config is `config` (what an installed CLI knows of its install).
+    pub fn of_config(config: &Path) -> Option<Self> {
+        if config == Path::new(crate::config::DEFAULT_CONFIG_PATH) {
+            return Self::new(None).ok();
+        }
+        let prefix = config.strip_suffix_path("etc/stratus/config.toml")?;
+        Self::new(Some(&prefix)).ok()
+    }
+
+    /// The prefix, or `/`, for messages and the files' headers.
+    pub fn install(&self) -> String {
+        self.prefix
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "/".into())
     }
     pub fn config(&self) -> PathBuf {
         self.config_dir.join("config.toml")
@@ -67,6 +161,31 @@ impl Layout {
     }
     pub fn credentials(&self) -> PathBuf {
         self.config_dir.join("aws-credentials")
+    }
+    pub fn socket_unit(&self) -> PathBuf {
+        self.units.join(format!("{}.socket", self.name))
+    }
+    pub fn service_unit(&self) -> PathBuf {
+        self.units.join(format!("{}.service", self.name))
+    }
+}
+
+/// `Path::strip_suffix` for whole components: `/opt/x/etc/stratus/config.toml` less
+/// `etc/stratus/config.toml` is `/opt/x`.
+trait StripSuffix {
+    fn strip_suffix_path(&self, suffix: &str) -> Option<PathBuf>;
+}
+
+impl StripSuffix for Path {
+    fn strip_suffix_path(&self, suffix: &str) -> Option<PathBuf> {
+        let mut p = self.to_path_buf();
+        for part in Path::new(suffix).components().rev() {
+            if p.file_name()? != part.as_os_str() {
+                return None;
+            }
+            p.pop();
+        }
+        Some(p)
     }
 }
 
@@ -272,6 +391,8 @@ fn new_config(layout: &Layout) -> String {
     format!(
         r#"# stratus site config (multi-user install). See the README ("Configuration").
 mode = "multi-user"
+transport = "service"              # the CLI asks the class service (stratus serve) on [service] socket;
+                                   # "setuid": through the setuid wrapper, where no service can run
 wrapper = {wrapper:?}
 state_dir = {state:?}
 provider = "ec2"
@@ -282,22 +403,112 @@ credentials_file = {creds:?}
 # endpoint_url = "https://ec2.us-east-1.amazonaws.com"
 # subnet_id = "subnet-0123"
 client_cidrs = []                  # campus networks allowed to reach the nodes' SSH
+
+[service]
+socket = {socket:?}
+snapshot_minutes = 5               # the service takes the accounting snapshot (no cron needed)
+reap_minutes = 15                  # and runs the reaper
 "#,
         wrapper = layout.wrapper.display().to_string(),
         state = layout.state.display().to_string(),
         creds = layout.credentials().display().to_string(),
+        socket = layout.socket.display().to_string(),
     )
 }
 
-/// The cron lines of the accounting side, run as the service account.
-fn cron_lines(layout: &Layout, service: &str) -> String {
-    let cli = layout.cli.display();
-    let config = layout.config().display().to_string();
-    format!(
-        "# stratus accounting: a snapshot of every instance every 5 minutes, the reaper every 15.\n\
-         */5 * * * * {service} {cli} --config {config} accounting snapshot --quiet\n\
-         */15 * * * * {service} {cli} --config {config} accounting reap --quiet\n"
-    )
+/// How `admin install` gets the wrapper it installs: `--wrapper FILE`, else `stratus-wrap`
+/// beside this binary, which the workspace's one build makes.
+fn wrapper_source(given: Option<&Path>, me: &Path) -> (PathBuf, String) {
+    match given {
+        Some(p) => (
+            p.to_path_buf(),
+            "pass the stratus-wrap that `cargo build --release` made beside stratus".into(),
+        ),
+        None => (
+            me.with_file_name("stratus-wrap"),
+            format!(
+                "build it with `cargo build --release` in the stratus source tree (one build \
+                 makes both stratus and stratus-wrap) and run the install from \
+                 target/release/stratus, or pass --wrapper FILE (this is {})",
+                me.display()
+            ),
+        ),
+    }
+}
+
+/// Refuses to replace `path` unless it is missing or was written for this install.
+fn check_ours(path: &Path, layout: &Layout) -> Result<(), Error> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    match units::owner_of(&text) {
+        Some(owner) if owner == layout.install() => Ok(()),
+        Some(owner) => Err(Error::invalid(format!(
+            "{} belongs to the install under {owner}, not to this one under {}: choose another \
+             --prefix, or remove that install's files first",
+            path.display(),
+            layout.install()
+        ))),
+        None => Err(Error::invalid(format!(
+            "{} exists and was not written by stratus admin install: move it away first",
+            path.display()
+        ))),
+    }
+}
+
+/// What the site config says about the service, for the units and the cron file.
+struct Plan {
+    /// Whether the CLI goes to the service (`transport = "service"`).
+    service: bool,
+    /// Cron lines needed: the snapshot, the reaper (none when the service's timers run them).
+    cron_snapshot: bool,
+    cron_reap: bool,
+    /// The state directory the service must be able to write.
+    state: PathBuf,
+    /// What is missing from the config (for the list of what is left to do).
+    ec2_missing: Vec<&'static str>,
+    /// The config's own problem, if it does not parse.
+    broken: Option<String>,
+}
+
+impl Plan {
+    fn of(text: &str, layout: &Layout) -> Plan {
+        match SiteConfig::parse(text, &layout.config()) {
+            Ok(c) => {
+                let service =
+                    c.mode == crate::config::Mode::MultiUser && c.transport() == Transport::Service;
+                let timers = c.service.as_ref().filter(|_| service);
+                let mut ec2_missing = Vec::new();
+                match &c.ec2 {
+                    None => ec2_missing.extend(["region", "subnet_id", "client_cidrs"]),
+                    Some(e) => {
+                        if e.subnet_id.is_none() {
+                            ec2_missing.push("subnet_id");
+                        }
+                        if e.client_cidrs.is_empty() {
+                            ec2_missing.push("client_cidrs");
+                        }
+                    }
+                }
+                Plan {
+                    service,
+                    cron_snapshot: timers.and_then(|t| t.snapshot_minutes).is_none(),
+                    cron_reap: timers.and_then(|t| t.reap_minutes).is_none(),
+                    state: c.state_dir.unwrap_or_else(|| layout.state.clone()),
+                    ec2_missing,
+                    broken: None,
+                }
+            }
+            Err(e) => Plan {
+                service: false,
+                cron_snapshot: true,
+                cron_reap: true,
+                state: layout.state.clone(),
+                ec2_missing: Vec::new(),
+                broken: Some(crate::core::error::one_line(&e)),
+            },
+        }
+    }
 }
 
 fn install(
@@ -311,30 +522,32 @@ fn install(
             "admin install must run as root: it creates the service account and a setuid file",
         ));
     }
-    if let Some(p) = prefix
-        && !p.is_absolute()
+    // Everything that can be refused is checked before anything is created.
+    let layout = Layout::new(prefix)?;
+    let me = std::env::current_exe().map_err(io_err("cannot find this binary".into()))?;
+    let (wrapper_src, built_by) = wrapper_source(wrapper_src, &me);
+    let wrapper_bytes = super::wrapper_check::checked_wrapper(&wrapper_src, &built_by)?;
+    // The CLI, which is also the runner the wrapper execs, knows its install's config.
+    let cli_bytes = std::fs::read(&me).map_err(io_err(format!("cannot read {}", me.display())))?;
+    let cli_bytes = install_area::patch(&cli_bytes, &layout.config())
+        .map_err(|e| Error::invalid(format!("cannot install {}: {e}", me.display())))?;
+    for f in [&layout.cron, &layout.socket_unit(), &layout.service_unit()] {
+        check_ours(f, &layout)?;
+    }
+    if let Some(p) = crate::sys::passwd_by_name(service)?
+        && p.uid == 0
     {
         return Err(Error::invalid(format!(
-            "--prefix {} must be an absolute path",
-            p.display()
+            "the service account {service} is root; it must be an unprivileged user"
         )));
     }
-    let layout = Layout::new(prefix);
+
     let svc = service_account(service, &layout.state)?;
     if svc.uid == 0 {
         return Err(Error::invalid(format!(
             "the service account {service} is root; it must be an unprivileged user"
         )));
     }
-    let me = std::env::current_exe().map_err(io_err("cannot find this binary".into()))?;
-    let wrapper_src = wrapper_src
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| me.with_file_name("stratus-wrap"));
-    let wrapper_bytes = std::fs::read(&wrapper_src).map_err(io_err(format!(
-        "cannot read the wrapper {} (build it with `cargo build --workspace`, or pass --wrapper)",
-        wrapper_src.display()
-    )))?;
-
     // Directories.
     for d in [
         layout.cli.parent(),
@@ -347,12 +560,7 @@ fn install(
         make_dir(d, 0, 0, 0o755)?;
     }
     make_dir(&layout.state, svc.uid, svc.gid, 0o700)?;
-
-    // The CLI, which is also the runner the wrapper execs.
-    if me.canonicalize().ok() != layout.cli.canonicalize().ok() {
-        let bytes = std::fs::read(&me).map_err(io_err(format!("cannot read {}", me.display())))?;
-        place(&layout.cli, &bytes, 0, 0, 0o755, None)?;
-    }
+    place(&layout.cli, &cli_bytes, 0, 0, 0o755, None)?;
 
     // The wrapper: the install's paths patched in, setuid to the service account, with the one
     // capability it needs to drop the caller's groups.
@@ -377,11 +585,46 @@ fn install(
         Some((setuid_wrap::caps::CAPABILITY_XATTR, &cap)),
     )?;
 
-    // The site config: created, or given the keys a multi-user install needs.
     let config = layout.config();
-    let text = match std::fs::read_to_string(&config) {
-        Ok(t) => amend_config(&t, &layout),
-        Err(_) => new_config(&layout),
+    let (text, fresh) = site_files(&layout, &svc)?;
+    // The service manager's files, where it reads them.
+    let plan = Plan::of(&text, &layout);
+    let systemd = Path::new("/etc/systemd").is_dir();
+    let mut written = vec![
+        layout.cli.clone(),
+        layout.wrapper.clone(),
+        config.clone(),
+        layout.policy(),
+        layout.credentials(),
+        layout.state.clone(),
+    ];
+    written.extend(service_files(&layout, &plan, &svc, systemd)?);
+    printer.status(format!(
+        "installed for service account {} (uid {}):\n{}",
+        svc.name,
+        svc.uid,
+        written
+            .iter()
+            .map(|p| format!("  {}", p.display()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    ));
+    let todo = left_to_do(&layout, &plan, fresh, systemd, &svc.name);
+    let mut out = String::from("left to do:\n");
+    for (i, step) in todo.iter().enumerate() {
+        out.push_str(&format!("  {}. {step}\n", i + 1));
+    }
+    printer.out(out.trim_end())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The site config (created, or given the keys a multi-user install needs), the policy and the
+/// credentials (never overwritten). Returns the config's text and whether it is new.
+fn site_files(layout: &Layout, svc: &crate::sys::Passwd) -> Result<(String, bool), Error> {
+    let config = layout.config();
+    let (text, fresh) = match std::fs::read_to_string(&config) {
+        Ok(t) => (amend_config(&t, layout), false),
+        Err(_) => (new_config(layout), true),
     };
     place(&config, text.as_bytes(), 0, 0, 0o644, None)?;
     // The policy and the credentials: never overwritten.
@@ -398,34 +641,120 @@ fn install(
     if !layout.credentials().exists() {
         place(&layout.credentials(), b"", svc.uid, svc.gid, 0o600, None)?;
     }
-    // Cron: the accounting side, as the service account.
-    if let Some(d) = layout.cron.parent() {
-        make_dir(d, 0, 0, 0o755)?;
+    Ok((text, fresh))
+}
+
+/// Writes the systemd units (where there is systemd) and the cron file (where the service's
+/// timers do not run the accounting side, else removes it); returns what it wrote.
+fn service_files(
+    layout: &Layout,
+    plan: &Plan,
+    svc: &crate::sys::Passwd,
+    systemd: bool,
+) -> Result<Vec<PathBuf>, Error> {
+    let group = crate::sys::group_name(svc.gid)?.unwrap_or_else(|| svc.gid.to_string());
+    let (install, config) = (layout.install(), layout.config());
+    let unit = Unit {
+        name: &layout.name,
+        install: &install,
+        cli: &layout.cli,
+        config: &config,
+        state: &plan.state,
+        socket: &layout.socket,
+        user: &svc.name,
+        group: &group,
+    };
+    let mut written = Vec::new();
+    if systemd {
+        make_dir(&layout.units, 0, 0, 0o755)?;
+        for (path, text) in [
+            (layout.socket_unit(), unit.socket_unit()),
+            (layout.service_unit(), unit.service_unit()),
+        ] {
+            place(&path, text.as_bytes(), 0, 0, 0o644, None)?;
+            written.push(path);
+        }
     }
-    place(
-        &layout.cron,
-        cron_lines(&layout, &svc.name).as_bytes(),
-        0,
-        0,
-        0o644,
-        None,
-    )?;
-    printer.status(format!(
-        "installed for service account {} (uid {}):\n  {}\n  {}\n  {}\n  {}\n  {}\n  {}\n  {}",
-        svc.name,
-        svc.uid,
-        layout.cli.display(),
-        layout.wrapper.display(),
-        config.display(),
-        layout.policy().display(),
-        layout.credentials().display(),
-        layout.state.display(),
-        layout.cron.display()
-    ));
-    printer.status(
-        "next: put the service account's AWS keys in the credentials file, fill in [ec2] and the policy, then run `stratus admin doctor`",
-    );
-    Ok(ExitCode::SUCCESS)
+    if plan.cron_snapshot || plan.cron_reap {
+        make_dir(Path::new(CRON_DIR), 0, 0, 0o755)?;
+        let text = unit.cron_file(plan.cron_snapshot, plan.cron_reap);
+        place(&layout.cron, text.as_bytes(), 0, 0, 0o644, None)?;
+        written.push(layout.cron.clone());
+    } else if layout.cron.exists() {
+        // The service's timers run the accounting side now; cron running it too would be a
+        // second process on the state.
+        std::fs::remove_file(&layout.cron)
+            .map_err(io_err(format!("cannot remove {}", layout.cron.display())))?;
+    }
+    // Where installs before this one put the cron file under a prefix, which cron never read.
+    if let Some(p) = &layout.prefix {
+        let stale = p.join("etc/cron.d/stratus");
+        if std::fs::read_to_string(&stale).is_ok_and(|t| units::owner_of(&t).is_some()) {
+            std::fs::remove_file(&stale)
+                .map_err(io_err(format!("cannot remove {}", stale.display())))?;
+            let _ = std::fs::remove_dir(p.join("etc/cron.d"));
+        }
+    }
+    Ok(written)
+}
+
+/// Exactly what an install leaves to its administrator, in order.
+fn left_to_do(layout: &Layout, plan: &Plan, fresh: bool, systemd: bool, svc: &str) -> Vec<String> {
+    let mut todo = Vec::new();
+    let config = layout.config();
+    if let Some(problem) = &plan.broken {
+        todo.push(format!("fix the site config: {problem}"));
+    }
+    if std::fs::metadata(layout.credentials()).is_ok_and(|m| m.len() == 0) {
+        todo.push(format!(
+            "put the service account's AWS keys in {} ([default] aws_access_key_id and \
+             aws_secret_access_key; the file stays {svc}'s, mode 0600)",
+            layout.credentials().display()
+        ));
+    }
+    if !plan.ec2_missing.is_empty() {
+        todo.push(format!(
+            "fill in [ec2] in {}: {}{}",
+            config.display(),
+            plan.ec2_missing.join(", "),
+            if fresh { " (and check region)" } else { "" }
+        ));
+    }
+    if std::fs::read_to_string(layout.policy()).is_ok_and(|t| t == Policy::EXAMPLE) {
+        todo.push(format!(
+            "write the class policy in {}: the instructors, the [units] of each instance type, \
+             the [default] limits (it holds the example)",
+            layout.policy().display()
+        ));
+    }
+    if plan.service && systemd {
+        todo.push(format!(
+            "start the class service: systemctl daemon-reload && systemctl enable --now {0}.socket {0}.service",
+            layout.name
+        ));
+    } else if plan.service {
+        todo.push(format!(
+            "run the class service under this machine's supervisor, as {svc}: {} serve --config {} (no systemd here)",
+            layout.cli.display(),
+            config.display()
+        ));
+    }
+    let doctor = match &layout.prefix {
+        Some(p) => format!(
+            "{} admin doctor --prefix {}",
+            layout.cli.display(),
+            p.display()
+        ),
+        None => format!("{} admin doctor", layout.cli.display()),
+    };
+    todo.push(format!("check the install: {doctor}"));
+    if layout.prefix.is_some() {
+        todo.push(format!(
+            "have students run {0} (it knows this install), e.g. on their PATH: ln -s {0} /usr/local/bin/stratus",
+            layout.cli.display()
+        ));
+    }
+    todo
 }
 
 /// One thing `doctor` checks.
@@ -442,7 +771,14 @@ fn doctor(
     prefix: Option<&Path>,
     service: Option<&str>,
 ) -> Result<ExitCode, Error> {
-    let layout = Layout::new(prefix);
+    // Without --prefix: the install this binary belongs to, else the default one.
+    let layout = match prefix {
+        Some(p) => Layout::new(Some(p))?,
+        None => match install_area::config().and_then(|c| Layout::of_config(&c)) {
+            Some(l) => l,
+            None => Layout::new(None)?,
+        },
+    };
     let mut problems: Vec<String> = Vec::new();
     let patched = installed_wrap_config(&layout.wrapper);
     // The account the install was made for is written into the wrapper; an instructor who names
@@ -462,6 +798,134 @@ fn doctor(
             return Ok(ExitCode::FAILURE);
         }
     };
+    problems.extend(owners_and_modes(&layout, &svc));
+    // What the wrapper itself checks at every start: no one but root or the service account can
+    // write the runner, the wrapper, the config directory, or any of their ancestors.
+    let trusted = Trusted {
+        uid: svc.uid,
+        user: &svc.name,
+    };
+    for (what, path, want) in [
+        ("the runner", &layout.cli, Want::File),
+        ("the wrapper", &layout.wrapper, Want::File),
+        ("the config directory", &layout.config_dir, Want::Dir),
+    ] {
+        if let Err(e) = safepath::check(&RealFs, what, path, want, trusted) {
+            problems.push(e);
+        }
+    }
+    problems.extend(binary_problems(&layout, &svc, patched.as_ref()));
+    if let Ok(text) = std::fs::read_to_string(layout.config()) {
+        match crate::config::SiteConfig::parse(&text, &layout.config()) {
+            Ok(c) => {
+                if c.mode != crate::config::Mode::MultiUser {
+                    problems.push("the site config does not say mode = \"multi-user\"".into())
+                }
+                problems.extend(service_files_missing(&layout, &text));
+                // What the runner checks at every request besides.
+                problems.extend(crate::service::inputs::unsafe_inputs_for(
+                    &c,
+                    Some(&layout.config()),
+                    trusted,
+                ));
+                if let Some(ec2) = &c.ec2 {
+                    use crate::cluster::provider::ec2::credentials;
+                    match credentials::doctor(ec2, &crate::config::Trust::Service) {
+                        Ok(Some(warning)) => printer.warn(warning),
+                        Ok(None) => {}
+                        Err(problem) => problems.push(problem),
+                    }
+                }
+            }
+            Err(e) => problems.push(crate::core::error::one_line(&e)),
+        }
+    }
+    if let Err(e) = Policy::load(&layout.policy()) {
+        problems.push(crate::core::error::one_line(&e));
+    }
+    if problems.is_empty() {
+        printer.out(format!("the install under {} is sound", layout.install()))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for p in &problems {
+        printer.out(format!("problem: {p}"))?;
+    }
+    Ok(ExitCode::FAILURE)
+}
+
+/// What is wrong with the installed binaries themselves: a wrapper that is no wrapper, lacks its
+/// capability or is patched for another install; a CLI that does not know its install.
+fn binary_problems(
+    layout: &Layout,
+    svc: &crate::sys::Passwd,
+    patched: Option<&WrapConfig>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    // A binary that only holds the placeholder marker (a test harness, the CLI) is no wrapper.
+    if let Ok(bytes) = std::fs::read(&layout.wrapper)
+        && let Err(e) = setuid_wrap::identity::check_build(&bytes)
+    {
+        problems.push(format!(
+            "the wrapper {} is not the stratus wrapper: {e} (reinstall with `stratus admin install`)",
+            layout.wrapper.display()
+        ));
+    }
+    // Its users would fall back to single-user mode without STRATUS_CONFIG.
+    match std::fs::read(&layout.cli)
+        .ok()
+        .map(|b| install_area::read(&b))
+    {
+        Some(Some(c)) if c == layout.config() => {}
+        Some(Some(c)) => problems.push(format!(
+            "the CLI {} belongs to the install whose config is {}, not {}",
+            layout.cli.display(),
+            c.display(),
+            layout.config().display()
+        )),
+        Some(None) => problems.push(format!(
+            "the CLI {} does not know its install: its users get single-user mode unless they \
+             set STRATUS_CONFIG (reinstall with `stratus admin install`)",
+            layout.cli.display()
+        )),
+        // Reported above as missing.
+        None => {}
+    }
+    match setuid_wrap::sys::get_xattr(&layout.wrapper, setuid_wrap::caps::CAPABILITY_XATTR) {
+        Ok(Some(v)) if v == setuid_wrap::caps::setgid_capability_xattr() => {}
+        _ => problems.push(format!(
+            "the wrapper {} lacks the capability cap_setgid=ep (reinstall with `stratus admin install`)",
+            layout.wrapper.display()
+        )),
+    }
+    match patched {
+        Some(cfg) => {
+            if cfg.config != layout.config() || cfg.runner != layout.cli {
+                problems.push(format!(
+                    "the wrapper runs {} with {}, not this install's {} and {}",
+                    cfg.runner.display(),
+                    cfg.config.display(),
+                    layout.cli.display(),
+                    layout.config().display()
+                ));
+            }
+            if cfg.service_user != svc.name || cfg.service_uid != svc.uid {
+                problems.push(format!(
+                    "the wrapper was installed for service account {} (uid {}), not {} (uid {})",
+                    cfg.service_user, cfg.service_uid, svc.name, svc.uid
+                ));
+            }
+        }
+        None => problems.push(format!(
+            "the wrapper {} is not patched for this install",
+            layout.wrapper.display()
+        )),
+    }
+    problems
+}
+
+/// Every path of the install with the owner, mode and kind it must have.
+fn owners_and_modes(layout: &Layout, svc: &crate::sys::Passwd) -> Vec<String> {
+    let mut problems = Vec::new();
     let expect = [
         Expect {
             path: layout.cli.clone(),
@@ -558,91 +1022,34 @@ fn doctor(
             }
         }
     }
-    // What the wrapper itself checks at every start: no one but root or the service account can
-    // write the runner, the wrapper, the config directory, or any of their ancestors.
-    let trusted = Trusted {
-        uid: svc.uid,
-        user: &svc.name,
-    };
-    for (what, path, want) in [
-        ("the runner", &layout.cli, Want::File),
-        ("the wrapper", &layout.wrapper, Want::File),
-        ("the config directory", &layout.config_dir, Want::Dir),
-    ] {
-        if let Err(e) = safepath::check(&RealFs, what, path, want, trusted) {
-            problems.push(e);
-        }
+    problems
+}
+
+/// The units and the cron file this install's config needs, where they are missing or are
+/// another install's.
+fn service_files_missing(layout: &Layout, config_text: &str) -> Vec<String> {
+    let plan = Plan::of(config_text, layout);
+    let mut need = Vec::new();
+    if plan.service && Path::new("/etc/systemd").is_dir() {
+        need.push(layout.socket_unit());
+        need.push(layout.service_unit());
     }
-    match setuid_wrap::sys::get_xattr(&layout.wrapper, setuid_wrap::caps::CAPABILITY_XATTR) {
-        Ok(Some(v)) if v == setuid_wrap::caps::setgid_capability_xattr() => {}
-        _ => problems.push(format!(
-            "the wrapper {} lacks the capability cap_setgid=ep (reinstall with `stratus admin install`)",
-            layout.wrapper.display()
-        )),
+    if plan.cron_snapshot || plan.cron_reap {
+        need.push(layout.cron.clone());
     }
-    match &patched {
-        Some(cfg) => {
-            if cfg.config != layout.config() || cfg.runner != layout.cli {
-                problems.push(format!(
-                    "the wrapper runs {} with {}, not this install's {} and {}",
-                    cfg.runner.display(),
-                    cfg.config.display(),
-                    layout.cli.display(),
-                    layout.config().display()
-                ));
-            }
-            if cfg.service_user != svc.name || cfg.service_uid != svc.uid {
-                problems.push(format!(
-                    "the wrapper was installed for service account {} (uid {}), not {} (uid {})",
-                    cfg.service_user, cfg.service_uid, svc.name, svc.uid
-                ));
-            }
-        }
-        None => problems.push(format!(
-            "the wrapper {} is not patched for this install",
-            layout.wrapper.display()
-        )),
-    }
-    if let Ok(text) = std::fs::read_to_string(layout.config()) {
-        match crate::config::SiteConfig::parse(&text, &layout.config()) {
-            Ok(c) => {
-                if c.mode != crate::config::Mode::MultiUser {
-                    problems.push("the site config does not say mode = \"multi-user\"".into())
-                }
-                // What the runner checks at every request besides.
-                problems.extend(crate::service::inputs::unsafe_inputs_for(
-                    &c,
-                    Some(&layout.config()),
-                    trusted,
-                ));
-                if let Some(ec2) = &c.ec2 {
-                    use crate::cluster::provider::ec2::credentials;
-                    match credentials::doctor(ec2, &crate::config::Trust::Service) {
-                        Ok(Some(warning)) => printer.warn(warning),
-                        Ok(None) => {}
-                        Err(problem) => problems.push(problem),
-                    }
-                }
-            }
-            Err(e) => problems.push(crate::core::error::one_line(&e)),
-        }
-    }
-    if let Err(e) = Policy::load(&layout.policy()) {
-        problems.push(crate::core::error::one_line(&e));
-    }
-    if problems.is_empty() {
-        printer.out(format!(
-            "the install under {} is sound",
-            prefix
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| "/".into())
-        ))?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    for p in &problems {
-        printer.out(format!("problem: {p}"))?;
-    }
-    Ok(ExitCode::FAILURE)
+    need.into_iter()
+        .filter_map(|f| match std::fs::read_to_string(&f) {
+            Ok(t) if units::owner_of(&t) == Some(layout.install()) => None,
+            Ok(_) => Some(format!(
+                "{} is not this install's (reinstall with `stratus admin install`)",
+                f.display()
+            )),
+            Err(e) => Some(format!(
+                "{} is missing: {e} (reinstall with `stratus admin install`)",
+                f.display()
+            )),
+        })
+        .collect()
 }
 
 /// What `admin install` wrote into the installed wrapper, if it reads as an install's.
@@ -767,7 +1174,7 @@ mod tests {
 
     #[test]
     fn an_instructors_config_keeps_its_keys_and_gains_what_is_missing() {
-        let layout = Layout::new(Some(Path::new("/opt/s")));
+        let layout = Layout::new(Some(Path::new("/opt/s"))).unwrap();
         let text = "provider = \"ec2\"\nwrapper = \"/elsewhere\"\n[ec2]\nregion = \"us-west-2\"\n";
         let out = amend_config(text, &layout);
         assert!(out.contains("mode = \"multi-user\""), "{out}");
@@ -783,5 +1190,62 @@ mod tests {
         let parsed =
             crate::config::SiteConfig::parse(&out, Path::new("/opt/s/etc/stratus/config.toml"));
         assert!(parsed.is_ok(), "{parsed:?}");
+    }
+
+    #[test]
+    fn each_install_names_its_own_units_cron_file_and_socket() {
+        let d = Layout::new(None).unwrap();
+        assert_eq!(d.name, "stratus");
+        assert_eq!(d.cron, Path::new("/etc/cron.d/stratus"));
+        assert_eq!(
+            d.socket_unit(),
+            Path::new("/etc/systemd/system/stratus.socket")
+        );
+        assert_eq!(
+            d.socket,
+            Path::new(crate::config::DEFAULT_SOCKET),
+            "the default install's socket is the config's default"
+        );
+        let p = Layout::new(Some(Path::new("/opt/class-2.0/x_y"))).unwrap();
+        assert_eq!(p.name, "stratus-opt-class-2_0-x_y");
+        assert_eq!(p.cron, Path::new("/etc/cron.d/stratus-opt-class-2_0-x_y"));
+        assert_eq!(
+            p.service_unit(),
+            Path::new("/etc/systemd/system/stratus-opt-class-2_0-x_y.service")
+        );
+        assert_eq!(
+            p.socket,
+            Path::new("/run/stratus/stratus-opt-class-2_0-x_y.sock")
+        );
+        for bad in ["relative", "/opt/a b", "/opt/../x", "/", "/opt/x;rm"] {
+            let e = Layout::new(Some(Path::new(bad))).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_installed_cli_finds_its_layout_from_its_config() {
+        let p = Layout::of_config(Path::new("/opt/class/etc/stratus/config.toml")).unwrap();
+        assert_eq!(p.prefix.as_deref(), Some(Path::new("/opt/class")));
+        assert_eq!(p.config(), Path::new("/opt/class/etc/stratus/config.toml"));
+        let d = Layout::of_config(Path::new("/etc/stratus/config.toml")).unwrap();
+        assert_eq!(d.prefix, None);
+        assert!(Layout::of_config(Path::new("/srv/site.toml")).is_none());
+    }
+
+    #[test]
+    fn a_new_config_is_a_service_install_with_timers_and_needs_no_cron() {
+        let layout = Layout::new(Some(Path::new("/opt/s"))).unwrap();
+        let text = new_config(&layout);
+        let c = SiteConfig::parse(&text, &layout.config()).unwrap();
+        assert_eq!(c.transport(), Transport::Service);
+        assert_eq!(c.socket(), layout.socket);
+        let plan = Plan::of(&text, &layout);
+        assert!(plan.service && !plan.cron_snapshot && !plan.cron_reap);
+        assert_eq!(plan.ec2_missing, ["subnet_id", "client_cidrs"]);
+        // The setuid transport needs cron.
+        let setuid = text.replace("transport = \"service\"", "transport = \"setuid\"");
+        let plan = Plan::of(&setuid, &layout);
+        assert!(!plan.service && plan.cron_snapshot && plan.cron_reap);
     }
 }

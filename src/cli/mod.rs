@@ -23,6 +23,8 @@ pub use args::*;
 mod client;
 pub mod report;
 mod table;
+mod units;
+mod wrapper_check;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -34,13 +36,20 @@ use crate::service::Settings;
 use client::Client;
 
 pub async fn run(cli: Cli, env: Environment, printer: Arc<Printer>) -> Result<ExitCode, Error> {
+    // These work on an install, whatever its site config says (doctor reports a broken one).
+    if let Command::Admin {
+        action: action @ (AdminAction::Install { .. } | AdminAction::Doctor { .. }),
+    } = cli.command
+    {
+        return admin::install_or_doctor(&printer, action);
+    }
     let settings = Settings::for_caller(cli.config.as_deref(), &env)?;
     let hint = Hint(invocation(&env));
     match cli.command {
-        // These work on an install or on the profiles, not through the service.
         Command::Admin {
-            action: action @ (AdminAction::Install { .. } | AdminAction::Doctor { .. }),
-        } => return admin::install_or_doctor(&printer, action),
+            action: AdminAction::Install { .. } | AdminAction::Doctor { .. },
+        } => unreachable!("handled above"),
+        // This works on the profiles, not through the service.
         Command::Profiles { action } => return info::profiles(&settings, &printer, action),
         Command::Admin {
             action: AdminAction::IamPolicy,

@@ -44,7 +44,8 @@ impl AwsEnv {
 
 #[derive(Debug, Clone, Default)]
 pub struct Environment {
-    /// `STRATUS_CONFIG`: the site config file.
+    /// `STRATUS_CONFIG`: the site config file; without it, the config of the install this
+    /// binary belongs to (`core::install_area`), if it is an installed copy.
     pub config: Option<PathBuf>,
     /// `STRATUS_HOME`: the state directory.
     pub stratus_home: Option<PathBuf>,
@@ -83,7 +84,7 @@ impl Environment {
             }
         };
         Self {
-            config: path_var("STRATUS_CONFIG"),
+            config: path_var("STRATUS_CONFIG").or_else(crate::core::install_area::config),
             stratus_home: path_var("STRATUS_HOME"),
             xdg_data_home: path_var("XDG_DATA_HOME"),
             home: path_var("HOME"),

@@ -42,6 +42,11 @@ use crate::store::{ClusterRow, Store};
 use caller::Caller;
 use protocol::{Request, Response};
 
+/// The stack of each thread of an async runtime that serves requests (its workers and its
+/// blocking pool): a request's future, boxed, lives on the heap, but its polls run on these
+/// stacks, and a launch's poll needs more than tokio's default 2 MiB in a debug build.
+pub const RUNTIME_STACK: usize = 8 << 20;
+
 /// Where a service's settings come from.
 #[derive(Debug, Clone)]
 pub struct Settings {

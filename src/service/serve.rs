@@ -58,6 +58,7 @@ pub fn main(config: &Path, env: &Environment, verbose: u8) -> ExitCode {
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(super::RUNTIME_STACK)
         .build()
     {
         Ok(rt) => rt,
@@ -120,7 +121,8 @@ async fn run(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let service = service.clone_shared();
-                    tasks.spawn(async move { connection(&service, stream).await });
+                    // On the heap: a launch's future is large.
+                    tasks.spawn(Box::pin(async move { connection(&service, stream).await }));
                 }
                 Err(e) => {
                     tracing::warn!("accept failed: {e}");
@@ -351,7 +353,7 @@ impl Service {
                     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     loop {
                         every.tick().await;
-                        if let Err(e) = service.serve(&own, request.clone()).await {
+                        if let Err(e) = Box::pin(service.serve(&own, request.clone())).await {
                             tracing::error!(
                                 "the timer's {} failed: {}",
                                 request.action(),

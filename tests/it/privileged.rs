@@ -271,6 +271,10 @@ struct Site {
 impl Drop for Site {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.root);
+        // What the install wrote for systemd and cron, named after the install.
+        for f in self.service_files() {
+            let _ = fs::remove_file(f);
+        }
         // `with_devlog` binds /dev onto canary/dev-real in a mount namespace of its own; should
         // that mount ever be seen here, removing the directory would empty /dev.
         let dev = |p: &Path| fs::metadata(p).map(|m| m.dev()).ok();
@@ -350,6 +354,11 @@ impl Site {
             fs::create_dir(dir).unwrap();
             fs::set_permissions(dir, fs::Permissions::from_mode(mode)).unwrap();
         }
+        // The instructor's site config first (the install keeps it, and installs the cron
+        // file its setuid transport needs), then the install, then the rest of what the
+        // instructor fills in.
+        fs::create_dir_all(site.etc()).unwrap();
+        fs::write(site.config(), site.config_text()).unwrap();
         site.install().ok();
         site.fill_in();
         site
@@ -389,6 +398,27 @@ impl Site {
     }
     fn db(&self) -> PathBuf {
         self.state().join("stratus.db")
+    }
+    /// The name of this install's units and cron file: `stratus-` and the prefix's components.
+    fn unit_name(&self) -> String {
+        format!(
+            "stratus-{}",
+            self.root
+                .strip_prefix("/")
+                .unwrap()
+                .display()
+                .to_string()
+                .replace('/', "-")
+        )
+    }
+    /// Where the install put its systemd units and cron file.
+    fn service_files(&self) -> [PathBuf; 3] {
+        let name = self.unit_name();
+        [
+            PathBuf::from(format!("/etc/systemd/system/{name}.socket")),
+            PathBuf::from(format!("/etc/systemd/system/{name}.service")),
+            PathBuf::from(format!("/etc/cron.d/{name}")),
+        ]
     }
 
     /// `stratus admin install`, as root, from the build's binary (the wrapper beside it).
@@ -2935,6 +2965,765 @@ fn colliding_resource_names_of_two_owners_never_hand_one_the_others_group_or_key
         q["used"]["units"], 0.0,
         "b's reservation is released: {q:#}"
     );
+    site.assert_settled(&moto);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. What the setuid path cannot protect, refused; what it needs, measured (issue 15).
+
+#[test]
+fn under_the_lowest_stack_limit_the_wrapper_accepts_a_launch_is_whole() {
+    let Some((_serial, moto, subnet)) = start_with_moto() else {
+        return;
+    };
+    let site = Site::new(&moto.endpoint, &subnet, 1);
+    let s1 = site.student(0);
+    let kib = setuid_wrap::limits::STACK_MINIMUM / 1024;
+    let under = |kib: u64, request: &Value| {
+        // `ulimit -s` sets the soft and the hard limit: the wrapper can raise neither.
+        site.wrap_with(
+            s1,
+            request.to_string().as_bytes(),
+            &Call {
+                shell: &format!("ulimit -s {kib};"),
+                ..Call::default()
+            },
+        )
+    };
+
+    // One KiB below the minimum: refused before any runner starts, naming the limit.
+    under(kib - 1, &launch("stk0", 1, "tiny")).wrapper_refused(&format!(
+        "the caller's hard limit RLIMIT_STACK is {} KiB; the runner needs at least {kib} KiB",
+        kib - 1
+    ));
+    assert_nothing_created(&moto, s1, "stk0");
+
+    // At the minimum (every higher limit only gives the main thread more room): whole
+    // launches, each recorded, several times since the stack's random offset varies; and the
+    // other long request, a terminate.
+    for i in 1..=3 {
+        let name = format!("stk{i}");
+        let r = under(kib, &launch(&name, 1, "tiny"));
+        assert_eq!(r.result()["cluster"]["state"], "running", "{name}: {r}");
+        assert_eq!(live_instances(&moto, s1, &name), 2, "{name}");
+    }
+    let r = under(kib, &json!({"action": "terminate", "name": "stk1"}));
+    r.result();
+    assert_eq!(live_instances(&moto, s1, "stk1"), 0);
+    let rows = site.sql("SELECT name, state FROM clusters ORDER BY id");
+    assert_eq!(
+        rows,
+        [
+            json!({"name": "stk1", "state": "terminated"}),
+            json!({"name": "stk2", "state": "running"}),
+            json!({"name": "stk3", "state": "running"}),
+        ]
+    );
+    site.assert_settled(&moto);
+}
+
+#[test]
+fn parked_requests_give_up_within_the_time_limit_and_are_audited() {
+    let Some(_serial) = start() else {
+        return;
+    };
+    let site = Site::offline(1);
+    let s1 = site.student(0);
+    let home = s1.home.display().to_string();
+    // The issue fixes it at 10 s.
+    let limit = Duration::from_secs(10);
+
+    // Eight runners on one FIFO that the student holds open (fd 3, read-write, so opening it to
+    // read never waits for a writer): half a request is written, the rest never comes. With
+    // no time limit each would park a process of the service account for as long as the
+    // student likes.
+    let started = Instant::now();
+    let out = site
+        .sh(
+            s1,
+            &format!(
+                "cd {home} && mkfifo park && exec 3<>park && printf '{{\"action\":' >&3 && \
+                 for i in 1 2 3 4 5 6 7 8; do {w} < park > out.$i 2> err.$i & done; wait; \
+                 for i in 1 2 3 4 5 6 7 8; do echo \"exit.$i\"; cat out.$i; done",
+                w = site.wrapper().display()
+            ),
+        )
+        .ok();
+    let took = started.elapsed();
+    assert!(
+        took >= limit && took < limit + Duration::from_secs(10),
+        "the parked runners took {took:?}"
+    );
+    let errors: Vec<Value> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(errors.len(), 8, "{out}");
+    for e in &errors {
+        assert_eq!(e["error"]["exit"], 2, "{e}");
+        assert_eq!(
+            e["error"]["message"],
+            format!(
+                "no whole request on stdin within {} s; refused",
+                limit.as_secs()
+            ),
+            "{e}"
+        );
+    }
+    assert!(runner_pids(&site).is_empty(), "{:?}", runner_pids(&site));
+    let refused: Vec<Value> = site
+        .audit()
+        .into_iter()
+        .filter(|r| r["action"] == "request")
+        .collect();
+    assert_eq!(refused.len(), 8, "{refused:#?}");
+    for r in &refused {
+        assert_eq!(r["user"], s1.name.as_str(), "{r}");
+        assert_eq!(r["decision"], "refused", "{r}");
+        assert!(
+            r["reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("no whole request"),
+            "{r}"
+        );
+    }
+}
+
+/// A cgroup v2 directory made for a test at the root of the hierarchy, removed (with what is
+/// below it) on drop.
+struct TestCgroup {
+    dir: PathBuf,
+}
+
+impl TestCgroup {
+    fn new(name: &str) -> TestCgroup {
+        let text = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let mount = setuid_wrap::cgroup::parse_mountinfo(&text)
+            .into_iter()
+            .find(|m| m.v2 && m.root == "/")
+            .expect("no cgroup v2 hierarchy mounted here");
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let dir = mount
+            .mount_point
+            .join(format!("spt-{name}-{}-{n}", std::process::id()));
+        fs::create_dir(&dir).unwrap();
+        TestCgroup { dir }
+    }
+
+    /// As systemd's `Delegate=yes` hands `user@UID.service` to its user: the directory and the
+    /// files the kernel lists as delegatable (/sys/kernel/cgroup/delegate).
+    fn delegate_to(&self, u: &User) {
+        std::os::unix::fs::chown(&self.dir, Some(u.uid), Some(u.gid)).unwrap();
+        for f in fs::read_to_string("/sys/kernel/cgroup/delegate")
+            .unwrap()
+            .lines()
+        {
+            let _ = std::os::unix::fs::chown(self.dir.join(f), Some(u.uid), Some(u.gid));
+        }
+    }
+
+    fn procs(&self) -> PathBuf {
+        self.dir.join("cgroup.procs")
+    }
+
+    /// `cmd`, started by a shell of root's that first moves itself into this cgroup (as logind
+    /// or systemd would place a session or a scope).
+    fn wrap(&self, cmd: &Command) -> Command {
+        let mut c = Command::new("/bin/sh");
+        c.env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .args(["-c", "echo $$ > \"$0\" || exit 97; exec \"$@\""])
+            .arg(self.procs())
+            .arg(cmd.get_program())
+            .args(cmd.get_args())
+            .stdin(Stdio::null());
+        c
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let mut dirs = vec![self.dir.clone()];
+        let mut i = 0;
+        while i < dirs.len() {
+            for e in fs::read_dir(&dirs[i]).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    dirs.push(e.path());
+                }
+            }
+            i += 1;
+        }
+        for d in dirs.iter().rev() {
+            let _ = fs::remove_dir(d);
+        }
+    }
+}
+
+#[test]
+fn a_student_in_a_cgroup_of_their_own_is_refused_by_the_wrapper_and_one_in_a_login_session_is_not()
+{
+    let Some(_serial) = start() else {
+        return;
+    };
+    let site = Site::offline(1);
+    let s1 = site.student(0);
+
+    // The student's own subtree, as systemd delegates user@UID.service.
+    let user = TestCgroup::new("user");
+    user.delegate_to(s1);
+    // The attack is real: a process of the service account's in that subtree (as a runner
+    // would be) is moved by the student into a cgroup of the student's own and frozen there.
+    // cgroup v2 checks the cgroup files, not whose process it is.
+    let mut svc_sleep = ChildGuard(Some(
+        user.wrap(
+            Command::new("/usr/bin/setpriv")
+                .arg(format!("--reuid={}", site.svc.uid))
+                .arg(format!("--regid={}", site.svc.gid))
+                .args(["--clear-groups", "--", "/bin/sleep", "120"]),
+        )
+        .spawn()
+        .unwrap(),
+    ));
+    let pid = svc_sleep.0.as_ref().unwrap().id();
+    eventually(Duration::from_secs(10), || {
+        fs::read_to_string(user.procs())
+            .unwrap()
+            .lines()
+            .any(|l| l == pid.to_string())
+            .then_some(())
+    })
+    .expect("the service account's process in the student's cgroup");
+    let app = user.dir.join("app");
+    site.sh(
+        s1,
+        &format!(
+            "mkdir {app} && echo {pid} > {app}/cgroup.procs && echo 1 > {app}/cgroup.freeze",
+            app = app.display()
+        ),
+    )
+    .ok();
+    eventually(Duration::from_secs(10), || {
+        fs::read_to_string(app.join("cgroup.events"))
+            .unwrap()
+            .contains("frozen 1")
+            .then_some(())
+    })
+    .expect("the student froze the service account's process");
+    let _ = stratus::sys::kill(pid, libc::SIGKILL);
+    fs::write(app.join("cgroup.freeze"), "0").unwrap();
+    let _ = svc_sleep.0.take().unwrap().wait();
+
+    // So the wrapper refuses to start there, directly with one line, and through the CLI,
+    // which passes its line on; no runner ever starts.
+    let mut direct = site.as_user(s1, &[]);
+    direct
+        .args(["/usr/bin/env", "-i", "PATH=/usr/bin:/bin"])
+        .arg(site.wrapper());
+    let out = output(&mut user.wrap(&direct));
+    let refusal = format!(
+        "stratus-wrap: the caller can write {} (its cgroup v2 cgroup /{}), so it could freeze \
+         or kill the runner mid-launch: run the command from a login session (not a systemd \
+         --user scope or service), or have the site use the class service (transport = \
+         \"service\")",
+        user.dir.display(),
+        user.dir.file_name().unwrap().to_string_lossy()
+    );
+    assert_eq!(
+        (out.code, out.stdout.as_str(), out.stderr.trim_end()),
+        (1, "", refusal.as_str()),
+        "{out}"
+    );
+    let out = output(&mut user.wrap(&site.stratus_cmd(s1, &["quota", "--json"])));
+    assert_eq!(out.code, 1, "{out}");
+    assert!(out.stderr.lines().any(|l| l == refusal), "{out}");
+    assert!(runner_pids(&site).is_empty());
+    // A cgroup of root's below the student's subtree (the scope `systemd-run --user --scope`
+    // makes is the user's own; this is the stricter case): the ancestor is enough to refuse.
+    let scope = user.dir.join("run-u1.scope");
+    fs::create_dir(&scope).unwrap();
+    let inner = site.stratus_cmd(s1, &["quota", "--json"]);
+    let mut in_scope = Command::new("/bin/sh");
+    in_scope
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .args(["-c", "echo $$ > \"$0\" || exit 97; exec \"$@\""])
+        .arg(scope.join("cgroup.procs"))
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .stdin(Stdio::null());
+    let out = output(&mut in_scope);
+    assert_eq!(out.code, 1, "{out}");
+    assert!(
+        out.stderr.contains(&format!(
+            "the caller can write {} (an ancestor of its cgroup v2 cgroup",
+            user.dir.display()
+        )),
+        "{out}"
+    );
+
+    // From a login session's cgroup (root's, as logind makes session-N.scope), it runs.
+    let session = TestCgroup::new("session");
+    let q = output(&mut session.wrap(&site.stratus_cmd(s1, &["quota", "--json"])))
+        .ok()
+        .json();
+    assert_eq!(q["user"], s1.name.as_str(), "{q:#}");
+    assert_eq!(q["limits"]["max_clusters"], 10, "{q:#}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. An install that works on day one.
+
+/// Files an install wrote outside its prefix, removed on drop.
+struct Removed(Vec<PathBuf>);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        for f in &self.0 {
+            let _ = fs::remove_file(f);
+        }
+    }
+}
+
+/// `BIN admin install` as root for another prefix of this site (`ARGS` after the prefix).
+fn install_at(prefix: &Path, args: &[&str]) -> Out {
+    output(
+        Command::new(BIN)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("HOME", "/root")
+            .args(["admin", "install", "--prefix"])
+            .arg(prefix)
+            .args(args),
+    )
+}
+
+/// The name `admin install` gives the units and cron file of the install under `prefix`.
+fn unit_name_of(prefix: &Path) -> String {
+    format!(
+        "stratus-{}",
+        prefix
+            .strip_prefix("/")
+            .unwrap()
+            .display()
+            .to_string()
+            .replace('/', "-")
+    )
+}
+
+#[test]
+fn install_writes_the_units_and_the_cron_file_where_they_run_and_says_what_is_left_to_do() {
+    let Some(_serial) = start() else {
+        return;
+    };
+    let site = Site::offline(0);
+    // A fresh install (no config of the instructor's yet) beside the site's own.
+    let prefix = site.root.join("fresh");
+    let name = unit_name_of(&prefix);
+    let socket_unit = PathBuf::from(format!("/etc/systemd/system/{name}.socket"));
+    let service_unit = PathBuf::from(format!("/etc/systemd/system/{name}.service"));
+    let cron = PathBuf::from(format!("/etc/cron.d/{name}"));
+    let _cleanup = Removed(vec![
+        socket_unit.clone(),
+        service_unit.clone(),
+        cron.clone(),
+    ]);
+    let out = install_at(&prefix, &["--service-user", &site.svc.name]).ok();
+    let p = prefix.display().to_string();
+    let svc = &site.svc.name;
+    assert_eq!(
+        out.stdout,
+        format!(
+            "left to do:\n\
+             \x20 1. put the service account's AWS keys in {p}/etc/stratus/aws-credentials \
+             ([default] aws_access_key_id and aws_secret_access_key; the file stays {svc}'s, mode 0600)\n\
+             \x20 2. fill in [ec2] in {p}/etc/stratus/config.toml: subnet_id, client_cidrs (and check region)\n\
+             \x20 3. write the class policy in {p}/etc/stratus/policy.toml: the instructors, the \
+             [units] of each instance type, the [default] limits (it holds the example)\n\
+             \x20 4. start the class service: systemctl daemon-reload && systemctl enable --now \
+             {name}.socket {name}.service\n\
+             \x20 5. check the install: {p}/bin/stratus admin doctor --prefix {p}\n\
+             \x20 6. have students run {p}/bin/stratus (it knows this install), e.g. on their \
+             PATH: ln -s {p}/bin/stratus /usr/local/bin/stratus\n"
+        ),
+        "{out}"
+    );
+
+    // The units, where systemd reads them, root's and 0644, for this install.
+    for unit in [&socket_unit, &service_unit] {
+        assert_eq!(mode_of(unit), (0, 0o644), "{}", unit.display());
+    }
+    let service = fs::read_to_string(&service_unit).unwrap();
+    let socket = fs::read_to_string(&socket_unit).unwrap();
+    let config = prefix.join("etc/stratus/config.toml");
+    for line in [
+        format!("# written by `stratus admin install` for the install under {p}"),
+        format!("User={svc}"),
+        format!(
+            "ExecStart={p}/bin/stratus serve --config {}",
+            config.display()
+        ),
+        "NoNewPrivileges=yes".into(),
+        "ProtectSystem=strict".into(),
+        format!("ReadWritePaths={p}/var/lib/stratus"),
+        "ProtectHome=yes".into(),
+        "PrivateTmp=yes".into(),
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6".into(),
+        "LockPersonality=yes".into(),
+        format!("Requires={name}.socket"),
+    ] {
+        assert!(service.lines().any(|l| l == line), "{line:?} in {service}");
+    }
+    for line in [
+        format!("ListenStream=/run/stratus/{name}.sock"),
+        "SocketMode=0666".into(),
+        "SocketUser=root".into(),
+        "DirectoryMode=0755".into(),
+    ] {
+        assert!(socket.lines().any(|l| l == line), "{line:?} in {socket}");
+    }
+    // systemd's own reading of them.
+    let analyze = Path::new("/usr/bin/systemd-analyze");
+    if analyze.exists() {
+        let out = output(
+            Command::new(analyze)
+                .arg("verify")
+                .arg(&socket_unit)
+                .arg(&service_unit),
+        );
+        assert_eq!(out.code, 0, "{out}");
+        assert!(
+            !out.stderr.contains(&*socket_unit.display().to_string())
+                && !out.stderr.contains(&*service_unit.display().to_string()),
+            "systemd-analyze has something to say about the units: {out}"
+        );
+    } else {
+        // Each line is a section, a comment, or a KEY=VALUE of a known section.
+        for text in [&service, &socket] {
+            let mut section = "";
+            for l in text
+                .lines()
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            {
+                if l.starts_with('[') {
+                    section = l;
+                    assert!(
+                        ["[Unit]", "[Service]", "[Socket]", "[Install]"].contains(&l),
+                        "{l}"
+                    );
+                } else {
+                    assert!(!section.is_empty() && l.contains('='), "{l:?} in {text}");
+                }
+            }
+        }
+    }
+    // A new site config goes to the service, whose timers run the accounting side: no cron.
+    let text = fs::read_to_string(&config).unwrap();
+    assert!(text.contains("\ntransport = \"service\""), "{text}");
+    assert!(
+        text.contains(&format!(
+            "[service]\nsocket = \"/run/stratus/{name}.sock\"\nsnapshot_minutes = 5"
+        )),
+        "{text}"
+    );
+    assert!(!cron.exists(), "a cron file beside the service's timers");
+
+    // The setuid transport: the cron file, where cron reads it, with this install's paths.
+    // (Where an older install put it, under the prefix, it goes.)
+    let stale = prefix.join("etc/cron.d/stratus");
+    fs::create_dir_all(stale.parent().unwrap()).unwrap();
+    fs::write(
+        &stale,
+        "# stratus accounting: a snapshot of every instance every 5 minutes, the reaper every 15.\n",
+    )
+    .unwrap();
+    fs::write(
+        &config,
+        text.replace("transport = \"service\"", "transport = \"setuid\""),
+    )
+    .unwrap();
+    let out = install_at(&prefix, &["--service-user", svc]).ok();
+    assert!(!stale.exists(), "{out}");
+    assert!(!out.stdout.contains("systemctl"), "{out}");
+    assert_eq!(mode_of(&cron), (0, 0o644));
+    let cron_text = fs::read_to_string(&cron).unwrap();
+    let cli = format!("{p}/bin/stratus --config {}", config.display());
+    assert_eq!(
+        cron_text,
+        format!(
+            "# written by `stratus admin install` for the install under {p}\n\
+             # stratus accounting: a snapshot of every instance every 5 minutes, the reaper every 15.\n\
+             */5 * * * * {svc} {cli} accounting snapshot --quiet\n\
+             */15 * * * * {svc} {cli} accounting reap --quiet\n"
+        )
+    );
+    // The site's own install (another prefix, the same machine) keeps its files.
+    let [site_socket, _, site_cron] = site.service_files();
+    assert!(site_socket.exists() && site_cron.exists());
+    assert!(
+        fs::read_to_string(&site_cron)
+            .unwrap()
+            .contains(&format!("{} --config", site.cli().display()))
+    );
+    // Back to the service: the cron file goes, so the accounting side never runs twice.
+    fs::write(&config, &text).unwrap();
+    install_at(&prefix, &["--service-user", svc]).ok();
+    assert!(!cron.exists());
+
+    // A file of that name the install did not write is refused, before anything is made.
+    let other = site.root.join("other");
+    let other_cron = PathBuf::from(format!("/etc/cron.d/{}", unit_name_of(&other)));
+    let _other = Removed(vec![other_cron.clone()]);
+    fs::write(&other_cron, "# the administrator's own lines\n").unwrap();
+    install_at(&other, &["--service-user", svc]).refused(&format!(
+        "{} exists and was not written by stratus admin install",
+        other_cron.display()
+    ));
+    assert!(!other.exists());
+    assert_eq!(
+        fs::read_to_string(&other_cron).unwrap(),
+        "# the administrator's own lines\n"
+    );
+}
+
+#[test]
+fn after_a_prefix_install_a_students_plain_stratus_shows_the_class_policy() {
+    let Some(_serial) = start() else {
+        return;
+    };
+    let site = Site::offline(1);
+    let s1 = site.student(0);
+    // The student's login environment, without STRATUS_CONFIG.
+    let plain = |u: &User, args: &[&str]| {
+        let mut c = site.as_user(u, &[]);
+        c.args(["/usr/bin/env", "-i", "PATH=/usr/bin:/bin", "LANG=C.UTF-8"])
+            .arg(format!("HOME={}", u.home.display()))
+            .arg(format!("USER={}", u.name))
+            .arg(site.cli())
+            .args(args);
+        output(&mut c)
+    };
+    let q = plain(s1, &["quota", "--json"]).ok().json();
+    assert_eq!(q["user"], s1.name.as_str(), "{q:#}");
+    // ROOMY's limits, not single-user mode's "no limit".
+    assert_eq!(q["limits"]["max_clusters"], 10, "{q:#}");
+    assert_eq!(q["limits"]["max_units"], 40.0, "{q:#}");
+    assert_eq!(
+        q["limits"]["profiles"],
+        json!(["odd", "tiny", "wide"]),
+        "{q:#}"
+    );
+    // A launch goes there too: to the install's EC2 endpoint (nothing listens on this offline
+    // site's), never to local nodes run as the student.
+    let out = plain(
+        s1,
+        &["launch-cluster", "day1", "1", "--profile", "local-demo"],
+    );
+    out.refused_with(1, "cannot reach the EC2 endpoint http://127.0.0.1:9");
+    assert!(
+        !s1.home.join(".local/share/stratus/local").exists(),
+        "{out}"
+    );
+    // And root's `admin doctor`, without --prefix, checks this install.
+    let out = output(
+        Command::new(site.cli())
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("HOME", "/root")
+            .args(["admin", "doctor"]),
+    )
+    .ok();
+    assert_eq!(
+        out.stdout,
+        format!("the install under {} is sound\n", site.root.display())
+    );
+}
+
+#[test]
+fn admin_install_refuses_a_binary_that_is_not_the_wrapper_and_doctor_finds_one_unsound() {
+    let Some(_serial) = start() else {
+        return;
+    };
+    let site = Site::offline(0);
+    let fresh = site.root.join("never");
+    let never_user = format!("spt-never-{}", std::process::id());
+    let refused_with = |wrapper: &Path, needle: &str| {
+        let out = install_at(
+            &fresh,
+            &[
+                "--service-user",
+                &never_user,
+                "--wrapper",
+                &wrapper.display().to_string(),
+            ],
+        );
+        out.refused(needle);
+        // Nothing half made: no directory, no user, no unit.
+        assert!(!fresh.exists(), "{out}");
+        assert!(
+            stratus::sys::passwd_by_name(&never_user).unwrap().is_none(),
+            "{out}"
+        );
+        assert!(
+            !Path::new(&format!(
+                "/etc/systemd/system/{}.service",
+                unit_name_of(&fresh)
+            ))
+            .exists()
+        );
+    };
+    // cargo's test harness (this binary) and the stratus CLI both hold the placeholder marker.
+    let harness = std::env::current_exe().unwrap();
+    let marker = setuid_wrap::placeholder::MARKER;
+    for bin in [harness.as_path(), Path::new(BIN)] {
+        let bytes = fs::read(bin).unwrap();
+        assert!(setuid_wrap::placeholder::count(&bytes, marker) >= 1);
+        refused_with(
+            bin,
+            &format!(
+                "{} is not the stratus wrapper: it is not a stratus-wrap build: it lacks the \
+                 wrapper's build marker",
+                bin.display()
+            ),
+        );
+    }
+    // A file with both markers that is not the wrapper: its trial run shows it, and ran as
+    // nobody, not as root.
+    let canary = site.canary.join("trial-uid");
+    let fake = site.canary.join("fake-wrap");
+    let mut script = format!(
+        "#!/bin/sh\nid -u > {}\necho not-the-wrapper\n# ",
+        canary.display()
+    )
+    .into_bytes();
+    script.extend_from_slice(&setuid_wrap::identity::build_marker());
+    script.extend_from_slice(b"\n# ");
+    script.extend_from_slice(marker);
+    script.push(b'\n');
+    fs::write(&fake, &script).unwrap();
+    refused_with(
+        &fake,
+        "is not the stratus wrapper: its trial run answered \"not-the-wrapper\\n\" (exit status: 0)",
+    );
+    let nobody = stratus::sys::passwd_by_name("nobody")
+        .unwrap()
+        .map(|p| p.uid)
+        .unwrap_or(65534);
+    assert_eq!(
+        fs::read_to_string(&canary).unwrap().trim(),
+        nobody.to_string()
+    );
+    // No wrapper beside the binary: the missing file named, and how to build it.
+    let lone = site.canary.join("lone");
+    fs::create_dir(&lone).unwrap();
+    fs::copy(BIN, lone.join("stratus")).unwrap();
+    let out = output(
+        Command::new(lone.join("stratus"))
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .args(["admin", "install", "--prefix"])
+            .arg(&fresh)
+            .args(["--service-user", &never_user]),
+    );
+    out.refused(&format!(
+        "the wrapper {}/stratus-wrap does not exist: build it with `cargo build --release` in \
+         the stratus source tree (one build makes both stratus and stratus-wrap)",
+        lone.display()
+    ));
+    assert!(!fresh.exists());
+
+    // The old bug: a binary holding the placeholder marker once but no build marker (here the
+    // wrapper itself with its build marker blanked, as good a stand-in as any) installed as the
+    // wrapper with every owner, mode and capability right. Doctor finds it unsound.
+    site.doctor().ok();
+    let mut bytes = fs::read(site.wrapper()).unwrap();
+    let build = setuid_wrap::identity::build_marker();
+    let at = bytes
+        .windows(build.len())
+        .position(|w| w == build.as_slice())
+        .unwrap();
+    bytes[at..at + build.len()].fill(b'-');
+    let patched = bytes;
+    fs::write(site.wrapper(), patched).unwrap();
+    std::os::unix::fs::chown(site.wrapper(), Some(site.svc.uid), Some(site.svc.gid)).unwrap();
+    fs::set_permissions(site.wrapper(), fs::Permissions::from_mode(0o4755)).unwrap();
+    setuid_wrap::sys::set_xattr(
+        &site.wrapper(),
+        setuid_wrap::CAPABILITY_XATTR,
+        &setuid_wrap::setgid_capability_xattr(),
+    )
+    .unwrap();
+    let out = site.doctor();
+    assert_eq!(out.code, 1, "{out}");
+    assert_eq!(
+        out.stdout.lines().collect::<Vec<_>>(),
+        [format!(
+            "problem: the wrapper {} is not the stratus wrapper: it is not a stratus-wrap build: \
+             it lacks the wrapper's build marker (a program that only links the setuid-wrap \
+             library, such as the stratus CLI or a test harness, holds the placeholder marker but \
+             not this one) (reinstall with `stratus admin install`)",
+            site.wrapper().display()
+        )],
+        "{out}"
+    );
+    site.install().ok();
+    site.doctor().ok();
+}
+
+#[test]
+fn roots_commands_act_on_the_installs_state_through_the_wrapper() {
+    let Some((_serial, moto, subnet)) = start_with_moto() else {
+        return;
+    };
+    let site = Site::new(&moto.endpoint, &subnet, 1);
+    let s1 = site.student(0);
+    site.stratus(s1, &["launch-cluster", "rc", "1", "--no-configure"])
+        .ok();
+    // Root types the installed CLI, with no STRATUS_CONFIG, from a home of its own.
+    let home = site.canary.join("root-home");
+    fs::create_dir(&home).unwrap();
+    let root = |args: &[&str]| {
+        output(
+            Command::new(site.cli())
+                .env_clear()
+                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+                .env("HOME", &home)
+                .args(args),
+        )
+    };
+    let snap = root(&["accounting", "snapshot", "--json"]).ok().json();
+    // The class's instances are this store's own (root's own store would see none of them).
+    assert_eq!(snap["seen"], 2, "{snap:#}");
+    assert_eq!(snap["orphans"], json!([]), "{snap:#}");
+    let listed = root(&["list", "--everyone", "--json"]).ok().json();
+    assert_eq!(listed[0]["name"], "rc", "{listed:#}");
+    assert_eq!(listed[0]["owner"], s1.name.as_str(), "{listed:#}");
+    root(&["accounting", "reap", "--dry-run"]).ok();
+    root(&["reconcile", "--dry-run"]).ok();
+    // So does an instructor's, without becoming the service account.
+    let ins = &site.instructor;
+    let snap = site
+        .stratus(ins, &["accounting", "snapshot", "--json"])
+        .ok()
+        .json();
+    assert_eq!(snap["seen"], 2, "{snap:#}");
+    site.stratus(ins, &["accounting", "reap", "--dry-run"]).ok();
+    site.stratus(ins, &["reconcile", "--dry-run"]).ok();
+    site.stratus(ins, &["accounting", "report", "--json"]).ok();
+    // Root's own state holds no cluster.
+    let own = home.join(".local/share/stratus/stratus.db");
+    if own.exists() {
+        let out = output(
+            Command::new("/usr/bin/sqlite3")
+                .arg(&own)
+                .arg("SELECT count(*) FROM clusters"),
+        )
+        .ok();
+        assert_eq!(out.stdout.trim(), "0", "{out}");
+    }
+    site.stratus(s1, &["terminate-cluster", "rc", "--yes"]).ok();
     site.assert_settled(&moto);
 }
 
