@@ -87,6 +87,7 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
+        Err(e) if e.is_said() => ExitCode::from(e.exit_code()),
         Err(e) => {
             printer.error(&crate::core::error::render(&e));
             ExitCode::from(e.exit_code())

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use crate::cluster::keys::ClusterKeys;
 use crate::config::{SshConfig, Transport};
-use crate::core::error::Error;
+use crate::core::error::{Error, Kind};
 use crate::core::printer::{Event, Printer};
 use crate::service::caller::Caller;
 use crate::service::protocol::{ClusterView, Launched, Line, Request, Response};
@@ -176,6 +176,11 @@ fn through_wrapper(wrapper: &Path, printer: &Printer, request: Request) -> Resul
     );
     let status = child.wait()?;
     answer?.unwrap_or_else(|| {
+        // The wrapper refused before any runner started: its one line is on the user's
+        // terminal already, and its exit code says the rest.
+        if status.code().is_some_and(|c| c != 0) {
+            return Err(Error::already_said(Kind::Failed));
+        }
         Err(Error::runtime(format!(
             "the runner ended without an answer ({status})"
         )))

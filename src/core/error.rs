@@ -103,6 +103,8 @@ enum Inner {
     },
     /// A layer's error, shown as itself (its Display and its causes).
     Wrapped(BoxError),
+    /// Already told the user (by a program whose stderr is theirs): only the exit code is left.
+    Said,
 }
 
 impl Error {
@@ -123,6 +125,20 @@ impl Error {
             kind,
             inner: Inner::Wrapped(err.into()),
         }
+    }
+
+    /// A failure whose message the user has already seen (the setuid wrapper's own refusal,
+    /// on the terminal they share): nothing more is printed.
+    pub fn already_said(kind: Kind) -> Self {
+        Self {
+            kind,
+            inner: Inner::Said,
+        }
+    }
+
+    /// Whether there is nothing left to print.
+    pub fn is_said(&self) -> bool {
+        matches!(self.inner, Inner::Said)
     }
 
     /// A failure at run time.
@@ -172,7 +188,7 @@ impl Error {
                     source: Some(source.into()),
                 },
             },
-            inner @ Inner::Wrapped(_) => Self {
+            inner @ (Inner::Wrapped(_) | Inner::Said) => Self {
                 kind: self.kind,
                 inner,
             },
@@ -210,6 +226,7 @@ impl fmt::Display for Error {
         match &self.inner {
             Inner::Message { message, .. } => f.write_str(message),
             Inner::Wrapped(e) => fmt::Display::fmt(e, f),
+            Inner::Said => f.write_str("(said above)"),
         }
     }
 }
@@ -225,6 +242,7 @@ impl StdError for Error {
         match &self.inner {
             Inner::Message { source, .. } => source.as_deref().map(|s| s as _),
             Inner::Wrapped(e) => e.source(),
+            Inner::Said => None,
         }
     }
 }
