@@ -139,6 +139,12 @@ pub struct Profile {
     /// Seconds to wait for every node to answer SSH before the launch fails.
     #[serde(default = "default_ready_timeout")]
     pub ready_timeout_secs: u64,
+    /// Set when the nodes install in the background after their keys are on the console and
+    /// SSH answers: once a node answers, stratus waits up to this many seconds for it to report
+    /// `done` in its phase file (`/var/lib/stratus/phase`; a last line starting `failed` fails
+    /// the node), showing each node's phase. Unset: nothing is waited for after SSH.
+    #[serde(default)]
+    pub boot_timeout_secs: Option<u64>,
     /// The longest a cluster of this profile may live, in hours (the policy's, if lower, wins;
     /// the reaper ends clusters past it).
     #[serde(default)]
@@ -190,6 +196,7 @@ struct ProfileFile {
     ssh_user: Option<String>,
     ssh_port: Option<u16>,
     ready_timeout_secs: Option<u64>,
+    boot_timeout_secs: Option<u64>,
     configure_timeout_secs: Option<u64>,
     max_lifetime_hours: Option<u64>,
     workers_file: Option<String>,
@@ -573,6 +580,9 @@ impl Profile {
         if self.ready_timeout_secs == 0 {
             return Err("ready_timeout_secs must be at least 1".into());
         }
+        if self.boot_timeout_secs == Some(0) {
+            return Err("boot_timeout_secs must be at least 1 (or left out: no boot wait)".into());
+        }
         if self.master.spot {
             return Err(
                 "the master cannot run on spot capacity: set spot only under [worker]".into(),
@@ -640,6 +650,7 @@ impl Profile {
             ssh_user: "stratus".into(),
             ssh_port: 22,
             ready_timeout_secs: 30,
+            boot_timeout_secs: None,
             configure_timeout_secs: 60,
             max_lifetime_hours: None,
             workers_file: None,

@@ -106,6 +106,11 @@ impl NodePaths {
     pub fn home(&self) -> PathBuf {
         self.dir.join("home")
     }
+    /// What `/etc/ssh` is on an instance, for the user-data: the node's public host key, as
+    /// `ssh_host_ed25519_key.pub`.
+    pub fn etc_ssh(&self) -> PathBuf {
+        self.dir.join("etc-ssh")
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -301,6 +306,15 @@ impl LocalProvider {
             .map_err(ProviderError::io("cannot write the node's host key"))?;
         write_atomic(&paths.user_data(), batch.user_data.as_bytes(), 0o700)
             .map_err(ProviderError::io("cannot write the node's user-data"))?;
+        let host_public = crate::cluster::ssh::public_key_openssh(host_key.public_key());
+        std::fs::create_dir_all(paths.etc_ssh())
+            .map_err(ProviderError::io("cannot make the node's etc-ssh directory"))?;
+        write_atomic(
+            &paths.etc_ssh().join("ssh_host_ed25519_key.pub"),
+            format!("{host_public} root@{}\n", node.name).as_bytes(),
+            0o644,
+        )
+        .map_err(ProviderError::io("cannot write the node's public host key"))?;
         let (listener, address, port) = match at {
             None => self.allocate()?,
             Some((addr, port)) => {
@@ -323,7 +337,7 @@ impl LocalProvider {
             port,
             ssh_user: access.user.clone(),
             authorized_key: access.public_key.clone(),
-            host_public_key: crate::cluster::ssh::public_key_openssh(host_key.public_key()),
+            host_public_key: host_public,
             image: batch.image.clone(),
             instance_type: batch.instance_type.clone(),
             spot: batch.spot,

@@ -158,6 +158,12 @@ fn node_env(cfg: &NodeConfig, paths: &NodePaths) -> Vec<(String, String)> {
             "STRATUS_STATE_DIR".into(),
             paths.dir.join("state").display().to_string(),
         ),
+        // What /etc/ssh is on an instance: the node's public host key, for a user-data that
+        // prints it on the console as cloud-init does.
+        (
+            "STRATUS_SSH_DIR".into(),
+            paths.etc_ssh().display().to_string(),
+        ),
         (
             "STRATUS_BOOT_LOG".into(),
             paths.boot_log().display().to_string(),
