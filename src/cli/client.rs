@@ -272,6 +272,7 @@ fn read_answer<R: BufRead>(
             Line::Event(Event::Progress(now)) => bars.show(printer, &now),
             Line::Event(Event::Status(s)) => printer.status(s),
             Line::Event(Event::Warning(w)) => printer.warn(w),
+            Line::Event(Event::Waiting(w)) => printer.waiting(w),
             Line::Result { result } => {
                 answer = Some(Response::decode(request, result).map_err(|e| {
                     Error::runtime(format!(

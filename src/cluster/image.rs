@@ -41,11 +41,9 @@ use crate::core::model::{ClusterName, Owner, RequestId, Role, StoreId, Tags, rfc
 use crate::store::ClusterRow;
 use crate::templates::Renderer;
 
-/// Where a node being baked reports its phase (`done` when it can be imaged). A local node's
-/// state directory is `$STRATUS_STATE_DIR`.
-pub const PHASE_FILE: &str = "/var/lib/stratus/phase";
-const PHASE_COMMAND: &str =
-    r#"cat "${STRATUS_STATE_DIR:-/var/lib/stratus}/phase" 2>/dev/null || true"#;
+use crate::cluster::waits::PHASE_COMMAND;
+/// Where a node being baked reports its phase (`done` when it can be imaged).
+pub use crate::cluster::waits::PHASE_FILE;
 /// How often the phase is read.
 const PHASE_POLL: Duration = Duration::from_secs(5);
 /// How long CreateImage may take to make an image available (EC2 snapshots every volume).

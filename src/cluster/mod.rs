@@ -9,6 +9,7 @@
 //! here.
 
 pub mod configure;
+pub(crate) mod console;
 pub mod image;
 pub mod interrupt;
 pub mod intra_key;
@@ -19,11 +20,14 @@ pub mod locks;
 pub mod meta;
 pub mod observe;
 pub mod orphans;
+pub(crate) mod progress;
 pub mod provider;
 pub mod proxy;
 pub mod reconcile;
+pub(crate) mod rounds;
 pub mod ssh;
 pub mod terminate;
+pub(crate) mod waits;
 
 use std::path::Path;
 use std::time::Duration;

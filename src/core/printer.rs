@@ -50,6 +50,9 @@ pub enum Event {
     Progress(Vec<Bar>),
     Status(String),
     Warning(String),
+    /// A line of progress for a reader without bars (a log, cron, a pipe): the CLI prints it
+    /// only where it draws no bars.
+    Waiting(String),
 }
 
 /// A progress bar as the runner sees it.
@@ -213,6 +216,20 @@ impl Printer {
             return;
         }
         if self.quiet || self.json {
+            return;
+        }
+        self.stderr_line(&msg.to_string());
+    }
+
+    /// A line of progress that stands for the bars where none are drawn (stderr is not a
+    /// terminal): what a launch is waiting for, as it goes. Hidden by `--quiet` and `--json`,
+    /// and where the bars show.
+    pub fn waiting(&self, msg: impl Display) {
+        if self.lines.is_some() {
+            let _ = self.line(&Event::Waiting(msg.to_string()));
+            return;
+        }
+        if self.quiet || self.json || self.bars {
             return;
         }
         self.stderr_line(&msg.to_string());

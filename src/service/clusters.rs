@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use super::protocol::{ClusterView, Launched, Response};
 use super::{Asked, Service};
+use crate::cluster::console::console_host_key;
 use crate::cluster::keys::ClusterKeys;
-use crate::cluster::launch::console_host_key;
 use crate::cluster::locks::{LaunchLock, Launcher};
 use crate::cluster::meta::target_of;
 use crate::cluster::provider::Provider;

@@ -37,6 +37,10 @@ pub enum ProviderError {
     Quota(String),
     #[error("{0}")]
     Auth(String),
+    /// The account's request rate for this action is spent (after the SDK's retries): a wait
+    /// tries again at its next round, a launch call is retried by the provider.
+    #[error("{0}")]
+    Throttled(String),
     #[error("{op} failed: {message}")]
     Api { op: String, message: String },
     #[error("{what}")]
@@ -52,6 +56,11 @@ pub enum ProviderError {
 impl ProviderError {
     pub fn is_bad_input(&self) -> bool {
         matches!(self, ProviderError::InvalidRequest(_))
+    }
+
+    /// Whether a wait should simply look again later.
+    pub fn is_throttled(&self) -> bool {
+        matches!(self, ProviderError::Throttled(_))
     }
 
     /// Whether no other node of the launch can do better: the request is wrong, or the

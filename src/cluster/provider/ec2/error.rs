@@ -54,6 +54,18 @@ const QUOTA: &[(&str, &str)] = &[
     ),
 ];
 
+/// Codes meaning "slow down": the account's request rate for the action is spent (EC2 throttles
+/// per account, region and action), after the SDK's own retries.
+/// <https://docs.aws.amazon.com/AWSEC2/latest/devguide/ec2-api-throttling.html>
+const THROTTLED: &[&str] = &[
+    "RequestLimitExceeded",
+    "Throttling",
+    "ThrottlingException",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+];
+
 /// Codes meaning the caller's identity was not accepted, or may not do this.
 const AUTH_REJECTED: &[&str] = &[
     "AuthFailure",
@@ -169,6 +181,9 @@ fn from_code(op: &str, ctx: &Context, code: &str, message: &str) -> ProviderErro
     if CAPACITY.contains(&code) {
         return ProviderError::Capacity(detail);
     }
+    if THROTTLED.contains(&code) {
+        return ProviderError::Throttled(format!("{op} was throttled: {detail}"));
+    }
     // stratus's own group or key pair gone missing (deleted by someone else meanwhile) is a
     // failure at run time, not something wrong with what the user asked for.
     let ours_missing = matches!(
@@ -281,6 +296,9 @@ mod tests {
             ProviderError::Api { .. }
         ));
         assert!(matches!(k("InternalError"), ProviderError::Api { .. }));
+        for code in ["RequestLimitExceeded", "Throttling"] {
+            assert!(matches!(k(code), ProviderError::Throttled(_)), "{code}");
+        }
     }
 
     #[test]
