@@ -261,11 +261,15 @@ impl Step {
 }
 
 /// How long a launch may stay in `reserved` or `requested` before it counts as abandoned: every
-/// round of waiting the profile allows (the first and each replacement), plus a margin.
+/// round of waiting the profile allows (the first and each replacement: boot, SSH and the
+/// install), plus a margin.
 fn stuck_after_ms(c: &ClusterRow) -> Millis {
     let p = &c.record.profile;
     let rounds = u64::from(p.max_replacements) + 1;
-    let secs = 30 * 60 + rounds.saturating_mul(p.ready_timeout_secs);
+    let round = p
+        .ready_timeout_secs
+        .saturating_add(p.boot_timeout_secs.unwrap_or(0));
+    let secs = 30 * 60 + rounds.saturating_mul(round);
     Millis::try_from(secs.saturating_mul(1000)).unwrap_or(Millis::MAX)
 }
 

@@ -550,3 +550,73 @@ fn the_launch_hint_is_the_command_as_it_was_invoked() {
         ctx.ok(&["terminate-cluster", name, "--yes"]);
     }
 }
+
+/// A profile whose nodes install in the background after SSH answers (`boot_timeout_secs`):
+/// the launch waits for each node's phase file, shows each node's phase off a terminal (a line
+/// when the wait starts, and one every 30 s naming the nodes still installing), and replaces a
+/// worker whose install reports `failed` like one that never answered.
+#[test]
+fn a_background_install_is_waited_for_shown_and_a_failed_one_replaced() {
+    let ctx = TestContext::new();
+    ctx.profile_file(
+        "installs.toml",
+        "extends = \"local-demo\"\nboot_timeout_secs = 120\nmax_replacements = 1\n\
+         [master]\nuser_data = \"installs/master.sh.hbs\"\n\
+         [worker]\nuser_data = \"installs/worker.sh.hbs\"\n",
+    );
+    let shipped = include_str!("../../cluster-profiles/local-demo/node.sh.hbs");
+    // The master's install outlasts the first 30 s of the wait; worker 1's fails at once; its
+    // replacement's is quick.
+    let install = |body: &str| {
+        format!(
+            "{shipped}\nmkdir -p \"$STRATUS_STATE_DIR\"\nphase=\"$STRATUS_STATE_DIR/phase\"\n{body}\n"
+        )
+    };
+    ctx.profile_file(
+        "installs/master.sh.hbs",
+        &install(
+            "( echo 'installing hadoop' > \"$phase\"; sleep 42; echo done >> \"$phase\" ) \
+             >/dev/null 2>&1 </dev/null &",
+        ),
+    );
+    ctx.profile_file(
+        "installs/worker.sh.hbs",
+        &install(
+            "if [ \"$STRATUS_NODE_INDEX\" = 1 ]; then\n\
+             \x20   echo 'failed: no source answered' > \"$phase\"\n\
+             else\n\
+             \x20   ( echo 'installing java' > \"$phase\"; sleep 1; echo done >> \"$phase\" ) \
+             >/dev/null 2>&1 </dev/null &\n\
+             fi",
+        ),
+    );
+    let r = ctx.ok(&["launch-cluster", "ins", "1", "--profile", "installs"]);
+    // stderr is a pipe here: plain lines, no bar.
+    for want in [
+        "ins: waiting for SSH (2 nodes)",
+        "ins: waiting for the install (2 nodes)",
+        "ins-worker-1 reports its install failed: no source answered",
+        "replacing 1 failed worker(s)",
+        "ins: waiting for the install (1 node)",
+    ] {
+        assert!(r.stderr.contains(want), "missing {want:?}:\n{r}");
+    }
+    let every_30s = r
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("ins: waiting for the install for "))
+        .unwrap_or_else(|| panic!("no waiting line naming the nodes:\n{r}"));
+    assert!(
+        every_30s.contains("waiting for ins-master (installing hadoop, "),
+        "{every_30s}"
+    );
+    let c = ctx.cluster_json("ins");
+    assert_eq!(c["state"], "configured", "{c:#}");
+    let live: Vec<String> = nodes(&c)
+        .iter()
+        .filter(|n| n["state"] == "running")
+        .map(|n| n["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(live, ["ins-master", "ins-worker-2"], "{c:#}");
+    ctx.ok(&["terminate-cluster", "ins", "--yes"]);
+}

@@ -14,3 +14,4 @@ mod local;
 mod openssh;
 mod privileged;
 mod support;
+mod waits;
