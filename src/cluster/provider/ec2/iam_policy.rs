@@ -161,19 +161,14 @@ fn launches(d: &Doc<'_>, input: &PolicyInput) -> Vec<Value> {
             .map(|s| d.arn("subnet", s))
             .collect()
     };
-    let mut describes = vec![
-        "DescribeImages",
-        "DescribeInstances",
-        "DescribeKeyPairs",
-        "DescribeSecurityGroups",
-        "DescribeSpotInstanceRequests",
-        "DescribeSubnets",
-        "DescribeVpcAttribute",
-    ];
-    // The default VPC is looked up only when the site names no subnet.
-    if input.subnet_ids.is_empty() {
-        describes.push("DescribeVpcs");
-    }
+    // Every Describe the provider calls; the default VPC is looked up only when the site names
+    // no subnet.
+    let describes: Vec<&str> = ACTIONS
+        .iter()
+        .copied()
+        .filter(|a| a.starts_with("Describe"))
+        .filter(|a| *a != "DescribeVpcs" || input.subnet_ids.is_empty())
+        .collect();
     let mut launch_creates = vec![d.arn("volume", "*"), d.arn("network-interface", "*")];
     if input.spot {
         launch_creates.push(d.arn("spot-instances-request", "*"));
