@@ -1379,16 +1379,45 @@ fn an_image_build_installs_only_and_its_image_installs_nothing() {
     assert_eq!(node.phase(), "done\n", "what `admin image build` waits for");
     let calls = node.calls();
     assert!(
-        !calls.contains("systemctl enable"),
+        !calls.contains("systemctl enable --now") && !calls.contains("systemctl restart"),
         "started something: {calls}"
     );
     assert!(!calls.contains("namenode -format"), "{calls}");
     let left: Vec<_> = std::fs::read_dir(node.path("ssh")).unwrap().collect();
     assert!(left.is_empty(), "host keys left in the image: {left:?}");
 
+    // An instance of the image forgets the build's `done` before sshd starts (stratus must not
+    // read it), once.
+    assert!(
+        calls.contains("systemctl enable stratus-forget-phase.service"),
+        "{calls}"
+    );
+    let unit =
+        std::fs::read_to_string(node.path("root/etc/systemd/system/stratus-forget-phase.service"))
+            .unwrap();
+    assert!(
+        unit.contains("Before=sysinit.target ssh.socket ssh.service\n"),
+        "{unit}"
+    );
+    let condition = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ConditionPathExists="))
+        .unwrap();
+    assert!(Path::new(condition).exists());
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .unwrap();
+    let out = Command::new("sh").args(["-c", exec]).output().unwrap();
+    assert!(out.status.success());
+    assert!(!node.path("root/var/lib/stratus/phase").exists());
+    assert!(
+        !Path::new(condition).exists(),
+        "a reboot later keeps its phase"
+    );
+
     // An instance of the image: new host keys (cloud-init's), and nothing to download.
     node.host_keys();
-    std::fs::remove_file(node.path("root/var/lib/stratus/phases")).unwrap();
     ok(&node.boot(&p, Role::Master, false).0);
     ok(&node.install());
     let phases = node.phases();

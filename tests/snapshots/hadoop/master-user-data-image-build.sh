@@ -528,8 +528,27 @@ export PATH="\$PATH:$HADOOP_HOME/bin:$HADOOP_HOME/sbin"
 PROFILE
 
 # 2. An image build ends here: nothing started, and no host keys (each instance makes its own).
+#    The image keeps this `done`: an instance of it forgets it at its first boot, before sshd
+#    starts, so that stratus waits for that instance's own install.
 if [ "$IMAGE_BUILD" = true ]; then
     next "removing the host keys"
+    cat > "$R/etc/systemd/system/stratus-forget-phase.service" <<UNIT
+[Unit]
+Description=Forget the phase of the image build (stratus)
+DefaultDependencies=no
+After=local-fs.target
+Before=sysinit.target ssh.socket ssh.service
+ConditionPathExists=$STRATUS_STATE_DIR/baked
+
+[Service]
+Type=oneshot
+ExecStart=/bin/rm -f $STRATUS_STATE_DIR/phase $STRATUS_STATE_DIR/phases $STRATUS_STATE_DIR/baked
+
+[Install]
+WantedBy=sysinit.target
+UNIT
+    systemctl enable stratus-forget-phase.service
+    touch "$STRATUS_STATE_DIR/baked"
     rm -f "$STRATUS_SSH_DIR"/ssh_host_*
     phase "done"
     exit 0
