@@ -1160,6 +1160,19 @@ fn the_install_reports_each_phase_and_ends_in_done() {
     );
     let env = env_file(&root.join("etc/stratus/hadoop.env"));
     assert_eq!(env["JAVA_HOME"], node.path("jvm").display().to_string());
+    // Hadoop's own scripts (a daemon started by hand) get the same heaps.
+    let hadoop_env = std::fs::read_to_string(home.join("etc/hadoop/hadoop-env.sh")).unwrap();
+    assert!(
+        hadoop_env.starts_with("# Hadoop's own\n# stratus\n"),
+        "{hadoop_env}"
+    );
+    assert!(
+        hadoop_env.contains(&format!(
+            ". \"{}/etc/hadoop/stratus-daemons.env\"",
+            home.display()
+        )),
+        "{hadoop_env}"
+    );
 
     // A worker: the same install, then it waits for stratus to name the master.
     let node = Node::new();
@@ -1220,6 +1233,20 @@ fn a_failed_download_fails_the_install_with_its_reason() {
         node.phase()
     );
     assert!(!node.fetched().iter().any(|u| u.ends_with(".tar.gz")));
+
+    // Anything else that fails names the phase it failed in: here a "release" that matches
+    // its checksum but is no tarball.
+    let node = Node::new();
+    std::fs::write(node.tarball(), b"not a tarball").unwrap();
+    node.publish(MIRROR);
+    node.publish_checksum(DOWNLOADS);
+    ok(&node.boot(&p, Role::Worker, false).0);
+    assert!(!node.install().status.success());
+    assert!(
+        node.phase().starts_with("failed: unpacking hadoop (line "),
+        "{}",
+        node.phase()
+    );
 
     // apt-get failing (no network, say).
     let node = Node::new();
