@@ -16,6 +16,10 @@ use crate::ec2::ec2_moto::{Moto, tag};
 
 const REQUEST: &str = "req-0123456789abcdef";
 
+/// MemTotal of an m5.large (8 GiB, less what the kernel keeps) and of an m5.xlarge (16 GiB).
+const M5_LARGE_KB: u64 = 7_970_000;
+const M5_XLARGE_KB: u64 = 16_100_000;
+
 fn profile(name: &str) -> Profile {
     ProfileSet::load(None).unwrap().resolve(name).unwrap()
 }
@@ -34,10 +38,17 @@ fn boot<'a>(p: &'a Profile, env: &'a BTreeMap<String, String>, role: Role) -> Bo
 
 /// The user-data of a role: the same for every node of it (they launch in one call).
 fn user_data(p: &Profile, role: Role) -> String {
+    render_user_data(p, role, false)
+}
+
+/// The user-data of a role, for a launch or (`image_build`) for `admin image build`.
+fn render_user_data(p: &Profile, role: Role, image_build: bool) -> String {
     let env = BTreeMap::new();
+    let mut ctx = boot(p, &env, role);
+    ctx.image_build = image_build;
     Renderer::for_profile(p)
         .unwrap()
-        .user_data(&p.role(role).user_data, &boot(p, &env, role))
+        .user_data(&p.role(role).user_data, &ctx)
         .unwrap()
 }
 
@@ -128,6 +139,8 @@ fn embedded_files(script: &str) -> BTreeMap<String, String> {
             continue;
         };
         let delim = delim.trim_end_matches('\'');
+        // The user-data writes under "$R" (the sandbox root of the tests; empty on a node).
+        let path = path.trim_start_matches("\"$R").trim_end_matches('"');
         let mut body = String::new();
         for l in lines.by_ref() {
             if l == delim {
@@ -159,7 +172,14 @@ fn the_shipped_profiles_resolve_for_ec2() {
             p.vars["hadoop_version"].as_str().unwrap().split('.').next(),
             Some("3")
         );
+        // stratus waits for the install (the phase file), not the configure step.
+        assert_eq!(p.boot_timeout_secs, Some(1200));
+        assert!(!p.vars.contains_key("boot_timeout_secs"));
+        assert!(p.boot_timeout_secs.unwrap() > p.ready_timeout_secs);
     }
+    // The current release, and the Java it needs.
+    assert_eq!(h.vars["hadoop_version"], "3.5.0");
+    assert_eq!(h.vars["java_package"], "openjdk-17-jre-headless");
     assert!(!h.worker.spot);
     assert!(s.worker.spot);
     // Spot changes what EC2 is asked for, not what the nodes run.
@@ -180,10 +200,14 @@ fn rendered_scripts_match_their_snapshots() {
         "master-user-data-preinstalled.sh",
         &user_data(&pre, Role::Master),
     );
+    assert_snapshot(
+        "master-user-data-image-build.sh",
+        &render_user_data(&h, Role::Master, true),
+    );
 }
 
 #[test]
-fn user_data_installs_a_pinned_hadoop_with_retries_unless_preinstalled() {
+fn user_data_carries_the_profiles_install_settings() {
     let h = profile("hadoop");
     let ud = user_data(&h, Role::Master);
     let version = h.vars["hadoop_version"].as_str().unwrap();
@@ -192,31 +216,20 @@ fn user_data_installs_a_pinned_hadoop_with_retries_unless_preinstalled() {
         "pinned version"
     );
     assert!(
-        ud.contains("retry 3 30 download"),
-        "the download is retried"
+        ud.contains("sources=(https://dlcdn.apache.org/hadoop/common https://archive.apache.org/dist/hadoop/common )"),
+        "{ud}"
     );
-    assert!(ud.contains("sha512sum -c -"), "the download is checked");
-    assert!(ud.contains("retry 5 15 apt_get install"), "apt is retried");
+    assert!(
+        ud.contains("checksums=(https://downloads.apache.org/hadoop/common "),
+        "checksums from Apache's download site first: {ud}"
+    );
+    assert!(ud.contains("image_build=false\n"));
+    assert!(render_user_data(&h, Role::Master, true).contains("image_build=true\n"));
     assert!(
         !ud.to_lowercase().contains("private key"),
         "no secret in user-data"
     );
-    let mut pre = h.clone();
-    pre.vars.insert("hadoop_preinstalled".into(), true.into());
-    let ud = user_data(&pre, Role::Master);
-    assert!(
-        !ud.contains("apt_get install"),
-        "a preinstalled image installs nothing"
-    );
-    assert!(
-        !ud.contains("download"),
-        "a preinstalled image downloads nothing"
-    );
-    assert!(
-        ud.contains("vars.hadoop_preinstalled is true, but"),
-        "it checks instead"
-    );
-    // Pinning the checksum replaces the fetch of Apache's published one.
+    // Pinning the checksum: the install fetches none (shown by running it, below).
     let mut pinned = h.clone();
     pinned
         .vars
@@ -246,6 +259,10 @@ fn all_scripts() -> Vec<(String, String)> {
             user_data(&pre, Role::Worker),
         ),
         (
+            "image-build user-data".to_owned(),
+            render_user_data(&h, Role::Master, true),
+        ),
+        (
             "configure.sh".to_owned(),
             pushed(&h)[".stratus/hadoop-configure.sh"].clone(),
         ),
@@ -264,6 +281,7 @@ fn every_script_passes_bash_n_and_shellcheck() {
         "/usr/local/lib/stratus/hadoop.sh",
         "/usr/local/sbin/stratus-hadoop-config",
         "/usr/local/sbin/stratus-hadoop-worker-start",
+        "/usr/local/sbin/stratus-hadoop-install",
     ] {
         assert!(names.contains(must), "{must} not found among {names:?}");
     }
@@ -337,7 +355,22 @@ impl Sandbox {
         // `hostname -I` names the master.
         stub(&p("bin/curl"), "exit 7");
         stub(&p("bin/hostname"), "echo 10.0.0.10");
-        Sandbox { dir }
+        stub(
+            &p("bin/systemctl"),
+            &format!("echo \"systemctl $*\" >> {}", p("calls.log").display()),
+        );
+        let sb = Sandbox { dir };
+        sb.set_memory_kb(M5_LARGE_KB);
+        sb
+    }
+
+    /// This node's MemTotal, as `/proc/meminfo` would show it.
+    fn set_memory_kb(&self, kb: u64) {
+        std::fs::write(
+            self.path("meminfo"),
+            format!("MemTotal:       {kb} kB\nMemFree:        1000 kB\n"),
+        )
+        .unwrap();
     }
 
     fn path(&self, rel: &str) -> PathBuf {
@@ -352,7 +385,8 @@ impl Sandbox {
         )
         .env("STRATUS_HADOOP_LIB", self.path("lib.sh"))
         .env("STRATUS_HADOOP_ENV", self.path("env"))
-        .env("STRATUS_HADOOP_CONFIG", self.path("config.sh"));
+        .env("STRATUS_HADOOP_CONFIG", self.path("config.sh"))
+        .env("STRATUS_MEMINFO", self.path("meminfo"));
         c
     }
 
@@ -464,9 +498,17 @@ fn the_site_files_it_writes_are_well_formed_xml() {
 /// The configure step on the master, against stand-ins: `hdfs` and `yarn` report `registered`
 /// live workers, `ssh` logs every login, `sudo` runs the command as is.
 fn run_configure(sb: &Sandbox, workers: &[&str], registered: usize) -> std::process::Output {
-    let mut h = profile("hadoop");
+    run_configure_of("hadoop", sb, workers, registered)
+}
+
+fn run_configure_of(
+    name: &str,
+    sb: &Sandbox,
+    workers: &[&str],
+    registered: usize,
+) -> std::process::Output {
+    let mut h = profile(name);
     h.vars.insert("register_timeout_secs".into(), 2.into());
-    h.vars.insert("boot_timeout_secs".into(), 2.into());
     let script = pushed(&h)[".stratus/hadoop-configure.sh"].clone();
     let home = sb.path("home");
     std::fs::create_dir_all(home.join(".stratus")).unwrap();
@@ -480,13 +522,17 @@ fn run_configure(sb: &Sandbox, workers: &[&str], registered: usize) -> std::proc
     std::fs::write(home.join(".stratus/hadoop-configure.sh"), script).unwrap();
     let state = sb.path("state");
     std::fs::create_dir_all(&state).unwrap();
-    std::fs::write(state.join("boot-finished"), "finished\n").unwrap();
+    std::fs::write(state.join("phase"), "done\n").unwrap();
     let log = sb.path("calls.log");
     let _ = std::fs::remove_file(&log);
     stub(&sb.path("bin/sudo"), "exec \"$@\"");
     stub(
         &sb.path("bin/ssh"),
-        &format!("echo \"ssh $*\" >> {}", log.display()),
+        // Each worker tells its MemTotal: the smallest sizes the containers.
+        &format!(
+            "echo \"ssh $*\" >> {}\ncase $6 in 10.0.0.12) echo {M5_LARGE_KB};; *) echo {M5_XLARGE_KB};; esac",
+            log.display()
+        ),
     );
     stub(
         &sb.path("bin/hdfs"),
@@ -513,6 +559,9 @@ fn run_configure(sb: &Sandbox, workers: &[&str], registered: usize) -> std::proc
 #[test]
 fn the_configure_step_writes_the_workers_file_and_checks_every_worker() {
     let sb = Sandbox::new();
+    // The master's install wrote its configuration at boot, for its own memory.
+    let out = sb.write_config(&["10.0.0.10"]);
+    assert!(out.status.success());
     let out = run_configure(&sb, &["10.0.0.11", "10.0.0.12"], 2);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -540,8 +589,14 @@ fn the_configure_step_writes_the_workers_file_and_checks_every_worker() {
     );
     assert!(config.contains("IdentityFile "), "{config}");
     let calls = std::fs::read_to_string(sb.path("calls.log")).unwrap();
-    assert!(calls.contains("10.0.0.11 true"), "{calls}");
-    assert!(calls.contains("10.0.0.12 true"), "{calls}");
+    assert!(calls.contains("10.0.0.11 awk"), "{calls}");
+    assert!(calls.contains("10.0.0.12 awk"), "{calls}");
+    // The containers fit the smallest worker (10.0.0.12, an m5.large), not the master (an
+    // m5.large here too) nor the larger worker: nothing changed, the ResourceManager keeps
+    // running.
+    let yarn = properties(&sb.path("conf/yarn-site.xml"));
+    assert_eq!(yarn["yarn.scheduler.maximum-allocation-mb"], "5120");
+    assert!(!calls.contains("restart hadoop-resourcemanager"), "{calls}");
     assert!(calls.contains("hdfs dfs -mkdir -p /user/"), "{calls}");
 
     // Run again (workers added): the managed block is replaced, not repeated.
@@ -571,9 +626,30 @@ fn the_configure_step_writes_the_workers_file_and_checks_every_worker() {
         "{stderr}"
     );
 
-    // A failed boot on the master is reported with the boot's own words.
-    std::fs::remove_file(sb.path("state/boot-finished")).unwrap();
-    std::fs::write(sb.path("state/boot-failed"), "line 99 failed\n").unwrap();
+    // A master whose memory differs from its workers': the limits change, and the
+    // ResourceManager is restarted to read them.
+    sb.set_memory_kb(M5_XLARGE_KB);
+    let out = run_configure(&sb, &["10.0.0.11", "10.0.0.12"], 2);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let calls = std::fs::read_to_string(sb.path("calls.log")).unwrap();
+    assert!(
+        calls.contains("systemctl restart hadoop-resourcemanager.service"),
+        "{calls}"
+    );
+    let yarn = properties(&sb.path("conf/yarn-site.xml"));
+    assert_eq!(yarn["yarn.scheduler.maximum-allocation-mb"], "5120");
+    assert_eq!(yarn["yarn.nodemanager.resource.memory-mb"], "10752");
+
+    // A master whose install failed is reported with the install's own words.
+    std::fs::write(
+        sb.path("state/phase"),
+        "failed: no source had hadoop-3.5.0.tar.gz\n",
+    )
+    .unwrap();
     let out = sb
         .cmd("bash")
         .arg(sb.path("home/.stratus/hadoop-configure.sh"))
@@ -585,9 +661,817 @@ fn the_configure_step_writes_the_workers_file_and_checks_every_worker() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("the master's boot failed (line 99 failed)"),
+        stderr.contains(
+            "the master's install has not finished (phase: failed: no source had hadoop-3.5.0.tar.gz)"
+        ),
         "{stderr}"
     );
+}
+
+/// A daemon's heap from its `-Xmx…m` option.
+fn xmx(opts: &str) -> u64 {
+    opts.strip_prefix("-Xmx")
+        .and_then(|m| m.strip_suffix('m'))
+        .unwrap_or_else(|| panic!("not an -Xmx…m option: {opts}"))
+        .parse()
+        .unwrap()
+}
+
+/// `NAME=VALUE` lines, by name.
+fn env_file(path: &Path) -> BTreeMap<String, String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+#[test]
+fn memory_is_sized_from_memtotal_so_that_an_m5_large_cannot_run_out() {
+    // (MemTotal, NodeManager MiB, map, reduce, NameNode heap, DataNode heap)
+    for (kb, nodemanager, map, reduce, namenode, datanode) in [
+        (M5_LARGE_KB, 5120, 1024, 2048, 1792, 512),
+        (M5_XLARGE_KB, 10752, 2048, 4096, 3840, 1024),
+    ] {
+        let sb = Sandbox::new();
+        sb.set_memory_kb(kb);
+        let out = sb.write_config(&["10.0.0.10", "2"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let total_mb = kb / 1024;
+        let yarn = properties(&sb.path("conf/yarn-site.xml"));
+        let mapred = properties(&sb.path("conf/mapred-site.xml"));
+        let heaps = env_file(&sb.path("conf/stratus-daemons.env"));
+        let mb = |m: &BTreeMap<String, String>, k: &str| -> u64 { m[k].parse().unwrap() };
+        let nm = mb(&yarn, "yarn.nodemanager.resource.memory-mb");
+        let max = mb(&yarn, "yarn.scheduler.maximum-allocation-mb");
+        assert_eq!(nm, nodemanager, "{kb} kB");
+        assert_eq!(max, nodemanager, "one type of node: the containers fit it");
+        assert_eq!(mb(&mapred, "mapreduce.map.memory.mb"), map);
+        assert_eq!(mb(&mapred, "mapreduce.reduce.memory.mb"), reduce);
+        assert_eq!(xmx(&heaps["HDFS_NAMENODE_OPTS"]), namenode);
+        assert_eq!(xmx(&heaps["HDFS_DATANODE_OPTS"]), datanode);
+        // A worker: the system's eighth (at least 1 GiB), its two daemons with 256 MiB of JVM
+        // beyond each heap, and every container YARN may run at once fit in MemTotal.
+        let worker_daemons =
+            xmx(&heaps["HDFS_DATANODE_OPTS"]) + xmx(&heaps["YARN_NODEMANAGER_OPTS"]) + 2 * 256;
+        assert!(
+            (total_mb / 8).max(1024) + worker_daemons + nm <= total_mb,
+            "{kb} kB: {nm} MiB of containers and {worker_daemons} MiB of daemons"
+        );
+        // The master: its three daemons and the system's share.
+        let master_daemons = xmx(&heaps["HDFS_NAMENODE_OPTS"])
+            + xmx(&heaps["YARN_RESOURCEMANAGER_OPTS"])
+            + xmx(&heaps["MAPRED_HISTORYSERVER_OPTS"])
+            + 3 * 256;
+        assert!((total_mb / 8).max(1024) + master_daemons <= total_mb);
+        // Every container fits the scheduler's limit, every task's heap its container, and a
+        // container that outgrows its size is killed by YARN (the physical-memory check).
+        for (size, opts) in [
+            ("mapreduce.map.memory.mb", "mapreduce.map.java.opts"),
+            ("mapreduce.reduce.memory.mb", "mapreduce.reduce.java.opts"),
+            (
+                "yarn.app.mapreduce.am.resource.mb",
+                "yarn.app.mapreduce.am.command-opts",
+            ),
+        ] {
+            let size = mb(&mapred, size);
+            assert!(size <= max && size >= 512 && size % 512 == 0, "{size}");
+            assert_eq!(xmx(&mapred[opts]), size * 8 / 10, "{opts}");
+        }
+        assert_eq!(yarn["yarn.nodemanager.pmem-check-enabled"], "true");
+        assert_eq!(yarn["yarn.scheduler.minimum-allocation-mb"], "512");
+    }
+
+    // Containers are sized for the smallest worker when the configure step names it.
+    let sb = Sandbox::new();
+    sb.set_memory_kb(M5_XLARGE_KB);
+    let small = M5_LARGE_KB.to_string();
+    let out = sb.write_config(&["10.0.0.10", "2", &small]);
+    assert!(out.status.success());
+    let yarn = properties(&sb.path("conf/yarn-site.xml"));
+    assert_eq!(yarn["yarn.nodemanager.resource.memory-mb"], "10752");
+    assert_eq!(yarn["yarn.scheduler.maximum-allocation-mb"], "5120");
+    assert_eq!(
+        properties(&sb.path("conf/mapred-site.xml"))["mapreduce.reduce.memory.mb"],
+        "2048"
+    );
+    // Nonsense is refused.
+    assert!(
+        !sb.write_config(&["10.0.0.10", "2", "lots"])
+            .status
+            .success()
+    );
+    sb.set_memory_kb(0);
+    let out = sb.write_config(&["10.0.0.10"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no MemTotal"));
+}
+
+#[test]
+fn hadoop_spot_with_one_worker_keeps_one_replica_and_says_so() {
+    // The same configure step as hadoop's.
+    assert_eq!(
+        pushed(&profile("hadoop-spot"))[".stratus/hadoop-configure.sh"],
+        pushed(&profile("hadoop"))[".stratus/hadoop-configure.sh"]
+    );
+    let sb = Sandbox::new();
+    let out = run_configure_of("hadoop-spot", &sb, &["10.0.0.11"], 1);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        properties(&sb.path("conf/hdfs-site.xml"))["dfs.replication"],
+        "1"
+    );
+    let toml = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster-profiles/hadoop-spot.toml"),
+    )
+    .unwrap();
+    assert!(toml.contains("(replication 1)"), "{toml}");
+    assert!(toml.contains("HDFS's files are gone"), "{toml}");
+}
+
+const VERSION: &str = "3.5.0";
+const MIRROR: &str = "https://mirror.example.edu/apache/hadoop/common";
+const DLCDN: &str = "https://dlcdn.apache.org/hadoop/common";
+const ARCHIVE: &str = "https://archive.apache.org/dist/hadoop/common";
+const DOWNLOADS: &str = "https://downloads.apache.org/hadoop/common";
+
+/// A node in a directory: the user-data runs with `STRATUS_ROOT` there, against stand-ins for
+/// what a node has (systemctl, apt-get, getent, runuser, and curl serving a tree of files as the
+/// web and the metadata service), with real host keys. A release tarball of stand-in Hadoop
+/// commands is built for it.
+struct Node {
+    dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let n = Node { dir };
+        for d in ["root", "bin", "www", "home", "ssh", "pkg"] {
+            std::fs::create_dir_all(n.path(d)).unwrap();
+        }
+        n.host_keys();
+        let log = n.path("calls.log");
+        let log = log.display();
+        let d = n.dir.path().display();
+        stub(
+            &n.path("bin/getent"),
+            &format!("echo \"$2:x:$(id -u):$(id -g)::{d}/home:/bin/bash\""),
+        );
+        stub(
+            &n.path("bin/systemctl"),
+            &format!("echo \"systemctl $*\" >> {log}"),
+        );
+        stub(
+            &n.path("bin/apt-get"),
+            &format!(
+                "echo \"apt-get $*\" >> {log}\n[ ! -e {d}/apt-fails ] || exit 100\n\
+                 case \" $* \" in *\" install \"*)\n\
+                 mkdir -p {d}/jvm/bin; printf '#!/bin/sh\\n' > {d}/jvm/bin/java\n\
+                 chmod +x {d}/jvm/bin/java; ln -sf {d}/jvm/bin/java {d}/bin/java;;\nesac"
+            ),
+        );
+        stub(
+            &n.path("bin/runuser"),
+            "while [ \"$1\" != -- ]; do shift; done\nshift\nexec \"$@\"",
+        );
+        stub(
+            &n.path("bin/curl"),
+            &format!(
+                r#"echo "curl-args: $*" >> {log}
+out= url= sigv4=
+while (($#)); do
+    case $1 in
+        -o) out=$2; shift;;
+        -K) [ "$2" != - ] || echo "curl-stdin: $(tr '\n' ' ')" >> {log}; shift;;
+        --aws-sigv4) sigv4=$2; shift;;
+        -H|-X|--max-time|--connect-timeout|--retry|--retry-delay) shift;;
+        http://*|https://*) url=$1;;
+    esac
+    shift
+done
+echo "curl $url${{sigv4:+ signed $sigv4}}" >> {log}
+file={d}/www/${{url#*://}}
+[[ $file != */ ]] || file+=index
+[ -f "$file" ] || exit 22
+if [ -n "$out" ]; then cp "$file" "$out"; else cat "$file"; fi"#
+            ),
+        );
+        stub(&n.path("bin/hostname"), "echo 10.9.9.9");
+        std::fs::write(n.path("meminfo"), format!("MemTotal: {M5_LARGE_KB} kB\n")).unwrap();
+        // The metadata service.
+        n.serve("http://169.254.169.254/latest/api/token", b"token");
+        n.serve(
+            "http://169.254.169.254/latest/meta-data/local-ipv4",
+            b"10.0.0.10",
+        );
+        n.serve(
+            "http://169.254.169.254/latest/meta-data/placement/region",
+            b"eu-west-1",
+        );
+        // The release: Hadoop's commands log how they are called.
+        let top = n.path(&format!("pkg/hadoop-{VERSION}"));
+        std::fs::create_dir_all(top.join("bin")).unwrap();
+        std::fs::create_dir_all(top.join("etc/hadoop")).unwrap();
+        for c in ["hdfs", "yarn", "mapred"] {
+            stub(
+                &top.join("bin").join(c),
+                &format!("echo \"{c} $*\" >> {log}"),
+            );
+        }
+        std::fs::write(top.join("etc/hadoop/hadoop-env.sh"), "# Hadoop's own\n").unwrap();
+        let out = Command::new("tar")
+            .arg("-czf")
+            .arg(n.tarball())
+            .arg("-C")
+            .arg(n.path("pkg"))
+            .arg(format!("hadoop-{VERSION}"))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        n
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn tarball(&self) -> PathBuf {
+        self.path("pkg/release.tar.gz")
+    }
+
+    /// Fresh host keys, as cloud-init makes them before the user-data runs.
+    fn host_keys(&self) {
+        for t in ["ed25519", "ecdsa"] {
+            let key = self.path(&format!("ssh/ssh_host_{t}_key"));
+            let _ = std::fs::remove_file(&key);
+            let out = Command::new("ssh-keygen")
+                .args(["-q", "-t", t, "-N", "", "-C", "root@node", "-f"])
+                .arg(&key)
+                .output()
+                .expect("ssh-keygen");
+            assert!(out.status.success());
+        }
+    }
+
+    /// Serves `body` at `url`.
+    fn serve(&self, url: &str, body: &[u8]) {
+        let rel = url.split_once("://").unwrap().1;
+        let path = self.path("www").join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, body).unwrap();
+    }
+
+    /// Puts the release under `source` as Apache lays it out.
+    fn publish(&self, source: &str) {
+        let body = std::fs::read(self.tarball()).unwrap();
+        self.serve(
+            &format!("{source}/hadoop-{VERSION}/hadoop-{VERSION}.tar.gz"),
+            &body,
+        );
+    }
+
+    /// Puts the release's `.sha512` under `source`, in Apache's format.
+    fn publish_checksum(&self, source: &str) {
+        self.serve(
+            &format!("{source}/hadoop-{VERSION}/hadoop-{VERSION}.tar.gz.sha512"),
+            format!("SHA512 (hadoop-{VERSION}.tar.gz) = {}\n", self.sha512()).as_bytes(),
+        );
+    }
+
+    fn sha512(&self) -> String {
+        let out = Command::new("sha512sum")
+            .arg(self.tarball())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// The hadoop profile with these sources, run as the tests' own user.
+    fn profile(&self, sources: &[&str]) -> Profile {
+        let mut p = profile("hadoop");
+        let me = Command::new("id").arg("-un").output().unwrap();
+        p.ssh_user = String::from_utf8_lossy(&me.stdout).trim().to_owned();
+        p.vars.insert("hadoop_sources".into(), sources.into());
+        p
+    }
+
+    fn cmd(&self, script: &Path) -> Command {
+        let mut c = Command::new("bash");
+        c.arg(script)
+            .env_clear()
+            .env(
+                "PATH",
+                format!(
+                    "{}:/usr/bin:/bin:/usr/sbin:/sbin",
+                    self.path("bin").display()
+                ),
+            )
+            .env("STRATUS_ROOT", self.path("root"))
+            .env("STRATUS_SSH_DIR", self.path("ssh"))
+            .env("STRATUS_MEMINFO", self.path("meminfo"))
+            .env("STRATUS_RETRY_DELAY", "0");
+        c
+    }
+
+    /// Runs the user-data of `role` as cloud-init would; its output and how long it took.
+    fn boot(&self, p: &Profile, role: Role, image_build: bool) -> (std::process::Output, u64) {
+        let script = self.path("user-data");
+        std::fs::write(&script, render_user_data(p, role, image_build)).unwrap();
+        let _ = std::fs::remove_file(self.path("calls.log"));
+        let start = std::time::Instant::now();
+        let out = self.cmd(&script).output().unwrap();
+        (out, start.elapsed().as_secs())
+    }
+
+    /// Runs what stratus-install.service runs (its ExecStart), as systemd would.
+    fn install(&self) -> std::process::Output {
+        let unit =
+            std::fs::read_to_string(self.path("root/etc/systemd/system/stratus-install.service"))
+                .unwrap();
+        let exec = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .unwrap();
+        self.cmd(Path::new(exec)).output().unwrap()
+    }
+
+    /// Every phase the node reported, in order.
+    fn phases(&self) -> Vec<String> {
+        std::fs::read_to_string(self.path("root/var/lib/stratus/phases"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.split_once(' ').unwrap().1.to_owned())
+            .collect()
+    }
+
+    /// The phase file as stratus reads it.
+    fn phase(&self) -> String {
+        std::fs::read_to_string(self.path("root/var/lib/stratus/phase")).unwrap()
+    }
+
+    fn calls(&self) -> String {
+        std::fs::read_to_string(self.path("calls.log")).unwrap_or_default()
+    }
+
+    /// The URLs curl was asked for, in order.
+    fn fetched(&self) -> Vec<String> {
+        self.calls()
+            .lines()
+            .filter_map(|l| l.strip_prefix("curl "))
+            .filter(|u| !u.contains("169.254.169.254"))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+fn ok(out: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn the_user_data_prints_the_host_keys_first_and_starts_the_install_detached() {
+    let node = Node::new();
+    node.publish(DLCDN);
+    node.publish_checksum(DOWNLOADS);
+    let p = node.profile(&[DLCDN]);
+    let (out, secs) = node.boot(&p, Role::Master, false);
+    let stdout = ok(&out);
+    assert!(secs < 5, "the user-data took {secs}s");
+    // The keys come first, in cloud-init's frame, and parse as stratus reads the console.
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "-----BEGIN SSH HOST KEY KEYS-----", "{stdout}");
+    assert_eq!(lines[3], "-----END SSH HOST KEY KEYS-----", "{stdout}");
+    let keys = stratus::cluster::provider::ec2::console::host_keys(&stdout).unwrap();
+    assert_eq!(keys.len(), 2, "{stdout}");
+    for t in ["ecdsa", "ed25519"] {
+        let public =
+            std::fs::read_to_string(node.path(&format!("ssh/ssh_host_{t}_key.pub"))).unwrap();
+        assert!(lines[1..3].contains(&public.trim()), "{t}: {stdout}");
+    }
+    // It installed nothing itself: it started the unit, without waiting for it.
+    let calls = node.calls();
+    assert!(
+        calls.contains("systemctl start --no-block stratus-install.service"),
+        "{calls}"
+    );
+    assert!(!calls.contains("apt-get"), "{calls}");
+    assert!(node.fetched().is_empty(), "{calls}");
+    assert_eq!(node.phase(), "waiting for the install to start\n");
+    let unit =
+        std::fs::read_to_string(node.path("root/etc/systemd/system/stratus-install.service"))
+            .unwrap();
+    assert!(unit.contains("Type=oneshot\n"), "{unit}");
+    assert!(unit.contains("TimeoutStartSec=infinity\n"), "{unit}");
+    let env = env_file(&node.path("root/etc/stratus/install.env"));
+    assert_eq!(env["ROLE"], "master");
+    assert_eq!(env["HADOOP_VERSION"], VERSION);
+    assert_eq!(env["HADOOP_SOURCES"], format!("\"{DLCDN}\""));
+}
+
+#[test]
+fn the_install_reports_each_phase_and_ends_in_done() {
+    let node = Node::new();
+    node.publish(MIRROR);
+    node.publish_checksum(DOWNLOADS);
+    let p = node.profile(&[MIRROR, DLCDN]);
+    ok(&node.boot(&p, Role::Master, false).0);
+    ok(&node.install());
+    let tarball = format!("hadoop-{VERSION}.tar.gz");
+    assert_eq!(
+        node.phases(),
+        [
+            "waiting for the install to start".to_owned(),
+            "checking the image".into(),
+            "installing java".into(),
+            format!("fetching the checksum of {tarball}"),
+            format!("downloading hadoop from {MIRROR}"),
+            "unpacking hadoop".into(),
+            "setting up hadoop".into(),
+            "configuring hadoop".into(),
+            "formatting hdfs".into(),
+            "starting the namenode, the resourcemanager and the historyserver".into(),
+            "done".into(),
+        ]
+    );
+    assert_eq!(node.phase(), "done\n", "one line: what stratus reads");
+    // The checksum from Apache's download site over HTTPS, the tarball from the first source.
+    assert_eq!(
+        node.fetched(),
+        [
+            format!("{DOWNLOADS}/hadoop-{VERSION}/{tarball}.sha512"),
+            format!("{MIRROR}/hadoop-{VERSION}/{tarball}"),
+        ]
+    );
+    let calls = node.calls();
+    assert!(
+        calls.contains("install --no-install-recommends openjdk-17-jre-headless curl"),
+        "{calls}"
+    );
+    assert!(
+        calls.contains("hdfs namenode -format -nonInteractive -clusterId demo"),
+        "{calls}"
+    );
+    assert!(
+        calls.contains("systemctl enable --now hadoop-namenode.service hadoop-resourcemanager.service hadoop-historyserver.service"),
+        "{calls}"
+    );
+    let root = node.path("root");
+    let home = root.join("opt/hadoop");
+    assert!(home.join("bin/hdfs").is_file());
+    assert_eq!(
+        std::fs::read_to_string(home.join(".stratus-installed")).unwrap(),
+        format!("hadoop {VERSION}\n")
+    );
+    // The master's own address from the metadata service, and heaps for its memory.
+    assert_eq!(
+        properties(&home.join("etc/hadoop/core-site.xml"))["fs.defaultFS"],
+        "hdfs://10.0.0.10:8020"
+    );
+    let heaps = env_file(&home.join("etc/hadoop/stratus-daemons.env"));
+    assert_eq!(heaps["HDFS_NAMENODE_OPTS"], "-Xmx1792m");
+    let unit =
+        std::fs::read_to_string(root.join("etc/systemd/system/hadoop-namenode.service")).unwrap();
+    assert!(
+        unit.contains(&format!(
+            "EnvironmentFile=-{}/etc/hadoop/stratus-daemons.env",
+            home.display()
+        )),
+        "{unit}"
+    );
+    let env = env_file(&root.join("etc/stratus/hadoop.env"));
+    assert_eq!(env["JAVA_HOME"], node.path("jvm").display().to_string());
+    // Hadoop's own scripts (a daemon started by hand) get the same heaps.
+    let hadoop_env = std::fs::read_to_string(home.join("etc/hadoop/hadoop-env.sh")).unwrap();
+    assert!(
+        hadoop_env.starts_with("# Hadoop's own\n# stratus\n"),
+        "{hadoop_env}"
+    );
+    assert!(
+        hadoop_env.contains(&format!(
+            ". \"{}/etc/hadoop/stratus-daemons.env\"",
+            home.display()
+        )),
+        "{hadoop_env}"
+    );
+
+    // A worker: the same install, then it waits for stratus to name the master.
+    let node = Node::new();
+    node.publish(MIRROR);
+    node.publish_checksum(DOWNLOADS);
+    ok(&node.boot(&p, Role::Worker, false).0);
+    ok(&node.install());
+    let phases = node.phases();
+    assert_eq!(
+        phases[phases.len() - 2..],
+        ["waiting for stratus to name the master", "done"]
+    );
+    let calls = node.calls();
+    assert!(
+        calls.contains("systemctl enable --now stratus-hadoop-worker.path"),
+        "{calls}"
+    );
+    assert!(!calls.contains("namenode -format"), "{calls}");
+}
+
+#[test]
+fn a_failed_download_fails_the_install_with_its_reason() {
+    let node = Node::new();
+    node.publish_checksum(DOWNLOADS);
+    let p = node.profile(&[MIRROR, DLCDN]);
+    ok(&node.boot(&p, Role::Worker, false).0);
+    let out = node.install();
+    assert!(!out.status.success());
+    let phase = node.phase();
+    assert_eq!(
+        phase,
+        format!(
+            "failed: no source had hadoop-{VERSION}.tar.gz with its SHA-512 (tried {MIRROR} {DLCDN})\n"
+        )
+    );
+    // Each source was retried, in order.
+    let tarball = |s: &str| format!("{s}/hadoop-{VERSION}/hadoop-{VERSION}.tar.gz");
+    let fetched = node.fetched();
+    assert_eq!(
+        fetched[1..4],
+        [tarball(MIRROR), tarball(MIRROR), tarball(MIRROR)]
+    );
+    assert_eq!(
+        fetched[4..],
+        [tarball(DLCDN), tarball(DLCDN), tarball(DLCDN)]
+    );
+
+    // No checksum anywhere: it fails before downloading anything.
+    let node = Node::new();
+    node.publish(MIRROR);
+    ok(&node.boot(&p, Role::Worker, false).0);
+    assert!(!node.install().status.success());
+    assert!(
+        node.phase().starts_with(&format!(
+            "failed: no checksum of hadoop-{VERSION}.tar.gz from {DOWNLOADS} {ARCHIVE}"
+        )),
+        "{}",
+        node.phase()
+    );
+    assert!(!node.fetched().iter().any(|u| u.ends_with(".tar.gz")));
+
+    // Anything else that fails names the phase it failed in: here a "release" that matches
+    // its checksum but is no tarball.
+    let node = Node::new();
+    std::fs::write(node.tarball(), b"not a tarball").unwrap();
+    node.publish(MIRROR);
+    node.publish_checksum(DOWNLOADS);
+    ok(&node.boot(&p, Role::Worker, false).0);
+    assert!(!node.install().status.success());
+    assert!(
+        node.phase().starts_with("failed: unpacking hadoop (line "),
+        "{}",
+        node.phase()
+    );
+
+    // apt-get failing (no network, say).
+    let node = Node::new();
+    std::fs::write(node.path("apt-fails"), "").unwrap();
+    ok(&node.boot(&p, Role::Master, false).0);
+    assert!(!node.install().status.success());
+    assert_eq!(node.phase(), "failed: apt-get update failed\n");
+    assert_eq!(node.calls().matches("apt-get -q -y").count(), 5, "retried");
+}
+
+#[test]
+fn sources_are_tried_in_order_and_a_tarball_that_does_not_match_is_skipped() {
+    let node = Node::new();
+    // The mirror has a corrupt copy, the CDN none (the release left it), the archive the real one.
+    node.serve(
+        &format!("{MIRROR}/hadoop-{VERSION}/hadoop-{VERSION}.tar.gz"),
+        b"not the release",
+    );
+    node.publish(ARCHIVE);
+    node.publish_checksum(DOWNLOADS);
+    let p = node.profile(&[MIRROR, DLCDN, ARCHIVE]);
+    ok(&node.boot(&p, Role::Worker, false).0);
+    let out = node.install();
+    ok(&out);
+    assert_eq!(node.phase(), "done\n");
+    let downloads: Vec<String> = node
+        .phases()
+        .into_iter()
+        .filter(|p| p.starts_with("downloading"))
+        .collect();
+    assert_eq!(
+        downloads,
+        [
+            format!("downloading hadoop from {MIRROR}"),
+            format!("downloading hadoop from {DLCDN}"),
+            format!("downloading hadoop from {ARCHIVE}"),
+        ]
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!(
+            "from {MIRROR} does not have SHA-512 {}",
+            node.sha512()
+        )),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(node.path("root/opt/hadoop/bin/hdfs").is_file());
+}
+
+#[test]
+fn a_pinned_sha512_fetches_no_checksum_and_refuses_another_tarball() {
+    let node = Node::new();
+    node.publish(MIRROR);
+    let mut p = node.profile(&[MIRROR]);
+    p.vars.insert("hadoop_sha512".into(), node.sha512().into());
+    ok(&node.boot(&p, Role::Worker, false).0);
+    ok(&node.install());
+    assert_eq!(node.phase(), "done\n");
+    assert!(!node.phases().iter().any(|p| p.contains("checksum")));
+    assert_eq!(
+        node.fetched(),
+        [format!("{MIRROR}/hadoop-{VERSION}/hadoop-{VERSION}.tar.gz")]
+    );
+
+    // Pinned to another tarball: the one served is refused.
+    let node = Node::new();
+    node.publish(MIRROR);
+    node.publish_checksum(DOWNLOADS);
+    let mut p = node.profile(&[MIRROR]);
+    p.vars
+        .insert("hadoop_sha512".into(), "ab".repeat(64).into());
+    ok(&node.boot(&p, Role::Worker, false).0);
+    assert!(!node.install().status.success());
+    assert!(
+        node.phase().starts_with("failed: no source had"),
+        "{}",
+        node.phase()
+    );
+    assert!(!node.path("root/opt/hadoop/bin/hdfs").exists());
+
+    // Not a SHA-512: the user-data refuses it at once.
+    let mut p = node.profile(&[MIRROR]);
+    p.vars.insert("hadoop_sha512".into(), "abc".into());
+    let (out, _) = node.boot(&p, Role::Worker, false);
+    assert!(!out.status.success());
+    assert_eq!(
+        node.phase(),
+        "failed: vars.hadoop_sha512 is not a SHA-512 (128 hex digits)\n"
+    );
+    // Nor is a source that is not https:// or s3://.
+    let p = node.profile(&["http://mirror.example.edu/hadoop"]);
+    assert!(!node.boot(&p, Role::Worker, false).0.status.success());
+    assert!(
+        node.phase()
+            .starts_with("failed: not an https:// or s3:// source")
+    );
+}
+
+#[test]
+fn an_s3_source_is_read_from_the_buckets_endpoint_in_the_nodes_region() {
+    let bucket = "https://class-mirror.s3.eu-west-1.amazonaws.com/hadoop";
+    let node = Node::new();
+    node.publish(bucket);
+    node.publish_checksum(DOWNLOADS);
+    let p = node.profile(&["s3://class-mirror/hadoop", DLCDN]);
+    ok(&node.boot(&p, Role::Worker, false).0);
+    ok(&node.install());
+    let tarball = format!("{bucket}/hadoop-{VERSION}/hadoop-{VERSION}.tar.gz");
+    // No instance profile: unsigned (the bucket's policy lets the node read).
+    assert_eq!(node.fetched()[1], tarball);
+
+    // With an instance profile: signed, its credentials passed on curl's standard input.
+    let node = Node::new();
+    node.publish(bucket);
+    node.publish_checksum(DOWNLOADS);
+    let creds = "http://169.254.169.254/latest/meta-data/iam/security-credentials/";
+    node.serve(&format!("{creds}index"), b"node-role\n");
+    node.serve(
+        &format!("{creds}node-role"),
+        b"{\n  \"Code\" : \"Success\",\n  \"AccessKeyId\" : \"ASIAEXAMPLE\",\n  \"SecretAccessKey\" : \"s3cr3t\",\n  \"Token\" : \"tok3n\"\n}\n",
+    );
+    ok(&node.boot(&p, Role::Worker, false).0);
+    ok(&node.install());
+    assert_eq!(
+        node.fetched()[1],
+        format!("{tarball} signed aws:amz:eu-west-1:s3")
+    );
+    let calls = node.calls();
+    assert!(
+        calls.contains(
+            "curl-stdin: user = \"ASIAEXAMPLE:s3cr3t\" header = \"x-amz-security-token: tok3n\""
+        ),
+        "{calls}"
+    );
+    assert!(
+        !calls
+            .lines()
+            .any(|l| l.starts_with("curl-args:") && l.contains("s3cr3t")),
+        "{calls}"
+    );
+}
+
+#[test]
+fn an_image_build_installs_only_and_its_image_installs_nothing() {
+    let node = Node::new();
+    node.publish(DLCDN);
+    node.publish_checksum(DOWNLOADS);
+    let p = node.profile(&[DLCDN]);
+    ok(&node.boot(&p, Role::Master, true).0);
+    ok(&node.install());
+    let phases = node.phases();
+    assert!(phases.contains(&"installing java".to_owned()), "{phases:?}");
+    assert_eq!(
+        phases[phases.len() - 2..],
+        ["removing the host keys", "done"]
+    );
+    assert_eq!(node.phase(), "done\n", "what `admin image build` waits for");
+    let calls = node.calls();
+    assert!(
+        !calls.contains("systemctl enable --now") && !calls.contains("systemctl restart"),
+        "started something: {calls}"
+    );
+    assert!(!calls.contains("namenode -format"), "{calls}");
+    let left: Vec<_> = std::fs::read_dir(node.path("ssh")).unwrap().collect();
+    assert!(left.is_empty(), "host keys left in the image: {left:?}");
+
+    // An instance of the image forgets the build's `done` before sshd starts (stratus must not
+    // read it), once.
+    assert!(
+        calls.contains("systemctl enable stratus-forget-phase.service"),
+        "{calls}"
+    );
+    let unit =
+        std::fs::read_to_string(node.path("root/etc/systemd/system/stratus-forget-phase.service"))
+            .unwrap();
+    assert!(
+        unit.contains("Before=sysinit.target ssh.socket ssh.service\n"),
+        "{unit}"
+    );
+    let condition = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ConditionPathExists="))
+        .unwrap();
+    assert!(Path::new(condition).exists());
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .unwrap();
+    let out = Command::new("sh").args(["-c", exec]).output().unwrap();
+    assert!(out.status.success());
+    assert!(!node.path("root/var/lib/stratus/phase").exists());
+    assert!(
+        !Path::new(condition).exists(),
+        "a reboot later keeps its phase"
+    );
+
+    // An instance of the image: new host keys (cloud-init's), and nothing to download.
+    node.host_keys();
+    ok(&node.boot(&p, Role::Master, false).0);
+    ok(&node.install());
+    let phases = node.phases();
+    assert!(
+        !phases
+            .iter()
+            .any(|p| p.contains("java") || p.contains("download")),
+        "{phases:?}"
+    );
+    assert_eq!(phases.last().unwrap(), "done");
+    assert!(!node.calls().contains("apt-get"));
+    assert!(node.fetched().is_empty());
+    assert!(node.calls().contains("namenode -format"));
+
+    // A site image that claims Hadoop (vars.hadoop_preinstalled) but has none fails, saying so.
+    let node = Node::new();
+    let mut pre = node.profile(&[DLCDN]);
+    pre.vars.insert("hadoop_preinstalled".into(), true.into());
+    ok(&node.boot(&pre, Role::Master, false).0);
+    assert!(!node.install().status.success());
+    assert!(
+        node.phase()
+            .starts_with("failed: vars.hadoop_preinstalled is true, but"),
+        "{}",
+        node.phase()
+    );
+    assert!(!node.calls().contains("apt-get"));
 }
 
 #[test]

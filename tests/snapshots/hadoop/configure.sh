@@ -8,7 +8,6 @@ cd "$HOME"
 
 # The state directory and helper paths can be moved for the profile's tests.
 readonly STATE=${STRATUS_STATE_DIR:-/var/lib/stratus}
-readonly BOOT_TIMEOUT=1200
 readonly REGISTER_TIMEOUT=600
 readonly WORKERS_FILE=.stratus/workers
 readonly INTRA_KEY="$HOME/.ssh/stratus_cluster_ed25519"
@@ -18,20 +17,14 @@ fail() {
     exit 1
 }
 
-# 1. The master's own boot: it may still be installing Java and Hadoop.
-if command -v cloud-init > /dev/null 2>&1; then
-    timeout "$BOOT_TIMEOUT" cloud-init status --wait > /dev/null 2>&1 || true
+# 1. The master's install: stratus waited for its phase `done` (the profile's boot_timeout_secs)
+#    before running this; a master that is not there is an error, not something to wait for.
+phase=$(tail -n 1 "$STATE/phase" 2> /dev/null || true)
+if [ "$phase" != "done" ]; then
+    echo "hadoop-configure: the master's install has not finished (phase: ${phase:-none}); the end of its log (journalctl -u stratus-install):" >&2
+    sudo journalctl -u stratus-install.service -n 20 --no-pager >&2 || true
+    exit 1
 fi
-deadline=$((SECONDS + BOOT_TIMEOUT))
-while [ ! -e "$STATE/boot-finished" ]; do
-    if [ -e "$STATE/boot-failed" ]; then
-        echo "hadoop-configure: the master's boot failed ($(cat "$STATE/boot-failed")); the end of /var/log/stratus-boot.log:" >&2
-        sudo tail -n 20 /var/log/stratus-boot.log >&2 || true
-        exit 1
-    fi
-    ((SECONDS < deadline)) || fail "the master's boot did not finish within ${BOOT_TIMEOUT}s"
-    sleep 5
-done
 # shellcheck source=/dev/null
 . "${STRATUS_HADOOP_LIB:-/usr/local/lib/stratus/hadoop.sh}"
 load_env
@@ -49,16 +42,9 @@ if ((count > 0)); then
     printf '%s\n' "${workers[@]}"
 fi | sudo tee "$HADOOP_CONF_DIR/workers" > /dev/null
 
-# 3. The master's configuration, with no more replicas per block than there are workers.
-replication=$HDFS_REPLICATION
-if ((count > 0 && count < replication)); then
-    replication=$count
-fi
-master=$(own_address)
-sudo "${STRATUS_HADOOP_CONFIG:-/usr/local/sbin/stratus-hadoop-config}" "$master" "$replication"
-
-# 4. The intra-cluster key: the master (and Hadoop's start-*.sh scripts) log in to every node
-#    with it.
+# 3. The intra-cluster key: the master (and Hadoop's start-*.sh scripts) log in to every node
+#    with it. Each worker tells its memory on the way: containers are sized for the smallest.
+worker_kb=
 if [ -f "$INTRA_KEY" ]; then
     config="$HOME/.ssh/config"
     touch "$config"
@@ -66,15 +52,35 @@ if [ -f "$INTRA_KEY" ]; then
     sed -i '/^# BEGIN stratus intra-cluster$/,/^# END stratus intra-cluster$/d' "$config"
     {
         echo '# BEGIN stratus intra-cluster'
-        echo "Host $master ${workers[*]}"
+        echo "Host $(own_address) ${workers[*]}"
         echo "    IdentityFile $INTRA_KEY"
         echo '    StrictHostKeyChecking accept-new'
         echo '# END stratus intra-cluster'
     } >> "$config"
     for worker in "${workers[@]}"; do
-        ssh -n -o BatchMode=yes -o ConnectTimeout=10 "$worker" true \
-            || fail "the master cannot log in to worker $worker with the intra-cluster key"
+        kb=$(ssh -n -o BatchMode=yes -o ConnectTimeout=10 "$worker" \
+            "awk '/^MemTotal:/ { print \$2 }' /proc/meminfo") ||
+            fail "the master cannot log in to worker $worker with the intra-cluster key"
+        [[ $kb =~ ^[1-9][0-9]*$ ]] || fail "worker $worker did not tell its memory: $kb"
+        if [ -z "$worker_kb" ] || ((kb < worker_kb)); then
+            worker_kb=$kb
+        fi
     done
+fi
+
+# 4. The master's configuration, with no more replicas per block than there are workers (one
+#    worker: one replica, and nothing survives that worker's loss), and containers that fit the
+#    smallest worker. The ResourceManager reads its limits at start: restarted if they changed.
+replication=$HDFS_REPLICATION
+if ((count > 0 && count < replication)); then
+    replication=$count
+fi
+master=$(own_address)
+before=$(cat "$HADOOP_CONF_DIR/yarn-site.xml" 2> /dev/null || true)
+sudo "${STRATUS_HADOOP_CONFIG:-/usr/local/sbin/stratus-hadoop-config}" "$master" "$replication" \
+    ${worker_kb:+"$worker_kb"}
+if [ "$before" != "$(cat "$HADOOP_CONF_DIR/yarn-site.xml")" ]; then
+    sudo systemctl restart hadoop-resourcemanager.service
 fi
 
 # 5. Every worker registered: its DataNode with the NameNode, its NodeManager with the
