@@ -49,6 +49,7 @@ fn a_throttled_describe_while_nodes_install_is_looked_at_again_never_a_failed_la
     let mut launch = ctx
         .cmd()
         .args(["launch-cluster", "e2e", "1", "-p", "e2e"])
+        .env("RUST_LOG", "stratus::cluster::waits=info,warn")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -99,6 +100,13 @@ fn a_throttled_describe_while_nodes_install_is_looked_at_again_never_a_failed_la
     reader.join().unwrap();
     seen.extend(lines.try_iter());
     assert!(status.success(), "the launch failed:\n{}", seen.join("\n"));
+    // A describe of the wait ran out of retries, throttled, and the wait looked again.
+    assert!(
+        seen.iter().any(|l| l.contains("DescribeInstances was throttled")
+            && l.contains("looking again at the next round")),
+        "no throttled describe reached the wait:\n{}",
+        seen.join("\n")
+    );
     let c = ctx.cluster_json("e2e");
     assert_eq!(c["state"], "configured", "{c:#}");
     // Once pinned, no console was read again, throughout the install.
