@@ -42,6 +42,10 @@ use stratus::core::model::{ClusterName, Owner, RequestId, Role, StoreId, Tags, n
 
 use super::ec2_moto::{client, tag};
 
+/// The access key of the hypervisor's own EC2 calls: the fault proxy lets calls signed with it
+/// through untouched (no fault, bucket or count), as EC2's machinery is no client of its API.
+pub const HYPERVISOR_KEY: &str = "stratus-double-hypervisor";
+
 /// How often moto is asked what runs: moto has no events to wait on.
 const POLL: Duration = Duration::from_millis(50);
 
@@ -138,6 +142,8 @@ pub struct Report {
     pub booted: Vec<String>,
     /// Instance ids whose node was stopped because moto reported them terminated.
     pub stopped: Vec<String>,
+    /// Each booted instance's host public key (`ssh-ed25519 AAAA…`), by instance id.
+    pub host_keys: HashMap<String, String>,
     pub errors: Vec<String>,
 }
 
@@ -309,7 +315,7 @@ async fn run(
     stop: Arc<AtomicBool>,
     report: Arc<Mutex<Report>>,
 ) {
-    let ec2 = client(&config.endpoint, "testing", "testing");
+    let ec2 = client(&config.endpoint, HYPERVISOR_KEY, "testing");
     // EC2 instance id -> local node id.
     let mut nodes: HashMap<String, String> = HashMap::new();
     // EC2 instance id -> its console.
@@ -342,6 +348,11 @@ async fn run(
                     match boot(&ec2, &local, &config, &i).await {
                         Ok((node, host_key)) => {
                             let dir = nodes_root.join(&node);
+                            report
+                                .lock()
+                                .unwrap()
+                                .host_keys
+                                .insert(id.clone(), host_key.clone());
                             screens
                                 .insert(id.clone(), Screen::new(id.clone(), name, dir, host_key));
                             nodes.insert(id.clone(), node);
