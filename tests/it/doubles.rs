@@ -42,7 +42,10 @@ fn gated_user_data(gate: &Path, early_keys: bool) -> String {
 fn run_master(moto: &Moto, subnet: &str, cluster: &str, user_data: &str) -> String {
     use base64::Engine;
     let key_name = format!("{cluster}-key");
-    let user_data = base64::engine::general_purpose::STANDARD.encode(user_data);
+    // gzip, then base64, as stratus sends it (cloud-init takes either).
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, user_data.as_bytes()).unwrap();
+    let user_data = base64::engine::general_purpose::STANDARD.encode(gz.finish().unwrap());
     let owner = owner();
     moto.block_on(async {
         moto.ec2
@@ -313,28 +316,29 @@ fn a_token_bucket_per_action_throttles_with_its_burst_and_refill_and_counts_what
     let Some(moto) = Moto::acquire() else { return };
     let faults = moto.faults();
     let ec2 = one_shot_client(&moto);
+    // Slow refills, so that a loaded machine's slow calls do not blur the counts.
     let conf = faults.configure(json!({"buckets": {
-        "DescribeVpcs": {"burst": 3, "refill_per_sec": 1},
-        "*": {"burst": 5, "refill_per_sec": 2},
+        "DescribeVpcs": {"burst": 3, "refill_per_sec": 0.5},
+        "*": {"burst": 2, "refill_per_sec": 0.5},
     }}));
     assert_eq!(conf["buckets"]["DescribeVpcs"]["burst"], 3.0, "{conf}");
 
-    // `*`: every action not named has its own bucket of 5: a full one lets exactly its burst
+    // `*`: every action not named has its own bucket of 2: a full one lets exactly its burst
     // through, then answers RequestLimitExceeded (HTTP 503) without asking moto.
-    assert_eq!(drain(&moto, &ec2, "DescribeSubnets"), 5);
-    assert_eq!(drain(&moto, &ec2, "DescribeKeyPairs"), 5);
+    assert_eq!(drain(&moto, &ec2, "DescribeSubnets"), 2);
+    assert_eq!(drain(&moto, &ec2, "DescribeKeyPairs"), 2);
     // A named action has its own, untouched by the others'.
     let start = Instant::now();
     assert_eq!(drain(&moto, &ec2, "DescribeVpcs"), 3);
     let emptied = Instant::now();
     let drained = emptied - start;
     assert!(
-        drained < Duration::from_millis(500),
-        "{drained:?}: too slow to measure refill"
+        drained < Duration::from_millis(1500),
+        "{drained:?}: calls too slow to measure the refill"
     );
     let counts = faults.counts();
     assert_eq!(counts["DescribeVpcs"], 4, "{counts:?}");
-    assert_eq!(counts["DescribeSubnets"], 6, "{counts:?}");
+    assert_eq!(counts["DescribeSubnets"], 3, "{counts:?}");
     assert_eq!(
         faults.throttled(),
         [
@@ -347,20 +351,21 @@ fn a_token_bucket_per_action_throttles_with_its_burst_and_refill_and_counts_what
         .collect()
     );
 
-    // Refill: 1 token a second. 2.3 s after it was emptied, DescribeVpcs has 2 tokens (and a
+    // Refill: a token every 2 s. 4.6 s after it was emptied, DescribeVpcs has 2 tokens (and a
     // fraction), not 3: the time slept is what is measured, not a wait for something.
-    std::thread::sleep(Duration::from_millis(2300));
+    std::thread::sleep(Duration::from_millis(4600));
     assert_eq!(
         drain(&moto, &ec2, "DescribeVpcs"),
         2,
         "after {:?}",
         emptied.elapsed()
     );
-    // Never beyond its burst: 5 s at 2 a second would be 10, but DescribeSubnets' bucket holds 5.
-    std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(drain(&moto, &ec2, "DescribeSubnets"), 5);
+    // Never beyond its burst: 7 s at 0.5 a second would be 3.5, but DescribeSubnets' bucket
+    // holds 2.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(drain(&moto, &ec2, "DescribeSubnets"), 2);
     assert_eq!(faults.throttled()["DescribeVpcs"], 2);
-    assert_eq!(faults.throttled_total(), 5);
+    assert_eq!(faults.throttled_total(), 5, "{:?}", faults.throttled());
 
     // Reset: no buckets, no throttled counts.
     faults.reset();
@@ -442,13 +447,26 @@ fn stratus_waits_in_vain_for_the_keys_of_a_user_data_slower_than_its_ready_wait(
     let gate = dir.path().join("gate");
     slow_profile(&ctx, &gated_user_data(&gate, false), 8);
     let hv = hypervisor(&moto, "sl", Console::HostKeys);
-    let r = ctx.run(&["launch-cluster", "sl", "1", "-p", "slow", "--no-configure"]);
-    assert_eq!(r.code, 1, "{r}");
+    // Configure (the default) waits for every node's keys and SSH; `--no-configure` would not.
+    let r = ctx.run(&["launch-cluster", "sl", "1", "-p", "slow"]);
+    let report = hv.report();
+    let consoles: Vec<String> = report.booted.iter().map(|id| console(&moto, id)).collect();
+    assert_eq!(
+        r.code, 1,
+        "{r}\nconsoles: {consoles:#?}\nhypervisor: {report:?}"
+    );
     assert!(
         r.stderr.contains("showed no SSH host keys on its console"),
         "{r}"
     );
-    assert!(!hv.report().booted.is_empty(), "{:?}", hv.report());
+    assert!(!report.booted.is_empty(), "{report:?}");
+    // The user-data was running all along: its output is on the console, its keys are not.
+    assert!(
+        consoles
+            .iter()
+            .any(|c| c.contains("cloud-init[701]: waiting ")),
+        "{consoles:#?}"
+    );
 }
 
 #[test]
