@@ -3,6 +3,13 @@
 
 Runs moto's WSGI app in this process (as `moto_server` does) behind a middleware that can
   - throttle: answer the next K calls of an action with RequestLimitExceeded, without forwarding;
+  - buckets: throttle as EC2 does, with a token bucket per action: {"buckets": {"DescribeInstances":
+    {"burst": 100, "refill_per_sec": 20}, "*": {"burst": 100, "refill_per_sec": 20}}} gives each
+    action named its own bucket, and every action not named its own bucket of the `*` sizes (a
+    bucket per action, not one shared); a bucket starts full, each call takes a token, tokens
+    come back at `refill_per_sec` up to `burst`, and a call finding its bucket empty is answered
+    RequestLimitExceeded (HTTP 503) without forwarding. Actions without a bucket are not limited;
+    setting "buckets" again starts every bucket full;
   - lose_answer: forward the next K calls of an action to moto, then answer 500 InternalError;
   - not_found_secs: make each instance id a RunInstances answer carries "new" for that many
     seconds, as EC2's eventual consistency does: DescribeInstances naming it, TerminateInstances
@@ -18,12 +25,24 @@ Runs moto's WSGI app in this process (as `moto_server` does) behind a middleware
   - refuse_when: answer calls of an action whose parameters match (a subnet, an instance type)
     with an EC2 error code, without forwarding, as EC2 answers InsufficientInstanceCapacity for
     one type in one zone: a list of {"action", "code", "message"?, "when": {NAME: VALUE},
-    "times"?}, where NAME matches a parameter of that name at any depth (`SubnetId` matches
-    `NetworkInterface.1.SubnetId`) and `times` (default: always) counts the calls it answers.
-With nothing configured it is transparent. The control API, JSON in and out:
-  POST /stratus-faults/reset                     faults, holds (released), counts, tracked ids,
-                                                 consoles
+    "times"?, "status"?}, where NAME matches a parameter of that name at any depth (`SubnetId`
+    matches `NetworkInterface.1.SubnetId`), an empty or absent `when` matches every call of the
+    action (so any action can be answered with any code), and `times` (default: always) counts
+    the calls it answers;
+  - count the calls answered RequestLimitExceeded (by `throttle`, a bucket, or a refusal with
+    that code), by Action.
+Every error carries EC2's HTTP status for its code (`status_of`): 503 for RequestLimitExceeded
+and Unavailable; 500 for EC2's server errors (InternalError, ServerInternal and the
+Insufficient*Capacity codes, which EC2's error reference lists as server errors); 400 for every
+other code. A refusal's `status` overrides it. The SDK decides what to retry from these (a 500
+or 503 is transient to it), so they matter.
+With nothing configured it is transparent. Calls signed with an access key starting with
+`stratus-double` (the tests' hypervisor, which stands for EC2's own machinery and no client of
+its API) pass through untouched: no fault, bucket or count applies to them. The control API, JSON in and out:
+  POST /stratus-faults/reset                     faults, holds (released), counts, throttled
+                                                 counts, buckets, tracked ids, consoles
   POST /stratus-faults/config   {"throttle": {"RunInstances": 3}, "lose_answer": {...},
+                                 "buckets": {"*": {"burst": 100, "refill_per_sec": 20}},
                                  "not_found_secs": 20, "idempotent_client_token": true,
                                  "refuse_when": [{"action": "RunInstances",
                                    "code": "InsufficientInstanceCapacity",
@@ -31,6 +50,8 @@ With nothing configured it is transparent. The control API, JSON in and out:
                                 each key named replaces its old value
   GET  /stratus-faults/config   the faults in force
   GET  /stratus-faults/counts   {"RunInstances": 2, ...}
+  GET  /stratus-faults/throttled {"DescribeInstances": 7, ...}: calls answered
+                                RequestLimitExceeded, by Action (cleared by reset)
   POST /stratus-faults/age      {"instance_ids": [...], "seconds": 3600} -> {"aged": n}
   POST /stratus-faults/hold     {"action": "RunInstances"}
   POST /stratus-faults/release  {"action": "RunInstances"}
@@ -69,6 +90,8 @@ from moto.moto_server.werkzeug_app import (
 )
 
 CONTROL = "/stratus-faults/"
+# Calls signed with such a key are the test doubles' own, and pass through untouched.
+DOUBLE_KEY_PREFIX = "stratus-double"
 # The actions that answer InvalidInstanceID.NotFound for an instance id that is still new.
 NOT_FOUND_ACTIONS = {"DescribeInstances", "TerminateInstances", "CreateTags"}
 INSTANCE_ID_IN_ANSWER = re.compile(rb"<instanceId>(i-[0-9a-zA-Z]+)</instanceId>")
@@ -82,6 +105,58 @@ def error_xml(code, message):
         f"<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error>"
         f"</Errors><RequestID>{uuid.uuid4()}</RequestID></Response>"
     ).encode()
+
+
+# EC2's server errors (its error reference, "Server error codes"): a 500-series status.
+SERVER_ERRORS_500 = {
+    "InternalError",
+    "ServerInternal",
+    "InsufficientAddressCapacity",
+    "InsufficientCapacity",
+    "InsufficientHostCapacity",
+    "InsufficientInstanceCapacity",
+    "InsufficientReservedInstanceCapacity",
+    "InsufficientVolumeCapacity",
+}
+SERVER_ERRORS_503 = {"RequestLimitExceeded", "Unavailable"}
+STATUS_TEXT = {400: "Bad Request", 500: "Internal Server Error", 503: "Service Unavailable"}
+
+
+def status_of(code):
+    """The HTTP status line EC2 answers an error code with."""
+    if code in SERVER_ERRORS_503:
+        n = 503
+    elif code in SERVER_ERRORS_500:
+        n = 500
+    else:
+        n = 400
+    return f"{n} {STATUS_TEXT[n]}"
+
+
+def status_line(n):
+    return f"{n} {STATUS_TEXT.get(n, 'Error')}"
+
+
+class Bucket:
+    """A token bucket: `burst` tokens at most, `refill_per_sec` back each second; starts full."""
+
+    def __init__(self, burst, refill_per_sec):
+        if burst < 0 or refill_per_sec < 0:
+            raise ValueError("a bucket's burst and refill_per_sec are >= 0")
+        self.burst = float(burst)
+        self.refill = float(refill_per_sec)
+        self.tokens = float(burst)
+        self.at = time.monotonic()
+
+    def take(self):
+        """Whether a token was there (and is now taken)."""
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.refill)
+        self.at = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
 
 
 def not_found_message(ids):
@@ -123,6 +198,9 @@ class Faults:
             self.holds = {}  # action -> Hold
             self.consoles = {}  # instance id -> the console output GetConsoleOutput answers
             self.refusals = []  # [{"action", "code", "message", "when", "times" (None: always)}]
+            self.bucket_sizes = {}  # action or "*" -> (burst, refill_per_sec)
+            self.buckets = {}  # action -> Bucket, made on its first call
+            self.throttled = {}  # action -> calls answered RequestLimitExceeded
 
     def configure(self, conf):
         with self.lock:
@@ -142,9 +220,18 @@ class Faults:
                         "message": str(r.get("message") or f"{r['code']} (stratus-faults)"),
                         "when": {str(k): str(v) for k, v in (r.get("when") or {}).items()},
                         "times": None if r.get("times") is None else int(r["times"]),
+                        "status": None if r.get("status") is None else int(r["status"]),
                     }
                     for r in conf["refuse_when"] or []
                 ]
+            if "buckets" in conf:
+                sizes = {}
+                for a, b in (conf["buckets"] or {}).items():
+                    burst, refill = float(b["burst"]), float(b["refill_per_sec"])
+                    Bucket(burst, refill)  # checks them
+                    sizes[str(a)] = (burst, refill)
+                self.bucket_sizes = sizes
+                self.buckets = {}
         return self.config()
 
     def config(self):
@@ -155,7 +242,25 @@ class Faults:
                 "not_found_secs": self.not_found_secs,
                 "idempotent_client_token": self.idempotent,
                 "refuse_when": [dict(r) for r in self.refusals if r["times"] != 0],
+                "buckets": {
+                    a: {"burst": b, "refill_per_sec": r} for a, (b, r) in self.bucket_sizes.items()
+                },
             }
+
+    def bucket_allows(self, action):
+        """Whether this call gets a token of its action's bucket (always, without a bucket)."""
+        with self.lock:
+            bucket = self.buckets.get(action)
+            if bucket is None:
+                size = self.bucket_sizes.get(action) or self.bucket_sizes.get("*")
+                if size is None:
+                    return True
+                bucket = self.buckets[action] = Bucket(*size)
+            return bucket.take()
+
+    def note_throttled(self, action):
+        with self.lock:
+            self.throttled[action] = self.throttled.get(action, 0) + 1
 
     def take(self, table, action):
         """Whether a fault of `table` answers this call, using one of its K."""
@@ -180,7 +285,8 @@ class Faults:
                 if all(has(k, v) for k, v in r["when"].items()):
                     if r["times"] is not None:
                         r["times"] -= 1
-                    return r["code"], r["message"]
+                    status = status_of(r["code"]) if r["status"] is None else status_line(r["status"])
+                    return status, r["code"], r["message"]
         return None
 
     def count(self, action):
@@ -384,6 +490,9 @@ class FaultMiddleware:
         action = self.ec2_action(environ)
         if action is None:
             return self.app(environ, start_response)
+        m = re.search(r"Credential=([^/,]*)/", environ.get("HTTP_AUTHORIZATION", ""))
+        if m is not None and m.group(1).startswith(DOUBLE_KEY_PREFIX):
+            return self.app(environ, start_response)
         return self.ec2(environ, start_response, action)
 
     def ec2_action(self, environ):
@@ -411,15 +520,27 @@ class FaultMiddleware:
         f = self.faults
         params = environ["stratus.params"]
         f.count(action)
+        # EC2 throttles before it looks at what a call asks.
+        if not f.bucket_allows(action):
+            f.note_throttled(action)
+            return self.ec2_error(
+                start_response,
+                status_of("RequestLimitExceeded"),
+                "RequestLimitExceeded",
+                "Request limit exceeded.",
+            )
         # A refusal answers at once, before any hold: a test can hold the call that follows it.
         refused = f.refusal(action, params)
         if refused is not None:
-            return self.ec2_error(start_response, "400 Bad Request", *refused)
+            if refused[1] == "RequestLimitExceeded":
+                f.note_throttled(action)
+            return self.ec2_error(start_response, *refused)
         f.wait_if_held(action)
         if f.take(f.throttle, action):
+            f.note_throttled(action)
             return self.ec2_error(
                 start_response,
-                "400 Bad Request",
+                status_of("RequestLimitExceeded"),
                 "RequestLimitExceeded",
                 "Request limit exceeded.",
             )
@@ -454,7 +575,7 @@ class FaultMiddleware:
         if f.take(f.lose_answer, action):
             return self.ec2_error(
                 start_response,
-                "500 Internal Server Error",
+                status_of("InternalError"),
                 "InternalError",
                 "An internal error has occurred",
             )
@@ -495,6 +616,10 @@ class FaultMiddleware:
                 with f.lock:
                     counts = dict(f.counts)
                 return self.json_answer(start_response, counts)
+            if what == "throttled" and method == "GET":
+                with f.lock:
+                    throttled = dict(f.throttled)
+                return self.json_answer(start_response, throttled)
             if what == "age" and method == "POST":
                 aged = age_instances(list(arg["instance_ids"]), float(arg["seconds"]))
                 return self.json_answer(start_response, {"aged": aged})

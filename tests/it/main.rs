@@ -4,6 +4,7 @@
 
 mod accounting;
 mod cli;
+mod doubles;
 mod ec2;
 mod hadoop_profile;
 mod hardening_ec2;

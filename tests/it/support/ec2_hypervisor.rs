@@ -1,10 +1,26 @@
 //! A test that plays EC2's hypervisor: for each instance of a cluster that moto reports running,
 //! it boots a local node (the local provider's embedded SSH server) bound to the instance's
 //! private IP and the image's SSH port, authorising the instance's key pair and running its
-//! user-data at boot, as cloud-init would, and printing the node's SSH host keys on the
-//! instance's console (through the fault proxy's `/stratus-faults/console`) as cloud-init does;
-//! when moto reports the instance terminated, the node is stopped. moto itself runs nothing, so this is what makes the EC2 provider's whole path, SSH
-//! included, run for real.
+//! user-data at boot, as cloud-init would; when moto reports the instance terminated, the node
+//! is stopped. moto itself runs nothing, so this is what makes the EC2 provider's whole path,
+//! SSH included, run for real.
+//!
+//! The instance's console (what GetConsoleOutput answers, set through the fault proxy's
+//! `/stratus-faults/console`) follows cloud-init's order on Ubuntu, as faithfully as the tests
+//! need:
+//! - boot messages first (kernel, cloud-init's `init` and `modules:config` stages);
+//! - then cloud-init's `modules:final` stage runs the user-data (`scripts-user`), whose stdout
+//!   and stderr reach the console as they are written (cloud-final.service's output goes to the
+//!   journal and the console), each line behind a `[ time] cloud-init[pid]: ` prefix as
+//!   journald's forwarding writes it; so a user-data that prints a `-----BEGIN SSH HOST KEY
+//!   KEYS-----` block of `$STRATUS_SSH_DIR/ssh_host_*_key.pub` (what /etc/ssh is on an instance)
+//!   has its keys on the console early;
+//! - only once the user-data has returned (the node's `boot-finished` exists), cloud-init's
+//!   own block of host keys (`keys-to-console`, in `cloud_final_modules` after
+//!   `scripts-user`), as `Console` says, and its `finished` line.
+//!
+//! A user-data can take as long as a test needs: nothing here waits for it. Like EC2, the
+//! console keeps only its last 64 KiB.
 //!
 //! It only ever binds addresses in 127.0.0.0/8: an instance moto places anywhere else is recorded
 //! as an error and left alone.
@@ -12,11 +28,12 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeSet, HashMap};
+use std::io::{Read, Seek, SeekFrom};
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::{Filter, InstanceStateName};
 use stratus::cluster::provider::local::LocalProvider;
@@ -24,6 +41,10 @@ use stratus::cluster::provider::{BatchSpec, Provider, SshAccess};
 use stratus::core::model::{ClusterName, Owner, RequestId, Role, StoreId, Tags, node_name};
 
 use super::ec2_moto::{client, tag};
+
+/// The access key of the hypervisor's own EC2 calls: the fault proxy lets calls signed with it
+/// through untouched (no fault, bucket or count), as EC2's machinery is no client of its API.
+pub const HYPERVISOR_KEY: &str = "stratus-double-hypervisor";
 
 /// How often moto is asked what runs: moto has no events to wait on.
 const POLL: Duration = Duration::from_millis(50);
@@ -41,27 +62,38 @@ pub struct HypervisorConfig {
     pub console: Console,
 }
 
-/// What the hypervisor prints on a booted node's console.
+/// What cloud-init's `keys-to-console` prints on a booted node's console once its user-data
+/// has returned. The user-data's own output reaches the console whatever this says.
 #[derive(Debug, Clone, Default)]
 pub enum Console {
     /// cloud-init's block of host keys: the node's own ed25519 key, after an ECDSA key (which the
-    /// node does not hold: stratus must pin the ed25519 one), amid boot messages.
+    /// node does not hold: stratus must pin the ed25519 one).
     #[default]
     HostKeys,
     /// The same, but for these nodes (`c-worker-1`) another ed25519 key than the node's own: what
     /// a man in the middle's key looks like from the console's side.
     ForgedFor(BTreeSet<String>),
-    /// Nothing: moto's canned boot log, without host keys (an image that does not print them).
+    /// No block of host keys (an image whose cloud-init does not print them).
     Silent,
 }
 
-/// Console output as cloud-init writes it, listing these host keys.
-pub fn console_text(keys: &[String]) -> String {
+/// EC2 keeps the last 64 KiB of an instance's console output.
+pub const CONSOLE_KEEPS: usize = 64 * 1024;
+
+/// The kernel's and cloud-init's first stages, before the user-data runs.
+pub const BOOT_MESSAGES: &str = "[    0.000000] Linux version 6.8.0-1012-aws (buildd@lcy02-amd64-053)\r\n\
+     [    2.114567] EXT4-fs (nvme0n1p1): mounted filesystem\r\n\
+     [    8.402113] cloud-init[588]: Cloud-init v. 24.1 running 'init' at Mon, 01 Dec 2025 09:00:08 +0000.\r\n\
+     [   11.234567] cloud-init[612]: Cloud-init v. 24.1 running 'modules:config' at Mon, 01 Dec 2025 09:00:11 +0000.\r\n\
+     [   12.001234] cloud-init[701]: Cloud-init v. 24.1 running 'modules:final' at Mon, 01 Dec 2025 09:00:12 +0000.\r\n";
+
+/// When the user-data starts, in the console's clock (seconds since the kernel started).
+const FINAL_STAGE_AT: f64 = 12.1;
+
+/// cloud-init's `keys-to-console` output, listing these host keys, then its `finished` line.
+pub fn keys_to_console(keys: &[String]) -> String {
     let mut text = String::from(
-        "[    0.000000] Linux version 6.8.0-1012-aws (buildd@lcy02-amd64-053)\r\n\
-         [    2.114567] EXT4-fs (nvme0n1p1): mounted filesystem\r\n\
-         [   11.234567] cloud-init[612]: Cloud-init v. 24.1 running 'modules:config'\r\n\
-         -----BEGIN SSH HOST KEY FINGERPRINTS-----\r\n\
+        "-----BEGIN SSH HOST KEY FINGERPRINTS-----\r\n\
          256 SHA256:abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQ root@ip-10-0-0-5 (ED25519)\r\n\
          -----END SSH HOST KEY FINGERPRINTS-----\r\n\
          -----BEGIN SSH HOST KEY KEYS-----\r\n",
@@ -69,11 +101,33 @@ pub fn console_text(keys: &[String]) -> String {
     for k in keys {
         text.push_str(&format!("{k} root@ip-10-0-0-5\r\n"));
     }
-    text.push_str(
-        "-----END SSH HOST KEY KEYS-----\r\n\
-         [   12.345678] cloud-init[612]: Cloud-init v. 24.1 finished\r\n",
-    );
+    text.push_str("-----END SSH HOST KEY KEYS-----\r\n");
     text
+}
+
+/// Console output of a whole first boot whose user-data printed nothing: boot messages, then
+/// cloud-init's block of these host keys.
+pub fn console_text(keys: &[String]) -> String {
+    format!(
+        "{BOOT_MESSAGES}{}{}",
+        keys_to_console(keys),
+        finished_line(FINAL_STAGE_AT + 0.4)
+    )
+}
+
+fn finished_line(at: f64) -> String {
+    format!(
+        "[{at:>12.6}] cloud-init[701]: Cloud-init v. 24.1 finished at Mon, 01 Dec 2025 09:00:12 +0000. Datasource DataSourceEc2Local.  Up {at:.2} seconds\r\n"
+    )
+}
+
+/// The last `CONSOLE_KEEPS` bytes of `text` (from a character boundary), as EC2 keeps them.
+pub fn console_tail(text: &str) -> &str {
+    let mut start = text.len().saturating_sub(CONSOLE_KEEPS);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
 }
 
 /// A fresh public key of this algorithm, as one OpenSSH line without comment.
@@ -88,6 +142,8 @@ pub struct Report {
     pub booted: Vec<String>,
     /// Instance ids whose node was stopped because moto reported them terminated.
     pub stopped: Vec<String>,
+    /// Each booted instance's host public key (`ssh-ed25519 AAAA…`), by instance id.
+    pub host_keys: HashMap<String, String>,
     pub errors: Vec<String>,
 }
 
@@ -107,6 +163,8 @@ impl Hypervisor {
         let local = LocalProvider::new(dir.path(), Default::default())
             .unwrap()
             .with_exe(PathBuf::from(super::BIN));
+        // LocalProvider keeps node `<id>` in `<state dir>/local/<id>` (its NodePaths).
+        let nodes_root = dir.path().join("local");
         let stop = Arc::new(AtomicBool::new(false));
         let report = Arc::new(Mutex::new(Report::default()));
         let thread = {
@@ -116,7 +174,7 @@ impl Hypervisor {
                     .enable_all()
                     .build()
                     .unwrap();
-                rt.block_on(run(config, local, stop, report));
+                rt.block_on(run(config, local, nodes_root, stop, report));
             })
         };
         Self {
@@ -141,15 +199,127 @@ impl Drop for Hypervisor {
     }
 }
 
+/// A booted node's console, as it grows.
+struct Screen {
+    instance_id: String,
+    name: String,
+    /// The local node's directory: its `boot.log` and `boot-finished`.
+    dir: PathBuf,
+    host_key: String,
+    booted: Instant,
+    /// Bytes of `boot.log` read so far, and a line not finished yet.
+    read: u64,
+    partial: Vec<u8>,
+    /// The user-data's output, as the console shows it.
+    lines: String,
+    /// cloud-init's last words, once the user-data has returned.
+    ending: Option<String>,
+    /// The text last set as the console's.
+    shown: Option<String>,
+}
+
+impl Screen {
+    fn new(instance_id: String, name: String, dir: PathBuf, host_key: String) -> Self {
+        Self {
+            instance_id,
+            name,
+            dir,
+            host_key,
+            booted: Instant::now(),
+            read: 0,
+            partial: Vec::new(),
+            lines: String::new(),
+            ending: None,
+            shown: None,
+        }
+    }
+
+    fn clock(&self) -> f64 {
+        FINAL_STAGE_AT + self.booted.elapsed().as_secs_f64()
+    }
+
+    fn push_line(&mut self, line: &[u8]) {
+        let line = String::from_utf8_lossy(line);
+        let line = line.trim_end_matches('\r');
+        self.lines.push_str(&format!(
+            "[{:>12.6}] cloud-init[701]: {line}\r\n",
+            self.clock()
+        ));
+    }
+
+    /// Reads what the user-data wrote since last time; once it has returned, adds cloud-init's
+    /// ending. The console's text when it changed.
+    fn refresh(&mut self, console: &Console) -> Option<String> {
+        if self.ending.is_some() {
+            return None;
+        }
+        // Whether it had returned before the last read: then that read has all it wrote.
+        let finished = self.dir.join("boot-finished").exists();
+        let fresh = read_from(&self.dir.join("boot.log"), self.read);
+        self.read += fresh.len() as u64;
+        self.partial.extend_from_slice(&fresh);
+        while let Some(at) = self.partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=at).collect();
+            self.push_line(&line[..line.len() - 1]);
+        }
+        if finished {
+            if !self.partial.is_empty() {
+                let rest = std::mem::take(&mut self.partial);
+                self.push_line(&rest);
+            }
+            let keys = match console {
+                Console::Silent => String::new(),
+                Console::ForgedFor(names) if names.contains(&self.name) => keys_to_console(&[
+                    fresh_ecdsa(),
+                    fresh_public_key(russh::keys::Algorithm::Ed25519),
+                ]),
+                _ => keys_to_console(&[fresh_ecdsa(), self.host_key.clone()]),
+            };
+            self.ending = Some(format!("{keys}{}", finished_line(self.clock())));
+        }
+        let text = format!(
+            "{BOOT_MESSAGES}{}{}",
+            self.lines,
+            self.ending.as_deref().unwrap_or("")
+        );
+        let text = console_tail(&text).to_owned();
+        if self.shown.as_ref() == Some(&text) {
+            return None;
+        }
+        self.shown = Some(text.clone());
+        Some(text)
+    }
+}
+
+/// The bytes of a file from `offset` on (none if it is not there yet).
+fn read_from(path: &Path, offset: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    if let Ok(mut f) = std::fs::File::open(path)
+        && f.seek(SeekFrom::Start(offset)).is_ok()
+    {
+        let _ = f.read_to_end(&mut out);
+    }
+    out
+}
+
+fn fresh_ecdsa() -> String {
+    fresh_public_key(russh::keys::Algorithm::Ecdsa {
+        curve: russh::keys::EcdsaCurve::NistP256,
+    })
+}
+
 async fn run(
     config: HypervisorConfig,
     local: LocalProvider,
+    nodes_root: PathBuf,
     stop: Arc<AtomicBool>,
     report: Arc<Mutex<Report>>,
 ) {
-    let ec2 = client(&config.endpoint, "testing", "testing");
+    let ec2 = client(&config.endpoint, HYPERVISOR_KEY, "testing");
     // EC2 instance id -> local node id.
     let mut nodes: HashMap<String, String> = HashMap::new();
+    // EC2 instance id -> its console.
+    let mut screens: HashMap<String, Screen> = HashMap::new();
     let mut refused: BTreeSet<String> = BTreeSet::new();
     while !stop.load(Ordering::SeqCst) {
         let listed = describe(&ec2, &config.cluster).await;
@@ -177,9 +347,14 @@ async fn run(
                     }
                     match boot(&ec2, &local, &config, &i).await {
                         Ok((node, host_key)) => {
-                            if let Err(e) = print_console(&config, &id, &name, &host_key) {
-                                report.lock().unwrap().errors.push(format!("{id}: {e}"));
-                            }
+                            let dir = nodes_root.join(&node);
+                            report
+                                .lock()
+                                .unwrap()
+                                .host_keys
+                                .insert(id.clone(), host_key.clone());
+                            screens
+                                .insert(id.clone(), Screen::new(id.clone(), name, dir, host_key));
                             nodes.insert(id.clone(), node);
                             report.lock().unwrap().booted.push(id);
                         }
@@ -190,6 +365,7 @@ async fn run(
                     }
                 }
                 Some(InstanceStateName::ShuttingDown | InstanceStateName::Terminated) => {
+                    screens.remove(&id);
                     if let Some(node) = nodes.remove(&id) {
                         if let Err(e) = local.terminate(&[node]).await {
                             report
@@ -202,6 +378,17 @@ async fn run(
                     }
                 }
                 _ => {}
+            }
+        }
+        for screen in screens.values_mut() {
+            if let Some(text) = screen.refresh(&config.console)
+                && let Err(e) = show(&config.endpoint, &screen.instance_id, &text)
+            {
+                report
+                    .lock()
+                    .unwrap()
+                    .errors
+                    .push(format!("{}: {e}", screen.instance_id));
             }
         }
         tokio::time::sleep(POLL).await;
@@ -256,26 +443,11 @@ fn instance_node_name(i: &aws_sdk_ec2::types::Instance) -> Option<String> {
     Some(node_name(&cluster, role, index))
 }
 
-/// Prints a booted node's host keys on its instance's console, as `config.console` says.
-fn print_console(
-    config: &HypervisorConfig,
-    id: &str,
-    name: &str,
-    host_key: &str,
-) -> Result<(), String> {
-    let ed25519 = match &config.console {
-        Console::Silent => return Ok(()),
-        Console::ForgedFor(names) if names.contains(name) => {
-            fresh_public_key(russh::keys::Algorithm::Ed25519)
-        }
-        _ => host_key.to_owned(),
-    };
-    let ecdsa = fresh_public_key(russh::keys::Algorithm::Ecdsa {
-        curve: russh::keys::EcdsaCurve::NistP256,
-    });
-    let body = serde_json::json!({"instance_id": id, "output": console_text(&[ecdsa, ed25519])});
+/// Sets an instance's console output (what GetConsoleOutput answers) through the fault proxy.
+fn show(endpoint: &str, id: &str, text: &str) -> Result<(), String> {
+    let body = serde_json::json!({"instance_id": id, "output": text});
     let (status, answer) = super::ec2_moto::http(
-        &config.endpoint,
+        endpoint,
         "POST",
         "/stratus-faults/console",
         &body.to_string(),

@@ -56,8 +56,12 @@ impl Faults<'_> {
     /// before with that same answer, as EC2 does (moto alone launches again);
     /// `{"refuse_when": [{"action": "RunInstances", "code": "InsufficientInstanceCapacity",
     /// "when": {"SubnetId": "subnet-…"}, "times": 2}]}` answers the calls whose parameters match
-    /// (at any depth) with that code, `times` times or always, before any hold. Returns the
-    /// faults now in force.
+    /// (at any depth) with that code, `times` times or always, before any hold (an empty `when`
+    /// matches every call of the action; the HTTP status is EC2's for the code, or `"status"`);
+    /// `{"buckets": {"DescribeInstances": {"burst": 100, "refill_per_sec": 20}, "*": {…}}}`
+    /// throttles with a token bucket per action (`*`: each action not named gets its own bucket
+    /// of those sizes), answering RequestLimitExceeded (503) without forwarding when it is empty.
+    /// Returns the faults now in force.
     pub fn configure(&self, config: Value) -> Value {
         self.call("POST", "config", Some(config))
     }
@@ -70,6 +74,25 @@ impl Faults<'_> {
     /// Every EC2 call received since the last reset, by Action, faulted or not.
     pub fn counts(&self) -> HashMap<String, u64> {
         serde_json::from_value(self.call("GET", "counts", None)).expect("counts are numbers")
+    }
+
+    /// The calls answered RequestLimitExceeded since the last reset (by `throttle`, a bucket or
+    /// a refusal with that code), by Action.
+    pub fn throttled(&self) -> HashMap<String, u64> {
+        serde_json::from_value(self.call("GET", "throttled", None))
+            .expect("throttled counts are numbers")
+    }
+
+    /// Every action's calls answered RequestLimitExceeded since the last reset, summed.
+    pub fn throttled_total(&self) -> u64 {
+        self.throttled().values().sum()
+    }
+
+    /// Throttles every action with its own token bucket of these sizes, as EC2 does.
+    pub fn buckets_for_all(&self, burst: u64, refill_per_sec: u64) -> Value {
+        self.configure(
+            json!({"buckets": {"*": {"burst": burst, "refill_per_sec": refill_per_sec}}}),
+        )
     }
 
     /// The calls of one action since the last reset.
