@@ -102,8 +102,9 @@ fn a_throttled_describe_while_nodes_install_is_looked_at_again_never_a_failed_la
     assert!(status.success(), "the launch failed:\n{}", seen.join("\n"));
     // A describe of the wait ran out of retries, throttled, and the wait looked again.
     assert!(
-        seen.iter().any(|l| l.contains("DescribeInstances was throttled")
-            && l.contains("looking again at the next round")),
+        seen.iter()
+            .any(|l| l.contains("DescribeInstances was throttled")
+                && l.contains("looking again at the next round")),
         "no throttled describe reached the wait:\n{}",
         seen.join("\n")
     );
