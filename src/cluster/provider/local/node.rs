@@ -139,7 +139,7 @@ fn shell() -> PathBuf {
 /// an instance would learn from its metadata service).
 fn node_env(cfg: &NodeConfig, paths: &NodePaths) -> Vec<(String, String)> {
     let var = |k: &str, default: &str| std::env::var(k).unwrap_or_else(|_| default.to_owned());
-    vec![
+    let mut env: Vec<(String, String)> = vec![
         ("PATH".into(), var("PATH", "/usr/local/bin:/usr/bin:/bin")),
         ("LANG".into(), var("LANG", "C.UTF-8")),
         ("HOME".into(), paths.home().display().to_string()),
@@ -172,7 +172,22 @@ fn node_env(cfg: &NodeConfig, paths: &NodePaths) -> Vec<(String, String)> {
             "STRATUS_BOOT_FINISHED".into(),
             paths.boot_finished().display().to_string(),
         ),
-    ]
+    ];
+    // A test's additions (`LocalProvider::with_node_env`), which replace a variable of the same
+    // name; never the marker terminate sweeps by.
+    let dir = paths.dir.display().to_string();
+    for (key, value) in &cfg.extra_env {
+        if key == NODE_ID_ENV {
+            tracing::warn!("ignoring a replacement of {NODE_ID_ENV}");
+            continue;
+        }
+        let value = value.replace("{node_dir}", &dir);
+        match env.iter_mut().find(|(k, _)| k == key) {
+            Some(entry) => entry.1 = value,
+            None => env.push((key.clone(), value)),
+        }
+    }
+    env
 }
 
 /// Runs the user-data once, as cloud-init runs a `#!` script: output to the boot log, and
