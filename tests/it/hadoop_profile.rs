@@ -1848,6 +1848,12 @@ fn a_hadoop_launch_through_the_faithful_hypervisor_configures_though_its_install
         r.stdout.contains("cluster hx is up: 1 master + 1 worker"),
         "{r}"
     );
+    // Past the ready wait (running and SSH), it waited for each node's install.
+    assert!(
+        r.stderr
+            .contains("hx: waiting for SSH (2 nodes)\nhx: waiting for the install (2 nodes)\n"),
+        "{r}"
+    );
     let c = ctx.cluster_json("hx");
     assert_eq!(c["state"], "configured", "{c:#}");
     let ns = crate::ec2::nodes(&c);

@@ -243,3 +243,75 @@ pub(super) fn exit_code(status: std::process::ExitStatus) -> i32 {
         .or_else(|| status.signal().map(|s| 128 + s))
         .unwrap_or(255)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::model::{ClusterName, Owner, RequestId, Role, Tags};
+
+    fn config(extra_env: Vec<(String, String)>) -> NodeConfig {
+        NodeConfig {
+            id: "local-0123456789ab".into(),
+            name: "c-master".into(),
+            tags: Tags {
+                owner: Owner::parse("alice").unwrap(),
+                cluster: ClusterName::parse("c").unwrap(),
+                role: Some(Role::Master),
+                profile: "p".into(),
+                request: RequestId::new(),
+                store: None,
+            },
+            role: Role::Master,
+            index: 0,
+            address: "127.0.0.2".into(),
+            port: 2200,
+            ssh_user: "u".into(),
+            authorized_key: String::new(),
+            host_public_key: String::new(),
+            image: "i".into(),
+            instance_type: "t".into(),
+            spot: false,
+            launched_at: 0,
+            extra_env,
+        }
+    }
+
+    #[test]
+    fn a_tests_environment_is_added_replaces_by_name_and_never_the_marker() {
+        let paths = NodePaths {
+            dir: PathBuf::from("/nodes/local-0123456789ab"),
+        };
+        let plain = node_env(&config(Vec::new()), &paths);
+        let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let env = node_env(
+            &config(pairs(&[
+                ("PATH", "/stand-ins:{node_dir}/root/usr/bin:/usr/bin"),
+                ("STRATUS_ROOT", "{node_dir}/root"),
+                (NODE_ID_ENV, "local-someone-else"),
+            ])),
+            &paths,
+        );
+        let get = |k: &str| {
+            let found: Vec<&String> = env.iter().filter(|(n, _)| n == k).map(|(_, v)| v).collect();
+            assert!(found.len() <= 1, "{k} twice: {env:?}");
+            found.first().map(|v| v.as_str())
+        };
+        assert_eq!(
+            get("PATH"),
+            Some("/stand-ins:/nodes/local-0123456789ab/root/usr/bin:/usr/bin")
+        );
+        assert_eq!(get("STRATUS_ROOT"), Some("/nodes/local-0123456789ab/root"));
+        assert_eq!(get(NODE_ID_ENV), Some("local-0123456789ab"));
+        assert_eq!(env.len(), plain.len() + 1, "{env:?}");
+        // None: nothing added, and node.json without the field reads as before.
+        assert!(!plain.iter().any(|(k, _)| k == "STRATUS_ROOT"));
+        let json = serde_json::to_value(config(Vec::new())).unwrap();
+        assert!(json.get("extra_env").is_none(), "{json}");
+        let back: NodeConfig = serde_json::from_value(json).unwrap();
+        assert!(back.extra_env.is_empty());
+    }
+}
