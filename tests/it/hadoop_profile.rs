@@ -2,7 +2,9 @@
 //! compared exactly; `STRATUS_UPDATE_SNAPSHOTS=1` rewrites them), `bash -n` and shellcheck on
 //! every script, the scripts embedded in the user-data included; the XML the configuration
 //! writer produces, by running it; the configure step's logic against stand-in `hdfs`, `yarn`,
-//! `ssh` and `sudo`; and a launch of `hadoop-spot` on moto.
+//! `ssh` and `sudo`; a launch of `hadoop-spot` on moto; and a whole launch of the shipped profile
+//! against moto through the faithful hypervisor, its user-data, install and configure step run for
+//! real against stand-ins, with an install that outlasts the ready wait.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
