@@ -2,7 +2,9 @@
 //! compared exactly; `STRATUS_UPDATE_SNAPSHOTS=1` rewrites them), `bash -n` and shellcheck on
 //! every script, the scripts embedded in the user-data included; the XML the configuration
 //! writer produces, by running it; the configure step's logic against stand-in `hdfs`, `yarn`,
-//! `ssh` and `sudo`; and a launch of `hadoop-spot` on moto.
+//! `ssh` and `sudo`; a launch of `hadoop-spot` on moto; and a whole launch of the shipped profile
+//! against moto through the faithful hypervisor, its user-data, install and configure step run for
+//! real against stand-ins, with an install that outlasts the ready wait.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -1548,4 +1550,386 @@ fn hadoop_spot_launches_on_moto_with_the_rendered_user_data() {
         ])
     );
     ctx.ok(&["terminate-cluster", "hs", "--yes"]);
+}
+
+/// How long the stand-in download of the release takes in the launch below: longer than the
+/// profile's ready wait, so that only a user-data that prints the keys first and installs
+/// detached can launch.
+const E2E_READY_SECS: u64 = 20;
+const E2E_DOWNLOAD_SECS: u64 = E2E_READY_SECS + 10;
+
+/// What the nodes of a hypervisor share to run the hadoop profile's real user-data, install and
+/// configure step: stand-ins on the PATH for what an Ubuntu instance has and does (systemctl runs
+/// stratus-install.service detached and the worker's path unit, as systemd would; curl serves a
+/// tree of files as the web, slowly for a tarball; apt-get "installs" a Java under the node's
+/// root), a release whose `hdfs` and `yarn` report the workers whose daemons started for this
+/// master, and one log of every call, each line naming its node.
+struct Stage {
+    dir: tempfile::TempDir,
+}
+
+impl Stage {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Stage { dir };
+        for d in ["bin", "www", "pkg", "live"] {
+            std::fs::create_dir_all(s.path(d)).unwrap();
+        }
+        let log = s.path("calls.log");
+        let log = log.display();
+        let live = s.path("live");
+        let live = live.display();
+        let www = s.path("www");
+        let www = www.display();
+        std::fs::write(s.path("meminfo"), format!("MemTotal: {M5_LARGE_KB} kB\n")).unwrap();
+        // The login user's home is the node's (HOME, where stratus pushes its files).
+        stub(
+            &s.path("bin/getent"),
+            "echo \"$2:x:$(id -u):$(id -g)::$HOME:/bin/bash\"",
+        );
+        stub(
+            &s.path("bin/runuser"),
+            "while [ \"$1\" != -- ]; do shift; done\nshift\nexec \"$@\"",
+        );
+        stub(&s.path("bin/sudo"), "exec \"$@\"");
+        // `hostname -I`: the node's private address (no metadata service answers).
+        stub(&s.path("bin/hostname"), "echo \"$STRATUS_NODE_ADDRESS\"");
+        // The configure step's logins to the workers with the intra-cluster key: each tells its
+        // MemTotal.
+        stub(
+            &s.path("bin/ssh"),
+            &format!(
+                "echo \"$STRATUS_NODE_NAME ssh $*\" >> {log}\nawk '/^MemTotal:/ {{ print $2 }}' \"$STRATUS_MEMINFO\""
+            ),
+        );
+        stub(
+            &s.path("bin/apt-get"),
+            &format!(
+                "echo \"$STRATUS_NODE_NAME apt-get $*\" >> {log}\n\
+                 case \" $* \" in *\" install \"*)\n\
+                 jvm=$STRATUS_ROOT/usr/lib/jvm/java-17\n\
+                 mkdir -p \"$jvm/bin\" \"$STRATUS_ROOT/usr/bin\"\n\
+                 printf '#!/bin/sh\\n' > \"$jvm/bin/java\"\n\
+                 chmod +x \"$jvm/bin/java\"\n\
+                 ln -sf \"$jvm/bin/java\" \"$STRATUS_ROOT/usr/bin/java\";;\nesac"
+            ),
+        );
+        stub(
+            &s.path("bin/curl"),
+            &format!(
+                r#"out= url=
+while (($#)); do
+    case $1 in
+        -o) out=$2; shift;;
+        -K|--aws-sigv4|-H|-X|--max-time|--connect-timeout|--retry|--retry-delay) shift;;
+        http://*|https://*) url=$1;;
+    esac
+    shift
+done
+echo "$STRATUS_NODE_NAME curl $url" >> {log}
+file={www}/${{url#*://}}
+[ -f "$file" ] || exit 22
+case $url in
+    *.tar.gz)
+        # A download as slow as a throttled mirror's.
+        echo "$STRATUS_NODE_NAME download-start $(date +%s)" >> {log}
+        sleep {E2E_DOWNLOAD_SECS}
+        echo "$STRATUS_NODE_NAME download-end $(date +%s)" >> {log};;
+esac
+if [ -n "$out" ]; then cp "$file" "$out"; else cat "$file"; fi"#
+            ),
+        );
+        stub(
+            &s.path("bin/systemctl"),
+            &format!(
+                r#"echo "$STRATUS_NODE_NAME systemctl $*" >> {log}
+units=$STRATUS_ROOT/etc/systemd/system
+value() {{ sed -n "s/^$1=//p" "$units/$2"; }}
+case "$*" in
+    "start --no-block stratus-install.service")
+        # systemd runs the unit's ExecStart with its EnvironmentFile, apart from the caller.
+        (
+            set -a
+            . "$(value EnvironmentFile stratus-install.service)"
+            set +a
+            exec "$(value ExecStart stratus-install.service)"
+        ) > "$STRATUS_ROOT/var/log/stratus-install.log" 2>&1 < /dev/null &
+        ;;
+    "enable --now stratus-hadoop-worker.path")
+        # The path unit: its service starts once the path exists.
+        path=$(value PathExists stratus-hadoop-worker.path)
+        start=$(value ExecStart stratus-hadoop-worker.service)
+        (
+            while [ ! -e "$path" ]; do sleep 0.2; done
+            exec "$start"
+        ) > "$STRATUS_ROOT/var/log/stratus-hadoop-worker.log" 2>&1 < /dev/null &
+        ;;
+    "restart hadoop-datanode.service hadoop-nodemanager.service")
+        # The worker's daemons register with the master its configuration names.
+        sed -n 's|.*<name>fs.defaultFS</name><value>\(.*\)</value>.*|\1|p' \
+            "$HADOOP_CONF_DIR/core-site.xml" > {live}/"$STRATUS_NODE_ADDRESS"
+        ;;
+esac"#
+            ),
+        );
+        // The release: `hdfs` and `yarn` on the master report the workers registered with it.
+        let top = s.path(&format!("pkg/hadoop-{VERSION}"));
+        std::fs::create_dir_all(top.join("bin")).unwrap();
+        std::fs::create_dir_all(top.join("etc/hadoop")).unwrap();
+        let registered = format!(
+            "registered() {{ for f in {live}/*; do if [ -f \"$f\" ] && [ \"$(cat \"$f\")\" = \"hdfs://$STRATUS_NODE_ADDRESS:8020\" ]; then echo \"${{f##*/}}\"; fi; done; }}"
+        );
+        stub(
+            &top.join("bin/hdfs"),
+            &format!(
+                "echo \"$STRATUS_NODE_NAME hdfs $*\" >> {log}\n{registered}\n\
+                 if [ \"$1\" = dfsadmin ]; then for a in $(registered); do echo \"Name: $a:9866\"; done; fi"
+            ),
+        );
+        stub(
+            &top.join("bin/yarn"),
+            &format!(
+                "echo \"$STRATUS_NODE_NAME yarn $*\" >> {log}\n{registered}\n\
+                 if [ \"$1\" = node ]; then for a in $(registered); do echo \"$a:4545  RUNNING  $a:8042  0\"; done; fi"
+            ),
+        );
+        stub(
+            &top.join("bin/mapred"),
+            &format!("echo \"$STRATUS_NODE_NAME mapred $*\" >> {log}"),
+        );
+        std::fs::write(top.join("etc/hadoop/hadoop-env.sh"), "# Hadoop's own\n").unwrap();
+        let tarball = s.path("pkg/release.tar.gz");
+        let out = Command::new("tar")
+            .arg("-czf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(s.path("pkg"))
+            .arg(format!("hadoop-{VERSION}"))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let body = std::fs::read(&tarball).unwrap();
+        let sum = Command::new("sha512sum").arg(&tarball).output().unwrap();
+        let sum = String::from_utf8_lossy(&sum.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned();
+        s.serve(
+            &format!("{MIRROR}/hadoop-{VERSION}/hadoop-{VERSION}.tar.gz"),
+            &body,
+        );
+        s.serve(
+            &format!("{DOWNLOADS}/hadoop-{VERSION}/hadoop-{VERSION}.tar.gz.sha512"),
+            format!("SHA512 (hadoop-{VERSION}.tar.gz) = {sum}\n").as_bytes(),
+        );
+        s
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn serve(&self, url: &str, body: &[u8]) {
+        let path = self.path("www").join(url.split_once("://").unwrap().1);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, body).unwrap();
+    }
+
+    /// What each node runs with, beside its own environment: a root of its own (`{node_dir}`
+    /// is its directory), the stand-ins first on the PATH, then what the install puts in the
+    /// root's /usr/bin (java).
+    fn node_env(&self) -> Vec<(String, String)> {
+        let bin = self.path("bin");
+        [
+            (
+                "PATH",
+                format!(
+                    "{}:{{node_dir}}/root/usr/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+                    bin.display()
+                ),
+            ),
+            ("STRATUS_ROOT", "{node_dir}/root".to_owned()),
+            (
+                "STRATUS_MEMINFO",
+                self.path("meminfo").display().to_string(),
+            ),
+            // What the configure step finds at /usr/local on a node.
+            (
+                "STRATUS_HADOOP_LIB",
+                "{node_dir}/root/usr/local/lib/stratus/hadoop.sh".to_owned(),
+            ),
+            (
+                "STRATUS_HADOOP_CONFIG",
+                "{node_dir}/root/usr/local/sbin/stratus-hadoop-config".to_owned(),
+            ),
+            ("STRATUS_RETRY_DELAY", "1".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    /// Every call so far, each line `NODE what`.
+    fn calls(&self) -> String {
+        std::fs::read_to_string(self.path("calls.log")).unwrap_or_default()
+    }
+
+    /// When `node`'s download of the release ended (`download-end`), in seconds since the epoch.
+    fn download_end(&self, node: &str) -> Option<u64> {
+        self.calls()
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{node} download-end ")))
+            .and_then(|t| t.parse().ok())
+    }
+}
+
+fn epoch_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[test]
+fn a_hadoop_launch_through_the_faithful_hypervisor_configures_though_its_install_outlasts_the_ready_timeout()
+ {
+    use crate::ec2::ec2_hypervisor::{Console, Hypervisor, HypervisorConfig};
+    let Some(moto) = Moto::acquire() else { return };
+    let (_vpc, subnet) = moto.loopback_subnet();
+    let ctx = crate::ec2::ec2_context(
+        &moto,
+        &format!(
+            "subnet_id = \"{subnet}\"\naddress = \"private_ip\"\nclient_cidrs = [\"127.0.0.0/8\"]\n"
+        ),
+    );
+    let stage = Stage::new();
+    // The nodes run as this user (the hypervisor's SSH serves it): it owns the daemons' dirs.
+    let me = Command::new("id").arg("-un").output().unwrap();
+    let me = String::from_utf8_lossy(&me.stdout).trim().to_owned();
+    // The shipped profile as it is, but for the login, a ready wait shorter than the install,
+    // and a mirror of the site's own (the stand-in web).
+    ctx.profile_file(
+        "hadoop-e2e.toml",
+        &format!(
+            "extends = \"hadoop\"\ndescription = \"hadoop, through the faithful hypervisor\"\n\
+             ssh_user = \"{me}\"\nssh_port = 2200\nready_timeout_secs = {E2E_READY_SECS}\n\
+             boot_timeout_secs = 300\n\n[vars]\nhadoop_sources = [\"{MIRROR}\"]\n\
+             register_timeout_secs = 60\n"
+        ),
+    );
+    let hv = Hypervisor::start_with_node_env(
+        HypervisorConfig {
+            endpoint: moto.endpoint.clone(),
+            cluster: "hx".into(),
+            user: me.clone(),
+            port: 2200,
+            never_boot: Default::default(),
+            // cloud-init's own block of keys, once each user-data has returned.
+            console: Console::HostKeys,
+        },
+        stage.node_env(),
+    );
+    let started = epoch_secs();
+    let r = ctx.run(&["launch-cluster", "hx", "1", "-p", "hadoop-e2e"]);
+    let calls = stage.calls();
+    if r.code != 0 {
+        let logs = ctx.run(&[
+            "exec",
+            "hx",
+            "--all",
+            "--",
+            "cat \"$STRATUS_STATE_DIR/phases\"; tail -n 20 \"$STRATUS_ROOT\"/var/log/stratus-*.log",
+        ]);
+        panic!(
+            "the launch failed:\n{r}\ncalls:\n{calls}\nnodes:\n{logs}\nhypervisor: {:?}",
+            hv.report()
+        );
+    }
+    assert!(
+        r.stdout.contains("cluster hx is up: 1 master + 1 worker"),
+        "{r}"
+    );
+    // Past the ready wait (running and SSH), it waited for each node's install.
+    assert!(
+        r.stderr
+            .contains("hx: waiting for SSH (2 nodes)\nhx: waiting for the install (2 nodes)\n"),
+        "{r}"
+    );
+    let c = ctx.cluster_json("hx");
+    assert_eq!(c["state"], "configured", "{c:#}");
+    let ns = crate::ec2::nodes(&c);
+    let address = |role: &str| -> String {
+        ns.iter().find(|n| n["role"] == role).unwrap()["address"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (master, worker) = (address("master"), address("worker"));
+
+    // Each node's user-data started the install detached, and each install downloaded for
+    // longer than the ready wait: the launch got past it on the keys the user-data printed
+    // first, and waited for the install after.
+    for node in ["hx-master", "hx-worker-1"] {
+        assert!(
+            calls.contains(&format!(
+                "{node} systemctl start --no-block stratus-install.service\n"
+            )),
+            "{calls}"
+        );
+        let end = stage
+            .download_end(node)
+            .unwrap_or_else(|| panic!("{node} never downloaded the release:\n{calls}"));
+        assert!(
+            end >= started + E2E_READY_SECS + 5,
+            "{node}'s install ended {}s after the launch began:\n{calls}",
+            end - started
+        );
+    }
+    // The keys stratus pinned are the nodes' own.
+    let known = std::fs::read_dir(ctx.state.join("clusters"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("known_hosts"))
+        .find(|p| p.exists())
+        .expect("a known_hosts of the cluster");
+    let known = std::fs::read_to_string(known).unwrap();
+    let report = hv.report();
+    assert_eq!(report.host_keys.len(), 2, "{report:?}");
+    for key in report.host_keys.values() {
+        assert!(known.contains(key.as_str()), "{known}");
+    }
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+
+    // The master formatted HDFS and started its daemons; the worker, once stratus named the
+    // master, configured itself for it and started its own, which registered there.
+    assert!(
+        calls.contains("hx-master hdfs namenode -format -nonInteractive -clusterId hx\n"),
+        "{calls}"
+    );
+    assert!(
+        calls.contains("hx-master systemctl enable --now hadoop-namenode.service hadoop-resourcemanager.service hadoop-historyserver.service\n"),
+        "{calls}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(stage.path("live").join(&worker)).unwrap(),
+        format!("hdfs://{master}:8020\n")
+    );
+    // The configure step ran on the master: it reached the worker with the intra-cluster key,
+    // found its DataNode and NodeManager registered, and made the user's HDFS home.
+    assert!(
+        calls
+            .lines()
+            .any(|l| l.starts_with("hx-master ssh ") && l.contains(&format!(" {worker} awk"))),
+        "{calls}"
+    );
+    assert!(
+        calls.contains("hx-master hdfs dfsadmin -report -live\n"),
+        "{calls}"
+    );
+    assert!(
+        calls.contains(&format!("hx-master hdfs dfs -mkdir -p /user/{me}\n")),
+        "{calls}"
+    );
+    ctx.ok(&["terminate-cluster", "hx", "--yes"]);
 }

@@ -156,13 +156,22 @@ pub struct Hypervisor {
 
 impl Hypervisor {
     pub fn start(config: HypervisorConfig) -> Self {
+        Self::start_with_node_env(config, Vec::new())
+    }
+
+    /// `start`, with these variables added to the environment of everything its nodes run (the
+    /// user-data and SSH sessions): a sandbox for a profile's real user-data, say, with
+    /// `{node_dir}` in a value standing for the node's own directory
+    /// (`LocalProvider::with_node_env`).
+    pub fn start_with_node_env(config: HypervisorConfig, env: Vec<(String, String)>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("stratus-hypervisor-")
             .tempdir()
             .unwrap();
         let local = LocalProvider::new(dir.path(), Default::default())
             .unwrap()
-            .with_exe(PathBuf::from(super::BIN));
+            .with_exe(PathBuf::from(super::BIN))
+            .with_node_env(env);
         // LocalProvider keeps node `<id>` in `<state dir>/local/<id>` (its NodePaths).
         let nodes_root = dir.path().join("local");
         let stop = Arc::new(AtomicBool::new(false));

@@ -70,6 +70,10 @@ pub struct NodeConfig {
     pub instance_type: String,
     pub spot: bool,
     pub launched_at: Millis,
+    /// Variables added to (or replacing) the node's own environment, for everything it runs:
+    /// a test's sandbox (`LocalProvider::with_node_env`). Never set from a site's configuration.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_env: Vec<(String, String)>,
 }
 
 /// Files in a node's directory. `home/` is the node's disk: the SSH user's home, where
@@ -118,6 +122,7 @@ pub struct LocalProvider {
     root: PathBuf,
     exe: PathBuf,
     config: LocalConfig,
+    extra_env: Vec<(String, String)>,
 }
 
 impl LocalProvider {
@@ -129,6 +134,7 @@ impl LocalProvider {
             root: state_dir.join("local"),
             exe,
             config,
+            extra_env: Vec::new(),
         })
     }
 
@@ -263,6 +269,18 @@ impl LocalProvider {
         self
     }
 
+    /// Nodes started from now on get these variables in the environment of everything they run
+    /// (user-data and SSH sessions alike), after their own, replacing a variable of the same
+    /// name; `{node_dir}` in a value is the node's directory. For a test that runs a profile's
+    /// real user-data in a sandbox (a root of its own per node, stand-in commands first on the
+    /// PATH). Only code can set it, never a site's configuration: the local provider runs
+    /// everything as the user who launches, who could run it directly. The node's marker
+    /// (`STRATUS_NODE_ID`) cannot be replaced, so that terminate still finds all it started.
+    pub fn with_node_env(mut self, env: Vec<(String, String)>) -> Self {
+        self.extra_env = env;
+        self
+    }
+
     /// Starts a node listening on exactly `address:port`. A test acting as a cloud's hypervisor
     /// boots each instance the cloud API reports, at the address the cloud assigned, as a local
     /// node: its SSH server accepts the instance's key pair and it runs the instance's user-data.
@@ -343,6 +361,7 @@ impl LocalProvider {
             instance_type: batch.instance_type.clone(),
             spot: batch.spot,
             launched_at: now_millis(),
+            extra_env: self.extra_env.clone(),
         };
         let json =
             serde_json::to_vec_pretty(&cfg).map_err(|e| ProviderError::Other(e.to_string()))?;

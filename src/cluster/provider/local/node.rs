@@ -139,7 +139,7 @@ fn shell() -> PathBuf {
 /// an instance would learn from its metadata service).
 fn node_env(cfg: &NodeConfig, paths: &NodePaths) -> Vec<(String, String)> {
     let var = |k: &str, default: &str| std::env::var(k).unwrap_or_else(|_| default.to_owned());
-    vec![
+    let mut env: Vec<(String, String)> = vec![
         ("PATH".into(), var("PATH", "/usr/local/bin:/usr/bin:/bin")),
         ("LANG".into(), var("LANG", "C.UTF-8")),
         ("HOME".into(), paths.home().display().to_string()),
@@ -172,7 +172,22 @@ fn node_env(cfg: &NodeConfig, paths: &NodePaths) -> Vec<(String, String)> {
             "STRATUS_BOOT_FINISHED".into(),
             paths.boot_finished().display().to_string(),
         ),
-    ]
+    ];
+    // A test's additions (`LocalProvider::with_node_env`), which replace a variable of the same
+    // name; never the marker terminate sweeps by.
+    let dir = paths.dir.display().to_string();
+    for (key, value) in &cfg.extra_env {
+        if key == NODE_ID_ENV {
+            tracing::warn!("ignoring a replacement of {NODE_ID_ENV}");
+            continue;
+        }
+        let value = value.replace("{node_dir}", &dir);
+        match env.iter_mut().find(|(k, _)| k == key) {
+            Some(entry) => entry.1 = value,
+            None => env.push((key.clone(), value)),
+        }
+    }
+    env
 }
 
 /// Runs the user-data once, as cloud-init runs a `#!` script: output to the boot log, and
@@ -227,4 +242,76 @@ pub(super) fn exit_code(status: std::process::ExitStatus) -> i32 {
         .code()
         .or_else(|| status.signal().map(|s| 128 + s))
         .unwrap_or(255)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::model::{ClusterName, Owner, RequestId, Role, Tags};
+
+    fn config(extra_env: Vec<(String, String)>) -> NodeConfig {
+        NodeConfig {
+            id: "local-0123456789ab".into(),
+            name: "c-master".into(),
+            tags: Tags {
+                owner: Owner::parse("alice").unwrap(),
+                cluster: ClusterName::parse("c").unwrap(),
+                role: Some(Role::Master),
+                profile: "p".into(),
+                request: RequestId::new(),
+                store: None,
+            },
+            role: Role::Master,
+            index: 0,
+            address: "127.0.0.2".into(),
+            port: 2200,
+            ssh_user: "u".into(),
+            authorized_key: String::new(),
+            host_public_key: String::new(),
+            image: "i".into(),
+            instance_type: "t".into(),
+            spot: false,
+            launched_at: 0,
+            extra_env,
+        }
+    }
+
+    #[test]
+    fn a_tests_environment_is_added_replaces_by_name_and_never_the_marker() {
+        let paths = NodePaths {
+            dir: PathBuf::from("/nodes/local-0123456789ab"),
+        };
+        let plain = node_env(&config(Vec::new()), &paths);
+        let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let env = node_env(
+            &config(pairs(&[
+                ("PATH", "/stand-ins:{node_dir}/root/usr/bin:/usr/bin"),
+                ("STRATUS_ROOT", "{node_dir}/root"),
+                (NODE_ID_ENV, "local-someone-else"),
+            ])),
+            &paths,
+        );
+        let get = |k: &str| {
+            let found: Vec<&String> = env.iter().filter(|(n, _)| n == k).map(|(_, v)| v).collect();
+            assert!(found.len() <= 1, "{k} twice: {env:?}");
+            found.first().map(|v| v.as_str())
+        };
+        assert_eq!(
+            get("PATH"),
+            Some("/stand-ins:/nodes/local-0123456789ab/root/usr/bin:/usr/bin")
+        );
+        assert_eq!(get("STRATUS_ROOT"), Some("/nodes/local-0123456789ab/root"));
+        assert_eq!(get(NODE_ID_ENV), Some("local-0123456789ab"));
+        assert_eq!(env.len(), plain.len() + 1, "{env:?}");
+        // None: nothing added, and node.json without the field reads as before.
+        assert!(!plain.iter().any(|(k, _)| k == "STRATUS_ROOT"));
+        let json = serde_json::to_value(config(Vec::new())).unwrap();
+        assert!(json.get("extra_env").is_none(), "{json}");
+        let back: NodeConfig = serde_json::from_value(json).unwrap();
+        assert!(back.extra_env.is_empty());
+    }
 }
