@@ -13,4 +13,5 @@ mod image;
 mod local;
 mod openssh;
 mod privileged;
+mod service;
 mod support;
