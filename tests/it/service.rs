@@ -608,7 +608,13 @@ fn with_the_service_freezing_or_killing_a_students_own_cli_mid_launch_leaves_not
     let Some((_serial, moto, subnet)) = start_with_moto() else {
         return;
     };
-    let class = Class::new(&moto.endpoint, &subnet, 2, "");
+    // The service's own timers run the snapshot and the reaper, every minute.
+    let class = Class::new(
+        &moto.endpoint,
+        &subnet,
+        2,
+        "snapshot_minutes = 1\nreap_minutes = 1\n",
+    );
     let site = &class.site;
     let (s1, s2, ins) = (site.student(0), site.student(1), &site.instructor);
     let faults = moto.faults();
@@ -650,6 +656,27 @@ fn with_the_service_freezing_or_killing_a_students_own_cli_mid_launch_leaves_not
     })
     .unwrap_or_else(|| panic!("fz never ran:\n{}", class.serve_log()));
     assert_eq!(live_instances(&moto, s1, "fz"), 2);
+    // The service's snapshot timer sees fz's nodes again while its client stays frozen.
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let seen = format!(
+        "SELECT max(u.last_seen_at) AS t FROM usage_intervals u JOIN clusters c ON c.id = u.cluster_id WHERE c.owner = '{}' AND c.name = 'fz'",
+        s1.name
+    );
+    eventually(Duration::from_secs(90), || {
+        let t = site.sql(&seen)[0]["t"].as_u64()?;
+        (t > since).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no snapshot by the timer: {:?}\n{}",
+            site.sql(&seen),
+            class.serve_log()
+        )
+    });
+    assert!(events().contains("frozen 1"));
 
     // Meanwhile the class goes on: another student launches, the instructor's snapshot and
     // reaper run, and the instructor terminates the frozen student's cluster.
