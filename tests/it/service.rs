@@ -598,6 +598,43 @@ fn a_restart_of_the_service_during_a_launch_loses_nothing() {
         .ok();
     assert_eq!(live_instances(&moto, s1, "r"), 2);
     site.assert_settled(&moto);
+
+    // A terminate in flight is finished: the service dies inside TerminateInstances, the call
+    // goes through, and the restart records the cluster terminated.
+    faults.hold("TerminateInstances");
+    let cli = site
+        .stratus_cmd(s1, &["terminate-cluster", "r", "--yes"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut cli = ChildGuard(Some(cli));
+    faults.wait_held("TerminateInstances", 1, Duration::from_secs(60));
+    assert_eq!(state_of(site, s1, "r").as_deref(), Some("terminating"));
+    class.stop(libc::SIGKILL);
+    let out = Out::of(
+        "the CLI".into(),
+        cli.0.take().unwrap().wait_with_output().unwrap(),
+    );
+    assert_ne!(out.code, 0, "{out}");
+    faults.release("TerminateInstances");
+    class.start();
+    assert_eq!(
+        state_of(site, s1, "r").as_deref(),
+        Some("terminated"),
+        "{}",
+        class.serve_log()
+    );
+    assert_eq!(live_instances(&moto, s1, "r"), 0);
+    let audit = site.audit();
+    assert!(
+        audit
+            .iter()
+            .any(|r| r["action"] == "reconcile-finish-terminate"
+                && r["cluster"] == format!("{}/r", s1.name).as_str()),
+        "{audit:#?}"
+    );
+    site.assert_settled(&moto);
 }
 
 // ---------------------------------------------------------------------------------------------
