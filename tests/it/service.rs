@@ -635,6 +635,37 @@ fn a_restart_of_the_service_during_a_launch_loses_nothing() {
         "{audit:#?}"
     );
     site.assert_settled(&moto);
+
+    // A supervisor's stop (SIGTERM) mid-launch: the launch hears it too, and rolls back once its
+    // launch call returns, before the service ends.
+    faults.hold("RunInstances");
+    let cli = site
+        .stratus_cmd(s1, &["launch-cluster", "t", "1", "--no-configure"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut cli = ChildGuard(Some(cli));
+    faults.wait_held("RunInstances", 1, Duration::from_secs(60));
+    let serve = class.serve.borrow().as_ref().unwrap().id();
+    stratus::sys::kill(serve, libc::SIGTERM).unwrap();
+    faults.release("RunInstances");
+    let status = class.serve.borrow_mut().take().unwrap().wait().unwrap();
+    assert!(status.success(), "{status}\n{}", class.serve_log());
+    let out = Out::of(
+        "the CLI".into(),
+        cli.0.take().unwrap().wait_with_output().unwrap(),
+    );
+    assert_ne!(out.code, 0, "{out}");
+    let state = state_of(site, s1, "t").unwrap();
+    assert!(
+        !["reserved", "requested", "running"].contains(&state.as_str()),
+        "{state}: {out}\n{}",
+        class.serve_log()
+    );
+    assert_eq!(live_instances(&moto, s1, "t"), 0, "{out}");
+    class.start();
+    site.assert_settled(&moto);
 }
 
 // ---------------------------------------------------------------------------------------------
