@@ -77,6 +77,11 @@ impl Class {
 
     /// The site, its service not started yet (it reads the profiles when it starts).
     fn unstarted(endpoint: &str, subnet: &str, students: usize, service: &str) -> Class {
+        // The raw client runs as the students: the system's Python, not one in root's home.
+        assert!(
+            Path::new("/usr/bin/python3").exists(),
+            "/usr/bin/python3 is missing: the socket client of these tests needs it (apt-get install python3)"
+        );
         let site = Site::new(endpoint, subnet, students);
         let run = site.root.join("run");
         fs::create_dir(&run).unwrap();
