@@ -14,5 +14,6 @@ mod image;
 mod local;
 mod openssh;
 mod privileged;
+mod service;
 mod support;
 mod waits;

@@ -28,19 +28,19 @@ use crate::ec2::ec2_hypervisor::{Hypervisor, HypervisorConfig};
 use crate::ec2::ec2_moto::{Moto, UBUNTU_AMI, tag};
 use crate::support::{BIN, eventually};
 
-const SKIP: &str = "skipping: the privileged-path tests need root";
+pub(crate) const SKIP: &str = "skipping: the privileged-path tests need root";
 
 /// One test of this module at a time: each makes users (useradd locks /etc/passwd) and an
 /// install, and most hold moto besides.
-static SERIAL: Mutex<()> = Mutex::new(());
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
+pub(crate) static SERIAL: Mutex<()> = Mutex::new(());
+pub(crate) static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     stratus::sys::effective_uid() == 0
 }
 
 /// This module's turn, or `None` (after the one line) without root.
-fn start() -> Option<MutexGuard<'static, ()>> {
+pub(crate) fn start() -> Option<MutexGuard<'static, ()>> {
     if !is_root() {
         eprintln!("{SKIP}");
         return None;
@@ -49,7 +49,7 @@ fn start() -> Option<MutexGuard<'static, ()>> {
 }
 
 /// Root, this module's turn, and moto with a loopback subnet; `None` when the test must skip.
-fn start_with_moto() -> Option<(MutexGuard<'static, ()>, Moto, String)> {
+pub(crate) fn start_with_moto() -> Option<(MutexGuard<'static, ()>, Moto, String)> {
     let serial = start()?;
     let moto = Moto::acquire()?;
     let (_vpc, subnet) = moto.loopback_subnet();
@@ -60,15 +60,15 @@ fn start_with_moto() -> Option<(MutexGuard<'static, ()>, Moto, String)> {
 // Users, the install, and running things as someone.
 
 /// A real Unix user with a home directory (`useradd -m`), deleted with it on drop.
-struct User {
-    name: String,
-    uid: u32,
-    gid: u32,
-    home: PathBuf,
+pub(crate) struct User {
+    pub(crate) name: String,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) home: PathBuf,
 }
 
 impl User {
-    fn create(name: String, shell: &str) -> User {
+    pub(crate) fn create(name: String, shell: &str) -> User {
         assert!(name.len() <= 32, "{name} is too long for a user name");
         let mut tries = 0;
         loop {
@@ -121,15 +121,15 @@ impl Drop for User {
 }
 
 /// What a command did.
-struct Out {
-    what: String,
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Out {
+    pub(crate) what: String,
+    pub(crate) code: i32,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl Out {
-    fn of(what: String, out: Output) -> Out {
+    pub(crate) fn of(what: String, out: Output) -> Out {
         Out {
             what,
             code: out.status.code().unwrap_or(-1),
@@ -138,22 +138,22 @@ impl Out {
         }
     }
 
-    fn ok(self) -> Out {
+    pub(crate) fn ok(self) -> Out {
         assert_eq!(self.code, 0, "{self}");
         self
     }
 
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {self}"))
     }
 
     /// Exit 2 and exactly one line on stderr, `error: …` with `needle` in it.
-    fn refused(&self, needle: &str) {
+    pub(crate) fn refused(&self, needle: &str) {
         self.refused_with(2, needle)
     }
 
     /// Exit `code` and exactly one line on stderr, `error: …` with `needle` in it.
-    fn refused_with(&self, code: i32, needle: &str) {
+    pub(crate) fn refused_with(&self, code: i32, needle: &str) {
         assert_eq!(self.code, code, "{self}");
         let lines: Vec<&str> = self.stderr.lines().filter(|l| !l.is_empty()).collect();
         assert_eq!(lines.len(), 1, "not one line: {self}");
@@ -175,28 +175,28 @@ impl std::fmt::Display for Out {
     }
 }
 
-fn output(cmd: &mut Command) -> Out {
+pub(crate) fn output(cmd: &mut Command) -> Out {
     let what = format!("{cmd:?}");
     let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
     Out::of(what, out)
 }
 
 /// What the runner answered through the wrapper: its JSON lines, the last one the answer.
-struct Answer {
-    code: i32,
-    lines: Vec<Value>,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Answer {
+    pub(crate) code: i32,
+    pub(crate) lines: Vec<Value>,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl Answer {
-    fn last(&self) -> &Value {
+    pub(crate) fn last(&self) -> &Value {
         self.lines
             .last()
             .unwrap_or_else(|| panic!("no answer: {self}"))
     }
 
-    fn result(&self) -> &Value {
+    pub(crate) fn result(&self) -> &Value {
         assert_eq!(self.code, 0, "{self}");
         self.last()
             .get("result")
@@ -204,7 +204,7 @@ impl Answer {
     }
 
     /// Refused by the runner: exit 2, and an error line with exit 2 whose message holds `needle`.
-    fn refused(&self, needle: &str) -> String {
+    pub(crate) fn refused(&self, needle: &str) -> String {
         assert_eq!(self.code, 2, "{self}");
         let e = &self.last()["error"];
         assert_eq!(e["exit"], 2, "{self}");
@@ -216,7 +216,7 @@ impl Answer {
 
     /// Refused by the wrapper itself: exit 1, one line `stratus-wrap: …` with `needle`, and no
     /// answer from any runner.
-    fn wrapper_refused(&self, needle: &str) {
+    pub(crate) fn wrapper_refused(&self, needle: &str) {
         assert_eq!(self.code, 1, "{self}");
         assert!(self.stdout.is_empty(), "the runner ran: {self}");
         let lines: Vec<&str> = self.stderr.lines().collect();
@@ -241,31 +241,31 @@ impl std::fmt::Display for Answer {
 
 /// How to call the wrapper directly: as whom, with what around it.
 #[derive(Default)]
-struct Call<'a> {
+pub(crate) struct Call<'a> {
     /// Extra `setpriv` options (`--no-new-privs`).
-    setpriv: &'a [&'a str],
+    pub(crate) setpriv: &'a [&'a str],
     /// Shell words run before the wrapper (`ulimit -f 1;`).
-    shell: &'a str,
+    pub(crate) shell: &'a str,
     /// Redirections of the wrapper (`>&- 2>&-`).
-    redirect: &'a str,
+    pub(crate) redirect: &'a str,
     /// The wrapper's whole environment; `None` is a plain one (PATH and HOME).
-    env: Option<Vec<(String, String)>>,
+    pub(crate) env: Option<Vec<(String, String)>>,
     /// A datagram socket to stand in for `/dev/log` (in a mount namespace of the call's own),
     /// so the test reads what the runner sends to syslog.
-    devlog: Option<&'a Path>,
+    pub(crate) devlog: Option<&'a Path>,
 }
 
 /// One install of the privileged path with its users: a service account, an instructor and
 /// `students`. Dropping it removes the install, the canary directory and the users.
-struct Site {
-    root: PathBuf,
+pub(crate) struct Site {
+    pub(crate) root: PathBuf,
     /// A world-writable directory for markers that whatever must never run would create.
-    canary: PathBuf,
-    endpoint: String,
-    subnet: String,
-    svc: User,
-    instructor: User,
-    students: Vec<User>,
+    pub(crate) canary: PathBuf,
+    pub(crate) endpoint: String,
+    pub(crate) subnet: String,
+    pub(crate) svc: User,
+    pub(crate) instructor: User,
+    pub(crate) students: Vec<User>,
 }
 
 impl Drop for Site {
@@ -294,7 +294,7 @@ impl Drop for Site {
 /// The profiles every site has: `tiny` (m5.large everywhere), `wide` (m5.xlarge workers),
 /// `odd` (workers of a type the policy does not price) and `forbidden` (a profile no student
 /// may use). Their nodes answer SSH on 2200 as `ubuntu` (the test hypervisor's nodes).
-const TINY: &str = r#"
+pub(crate) const TINY: &str = r#"
 description = "privileged-path tests"
 providers = ["ec2"]
 max_workers = 8
@@ -313,11 +313,11 @@ instance_type = "m5.large"
 user_data = "tiny/node.sh.hbs"
 "#;
 
-const TINY_NODE: &str =
+pub(crate) const TINY_NODE: &str =
     "#!/bin/bash\ncd \"$HOME\"\necho {{quote role}} > role\necho {{quote owner}} > owner\n";
 
 /// A policy that limits nothing the tests do by accident.
-const ROOMY: &str = r#"
+pub(crate) const ROOMY: &str = r#"
 instructors = ["INSTRUCTOR"]
 [class]
 max_units = 200
@@ -332,7 +332,7 @@ profiles = ["tiny", "wide", "odd"]
 "#;
 
 impl Site {
-    fn new(endpoint: &str, subnet: &str, students: usize) -> Site {
+    pub(crate) fn new(endpoint: &str, subnet: &str, students: usize) -> Site {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let tag = format!("{}-{n}", std::process::id());
         let svc = User::create(format!("spt-svc-{tag}"), "/usr/sbin/nologin");
@@ -365,42 +365,42 @@ impl Site {
     }
 
     /// A site whose config names an endpoint nothing listens on: for tests that launch nothing.
-    fn offline(students: usize) -> Site {
+    pub(crate) fn offline(students: usize) -> Site {
         Site::new("http://127.0.0.1:9", "subnet-00000000", students)
     }
 
-    fn student(&self, i: usize) -> &User {
+    pub(crate) fn student(&self, i: usize) -> &User {
         &self.students[i]
     }
-    fn cli(&self) -> PathBuf {
+    pub(crate) fn cli(&self) -> PathBuf {
         self.root.join("bin/stratus")
     }
-    fn wrapper(&self) -> PathBuf {
+    pub(crate) fn wrapper(&self) -> PathBuf {
         self.root.join("libexec/stratus/stratus-wrap")
     }
-    fn etc(&self) -> PathBuf {
+    pub(crate) fn etc(&self) -> PathBuf {
         self.root.join("etc/stratus")
     }
-    fn config(&self) -> PathBuf {
+    pub(crate) fn config(&self) -> PathBuf {
         self.etc().join("config.toml")
     }
-    fn policy(&self) -> PathBuf {
+    pub(crate) fn policy(&self) -> PathBuf {
         self.etc().join("policy.toml")
     }
-    fn credentials(&self) -> PathBuf {
+    pub(crate) fn credentials(&self) -> PathBuf {
         self.etc().join("aws-credentials")
     }
-    fn profiles(&self) -> PathBuf {
+    pub(crate) fn profiles(&self) -> PathBuf {
         self.etc().join("profiles")
     }
-    fn state(&self) -> PathBuf {
+    pub(crate) fn state(&self) -> PathBuf {
         self.root.join("var/lib/stratus")
     }
-    fn db(&self) -> PathBuf {
+    pub(crate) fn db(&self) -> PathBuf {
         self.state().join("stratus.db")
     }
     /// The name of this install's units and cron file: `stratus-` and the prefix's components.
-    fn unit_name(&self) -> String {
+    pub(crate) fn unit_name(&self) -> String {
         format!(
             "stratus-{}",
             self.root
@@ -412,7 +412,7 @@ impl Site {
         )
     }
     /// Where the install put its systemd units and cron file.
-    fn service_files(&self) -> [PathBuf; 3] {
+    pub(crate) fn service_files(&self) -> [PathBuf; 3] {
         let name = self.unit_name();
         [
             PathBuf::from(format!("/etc/systemd/system/{name}.socket")),
@@ -422,7 +422,7 @@ impl Site {
     }
 
     /// `stratus admin install`, as root, from the build's binary (the wrapper beside it).
-    fn install(&self) -> Out {
+    pub(crate) fn install(&self) -> Out {
         let wrap = Path::new(BIN).with_file_name("stratus-wrap");
         assert!(
             wrap.exists(),
@@ -442,7 +442,7 @@ impl Site {
 
     /// `admin doctor` on this install, which finds the service account in the wrapper; `extra`
     /// arguments after.
-    fn doctor_with(&self, extra: &[&str]) -> Out {
+    pub(crate) fn doctor_with(&self, extra: &[&str]) -> Out {
         output(
             Command::new(self.cli())
                 .env_clear()
@@ -454,14 +454,14 @@ impl Site {
         )
     }
 
-    fn doctor(&self) -> Out {
+    pub(crate) fn doctor(&self) -> Out {
         self.doctor_with(&[])
     }
 
     /// What the instructor does after the install: the service account's keys, the site config
     /// (moto, the loopback subnet), the profiles and a policy. Files keep the owners and modes the
     /// install gave them.
-    fn fill_in(&self) {
+    pub(crate) fn fill_in(&self) {
         fs::write(
             self.credentials(),
             "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n",
@@ -487,7 +487,7 @@ impl Site {
         self.set_policy(ROOMY);
     }
 
-    fn config_text(&self) -> String {
+    pub(crate) fn config_text(&self) -> String {
         format!(
             r#"# site config of a privileged-path test
 mode = "multi-user"
@@ -515,7 +515,7 @@ client_cidrs = ["127.0.0.0/8"]
     }
 
     /// Writes the policy, `INSTRUCTOR` standing for the instructor's name.
-    fn set_policy(&self, text: &str) {
+    pub(crate) fn set_policy(&self, text: &str) {
         fs::write(
             self.policy(),
             text.replace("INSTRUCTOR", &self.instructor.name),
@@ -524,7 +524,7 @@ client_cidrs = ["127.0.0.0/8"]
     }
 
     /// `setpriv` to `u` (real and effective ids, the user's groups); the program follows.
-    fn as_user(&self, u: &User, extra: &[&str]) -> Command {
+    pub(crate) fn as_user(&self, u: &User, extra: &[&str]) -> Command {
         let mut c = Command::new("/usr/bin/setpriv");
         c.env_clear()
             .env("PATH", "/usr/bin:/bin")
@@ -538,7 +538,7 @@ client_cidrs = ["127.0.0.0/8"]
     }
 
     /// The environment of `u`'s login session, and the install's config.
-    fn login_env(&self, u: &User) -> Vec<String> {
+    pub(crate) fn login_env(&self, u: &User) -> Vec<String> {
         vec![
             "PATH=/usr/bin:/bin".into(),
             format!("HOME={}", u.home.display()),
@@ -549,7 +549,7 @@ client_cidrs = ["127.0.0.0/8"]
     }
 
     /// `stratus ARGS` as `u`.
-    fn stratus_cmd(&self, u: &User, args: &[&str]) -> Command {
+    pub(crate) fn stratus_cmd(&self, u: &User, args: &[&str]) -> Command {
         let mut c = self.as_user(u, &[]);
         c.arg("/usr/bin/env")
             .arg("-i")
@@ -559,12 +559,12 @@ client_cidrs = ["127.0.0.0/8"]
         c
     }
 
-    fn stratus(&self, u: &User, args: &[&str]) -> Out {
+    pub(crate) fn stratus(&self, u: &User, args: &[&str]) -> Out {
         output(&mut self.stratus_cmd(u, args))
     }
 
     /// A shell command as `u`, in `u`'s login environment.
-    fn sh(&self, u: &User, script: &str) -> Out {
+    pub(crate) fn sh(&self, u: &User, script: &str) -> Out {
         let mut c = self.as_user(u, &[]);
         c.arg("/usr/bin/env")
             .arg("-i")
@@ -574,7 +574,7 @@ client_cidrs = ["127.0.0.0/8"]
     }
 
     /// The wrapper as `u`, `stdin` written to it, as `call` says.
-    fn wrap_with(&self, u: &User, stdin: &[u8], call: &Call) -> Answer {
+    pub(crate) fn wrap_with(&self, u: &User, stdin: &[u8], call: &Call) -> Answer {
         let env = call.env.clone().unwrap_or_else(|| {
             vec![
                 ("PATH".into(), "/usr/bin:/bin".into()),
@@ -604,13 +604,13 @@ client_cidrs = ["127.0.0.0/8"]
         answer(out)
     }
 
-    fn wrap(&self, u: &User, request: &Value) -> Answer {
+    pub(crate) fn wrap(&self, u: &User, request: &Value) -> Answer {
         self.wrap_with(u, request.to_string().as_bytes(), &Call::default())
     }
 
     /// Rows of the runner's store, read as the service account (so nothing in the state
     /// directory ever belongs to root).
-    fn sql(&self, query: &str) -> Vec<Value> {
+    pub(crate) fn sql(&self, query: &str) -> Vec<Value> {
         assert!(self.db().exists(), "no store at {}", self.db().display());
         let mut c = Command::new("/usr/bin/setpriv");
         c.env_clear()
@@ -633,7 +633,7 @@ client_cidrs = ["127.0.0.0/8"]
     /// Nothing half done in the store, and the store and moto agree: no cluster stuck in
     /// `reserved` or `requested`, no quota held by an ended cluster, and the live instances of
     /// moto exactly those the store records as live.
-    fn assert_settled(&self, moto: &Moto) {
+    pub(crate) fn assert_settled(&self, moto: &Moto) {
         let stuck = self.sql(
             "SELECT owner, name, state FROM clusters WHERE state IN ('reserved', 'requested', 'terminating')",
         );
@@ -664,7 +664,7 @@ client_cidrs = ["127.0.0.0/8"]
     }
 
     /// The cluster ids a launch of `name` by `owner` got in the runner's store.
-    fn cluster_id(&self, owner: &User, name: &str) -> i64 {
+    pub(crate) fn cluster_id(&self, owner: &User, name: &str) -> i64 {
         let rows = self.sql(&format!(
             "SELECT id FROM clusters WHERE owner = '{}' AND name = '{name}' ORDER BY id DESC LIMIT 1",
             owner.name
@@ -675,7 +675,7 @@ client_cidrs = ["127.0.0.0/8"]
     }
 
     /// The audit trail, as the instructor reads it (`admin audit --json`).
-    fn audit(&self) -> Vec<Value> {
+    pub(crate) fn audit(&self) -> Vec<Value> {
         let out = self
             .stratus(&self.instructor, &["admin", "audit", "--json"])
             .ok();
@@ -689,7 +689,7 @@ client_cidrs = ["127.0.0.0/8"]
 /// `cmd` run in a mount namespace of its own whose `/dev` is a tmpfs holding the usual devices
 /// and, as `/dev/log`, the socket `sock`: what the process sends to syslog reaches the test,
 /// and nothing changes outside (there is no syslog daemon on a test machine to read back).
-fn with_devlog(cmd: &Command, sock: &Path, scratch: &Path) -> Command {
+pub(crate) fn with_devlog(cmd: &Command, sock: &Path, scratch: &Path) -> Command {
     let real = scratch.join("dev-real");
     let _ = fs::create_dir(&real);
     let script = format!(
@@ -718,15 +718,15 @@ fn with_devlog(cmd: &Command, sock: &Path, scratch: &Path) -> Command {
 }
 
 /// A datagram socket that collects what is sent to it, as syslog's `/dev/log` would.
-struct Syslog {
-    path: PathBuf,
-    lines: Arc<Mutex<Vec<Vec<u8>>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+pub(crate) struct Syslog {
+    pub(crate) path: PathBuf,
+    pub(crate) lines: Arc<Mutex<Vec<Vec<u8>>>>,
+    pub(crate) stop: Arc<AtomicBool>,
+    pub(crate) thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Syslog {
-    fn start(path: PathBuf) -> Syslog {
+    pub(crate) fn start(path: PathBuf) -> Syslog {
         let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(50)))
@@ -752,7 +752,7 @@ impl Syslog {
         }
     }
 
-    fn lines(&self) -> Vec<Vec<u8>> {
+    pub(crate) fn lines(&self) -> Vec<Vec<u8>> {
         self.lines.lock().unwrap().clone()
     }
 }
@@ -767,7 +767,7 @@ impl Drop for Syslog {
     }
 }
 
-fn answer(out: Output) -> Answer {
+pub(crate) fn answer(out: Output) -> Answer {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let lines = stdout
         .lines()
@@ -784,11 +784,11 @@ fn answer(out: Output) -> Answer {
     }
 }
 
-fn launch(name: &str, workers: u32, profile: &str) -> Value {
+pub(crate) fn launch(name: &str, workers: u32, profile: &str) -> Value {
     json!({"action": "launch", "name": name, "workers": workers, "profile": profile, "configure": false})
 }
 
-fn is_live(i: &Instance) -> bool {
+pub(crate) fn is_live(i: &Instance) -> bool {
     !matches!(
         i.state().and_then(|s| s.name()),
         Some(InstanceStateName::Terminated | InstanceStateName::ShuttingDown)
@@ -796,14 +796,14 @@ fn is_live(i: &Instance) -> bool {
 }
 
 /// Every instance moto has of this owner's cluster, in any state.
-fn instances(moto: &Moto, owner: &User, cluster: &str) -> Vec<Instance> {
+pub(crate) fn instances(moto: &Moto, owner: &User, cluster: &str) -> Vec<Instance> {
     moto.instances(&[
         ("tag:stratus:owner", &owner.name),
         ("tag:stratus:cluster", cluster),
     ])
 }
 
-fn live_instances(moto: &Moto, owner: &User, cluster: &str) -> usize {
+pub(crate) fn live_instances(moto: &Moto, owner: &User, cluster: &str) -> usize {
     instances(moto, owner, cluster)
         .iter()
         .filter(|i| is_live(i))
@@ -811,7 +811,7 @@ fn live_instances(moto: &Moto, owner: &User, cluster: &str) -> usize {
 }
 
 /// moto holds nothing at all for this cluster: no instance in any state, no group, no key pair.
-fn assert_nothing_created(moto: &Moto, owner: &User, cluster: &str) {
+pub(crate) fn assert_nothing_created(moto: &Moto, owner: &User, cluster: &str) {
     let i = instances(moto, owner, cluster);
     assert!(i.is_empty(), "{cluster} of {}: {i:#?}", owner.name);
     assert!(
@@ -829,7 +829,7 @@ fn assert_nothing_created(moto: &Moto, owner: &User, cluster: &str) {
 // ---------------------------------------------------------------------------------------------
 // 1. The policy.
 
-const STRICT: &str = r#"
+pub(crate) const STRICT: &str = r#"
 instructors = ["INSTRUCTOR"]
 [class]
 max_units = 5
@@ -971,7 +971,7 @@ fn a_launch_within_quota_succeeds_and_each_limit_refuses_with_nothing_created() 
 // ---------------------------------------------------------------------------------------------
 // 2. Concurrency.
 
-const CROWDED: &str = r#"
+pub(crate) const CROWDED: &str = r#"
 instructors = ["INSTRUCTOR"]
 [class]
 max_units = 24
@@ -1306,7 +1306,7 @@ fn a_student_cannot_see_or_touch_another_students_cluster_and_the_instructor_can
 // 4. Who may read what.
 
 /// `cat PATH` as `u` fails with "Permission denied".
-fn assert_unreadable(site: &Site, u: &User, path: &Path) {
+pub(crate) fn assert_unreadable(site: &Site, u: &User, path: &Path) {
     assert!(
         path.exists(),
         "{} is not there to be refused",
@@ -1318,7 +1318,7 @@ fn assert_unreadable(site: &Site, u: &User, path: &Path) {
     assert!(out.stdout.is_empty(), "{out}");
 }
 
-fn mode_of(path: &Path) -> (u32, u32) {
+pub(crate) fn mode_of(path: &Path) -> (u32, u32) {
     let m = fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     (m.uid(), m.mode() & 0o7777)
 }
@@ -1412,15 +1412,15 @@ fn the_secrets_stay_with_the_service_account_and_each_key_with_its_owner() {
 // 5. A hostile caller.
 
 /// A TCP listener that counts who connects (and reads what they send), until dropped.
-struct Listener {
-    port: u16,
-    hits: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+pub(crate) struct Listener {
+    pub(crate) port: u16,
+    pub(crate) hits: Arc<AtomicUsize>,
+    pub(crate) stop: Arc<AtomicBool>,
+    pub(crate) thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Listener {
-    fn start() -> Listener {
+    pub(crate) fn start() -> Listener {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.set_nonblocking(true).unwrap();
         let port = l.local_addr().unwrap().port();
@@ -1449,11 +1449,11 @@ impl Listener {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    fn hits(&self) -> usize {
+    pub(crate) fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
     }
 }
@@ -1469,7 +1469,7 @@ impl Drop for Listener {
 
 /// A shared object whose constructor creates `marker`: proof, if the marker appears, that a
 /// process loaded it. `None` without a C compiler.
-fn preload_library(dir: &Path, marker: &Path) -> Option<PathBuf> {
+pub(crate) fn preload_library(dir: &Path, marker: &Path) -> Option<PathBuf> {
     let src = dir.join("preload.c");
     let so = dir.join("preload.so");
     fs::write(
@@ -2156,7 +2156,7 @@ fn no_new_privs_and_low_limits_get_a_clear_refusal_never_a_half_launch() {
 }
 
 /// The pid of the runner serving a request of this install (its argv is fixed by the wrapper).
-fn runner_pids(site: &Site) -> Vec<u32> {
+pub(crate) fn runner_pids(site: &Site) -> Vec<u32> {
     let want = [
         site.cli().display().to_string(),
         "runner".into(),
@@ -2183,13 +2183,13 @@ fn runner_pids(site: &Site) -> Vec<u32> {
 }
 
 /// A process's state letter (`S`, `R`, `T` stopped, `Z` zombie), or `None` once it is gone.
-fn process_state(pid: u32) -> Option<char> {
+pub(crate) fn process_state(pid: u32) -> Option<char> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
 /// A `/proc/PID/status` field, split on whitespace.
-fn proc_status(pid: u32, field: &str) -> Vec<String> {
+pub(crate) fn proc_status(pid: u32, field: &str) -> Vec<String> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
@@ -2288,7 +2288,7 @@ fn the_caller_can_neither_kill_nor_stop_nor_read_the_runner_mid_launch() {
 }
 
 /// Kills a process by pid when dropped (a test that panics leaves no runner behind).
-struct KillOnDrop(u32);
+pub(crate) struct KillOnDrop(pub(crate) u32);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
@@ -2297,7 +2297,7 @@ impl Drop for KillOnDrop {
 }
 
 /// A child killed and reaped when dropped, unless taken.
-struct ChildGuard(Option<Child>);
+pub(crate) struct ChildGuard(pub(crate) Option<Child>);
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
@@ -2312,7 +2312,7 @@ impl Drop for ChildGuard {
 /// second entry, an escape sequence rewrites the reader's terminal), the Unicode line and
 /// paragraph separators (newlines to many readers), and the bidirectional controls (which make
 /// a line display as something else than it says).
-fn is_forbidden_in_logs(c: char) -> bool {
+pub(crate) fn is_forbidden_in_logs(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
@@ -2321,7 +2321,7 @@ fn is_forbidden_in_logs(c: char) -> bool {
 }
 
 /// Every string in a JSON value, keys included.
-fn strings(v: &Value, out: &mut Vec<String>) {
+pub(crate) fn strings(v: &Value, out: &mut Vec<String>) {
     match v {
         Value::String(s) => out.push(s.clone()),
         Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
@@ -3094,12 +3094,12 @@ fn parked_requests_give_up_within_the_time_limit_and_are_audited() {
 
 /// A cgroup v2 directory made for a test at the root of the hierarchy, removed (with what is
 /// below it) on drop.
-struct TestCgroup {
-    dir: PathBuf,
+pub(crate) struct TestCgroup {
+    pub(crate) dir: PathBuf,
 }
 
 impl TestCgroup {
-    fn new(name: &str) -> TestCgroup {
+    pub(crate) fn new(name: &str) -> TestCgroup {
         let text = fs::read_to_string("/proc/self/mountinfo").unwrap();
         let mount = setuid_wrap::cgroup::parse_mountinfo(&text)
             .into_iter()
@@ -3115,7 +3115,7 @@ impl TestCgroup {
 
     /// As systemd's `Delegate=yes` hands `user@UID.service` to its user: the directory and the
     /// files the kernel lists as delegatable (/sys/kernel/cgroup/delegate).
-    fn delegate_to(&self, u: &User) {
+    pub(crate) fn delegate_to(&self, u: &User) {
         std::os::unix::fs::chown(&self.dir, Some(u.uid), Some(u.gid)).unwrap();
         for f in fs::read_to_string("/sys/kernel/cgroup/delegate")
             .unwrap()
@@ -3125,13 +3125,13 @@ impl TestCgroup {
         }
     }
 
-    fn procs(&self) -> PathBuf {
+    pub(crate) fn procs(&self) -> PathBuf {
         self.dir.join("cgroup.procs")
     }
 
     /// `cmd`, started by a shell of root's that first moves itself into this cgroup (as logind
     /// or systemd would place a session or a scope).
-    fn wrap(&self, cmd: &Command) -> Command {
+    pub(crate) fn wrap(&self, cmd: &Command) -> Command {
         let mut c = Command::new("/bin/sh");
         c.env_clear()
             .env("PATH", "/usr/bin:/bin")
@@ -3277,7 +3277,7 @@ fn a_student_in_a_cgroup_of_their_own_is_refused_by_the_wrapper_and_one_in_a_log
 // 9. An install that works on day one.
 
 /// Files an install wrote outside its prefix, removed on drop.
-struct Removed(Vec<PathBuf>);
+pub(crate) struct Removed(pub(crate) Vec<PathBuf>);
 
 impl Drop for Removed {
     fn drop(&mut self) {
@@ -3288,7 +3288,7 @@ impl Drop for Removed {
 }
 
 /// `BIN admin install` as root for another prefix of this site (`ARGS` after the prefix).
-fn install_at(prefix: &Path, args: &[&str]) -> Out {
+pub(crate) fn install_at(prefix: &Path, args: &[&str]) -> Out {
     output(
         Command::new(BIN)
             .env_clear()
@@ -3301,7 +3301,7 @@ fn install_at(prefix: &Path, args: &[&str]) -> Out {
 }
 
 /// The name `admin install` gives the units and cron file of the install under `prefix`.
-fn unit_name_of(prefix: &Path) -> String {
+pub(crate) fn unit_name_of(prefix: &Path) -> String {
     format!(
         "stratus-{}",
         prefix
