@@ -14,7 +14,7 @@ pub(super) async fn run(client: &Client, action: AccountingAction) -> Result<Exi
     let printer = client.printer();
     match action {
         AccountingAction::Snapshot { json } => {
-            let r = expect!(client.call(Request::Snapshot).await?, Response::Snapshot);
+            let r = expect!(client.call(Request::Snapshot {}).await?, Response::Snapshot);
             if json {
                 printer.json(&r)?;
                 return Ok(ExitCode::SUCCESS);

@@ -90,7 +90,7 @@ pub(super) async fn usage(
 }
 
 pub(super) async fn quota(client: &Client, json: bool) -> Result<ExitCode, Error> {
-    let answer = client.call(Request::Quota).await?;
+    let answer = client.call(Request::Quota {}).await?;
     let r = expect!(answer, Response::Quota);
     let printer = client.printer();
     if json {

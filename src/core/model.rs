@@ -117,8 +117,9 @@ impl ClusterName {
     pub const MAX_LEN: usize = 40;
 
     pub fn parse(name: &str) -> Result<Self, InputError> {
+        // The name as given, cut short: a megabyte of name is not echoed back.
         let invalid = |reason: &str| InputError::InvalidClusterName {
-            name: name.to_owned(),
+            name: crate::core::text::shortened(name, 100),
             reason: reason.to_owned(),
         };
         if name.is_empty() {
@@ -492,6 +493,12 @@ mod tests {
             err.contains("it is 41 characters long; the limit is 40"),
             "{err}"
         );
+        // A megabyte of name is not echoed back whole.
+        let err = ClusterName::parse(&"x".repeat(1 << 20))
+            .unwrap_err()
+            .to_string();
+        assert!(err.len() < 400, "{} bytes", err.len());
+        assert!(err.contains("it is 1048576 characters long"), "{err}");
     }
 
     #[test]

@@ -31,7 +31,7 @@ impl Trail {
             read: request.is_read()
                 || matches!(
                     request,
-                    Request::Snapshot | Request::Reconcile { .. } | Request::Reap { .. }
+                    Request::Snapshot {} | Request::Reconcile { .. } | Request::Reap { .. }
                 ),
             launched: None,
             terminated: Vec::new(),

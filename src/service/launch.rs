@@ -43,7 +43,7 @@ impl Service {
         let profile_name = ask
             .profile
             .unwrap_or_else(|| self.settings().default_profile());
-        let profile = self.profiles().resolve(&profile_name)?;
+        let profile = self.profiles()?.resolve(&profile_name)?;
         let env = crate::core::input::check_env(ask.env)?;
         let req = LaunchRequest {
             name,
@@ -247,7 +247,7 @@ impl Service {
                 "admin image build needs the ec2 provider (provider = \"ec2\" and an [ec2] table in the site config)",
             ));
         };
-        let profile = self.profiles().resolve_as_written(profile)?;
+        let profile = self.profiles()?.resolve_as_written(profile)?;
         let owner = &asked.caller.owner;
         image::check(&profile, owner, self.store().id())?;
         let plan: Vec<String> = image::plan(&profile, self.state_dir())?

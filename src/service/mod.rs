@@ -182,7 +182,6 @@ pub struct Service {
 struct Shared {
     settings: Settings,
     store: Store,
-    profiles: ProfileSet,
     /// The uid this process serves as: requests of this user are the install's own.
     uid: u32,
     /// Each provider built once, on first use, for every request: one EC2 client (and one
@@ -193,12 +192,13 @@ struct Shared {
 impl Service {
     pub fn new(settings: Settings, printer: Arc<Printer>) -> Result<Self, Error> {
         let store = Store::open_in(&settings.state_dir)?;
-        let profiles = settings.profiles()?;
+        // A profile that does not load is the install's problem: said at start, not at the
+        // first launch.
+        settings.profiles()?;
         Ok(Self {
             shared: Arc::new(Shared {
                 settings,
                 store,
-                profiles,
                 uid: crate::sys::effective_uid(),
                 providers: tokio::sync::Mutex::new(HashMap::new()),
             }),
@@ -237,8 +237,10 @@ impl Service {
         &self.shared.store
     }
 
-    fn profiles(&self) -> &ProfileSet {
-        &self.shared.profiles
+    /// The profiles and baked images as they are now: read for each request, so that the class
+    /// service sees a profile an instructor added, or an image just baked, without a restart.
+    fn profiles(&self) -> Result<ProfileSet, Error> {
+        self.shared.settings.profiles()
     }
 
     pub fn printer(&self) -> &Printer {
@@ -398,12 +400,12 @@ impl Service {
             Request::Usage { owner, everyone } => {
                 self.usage(asked, owner.as_deref(), everyone).await
             }
-            Request::Quota => self.quota(asked),
+            Request::Quota {} => self.quota(asked),
             Request::Report { by, since, until } => {
                 self.report(asked, by, since.as_deref(), until.as_deref())
             }
             Request::Audit { since } => self.audit_trail(asked, since.as_deref()),
-            Request::Snapshot => self.snapshot(asked).await,
+            Request::Snapshot {} => self.snapshot(asked).await,
             Request::Reap { dry_run, orphans } => self.reap(asked, dry_run, orphans).await,
             Request::ImageBuild { profile, dry_run } => {
                 self.image_build(asked, &profile, dry_run).await

@@ -82,7 +82,7 @@ pub enum Request {
         #[serde(default)]
         everyone: bool,
     },
-    Quota,
+    Quota {},
     /// Instructors only: the audit trail from `since` (RFC 3339 or a date) on.
     Audit {
         since: Option<String>,
@@ -107,7 +107,7 @@ pub enum Request {
         name: String,
     },
     /// Records every instance's state and hours (cron).
-    Snapshot,
+    Snapshot {},
     /// Bakes an image of a profile (instructors, the service account): one instance with the
     /// install only, imaged, terminated; the profile's launches then boot from the image.
     ImageBuild {
@@ -157,13 +157,13 @@ impl Request {
             Request::Key { .. } => "key",
             Request::Reach { .. } => "reach",
             Request::Usage { .. } => "usage",
-            Request::Quota => "quota",
+            Request::Quota {} => "quota",
             Request::Audit { .. } => "audit",
             Request::Report { .. } => "report",
             Request::Delete { .. } => "delete",
             Request::Reconcile { .. } => "reconcile",
             Request::UpdateWorkers { .. } => "update-workers",
-            Request::Snapshot => "snapshot",
+            Request::Snapshot {} => "snapshot",
             Request::Reap { .. } => "reap",
             Request::ImageBuild { .. } => "image-build",
         }
@@ -176,7 +176,7 @@ impl Request {
             self,
             Request::List { .. }
                 | Request::Usage { .. }
-                | Request::Quota
+                | Request::Quota {}
                 | Request::Audit { .. }
                 | Request::Report { .. }
                 | Request::Reach { .. }
@@ -311,13 +311,13 @@ impl Response {
             Request::List { .. } => Response::Clusters(of(value)?),
             Request::Key { .. } | Request::Reach { .. } => Response::Key(of(value)?),
             Request::Usage { .. } => Response::Usage(of(value)?),
-            Request::Quota => Response::Quota(of(value)?),
+            Request::Quota {} => Response::Quota(of(value)?),
             Request::Audit { .. } => Response::Audit(of(value)?),
             Request::Report { .. } => Response::Report(of(value)?),
             Request::Delete { .. } => Response::Deleted(of(value)?),
             Request::Reconcile { .. } => Response::Reconciled(of(value)?),
             Request::UpdateWorkers { .. } => Response::WorkersFile(of(value)?),
-            Request::Snapshot => Response::Snapshot(of(value)?),
+            Request::Snapshot {} => Response::Snapshot(of(value)?),
             Request::Reap { .. } => Response::Reaped(of(value)?),
             Request::ImageBuild { .. } => Response::Image(of(value)?),
         })
@@ -405,12 +405,19 @@ mod tests {
         );
         let back: Request = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(back, r);
+        assert_eq!(
+            serde_json::to_string(&Request::Quota {}).unwrap(),
+            r#"{"action":"quota"}"#
+        );
         for bad in [
             r#"{"action":"launch","name":"demo","workers":2,"user":"bob"}"#,
             r#"{"action":"launch","name":"demo","workers":2,"profile_path":"/tmp/p.toml"}"#,
             r#"{"action":"rm","name":"x"}"#,
             r#"{"name":"demo"}"#,
             r#"{"action":"launch","name":"demo","workers":-1}"#,
+            // Requests without fields refuse unknown ones too (a unit variant would not).
+            r#"{"action":"quota","user":"bob"}"#,
+            r#"{"action":"snapshot","owner":"bob"}"#,
         ] {
             assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");
         }

@@ -333,7 +333,7 @@ impl Service {
             return Vec::new();
         };
         let jobs = [
-            (s.snapshot_minutes, Request::Snapshot),
+            (s.snapshot_minutes, Request::Snapshot {}),
             (
                 s.reap_minutes,
                 Request::Reap {
@@ -377,7 +377,7 @@ mod tests {
         let ok = br#"{"action":"quota"}
 "#;
         let mut rd = BufReader::new(&ok[..]);
-        assert_eq!(read_request(&mut rd, within).await, Ok(Request::Quota));
+        assert_eq!(read_request(&mut rd, within).await, Ok(Request::Quota {}));
 
         // Nothing comes: refused once the time is up.
         let (client, server) = tokio::io::duplex(64);
