@@ -325,8 +325,9 @@ impl LocalProvider {
         write_atomic(&paths.user_data(), batch.user_data.as_bytes(), 0o700)
             .map_err(ProviderError::io("cannot write the node's user-data"))?;
         let host_public = crate::cluster::ssh::public_key_openssh(host_key.public_key());
-        std::fs::create_dir_all(paths.etc_ssh())
-            .map_err(ProviderError::io("cannot make the node's etc-ssh directory"))?;
+        std::fs::create_dir_all(paths.etc_ssh()).map_err(ProviderError::io(
+            "cannot make the node's etc-ssh directory",
+        ))?;
         write_atomic(
             &paths.etc_ssh().join("ssh_host_ed25519_key.pub"),
             format!("{host_public} root@{}\n", node.name).as_bytes(),
