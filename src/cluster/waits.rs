@@ -31,15 +31,15 @@ pub(crate) const PHASE_COMMAND: &str =
 /// How often a wait checks whether it has something to say (off a terminal, every 30 s).
 const SAY_EVERY: Duration = Duration::from_secs(5);
 
-/// What the provider answers for the request's instances, or `None` if it is throttled (or
-/// briefly unavailable) now: look again at the next round.
+/// What the provider answers for the request's instances, or `None` if it is throttled (or did
+/// not answer in time, or is briefly unavailable) now: look again at the next round.
 async fn look<P: Provider>(
     b: &Batch<'_, P>,
     selector: &Selector,
 ) -> Result<Option<HashMap<String, Instance>>, Error> {
     match b.provider.poll(selector).await {
         Ok(found) => Ok(Some(found.into_iter().map(|i| (i.id.clone(), i)).collect())),
-        Err(e) if e.is_throttled() => {
+        Err(e) if e.try_later() => {
             tracing::info!("{e}; looking again at the next round");
             Ok(None)
         }

@@ -43,6 +43,10 @@ pub enum ProviderError {
     Throttled(String),
     #[error("{op} failed: {message}")]
     Api { op: String, message: String },
+    /// The endpoint did not answer in time, could not be reached, or answered that it is briefly
+    /// unavailable (InternalError, Unavailable): a wait looks again at its next round.
+    #[error("{op} failed: {message}")]
+    Unavailable { op: String, message: String },
     #[error("{what}")]
     Io {
         what: String,
@@ -58,9 +62,13 @@ impl ProviderError {
         matches!(self, ProviderError::InvalidRequest(_))
     }
 
-    /// Whether a wait should simply look again later.
-    pub fn is_throttled(&self) -> bool {
-        matches!(self, ProviderError::Throttled(_))
+    /// Whether a wait should simply look again later: throttled, or the endpoint briefly
+    /// unavailable.
+    pub fn try_later(&self) -> bool {
+        matches!(
+            self,
+            ProviderError::Throttled(_) | ProviderError::Unavailable { .. }
+        )
     }
 
     /// Whether no other node of the launch can do better: the request is wrong, or the

@@ -39,6 +39,42 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
 /// (it waits tens of seconds between attempts on a fresh client) through every attempt.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// Keeps the SDK from retrying a RunInstances that EC2 refused for want of capacity or at a
+/// quota: EC2 answers `InsufficientInstanceCapacity` and its kind with HTTP 500, which the SDK
+/// takes as transient and retries on the same type in the same zone, up to every attempt, before
+/// stratus sees it. stratus moves on itself (the next subnet, the next type, a paused round; or
+/// it stops at a quota), so each of those retries is only a wasted call against the account's
+/// RunInstances bucket, and time.
+#[derive(Debug)]
+struct NoRetryOfRefusals;
+
+impl aws_sdk_ec2::config::retry::ClassifyRetry for NoRetryOfRefusals {
+    fn classify_retry(
+        &self,
+        ctx: &aws_sdk_ec2::config::interceptors::InterceptorContext,
+    ) -> aws_sdk_ec2::config::retry::RetryAction {
+        use aws_sdk_ec2::config::retry::RetryAction;
+        use aws_sdk_ec2::error::ProvideErrorMetadata;
+        let code = match ctx.output_or_error() {
+            Some(Err(e)) => e
+                .as_operation_error()
+                .and_then(|e| {
+                    e.downcast_ref::<aws_sdk_ec2::operation::run_instances::RunInstancesError>()
+                })
+                .and_then(|e| e.code()),
+            _ => None,
+        };
+        match code {
+            Some(code) if super::error::handled_by_stratus(code) => RetryAction::RetryForbidden,
+            _ => RetryAction::NoActionIndicated,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "stratus: no retry of capacity and quota refusals"
+    }
+}
+
 /// The endpoint to use: the site config's, else (for a user's own command only) the standard
 /// `AWS_ENDPOINT_URL_EC2` or `AWS_ENDPOINT_URL`.
 fn endpoint(config: &Ec2Config, trust: &Trust) -> Result<Option<String>, ProviderError> {
@@ -166,6 +202,7 @@ pub(super) async fn build(config: &Ec2Config, trust: &Trust) -> Result<Built, Pr
         .credentials_provider(credentials.clone())
         .http_client(http.clone())
         .retry_config(retry.clone())
+        .retry_classifier(NoRetryOfRefusals)
         .timeout_config(timeouts.clone());
     if let Some(url) = &endpoint {
         builder = builder.endpoint_url(url);

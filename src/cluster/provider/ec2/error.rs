@@ -54,6 +54,12 @@ const QUOTA: &[(&str, &str)] = &[
     ),
 ];
 
+/// Whether stratus itself answers a refusal with this code (another placement, or a stop), so
+/// that the SDK must not retry it as it is.
+pub(super) fn handled_by_stratus(code: &str) -> bool {
+    CAPACITY.contains(&code) || QUOTA.iter().any(|(c, _)| *c == code)
+}
+
 /// Codes meaning "slow down": the account's request rate for the action is spent (EC2 throttles
 /// per account, region and action), after the SDK's own retries.
 /// <https://docs.aws.amazon.com/AWSEC2/latest/devguide/ec2-api-throttling.html>
@@ -115,18 +121,18 @@ where
                 },
             }
         }
-        SdkError::TimeoutError(_) => ProviderError::Api {
+        SdkError::TimeoutError(_) => ProviderError::Unavailable {
             op: op.to_owned(),
             message: format!("{} did not answer in time", ctx.endpoint),
         },
         SdkError::DispatchFailure(d) => {
             if d.is_timeout() {
-                ProviderError::Api {
+                ProviderError::Unavailable {
                     op: op.to_owned(),
                     message: format!("{} did not answer in time", ctx.endpoint),
                 }
             } else if d.is_io() {
-                ProviderError::Api {
+                ProviderError::Unavailable {
                     op: op.to_owned(),
                     message: format!("cannot reach {}", ctx.endpoint),
                 }
@@ -183,6 +189,19 @@ fn from_code(op: &str, ctx: &Context, code: &str, message: &str) -> ProviderErro
     }
     if THROTTLED.contains(&code) {
         return ProviderError::Throttled(format!("{op} was throttled: {detail}"));
+    }
+    if matches!(
+        code,
+        "InternalError"
+            | "InternalFailure"
+            | "ServerInternal"
+            | "Unavailable"
+            | "ServiceUnavailable"
+    ) {
+        return ProviderError::Unavailable {
+            op: op.to_owned(),
+            message: detail,
+        };
     }
     // stratus's own group or key pair gone missing (deleted by someone else meanwhile) is a
     // failure at run time, not something wrong with what the user asked for.
@@ -295,7 +314,19 @@ mod tests {
             k("InvalidGroup.Duplicate"),
             ProviderError::Api { .. }
         ));
-        assert!(matches!(k("InternalError"), ProviderError::Api { .. }));
+        assert!(matches!(
+            k("InternalError"),
+            ProviderError::Unavailable { .. }
+        ));
+        for code in [
+            "InsufficientInstanceCapacity",
+            "Unsupported",
+            "VcpuLimitExceeded",
+        ] {
+            assert!(handled_by_stratus(code), "{code}");
+        }
+        assert!(!handled_by_stratus("RequestLimitExceeded"));
+        assert!(!handled_by_stratus("InternalError"));
         for code in ["RequestLimitExceeded", "Throttling"] {
             assert!(matches!(k(code), ProviderError::Throttled(_)), "{code}");
         }
