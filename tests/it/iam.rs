@@ -578,8 +578,8 @@ fn spot_request_for(
 }
 
 /// Boots the image build's instance as a local node at its private address, with its key pair
-/// and user-data, and prints its host key on its console, as `ec2_hypervisor` does for the EC2
-/// tests; here with the administrator's key, which IAM enforcement requires (that hypervisor
+/// and user-data, and prints its host key on its console once the user-data has returned, as
+/// `ec2_hypervisor` does for the EC2 tests; here with the administrator's key, which IAM enforcement requires (that hypervisor
 /// signs with moto's `testing` key). Returns the instances it booted when stopped.
 struct BootImageBuild {
     stop: Arc<AtomicBool>,
@@ -624,6 +624,8 @@ async fn boot_loop(
         .with_exe(std::path::PathBuf::from(crate::support::BIN));
     let ec2 = ec2_moto::client(&endpoint, &admin.id, &admin.secret);
     let mut booted: Vec<(String, String)> = Vec::new();
+    // Booted nodes whose keys reach the console when their user-data has returned.
+    let mut keys_due: Vec<(String, std::path::PathBuf, String)> = Vec::new();
     while !stop.load(Ordering::SeqCst) {
         let listed = ec2
             .describe_instances()
@@ -716,7 +718,21 @@ async fn boot_loop(
                 .await
                 .expect("boot the image build's node");
             let host_key = node.host_key.clone().unwrap();
-            let body = json!({"instance_id": id, "output": console_text(&[host_key])});
+            // cloud-init prints the keys once the user-data has returned (`keys-to-console`
+            // runs in its final stage), as the EC2 tests' hypervisor does.
+            let finished = dir
+                .path()
+                .join("local")
+                .join(&node.id)
+                .join("boot-finished");
+            keys_due.push((id.clone(), finished, host_key));
+            booted.push((id, node.id));
+        }
+        keys_due.retain(|(id, finished, host_key)| {
+            if !finished.exists() {
+                return true;
+            }
+            let body = json!({"instance_id": id, "output": console_text(&[host_key.clone()])});
             let (status, answer) = http(
                 &endpoint,
                 "POST",
@@ -724,8 +740,8 @@ async fn boot_loop(
                 &body.to_string(),
             );
             assert_eq!(status, 200, "console: {answer}");
-            booted.push((id, node.id));
-        }
+            false
+        });
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let nodes: Vec<String> = booted
