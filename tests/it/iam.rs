@@ -732,7 +732,8 @@ async fn boot_loop(
             if !finished.exists() {
                 return true;
             }
-            let body = json!({"instance_id": id, "output": console_text(&[host_key.clone()])});
+            let body =
+                json!({"instance_id": id, "output": console_text(std::slice::from_ref(host_key))});
             let (status, answer) = http(
                 &endpoint,
                 "POST",
