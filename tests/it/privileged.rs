@@ -1626,11 +1626,16 @@ fn a_hostile_environment_changes_nothing_about_a_launch() {
     let (a, b) = (calm.result(), storm.result());
     assert_eq!(calm.stderr, "", "{calm}");
     assert_eq!(storm.stderr, calm.stderr, "{storm}");
-    // The same lines but for progress (which depends on timing).
+    // The same lines but for progress (bars and waiting lines, which depend on timing and name
+    // the cluster).
     let said = |a: &Answer| -> Vec<String> {
         a.lines
             .iter()
-            .filter(|l| l.get("progress").is_none() && l.get("result").is_none())
+            .filter(|l| {
+                l.get("progress").is_none()
+                    && l.get("waiting").is_none()
+                    && l.get("result").is_none()
+            })
             .map(|l| l.to_string())
             .collect()
     };
