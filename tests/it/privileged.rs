@@ -984,20 +984,24 @@ max_nodes = 4
 profiles = ["tiny"]
 "#;
 
-#[test]
-fn fifty_concurrent_launches_from_ten_users_never_exceed_any_limit() {
-    let Some((_serial, moto, subnet)) = start_with_moto() else {
-        return;
-    };
-    let site = Site::new(&moto.endpoint, &subnet, 10);
-    site.set_policy(CROWDED);
-    let (max_units, max_clusters, max_nodes, class_max) = (5usize, 2usize, 4usize, 24usize);
+/// The limits of a crowded class's policy that the concurrency tests check what ran against.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Crowd {
+    pub max_units: usize,
+    pub max_clusters: usize,
+    pub max_nodes: usize,
+    pub class_max: usize,
+}
 
-    // Five launches per user, 1 to 4 workers (2 to 5 nodes, so some break max_nodes), all
-    // started before any ends.
+/// One launch of a crowd: the student's index, the cluster, its nodes, and how it ended.
+pub(crate) type CrowdLaunch = (usize, String, usize, Out);
+
+/// `per_student` launches by every student of `site`, 1 to 4 workers of profile `tiny` (2 to 5
+/// nodes, so some break max_nodes), all started before any ends; each once it ended.
+pub(crate) fn launch_at_once(site: &Site, per_student: usize) -> Vec<CrowdLaunch> {
     let mut running = Vec::new();
     for (u, user) in site.students.iter().enumerate() {
-        for j in 0..5usize {
+        for j in 0..per_student {
             let workers = (u + j) % 4 + 1;
             let name = format!("c{j}");
             let child = site
@@ -1020,47 +1024,68 @@ fn fifty_concurrent_launches_from_ten_users_never_exceed_any_limit() {
         }
     }
     let started = Instant::now();
-    let results: Vec<(usize, String, usize, Out)> = running
+    let results = running
         .into_iter()
         .map(|(u, name, nodes, child)| {
             let out = Out::of(format!("{u} {name}"), child.wait_with_output().unwrap());
             (u, name, nodes, out)
         })
         .collect();
-    eprintln!("50 concurrent launches took {:?}", started.elapsed());
+    eprintln!(
+        "{} concurrent launches took {:?}",
+        site.students.len() * per_student,
+        started.elapsed()
+    );
+    results
+}
 
-    // Each ended with a launch or a refusal by a limit; nothing failed.
+/// Each launch ended launched or refused by a limit, nothing failed; what moto runs, per owner
+/// and in all, is within `crowd`; every launch that said yes has exactly its nodes, every
+/// refusal nothing; no refusal came while there was room; and the reservations say the same.
+/// `context` is added to the messages (the class service's log, say).
+pub(crate) fn assert_within_the_policy(
+    site: &Site,
+    moto: &Moto,
+    results: &[CrowdLaunch],
+    crowd: Crowd,
+    context: &dyn Fn() -> String,
+) {
+    let Crowd {
+        max_units,
+        max_clusters,
+        max_nodes,
+        class_max,
+    } = crowd;
     let limits = [
         "max_units for",
         "max_clusters for",
         "max_nodes for",
         "the class's max_units",
     ];
-    for (_, _, _, out) in &results {
+    for (_, _, _, out) in results {
         match out.code {
             0 => {}
             2 => assert!(
                 limits.iter().any(|l| out.stderr.contains(l)),
-                "refused, but not by a limit: {out}"
+                "refused, but not by a limit: {out}\n{}",
+                context()
             ),
-            _ => panic!("neither launched nor refused: {out}"),
+            _ => panic!("neither launched nor refused: {out}\n{}", context()),
         }
     }
 
-    // What moto really runs, per owner and in all, against the policy; every launch that said
-    // yes has exactly its nodes, every refusal nothing.
     let mut units = vec![0usize; site.students.len()];
     let mut clusters = vec![0usize; site.students.len()];
-    for (u, name, nodes, out) in &results {
+    for (u, name, nodes, out) in results {
         let user = &site.students[*u];
-        let live = live_instances(&moto, user, name);
+        let live = live_instances(moto, user, name);
         if out.code == 0 {
             assert_eq!(live, *nodes, "{}'s {name}: {out}", user.name);
             assert!(*nodes <= max_nodes);
             units[*u] += live;
             clusters[*u] += 1;
         } else {
-            assert_nothing_created(&moto, user, name);
+            assert_nothing_created(moto, user, name);
         }
     }
     let total: usize = units.iter().sum();
@@ -1083,9 +1108,9 @@ fn fifty_concurrent_launches_from_ten_users_never_exceed_any_limit() {
     }
     assert!(total <= class_max, "the class runs {total} units");
 
-    // And no refusal while there was room: usage only grew, so what each refusal asked for
-    // does not fit what is in use now either.
-    for (u, name, nodes, out) in &results {
+    // No refusal while there was room: usage only grew, so what each refusal asked for does
+    // not fit what is in use now either.
+    for (u, name, nodes, out) in results {
         if out.code != 2 {
             continue;
         }
@@ -1103,7 +1128,7 @@ fn fifty_concurrent_launches_from_ten_users_never_exceed_any_limit() {
     eprintln!("{launched} launched, {total} units in all");
     assert!(launched > 0);
 
-    // The runner's ledger says the same.
+    // The ledger says the same.
     let open = site.sql(
         "SELECT owner, SUM(units) AS units FROM reservations WHERE released_at IS NULL GROUP BY owner",
     );
@@ -1124,6 +1149,24 @@ fn fifty_concurrent_launches_from_ten_users_never_exceed_any_limit() {
             user.name
         );
     }
+}
+
+#[test]
+fn fifty_concurrent_launches_from_ten_users_never_exceed_any_limit() {
+    let Some((_serial, moto, subnet)) = start_with_moto() else {
+        return;
+    };
+    let site = Site::new(&moto.endpoint, &subnet, 10);
+    site.set_policy(CROWDED);
+    let crowd = Crowd {
+        max_units: 5,
+        max_clusters: 2,
+        max_nodes: 4,
+        class_max: 24,
+    };
+    // Five launches per user, all started before any ends.
+    let results = launch_at_once(&site, 5);
+    assert_within_the_policy(&site, &moto, &results, crowd, &String::new);
     site.assert_settled(&moto);
 }
 

@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::privileged::{
-    Answer, COUNTER, ChildGuard, Out, Site, TestCgroup, User, answer, assert_nothing_created,
-    instances, is_live, live_instances, runner_pids, start, start_with_moto,
+    Answer, COUNTER, ChildGuard, Crowd, Out, Site, TestCgroup, User, answer,
+    assert_within_the_policy, instances, is_live, launch_at_once, live_instances, runner_pids,
+    start, start_with_moto,
 };
 use crate::support::eventually;
 
@@ -376,130 +377,15 @@ fn twenty_four_concurrent_launches_by_three_students_through_the_service_stay_wi
     let class = Class::new(&moto.endpoint, &subnet, 3, "");
     let site = &class.site;
     site.set_policy(CROWDED);
-    let (max_units, max_clusters, max_nodes, class_max) = (5usize, 3usize, 4usize, 12usize);
-
-    // Eight launches per student, 1 to 4 workers (2 to 5 nodes, so some break max_nodes), all
-    // started before any ends.
-    let mut running = Vec::new();
-    for (u, user) in site.students.iter().enumerate() {
-        for j in 0..8usize {
-            let workers = (u + j) % 4 + 1;
-            let name = format!("c{j}");
-            let child = site
-                .stratus_cmd(
-                    user,
-                    &[
-                        "launch-cluster",
-                        &name,
-                        &workers.to_string(),
-                        "-p",
-                        "tiny",
-                        "--no-configure",
-                    ],
-                )
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            running.push((u, name, workers + 1, child));
-        }
-    }
-    let started = Instant::now();
-    let results: Vec<(usize, String, usize, Out)> = running
-        .into_iter()
-        .map(|(u, name, nodes, child)| {
-            let out = Out::of(format!("{u} {name}"), child.wait_with_output().unwrap());
-            (u, name, nodes, out)
-        })
-        .collect();
-    eprintln!(
-        "24 concurrent launches through the service took {:?}",
-        started.elapsed()
-    );
-
-    let limits = [
-        "max_units for",
-        "max_clusters for",
-        "max_nodes for",
-        "the class's max_units",
-    ];
-    for (_, _, _, out) in &results {
-        match out.code {
-            0 => {}
-            2 => assert!(
-                limits.iter().any(|l| out.stderr.contains(l)),
-                "refused, but not by a limit: {out}\n{}",
-                class.serve_log()
-            ),
-            _ => panic!("neither launched nor refused: {out}\n{}", class.serve_log()),
-        }
-    }
-
-    let mut units = vec![0usize; site.students.len()];
-    let mut clusters = vec![0usize; site.students.len()];
-    for (u, name, nodes, out) in &results {
-        let user = &site.students[*u];
-        let live = live_instances(&moto, user, name);
-        if out.code == 0 {
-            assert_eq!(live, *nodes, "{}'s {name}: {out}", user.name);
-            assert!(*nodes <= max_nodes);
-            units[*u] += live;
-            clusters[*u] += 1;
-        } else {
-            assert_nothing_created(&moto, user, name);
-        }
-    }
-    let total: usize = units.iter().sum();
-    let everything = moto.instances(&[]).iter().filter(|i| is_live(i)).count();
-    assert_eq!(everything, total, "instances no launch accounts for");
-    for (u, user) in site.students.iter().enumerate() {
-        let owned = moto
-            .instances(&[("tag:stratus:owner", &user.name)])
-            .iter()
-            .filter(|i| is_live(i))
-            .count();
-        assert_eq!(owned, units[u], "{}", user.name);
-        assert!(owned <= max_units, "{} runs {owned} units", user.name);
-        assert!(
-            clusters[u] <= max_clusters,
-            "{} runs {} clusters",
-            user.name,
-            clusters[u]
-        );
-    }
-    assert!(total <= class_max, "the class runs {total} units");
-
-    // No refusal while there was room: usage only grew, so what each refusal asked for does
-    // not fit what is in use now either.
-    for (u, name, nodes, out) in &results {
-        if out.code != 2 {
-            continue;
-        }
-        let fits = *nodes <= max_nodes
-            && units[*u] + nodes <= max_units
-            && clusters[*u] < max_clusters
-            && total + nodes <= class_max;
-        assert!(
-            !fits,
-            "{name} of {} ({nodes} nodes) was refused with room left: {out}",
-            site.students[*u].name
-        );
-    }
-    let launched = results.iter().filter(|r| r.3.code == 0).count();
-    eprintln!("{launched} launched, {total} units in all");
-    assert!(launched > 0);
-
-    // The ledger says the same.
-    let open = site.sql(
-        "SELECT owner, SUM(units) AS units FROM reservations WHERE released_at IS NULL GROUP BY owner",
-    );
-    for (u, user) in site.students.iter().enumerate() {
-        let held = open
-            .iter()
-            .find(|r| r["owner"] == user.name.as_str())
-            .map_or(0, |r| r["units"].as_u64().unwrap() as usize / 1000);
-        assert_eq!(held, units[u], "{}'s reservations", user.name);
-    }
+    let crowd = Crowd {
+        max_units: 5,
+        max_clusters: 3,
+        max_nodes: 4,
+        class_max: 12,
+    };
+    // Eight launches per student, all started before any ends.
+    let results = launch_at_once(site, 8);
+    assert_within_the_policy(site, &moto, &results, crowd, &|| class.serve_log());
     site.assert_settled(&moto);
 }
 
