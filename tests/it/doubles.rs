@@ -19,7 +19,7 @@ use crate::ec2::ec2_hypervisor::{
     CONSOLE_KEEPS, Console, Hypervisor, HypervisorConfig, fresh_public_key,
 };
 use crate::ec2::ec2_moto::{Moto, REGION, UBUNTU_AMI};
-use crate::ec2::{ec2_context, owner};
+use crate::ec2::{loopback_context, owner};
 use crate::support::eventually;
 
 /// A user-data that prints `started`, then `waiting N` every 0.1 s until `gate` exists, then
@@ -436,13 +436,7 @@ fn slow_profile(ctx: &crate::support::TestContext, body: &str, ready_secs: u32) 
 #[test]
 fn stratus_waits_in_vain_for_the_keys_of_a_user_data_slower_than_its_ready_wait() {
     let Some(moto) = Moto::acquire() else { return };
-    let (_vpc, subnet) = moto.loopback_subnet();
-    let ctx = ec2_context(
-        &moto,
-        &format!(
-            "subnet_id = \"{subnet}\"\naddress = \"private_ip\"\nclient_cidrs = [\"127.0.0.0/8\"]\n"
-        ),
-    );
+    let ctx = loopback_context(&moto);
     let dir = tempfile::tempdir().unwrap();
     let gate = dir.path().join("gate");
     slow_profile(&ctx, &gated_user_data(&gate, false), 8);
@@ -472,13 +466,7 @@ fn stratus_waits_in_vain_for_the_keys_of_a_user_data_slower_than_its_ready_wait(
 #[test]
 fn stratus_launches_while_a_user_data_that_printed_the_keys_first_still_runs() {
     let Some(moto) = Moto::acquire() else { return };
-    let (_vpc, subnet) = moto.loopback_subnet();
-    let ctx = ec2_context(
-        &moto,
-        &format!(
-            "subnet_id = \"{subnet}\"\naddress = \"private_ip\"\nclient_cidrs = [\"127.0.0.0/8\"]\n"
-        ),
-    );
+    let ctx = loopback_context(&moto);
     let dir = tempfile::tempdir().unwrap();
     let gate = dir.path().join("gate");
     slow_profile(&ctx, &gated_user_data(&gate, true), 8);

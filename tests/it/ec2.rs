@@ -30,6 +30,17 @@ use ec2_moto::{Moto, UBUNTU_AMI, assert_cluster_tags, tag};
 
 pub(crate) const CIDRS: [&str; 2] = ["203.0.113.0/24", "198.51.100.7/32"];
 
+/// A loopback subnet and a context whose EC2 nodes get addresses there.
+pub(crate) fn loopback_context(moto: &Moto) -> TestContext {
+    let (_vpc, subnet) = moto.loopback_subnet();
+    ec2_context(
+        moto,
+        &format!(
+            "subnet_id = \"{subnet}\"\naddress = \"private_ip\"\nclient_cidrs = [\"127.0.0.0/8\"]\n"
+        ),
+    )
+}
+
 /// A context whose site config points stratus at this moto, with `ec2_extra` in `[ec2]`.
 pub(crate) fn ec2_context(moto: &Moto, ec2_extra: &str) -> TestContext {
     let ctx = TestContext::new();
@@ -746,13 +757,7 @@ pub(crate) fn hypervisor_with(
 #[test]
 fn a_cluster_configured_over_ssh_on_loopback_instances() {
     let Some(moto) = Moto::acquire() else { return };
-    let (_vpc, subnet) = moto.loopback_subnet();
-    let ctx = ec2_context(
-        &moto,
-        &format!(
-            "subnet_id = \"{subnet}\"\naddress = \"private_ip\"\nclient_cidrs = [\"127.0.0.0/8\"]\n"
-        ),
-    );
+    let ctx = loopback_context(&moto);
     e2e_profile(&ctx, 60, None);
     let hv = hypervisor(&moto, "e2e", &[]);
 
@@ -867,13 +872,7 @@ fn a_cluster_configured_over_ssh_on_loopback_instances() {
 #[test]
 fn a_worker_that_never_answers_rolls_back_everything() {
     let Some(moto) = Moto::acquire() else { return };
-    let (_vpc, subnet) = moto.loopback_subnet();
-    let ctx = ec2_context(
-        &moto,
-        &format!(
-            "subnet_id = \"{subnet}\"\naddress = \"private_ip\"\nclient_cidrs = [\"127.0.0.0/8\"]\n"
-        ),
-    );
+    let ctx = loopback_context(&moto);
     e2e_profile(&ctx, 8, Some(2));
     let hv = hypervisor(&moto, "rb", &["rb-worker-2"]);
 

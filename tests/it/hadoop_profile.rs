@@ -1796,13 +1796,7 @@ fn a_hadoop_launch_through_the_faithful_hypervisor_configures_though_its_install
  {
     use crate::ec2::ec2_hypervisor::{Console, Hypervisor, HypervisorConfig};
     let Some(moto) = Moto::acquire() else { return };
-    let (_vpc, subnet) = moto.loopback_subnet();
-    let ctx = crate::ec2::ec2_context(
-        &moto,
-        &format!(
-            "subnet_id = \"{subnet}\"\naddress = \"private_ip\"\nclient_cidrs = [\"127.0.0.0/8\"]\n"
-        ),
-    );
+    let ctx = crate::ec2::loopback_context(&moto);
     let stage = Stage::new();
     // The nodes run as this user (the hypervisor's SSH serves it): it owns the daemons' dirs.
     let me = Command::new("id").arg("-un").output().unwrap();

@@ -21,20 +21,10 @@ use stratus::store::{Interval, Store};
 use crate::ec2::ec2_moto::{Moto, UBUNTU_AMI, client, tag};
 use crate::ec2::{
     CIDRS, E2E, TAGGED, TAGGED_USER_DATA, e2e_profile, ec2_context, ec2_provider, hypervisor,
-    leftovers, live_instances, nodes, owner, resources_exist, store_id, tagged_profile,
+    leftovers, live_instances, loopback_context, nodes, owner, resources_exist, store_id,
+    tagged_profile,
 };
 use crate::support::{Run, TestContext, eventually};
-
-/// A loopback subnet and a context whose EC2 nodes get addresses there.
-fn loopback_context(moto: &Moto) -> TestContext {
-    let (_vpc, subnet) = moto.loopback_subnet();
-    ec2_context(
-        moto,
-        &format!(
-            "subnet_id = \"{subnet}\"\naddress = \"private_ip\"\nclient_cidrs = [\"127.0.0.0/8\"]\n"
-        ),
-    )
-}
 
 /// The tagged profile (see `ec2.rs`) with another `ready_timeout_secs`.
 fn tagged_profile_ready(ctx: &TestContext, ready_secs: u32) {

@@ -9,7 +9,7 @@ use aws_sdk_ec2::types::{Filter, InstanceStateName};
 use serde_json::Value;
 
 use crate::ec2::ec2_moto::{Moto, UBUNTU_AMI, assert_cluster_tags, tag};
-use crate::ec2::{ec2_context, hypervisor, owner};
+use crate::ec2::{hypervisor, loopback_context, owner};
 use crate::support::TestContext;
 
 /// A profile with the phase protocol of a baked image: with `image_build`, install (here: a
@@ -53,13 +53,7 @@ echo "cluster node" > role
 "#;
 
 fn site(moto: &Moto, phase: &str) -> TestContext {
-    let (_vpc, subnet) = moto.loopback_subnet();
-    let ctx = ec2_context(
-        moto,
-        &format!(
-            "subnet_id = \"{subnet}\"\naddress = \"private_ip\"\nclient_cidrs = [\"127.0.0.0/8\"]\n"
-        ),
-    );
+    let ctx = loopback_context(moto);
     ctx.profile_file("bake.toml", &PROFILE.replace("IMAGE", UBUNTU_AMI));
     ctx.profile_file("bake/node.sh.hbs", &USER_DATA.replace("PHASE", phase));
     ctx

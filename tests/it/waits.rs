@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::ec2::ec2_moto::Moto;
-use crate::ec2::{e2e_profile, ec2_context, hypervisor};
+use crate::ec2::{e2e_profile, hypervisor, loopback_context};
 use crate::support::eventually;
 
 /// The e2e profile, with an install that runs in the background after the user-data returns and
@@ -36,13 +36,7 @@ fn installing_profile(ctx: &crate::support::TestContext, release: &std::path::Pa
 #[test]
 fn a_throttled_describe_while_nodes_install_is_looked_at_again_never_a_failed_launch() {
     let Some(moto) = Moto::acquire() else { return };
-    let (_vpc, subnet) = moto.loopback_subnet();
-    let ctx = ec2_context(
-        &moto,
-        &format!(
-            "subnet_id = \"{subnet}\"\naddress = \"private_ip\"\nclient_cidrs = [\"127.0.0.0/8\"]\n"
-        ),
-    );
+    let ctx = loopback_context(&moto);
     let release = ctx.root.path().join("release");
     installing_profile(&ctx, &release);
     let _hv = hypervisor(&moto, "e2e", &[]);
