@@ -92,7 +92,9 @@ pub fn plan(profile: &Profile, state_dir: &Path) -> Result<String, Error> {
         profile.master.instance_type,
         profile.master.image,
         profile.name,
-        profile.configure_timeout_secs,
+        profile
+            .boot_timeout_secs
+            .unwrap_or(profile.configure_timeout_secs),
         if versions.is_empty() {
             String::new()
         } else {
@@ -242,13 +244,17 @@ async fn bake(
         .into_iter()
         .find(|n| n.role == Role::Master && !n.state.is_gone())
         .ok_or_else(|| Error::runtime(format!("{} has no running node", cluster.name)))?;
-    let key = crate::cluster::keys::ClusterKeys::of(ctx.state_dir, cluster).load()?;
-    let client = Client::new(key, ctx.connect_timeout());
-    let target = target(&node, cluster)?;
-    let timeout = Duration::from_secs(profile.configure_timeout_secs);
-    interrupt
-        .race(wait_for_done(ctx, &client, &target, timeout, interrupt))
-        .await?;
+    // A profile that sets boot_timeout_secs had its install waited for by the launch itself
+    // (`waits::boot`), which showed each phase; only others are waited for here.
+    if profile.boot_timeout_secs.is_none() {
+        let key = crate::cluster::keys::ClusterKeys::of(ctx.state_dir, cluster).load()?;
+        let client = Client::new(key, ctx.connect_timeout());
+        let target = target(&node, cluster)?;
+        let timeout = Duration::from_secs(profile.configure_timeout_secs);
+        interrupt
+            .race(wait_for_done(ctx, &client, &target, timeout, interrupt))
+            .await?;
+    }
 
     let built_at = crate::core::model::now_millis();
     let image_name = format!(
@@ -446,5 +452,16 @@ mod tests {
             cluster_name("My_Hadoop.2").unwrap().as_str(),
             "image-my-hadoop-2"
         );
+    }
+
+    #[test]
+    fn the_plan_names_the_install_wait_the_build_runs_under() {
+        let dir = std::path::Path::new("/state");
+        let mut p = Profile::for_tests("p");
+        p.configure_timeout_secs = 1800;
+        assert!(plan(&p, dir).unwrap().contains("up to 1800 s for"));
+        // The launch waits for the install itself, within the profile's boot_timeout_secs.
+        p.boot_timeout_secs = Some(1200);
+        assert!(plan(&p, dir).unwrap().contains("up to 1200 s for"));
     }
 }
