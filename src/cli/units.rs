@@ -86,6 +86,9 @@ impl Unit<'_> {
              Restart=on-failure\n\
              RestartSec=5s\n\
              UMask=0077\n\
+             # Each launch holds up to [ssh] max_parallel (16) SSH connections at once: a class\n\
+             # of 60 launching together would pass systemd's default of 1024 open files.\n\
+             LimitNOFILE=65536\n\
              NoNewPrivileges=yes\n\
              ProtectSystem=strict\n\
              ReadWritePaths={state}\n\
@@ -184,6 +187,7 @@ mod tests {
             "User=stratus",
             "ExecStart=/opt/class/bin/stratus serve --config /opt/class/etc/stratus/config.toml",
             "NoNewPrivileges=yes",
+            "LimitNOFILE=65536",
             "ProtectSystem=strict",
             "ReadWritePaths=/opt/class/var/lib/stratus",
             "ProtectHome=yes",

@@ -125,7 +125,7 @@ fn console_showing(moto: &Moto, id: &str, needle: &str, hv: &Hypervisor) -> Stri
 fn hypervisor(moto: &Moto, cluster: &str, console: Console) -> Hypervisor {
     Hypervisor::start(HypervisorConfig {
         endpoint: moto.endpoint.clone(),
-        cluster: cluster.into(),
+        cluster: Some(cluster.into()),
         user: "ubuntu".into(),
         port: 2200,
         never_boot: Default::default(),

@@ -746,7 +746,7 @@ pub(crate) fn hypervisor_with(
 ) -> Hypervisor {
     Hypervisor::start(HypervisorConfig {
         endpoint: moto.endpoint.clone(),
-        cluster: cluster.into(),
+        cluster: Some(cluster.into()),
         user: "ubuntu".into(),
         port: 2200,
         never_boot: never_boot.iter().map(|s| s.to_string()).collect(),

@@ -1815,7 +1815,7 @@ fn a_hadoop_launch_through_the_faithful_hypervisor_configures_though_its_install
     let hv = Hypervisor::start_with_node_env(
         HypervisorConfig {
             endpoint: moto.endpoint.clone(),
-            cluster: "hx".into(),
+            cluster: Some("hx".into()),
             user: me.clone(),
             port: 2200,
             never_boot: Default::default(),

@@ -3,6 +3,7 @@
 //! (in `ec2` and `hardening_ec2`) moto's EC2 server, the latter with EC2's faults injected.
 
 mod accounting;
+mod bench_class;
 mod cli;
 mod doubles;
 mod ec2;

@@ -1375,7 +1375,7 @@ fn the_secrets_stay_with_the_service_account_and_each_key_with_its_owner() {
     let (s1, s2) = (site.student(0), site.student(1));
     let hv = Hypervisor::start(HypervisorConfig {
         endpoint: moto.endpoint.clone(),
-        cluster: "web".into(),
+        cluster: Some("web".into()),
         user: "ubuntu".into(),
         port: 2200,
         never_boot: BTreeSet::new(),

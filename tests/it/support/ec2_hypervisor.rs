@@ -36,6 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::{Filter, InstanceStateName};
+use futures_util::StreamExt;
 use stratus::cluster::provider::local::LocalProvider;
 use stratus::cluster::provider::{BatchSpec, Provider, SshAccess};
 use stratus::core::model::{ClusterName, Owner, RequestId, Role, StoreId, Tags, node_name};
@@ -46,13 +47,22 @@ use super::ec2_moto::{client, tag};
 /// through untouched (no fault, bucket or count), as EC2's machinery is no client of its API.
 pub const HYPERVISOR_KEY: &str = "stratus-double-hypervisor";
 
-/// How often moto is asked what runs: moto has no events to wait on.
+/// How often moto is asked what runs (moto has no events to wait on), and how often the consoles
+/// are brought up to date. A describe that takes longer (a class's hundreds of instances, moto
+/// busy with the class's own calls) spaces the next one by three times as long, so that the
+/// hypervisor never takes more than a quarter of moto's time; the consoles are still brought up
+/// to date every `POLL` in between.
 const POLL: Duration = Duration::from_millis(50);
+const DESCRIBE_SHARE: u32 = 3;
+
+/// How many instances boot at once (each boot asks moto for its user-data and key pair).
+const BOOTS_AT_ONCE: usize = 8;
 
 pub struct HypervisorConfig {
     pub endpoint: String,
-    /// Only instances tagged with this cluster are booted.
-    pub cluster: String,
+    /// Only instances tagged with this cluster are booted; with none, every instance stratus
+    /// tagged with a cluster (a whole class's, for `scripts/bench-class`).
+    pub cluster: Option<String>,
     /// The image's login user and sshd port.
     pub user: String,
     pub port: u16,
@@ -151,7 +161,7 @@ pub struct Hypervisor {
     stop: Arc<AtomicBool>,
     report: Arc<Mutex<Report>>,
     thread: Option<std::thread::JoinHandle<()>>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Hypervisor {
@@ -190,12 +200,25 @@ impl Hypervisor {
             stop,
             report,
             thread: Some(thread),
-            _dir: dir,
+            dir,
         }
     }
 
     pub fn report(&self) -> Report {
         self.report.lock().unwrap().clone()
+    }
+
+    /// Each booted node's home directory (what a configure step's files land in), while the
+    /// hypervisor runs.
+    pub fn node_homes(&self) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(self.dir.path().join("local")) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("home"))
+            .filter(|h| h.is_dir())
+            .collect()
     }
 }
 
@@ -331,15 +354,18 @@ async fn run(
     let mut screens: HashMap<String, Screen> = HashMap::new();
     let mut refused: BTreeSet<String> = BTreeSet::new();
     while !stop.load(Ordering::SeqCst) {
-        let listed = describe(&ec2, &config.cluster).await;
+        let asked = Instant::now();
+        let listed = describe(&ec2, config.cluster.as_deref()).await;
+        let next_describe = asked + POLL.max(asked.elapsed() * (1 + DESCRIBE_SHARE));
         let instances = match listed {
             Ok(i) => i,
             Err(e) => {
                 report.lock().unwrap().errors.push(e);
-                tokio::time::sleep(POLL).await;
+                tokio::time::sleep_until(next_describe.into()).await;
                 continue;
             }
         };
+        let mut to_boot = Vec::new();
         for i in instances {
             let Some(id) = i.instance_id().map(str::to_owned) else {
                 continue;
@@ -354,24 +380,7 @@ async fn run(
                         refused.insert(id);
                         continue;
                     }
-                    match boot(&ec2, &local, &config, &i).await {
-                        Ok((node, host_key)) => {
-                            let dir = nodes_root.join(&node);
-                            report
-                                .lock()
-                                .unwrap()
-                                .host_keys
-                                .insert(id.clone(), host_key.clone());
-                            screens
-                                .insert(id.clone(), Screen::new(id.clone(), name, dir, host_key));
-                            nodes.insert(id.clone(), node);
-                            report.lock().unwrap().booted.push(id);
-                        }
-                        Err(e) => {
-                            refused.insert(id.clone());
-                            report.lock().unwrap().errors.push(format!("{id}: {e}"));
-                        }
-                    }
+                    to_boot.push((id, name, i));
                 }
                 Some(InstanceStateName::ShuttingDown | InstanceStateName::Terminated) => {
                     screens.remove(&id);
@@ -389,18 +398,51 @@ async fn run(
                 _ => {}
             }
         }
-        for screen in screens.values_mut() {
-            if let Some(text) = screen.refresh(&config.console)
-                && let Err(e) = show(&config.endpoint, &screen.instance_id, &text)
-            {
-                report
-                    .lock()
-                    .unwrap()
-                    .errors
-                    .push(format!("{}: {e}", screen.instance_id));
+        let booted: Vec<_> = futures_util::stream::iter(to_boot)
+            .map(|(id, name, i)| {
+                let (ec2, local, config) = (&ec2, &local, &config);
+                async move { (id, name, boot(ec2, local, config, &i).await) }
+            })
+            .buffer_unordered(BOOTS_AT_ONCE)
+            .collect()
+            .await;
+        for (id, name, result) in booted {
+            match result {
+                Ok((node, host_key)) => {
+                    let dir = nodes_root.join(&node);
+                    report
+                        .lock()
+                        .unwrap()
+                        .host_keys
+                        .insert(id.clone(), host_key.clone());
+                    screens.insert(id.clone(), Screen::new(id.clone(), name, dir, host_key));
+                    nodes.insert(id.clone(), node);
+                    report.lock().unwrap().booted.push(id);
+                }
+                Err(e) => {
+                    refused.insert(id.clone());
+                    report.lock().unwrap().errors.push(format!("{id}: {e}"));
+                }
             }
         }
-        tokio::time::sleep(POLL).await;
+        loop {
+            for screen in screens.values_mut() {
+                if let Some(text) = screen.refresh(&config.console)
+                    && let Err(e) = show(&config.endpoint, &screen.instance_id, &text)
+                {
+                    report
+                        .lock()
+                        .unwrap()
+                        .errors
+                        .push(format!("{}: {e}", screen.instance_id));
+                }
+            }
+            if Instant::now() + POLL >= next_describe || stop.load(Ordering::SeqCst) {
+                break;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        tokio::time::sleep_until(next_describe.into()).await;
     }
     let all: Vec<String> = nodes.into_values().collect();
     if let Err(e) = local.terminate(&all).await {
@@ -410,17 +452,18 @@ async fn run(
 
 async fn describe(
     ec2: &aws_sdk_ec2::Client,
-    cluster: &str,
+    cluster: Option<&str>,
 ) -> Result<Vec<aws_sdk_ec2::types::Instance>, String> {
     let mut out = Vec::new();
+    let filter = match cluster {
+        Some(cluster) => Filter::builder()
+            .name("tag:stratus:cluster")
+            .values(cluster),
+        None => Filter::builder().name("tag-key").values("stratus:cluster"),
+    };
     let mut pages = ec2
         .describe_instances()
-        .filters(
-            Filter::builder()
-                .name("tag:stratus:cluster")
-                .values(cluster)
-                .build(),
-        )
+        .filters(filter.build())
         .into_paginator()
         .send();
     while let Some(page) = pages.next().await {

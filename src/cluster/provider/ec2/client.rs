@@ -16,9 +16,13 @@
 use std::path::Path;
 use std::time::Duration;
 
-use aws_sdk_ec2::config::retry::RetryConfig;
+use aws_sdk_ec2::config::interceptors::BeforeSerializationInterceptorContextMut;
+use aws_sdk_ec2::config::retry::{RetryConfig, RetryPartition};
 use aws_sdk_ec2::config::timeout::TimeoutConfig;
 use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region, SharedCredentialsProvider};
+use aws_sdk_ec2::config::{ConfigBag, Intercept, Layer, RuntimeComponents};
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
 
 use super::credentials::Facts;
 use super::error::Context;
@@ -72,6 +76,49 @@ impl aws_sdk_ec2::config::retry::ClassifyRetry for NoRetryOfRefusals {
 
     fn name(&self) -> &'static str {
         "stratus: no retry of capacity and quota refusals"
+    }
+}
+
+/// Gives each EC2 action a retry partition of its own. EC2 throttles each action on its own
+/// bucket (per account and region): a dry CreateSecurityGroup bucket says nothing of
+/// GetConsoleOutput's. The SDK's adaptive mode, once a call is throttled, slows every call of
+/// its retry partition (and the retry quota is per partition too), and by default a client's
+/// partition is the whole service. In the class service, whose one client carries the class's
+/// calls, two throttled DescribeSecurityGroups in a burst of 40 launches slowed every console
+/// read and poll of the class for minutes (`scripts/bench-class`: 311 s until the last of 40
+/// clusters was configured, against 138 s unthrottled; BENCHMARKS.md). With a partition per
+/// action, the class slows down only on the action EC2 throttles, as EC2 does.
+#[derive(Debug)]
+struct PartitionPerAction {
+    region: String,
+}
+
+impl PartitionPerAction {
+    fn partition(&self, action: &str) -> RetryPartition {
+        RetryPartition::new(format!("stratus-ec2-{}-{action}", self.region))
+    }
+}
+
+impl Intercept for PartitionPerAction {
+    fn name(&self) -> &'static str {
+        "stratus: a retry partition per EC2 action"
+    }
+
+    // After the operation's own configuration (which names the action), before the retry loop
+    // (which picks the rate limiter and retry quota of the partition then in the bag).
+    fn modify_before_serialization(
+        &self,
+        _context: &mut BeforeSerializationInterceptorContextMut<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let Some(action) = cfg.load::<Metadata>().map(|m| m.name().to_owned()) else {
+            return Ok(());
+        };
+        let mut layer = Layer::new("stratus: retry partition per action");
+        layer.store_put(self.partition(&action));
+        cfg.push_layer(layer);
+        Ok(())
     }
 }
 
@@ -203,6 +250,9 @@ pub(super) async fn build(config: &Ec2Config, trust: &Trust) -> Result<Built, Pr
         .http_client(http.clone())
         .retry_config(retry.clone())
         .retry_classifier(NoRetryOfRefusals)
+        .interceptor(PartitionPerAction {
+            region: config.region.clone(),
+        })
         .timeout_config(timeouts.clone());
     if let Some(url) = &endpoint {
         builder = builder.endpoint_url(url);
@@ -408,6 +458,65 @@ fn parse_credentials(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What retry partition each call ran in, as the retry strategy reads it.
+    #[derive(Debug, Default, Clone)]
+    struct SeenPartitions(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl Intercept for SeenPartitions {
+        fn name(&self) -> &'static str {
+            "test: the partition of each attempt"
+        }
+        fn read_before_attempt(
+            &self,
+            _context: &aws_sdk_ec2::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+            _components: &RuntimeComponents,
+            cfg: &mut ConfigBag,
+        ) -> Result<(), BoxError> {
+            let p = cfg
+                .load::<RetryPartition>()
+                .map(|p| p.to_string())
+                .unwrap_or_default();
+            self.0.lock().unwrap().push(p);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn each_ec2_action_retries_and_slows_down_in_a_partition_of_its_own() {
+        let seen = SeenPartitions::default();
+        let config = aws_sdk_ec2::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("eu-west-1"))
+            .credentials_provider(Credentials::new("a", "b", None, None, "test"))
+            // Nothing listens on port 1: each call is one attempt, refused.
+            .endpoint_url("http://127.0.0.1:1")
+            .retry_config(RetryConfig::adaptive().with_max_attempts(1))
+            .interceptor(PartitionPerAction {
+                region: "eu-west-1".into(),
+            })
+            .interceptor(seen.clone())
+            .build();
+        let client = aws_sdk_ec2::Client::from_conf(config);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            assert!(client.describe_instances().send().await.is_err());
+            let console = client.get_console_output().instance_id("i-1");
+            assert!(console.send().await.is_err());
+            assert!(client.describe_instances().send().await.is_err());
+        });
+        assert_eq!(
+            *seen.0.lock().unwrap(),
+            [
+                "stratus-ec2-eu-west-1-DescribeInstances",
+                "stratus-ec2-eu-west-1-GetConsoleOutput",
+                "stratus-ec2-eu-west-1-DescribeInstances",
+            ]
+        );
+    }
 
     #[test]
     fn credentials_file_sections() {

@@ -28,6 +28,7 @@ mod error;
 pub mod iam_policy;
 pub mod image;
 mod network;
+mod rate;
 mod rules;
 
 use std::collections::HashMap;
@@ -118,16 +119,48 @@ pub struct Ec2Provider {
     dns_checked: tokio::sync::OnceCell<()>,
     /// Placements (type and subnet) that lately had no room.
     shortages: Mutex<capacity::Shortages>,
-    /// The last describe of every instance of a store, shared by the waits that poll (`poll`).
+    /// The last describe of the waiting clusters' instances, shared by the waits that poll
+    /// (`poll`).
     polled: tokio::sync::Mutex<Option<Polled>>,
+    /// stratus's own pace of GetConsoleOutput calls (`CONSOLE_READS`).
+    console_reads: rate::Bucket,
+    /// The clusters whose waits polled lately, by name, and when each last did: what the next
+    /// shared describe asks for.
+    waiting: Mutex<HashMap<ClusterName, std::time::Instant>>,
 }
 
-/// One describe of a store's instances, and when it answered.
+/// One describe of a store's instances (those of the clusters waiting, or all), and when it
+/// answered.
 struct Polled {
     at: std::time::Instant,
     store: Option<crate::core::model::StoreId>,
+    /// The clusters it asked for; none: every cluster of the store.
+    clusters: Option<std::collections::BTreeSet<ClusterName>>,
     instances: std::sync::Arc<Vec<Instance>>,
 }
+
+impl Polled {
+    /// Whether it can answer this wait: the same store, fresh, and it asked for the wait's
+    /// cluster.
+    fn answers(&self, selector: &Selector) -> bool {
+        self.store == selector.store
+            && self.at.elapsed() < SHARED_POLL
+            && match (&self.clusters, &selector.cluster) {
+                (None, _) => true,
+                (Some(asked), Some(c)) => asked.contains(c),
+                (Some(_), None) => false,
+            }
+    }
+}
+
+/// GetConsoleOutput calls at once, then a second: half of EC2's documented example bucket (100,
+/// refilled at 20 a second), so that a class's consoles are read as fast as EC2 lets one
+/// process read them, with room left for other callers of the account.
+const CONSOLE_READS: (u32, u32) = (50, 10);
+
+/// A cluster whose wait has not polled for this long is no longer asked for: waits poll every
+/// 10 to 15 s, and a describe under load can take tens.
+const WAITING_LATELY: Duration = Duration::from_secs(60);
 
 /// How long one describe answers every wait that polls: a wait polls every 10 to 15 s after its
 /// first seconds, so a class of launches waiting at once costs a few describes per round.
@@ -272,6 +305,8 @@ impl Ec2Provider {
             dns_checked: tokio::sync::OnceCell::new(),
             shortages: Mutex::new(capacity::Shortages::default()),
             polled: tokio::sync::Mutex::new(None),
+            waiting: Mutex::new(HashMap::new()),
+            console_reads: rate::Bucket::new(CONSOLE_READS.0, CONSOLE_READS.1),
         };
         provider.check_access().await?;
         Ok(provider)
@@ -929,6 +964,41 @@ fn same_public_key(a: &str, b: &str) -> bool {
     ka.1.is_some() && ka == kb
 }
 
+impl Ec2Provider {
+    /// The instances DescribeInstances lists under these filters that match the selector.
+    async fn describe_filtered(
+        &self,
+        filters: Vec<Filter>,
+        selector: &Selector,
+    ) -> Result<Vec<Instance>, ProviderError> {
+        // Always paginate: EC2 (and moto, at 100 reservations) splits long answers.
+        let mut pages = self
+            .client
+            .describe_instances()
+            .set_filters(Some(filters))
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.err("DescribeInstances", e))?;
+            for r in page.reservations() {
+                for i in r.instances() {
+                    match self.convert(i) {
+                        Some(inst) if inst.tags.as_ref().is_none_or(|t| selector.matches(t)) => {
+                            out.push(inst)
+                        }
+                        Some(_) => {}
+                        None => {
+                            tracing::warn!("DescribeInstances listed an instance without an id")
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 impl Provider for Ec2Provider {
     fn kind(&self) -> ProviderKind {
         ProviderKind::Ec2
@@ -965,25 +1035,49 @@ impl Provider for Ec2Provider {
         self.launch_batch(cluster, access, batch, journal).await
     }
 
-    /// A wait's describe: one DescribeInstances of the store's instances answers every wait
-    /// of this process that polls within `SHARED_POLL` of it; waits queue behind the one in
-    /// flight rather than ask again.
+    /// A wait's describe: one DescribeInstances of the instances of the clusters waiting (those
+    /// whose waits polled lately) answers every wait of this process that polls within
+    /// `SHARED_POLL` of it; waits queue behind the one in flight rather than ask again. A
+    /// runner, which serves one launch, so asks for its own cluster's instances, not for the
+    /// store's (a class's 840 instances are megabytes of XML per describe, forty runners each
+    /// asking every few seconds); the class service asks for the clusters of every launch
+    /// waiting at once, in one call.
     async fn poll(&self, selector: &Selector) -> Result<Vec<Instance>, ProviderError> {
+        // Known as waiting before the queue, so the describe that the next in line makes asks
+        // for every cluster that queued behind the one in flight.
+        if let Some(c) = &selector.cluster {
+            let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+            let now = std::time::Instant::now();
+            waiting.retain(|_, at| now.duration_since(*at) < WAITING_LATELY);
+            waiting.insert(c.clone(), now);
+        }
         let mut polled = self.polled.lock().await;
-        let fresh = polled
-            .as_ref()
-            .filter(|p| p.store == selector.store && p.at.elapsed() < SHARED_POLL);
-        let instances = match fresh {
+        let instances = match polled.as_ref().filter(|p| p.answers(selector)) {
             Some(p) => p.instances.clone(),
             None => {
+                let clusters: Option<std::collections::BTreeSet<ClusterName>> =
+                    selector.cluster.as_ref().and_then(|_| {
+                        let waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+                        (waiting.len() <= IDS_PER_CALL).then(|| waiting.keys().cloned().collect())
+                    });
                 let all = Selector {
                     store: selector.store.clone(),
                     ..Default::default()
                 };
-                let instances = std::sync::Arc::new(self.describe(&all).await?);
+                let mut filters = selector_filters(&all);
+                if let Some(names) = &clusters {
+                    filters.push(
+                        Filter::builder()
+                            .name(format!("tag:{TAG_CLUSTER}"))
+                            .set_values(Some(names.iter().map(|c| c.to_string()).collect()))
+                            .build(),
+                    );
+                }
+                let instances = std::sync::Arc::new(self.describe_filtered(filters, &all).await?);
                 *polled = Some(Polled {
                     at: std::time::Instant::now(),
                     store: selector.store.clone(),
+                    clusters,
                     instances: instances.clone(),
                 });
                 instances
@@ -998,31 +1092,8 @@ impl Provider for Ec2Provider {
     }
 
     async fn describe(&self, selector: &Selector) -> Result<Vec<Instance>, ProviderError> {
-        // Always paginate: EC2 (and moto, at 100 reservations) splits long answers.
-        let mut pages = self
-            .client
-            .describe_instances()
-            .set_filters(Some(selector_filters(selector)))
-            .into_paginator()
-            .send();
-        let mut out = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| self.err("DescribeInstances", e))?;
-            for r in page.reservations() {
-                for i in r.instances() {
-                    match self.convert(i) {
-                        Some(inst) if inst.tags.as_ref().is_none_or(|t| selector.matches(t)) => {
-                            out.push(inst)
-                        }
-                        Some(_) => {}
-                        None => {
-                            tracing::warn!("DescribeInstances listed an instance without an id")
-                        }
-                    }
-                }
-            }
-        }
-        Ok(out)
+        self.describe_filtered(selector_filters(selector), selector)
+            .await
     }
 
     async fn describe_ids(&self, ids: &[String]) -> Result<Vec<Instance>, ProviderError> {
@@ -1160,6 +1231,7 @@ impl Provider for Ec2Provider {
         &self,
         id: &str,
     ) -> Result<Option<Vec<russh::keys::PublicKey>>, ProviderError> {
+        self.console_reads.take().await;
         let latest = self.console_latest.load(Ordering::Relaxed);
         let mut call = self.client.get_console_output().instance_id(id);
         if latest {
@@ -1176,6 +1248,7 @@ impl Provider for Ec2Provider {
                     "GetConsoleOutput with Latest=true failed ({}); asking without it",
                     error::code(&e).unwrap_or("no code")
                 );
+                self.console_reads.take().await;
                 let answer = self
                     .client
                     .get_console_output()
@@ -1266,6 +1339,43 @@ fn root_mapping(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shared_poll_answers_only_the_clusters_it_asked_for_while_fresh() {
+        let name = |n: &str| ClusterName::parse(n).unwrap();
+        let store = Some(StoreId::from_stored("s1".into()));
+        let polled = Polled {
+            at: std::time::Instant::now(),
+            store: store.clone(),
+            clusters: Some([name("a"), name("b")].into_iter().collect()),
+            instances: Default::default(),
+        };
+        let wait = |c: Option<&str>, store: Option<StoreId>| Selector {
+            cluster: c.map(name),
+            store,
+            ..Default::default()
+        };
+        assert!(polled.answers(&wait(Some("a"), store.clone())));
+        assert!(polled.answers(&wait(Some("b"), store.clone())));
+        // A cluster that began to wait after it was asked: a describe of its own.
+        assert!(!polled.answers(&wait(Some("c"), store.clone())));
+        // Nothing of another store, nor a wait for every cluster.
+        assert!(!polled.answers(&wait(Some("a"), Some(StoreId::from_stored("s2".into())))));
+        assert!(!polled.answers(&wait(None, store.clone())));
+        // A describe of the whole store answers every wait of the store.
+        let whole = Polled {
+            clusters: None,
+            ..polled
+        };
+        assert!(whole.answers(&wait(Some("c"), store.clone())));
+        assert!(whole.answers(&wait(None, store.clone())));
+        // Not once it is older than a round.
+        let old = Polled {
+            at: std::time::Instant::now() - SHARED_POLL,
+            ..whole
+        };
+        assert!(!old.answers(&wait(Some("c"), store)));
+    }
 
     #[test]
     fn client_tokens_fit_and_are_stable() {
