@@ -11,12 +11,15 @@
 //!   the user);
 //! - `info`: usage, quota, profiles;
 //! - `accounting`: snapshot, report, reap;
-//! - `admin`: install, doctor, audit.
+//! - `admin`: install, doctor, audit;
+//! - `aws_files`: the student's own `~/.aws/credentials` and `~/.aws/config`, for `identity`.
 
 mod access;
 mod accounting;
 mod admin;
 pub(crate) mod args;
+#[allow(dead_code)] // Called by `identity init` (issue 16), next.
+mod aws_files;
 mod info;
 mod launch;
 pub use args::*;
