@@ -4,8 +4,8 @@
 //! node on its loopback private IP, as the EC2 tests' hypervisor does for one cluster.
 //!
 //! It reads `STRATUS_BENCH_ENDPOINT` (moto behind the fault proxy), `STRATUS_BENCH_DIR` (where it
-//! writes `subnet`, then `ready`, and at the end `hypervisor.json`, and where the script writes
-//! `stop`), `STRATUS_BENCH_SSH_USER` and `STRATUS_BENCH_SSH_PORT` (the bench profile's).
+//! writes `subnet`, then `nodes` (where its nodes live) and `ready`, and at the end
+//! `hypervisor.json`, and where the script writes `stop`), `STRATUS_BENCH_SSH_USER` and `STRATUS_BENCH_SSH_PORT` (the bench profile's).
 //! It creates a VPC of 127.0.0.0/16 with DNS host names on and a subnet of 127.0.0.0/21 (room
 //! for 2,043 instances; the default class has 840), so that moto hands out loopback addresses.
 //! It fails if any instance could not be booted. Its report counts the nodes that received the
@@ -75,6 +75,12 @@ fn hypervisor_for_the_class_benchmark() {
         never_boot: Default::default(),
         console: Console::HostKeys,
     });
+    // For the script's cleanup, should this process be killed before it stops its nodes.
+    std::fs::write(
+        dir.join("nodes"),
+        hypervisor.nodes_root().to_string_lossy().as_bytes(),
+    )
+    .unwrap();
     std::fs::write(dir.join("ready"), "").unwrap();
     // The script says when the benchmark is over; nothing here depends on how long it takes.
     while !dir.join("stop").exists() {

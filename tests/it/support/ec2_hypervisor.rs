@@ -208,10 +208,16 @@ impl Hypervisor {
         self.report.lock().unwrap().clone()
     }
 
+    /// Where the booted nodes' directories are (`<root>/<node id>`); each node process runs
+    /// `stratus __node <its directory>`.
+    pub fn nodes_root(&self) -> PathBuf {
+        self.dir.path().join("local")
+    }
+
     /// Each booted node's home directory (what a configure step's files land in), while the
     /// hypervisor runs.
     pub fn node_homes(&self) -> Vec<PathBuf> {
-        let Ok(entries) = std::fs::read_dir(self.dir.path().join("local")) else {
+        let Ok(entries) = std::fs::read_dir(self.nodes_root()) else {
             return Vec::new();
         };
         entries
@@ -361,7 +367,7 @@ async fn run(
             Ok(i) => i,
             Err(e) => {
                 report.lock().unwrap().errors.push(e);
-                tokio::time::sleep_until(next_describe.into()).await;
+                tokio::time::sleep(POLL).await;
                 continue;
             }
         };
@@ -437,12 +443,15 @@ async fn run(
                         .push(format!("{}: {e}", screen.instance_id));
                 }
             }
-            if Instant::now() + POLL >= next_describe || stop.load(Ordering::SeqCst) {
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            if Instant::now() + POLL >= next_describe {
+                tokio::time::sleep_until(next_describe.into()).await;
                 break;
             }
             tokio::time::sleep(POLL).await;
         }
-        tokio::time::sleep_until(next_describe.into()).await;
     }
     let all: Vec<String> = nodes.into_values().collect();
     if let Err(e) = local.terminate(&all).await {

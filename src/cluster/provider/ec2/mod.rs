@@ -1055,10 +1055,14 @@ impl Provider for Ec2Provider {
         let instances = match polled.as_ref().filter(|p| p.answers(selector)) {
             Some(p) => p.instances.clone(),
             None => {
+                // The waiting clusters, this one among them however long it queued (a describe
+                // in flight can take minutes, past `WAITING_LATELY`). EC2 takes at most 200
+                // values per filter, and the store's filter is one more.
                 let clusters: Option<std::collections::BTreeSet<ClusterName>> =
-                    selector.cluster.as_ref().and_then(|_| {
-                        let waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
-                        (waiting.len() <= IDS_PER_CALL).then(|| waiting.keys().cloned().collect())
+                    selector.cluster.as_ref().and_then(|own| {
+                        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+                        waiting.insert(own.clone(), std::time::Instant::now());
+                        (waiting.len() < IDS_PER_CALL).then(|| waiting.keys().cloned().collect())
                     });
                 let all = Selector {
                     store: selector.store.clone(),

@@ -33,7 +33,9 @@ impl Bucket {
     fn reserve(&self, now: Instant) -> Duration {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let (tokens, at) = *state;
-        let refilled = tokens + now.saturating_duration_since(at).as_secs_f64() * self.per_sec;
+        // Another caller may have read the clock later but locked first.
+        let now = now.max(at);
+        let refilled = tokens + now.duration_since(at).as_secs_f64() * self.per_sec;
         let left = refilled.min(self.burst) - 1.0;
         *state = (left, now);
         if left >= 0.0 {
