@@ -205,9 +205,10 @@ pub(super) fn install_or_doctor(printer: &Printer, action: AdminAction) -> Resul
             prefix,
             service_user,
         } => doctor(printer, prefix.as_deref(), service_user.as_deref()),
-        AdminAction::Audit { .. } | AdminAction::IamPolicy | AdminAction::Image { .. } => {
-            Err(Error::runtime("not an install command"))
-        }
+        AdminAction::Audit { .. }
+        | AdminAction::IamPolicy
+        | AdminAction::Identities { .. }
+        | AdminAction::Image { .. } => Err(Error::runtime("not an install command")),
     }
 }
 
@@ -1055,6 +1056,34 @@ fn service_files_missing(layout: &Layout, config_text: &str) -> Vec<String> {
 /// What `admin install` wrote into the installed wrapper, if it reads as an install's.
 fn installed_wrap_config(wrapper: &Path) -> Option<WrapConfig> {
     placeholder::read(&std::fs::read(wrapper).ok()?)
+}
+
+/// `stratus admin identities policy`: the shipped IAM policy of the students' group, as JSON on
+/// stdout, for the site's `[identities]` table and EC2 region.
+pub(super) fn identities_policy(
+    settings: &crate::service::Settings,
+    printer: &Printer,
+) -> Result<ExitCode, Error> {
+    let config = &settings.config;
+    let (Some(identities), Some(ec2)) = (&config.identities, &config.ec2) else {
+        return Err(Error::invalid(
+            "admin identities policy needs the site config's [identities] table (class, and the class's S3 bucket) and its [ec2] region",
+        ));
+    };
+    let policy = crate::config::identities::group_policy(identities, &ec2.region);
+    let text = serde_json::to_string_pretty(&policy).map_err(|e| Error::runtime(e.to_string()))?;
+    printer.out(text)?;
+    printer.status(format!(
+        "the IAM policy of the group {} (users under {}, named {}<login>){}",
+        identities.group(),
+        identities.path(),
+        identities.user_prefix(),
+        match &identities.bucket {
+            Some(b) => format!("; S3 under s3://{b}/<login>/"),
+            None => "; no S3 bucket named, so no S3".into(),
+        }
+    ));
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `stratus admin iam-policy`: the least-privilege IAM policy of the service account, as JSON

@@ -239,6 +239,11 @@ pub enum AdminAction {
     /// The IAM policy the service account needs, as IAM JSON: generated from the site config,
     /// the class policy and the state database's id
     IamPolicy,
+    /// The students' own AWS identities
+    Identities {
+        #[command(subcommand)]
+        action: IdentitiesAction,
+    },
     /// Images that boot a profile with its software installed
     Image {
         #[command(subcommand)]
@@ -255,6 +260,14 @@ pub enum AdminAction {
         #[arg(long, value_name = "NAME")]
         service_user: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IdentitiesAction {
+    /// The shipped IAM policy of the students' group, as IAM JSON, from the site config's
+    /// [identities] table: describe-only on EC2, S3 only under the bucket's <login>/ prefix,
+    /// never RunInstances, IAM, or another owner's instances
+    Policy,
 }
 
 #[derive(Debug, Subcommand)]

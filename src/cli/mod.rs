@@ -57,6 +57,12 @@ pub async fn run(cli: Cli, env: Environment, printer: Arc<Printer>) -> Result<Ex
         Command::Admin {
             action: AdminAction::IamPolicy,
         } => return admin::iam_policy(&settings, &printer),
+        Command::Admin {
+            action:
+                AdminAction::Identities {
+                    action: IdentitiesAction::Policy,
+                },
+        } => return admin::identities_policy(&settings, &printer),
         Command::Node { .. } | Command::Runner | Command::Serve => {
             return Err(Error::runtime(
                 "__node, runner and serve are handled before the CLI starts",

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub mod identities;
 pub mod images;
 pub mod prices;
 pub mod profile;
@@ -105,6 +106,8 @@ pub struct SiteConfig {
     /// table.
     #[serde(default)]
     pub prices: BTreeMap<String, f64>,
+    /// The students' own AWS identities (`identities`, `admin identities`).
+    pub identities: Option<identities::IdentitiesConfig>,
 }
 
 /// How a multi-user install's CLI reaches the privileged side.
@@ -405,6 +408,9 @@ impl SiteConfig {
             return Err(invalid(
                 "provider = \"ec2\" needs an [ec2] table with at least `region`".into(),
             ));
+        }
+        if let Some(problem) = self.identities.as_ref().and_then(|i| i.problem()) {
+            return Err(invalid(problem));
         }
         if let Some(ec2) = &self.ec2 {
             if let Some(problem) = ec2.problems() {

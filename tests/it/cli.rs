@@ -239,3 +239,49 @@ fn profiles_show_marks_what_the_local_provider_overrides() {
     let r = ctx.ok(&["profiles", "show", "hadoop"]);
     assert!(!r.stdout.contains("local provider"), "{r}");
 }
+
+#[test]
+fn admin_identities_policy_prints_the_students_group_policy_from_the_site_config() {
+    let ctx = TestContext::with_config(
+        "[ec2]\nregion = \"eu-west-1\"\n[identities]\nclass = \"cs4500\"\nbucket = \"cs4500-data\"\n",
+    );
+    let r = ctx.ok(&["admin", "identities", "policy"]);
+    let policy: serde_json::Value = serde_json::from_str(&r.stdout)
+        .unwrap_or_else(|e| panic!("admin identities policy prints JSON ({e}):\n{r}"));
+    let text = policy.to_string();
+    assert!(
+        text.contains("arn:aws:s3:::cs4500-data/${aws:PrincipalTag/stratus:owner}/*"),
+        "{text}"
+    );
+    let denied: Vec<String> = policy["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["Effect"] == "Deny")
+        .map(|s| s["Action"].to_string())
+        .collect();
+    assert!(
+        denied
+            .iter()
+            .any(|a| a.contains("ec2:RunInstances") && a.contains("iam:*")),
+        "{denied:?}"
+    );
+    assert!(
+        r.stderr.contains("group cs4500-students")
+            && r.stderr.contains("/stratus/cs4500/")
+            && r.stderr.contains("s3://cs4500-data/<login>/"),
+        "{r}"
+    );
+    // Without the table: what is missing, exit 2.
+    let r = TestContext::new().run(&["admin", "identities", "policy"]);
+    assert_eq!(r.code, 2, "{r}");
+    assert!(r.stderr.contains("[identities]"), "{r}");
+    // A bad class is refused when the site config is read, naming the key.
+    let r = TestContext::with_config("[identities]\nclass = \"CS 4500\"\n").run(&[
+        "admin",
+        "identities",
+        "policy",
+    ]);
+    assert_eq!(r.code, 2, "{r}");
+    assert!(r.stderr.contains("[identities] class \"CS 4500\""), "{r}");
+}
