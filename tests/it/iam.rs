@@ -792,3 +792,127 @@ fn the_printed_policy_is_enough_and_every_action_in_it_is_needed() {
         }
     }
 }
+
+/// Issue 16's students' group policy (`admin identities policy`) against moto with IAM
+/// enforcement: a student's key holding it describes the class's instances, and is refused
+/// RunInstances, an IAM call, and TerminateInstances on an instance another owner's tag marks,
+/// even with every action of the account granted beside it (its denials win over whatever an
+/// instructor grants). moto evaluates no condition (see the module's doc): the denial of other
+/// owners' instances, whose condition compares the instance's `stratus:owner` tag with the
+/// student's, is shown to apply, not to spare the student's own instances; the region condition
+/// of the describes, and S3 (moto's S3 is not behind this server's enforcement), are shown by
+/// `config::identities`'s unit tests only.
+#[test]
+fn a_students_key_under_the_group_policy_describes_and_is_refused_launch_iam_and_others_instances()
+{
+    let Some(moto) = IamMoto::acquire() else {
+        return;
+    };
+    let admin = moto.fresh();
+    let ctx = TestContext::with_config(&format!(
+        "[ec2]\nregion = \"{REGION}\"\n[identities]\nclass = \"c1\"\nbucket = \"c1-data\"\n"
+    ));
+    let printed = ctx.ok(&["admin", "identities", "policy"]);
+    let policy: Value = serde_json::from_str(&printed.stdout)
+        .unwrap_or_else(|e| panic!("admin identities policy prints JSON ({e}):\n{printed}"));
+    let dir = tempfile::tempdir().unwrap();
+    let exact = dir.path().join("exact.json");
+    std::fs::write(&exact, policy.to_string()).unwrap();
+    // moto's validator takes the document as printed.
+    let validated = moto.admin(Some(&admin), &["validate", exact.to_str().unwrap()]);
+    assert!(validated["arn"].as_str().is_some(), "{validated}");
+    // The student holds it, and, beside it, everything: what the denials must still refuse.
+    let mut held = as_moto_evaluates(&policy);
+    held["Statement"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"Effect": "Allow", "Action": "*", "Resource": "*"}));
+    let held_file = dir.path().join("held.json");
+    std::fs::write(&held_file, held.to_string()).unwrap();
+    let student = key_of(&moto.admin(
+        Some(&admin),
+        &["user", "c1-alice", held_file.to_str().unwrap()],
+    ));
+    // Another owner's instance, launched by the administrator.
+    let admin_ec2 = moto.ec2(&admin);
+    let bobs = moto.rt.block_on(async {
+        let out = admin_ec2
+            .run_instances()
+            .image_id(UBUNTU_AMI)
+            .instance_type(InstanceType::M5Large)
+            .min_count(1)
+            .max_count(1)
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::Instance)
+                    .tags(Tag::builder().key("stratus:owner").value("bob").build())
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        out.instances()[0].instance_id().unwrap().to_owned()
+    });
+    let ec2 = moto.ec2(&student);
+    let code = |e: &dyn aws_sdk_ec2::error::ProvideErrorMetadata| e.code().unwrap_or("").to_owned();
+    moto.rt.block_on(async {
+        let listed = ec2
+            .describe_instances()
+            .send()
+            .await
+            .expect("the student's key describes the class's instances");
+        let ids: Vec<&str> = listed
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .filter_map(|i| i.instance_id())
+            .collect();
+        assert!(ids.contains(&bobs.as_str()), "{ids:?}");
+        let launched = ec2
+            .run_instances()
+            .image_id(UBUNTU_AMI)
+            .instance_type(InstanceType::M5Large)
+            .min_count(1)
+            .max_count(1)
+            .send()
+            .await;
+        let e = launched.expect_err("RunInstances with the student's key");
+        let e = e.into_service_error();
+        assert_eq!(code(&e), "AccessDenied", "{e:?}");
+        let ended = ec2.terminate_instances().instance_ids(&bobs).send().await;
+        let e = ended
+            .expect_err("TerminateInstances of another owner's instance")
+            .into_service_error();
+        assert_eq!(code(&e), "AccessDenied", "{e:?}");
+    });
+    // Still running: the refusal changed nothing.
+    let state = moto.rt.block_on(async {
+        admin_ec2
+            .describe_instances()
+            .instance_ids(&bobs)
+            .send()
+            .await
+            .unwrap()
+            .reservations()[0]
+            .instances()[0]
+            .state()
+            .and_then(|s| s.name())
+            .cloned()
+    });
+    assert_eq!(state, Some(InstanceStateName::Running));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/support/iam_admin.py");
+    let out = std::process::Command::new(&moto.python)
+        .args([script, "try-iam"])
+        .env("STRATUS_MOTO_IAM_ENDPOINT", &moto.endpoint)
+        .env("STUDENT_KEY", &student.id)
+        .env("STUDENT_SECRET", &student.secret)
+        .output()
+        .unwrap();
+    let answer: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(
+        answer,
+        json!({"ok": false, "code": "AccessDenied"}),
+        "{answer}"
+    );
+}

@@ -5,6 +5,8 @@ CLI's library), against the moto server of $STRATUS_MOTO_IAM_ENDPOINT.
                                    (run inside moto's window of unauthenticated requests)
   iam_admin.py user NAME FILE      a user holding the policy document in FILE, and its key
   iam_admin.py validate FILE       CreatePolicy of the document (moto's policy validator)
+  iam_admin.py try-iam             ListUsers with $STUDENT_KEY and $STUDENT_SECRET: prints
+                                   {"ok": true} or {"ok": false, "code": ...}
 
 Keys are printed as JSON {"key": ..., "secret": ...}. The administrator's key comes from
 $ADMIN_KEY and $ADMIN_SECRET.
@@ -43,6 +45,14 @@ def main(argv):
             "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
         }
         print(json.dumps(user(iam("bootstrap", "bootstrap"), "admin", json.dumps(admin))))
+        return
+    if command == "try-iam":
+        student = iam(os.environ["STUDENT_KEY"], os.environ["STUDENT_SECRET"])
+        try:
+            student.list_users()
+            print(json.dumps({"ok": True}))
+        except student.exceptions.ClientError as e:
+            print(json.dumps({"ok": False, "code": e.response["Error"]["Code"]}))
         return
     client = iam(os.environ["ADMIN_KEY"], os.environ["ADMIN_SECRET"])
     with open(argv[-1], encoding="utf-8") as f:
