@@ -1,5 +1,7 @@
-//! The site's `[identities]` table: the students' own, limited AWS identities (issue 16), and the
-//! IAM policy of their group (`stratus admin identities policy`).
+//! The site's `[identities]` table: the students' own, limited AWS identities (issue 16), the
+//! IAM policy of their group (`stratus admin identities policy`), and the class roster with the
+//! plan a sync of the identities to it makes (for `admin identities sync --roster FILE`, whose
+//! IAM side comes next).
 //!
 //! ```toml
 //! [identities]
@@ -19,10 +21,12 @@
 //!   counts them against the quota), every `iam:` action, and any instance action on an
 //!   instance whose `stratus:owner` tag is not the student's own.
 
+use std::collections::BTreeSet;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::core::model::TAG_OWNER;
+use crate::core::model::{Owner, TAG_OWNER};
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -73,6 +77,11 @@ impl IdentitiesConfig {
         self.group
             .clone()
             .unwrap_or_else(|| format!("{}-students", self.class))
+    }
+
+    /// A student's IAM user name: the prefix and the login.
+    pub fn user_name(&self, login: &Owner) -> String {
+        format!("{}{login}", self.user_prefix())
     }
 
     /// What is wrong with the table, in one sentence, if anything.
@@ -185,6 +194,110 @@ pub fn group_policy(identities: &IdentitiesConfig, region: &str) -> Value {
     json!({"Version": "2012-10-17", "Statement": statements})
 }
 
+/// A class roster (`admin identities sync --roster FILE`): the logins that should have an
+/// identity. Either one login per line (blank lines and `#` comments skipped), or a CSV file
+/// whose header names a `login` column (any case, any position; what a course's student list
+/// exports), told apart by a comma in the first line that is not a comment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Roster {
+    pub logins: BTreeSet<Owner>,
+    /// Lines (1-based) naming a login an earlier line named: kept once, and worth a warning.
+    pub repeated: Vec<(usize, Owner)>,
+}
+
+/// Reads a roster; an error names the line and what is wrong with it. A roster that names no
+/// login at all is refused: a sync with it would remove every student's identity.
+pub fn parse_roster(text: &str) -> Result<Roster, String> {
+    let first = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'));
+    let rows = match first {
+        Some(l) if l.contains(',') => csv_logins(text)?,
+        _ => text
+            .lines()
+            .enumerate()
+            .map(|(n, l)| (n + 1, l.trim()))
+            .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+            .map(|(n, l)| (n, l.to_owned()))
+            .collect(),
+    };
+    let mut roster = Roster {
+        logins: BTreeSet::new(),
+        repeated: Vec::new(),
+    };
+    for (line, login) in rows {
+        let owner = Owner::parse(&login).map_err(|_| {
+            format!(
+                "line {line} of the roster: {:?} is not a login (1 to 32 letters, digits, '_', '-' and '.', starting with a letter, digit or '_')",
+                cut(&login)
+            )
+        })?;
+        if !roster.logins.insert(owner.clone()) {
+            roster.repeated.push((line, owner));
+        }
+    }
+    if roster.logins.is_empty() {
+        return Err(
+            "the roster names no login: a sync with it would remove every student's identity"
+                .into(),
+        );
+    }
+    Ok(roster)
+}
+
+/// The `login` column of a CSV roster, with each row's line.
+fn csv_logins(text: &str) -> Result<Vec<(usize, String)>, String> {
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .comment(Some(b'#'))
+        .from_reader(text.as_bytes());
+    let headers = reader
+        .headers()
+        .map_err(|e| format!("the roster's header line is not CSV: {e}"))?
+        .clone();
+    let column = headers
+        .iter()
+        .position(|h| h.eq_ignore_ascii_case("login"))
+        .ok_or_else(|| {
+            format!(
+                "the roster's first line has commas but no `login` column (it has: {}): a CSV roster needs one",
+                cut(&headers.iter().collect::<Vec<_>>().join(", "))
+            )
+        })?;
+    let mut out = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(|e| format!("the roster is not CSV: {e}"))?;
+        let line = record.position().map_or(0, |p| p.line() as usize);
+        match record.get(column) {
+            Some(login) if !login.is_empty() => out.push((line, login.to_owned())),
+            _ if record.iter().all(str::is_empty) => {}
+            _ => return Err(format!("line {line} of the roster has no login")),
+        }
+    }
+    Ok(out)
+}
+
+/// What a sync does: the identities to create (on the roster, not yet made) and to remove
+/// (made, no longer on the roster). Who has an identity is known by the IAM users' owner tags,
+/// never by a name's prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncPlan {
+    pub create: Vec<Owner>,
+    pub remove: Vec<Owner>,
+    /// On the roster and made already: left as they are.
+    pub kept: usize,
+}
+
+pub fn sync_plan(roster: &Roster, existing: &BTreeSet<Owner>) -> SyncPlan {
+    SyncPlan {
+        create: roster.logins.difference(existing).cloned().collect(),
+        remove: existing.difference(&roster.logins).cloned().collect(),
+        kept: roster.logins.intersection(existing).count(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,5 +407,63 @@ mod tests {
         // Without a bucket, no S3 at all.
         let p = group_policy(&table("class = \"c\"\n"), "eu-west-1");
         assert!(!p.to_string().contains("s3:"), "{p}");
+    }
+
+    fn logins(r: &Roster) -> Vec<&str> {
+        r.logins.iter().map(Owner::as_str).collect()
+    }
+
+    #[test]
+    fn a_roster_is_one_login_per_line_or_a_csv_with_a_login_column() {
+        let r = parse_roster("# CS 4500, fall\nalice\n\n  bob  \nalice\n").unwrap();
+        assert_eq!(logins(&r), ["alice", "bob"]);
+        assert_eq!(r.repeated, [(5, Owner::parse("alice").unwrap())]);
+        let csv = "Name,Email,Login\n\"Smith, Ann\",ann@example.edu,asmith\nBo,bo@example.edu, bo_1 \n,,\n";
+        let r = parse_roster(csv).unwrap();
+        assert_eq!(logins(&r), ["asmith", "bo_1"]);
+        assert!(r.repeated.is_empty());
+        // What is wrong, and where.
+        let bad = [
+            (
+                "alice\nbob smith\n",
+                "line 2 of the roster: \"bob smith\" is not a login",
+            ),
+            (
+                "name,email\nann,a@x\n",
+                "no `login` column (it has: name, email)",
+            ),
+            ("name,login\nann,\n", "line 2 of the roster has no login"),
+            ("login\n-x\n", "line 2 of the roster: \"-x\""),
+            ("# nobody yet\n\n", "names no login"),
+            ("", "names no login"),
+        ];
+        for (text, want) in bad {
+            let e = parse_roster(text).unwrap_err();
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_sync_creates_the_missing_removes_the_departed_and_then_has_nothing_to_do() {
+        let roster = parse_roster("alice\nbob\ncarol\n").unwrap();
+        let made: BTreeSet<Owner> = ["bob", "dave"]
+            .iter()
+            .map(|l| Owner::parse(l).unwrap())
+            .collect();
+        let plan = sync_plan(&roster, &made);
+        let names = |v: &[Owner]| v.iter().map(|o| o.to_string()).collect::<Vec<_>>();
+        assert_eq!(names(&plan.create), ["alice", "carol"]);
+        assert_eq!(names(&plan.remove), ["dave"]);
+        assert_eq!(plan.kept, 1);
+        // After it: nothing.
+        let after: BTreeSet<Owner> = roster.logins.clone();
+        let again = sync_plan(&roster, &after);
+        assert!(
+            again.create.is_empty() && again.remove.is_empty(),
+            "{again:?}"
+        );
+        assert_eq!(again.kept, 3);
+        let t = table("class = \"cs4500\"\n");
+        assert_eq!(t.user_name(&Owner::parse("alice").unwrap()), "cs4500-alice");
     }
 }
