@@ -7,9 +7,10 @@
 //! This runs in the student's CLI, as the student (the process's effective uid), so it can never
 //! write a file they could not write anyway. What it guards against is putting a secret
 //! somewhere the student did not mean: `~/.aws` and both files must be real (no symbolic link
-//! is followed, anywhere), of the right type and the caller's own, or nothing is written. Each
-//! file is replaced whole (a fresh temporary file beside it, made with `O_CREAT|O_EXCL|
-//! O_NOFOLLOW` and mode 0600 before the first byte, fsync, rename, fsync of the directory), so a
+//! in them is followed; the home directory itself is taken as it is), of the right type and the
+//! caller's own, or nothing is written. Each file is replaced whole, as `core::files` writes (a
+//! fresh temporary file beside it, made exclusively and mode 0600 before the first byte, fsync,
+//! rename), then the directory is fsynced, so a
 //! reader sees the old file or the new one, never half of one, and the new one is 0600 whatever
 //! the old one's mode was.
 //!
@@ -43,7 +44,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::fs::{File, Metadata, OpenOptions, Permissions};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -651,40 +652,16 @@ fn read_current(path: &Path, uid: u32) -> Result<Option<Current>, AwsFilesError>
     }))
 }
 
-/// Replaces `path` (in `dir`) with `data`: a temporary file beside it, created exclusively and
-/// never through a link, mode 0600 before the first byte, fsync, rename over `path` (which
-/// replaces a link put there rather than following it), fsync of the directory.
+/// Replaces `path` (in `dir`) with `data`, mode 0600, as `core::files::write_private` writes
+/// (a temporary file beside it, created exclusively, so never through a link, mode set before
+/// the first byte, fsync, rename over `path`, which replaces a link put there rather than
+/// following it), then fsyncs the directory, so the rename outlives a crash.
 fn replace_file(dir: &File, path: &Path, data: &[u8]) -> Result<(), AwsFilesError> {
     let failed = |source| AwsFilesError::Write {
         path: path.to_path_buf(),
         source,
     };
-    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
-        return Err(failed(std::io::ErrorKind::InvalidInput.into()));
-    };
-    let mut prefix = std::ffi::OsString::from(".");
-    prefix.push(name);
-    prefix.push(".");
-    // A temporary file left by an error is removed when `tmp` is dropped.
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&prefix)
-        .suffix(".tmp")
-        .make_in(parent, |p| {
-            OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(FILE_MODE)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(p)
-        })
-        .map_err(failed)?;
-    // The umask may have taken bits off the mode asked for: set it exactly, before any byte.
-    tmp.as_file()
-        .set_permissions(Permissions::from_mode(FILE_MODE))
-        .map_err(failed)?;
-    tmp.as_file_mut().write_all(data).map_err(failed)?;
-    tmp.as_file().sync_all().map_err(failed)?;
-    tmp.persist(path).map_err(|e| failed(e.error))?;
+    crate::core::files::write_private(path, data).map_err(failed)?;
     dir.sync_all().map_err(failed)
 }
 

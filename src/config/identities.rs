@@ -132,7 +132,7 @@ impl IdentitiesConfig {
 
 /// At most 100 characters of a value, for a message.
 fn cut(s: &str) -> String {
-    s.chars().take(100).collect()
+    crate::core::text::shortened(s, 100)
 }
 
 /// S3's rules for a bucket name (general purpose buckets).
