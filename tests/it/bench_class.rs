@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::ec2::ec2_hypervisor::{Console, HYPERVISOR_KEY, Hypervisor, HypervisorConfig};
-use crate::ec2::ec2_moto::client;
+use crate::ec2::ec2_moto::{client, loopback_vpc};
 
 fn var(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: scripts/bench-class sets it"))
@@ -34,38 +34,8 @@ fn hypervisor_for_the_class_benchmark() {
         .enable_all()
         .build()
         .unwrap();
-    let subnet = rt.block_on(async {
-        let ec2 = client(&endpoint, HYPERVISOR_KEY, "testing");
-        let vpc = ec2
-            .create_vpc()
-            .cidr_block("127.0.0.0/16")
-            .send()
-            .await
-            .expect("create the VPC");
-        let vpc = vpc.vpc().and_then(|v| v.vpc_id()).unwrap().to_owned();
-        ec2.modify_vpc_attribute()
-            .vpc_id(&vpc)
-            .enable_dns_hostnames(
-                aws_sdk_ec2::types::AttributeBooleanValue::builder()
-                    .value(true)
-                    .build(),
-            )
-            .send()
-            .await
-            .expect("turn DNS host names on");
-        let subnet = ec2
-            .create_subnet()
-            .vpc_id(&vpc)
-            .cidr_block("127.0.0.0/21")
-            .send()
-            .await
-            .expect("create the subnet");
-        subnet
-            .subnet()
-            .and_then(|s| s.subnet_id())
-            .unwrap()
-            .to_owned()
-    });
+    let ec2 = client(&endpoint, HYPERVISOR_KEY, "testing");
+    let (_vpc, subnet) = rt.block_on(loopback_vpc(&ec2, "127.0.0.0/21"));
     std::fs::write(dir.join("subnet"), &subnet).unwrap();
     let hypervisor = Hypervisor::start(HypervisorConfig {
         endpoint,

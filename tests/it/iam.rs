@@ -264,39 +264,7 @@ enum Outcome {
 fn scenario(moto: &IamMoto, edit: &dyn Fn(&Value) -> Value) -> (Value, Outcome) {
     let admin = moto.fresh();
     let ec2 = moto.ec2(&admin);
-    let (vpc, subnet) = moto.rt.block_on(async {
-        let vpc = ec2
-            .create_vpc()
-            .cidr_block("127.0.0.0/16")
-            .send()
-            .await
-            .unwrap();
-        let vpc = vpc.vpc().and_then(|v| v.vpc_id()).unwrap().to_owned();
-        // DNS host names on, as a site's VPC must have them (stratus checks).
-        ec2.modify_vpc_attribute()
-            .vpc_id(&vpc)
-            .enable_dns_hostnames(
-                aws_sdk_ec2::types::AttributeBooleanValue::builder()
-                    .value(true)
-                    .build(),
-            )
-            .send()
-            .await
-            .unwrap();
-        let subnet = ec2
-            .create_subnet()
-            .vpc_id(&vpc)
-            .cidr_block(SUBNET_CIDR)
-            .send()
-            .await
-            .unwrap();
-        let subnet = subnet
-            .subnet()
-            .and_then(|s| s.subnet_id())
-            .unwrap()
-            .to_owned();
-        (vpc, subnet)
-    });
+    let (vpc, subnet) = moto.rt.block_on(ec2_moto::loopback_vpc(&ec2, SUBNET_CIDR));
     let ctx = TestContext::new();
     let creds = ctx.root.path().join("aws-credentials");
     std::fs::write(

@@ -182,8 +182,7 @@ impl Hypervisor {
             .unwrap()
             .with_exe(PathBuf::from(super::BIN))
             .with_node_env(env);
-        // LocalProvider keeps node `<id>` in `<state dir>/local/<id>` (its NodePaths).
-        let nodes_root = dir.path().join("local");
+        let nodes_root = nodes_root(dir.path());
         let stop = Arc::new(AtomicBool::new(false));
         let report = Arc::new(Mutex::new(Report::default()));
         let thread = {
@@ -211,7 +210,7 @@ impl Hypervisor {
     /// Where the booted nodes' directories are (`<root>/<node id>`); each node process runs
     /// `stratus __node <its directory>`.
     pub fn nodes_root(&self) -> PathBuf {
-        self.dir.path().join("local")
+        nodes_root(self.dir.path())
     }
 
     /// Each booted node's home directory (what a configure step's files land in), while the
@@ -235,6 +234,12 @@ impl Drop for Hypervisor {
             let _ = t.join();
         }
     }
+}
+
+/// Where the LocalProvider of state directory `state` keeps its nodes: node `<id>` in
+/// `<state>/local/<id>` (its NodePaths).
+fn nodes_root(state: &Path) -> PathBuf {
+    state.join("local")
 }
 
 /// A booted node's console, as it grows.

@@ -119,43 +119,7 @@ impl Moto {
     /// test can serve SSH on. The VPC has DNS host names on, as a site's must. Returns (vpc id,
     /// subnet id).
     pub fn loopback_subnet(&self) -> (String, String) {
-        self.block_on(async {
-            let vpc = self
-                .ec2
-                .create_vpc()
-                .cidr_block("127.0.0.0/16")
-                .send()
-                .await
-                .unwrap();
-            let vpc = vpc.vpc().and_then(|v| v.vpc_id()).unwrap().to_owned();
-            // A VPC of one's own has DNS host names off, on AWS as in moto; a site turns them
-            // on for Hadoop (and stratus refuses a VPC without them).
-            self.ec2
-                .modify_vpc_attribute()
-                .vpc_id(&vpc)
-                .enable_dns_hostnames(
-                    aws_sdk_ec2::types::AttributeBooleanValue::builder()
-                        .value(true)
-                        .build(),
-                )
-                .send()
-                .await
-                .unwrap();
-            let subnet = self
-                .ec2
-                .create_subnet()
-                .vpc_id(&vpc)
-                .cidr_block("127.0.0.0/24")
-                .send()
-                .await
-                .unwrap();
-            let subnet = subnet
-                .subnet()
-                .and_then(|s| s.subnet_id())
-                .unwrap()
-                .to_owned();
-            (vpc, subnet)
-        })
+        self.block_on(loopback_vpc(&self.ec2, "127.0.0.0/24"))
     }
 
     /// A VPC with DNS host names on and `n` subnets (at most 4) splitting 127.0.0.0/24, each in
@@ -343,6 +307,43 @@ pub fn assert_cluster_tags(what: &str, tags: &[Tag], owner: &str, cluster: &str,
 }
 
 /// One HTTP/1.1 call to the moto server at `endpoint` (`http://host:port`): status and body.
+/// A VPC of 127.0.0.0/16 with DNS host names on, and in it a subnet of `subnet_cidr` (within
+/// 127.0.0.0/16, so that moto hands its instances loopback addresses). Returns (vpc id, subnet
+/// id). A VPC of one's own has DNS host names off, on AWS as in moto; a site turns them on for
+/// Hadoop (and stratus refuses a VPC without them).
+pub(crate) async fn loopback_vpc(ec2: &aws_sdk_ec2::Client, subnet_cidr: &str) -> (String, String) {
+    let vpc = ec2
+        .create_vpc()
+        .cidr_block("127.0.0.0/16")
+        .send()
+        .await
+        .expect("create the loopback VPC");
+    let vpc = vpc.vpc().and_then(|v| v.vpc_id()).unwrap().to_owned();
+    ec2.modify_vpc_attribute()
+        .vpc_id(&vpc)
+        .enable_dns_hostnames(
+            aws_sdk_ec2::types::AttributeBooleanValue::builder()
+                .value(true)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("turn the VPC's DNS host names on");
+    let subnet = ec2
+        .create_subnet()
+        .vpc_id(&vpc)
+        .cidr_block(subnet_cidr)
+        .send()
+        .await
+        .expect("create the loopback subnet");
+    let subnet = subnet
+        .subnet()
+        .and_then(|s| s.subnet_id())
+        .unwrap()
+        .to_owned();
+    (vpc, subnet)
+}
+
 pub(crate) fn http(endpoint: &str, method: &str, path: &str, body: &str) -> (u16, String) {
     let hostport = endpoint
         .strip_prefix("http://")
