@@ -142,6 +142,12 @@ pub enum Command {
         #[arg(long)]
         everyone: bool,
     },
+    /// Your own AWS identity for the class: an IAM user that can describe the class's
+    /// instances and use your prefix of the class's S3 bucket, never launch
+    Identity {
+        #[command(subcommand)]
+        action: IdentityAction,
+    },
     /// Your limits under the site's policy, what you use, and what is left
     Quota {
         #[arg(long)]
@@ -268,6 +274,47 @@ pub enum IdentitiesAction {
     /// [identities] table: describe-only on EC2, S3 only under the bucket's <login>/ prefix,
     /// never RunInstances, IAM, or another owner's instances
     Policy,
+    /// Make the IAM users of the roster's logins and remove those who left it (their keys
+    /// first); running it twice changes nothing the second time
+    Sync {
+        /// One login per line, or a CSV file with a `login` column
+        #[arg(long, value_name = "FILE")]
+        roster: PathBuf,
+        /// Print the plan; change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Every student's IAM user, key ids and key ages, and whether their files are in place
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rotate every key older than DAYS (as root: each student's files are rewritten as the
+    /// student); goes on past a failure and reports it at the end
+    Rotate {
+        #[arg(long, value_name = "DAYS")]
+        older_than: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IdentityAction {
+    /// Make your IAM user and an access key, and write them into ~/.aws/credentials and
+    /// ~/.aws/config as the profile `stratus` (other profiles kept)
+    Init,
+    /// A new access key: made, written into your files, checked, then the old one deleted
+    Rotate,
+    /// Your IAM user, its groups, and your key ids and their ages (never a secret)
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete your access keys, your group membership and your IAM user
+    Delete {
+        /// Do not ask
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -335,6 +382,12 @@ impl Command {
                 }
                 | Command::Admin {
                     action: AdminAction::Audit { json: true, .. }
+                        | AdminAction::Identities {
+                            action: IdentitiesAction::List { json: true }
+                        }
+                }
+                | Command::Identity {
+                    action: IdentityAction::Show { json: true }
                 }
                 | Command::Reconcile { json: true, .. }
         )

@@ -49,6 +49,7 @@ use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt,
 use std::path::{Path, PathBuf};
 
 use crate::core::error::{Error, Kind};
+pub(crate) use crate::core::secret::Secret;
 
 /// The mode of the files this writes: the owner's alone.
 const FILE_MODE: u32 = 0o600;
@@ -56,28 +57,6 @@ const FILE_MODE: u32 = 0o600;
 const DIR_MODE: u32 = 0o700;
 /// The largest file this reads to merge into: an AWS CLI file is a few KiB, so more is not one.
 const MAX_FILE_BYTES: u64 = 1 << 20;
-
-/// A secret (an AWS secret access key) that never prints: its `Debug` is `<redacted>`, and it
-/// has no `Display`.
-pub(crate) struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub(crate) fn new(secret: impl Into<String>) -> Self {
-        Self(secret.into())
-    }
-
-    /// The secret itself, for the one place that writes it into the credentials file.
-    pub(crate) fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
 
 /// A long-term IAM access key, as the class service hands it over.
 #[derive(Debug)]
@@ -347,6 +326,38 @@ pub(crate) fn check_profile(home: &Path, profile: &str) -> Result<(), AwsFilesEr
         crate::sys::effective_uid(),
     )
     .map(|_| ())
+}
+
+/// The access key id `home/.aws/credentials` holds under `[profile]`, read as `write_profile`
+/// reads (never through a link, only the caller's own regular file); `None` when the file or
+/// the section or its key is not there. The secret is not read out.
+pub(crate) fn key_id(home: &Path, profile: &str) -> Result<Option<String>, AwsFilesError> {
+    key_id_as(home, profile, crate::sys::effective_uid())
+}
+
+/// [`key_id`] of the files of `uid` (root reading a student's, for `admin identities list`).
+pub(crate) fn key_id_as(
+    home: &Path,
+    profile: &str,
+    uid: u32,
+) -> Result<Option<String>, AwsFilesError> {
+    let dir = home.join(".aws");
+    if open_dir(&dir, uid)?.is_none() {
+        return Ok(None);
+    }
+    let Some(current) = read_current(&dir.join("credentials"), uid)? else {
+        return Ok(None);
+    };
+    let lines = parse(&current.text);
+    Ok(model(&lines)
+        .into_iter()
+        .find(|(h, _)| names(h, profile))
+        .and_then(|(_, keys)| {
+            keys.into_iter()
+                .find(|(k, _)| k == "aws_access_key_id")
+                .map(|(_, v)| v)
+        })
+        .filter(|v| !v.is_empty()))
 }
 
 /// [`write_profile`] for the files of `uid`.

@@ -49,6 +49,10 @@ pub struct Client {
     state_dir: PathBuf,
     /// How this user's own SSH connections are made (`login`, `exec`, `push`, `proxy`).
     ssh: SshConfig,
+    /// The site's `[ec2]` table and this user's trust, for the calls a user makes with their
+    /// own new key (`identity rotate` checks it works).
+    ec2: Option<crate::config::Ec2Config>,
+    trust: crate::config::Trust,
 }
 
 impl Client {
@@ -58,6 +62,8 @@ impl Client {
         let caller = Caller::from_real_uid()?;
         let state_dir = settings.state_dir.clone();
         let ssh = settings.config.ssh.clone();
+        let ec2 = settings.config.ec2.clone();
+        let trust = settings.trust.clone();
         let backend = if settings.through_wrapper() {
             let own_store = Store::open_in(&state_dir)?;
             match settings.config.transport() {
@@ -82,7 +88,14 @@ impl Client {
             printer,
             state_dir,
             ssh,
+            ec2,
+            trust,
         })
+    }
+
+    /// The site's `[ec2]` table, and the trust this user's own calls run with.
+    pub fn ec2(&self) -> Option<(&crate::config::Ec2Config, &crate::config::Trust)> {
+        self.ec2.as_ref().map(|e| (e, &self.trust))
     }
 
     /// One TCP connect plus SSH handshake, at most.

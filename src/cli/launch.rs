@@ -92,7 +92,13 @@ pub(super) async fn terminate_cmd(
     owner: Option<String>,
 ) -> Result<ExitCode, Error> {
     ClusterName::parse(name)?;
-    if !yes && !confirmed(client, &format!("Terminate cluster {name}? [y/N] "), name)? {
+    if !yes
+        && !confirmed(
+            client,
+            &format!("Terminate cluster {name}? [y/N] "),
+            &format!("terminate {name}"),
+        )?
+    {
         client.printer().status("not terminated");
         return Ok(ExitCode::from(crate::core::error::exit::BAD_INPUT));
     }
@@ -110,11 +116,11 @@ pub(super) async fn terminate_cmd(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Asks `question` on the terminal; off a terminal, refuses (scripts pass `--yes`).
-fn confirmed(client: &Client, question: &str, name: &str) -> Result<bool, Error> {
+/// Asks `question` on the terminal; off a terminal, refuses to `what` (scripts pass `--yes`).
+pub(super) fn confirmed(client: &Client, question: &str, what: &str) -> Result<bool, Error> {
     if !std::io::stdin().is_terminal() {
         return Err(Error::invalid(format!(
-            "refusing to terminate {name} without confirmation: pass --yes"
+            "refusing to {what} without confirmation: pass --yes"
         )));
     }
     client.printer().suspend(|| {

@@ -12,14 +12,15 @@
 //! - `info`: usage, quota, profiles;
 //! - `accounting`: snapshot, report, reap;
 //! - `admin`: install, doctor, audit;
+//! - `identity`: identity init, rotate, show, delete; admin identities sync, list, rotate;
 //! - `aws_files`: the student's own `~/.aws/credentials` and `~/.aws/config`, for `identity`.
 
 mod access;
 mod accounting;
 mod admin;
 pub(crate) mod args;
-#[allow(dead_code)] // Called by `identity init` (issue 16), next.
 mod aws_files;
+mod identity;
 mod info;
 mod launch;
 pub use args::*;
@@ -135,6 +136,10 @@ pub async fn run(cli: Cli, env: Environment, printer: Arc<Printer>) -> Result<Ex
                     action: ImageAction::Build { profile, dry_run },
                 },
         } => admin::image_build(&client, profile, dry_run).await,
+        Command::Identity { action } => identity::run(&client, action, &env).await,
+        Command::Admin {
+            action: AdminAction::Identities { action },
+        } => identity::admin(&client, action, &env).await,
         Command::Admin { action } => admin::audit(&client, action).await,
         Command::Accounting { action } => accounting::run(&client, action).await,
         Command::Profiles { .. } | Command::Node { .. } | Command::Runner | Command::Serve => {

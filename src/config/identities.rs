@@ -39,6 +39,9 @@ pub struct IdentitiesConfig {
     pub group: Option<String>,
     /// The class's S3 bucket, of which each student may use the prefix `<login>/`.
     pub bucket: Option<String>,
+    /// The students' group policy, as JSON: the instructor's own (default: the shipped one,
+    /// which `admin identities policy` prints). `admin identities sync` puts it on the group.
+    pub policy_file: Option<std::path::PathBuf>,
 }
 
 /// Unix logins are at most 32 characters (`LOGIN_NAME_MAX` on Linux): with the prefix, an IAM
@@ -145,6 +148,35 @@ fn bucket_name_ok(name: &str) -> bool {
         && b[b.len() - 1].is_ascii_alphanumeric()
         && !name.contains("..")
         && name.parse::<std::net::Ipv4Addr>().is_err()
+}
+
+/// The name of the students' group's inline policy.
+pub const GROUP_POLICY_NAME: &str = "stratus-students";
+
+/// The group's policy as the site has it: `policy_file`'s JSON, else the shipped one.
+pub fn site_group_policy(identities: &IdentitiesConfig, region: &str) -> Result<Value, String> {
+    let Some(path) = &identities.policy_file else {
+        return Ok(group_policy(identities, region));
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        format!(
+            "cannot read [identities] policy_file {}: {e}",
+            path.display()
+        )
+    })?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "[identities] policy_file {} is not JSON: {e}",
+            path.display()
+        )
+    })?;
+    if v.get("Statement").is_none() {
+        return Err(format!(
+            "[identities] policy_file {} is not an IAM policy (no \"Statement\")",
+            path.display()
+        ));
+    }
+    Ok(v)
 }
 
 /// The shipped IAM policy of the students' group, for this table and the site's EC2 region.

@@ -233,6 +233,9 @@ pub struct Ec2Config {
     /// The SSM endpoint that resolves `resolve:ssm:` images; by default `endpoint_url` when that
     /// is set (an EC2-compatible API serving both), else AWS's in the region.
     pub ssm_endpoint_url: Option<String>,
+    /// The IAM endpoint the students' identities are made at (`[identities]`); by default
+    /// `endpoint_url` when that is set (an API serving both, as moto does), else AWS's.
+    pub iam_endpoint_url: Option<String>,
 }
 
 impl Ec2Config {
@@ -291,6 +294,7 @@ impl Ec2Config {
         for (key, url) in [
             ("endpoint_url", &self.endpoint_url),
             ("ssm_endpoint_url", &self.ssm_endpoint_url),
+            ("iam_endpoint_url", &self.iam_endpoint_url),
         ] {
             if let Some(u) = url
                 && !(u.starts_with("http://") || u.starts_with("https://"))

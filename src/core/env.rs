@@ -13,6 +13,7 @@ pub struct AwsEnv {
     pub endpoint_url: Option<String>,
     pub endpoint_url_ec2: Option<String>,
     pub endpoint_url_ssm: Option<String>,
+    pub endpoint_url_iam: Option<String>,
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
     pub session_token: Option<String>,
@@ -31,6 +32,7 @@ impl AwsEnv {
             endpoint_url: var("AWS_ENDPOINT_URL"),
             endpoint_url_ec2: var("AWS_ENDPOINT_URL_EC2"),
             endpoint_url_ssm: var("AWS_ENDPOINT_URL_SSM"),
+            endpoint_url_iam: var("AWS_ENDPOINT_URL_IAM"),
             access_key_id: var("AWS_ACCESS_KEY_ID"),
             secret_access_key: var("AWS_SECRET_ACCESS_KEY"),
             session_token: var("AWS_SESSION_TOKEN"),
@@ -66,6 +68,10 @@ pub struct Environment {
     pub test_now: Option<String>,
     /// Debug builds only: `STRATUS_TEST_LEASE_SECS`, the lease of terminate and grow locks.
     pub test_lease_secs: Option<u64>,
+    /// Debug builds only: `STRATUS_TEST_CRASH_AT`, a step of `identity rotate` at which the
+    /// client dies as a crash would (`created`: the new key made, the files not yet written;
+    /// `written`: the files written, the old key not yet deleted).
+    pub test_crash_at: Option<String>,
 }
 
 impl Environment {
@@ -106,6 +112,7 @@ impl Environment {
             test_pause_at: test("STRATUS_TEST_PAUSE_AT"),
             test_now: test("STRATUS_TEST_NOW"),
             test_lease_secs: test("STRATUS_TEST_LEASE_SECS").and_then(|s| s.parse().ok()),
+            test_crash_at: test("STRATUS_TEST_CRASH_AT"),
         }
     }
 

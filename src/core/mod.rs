@@ -12,4 +12,5 @@ pub(crate) mod install_area;
 pub mod model;
 pub mod money;
 pub mod printer;
+pub mod secret;
 pub(crate) mod text;

@@ -19,6 +19,8 @@ pub(crate) struct Trail {
     launched: Option<RequestId>,
     /// What a terminate found live before it ended it.
     terminated: Vec<String>,
+    /// What an identity request did (users, key ids; never a secret), as the row's reason.
+    detail: Option<String>,
 }
 
 impl Trail {
@@ -35,7 +37,12 @@ impl Trail {
                 ),
             launched: None,
             terminated: Vec::new(),
+            detail: None,
         }
+    }
+
+    pub(crate) fn detail(&mut self, detail: String) {
+        self.detail = Some(detail);
     }
 
     pub(crate) fn launching(&mut self, request: &RequestId) {
@@ -62,7 +69,7 @@ impl Trail {
                 if ids.is_empty() {
                     ids = self.terminated.clone();
                 }
-                ("done", None, ids)
+                ("done", self.detail.clone(), ids)
             }
             Err(e) => (
                 e.kind().verdict(),

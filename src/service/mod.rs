@@ -10,6 +10,7 @@
 //! - `clusters`: list, key, reach (what a user needs to connect), and the view of a cluster;
 //! - `usage`: usage, quota, the report, the audit trail, the snapshot and the reaper;
 //! - `admission`: the policy's rules at work in the store's transaction, and the quota view;
+//! - `identity`: the students' IAM identities (users, group, access keys) and the roster;
 //! - `audit`: the audit trail and syslog;
 //! - `protocol`: the request, the typed answer, and their wire form.
 
@@ -17,6 +18,7 @@ pub(crate) mod admission;
 pub(crate) mod audit;
 pub mod caller;
 pub(crate) mod clusters;
+pub(crate) mod identity;
 pub(crate) mod inputs;
 pub(crate) mod launch;
 pub(crate) mod protocol;
@@ -410,6 +412,21 @@ impl Service {
             Request::ImageBuild { profile, dry_run } => {
                 self.image_build(asked, &profile, dry_run).await
             }
+            Request::IdentityInit { keep } => self.identity_init(asked, keep, trail).await,
+            Request::IdentityRotate { keep, owner } => {
+                self.identity_rotate(asked, keep, owner.as_deref(), trail)
+                    .await
+            }
+            Request::IdentityRetire { keep, owner } => {
+                self.identity_retire(asked, &keep, owner.as_deref(), trail)
+                    .await
+            }
+            Request::IdentityShow {} => self.identity_show(asked).await,
+            Request::IdentityDelete {} => self.identity_delete(asked, trail).await,
+            Request::IdentitiesSync { logins, dry_run } => {
+                self.identities_sync(asked, logins, dry_run, trail).await
+            }
+            Request::IdentitiesList {} => self.identities_list(asked).await,
         }
     }
 

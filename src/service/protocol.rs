@@ -115,6 +115,36 @@ pub enum Request {
         #[serde(default)]
         dry_run: bool,
     },
+    /// The caller's own IAM identity (`identity init`): the user (made if missing, in the
+    /// students' group) and a key, unless `keep` (the key the caller's files hold) is already
+    /// one of the user's.
+    IdentityInit {
+        keep: Option<String>,
+    },
+    /// `identity rotate`, first step: a new key for the caller's user, after making room (see
+    /// `service::identity`). `owner`: instructors, for a student (`admin identities rotate`).
+    IdentityRotate {
+        keep: Option<String>,
+        owner: Option<String>,
+    },
+    /// `identity rotate` (and `init`), last step, once the caller's files hold `keep` and it
+    /// works: every other key of the user is deleted.
+    IdentityRetire {
+        keep: String,
+        owner: Option<String>,
+    },
+    /// The caller's identity: user, groups, key ids and ages; never a secret.
+    IdentityShow {},
+    /// Deletes the caller's keys, group membership and user.
+    IdentityDelete {},
+    /// Instructors: the IAM users made to match the roster (`dry_run`: the plan only).
+    IdentitiesSync {
+        logins: Vec<String>,
+        #[serde(default)]
+        dry_run: bool,
+    },
+    /// Instructors: every identity of the class, with its keys.
+    IdentitiesList {},
     /// Warns, then terminates, clusters that break the policy (cron).
     Reap {
         #[serde(default)]
@@ -166,6 +196,13 @@ impl Request {
             Request::Snapshot {} => "snapshot",
             Request::Reap { .. } => "reap",
             Request::ImageBuild { .. } => "image-build",
+            Request::IdentityInit { .. } => "identity-init",
+            Request::IdentityRotate { .. } => "identity-rotate",
+            Request::IdentityRetire { .. } => "identity-retire",
+            Request::IdentityShow {} => "identity-show",
+            Request::IdentityDelete {} => "identity-delete",
+            Request::IdentitiesSync { .. } => "identities-sync",
+            Request::IdentitiesList {} => "identities-list",
         }
     }
 
@@ -183,6 +220,7 @@ impl Request {
                 | Request::Reconcile { dry_run: true }
                 | Request::Reap { dry_run: true, .. }
                 | Request::ImageBuild { dry_run: true, .. }
+                | Request::IdentitiesSync { dry_run: true, .. }
         )
     }
 
@@ -278,6 +316,75 @@ pub struct ImageBuilt {
     pub record: String,
 }
 
+/// An access key as `identity show` and `admin identities list` show it: never its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyView {
+    pub id: String,
+    /// RFC 3339, when IAM says.
+    pub created_at: Option<String>,
+    /// Whole days since it was made.
+    pub age_days: Option<u64>,
+    pub active: bool,
+}
+
+/// A student's IAM identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityView {
+    pub login: String,
+    /// The IAM user's name (prefix and login).
+    pub user: String,
+    /// Whether IAM has the user.
+    pub exists: bool,
+    pub groups: Vec<String>,
+    pub keys: Vec<KeyView>,
+}
+
+/// A key just made, for its owner's files alone. `Debug` hides the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuedKey {
+    pub id: String,
+    pub secret: crate::core::secret::Secret,
+}
+
+/// What `identity init` or the first step of `identity rotate` did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyIssued {
+    pub identity: IdentityView,
+    /// Whether this request made the IAM user.
+    pub user_created: bool,
+    /// The new key (none: `init` found the caller's files' key among the user's).
+    pub key: Option<IssuedKey>,
+    /// Keys deleted to make room (keys no file of the caller holds).
+    pub deleted: Vec<String>,
+    /// The region the files' profile is for.
+    pub region: String,
+}
+
+/// What the last step of a rotation, or `identity delete`, removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeysRemoved {
+    pub identity: IdentityView,
+    pub deleted: Vec<String>,
+}
+
+/// What `admin identities sync` did (or, a dry run, would do).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Synced {
+    pub dry_run: bool,
+    /// Logins whose users are made.
+    pub create: Vec<String>,
+    /// Logins whose users (and keys) are removed.
+    pub remove: Vec<String>,
+    /// Logins whose users are already there.
+    pub kept: Vec<String>,
+    /// The keys deleted with the removed users.
+    pub deleted_keys: Vec<String>,
+    /// Whether the students' group was made, or its policy put.
+    pub group: Option<String>,
+    /// One line per login that failed; the others went on.
+    pub failed: Vec<String>,
+}
+
 /// The service's answer, typed: one variant per kind of request.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
@@ -298,6 +405,11 @@ pub enum Response {
     Snapshot(SnapshotReport),
     Reaped(Vec<ReapAction>),
     Image(ImageBuilt),
+    KeyIssued(KeyIssued),
+    KeysRemoved(KeysRemoved),
+    Identity(IdentityView),
+    Identities(Vec<IdentityView>),
+    Synced(Synced),
 }
 
 impl Response {
@@ -320,6 +432,15 @@ impl Response {
             Request::Snapshot {} => Response::Snapshot(of(value)?),
             Request::Reap { .. } => Response::Reaped(of(value)?),
             Request::ImageBuild { .. } => Response::Image(of(value)?),
+            Request::IdentityInit { .. } | Request::IdentityRotate { .. } => {
+                Response::KeyIssued(of(value)?)
+            }
+            Request::IdentityRetire { .. } | Request::IdentityDelete {} => {
+                Response::KeysRemoved(of(value)?)
+            }
+            Request::IdentityShow {} => Response::Identity(of(value)?),
+            Request::IdentitiesList {} => Response::Identities(of(value)?),
+            Request::IdentitiesSync { .. } => Response::Synced(of(value)?),
         })
     }
 

@@ -11,6 +11,7 @@
 //! Each database has an id (`StoreId`, made with it) that tags everything it launches, so two
 //! state directories never mistake each other's instances for their own.
 
+pub mod identities;
 mod nodes;
 pub mod quota;
 
@@ -229,6 +230,13 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE nodes ADD COLUMN public_ipv4 INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE usage_intervals ADD COLUMN volume_gb INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE usage_intervals ADD COLUMN public_ipv4 INTEGER NOT NULL DEFAULT 0;
+    "#,
+    // 6: the class roster (`admin identities sync`): who may have an IAM identity.
+    r#"
+    CREATE TABLE roster (
+        login     TEXT PRIMARY KEY,
+        added_at  INTEGER NOT NULL
+    );
     "#,
 ];
 

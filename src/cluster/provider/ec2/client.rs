@@ -282,6 +282,94 @@ pub(super) async fn build(config: &Ec2Config, trust: &Trust) -> Result<Built, Pr
     })
 }
 
+/// The IAM endpoint: `iam_endpoint_url`, else `endpoint_url` (an API serving both, as moto
+/// does), else (a user's own command) `AWS_ENDPOINT_URL_IAM` or `AWS_ENDPOINT_URL`.
+fn iam_endpoint(config: &Ec2Config, trust: &Trust) -> Result<Option<String>, ProviderError> {
+    endpoint_of(
+        config
+            .iam_endpoint_url
+            .as_ref()
+            .or(config.endpoint_url.as_ref()),
+        trust.caller_env().and_then(|e| e.endpoint_url_iam.as_ref()),
+        trust,
+    )
+}
+
+/// The IAM client of the students' identities: the same credentials, HTTP client (proxy, trust
+/// store), timeouts and retries as the EC2 client. IAM is global: its calls are signed for
+/// `us-east-1` whatever the site's region.
+pub(super) fn build_iam(
+    config: &Ec2Config,
+    trust: &Trust,
+) -> Result<(aws_sdk_iam::Client, Context), ProviderError> {
+    let endpoint = iam_endpoint(config, trust)?;
+    let (credentials, facts) = credentials(config, trust)?;
+    if let Some(message) = facts.expired(jiff::Timestamp::now()) {
+        return Err(ProviderError::Auth(message));
+    }
+    let http = http_client(trust, config.https_proxy.as_deref())?;
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+        .operation_timeout(OPERATION_TIMEOUT)
+        .build();
+    let mut builder = aws_sdk_iam::Config::builder()
+        .behavior_version(aws_sdk_iam::config::BehaviorVersion::latest())
+        .region(aws_sdk_iam::config::Region::new("us-east-1"))
+        .credentials_provider(credentials)
+        .http_client(http)
+        .retry_config(RetryConfig::adaptive().with_max_attempts(MAX_ATTEMPTS))
+        .timeout_config(timeouts);
+    if let Some(url) = &endpoint {
+        builder = builder.endpoint_url(url);
+    }
+    let context = Context {
+        endpoint: match &endpoint {
+            Some(u) => format!("the IAM endpoint {u}"),
+            None => "AWS's IAM API".to_owned(),
+        },
+        credentials: facts.described.clone(),
+    };
+    Ok((aws_sdk_iam::Client::from_conf(builder.build()), context))
+}
+
+/// An EC2 client that signs with `key` alone (a student's new access key, as their files now
+/// hold it), for checking that the key works: the site's region and endpoint, no retries of
+/// its own (the caller waits for IAM to make the key known).
+pub(super) fn with_key(
+    config: &Ec2Config,
+    trust: &Trust,
+    id: &str,
+    secret: &str,
+) -> Result<(aws_sdk_ec2::Client, Context), ProviderError> {
+    let endpoint = endpoint(config, trust)?;
+    let credentials =
+        SharedCredentialsProvider::new(Credentials::new(id, secret, None, None, "stratus-new-key"));
+    let mut builder = aws_sdk_ec2::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(config.region.clone()))
+        .credentials_provider(credentials)
+        .http_client(http_client(trust, config.https_proxy.as_deref())?)
+        .retry_config(RetryConfig::standard().with_max_attempts(1))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .operation_timeout(ATTEMPT_TIMEOUT)
+                .build(),
+        );
+    if let Some(url) = &endpoint {
+        builder = builder.endpoint_url(url);
+    }
+    let context = Context {
+        endpoint: match &endpoint {
+            Some(u) => format!("the EC2 endpoint {u}"),
+            None => format!("the EC2 API of {}", config.region),
+        },
+        credentials: format!("the new access key {id}"),
+    };
+    Ok((aws_sdk_ec2::Client::from_conf(builder.build()), context))
+}
+
 /// The credentials, and a description of where they came from for messages. Static keys only,
 /// read by stratus itself: no source can make stratus run a program (`credential_process`) or
 /// reach a metadata service.

@@ -25,6 +25,7 @@ mod client;
 pub mod console;
 pub mod credentials;
 mod error;
+pub mod iam;
 pub mod iam_policy;
 pub mod image;
 mod network;
