@@ -229,7 +229,8 @@ pub fn group_policy(identities: &IdentitiesConfig, region: &str) -> Value {
 /// A class roster (`admin identities sync --roster FILE`): the logins that should have an
 /// identity. Either one login per line (blank lines and `#` comments skipped), or a CSV file
 /// whose header names a `login` column (any case, any position; what a course's student list
-/// exports), told apart by a comma in the first line that is not a comment.
+/// exports), told apart by a comma in the first line that is not a comment (or by that line
+/// being the header `login` alone).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Roster {
     pub logins: BTreeSet<Owner>,
@@ -245,7 +246,10 @@ pub fn parse_roster(text: &str) -> Result<Roster, String> {
         .map(str::trim)
         .find(|l| !l.is_empty() && !l.starts_with('#'));
     let rows = match first {
-        Some(l) if l.contains(',') => csv_logins(text)?,
+        // A CSV of the one column `login` has no comma; its header is no student's login.
+        Some(l) if l.contains(',') || l.trim_matches('"').eq_ignore_ascii_case("login") => {
+            csv_logins(text)?
+        }
         _ => text
             .lines()
             .enumerate()
@@ -454,6 +458,8 @@ mod tests {
         let r = parse_roster(csv).unwrap();
         assert_eq!(logins(&r), ["asmith", "bo_1"]);
         assert!(r.repeated.is_empty());
+        // A CSV of the login column alone: its header is not a student.
+        assert_eq!(logins(&parse_roster("Login\nalice\n").unwrap()), ["alice"]);
         // What is wrong, and where.
         let bad = [
             (
@@ -467,6 +473,7 @@ mod tests {
             ("name,login\nann,\n", "line 2 of the roster has no login"),
             ("login\n-x\n", "line 2 of the roster: \"-x\""),
             ("# nobody yet\n\n", "names no login"),
+            ("login\n", "names no login"),
             ("", "names no login"),
         ];
         for (text, want) in bad {

@@ -11,6 +11,7 @@ mod hadoop_profile;
 mod hardening_ec2;
 mod hardening_local;
 mod iam;
+mod identities;
 mod image;
 mod local;
 mod openssh;

@@ -1,0 +1,412 @@
+//! The students' IAM identities (issue 16) against moto's IAM and EC2 (the EC2 tests' server,
+//! which serves IAM on the same port): `identity init`, `rotate` (with the client killed at
+//! each step between making the new key and deleting the old), `show` and `delete`; the
+//! roster sync; and, as root with real Unix users through the installed wrapper, where the
+//! files land, a planted symbolic link, a login that is not on the roster, and the bulk
+//! rotation. What IAM holds is read with an SDK client of the test's own.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::ec2::ec2_moto::Moto;
+use crate::support::{Run, TestContext};
+
+const IDENTITIES: &str = "[identities]\nclass = \"c1\"\nbucket = \"c1-data\"\n";
+
+/// An IAM client of moto, as an administrator would look.
+struct IamView {
+    iam: aws_sdk_iam::Client,
+    rt: tokio::runtime::Runtime,
+}
+
+impl IamView {
+    fn new(endpoint: &str) -> IamView {
+        let conf = aws_sdk_iam::Config::builder()
+            .behavior_version(aws_sdk_iam::config::BehaviorVersion::latest())
+            .region(aws_sdk_iam::config::Region::new("us-east-1"))
+            .endpoint_url(endpoint)
+            .credentials_provider(aws_sdk_iam::config::Credentials::new(
+                "testing",
+                "testing",
+                None,
+                None,
+                "moto-test",
+            ))
+            .http_client(aws_smithy_http_client::Builder::new().build_http())
+            .build();
+        IamView {
+            iam: aws_sdk_iam::Client::from_conf(conf),
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+        }
+    }
+
+    /// The user's path and tags, or `None`.
+    fn user(&self, name: &str) -> Option<(String, Vec<(String, String)>)> {
+        self.rt.block_on(async {
+            let got = self.iam.get_user().user_name(name).send().await.ok()?;
+            let u = got.user()?;
+            let tags = self
+                .iam
+                .list_user_tags()
+                .user_name(name)
+                .send()
+                .await
+                .unwrap();
+            Some((
+                u.path().to_owned(),
+                tags.tags()
+                    .iter()
+                    .map(|t| (t.key().to_owned(), t.value().to_owned()))
+                    .collect(),
+            ))
+        })
+    }
+
+    fn keys(&self, name: &str) -> BTreeSet<String> {
+        self.rt.block_on(async {
+            let got = self
+                .iam
+                .list_access_keys()
+                .user_name(name)
+                .send()
+                .await
+                .unwrap();
+            got.access_key_metadata()
+                .iter()
+                .filter_map(|k| k.access_key_id().map(str::to_owned))
+                .collect()
+        })
+    }
+
+    fn groups(&self, name: &str) -> Vec<String> {
+        self.rt.block_on(async {
+            let got = self
+                .iam
+                .list_groups_for_user()
+                .user_name(name)
+                .send()
+                .await
+                .unwrap();
+            got.groups()
+                .iter()
+                .map(|g| g.group_name().to_owned())
+                .collect()
+        })
+    }
+
+    fn users_under(&self, path: &str) -> BTreeSet<String> {
+        self.rt.block_on(async {
+            let got = self
+                .iam
+                .list_users()
+                .path_prefix(path)
+                .send()
+                .await
+                .unwrap();
+            got.users()
+                .iter()
+                .map(|u| u.user_name().to_owned())
+                .collect()
+        })
+    }
+
+    fn create_key(&self, name: &str) -> String {
+        self.rt.block_on(async {
+            let got = self
+                .iam
+                .create_access_key()
+                .user_name(name)
+                .send()
+                .await
+                .unwrap();
+            got.access_key().unwrap().access_key_id().to_owned()
+        })
+    }
+
+    fn create_user(&self, name: &str, path: &str) {
+        self.rt.block_on(async {
+            self.iam
+                .create_user()
+                .user_name(name)
+                .path(path)
+                .send()
+                .await
+                .unwrap();
+        })
+    }
+}
+
+/// The `[section]`'s `key` in an AWS file's text.
+fn value_in(text: &str, section: &str, key: &str) -> Option<String> {
+    let mut inside = false;
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            inside = t == format!("[{section}]");
+            continue;
+        }
+        if inside
+            && let Some((k, v)) = t.split_once('=')
+            && k.trim() == key
+        {
+            return Some(v.trim().to_owned());
+        }
+    }
+    None
+}
+
+fn login() -> String {
+    stratus::sys::passwd(stratus::sys::real_uid())
+        .unwrap()
+        .unwrap()
+        .name
+}
+
+fn context(moto: &Moto) -> (TestContext, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx =
+        TestContext::with_config(&format!("{}{IDENTITIES}", moto.site_config(dir.path(), "")));
+    (ctx, dir)
+}
+
+fn files_key(home: &Path) -> Option<String> {
+    let text = fs::read_to_string(home.join(".aws/credentials")).ok()?;
+    value_in(&text, "stratus", "aws_access_key_id")
+}
+
+fn secret_in_files(home: &Path) -> String {
+    let text = fs::read_to_string(home.join(".aws/credentials")).unwrap();
+    value_in(&text, "stratus", "aws_secret_access_key").unwrap()
+}
+
+fn show(ctx: &TestContext) -> Value {
+    serde_json::from_str(&ctx.ok(&["identity", "show", "--json"]).stdout).unwrap()
+}
+
+fn shown_keys(ctx: &TestContext) -> BTreeSet<String> {
+    show(ctx)["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn crash_at(ctx: &TestContext, step: &str) -> Run {
+    let out = ctx
+        .cmd()
+        .env("STRATUS_TEST_CRASH_AT", step)
+        .args(["identity", "rotate"])
+        .output()
+        .unwrap();
+    let r = Run {
+        args: vec!["identity".into(), "rotate".into()],
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stdout_bytes: out.stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert_eq!(r.code, 137, "the crash at {step} did not happen:\n{r}");
+    r
+}
+
+#[test]
+fn identity_init_rotate_through_crashes_show_and_delete_against_moto() {
+    let Some(moto) = Moto::acquire() else {
+        return;
+    };
+    let iam = IamView::new(&moto.endpoint);
+    let (ctx, _dir) = context(&moto);
+    let user = format!("c1-{}", login());
+    // The student's own profiles, to be kept as they are.
+    let aws = ctx.home.join(".aws");
+    fs::create_dir(&aws).unwrap();
+    let own = "# my own keys\n[default]\naws_access_key_id = AKIAOWN\naws_secret_access_key = ownsecret\n";
+    fs::write(aws.join("credentials"), own).unwrap();
+    fs::set_permissions(aws.join("credentials"), fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(aws.join("config"), "[profile other]\nregion = eu-west-1\n").unwrap();
+
+    // init, at trace level: the secret is in the file and nowhere else.
+    let init = ctx
+        .cmd()
+        .env("RUST_LOG", "trace")
+        .args(["identity", "init"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&init.stdout).into_owned(),
+        String::from_utf8_lossy(&init.stderr).into_owned(),
+    );
+    assert!(init.status.success(), "{stdout}\n{stderr}");
+    let (path, tags) = iam.user(&user).expect("init made the IAM user");
+    assert_eq!(path, "/stratus/c1/");
+    assert!(
+        tags.contains(&("stratus:owner".into(), login())),
+        "{tags:?}"
+    );
+    assert!(
+        tags.iter()
+            .any(|(k, v)| k == "stratus:store" && v.starts_with("st-")),
+        "{tags:?}"
+    );
+    assert_eq!(iam.groups(&user), vec!["c1-students".to_owned()]);
+    let first = files_key(&ctx.home).expect("init wrote the key into the files");
+    assert_eq!(iam.keys(&user), BTreeSet::from([first.clone()]));
+    let secret = secret_in_files(&ctx.home);
+    assert_eq!(secret.len(), 40, "{secret}");
+    assert!(
+        !stdout.contains(&secret) && !stderr.contains(&secret),
+        "the secret was printed at RUST_LOG=trace"
+    );
+    assert!(stderr.contains(&first), "init names the key id:\n{stderr}");
+    let creds = fs::read_to_string(aws.join("credentials")).unwrap();
+    assert!(
+        creds.starts_with(own),
+        "the student's own profile is kept:\n{creds}"
+    );
+    let mode = fs::metadata(aws.join("credentials")).unwrap().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let config = fs::read_to_string(aws.join("config")).unwrap();
+    assert!(
+        config.starts_with("[profile other]\nregion = eu-west-1\n"),
+        "{config}"
+    );
+    assert_eq!(
+        value_in(&config, "profile stratus", "region").as_deref(),
+        Some("us-east-1")
+    );
+    // Again: nothing new.
+    let again = ctx.ok(&["identity", "init"]);
+    assert!(again.stderr.contains("already hold"), "{again}");
+    assert_eq!(iam.keys(&user), BTreeSet::from([first.clone()]));
+    assert_eq!(shown_keys(&ctx), BTreeSet::from([first.clone()]));
+
+    // Killed after the new key is made, before the files are written: the files still hold
+    // the old key, which still works; a re-run deletes the lost key and rotates.
+    crash_at(&ctx, "created");
+    let two = iam.keys(&user);
+    assert_eq!(two.len(), 2, "{two:?}");
+    assert!(two.contains(&first));
+    assert_eq!(files_key(&ctx.home).as_deref(), Some(first.as_str()));
+    let lost: String = two.iter().find(|k| **k != first).unwrap().clone();
+    ctx.ok(&["identity", "rotate"]);
+    let second = files_key(&ctx.home).unwrap();
+    assert!(second != first && second != lost, "{second}");
+    assert_eq!(iam.keys(&user), BTreeSet::from([second.clone()]));
+
+    // Killed after the files are rewritten, before the old key is deleted: the files hold
+    // the new key; a re-run leaves one key, the files', and never the user without one.
+    crash_at(&ctx, "written");
+    let third = files_key(&ctx.home).unwrap();
+    assert_ne!(third, second);
+    assert_eq!(
+        iam.keys(&user),
+        BTreeSet::from([second.clone(), third.clone()])
+    );
+    ctx.ok(&["identity", "rotate"]);
+    let fourth = files_key(&ctx.home).unwrap();
+    assert_eq!(iam.keys(&user), BTreeSet::from([fourth.clone()]));
+    assert_eq!(shown_keys(&ctx), BTreeSet::from([fourth.clone()]));
+    let creds = fs::read_to_string(aws.join("credentials")).unwrap();
+    assert!(
+        creds.starts_with(own),
+        "still kept after rotations:\n{creds}"
+    );
+
+    // Every identity action is an audit row naming key ids, never a secret.
+    let audit = ctx.ok(&["admin", "audit", "--json"]).stdout;
+    for action in ["identity-init", "identity-rotate", "identity-retire"] {
+        assert!(audit.contains(action), "{action} is not audited:\n{audit}");
+    }
+    assert!(audit.contains(&fourth), "{audit}");
+    assert!(!audit.contains(&secret_in_files(&ctx.home)), "{audit}");
+
+    // delete: keys, membership and user gone.
+    let deleted = ctx.ok(&["identity", "delete", "--yes"]);
+    assert!(deleted.stderr.contains(&fourth), "{deleted}");
+    assert_eq!(iam.user(&user), None);
+    assert_eq!(show(&ctx)["exists"], Value::Bool(false));
+    // Off a terminal, without --yes, nothing is deleted.
+    ctx.ok(&["identity", "init"]);
+    let refused = ctx.run(&["identity", "delete"]);
+    assert_eq!(refused.code, 2, "{refused}");
+    assert!(iam.user(&user).is_some());
+}
+
+#[test]
+fn the_roster_sync_is_idempotent_and_removes_a_departed_user_with_two_keys() {
+    let Some(moto) = Moto::acquire() else {
+        return;
+    };
+    let iam = IamView::new(&moto.endpoint);
+    let (ctx, dir) = context(&moto);
+    // Someone else's user under the class's path: never touched.
+    iam.create_user("c1-stranger", "/stratus/c1/");
+    let roster = dir.path().join("roster.csv");
+    fs::write(&roster, "name,login\nAlice,alice\nBob,bob\nCarol,carol\n").unwrap();
+    let r = roster.to_str().unwrap();
+    let plan = ctx.ok(&["admin", "identities", "sync", "--roster", r, "--dry-run"]);
+    assert!(
+        plan.stdout.contains("would create alice, bob, carol"),
+        "{plan}"
+    );
+    assert_eq!(
+        iam.users_under("/stratus/c1/"),
+        BTreeSet::from(["c1-stranger".to_owned()]),
+        "a dry run changes nothing"
+    );
+    ctx.ok(&["admin", "identities", "sync", "--roster", r]);
+    let made = iam.users_under("/stratus/c1/");
+    let expected: BTreeSet<String> = ["c1-alice", "c1-bob", "c1-carol", "c1-stranger"]
+        .map(String::from)
+        .into();
+    assert_eq!(made, expected);
+    for u in ["c1-alice", "c1-bob", "c1-carol"] {
+        assert_eq!(iam.groups(u), vec!["c1-students".to_owned()], "{u}");
+    }
+    let again = ctx.ok(&["admin", "identities", "sync", "--roster", r]);
+    assert!(
+        again.stdout.contains("created none") && again.stdout.contains("removed none"),
+        "{again}"
+    );
+    assert_eq!(iam.users_under("/stratus/c1/"), expected);
+    // Bob holds two keys; then leaves the class.
+    let keys = [iam.create_key("c1-bob"), iam.create_key("c1-bob")];
+    let listed = ctx.ok(&["admin", "identities", "list", "--json"]);
+    let rows: Vec<Value> = serde_json::from_str(&listed.stdout).unwrap();
+    let bob = rows.iter().find(|r| r["login"] == "bob").unwrap();
+    assert_eq!(bob["keys"].as_array().unwrap().len(), 2, "{bob}");
+    assert_eq!(rows.len(), 3, "the stranger is not listed: {rows:?}");
+    fs::write(&roster, "login\nalice\ncarol\n").unwrap();
+    let removed = ctx.ok(&["admin", "identities", "sync", "--roster", r]);
+    assert!(removed.stdout.contains("removed bob"), "{removed}");
+    for k in &keys {
+        assert!(removed.stdout.contains(k.as_str()), "{removed}");
+    }
+    assert_eq!(iam.user("c1-bob"), None);
+    let after: BTreeSet<String> = ["c1-alice", "c1-carol", "c1-stranger"]
+        .map(String::from)
+        .into();
+    assert_eq!(iam.users_under("/stratus/c1/"), after);
+    let twice = ctx.ok(&["admin", "identities", "sync", "--roster", r]);
+    assert!(
+        twice.stdout.contains("created none") && twice.stdout.contains("removed none"),
+        "{twice}"
+    );
+    // An empty roster, or a bad login, is refused naming the problem, and changes nothing.
+    fs::write(&roster, "login\n").unwrap();
+    let empty = ctx.run(&["admin", "identities", "sync", "--roster", r]);
+    assert_eq!(empty.code, 2, "{empty}");
+    fs::write(&roster, "alice\nbad login\n").unwrap();
+    let bad = ctx.run(&["admin", "identities", "sync", "--roster", r]);
+    assert_eq!(bad.code, 2, "{bad}");
+    assert!(bad.stderr.contains("line 2"), "names the line: {bad}");
+    assert_eq!(iam.users_under("/stratus/c1/"), after);
+}
