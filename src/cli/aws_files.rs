@@ -206,8 +206,16 @@ pub(crate) enum AwsFilesError {
 }
 
 impl From<AwsFilesError> for Error {
+    /// A file that cannot be read or written is a failure; one that is refused (a link, another
+    /// owner's, a layout that cannot be merged) is the caller's to fix: exit code 2.
     fn from(e: AwsFilesError) -> Self {
-        Error::wrap(Kind::Failed, e)
+        let kind = match e {
+            AwsFilesError::Read { .. }
+            | AwsFilesError::CreateDir { .. }
+            | AwsFilesError::Write { .. } => Kind::Failed,
+            _ => Kind::Refused,
+        };
+        Error::wrap(kind, e)
     }
 }
 

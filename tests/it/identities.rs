@@ -410,3 +410,170 @@ fn the_roster_sync_is_idempotent_and_removes_a_departed_user_with_two_keys() {
     assert!(bad.stderr.contains("line 2"), "names the line: {bad}");
     assert_eq!(iam.users_under("/stratus/c1/"), after);
 }
+
+/// As root: real students through the installed wrapper. A student not on the roster is
+/// refused (and audited); the files land in each student's own home, as the student, 0600,
+/// merged with a profile already there; a symbolic link planted at `~/.aws/credentials`,
+/// pointing at another student's file, is refused before any key exists, and the other file is
+/// unchanged; root's bulk rotation rewrites a student's files as the student.
+#[test]
+fn through_the_wrapper_each_students_files_land_in_their_own_home_and_no_one_elses() {
+    let Some((_serial, moto, subnet)) = crate::privileged::start_with_moto() else {
+        return;
+    };
+    let iam = IamView::new(&moto.endpoint);
+    let site = crate::privileged::Site::new(&moto.endpoint, &subnet, 3);
+    fs::write(
+        site.config(),
+        format!("{}\n{IDENTITIES}", site.config_text()),
+    )
+    .unwrap();
+    let (ann, bea, cid) = (site.student(0), site.student(1), site.student(2));
+    let user_of = |u: &crate::privileged::User| format!("c1-{}", u.name);
+
+    // No roster yet, then not on it: refused, audited, nothing made.
+    site.stratus(ann, &["identity", "init"])
+        .refused("the instructor has not synced the class roster");
+    let roster = site.canary.join("roster.txt");
+    fs::write(&roster, format!("{}\n{}\n", ann.name, bea.name)).unwrap();
+    fs::set_permissions(&roster, fs::Permissions::from_mode(0o644)).unwrap();
+    site.stratus(
+        &site.instructor,
+        &[
+            "admin",
+            "identities",
+            "sync",
+            "--roster",
+            roster.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    site.stratus(cid, &["identity", "init"])
+        .refused("is not on the class roster");
+    // A student may not sync, nor act for another.
+    site.stratus(
+        ann,
+        &[
+            "admin",
+            "identities",
+            "sync",
+            "--roster",
+            roster.to_str().unwrap(),
+        ],
+    )
+    .refused("only instructors");
+    assert_eq!(iam.user(&user_of(cid)), None);
+    let audit = site.audit();
+    let refusals: Vec<&Value> = audit
+        .iter()
+        .filter(|r| r["user"] == cid.name.as_str() && r["action"] == "identity-init")
+        .collect();
+    assert_eq!(refusals.len(), 1, "{audit:?}");
+    assert_eq!(refusals[0]["decision"], "refused");
+
+    // Ann's own profile, then init: merged, hers, 0600.
+    let own = "[default]\nregion = eu-west-1\n";
+    site.sh(
+        ann,
+        &format!(
+            "mkdir -m 700 ~/.aws && printf '{}' > ~/.aws/config",
+            own.replace('\n', "\\n")
+        ),
+    )
+    .ok();
+    site.stratus(ann, &["identity", "init"]).ok();
+    let creds = ann.home.join(".aws/credentials");
+    let meta = fs::metadata(&creds).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o7777),
+        (ann.uid, ann.gid, 0o600)
+    );
+    let config = fs::read_to_string(ann.home.join(".aws/config")).unwrap();
+    assert!(config.starts_with(own), "{config}");
+    let anns_key = files_key(&ann.home).unwrap();
+    assert_eq!(iam.keys(&user_of(ann)), BTreeSet::from([anns_key.clone()]));
+    let anns_secret = secret_in_files(&ann.home);
+    let audit = serde_json::to_string(&site.audit()).unwrap();
+    assert!(audit.contains(&anns_key) && !audit.contains(&anns_secret));
+
+    // Bea plants a link to Ann's file (Ann made hers readable to show it stays unchanged).
+    fs::set_permissions(&ann.home, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(ann.home.join(".aws"), fs::Permissions::from_mode(0o755)).unwrap();
+    let before = fs::read(&creds).unwrap();
+    site.sh(
+        bea,
+        &format!(
+            "mkdir -m 700 ~/.aws && ln -s {} ~/.aws/credentials",
+            creds.display()
+        ),
+    )
+    .ok();
+    site.stratus(bea, &["identity", "init"])
+        .refused("symbolic link");
+    assert_eq!(fs::read(&creds).unwrap(), before, "Ann's file is unchanged");
+    assert_eq!(
+        iam.keys(&user_of(bea)),
+        BTreeSet::new(),
+        "no key was made for Bea"
+    );
+    assert!(
+        fs::symlink_metadata(bea.home.join(".aws/credentials"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+
+    // Root rotates every key due: Ann's files, rewritten as Ann.
+    let out = crate::privileged::Out::of(
+        "admin identities rotate".into(),
+        std::process::Command::new(site.cli())
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", "/root")
+            .env("STRATUS_CONFIG", site.config())
+            .args(["admin", "identities", "rotate", "--older-than", "0"])
+            .output()
+            .unwrap(),
+    )
+    .ok();
+    assert!(out.stderr.contains("every key due was rotated"), "{out}");
+    let rotated = files_key(&ann.home).unwrap();
+    assert_ne!(rotated, anns_key);
+    assert_eq!(iam.keys(&user_of(ann)), BTreeSet::from([rotated]));
+    let meta = fs::metadata(&creds).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o7777), (ann.uid, 0o600));
+    let listed = crate::privileged::Out::of(
+        "admin identities list".into(),
+        std::process::Command::new(site.cli())
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", "/root")
+            .env("STRATUS_CONFIG", site.config())
+            .args(["admin", "identities", "list", "--json"])
+            .output()
+            .unwrap(),
+    )
+    .ok();
+    let rows = listed.json();
+    let files: Vec<(String, String)> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["login"].as_str().unwrap().to_owned(),
+                r["files"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        files.contains(&(ann.name.clone(), "in place".into())),
+        "{files:?}"
+    );
+    assert!(
+        files
+            .iter()
+            .any(|(l, f)| *l == bea.name && f.starts_with("refused")),
+        "{files:?}"
+    );
+}
