@@ -113,26 +113,12 @@ impl Iam {
         let Some(user) = got.user() else {
             return Ok(None);
         };
-        // GetUser carries the tags on AWS; ask for them when an API leaves them out.
-        let mut tags: Vec<(String, String)> = user
+        // GetUser carries the user's tags.
+        let tags: Vec<(String, String)> = user
             .tags()
             .iter()
             .map(|t| (t.key().to_owned(), t.value().to_owned()))
             .collect();
-        if tags.is_empty() {
-            let listed = self
-                .client
-                .list_user_tags()
-                .user_name(name)
-                .send()
-                .await
-                .map_err(|e| classify("ListUserTags", &self.ctx, e))?;
-            tags = listed
-                .tags()
-                .iter()
-                .map(|t| (t.key().to_owned(), t.value().to_owned()))
-                .collect();
-        }
         let tag = |k: &str| {
             tags.iter()
                 .find(|(key, _)| key == k)

@@ -23,7 +23,10 @@
 //! - `ssm:GetParameters` for the profiles' `resolve:ssm:` images (those parameters only), which
 //!   stratus resolves itself to learn the image's root device;
 //! - what EC2 does on stratus's behalf: `iam:CreateServiceLinkedRole` for spot, once per account,
-//!   when a profile runs workers on spot.
+//!   when a profile runs workers on spot;
+//! - with `[identities]`, the students' identities (`IAM_ACTIONS`, which the same kind of test
+//!   checks against `iam.rs`): their users under `/stratus/<class>/` (made only tagged with
+//!   this store), their keys, and the one students' group; `iam:ListUsers` on `*`.
 
 use std::collections::BTreeSet;
 
@@ -64,6 +67,33 @@ const CREATE_ACTIONS: &[&str] = &[
     "RunInstances",
 ];
 
+/// Every IAM action the students' identities call (`iam.rs`), but `TagUser`, which IAM
+/// requires of a CreateUser with tags.
+pub const IAM_ACTIONS: &[&str] = &[
+    "AddUserToGroup",
+    "CreateAccessKey",
+    "CreateGroup",
+    "CreateUser",
+    "DeleteAccessKey",
+    "DeleteUser",
+    "GetGroup",
+    "GetGroupPolicy",
+    "GetUser",
+    "ListAccessKeys",
+    "ListGroupsForUser",
+    "ListUsers",
+    "PutGroupPolicy",
+    "RemoveUserFromGroup",
+];
+
+/// The students' identities the service account manages (`[identities]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityScope {
+    /// `/stratus/<class>/`.
+    pub path: String,
+    pub group: String,
+}
+
 /// What the policy is generated from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyInput {
@@ -79,6 +109,8 @@ pub struct PolicyInput {
     pub ssm_parameters: BTreeSet<String>,
     /// Whether a profile runs workers on spot capacity.
     pub spot: bool,
+    /// The students' identities, when the site has `[identities]`.
+    pub identities: Option<IdentityScope>,
 }
 
 /// The AWS partition of a region (its ARNs' second field).
@@ -145,7 +177,63 @@ pub fn generate(input: &PolicyInput) -> Value {
     statements.extend(creates(&d, input));
     statements.extend(tags_and_changes(&d));
     statements.extend(others(&d, input));
+    if let Some(scope) = &input.identities {
+        statements.extend(identities(&d, scope));
+    }
     json!({ "Version": "2012-10-17", "Statement": statements })
+}
+
+/// The students' identities: users and keys under the class's path, the students' group.
+fn identities(d: &Doc<'_>, scope: &IdentityScope) -> Vec<Value> {
+    let iam =
+        |names: &[&str]| -> Vec<String> { names.iter().map(|a| format!("iam:{a}")).collect() };
+    let users = format!("arn:{}:iam::*:user{}*", d.partition, scope.path);
+    let group = format!(
+        "arn:{}:iam::*:group{}{}",
+        d.partition, scope.path, scope.group
+    );
+    vec![
+        json!({
+            "Sid": "StudentUsersCreatedTagged",
+            "Effect": "Allow",
+            "Action": iam(&["CreateUser", "TagUser"]),
+            "Resource": users,
+            "Condition": { "StringEquals": { format!("aws:RequestTag/{TAG_STORE}"): d.store } },
+        }),
+        json!({
+            "Sid": "StudentUsersAndKeys",
+            "Effect": "Allow",
+            "Action": iam(&[
+                "CreateAccessKey",
+                "DeleteAccessKey",
+                "DeleteUser",
+                "GetUser",
+                "ListAccessKeys",
+                "ListGroupsForUser",
+            ]),
+            "Resource": users,
+        }),
+        json!({
+            "Sid": "StudentsGroup",
+            "Effect": "Allow",
+            "Action": iam(&[
+                "AddUserToGroup",
+                "CreateGroup",
+                "GetGroup",
+                "GetGroupPolicy",
+                "PutGroupPolicy",
+                "RemoveUserFromGroup",
+            ]),
+            "Resource": group,
+        }),
+        json!({
+            // ListUsers names no user: it is allowed on `*`, and stratus lists the path only.
+            "Sid": "ListStudentUsers",
+            "Effect": "Allow",
+            "Action": "iam:ListUsers",
+            "Resource": "*",
+        }),
+    ]
 }
 
 /// Describes in the region, and RunInstances: what it creates (tagged, of the class's types)
@@ -459,6 +547,10 @@ pub fn input_from_site(
         vpc_id: ec2.vpc_id.clone(),
         ssm_parameters,
         spot: ec2_profiles.iter().any(|p| p.worker.spot),
+        identities: config.identities.as_ref().map(|i| IdentityScope {
+            path: i.path(),
+            group: i.group(),
+        }),
     })
 }
 
@@ -475,6 +567,7 @@ mod tests {
             vpc_id: None,
             ssm_parameters: ["/aws/service/canonical/ubuntu/x/ami-id".to_owned()].into(),
             spot: true,
+            identities: None,
         }
     }
 
@@ -695,11 +788,12 @@ mod tests {
         );
     }
 
-    /// The EC2 calls of this provider's source: every `client.<method>(` of the SDK client.
-    fn sdk_calls_in_source() -> BTreeSet<String> {
+    /// The SDK calls of this provider's source: every `client.<method>(` of an SDK client, EC2's
+    /// from every file but `iam.rs`, IAM's from `iam.rs`.
+    fn sdk_calls_in_source() -> (BTreeSet<String>, BTreeSet<String>) {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
         let mut files = vec![dir];
-        let mut calls = BTreeSet::new();
+        let (mut calls, mut iam_calls) = (BTreeSet::new(), BTreeSet::new());
         let mut sdk_users = Vec::new();
         while let Some(path) = files.pop() {
             if path.is_dir() {
@@ -712,11 +806,16 @@ mod tests {
             let text = std::fs::read_to_string(&path).unwrap();
             let in_provider = path.components().any(|c| c.as_os_str() == "ec2");
             if !in_provider {
-                if text.contains("aws_sdk_ec2") {
+                if text.contains("aws_sdk_ec2") || text.contains("aws_sdk_iam") {
                     sdk_users.push(path.clone());
                 }
                 continue;
             }
+            let into = if path.file_name().is_some_and(|n| n == "iam.rs") {
+                &mut iam_calls
+            } else {
+                &mut calls
+            };
             // Whitespace out, so a chain split over lines reads `self.client.run_instances(`.
             let flat: String = text.chars().filter(|c| !c.is_whitespace()).collect();
             let mut rest = flat.as_str();
@@ -727,21 +826,58 @@ mod tests {
                     .take_while(|c| c.is_ascii_lowercase() || *c == '_')
                     .collect();
                 if rest[name.len()..].starts_with('(') && !name.is_empty() {
-                    calls.insert(name);
+                    into.insert(name);
                 }
             }
         }
-        // The SDK is used nowhere else (so the scan above saw every call).
+        // The SDKs are used nowhere else (so the scan above saw every call).
         assert!(
             sdk_users.is_empty(),
-            "{sdk_users:?} use aws_sdk_ec2 outside the EC2 provider"
+            "{sdk_users:?} use aws_sdk_ec2 or aws_sdk_iam outside the EC2 provider"
         );
-        calls
+        (calls, iam_calls)
+    }
+
+    #[test]
+    fn the_iam_action_list_is_what_the_identities_call_and_the_policy_allows() {
+        let (_, called) = sdk_calls_in_source();
+        let listed: BTreeSet<String> = IAM_ACTIONS.iter().map(|a| sdk_method(a)).collect();
+        assert_eq!(called, listed, "iam.rs's calls and IAM_ACTIONS");
+        let mut with = input();
+        with.identities = Some(IdentityScope {
+            path: "/stratus/c1/".into(),
+            group: "c1-students".into(),
+        });
+        let policy = generate(&with);
+        let allowed: BTreeSet<String> = policy["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| match &s["Action"] {
+                Value::String(a) => vec![a.clone()],
+                Value::Array(a) => a.iter().map(|v| v.as_str().unwrap().to_owned()).collect(),
+                _ => Vec::new(),
+            })
+            .filter_map(|a| a.strip_prefix("iam:").map(str::to_owned))
+            .collect();
+        for a in IAM_ACTIONS {
+            assert!(allowed.contains(*a), "the policy lacks iam:{a}");
+        }
+        assert!(allowed.contains("TagUser"));
+        let text = policy.to_string();
+        assert!(text.contains("arn:aws:iam::*:user/stratus/c1/*"), "{text}");
+        assert!(
+            text.contains("arn:aws:iam::*:group/stratus/c1/c1-students"),
+            "{text}"
+        );
+        // Without [identities], no IAM action but the spot role.
+        let plain = generate(&input()).to_string();
+        assert!(!plain.contains("iam:CreateUser"), "{plain}");
     }
 
     #[test]
     fn the_action_list_is_what_the_provider_calls() {
-        let called = sdk_calls_in_source();
+        let (called, _) = sdk_calls_in_source();
         let listed: BTreeSet<String> = ACTIONS.iter().map(|a| sdk_method(a)).collect();
         let missing: Vec<_> = called.difference(&listed).collect();
         let unused: Vec<_> = listed.difference(&called).collect();
