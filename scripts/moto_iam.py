@@ -10,6 +10,11 @@ botocore (a space as `+`), instead of from the body: a request of another SDK th
 space as `%20` (the Rust SDK does; both are valid) fails as `AuthFailure`. Here moto is handed
 the body as received, which its check uses when it has one.
 
+A second, to answer IAM's refusals as IAM does: moto writes the refusal of an IAM call that its
+enforcement denies in EC2's error format (`<ErrorResponse><Errors><Error>`), which an SDK reading
+IAM's (`<ErrorResponse><Error>`, https://docs.aws.amazon.com/IAM/latest/APIReference/CommonErrors.html)
+finds no error code in. Errors of requests signed for the `iam` service are rewritten to IAM's.
+
 Usage: python moto_iam.py --host 127.0.0.1 --port P
 """
 
@@ -54,6 +59,33 @@ class RawBody:
         return self.app(environ, start_response)
 
 
+class IamErrors:
+    """Rewrites the EC2-format error body of an IAM request to IAM's format."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        if "/iam/aws4_request" not in environ.get("HTTP_AUTHORIZATION", ""):
+            return self.app(environ, start_response)
+        captured = {}
+
+        def capture(status, headers, exc_info=None):
+            captured["status"], captured["headers"] = status, headers
+            return lambda data: None
+
+        body = b"".join(self.app(environ, capture))
+        status, headers = captured["status"], captured["headers"]
+        if not status.startswith("2") and b"<Errors><Error>" in body:
+            body = body.replace(b"<Errors><Error>", b"<Error>", 1).replace(
+                b"</Error></Errors>", b"</Error>", 1
+            )
+            headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+            headers.append(("Content-Length", str(len(body))))
+        start_response(status, headers)
+        return [body]
+
+
 def main():
     parser = moto_faults.argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -67,7 +99,7 @@ def main():
     moto_faults.run_simple(
         args.host,
         args.port,
-        RawBody(moto_faults.FaultMiddleware(moto_app)),
+        IamErrors(RawBody(moto_faults.FaultMiddleware(moto_app))),
         threaded=True,
         use_reloader=False,
         request_handler=moto_faults.MotoRequestHandler,

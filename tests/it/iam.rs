@@ -884,3 +884,114 @@ fn a_students_key_under_the_group_policy_describes_and_is_refused_launch_iam_and
         "{answer}"
     );
 }
+
+/// The policy without the action `full` (`iam:CreateUser`; a statement left with no action goes
+/// too).
+fn without_action(policy: &Value, full: &str) -> Value {
+    let mut p = policy.clone();
+    let statements = p["Statement"].as_array_mut().unwrap();
+    for s in statements.iter_mut() {
+        match &s["Action"] {
+            Value::String(a) if *a == full => s["Action"] = json!([]),
+            Value::Array(list) => {
+                let kept: Vec<Value> = list.iter().filter(|a| **a != full).cloned().collect();
+                s["Action"] = Value::Array(kept);
+            }
+            _ => {}
+        }
+    }
+    statements.retain(|s| s["Action"] != json!([]));
+    p
+}
+
+/// One run of the identities' commands (issue 16) from a fresh moto, the service account
+/// holding the printed policy changed by `edit`: sync a roster (twice: the second reads the
+/// group's policy), init (the student's new key checked with EC2 under the group's policy),
+/// rotate, list, delete.
+fn identity_scenario(moto: &IamMoto, edit: &dyn Fn(&Value) -> Value) -> (Value, Outcome) {
+    let admin = moto.fresh();
+    let ctx = TestContext::new();
+    let creds = ctx.root.path().join("aws-credentials");
+    std::fs::write(
+        &ctx.config,
+        format!(
+            "profiles_dir = {:?}\nprovider = \"ec2\"\n[ec2]\nregion = \"{REGION}\"\nendpoint_url = \"{}\"\ncredentials_file = {:?}\n[identities]\nclass = \"c1\"\nbucket = \"c1-data\"\n",
+            ctx.profiles.display().to_string(),
+            moto.endpoint,
+            creds.display().to_string(),
+        ),
+    )
+    .unwrap();
+    std::fs::write(ctx.root.path().join("policy.toml"), CLASS_POLICY).unwrap();
+    ctx.profile_file("iam.toml", &PROFILE.replace("IMAGE", UBUNTU_AMI));
+    ctx.profile_file("iam/node.sh.hbs", USER_DATA);
+    let printed = ctx.ok(&["admin", "iam-policy"]);
+    let policy: Value = serde_json::from_str(&printed.stdout)
+        .unwrap_or_else(|e| panic!("admin iam-policy prints JSON ({e}):\n{printed}"));
+    let attached = edit(&as_moto_evaluates(&policy));
+    let file = ctx.root.path().join("service-policy.json");
+    std::fs::write(&file, attached.to_string()).unwrap();
+    let service = key_of(&moto.admin(Some(&admin), &["user", "stratus", file.to_str().unwrap()]));
+    std::fs::write(
+        &creds,
+        format!(
+            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            service.id, service.secret
+        ),
+    )
+    .unwrap();
+    let roster = ctx.root.path().join("roster.txt");
+    std::fs::write(&roster, format!("{}\n", owner())).unwrap();
+    let r = roster.to_str().unwrap();
+    let steps: [(&'static str, Vec<&str>); 6] = [
+        ("sync", vec!["admin", "identities", "sync", "--roster", r]),
+        (
+            "sync again",
+            vec!["admin", "identities", "sync", "--roster", r],
+        ),
+        ("init", vec!["identity", "init"]),
+        ("rotate", vec!["identity", "rotate"]),
+        ("list", vec!["admin", "identities", "list", "--json"]),
+        ("delete", vec!["identity", "delete", "--yes"]),
+    ];
+    for (step, args) in steps {
+        let run = ctx.run(&args);
+        if run.code != 0 {
+            return (policy, Outcome::Stopped { step, run });
+        }
+    }
+    (policy, Outcome::Completed)
+}
+
+/// With `[identities]`, the printed policy lets the service account run every identity command
+/// against moto with IAM enforcement on, and without any one of its IAM actions a command is
+/// refused naming it. moto checks the action alone: not the resource (every statement is
+/// widened to `*`), not the condition that CreateUser tag the user with the store, and not the
+/// `iam:TagUser` AWS requires of a CreateUser with tags (so that one is not removed here).
+#[test]
+fn the_printed_policy_covers_the_students_identities_and_every_iam_action_in_it_is_needed() {
+    let Some(moto) = IamMoto::acquire() else {
+        return;
+    };
+    let (_, outcome) = identity_scenario(&moto, &|p| p.clone());
+    if let Outcome::Stopped { step, run } = outcome {
+        panic!("with the printed policy, the identities stopped at {step}:\n{run}");
+    }
+    for action in stratus::cluster::provider::ec2::iam_policy::IAM_ACTIONS {
+        let (_, outcome) =
+            identity_scenario(&moto, &|p| without_action(p, &format!("iam:{action}")));
+        match outcome {
+            Outcome::Completed => panic!(
+                "without iam:{action} every identity command still succeeded: the policy lists an action stratus does not need"
+            ),
+            Outcome::Stopped { step, run } => {
+                let said = format!("{}{}", run.stdout, run.stderr);
+                assert!(
+                    said.contains(&format!("not allowed to call {action} (AccessDenied)")),
+                    "without iam:{action}, {step} stopped for another reason:\n{run}"
+                );
+                eprintln!("without iam:{action}: refused at {step}");
+            }
+        }
+    }
+}

@@ -115,7 +115,7 @@ where
                 None => ProviderError::Api {
                     op: op.to_owned(),
                     message: format!(
-                        "{} answered HTTP {status} without an EC2 error code",
+                        "{} answered HTTP {status} without an error code",
                         ctx.endpoint
                     ),
                 },
