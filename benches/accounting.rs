@@ -31,6 +31,7 @@ fn record() -> ClusterRecord {
     ClusterRecord {
         profile: stratus::config::profile::Profile::for_tests("hadoop"),
         env: Default::default(),
+        extra_keys: Vec::new(),
     }
 }
 

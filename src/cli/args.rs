@@ -148,6 +148,11 @@ pub enum Command {
         #[command(subcommand)]
         action: IdentityAction,
     },
+    /// Your own EC2 key pairs (<login>.<name>): the private key only in your ~/.ssh
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
     /// Your limits under the site's policy, what you use, and what is left
     Quota {
         #[arg(long)]
@@ -298,6 +303,20 @@ pub enum IdentitiesAction {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum KeysAction {
+    /// Make a key pair; its private key goes into ~/.ssh/stratus-NAME (mode 0600), and
+    /// `launch-cluster --key NAME` authorises it on a cluster's nodes
+    Create { name: String },
+    /// Your key pairs
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete one of your key pairs in EC2 (its private key file stays yours to remove)
+    Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum IdentityAction {
     /// Make your IAM user and an access key, and write them into ~/.aws/credentials and
     /// ~/.aws/config as the profile `stratus` (other profiles kept)
@@ -348,6 +367,9 @@ pub struct LaunchOptions {
     /// Wait for the nodes to run, but do not connect to them or configure anything
     #[arg(long)]
     pub no_configure: bool,
+    /// Also authorise one of your own key pairs (`stratus keys create NAME`) on every node
+    #[arg(long, value_name = "NAME")]
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -388,6 +410,9 @@ impl Command {
                 }
                 | Command::Identity {
                     action: IdentityAction::Show { json: true }
+                }
+                | Command::Keys {
+                    action: KeysAction::List { json: true }
                 }
                 | Command::Reconcile { json: true, .. }
         )

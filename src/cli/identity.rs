@@ -11,7 +11,7 @@ use super::aws_files::{self, AccessKey};
 use super::client::Client;
 use super::launch::expect;
 use super::table::Table;
-use crate::cli::{IdentitiesAction, IdentityAction};
+use crate::cli::{IdentitiesAction, IdentityAction, KeysAction};
 use crate::core::env::Environment;
 use crate::core::error::Error;
 use crate::service::protocol::{IdentityView, KeyIssued, Request, Response};
@@ -458,4 +458,142 @@ fn rotate_as(exe: &Path, login: &str, env: &Environment) -> Result<(), String> {
         .find(|l| !l.trim().is_empty())
         .unwrap_or("failed");
     Err(crate::core::text::shortened(last.trim(), 300))
+}
+
+/// Where `keys create NAME` puts the private key.
+fn key_file(home: &Path, name: &str) -> PathBuf {
+    home.join(".ssh").join(format!("stratus-{name}"))
+}
+
+/// `~/.ssh`, made 0700 if missing; refused when it is a link, not a directory, or another's.
+fn ssh_dir(home: &Path) -> Result<PathBuf, Error> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let dir = home.join(".ssh");
+    match std::fs::symlink_metadata(&dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|e| {
+                    Error::runtime(format!("cannot create {}", dir.display())).with_source(e)
+                })?;
+        }
+        Err(e) => {
+            return Err(Error::runtime(format!("cannot read {}", dir.display())).with_source(e));
+        }
+        Ok(m) if m.file_type().is_symlink() || !m.is_dir() => {
+            return Err(Error::refused(format!(
+                "{} is not a directory (a link or a file): stratus puts private keys only into a real one",
+                dir.display()
+            )));
+        }
+        Ok(m) if m.uid() != crate::sys::effective_uid() => {
+            return Err(Error::refused(format!(
+                "{} belongs to uid {}, not to you",
+                dir.display(),
+                m.uid()
+            )));
+        }
+        Ok(_) => {}
+    }
+    Ok(dir)
+}
+
+/// Writes a new private key file, mode 0600 from its creation, never over anything (a file or
+/// a link) already there.
+fn write_new_private(path: &Path, text: &str) -> Result<(), Error> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| Error::refused(format!("cannot create {}: {e}", path.display())))?;
+    let mut text = text.trim_end().to_owned();
+    text.push('\n');
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::runtime(format!("cannot write {}", path.display())).with_source(e))
+}
+
+pub(super) async fn keys(
+    client: &Client,
+    action: KeysAction,
+    env: &Environment,
+) -> Result<ExitCode, Error> {
+    let p = client.printer();
+    match action {
+        KeysAction::Create { name } => {
+            let home = home(env)?;
+            ssh_dir(&home)?;
+            let file = key_file(&home, &name);
+            if std::fs::symlink_metadata(&file).is_ok() {
+                return Err(Error::refused(format!(
+                    "{} exists: stratus never writes over a private key file",
+                    file.display()
+                )));
+            }
+            let made = expect!(
+                client
+                    .call(Request::KeysCreate { name: name.clone() })
+                    .await?,
+                Response::KeyPairMade
+            );
+            if let Err(e) = write_new_private(&file, made.private_key.expose()) {
+                // Nobody would hold the private half: the key pair goes again.
+                let _ = client
+                    .call(Request::KeysDelete { name: name.clone() })
+                    .await;
+                return Err(e);
+            }
+            p.status(format!(
+                "made the key pair {} ({}), its private key in {} (mode 0600)",
+                made.key.ec2_name,
+                made.key.key_pair_id.as_deref().unwrap_or("-"),
+                file.display()
+            ));
+            p.status(format!(
+                "`stratus launch-cluster NAME N --key {name}` authorises it on a cluster's nodes"
+            ));
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysAction::List { json } => {
+            let keys = expect!(client.call(Request::KeysList {}).await?, Response::KeyPairs);
+            if json {
+                p.json(&keys)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut t = Table::new(&["NAME", "EC2 NAME", "FINGERPRINT", "CREATED"]);
+            for k in &keys {
+                t.row(vec![
+                    k.name.clone(),
+                    k.ec2_name.clone(),
+                    k.fingerprint.clone().unwrap_or_else(|| "-".into()),
+                    k.created_at.clone(),
+                ]);
+            }
+            p.out(t.render())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysAction::Delete { name } => {
+            let gone = expect!(
+                client
+                    .call(Request::KeysDelete { name: name.clone() })
+                    .await?,
+                Response::KeyPairDeleted
+            );
+            p.status(format!("deleted the key pair {}", gone.ec2_name));
+            if let Ok(home) = home(env)
+                && key_file(&home, &name).exists()
+            {
+                p.status(format!(
+                    "its private key {} is yours to remove",
+                    key_file(&home, &name).display()
+                ));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

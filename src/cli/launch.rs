@@ -43,6 +43,7 @@ pub(super) async fn launch_cmd(
             profile: opts.profile.clone(),
             env,
             configure: !opts.no_configure,
+            key: opts.key.clone(),
         })
         .await?;
     let launched = expect!(answer, Response::Launched);

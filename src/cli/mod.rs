@@ -137,6 +137,7 @@ pub async fn run(cli: Cli, env: Environment, printer: Arc<Printer>) -> Result<Ex
                 },
         } => admin::image_build(&client, profile, dry_run).await,
         Command::Identity { action } => identity::run(&client, action, &env).await,
+        Command::Keys { action } => identity::keys(&client, action, &env).await,
         Command::Admin {
             action: AdminAction::Identities { action },
         } => identity::admin(&client, action, &env).await,

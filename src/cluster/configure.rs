@@ -96,6 +96,21 @@ async fn configure_steps(
         .await?;
     }
 
+    // The owner's own keys, on every node this step adds (the master too, at launch).
+    if !cluster.record.extra_keys.is_empty() && step != Step::WorkersFile {
+        let nodes = new_nodes
+            .iter()
+            .map(|n| target(n, cluster))
+            .collect::<Result<Vec<_>, _>>()?;
+        crate::cluster::intra_key::authorize_own_keys(
+            client,
+            nodes,
+            &cluster.record.extra_keys,
+            ctx.ssh.max_parallel,
+        )
+        .await?;
+    }
+
     // Which files go where in this step.
     // Per node: (destination, contents, mode) of each file it gets.
     let mut uploads: Vec<(Target, Vec<Upload>)> = Vec::new();

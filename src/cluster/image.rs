@@ -186,6 +186,7 @@ pub async fn build(inputs: BuildInputs<'_>, profile: Profile) -> Result<Built, E
         configure: false,
         wait_for_ssh: true,
         image_build: true,
+        extra_keys: Vec::new(),
     };
     // A failed launch rolls itself back.
     let cluster = launch::launch(

@@ -78,8 +78,36 @@ pub async fn install(
     results.into_iter().collect()
 }
 
+/// Authorises the owner's own keys (`launch-cluster --key`) on `nodes`, each key once.
+pub async fn authorize_own_keys(
+    client: &Client,
+    nodes: Vec<Target>,
+    keys: &[(String, String)],
+    max_parallel: usize,
+) -> Result<(), SshError> {
+    for (_, public) in keys {
+        // Only ever authorise something that is a public key.
+        ssh::parse_public_key(public)?;
+    }
+    let script: Vec<String> = keys.iter().map(|(_, k)| authorize_command(k)).collect();
+    let script = Arc::new(script.join("; "));
+    let client = client.clone();
+    let results = ssh::fan_out(nodes, max_parallel, move |t| {
+        let client = client.clone();
+        let script = script.clone();
+        async move {
+            let s = client.connect(&t).await?;
+            let r = s.run(&script).await;
+            s.close().await;
+            r.map(drop)
+        }
+    })
+    .await;
+    results.into_iter().collect()
+}
+
 /// Appends `public` to the user's authorized_keys unless it is there.
-fn authorize_command(public: &str) -> String {
+pub(crate) fn authorize_command(public: &str) -> String {
     let k = shell_quote(public.trim());
     format!(
         "set -e; umask 077; mkdir -p \"$HOME/.ssh\"; f=\"$HOME/.ssh/authorized_keys\"; touch \"$f\"; \

@@ -46,6 +46,8 @@ pub struct LaunchRequest {
     pub wait_for_ssh: bool,
     /// Render the user-data for an image build (`cluster::image`): install only.
     pub image_build: bool,
+    /// The owner's own key pairs to authorise on every node (name, OpenSSH public key).
+    pub extra_keys: Vec<(String, String)>,
 }
 
 /// Checks what a launch asks for against the profile and provider; nothing is created.
@@ -147,6 +149,7 @@ pub async fn launch<P: Provider>(
     let record = ClusterRecord {
         profile: req.profile.clone(),
         env: req.env.clone(),
+        extra_keys: req.extra_keys.clone(),
     };
     let new = NewCluster {
         name: &req.name,

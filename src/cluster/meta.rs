@@ -165,6 +165,7 @@ pub fn cluster_ref(c: &ClusterRow, store: &StoreId) -> ClusterRef {
         profile: c.profile.clone(),
         request: c.request_id.clone(),
         store: store.clone(),
+        naming: c.naming,
     }
 }
 

@@ -618,6 +618,8 @@ impl Planner<'_> {
                 profile: t.profile,
                 request: t.request,
                 store: ctx.store.id().clone(),
+                // Found by its tags: a release looks under every scheme's names.
+                naming: crate::core::model::Naming::for_new_clusters(),
             }));
         }
         let mut keys: BTreeSet<(Owner, ClusterName, StoreId)> = foreign.keys().cloned().collect();

@@ -72,6 +72,9 @@ pub struct Environment {
     /// client dies as a crash would (`created`: the new key made, the files not yet written;
     /// `written`: the files written, the old key not yet deleted).
     pub test_crash_at: Option<String>,
+    /// Debug builds only: `STRATUS_TEST_LEGACY_NAMES`, new clusters' resources named as before
+    /// the store's migration 7 (a state as an earlier version made it).
+    pub test_legacy_names: bool,
 }
 
 impl Environment {
@@ -113,6 +116,7 @@ impl Environment {
             test_now: test("STRATUS_TEST_NOW"),
             test_lease_secs: test("STRATUS_TEST_LEASE_SECS").and_then(|s| s.parse().ok()),
             test_crash_at: test("STRATUS_TEST_CRASH_AT"),
+            test_legacy_names: test("STRATUS_TEST_LEGACY_NAMES").is_some(),
         }
     }
 

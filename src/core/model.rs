@@ -107,6 +107,62 @@ pub const TAG_REQUEST: &str = "stratus:request";
 /// reaper act only on resources carrying their own store's id.
 pub const TAG_STORE: &str = "stratus:store";
 
+/// How a cluster's own EC2 resources (its security group and key pair) are named from its owner
+/// and its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Naming {
+    /// Clusters recorded before the store's migration 7: `<owner>-<cluster>`. Both may hold
+    /// '-', so `a-b`'s `c` and `a`'s `b-c` had the same names (the second launch was refused).
+    Dash,
+    /// `<owner>@<cluster>`: no owner and no cluster name can hold '@'.
+    At,
+}
+
+impl Naming {
+    /// The owner and the cluster joined as this scheme joins them.
+    pub fn join(self, owner: &Owner, cluster: &ClusterName) -> String {
+        match self {
+            Naming::Dash => format!("{owner}-{cluster}"),
+            Naming::At => format!("{owner}@{cluster}"),
+        }
+    }
+
+    /// As the store keeps it.
+    pub fn as_i64(self) -> i64 {
+        match self {
+            Naming::Dash => 1,
+            Naming::At => 2,
+        }
+    }
+
+    pub fn from_i64(v: i64) -> Option<Self> {
+        match v {
+            1 => Some(Naming::Dash),
+            2 => Some(Naming::At),
+            _ => None,
+        }
+    }
+
+    /// The scheme of a cluster recorded now: `At`, but in a test that makes the state an
+    /// earlier version made (`STRATUS_TEST_LEGACY_NAMES`, a user's own command in a debug
+    /// build).
+    pub fn for_new_clusters() -> Self {
+        if LEGACY_NAMES.get().copied().unwrap_or(false) {
+            Naming::Dash
+        } else {
+            Naming::At
+        }
+    }
+
+    /// Tests only: new clusters named as before migration 7.
+    pub fn use_legacy_for_tests() {
+        let _ = LEGACY_NAMES.set(true);
+    }
+}
+
+static LEGACY_NAMES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
 /// A cluster name: `[a-z0-9][a-z0-9-]{0,39}`. It ends up in security group names, key pair names,
 /// tags, file names and shell commands, so nothing else is accepted.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

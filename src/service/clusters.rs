@@ -249,10 +249,12 @@ mod tests {
             record: ClusterRecord {
                 profile: crate::config::profile::Profile::for_tests("p"),
                 env: Default::default(),
+                extra_keys: Vec::new(),
             },
             hidden: false,
             reap_after: None,
             reap_reason: None,
+            naming: crate::core::model::Naming::At,
         }
     }
 

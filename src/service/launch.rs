@@ -23,6 +23,8 @@ pub(crate) struct LaunchAsk {
     pub profile: Option<String>,
     pub env: BTreeMap<String, String>,
     pub configure: bool,
+    /// One of the owner's own key pairs, authorised besides the cluster key.
+    pub key: Option<String>,
 }
 
 impl Service {
@@ -45,6 +47,15 @@ impl Service {
             .unwrap_or_else(|| self.settings().default_profile());
         let profile = self.profiles()?.resolve(&profile_name)?;
         let env = crate::core::input::check_env(ask.env)?;
+        let extra_keys = match &ask.key {
+            Some(key) if !ask.configure => {
+                return Err(Error::invalid(format!(
+                    "--key {key} is authorised on the nodes by the configure step: drop --no-configure"
+                )));
+            }
+            Some(key) => vec![self.key_for_launch(&asked.caller.owner, key).await?],
+            None => Vec::new(),
+        };
         let req = LaunchRequest {
             name,
             workers: ask.workers,
@@ -55,6 +66,7 @@ impl Service {
             // reaches the nodes (`Request::Reach`).
             wait_for_ssh: ask.configure,
             image_build: false,
+            extra_keys,
         };
         let caller = asked.caller;
         let admission = Admission::new(policy, config, caller.owner.as_str(), &caller.groups);

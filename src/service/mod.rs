@@ -20,6 +20,7 @@ pub mod caller;
 pub(crate) mod clusters;
 pub(crate) mod identity;
 pub(crate) mod inputs;
+pub(crate) mod keys;
 pub(crate) mod launch;
 pub(crate) mod protocol;
 pub(crate) mod serve;
@@ -82,6 +83,9 @@ impl Settings {
         let pause_at = env.test_pause_at.as_deref().and_then(ClusterState::parse);
         if let Some(secs) = env.test_lease_secs {
             crate::cluster::locks::set_lease_for_tests(std::time::Duration::from_secs(secs));
+        }
+        if env.test_legacy_names {
+            crate::core::model::Naming::use_legacy_for_tests();
         }
         // Tests that script a term of usage fix the clock (debug builds only).
         if let Some(t) = &env.test_now {
@@ -368,6 +372,7 @@ impl Service {
                 profile,
                 env,
                 configure,
+                key,
             } => {
                 let launch = launch::LaunchAsk {
                     name,
@@ -375,6 +380,7 @@ impl Service {
                     profile,
                     env,
                     configure,
+                    key,
                 };
                 self.launch(asked, launch, trail).await
             }
@@ -427,6 +433,9 @@ impl Service {
                 self.identities_sync(asked, logins, dry_run, trail).await
             }
             Request::IdentitiesList {} => self.identities_list(asked).await,
+            Request::KeysCreate { name } => self.keys_create(asked, &name, trail).await,
+            Request::KeysList {} => self.keys_list(asked),
+            Request::KeysDelete { name } => self.keys_delete(asked, &name, trail).await,
         }
     }
 

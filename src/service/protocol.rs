@@ -43,6 +43,9 @@ pub enum Request {
         env: BTreeMap<String, String>,
         #[serde(default = "yes")]
         configure: bool,
+        /// One of the caller's own key pairs (`keys create`), authorised on every node.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
     },
     LaunchSlaves {
         name: String,
@@ -145,6 +148,15 @@ pub enum Request {
     },
     /// Instructors: every identity of the class, with its keys.
     IdentitiesList {},
+    /// A new EC2 key pair of the caller's, `<login>.<name>`: its private half to the caller.
+    KeysCreate {
+        name: String,
+    },
+    /// The caller's key pairs.
+    KeysList {},
+    KeysDelete {
+        name: String,
+    },
     /// Warns, then terminates, clusters that break the policy (cron).
     Reap {
         #[serde(default)]
@@ -203,6 +215,9 @@ impl Request {
             Request::IdentityDelete {} => "identity-delete",
             Request::IdentitiesSync { .. } => "identities-sync",
             Request::IdentitiesList {} => "identities-list",
+            Request::KeysCreate { .. } => "keys-create",
+            Request::KeysList {} => "keys-list",
+            Request::KeysDelete { .. } => "keys-delete",
         }
     }
 
@@ -221,6 +236,7 @@ impl Request {
                 | Request::Reap { dry_run: true, .. }
                 | Request::ImageBuild { dry_run: true, .. }
                 | Request::IdentitiesSync { dry_run: true, .. }
+                | Request::KeysList {}
         )
     }
 
@@ -385,6 +401,26 @@ pub struct Synced {
     pub failed: Vec<String>,
 }
 
+/// A student's own key pair.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyPairView {
+    pub name: String,
+    /// Its name in EC2: `<login>.<name>`.
+    pub ec2_name: String,
+    pub key_pair_id: Option<String>,
+    pub fingerprint: Option<String>,
+    pub public_key: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// A key pair just made, with its private half for the caller's file alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyPairMade {
+    pub key: KeyPairView,
+    pub private_key: crate::core::secret::Secret,
+}
+
 /// The service's answer, typed: one variant per kind of request.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
@@ -410,6 +446,9 @@ pub enum Response {
     Identity(IdentityView),
     Identities(Vec<IdentityView>),
     Synced(Synced),
+    KeyPairMade(KeyPairMade),
+    KeyPairs(Vec<KeyPairView>),
+    KeyPairDeleted(KeyPairView),
 }
 
 impl Response {
@@ -441,6 +480,9 @@ impl Response {
             Request::IdentityShow {} => Response::Identity(of(value)?),
             Request::IdentitiesList {} => Response::Identities(of(value)?),
             Request::IdentitiesSync { .. } => Response::Synced(of(value)?),
+            Request::KeysCreate { .. } => Response::KeyPairMade(of(value)?),
+            Request::KeysList {} => Response::KeyPairs(of(value)?),
+            Request::KeysDelete { .. } => Response::KeyPairDeleted(of(value)?),
         })
     }
 
@@ -521,7 +563,8 @@ mod tests {
                 workers: 2,
                 profile: Some("hadoop".into()),
                 env: BTreeMap::new(),
-                configure: true
+                configure: true,
+                key: None,
             }
         );
         let back: Request = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();

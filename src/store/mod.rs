@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
-use crate::core::model::{ClusterName, Owner, ProviderKind, RequestId, StoreId};
+use crate::core::model::{ClusterName, Naming, Owner, ProviderKind, RequestId, StoreId};
 pub use crate::core::model::{ClusterState, Millis, now_millis};
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +63,10 @@ pub enum StoreError {
 pub struct ClusterRecord {
     pub profile: crate::config::profile::Profile,
     pub env: std::collections::BTreeMap<String, String>,
+    /// The owner's own key pairs (`launch-cluster --key`) authorised on every node besides the
+    /// cluster key: their names and OpenSSH public keys.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_keys: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -84,6 +88,8 @@ pub struct ClusterRow {
     /// The reaper's warning: it terminates the cluster once this time has passed.
     pub reap_after: Option<Millis>,
     pub reap_reason: Option<String>,
+    /// How its EC2 resources are named.
+    pub naming: Naming,
 }
 
 /// What `create_cluster` did. Returned once per launch, so the size of the row it carries costs
@@ -237,6 +243,28 @@ const MIGRATIONS: &[&str] = &[
         login     TEXT PRIMARY KEY,
         added_at  INTEGER NOT NULL
     );
+    "#,
+    // 7: how each cluster's security group and key pair are named. Every cluster recorded
+    // before was named `<owner>-<cluster>` (1), where two owners' names could collide; those
+    // names are kept for them, and new clusters get `<owner>@<cluster>` (2).
+    r#"
+    ALTER TABLE clusters ADD COLUMN naming INTEGER NOT NULL DEFAULT 1;
+    "#,
+    // 8: the students' own EC2 key pairs (`keys create`), by exact owner: the private half is
+    // only ever in its owner's file, the public half here.
+    r#"
+    CREATE TABLE key_pairs (
+        id          INTEGER PRIMARY KEY,
+        owner       TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        ec2_name    TEXT NOT NULL,
+        key_pair_id TEXT,
+        fingerprint TEXT,
+        public_key  TEXT,
+        created_at  INTEGER NOT NULL,
+        deleted_at  INTEGER
+    );
+    CREATE UNIQUE INDEX key_pairs_live ON key_pairs(owner, name) WHERE deleted_at IS NULL;
     "#,
 ];
 
@@ -424,8 +452,8 @@ impl Store {
             serde_json::to_string(new.record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         tx.execute(
             "INSERT INTO clusters (name, owner, profile, provider, state, request_id,
-                                   created_at, updated_at, record)
-             VALUES (?1, ?2, ?3, ?4, 'reserved', ?5, ?6, ?6, ?7)",
+                                   created_at, updated_at, record, naming)
+             VALUES (?1, ?2, ?3, ?4, 'reserved', ?5, ?6, ?6, ?7, ?8)",
             params![
                 new.name.as_str(),
                 new.owner.as_str(),
@@ -433,7 +461,8 @@ impl Store {
                 new.provider.as_str(),
                 new.request_id.as_str(),
                 now,
-                record
+                record,
+                Naming::for_new_clusters().as_i64()
             ],
         )?;
         let id = tx.last_insert_rowid();
@@ -464,6 +493,7 @@ impl Store {
         let record = ClusterRecord {
             profile: p,
             env: Default::default(),
+            extra_keys: Vec::new(),
         };
         let text =
             serde_json::to_string(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -471,9 +501,10 @@ impl Store {
         let id = self.write(|tx| {
             tx.execute(
                 "INSERT INTO clusters (name, owner, profile, provider, state, request_id,
-                                       created_at, updated_at, terminated_at, failure, record)
+                                       created_at, updated_at, terminated_at, failure, record,
+                                       naming)
                  VALUES (?1, ?2, ?3, ?4, 'terminated', ?5, ?6, ?6, ?6,
-                         'found by reconcile: instances no record knew', ?7)",
+                         'found by reconcile: instances no record knew', ?7, ?8)",
                 params![
                     name.as_str(),
                     owner.as_str(),
@@ -482,7 +513,8 @@ impl Store {
                     // Unique: a second adoption of the same request gets its own row id.
                     format!("{}-adopted-{now}", request.as_str()),
                     now,
-                    text
+                    text,
+                    Naming::for_new_clusters().as_i64()
                 ],
             )?;
             Ok(tx.last_insert_rowid())
@@ -653,8 +685,8 @@ fn set_wal(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 const CLUSTER_SELECT: &str = "SELECT id, name, owner, profile, provider, state, request_id,
-    created_at, updated_at, terminated_at, failure, record, hidden, reap_after, reap_reason
-    FROM clusters";
+    created_at, updated_at, terminated_at, failure, record, hidden, reap_after, reap_reason,
+    naming FROM clusters";
 
 fn cluster_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ClusterRow, StoreError>> {
     let name: String = r.get(1)?;
@@ -684,6 +716,8 @@ fn cluster_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ClusterRow
             hidden: r.get(12)?,
             reap_after: r.get(13)?,
             reap_reason: r.get(14)?,
+            naming: Naming::from_i64(r.get(15)?)
+                .ok_or_else(|| StoreError::Corrupt("cluster naming".into()))?,
         })
     };
     Ok(build())
@@ -704,6 +738,7 @@ pub(crate) mod tests {
         ClusterRecord {
             profile: Profile::for_tests("p"),
             env: Default::default(),
+            extra_keys: Vec::new(),
         }
     }
 
@@ -761,6 +796,70 @@ pub(crate) mod tests {
             store.find_cluster(&owner, &name).unwrap().unwrap().id,
             c2.id
         );
+    }
+
+    #[test]
+    fn clusters_recorded_before_migration_7_keep_their_dash_names_and_new_ones_get_at() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        // A database as the version before migration 7 left it, with two owners' clusters
+        // whose resource names collided under `-` (a-x's c, a's x-c), as it wrote them.
+        {
+            let conn = Connection::open(&path).unwrap();
+            for (i, sql) in MIGRATIONS[..6].iter().enumerate() {
+                conn.execute_batch(sql).unwrap();
+                if i == 2 {
+                    conn.execute(
+                        "INSERT INTO meta (key, value) VALUES ('store_id', 'st-0123456789abcdef')",
+                        [],
+                    )
+                    .unwrap();
+                }
+            }
+            conn.pragma_update(None, "user_version", 6).unwrap();
+            let rec = serde_json::to_string(&record()).unwrap();
+            for (owner, name) in [("a-x", "c"), ("a", "x-c")] {
+                conn.execute(
+                    "INSERT INTO clusters (name, owner, profile, provider, state, request_id,
+                                           created_at, updated_at, record)
+                     VALUES (?1, ?2, 'p', 'ec2', 'running', ?3, 1, 1, ?4)",
+                    params![name, owner, RequestId::new().as_str(), rec],
+                )
+                .unwrap();
+            }
+        }
+        let store = Store::open(&path).unwrap();
+        let old = store.list_clusters(None).unwrap();
+        assert_eq!(old.len(), 2);
+        let joined: Vec<String> = old
+            .iter()
+            .map(|c| c.naming.join(&c.owner, &c.name))
+            .collect();
+        assert!(old.iter().all(|c| c.naming == Naming::Dash), "{old:?}");
+        assert_eq!(
+            joined[0], joined[1],
+            "the names that collided stay as they were"
+        );
+        let new = create(
+            &store,
+            &ClusterName::parse("c").unwrap(),
+            &Owner::parse("a-x").unwrap(),
+            &RequestId::new(),
+            &record(),
+        );
+        // (a-x's c is still live, so a new one of that name is refused; take another owner.)
+        assert!(new.is_none());
+        let new = create(
+            &store,
+            &ClusterName::parse("c").unwrap(),
+            &Owner::parse("a").unwrap(),
+            &RequestId::new(),
+            &record(),
+        )
+        .unwrap();
+        assert_eq!(new.naming, Naming::At);
+        assert_eq!(new.naming.join(&new.owner, &new.name), "a@c");
+        assert_eq!(store.id().as_str(), "st-0123456789abcdef");
     }
 
     #[test]

@@ -225,6 +225,7 @@ fn scripted_term(ctx: &TestContext) -> i64 {
         let rec = ClusterRecord {
             profile: p,
             env: Default::default(),
+            extra_keys: Vec::new(),
         };
         let created = s
             .create_cluster::<()>(

@@ -21,7 +21,7 @@ use serde_json::Value;
 use stratus::cluster::provider::ec2::{Ec2Provider, group_name, key_name};
 use stratus::cluster::provider::{ClusterRef, Provider, ProviderError, Selector, SshAccess};
 use stratus::config::{Ec2Config, SiteConfig, Trust};
-use stratus::core::model::{ClusterName, Owner, RequestId, StoreId};
+use stratus::core::model::{ClusterName, Naming, Owner, RequestId, StoreId};
 
 pub(crate) use crate::support::BIN;
 use crate::support::{TestContext, eventually};
@@ -154,7 +154,7 @@ fn launch_list_terminate_tags_everything_and_leaves_nothing() {
         .collect();
     assert_eq!(requests.len(), 1, "one request for the whole launch");
     let request = requests.into_iter().next().unwrap().to_owned();
-    let group = moto.groups_named(&format!("stratus-{owner}-tg"));
+    let group = moto.groups_named(&format!("stratus-{owner}@tg"));
     assert_eq!(group.len(), 1, "{group:#?}");
     let group = &group[0];
     let group_id = group.group_id().unwrap();
@@ -175,7 +175,7 @@ fn launch_list_terminate_tags_everything_and_leaves_nothing() {
             i.private_ip_address().unwrap().starts_with("127.0.0."),
             "{i:?}"
         );
-        assert_eq!(i.key_name(), Some(format!("{owner}-tg").as_str()));
+        assert_eq!(i.key_name(), Some(format!("{owner}@tg").as_str()));
         assert!(
             i.security_groups()
                 .iter()
@@ -296,7 +296,7 @@ fn launch_list_terminate_tags_everything_and_leaves_nothing() {
     }
 
     // The key pair: tagged, holding the cluster key stratus keeps (mode 0600) in its state.
-    let kp = moto.key_pairs_named(&format!("{owner}-tg"));
+    let kp = moto.key_pairs_named(&format!("{owner}@tg"));
     assert_eq!(kp.len(), 1);
     assert_cluster_tags("key pair", kp[0].tags(), &owner, "tg", "tagged");
     let dir = std::fs::read_dir(ctx.state.join("clusters"))
@@ -351,8 +351,8 @@ fn launch_list_terminate_tags_everything_and_leaves_nothing() {
         })
         .collect();
     assert!(live.is_empty(), "still live: {live:#?}");
-    assert!(moto.groups_named(&format!("stratus-{owner}-tg")).is_empty());
-    assert!(moto.key_pairs_named(&format!("{owner}-tg")).is_empty());
+    assert!(moto.groups_named(&format!("stratus-{owner}@tg")).is_empty());
+    assert!(moto.key_pairs_named(&format!("{owner}@tg")).is_empty());
     let c = ctx.cluster_json("tg");
     assert_eq!(c["state"], "terminated");
     assert!(
@@ -401,9 +401,10 @@ fn prepare_is_idempotent_converges_and_never_adopts_foreign_resources() {
         profile: "p".into(),
         request: RequestId::new(),
         store: StoreId::generate(),
+        naming: Naming::At,
     };
-    let gname = group_name(&cluster.owner, &cluster.name);
-    let kname = key_name(&cluster.owner, &cluster.name);
+    let gname = group_name(&cluster.owner, &cluster.name, cluster.naming);
+    let kname = key_name(&cluster.owner, &cluster.name, cluster.naming);
     let a = access(22, &[8088]);
     // The profile's web port is not opened to the client networks (no ui_cidrs): SSH only.
     let expected = |gid: &str| {
@@ -485,7 +486,7 @@ fn prepare_is_idempotent_converges_and_never_adopts_foreign_resources() {
     moto.block_on(async {
         moto.ec2
             .import_key_pair()
-            .key_name(key_name(&foreign.owner, &foreign.name))
+            .key_name(key_name(&foreign.owner, &foreign.name, foreign.naming))
             .public_key_material(aws_sdk_ec2::primitives::Blob::new(a.public_key.as_bytes()))
             .send()
             .await
@@ -496,7 +497,7 @@ fn prepare_is_idempotent_converges_and_never_adopts_foreign_resources() {
     assert!(err.to_string().contains("not stratus's"), "{err}");
     moto.block_on(provider.release(&foreign)).unwrap();
     assert_eq!(
-        moto.key_pairs_named(&key_name(&foreign.owner, &foreign.name))
+        moto.key_pairs_named(&key_name(&foreign.owner, &foreign.name, foreign.naming))
             .len(),
         1,
         "release must not delete a key pair that is not stratus's"
@@ -863,10 +864,10 @@ fn a_cluster_configured_over_ssh_on_loopback_instances() {
     assert_eq!(report.booted.len(), 4);
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert!(
-        moto.groups_named(&format!("stratus-{owner}-e2e"))
+        moto.groups_named(&format!("stratus-{owner}@e2e"))
             .is_empty()
     );
-    assert!(moto.key_pairs_named(&format!("{owner}-e2e")).is_empty());
+    assert!(moto.key_pairs_named(&format!("{owner}@e2e")).is_empty());
 }
 
 #[test]
@@ -894,8 +895,8 @@ fn a_worker_that_never_answers_rolls_back_everything() {
         );
     }
     let owner = owner();
-    assert!(moto.groups_named(&format!("stratus-{owner}-rb")).is_empty());
-    assert!(moto.key_pairs_named(&format!("{owner}-rb")).is_empty());
+    assert!(moto.groups_named(&format!("stratus-{owner}@rb")).is_empty());
+    assert!(moto.key_pairs_named(&format!("{owner}@rb")).is_empty());
     let c = ctx.cluster_json("rb");
     assert_eq!(c["state"], "failed", "{c:#}");
     assert!(
@@ -936,11 +937,11 @@ fn assert_rolled_back(moto: &Moto, ctx: &TestContext, cluster: &str) {
     assert_eq!(live_instances(moto, cluster), 0);
     let owner = owner();
     assert!(
-        moto.groups_named(&format!("stratus-{owner}-{cluster}"))
+        moto.groups_named(&format!("stratus-{owner}@{cluster}"))
             .is_empty()
     );
     assert!(
-        moto.key_pairs_named(&format!("{owner}-{cluster}"))
+        moto.key_pairs_named(&format!("{owner}@{cluster}"))
             .is_empty()
     );
     let c = ctx.cluster_json(cluster);
@@ -1192,6 +1193,7 @@ pub(crate) fn leftovers(
         profile: "tagged".into(),
         request: RequestId::new(),
         store: store.clone(),
+        naming: Naming::At,
     };
     let a = access(2200, &[]);
     moto.block_on(provider.prepare(&cref, &a)).unwrap();
@@ -1247,9 +1249,9 @@ pub(crate) fn live_instances(moto: &Moto, cluster: &str) -> usize {
 pub(crate) fn resources_exist(moto: &Moto, cluster: &str) -> bool {
     let owner = owner();
     let g = moto
-        .groups_named(&format!("stratus-{owner}-{cluster}"))
+        .groups_named(&format!("stratus-{owner}@{cluster}"))
         .len();
-    let k = moto.key_pairs_named(&format!("{owner}-{cluster}")).len();
+    let k = moto.key_pairs_named(&format!("{owner}@{cluster}")).len();
     assert_eq!(g, k, "group and key pair of {cluster} out of step");
     g == 1
 }
@@ -1497,7 +1499,7 @@ fn a_public_address_is_asked_for_in_a_site_subnet() {
         "--no-configure",
     ]);
     let owner = owner();
-    let group = moto.groups_named(&format!("stratus-{owner}-pub"));
+    let group = moto.groups_named(&format!("stratus-{owner}@pub"));
     let group_id = group[0].group_id().unwrap();
     let instances = moto.instances(&[("tag:stratus:cluster", "pub")]);
     assert_eq!(instances.len(), 2);
@@ -1522,7 +1524,7 @@ fn a_public_address_is_asked_for_in_a_site_subnet() {
     }
     ctx.ok(&["terminate-cluster", "pub", "--yes"]);
     assert!(
-        moto.groups_named(&format!("stratus-{owner}-pub"))
+        moto.groups_named(&format!("stratus-{owner}@pub"))
             .is_empty()
     );
 }
@@ -1915,10 +1917,10 @@ fn a_vpc_without_dns_host_names_is_refused_before_anything_is_created() {
     let faults = moto.faults();
     assert_eq!(faults.count("RunInstances"), 0);
     assert!(
-        moto.groups_named(&format!("stratus-{}-dn", owner()))
+        moto.groups_named(&format!("stratus-{}@dn", owner()))
             .is_empty()
     );
-    assert!(moto.key_pairs_named(&format!("{}-dn", owner())).is_empty());
+    assert!(moto.key_pairs_named(&format!("{}@dn", owner())).is_empty());
 }
 
 /// Instance types without the latest console output (Xen: t2, m4) refuse `Latest=true` with

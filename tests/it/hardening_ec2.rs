@@ -501,8 +501,8 @@ fn a_second_state_directory_never_touches_the_first_ones_cluster() {
         "--no-configure",
     ]);
     let owner = owner();
-    let gname = format!("stratus-{owner}-twin");
-    let kname = format!("{owner}-twin");
+    let gname = format!("stratus-{owner}@twin");
+    let kname = format!("{owner}@twin");
     let instances = moto.instances(&[("tag:stratus:cluster", "twin")]);
     let ids: BTreeSet<String> = instances
         .iter()

@@ -815,12 +815,12 @@ pub(crate) fn assert_nothing_created(moto: &Moto, owner: &User, cluster: &str) {
     let i = instances(moto, owner, cluster);
     assert!(i.is_empty(), "{cluster} of {}: {i:#?}", owner.name);
     assert!(
-        moto.groups_named(&format!("stratus-{}-{cluster}", owner.name))
+        moto.groups_named(&format!("stratus-{}@{cluster}", owner.name))
             .is_empty(),
         "a security group for {cluster}"
     );
     assert!(
-        moto.key_pairs_named(&format!("{}-{cluster}", owner.name))
+        moto.key_pairs_named(&format!("{}@{cluster}", owner.name))
             .is_empty(),
         "a key pair for {cluster}"
     );
@@ -2976,42 +2976,133 @@ fn colliding_resource_names_of_two_owners_never_hand_one_the_others_group_or_key
         return;
     };
     let mut site = Site::new(&moto.endpoint, &subnet, 1);
-    // Owner names may hold '-', and so may cluster names: a's "x-c" and (a + "-x")'s "c" have
-    // the same security group and key pair names.
+    // Owner names may hold '-', and so may cluster names: a's "x-c" and (a + "-x")'s "c" had
+    // the same security group and key pair names under the old `<owner>-<cluster>`, and the
+    // second launch was refused. Joined by '@', which neither may hold, they cannot collide.
     let b_name = format!("{}-x", site.student(0).name);
     site.students.push(User::create(b_name, "/bin/sh"));
     let (a, b) = (site.student(0), site.student(1));
     site.stratus(a, &["launch-cluster", "x-c", "1", "--no-configure"])
         .ok();
-    let group = format!("stratus-{}-x-c", a.name);
-    let before = moto.key_pairs_named(&format!("{}-x-c", a.name));
-    assert_eq!(before.len(), 1);
-
-    let out = site.stratus(b, &["launch-cluster", "c", "1", "--no-configure"]);
-    assert_ne!(out.code, 0, "{out}");
+    site.stratus(b, &["launch-cluster", "c", "1", "--no-configure"])
+        .ok();
+    for (owner, cluster) in [(a, "x-c"), (b, "c")] {
+        let g = moto.groups_named(&format!("stratus-{}@{cluster}", owner.name));
+        assert_eq!(g.len(), 1, "{}'s {cluster}", owner.name);
+        assert_eq!(tag(g[0].tags(), "stratus:owner"), Some(owner.name.as_str()));
+        let k = moto.key_pairs_named(&format!("{}@{cluster}", owner.name));
+        assert_eq!(k.len(), 1, "{}'s {cluster}", owner.name);
+        assert_eq!(tag(k[0].tags(), "stratus:owner"), Some(owner.name.as_str()));
+        assert_eq!(live_instances(&moto, owner, cluster), 2);
+    }
+    // No name of the old scheme was made.
     assert!(
-        out.stderr
-            .contains(&format!("{group} exists but is not stratus's")),
-        "{out}"
+        moto.groups_named(&format!("stratus-{}-x-c", a.name))
+            .is_empty()
     );
-    // b got nothing of a's, and a lost nothing.
-    assert_eq!(live_instances(&moto, b, "c"), 0);
+    // Each ends its own, and leaves the other's whole.
+    site.stratus(b, &["terminate-cluster", "c", "--yes"]).ok();
     assert_eq!(live_instances(&moto, a, "x-c"), 2);
-    let g = moto.groups_named(&group);
-    assert_eq!(g.len(), 1);
-    assert_eq!(tag(g[0].tags(), "stratus:owner"), Some(a.name.as_str()));
-    let after = moto.key_pairs_named(&format!("{}-x-c", a.name));
-    assert_eq!(after.len(), 1);
     assert_eq!(
-        after[0].public_key(),
-        before[0].public_key(),
-        "a's key pair was replaced"
+        moto.groups_named(&format!("stratus-{}@x-c", a.name)).len(),
+        1
     );
-    assert_eq!(tag(after[0].tags(), "stratus:owner"), Some(a.name.as_str()));
-    let q = site.stratus(b, &["quota", "--json"]).ok().json();
+    site.stratus(a, &["terminate-cluster", "x-c", "--yes"]).ok();
+    site.assert_settled(&moto);
+}
+
+/// A state made before the store's migration 7: the service account's cluster `x-c` with its
+/// group and key pair named `<owner>-<cluster>` (the launch path of that version, which
+/// `STRATUS_TEST_LEGACY_NAMES` keeps in a debug build), and the database put back to that
+/// version's schema. The next command migrates it: the old cluster keeps its names and stays
+/// reachable (a worker added joins its group and key), a student whose names collided with it
+/// under `-` launches beside it, both are billed, and both end with nothing left.
+#[test]
+fn a_state_of_dash_names_is_migrated_and_both_colliding_clusters_stay_reachable_and_billed() {
+    let Some((_serial, moto, subnet)) = start_with_moto() else {
+        return;
+    };
+    let mut site = Site::new(&moto.endpoint, &subnet, 0);
+    let b_name = format!("{}-x", site.svc.name);
+    site.students.push(User::create(b_name, "/bin/sh"));
+    let (svc, b) = (&site.svc, site.student(0));
+    let as_svc = |args: &[&str], legacy: bool| {
+        let mut c = site.as_user(svc, &[]);
+        c.arg("/usr/bin/env").arg("-i").args(site.login_env(svc));
+        if legacy {
+            c.arg("STRATUS_TEST_LEGACY_NAMES=1");
+        }
+        c.arg(site.cli()).args(args);
+        output(&mut c)
+    };
+    as_svc(&["launch-cluster", "x-c", "1", "--no-configure"], true).ok();
+    let old_group = format!("stratus-{}-x-c", svc.name);
+    let old_key = format!("{}-x-c", svc.name);
+    assert_eq!(moto.groups_named(&old_group).len(), 1);
+    assert_eq!(moto.key_pairs_named(&old_key).len(), 1);
+    site.sql(
+        "DROP TABLE key_pairs; ALTER TABLE clusters DROP COLUMN naming; PRAGMA user_version = 6;",
+    );
     assert_eq!(
-        q["used"]["units"], 0.0,
-        "b's reservation is released: {q:#}"
+        site.sql("PRAGMA user_version"),
+        [json!({"user_version": 6})]
+    );
+
+    // b's "c" joined by '-' is the same name: refused before, launched now.
+    site.stratus(b, &["launch-cluster", "c", "1", "--no-configure"])
+        .ok();
+    assert_eq!(
+        site.sql("SELECT name, owner, naming FROM clusters ORDER BY id"),
+        [
+            json!({"name": "x-c", "owner": svc.name, "naming": 1}),
+            json!({"name": "c", "owner": b.name, "naming": 2}),
+        ]
+    );
+    assert_eq!(moto.groups_named(&format!("stratus-{}@c", b.name)).len(), 1);
+    // The old cluster is reachable: a worker joins its group, with its key pair, and answers.
+    let _hv = Hypervisor::start(HypervisorConfig {
+        endpoint: moto.endpoint.clone(),
+        cluster: Some("x-c".into()),
+        user: "ubuntu".into(),
+        port: 2200,
+        never_boot: BTreeSet::new(),
+        console: Default::default(),
+    });
+    as_svc(&["launch-slaves", "x-c", "1"], false).ok();
+    let old_gid = moto.groups_named(&old_group)[0]
+        .group_id()
+        .unwrap()
+        .to_owned();
+    let live: Vec<Instance> = instances(&moto, svc, "x-c")
+        .into_iter()
+        .filter(is_live)
+        .collect();
+    assert_eq!(live.len(), 3);
+    for i in &live {
+        assert_eq!(i.key_name(), Some(old_key.as_str()));
+        let groups: Vec<&str> = i
+            .security_groups()
+            .iter()
+            .filter_map(|g| g.group_id())
+            .collect();
+        assert_eq!(groups, [old_gid.as_str()]);
+    }
+    // Both are billed.
+    as_svc(&["accounting", "snapshot"], false).ok();
+    assert_eq!(
+        site.sql(
+            "SELECT c.name, COUNT(*) AS n FROM usage_intervals u JOIN clusters c ON c.id = u.cluster_id GROUP BY c.name ORDER BY c.name"
+        ),
+        [json!({"name": "c", "n": 2}), json!({"name": "x-c", "n": 3})]
+    );
+    // And both end whole, the old names released too.
+    as_svc(&["terminate-cluster", "x-c", "--yes"], false).ok();
+    site.stratus(b, &["terminate-cluster", "c", "--yes"]).ok();
+    assert!(moto.groups_named(&old_group).is_empty());
+    assert!(moto.key_pairs_named(&old_key).is_empty());
+    assert!(
+        moto.groups_named(&format!("stratus-{}@c", b.name))
+            .is_empty()
     );
     site.assert_settled(&moto);
 }

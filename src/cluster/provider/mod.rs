@@ -96,6 +96,8 @@ pub struct ClusterRef {
     pub request: RequestId,
     /// The state database the cluster belongs to (every resource carries it).
     pub store: StoreId,
+    /// How its own resources are named (what its record says).
+    pub naming: crate::core::model::Naming,
 }
 
 impl ClusterRef {

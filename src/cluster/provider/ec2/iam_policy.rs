@@ -39,6 +39,7 @@ pub const ACTIONS: &[&str] = &[
     "AuthorizeSecurityGroupIngress",
     "CancelSpotInstanceRequests",
     "CreateImage",
+    "CreateKeyPair",
     "CreateSecurityGroup",
     "CreateTags",
     "DeleteKeyPair",
@@ -62,6 +63,7 @@ pub const ACTIONS: &[&str] = &[
 const CREATE_ACTIONS: &[&str] = &[
     "AuthorizeSecurityGroupIngress",
     "CreateImage",
+    "CreateKeyPair",
     "CreateSecurityGroup",
     "ImportKeyPair",
     "RunInstances",
@@ -311,9 +313,10 @@ fn creates(d: &Doc<'_>, input: &PolicyInput) -> Vec<Value> {
             "Condition": d.request_store(),
         }),
         json!({
+            // The clusters' key pairs (imported) and the students' own (made by EC2).
             "Sid": "ImportKeysTagged",
             "Effect": "Allow",
-            "Action": "ec2:ImportKeyPair",
+            "Action": ["ec2:ImportKeyPair", "ec2:CreateKeyPair"],
             "Resource": d.arn("key-pair", "*"),
             "Condition": d.request_store(),
         }),

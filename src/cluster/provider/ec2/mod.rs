@@ -28,6 +28,7 @@ mod error;
 pub mod iam;
 pub mod iam_policy;
 pub mod image;
+pub mod key_pairs;
 mod network;
 mod rate;
 mod rules;
@@ -53,7 +54,7 @@ use super::{
 };
 use crate::config::{AddressKind, Ec2Config, HostKeySource, Trust};
 use crate::core::model::{
-    ClusterName, Owner, ProviderKind, RequestId, Role, StoreId, TAG_CLUSTER, TAG_OWNER,
+    ClusterName, Naming, Owner, ProviderKind, RequestId, Role, StoreId, TAG_CLUSTER, TAG_OWNER,
     TAG_PROFILE, TAG_REQUEST, TAG_ROLE, TAG_STORE, Tags,
 };
 
@@ -77,14 +78,23 @@ const IDS_PER_CALL: usize = 200;
 /// hold it until they are fully terminated, a minute or two after shutting-down).
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
-/// The security group of a cluster.
-pub fn group_name(owner: &Owner, cluster: &ClusterName) -> String {
-    format!("stratus-{owner}-{cluster}")
+/// The security group of a cluster: `stratus-<owner>@<cluster>` (`stratus-<owner>-<cluster>`
+/// for clusters recorded before the store's migration 7).
+pub fn group_name(owner: &Owner, cluster: &ClusterName, naming: Naming) -> String {
+    format!("stratus-{}", naming.join(owner, cluster))
 }
 
-/// The key pair of a cluster.
-pub fn key_name(owner: &Owner, cluster: &ClusterName) -> String {
-    format!("{owner}-{cluster}")
+/// The key pair of a cluster: `<owner>@<cluster>` (`<owner>-<cluster>` before migration 7).
+pub fn key_name(owner: &Owner, cluster: &ClusterName, naming: Naming) -> String {
+    naming.join(owner, cluster)
+}
+
+/// The scheme a cluster's resources are not named by.
+fn other_naming(naming: Naming) -> Naming {
+    match naming {
+        Naming::Dash => Naming::At,
+        Naming::At => Naming::Dash,
+    }
 }
 
 /// An I/O error's reason without the `(os error N)` suffix.
@@ -347,7 +357,7 @@ impl Ec2Provider {
         vpc: Option<&str>,
     ) -> Result<Option<String>, ProviderError> {
         let (owner, cname) = (&cluster.owner, &cluster.name);
-        let name = group_name(owner, cname);
+        let name = group_name(owner, cname, cluster.naming);
         let mut filters = vec![
             filter("group-name", &name),
             filter(&format!("tag:{TAG_OWNER}"), owner.as_str()),
@@ -386,7 +396,7 @@ impl Ec2Provider {
 
     /// The group id for launching into: from `prepare`, else looked up.
     async fn group_id(&self, cluster: &ClusterRef) -> Result<String, ProviderError> {
-        let name = group_name(&cluster.owner, &cluster.name);
+        let name = group_name(&cluster.owner, &cluster.name, cluster.naming);
         if let Some(id) = self
             .groups
             .lock()
@@ -412,7 +422,7 @@ impl Ec2Provider {
         vpc: Option<&str>,
         tags: &[(String, String)],
     ) -> Result<String, ProviderError> {
-        let name = group_name(&cluster.owner, &cluster.name);
+        let name = group_name(&cluster.owner, &cluster.name, cluster.naming);
         if let Some(id) = self.find_group(cluster, vpc).await? {
             // A leftover of an earlier cluster of this name: it now belongs to this request.
             self.retag(&id, tags).await?;
@@ -545,7 +555,7 @@ impl Ec2Provider {
         access: &SshAccess,
         tags: &[(String, String)],
     ) -> Result<(), ProviderError> {
-        let name = key_name(&cluster.owner, &cluster.name);
+        let name = key_name(&cluster.owner, &cluster.name, cluster.naming);
         for attempt in 0..2 {
             let out = self
                 .client
@@ -641,7 +651,7 @@ impl Ec2Provider {
             .instance_type(InstanceType::from(call.placement.instance_type.as_str()))
             .min_count(min_count)
             .max_count(count)
-            .key_name(key_name(&cluster.owner, &cluster.name))
+            .key_name(key_name(&cluster.owner, &cluster.name, cluster.naming))
             .user_data(user_data)
             .client_token(client_token(call.token))
             .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
@@ -1171,60 +1181,11 @@ impl Provider for Ec2Provider {
     }
 
     async fn release(&self, cluster: &ClusterRef) -> Result<(), ProviderError> {
-        let name = key_name(&cluster.owner, &cluster.name);
-        let owner_filter = filter(&format!("tag:{TAG_OWNER}"), cluster.owner.as_str());
-        let cluster_filter = filter(&format!("tag:{TAG_CLUSTER}"), cluster.name.as_str());
-        let keys = self
-            .client
-            .describe_key_pairs()
-            .filters(filter("key-name", &name))
-            .filters(owner_filter.clone())
-            .filters(cluster_filter.clone())
-            .send()
-            .await
-            .map_err(|e| self.err("DescribeKeyPairs", e))?;
-        for k in keys.key_pairs() {
-            if k.key_name() == Some(name.as_str())
-                && belongs_to(parse_tags(k.tags()).as_ref(), cluster)
-            {
-                // By name: moto ignores KeyPairId here.
-                self.client
-                    .delete_key_pair()
-                    .key_name(&name)
-                    .send()
-                    .await
-                    .map_err(|e| self.err("DeleteKeyPair", e))?;
-                tracing::info!(key_pair = %name, "deleted key pair");
-            }
+        // By the record's scheme, then the other: a cluster found by its tags alone (reconcile)
+        // may be of either, and only what its tags mark as its own is ever deleted.
+        for naming in [cluster.naming, other_naming(cluster.naming)] {
+            self.release_named(cluster, naming).await?;
         }
-        let gname = group_name(&cluster.owner, &cluster.name);
-        let mut ids = Vec::new();
-        let mut pages = self
-            .client
-            .describe_security_groups()
-            .filters(filter("group-name", &gname))
-            .filters(owner_filter)
-            .filters(cluster_filter)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| self.err("DescribeSecurityGroups", e))?;
-            ids.extend(
-                page.security_groups()
-                    .iter()
-                    .filter(|g| g.group_name() == Some(gname.as_str()))
-                    .filter(|g| belongs_to(parse_tags(g.tags()).as_ref(), cluster))
-                    .filter_map(|g| g.group_id().map(str::to_owned)),
-            );
-        }
-        for id in ids {
-            self.delete_group(&id).await?;
-            tracing::info!(group = %gname, id = %id, "deleted security group");
-        }
-        self.groups
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&gname);
         Ok(())
     }
 
@@ -1339,6 +1300,71 @@ fn root_mapping(
                 .build(),
         )
         .build())
+}
+
+impl Ec2Provider {
+    /// `release` of the cluster's resources named as `naming` names them.
+    async fn release_named(
+        &self,
+        cluster: &ClusterRef,
+        naming: Naming,
+    ) -> Result<(), ProviderError> {
+        let name = key_name(&cluster.owner, &cluster.name, naming);
+        let owner_filter = filter(&format!("tag:{TAG_OWNER}"), cluster.owner.as_str());
+        let cluster_filter = filter(&format!("tag:{TAG_CLUSTER}"), cluster.name.as_str());
+        let keys = self
+            .client
+            .describe_key_pairs()
+            .filters(filter("key-name", &name))
+            .filters(owner_filter.clone())
+            .filters(cluster_filter.clone())
+            .send()
+            .await
+            .map_err(|e| self.err("DescribeKeyPairs", e))?;
+        for k in keys.key_pairs() {
+            if k.key_name() == Some(name.as_str())
+                && belongs_to(parse_tags(k.tags()).as_ref(), cluster)
+            {
+                // By name: moto ignores KeyPairId here.
+                self.client
+                    .delete_key_pair()
+                    .key_name(&name)
+                    .send()
+                    .await
+                    .map_err(|e| self.err("DeleteKeyPair", e))?;
+                tracing::info!(key_pair = %name, "deleted key pair");
+            }
+        }
+        let gname = group_name(&cluster.owner, &cluster.name, naming);
+        let mut ids = Vec::new();
+        let mut pages = self
+            .client
+            .describe_security_groups()
+            .filters(filter("group-name", &gname))
+            .filters(owner_filter)
+            .filters(cluster_filter)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.err("DescribeSecurityGroups", e))?;
+            ids.extend(
+                page.security_groups()
+                    .iter()
+                    .filter(|g| g.group_name() == Some(gname.as_str()))
+                    .filter(|g| belongs_to(parse_tags(g.tags()).as_ref(), cluster))
+                    .filter_map(|g| g.group_id().map(str::to_owned)),
+            );
+        }
+        for id in ids {
+            self.delete_group(&id).await?;
+            tracing::info!(group = %gname, id = %id, "deleted security group");
+        }
+        self.groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&gname);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
