@@ -58,6 +58,50 @@ pub async fn configure(
     }
 }
 
+/// The intra-cluster key (when the profile asks for it), then the owner's own keys
+/// (`launch-cluster --key`), on every node this step adds (the master too, at launch).
+#[allow(clippy::too_many_arguments)]
+async fn keys_step(
+    ctx: Ctx<'_>,
+    cluster: &ClusterRow,
+    client: &Client,
+    intra_cluster_key: bool,
+    master: &NodeRow,
+    new_nodes: &[NodeRow],
+    step: Step,
+) -> Result<(), Error> {
+    if intra_cluster_key {
+        let others = new_nodes
+            .iter()
+            .filter(|n| n.role != Role::Master)
+            .map(|n| target(n, cluster))
+            .collect::<Result<Vec<_>, _>>()?;
+        crate::cluster::intra_key::install(
+            client,
+            &target(master, cluster)?,
+            others,
+            step == Step::Launch,
+            ctx.ssh.max_parallel,
+        )
+        .await?;
+    }
+    if cluster.record.extra_keys.is_empty() {
+        return Ok(());
+    }
+    let nodes = new_nodes
+        .iter()
+        .map(|n| target(n, cluster))
+        .collect::<Result<Vec<_>, _>>()?;
+    crate::cluster::intra_key::authorize_own_keys(
+        client,
+        nodes,
+        &cluster.record.extra_keys,
+        ctx.ssh.max_parallel,
+    )
+    .await?;
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn configure_steps(
     ctx: Ctx<'_>,
@@ -79,34 +123,16 @@ async fn configure_steps(
     workers.sort_by_key(|n| n.index);
     let worker_facts: Vec<NodeFacts> = workers.iter().map(|n| facts(n)).collect();
 
-    // The intra-cluster key first: pushed files may start services that log in between nodes.
-    if profile.intra_cluster_key && step != Step::WorkersFile {
-        let others = new_nodes
-            .iter()
-            .filter(|n| n.role != Role::Master)
-            .map(|n| target(n, cluster))
-            .collect::<Result<Vec<_>, _>>()?;
-        crate::cluster::intra_key::install(
+    // The keys first: pushed files may start services that log in between nodes.
+    if step != Step::WorkersFile {
+        keys_step(
+            ctx,
+            cluster,
             client,
-            &target(master, cluster)?,
-            others,
-            step == Step::Launch,
-            ctx.ssh.max_parallel,
-        )
-        .await?;
-    }
-
-    // The owner's own keys, on every node this step adds (the master too, at launch).
-    if !cluster.record.extra_keys.is_empty() && step != Step::WorkersFile {
-        let nodes = new_nodes
-            .iter()
-            .map(|n| target(n, cluster))
-            .collect::<Result<Vec<_>, _>>()?;
-        crate::cluster::intra_key::authorize_own_keys(
-            client,
-            nodes,
-            &cluster.record.extra_keys,
-            ctx.ssh.max_parallel,
+            profile.intra_cluster_key,
+            master,
+            new_nodes,
+            step,
         )
         .await?;
     }

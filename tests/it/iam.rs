@@ -441,6 +441,13 @@ fn scenario(moto: &IamMoto, edit: &dyn Fn(&Value) -> Value) -> (Value, Outcome) 
         if let Some(o) = step("reap: terminate", &["accounting", "reap", "--json"]) {
             return o;
         }
+        // A student's own key pair (issue 16), made and deleted.
+        if let Some(o) = step("keys create", &["keys", "create", "laptop"]) {
+            return o;
+        }
+        if let Some(o) = step("keys delete", &["keys", "delete", "laptop"]) {
+            return o;
+        }
         Outcome::Completed
     })();
     if let Outcome::Completed = outcome {

@@ -576,4 +576,145 @@ fn through_the_wrapper_each_students_files_land_in_their_own_home_and_no_one_els
             .any(|(l, f)| *l == bea.name && f.starts_with("refused")),
         "{files:?}"
     );
+
+    // Ann's own key pair: its private half in her ~/.ssh, hers, 0600. Bea can neither delete
+    // it nor launch with it, by its name or by its EC2 name (not even on the wrapper's stdin).
+    site.stratus(ann, &["keys", "create", "laptop"]).ok();
+    let key_file = ann.home.join(".ssh/stratus-laptop");
+    let meta = fs::metadata(&key_file).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.mode() & 0o7777),
+        (ann.uid, 0o600),
+        "{}",
+        key_file.display()
+    );
+    let anns_pair = format!("{}.laptop", ann.name);
+    assert_eq!(moto.key_pairs_named(&anns_pair).len(), 1);
+    site.stratus(bea, &["keys", "delete", "laptop"])
+        .refused("has no key pair laptop");
+    site.stratus(bea, &["launch-cluster", "c", "1", "--key", "laptop"])
+        .refused("has no key pair laptop");
+    let forged = site.wrap(
+        bea,
+        &serde_json::json!({"action": "keys-delete", "name": anns_pair}),
+    );
+    assert_eq!(forged.code, 2, "{forged}");
+    assert_eq!(
+        moto.key_pairs_named(&anns_pair).len(),
+        1,
+        "Ann's key pair is whole"
+    );
+    assert!(
+        site.sql("SELECT id FROM clusters").is_empty(),
+        "nothing was launched"
+    );
+    site.stratus(ann, &["keys", "delete", "laptop"]).ok();
+    assert!(moto.key_pairs_named(&anns_pair).is_empty());
+}
+
+/// `keys create|list|delete` and `launch-cluster --key` against moto, the nodes booted by the
+/// test hypervisor: the key pair is `<login>.<name>` in EC2, tagged with its owner and the
+/// store; its private half is only in `~/.ssh/stratus-NAME`, 0600, and nowhere in what stratus
+/// printed or recorded; `--key` authorises it on every node (a worker added later too); a
+/// second `create` of the name, a bad name and `--key` of a key one does not have are refused.
+#[test]
+fn keys_create_list_delete_and_a_launch_that_authorises_one() {
+    let Some(moto) = Moto::acquire() else {
+        return;
+    };
+    let ctx = crate::ec2::loopback_context(&moto);
+    crate::ec2::e2e_profile(&ctx, 60, None);
+    let _hv = crate::ec2::hypervisor(&moto, "withkey", &[]);
+    let owner = login();
+    let made = ctx.ok(&["keys", "create", "laptop"]);
+    let file = ctx.home.join(".ssh/stratus-laptop");
+    let meta = fs::metadata(&file).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o600);
+    let private = fs::read_to_string(&file).unwrap();
+    assert!(
+        private.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"),
+        "{private}"
+    );
+    let body: String = private.lines().nth(1).unwrap().to_owned();
+    assert!(
+        !made.stdout.contains(&body) && !made.stderr.contains(&body),
+        "{made}"
+    );
+    let ec2_name = format!("{owner}.laptop");
+    let kp = moto.key_pairs_named(&ec2_name);
+    assert_eq!(kp.len(), 1, "{kp:?}");
+    let tags = kp[0].tags();
+    assert_eq!(
+        crate::ec2::ec2_moto::tag(tags, "stratus:owner"),
+        Some(owner.as_str())
+    );
+    assert!(crate::ec2::ec2_moto::tag(tags, "stratus:store").is_some_and(|s| s.starts_with("st-")));
+    assert_eq!(
+        crate::ec2::ec2_moto::tag(tags, "stratus:key"),
+        Some("laptop")
+    );
+    let listed: Value = serde_json::from_str(&ctx.ok(&["keys", "list", "--json"]).stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!(listed[0]["ec2_name"], ec2_name.as_str());
+    let public = listed[0]["public_key"].as_str().unwrap().to_owned();
+    assert!(public.starts_with("ssh-ed25519 "), "{public}");
+    let audit = ctx.ok(&["admin", "audit", "--json"]).stdout;
+    assert!(
+        audit.contains("keys-create") && !audit.contains(&body),
+        "{audit}"
+    );
+
+    // Refusals, with nothing made.
+    let again = ctx.run(&["keys", "create", "laptop"]);
+    assert_eq!(again.code, 2, "{again}");
+    let bad = ctx.run(&["keys", "create", "a.b"]);
+    assert_eq!(bad.code, 2, "{bad}");
+    assert!(bad.stderr.contains("not a key pair name"), "{bad}");
+    assert!(moto.key_pairs_named(&format!("{owner}.a.b")).is_empty());
+    let none = ctx.run(&[
+        "launch-cluster",
+        "withkey",
+        "1",
+        "-p",
+        "e2e",
+        "--key",
+        "desktop",
+    ]);
+    assert_eq!(none.code, 2, "{none}");
+    assert!(none.stderr.contains("no key pair desktop"), "{none}");
+    assert!(
+        ctx.list_json().is_empty(),
+        "a refused --key launched nothing"
+    );
+
+    // --key: authorised on every node, the cluster key still what stratus logs in with.
+    ctx.ok(&[
+        "launch-cluster",
+        "withkey",
+        "1",
+        "-p",
+        "e2e",
+        "--key",
+        "laptop",
+    ]);
+    let check = format!("grep -c -xF {} .ssh/authorized_keys", shell_words(&public));
+    let r = ctx.ok(&["exec", "withkey", "--all", "--", &check]);
+    assert!(r.stdout.contains("[withkey-master] 1\n"), "{r}");
+    assert!(r.stdout.contains("[withkey-worker-1] 1\n"), "{r}");
+    ctx.ok(&["launch-slaves", "withkey", "1"]);
+    let r = ctx.ok(&["exec", "withkey", "--all", "--", &check]);
+    assert!(r.stdout.contains("[withkey-worker-2] 1\n"), "{r}");
+    ctx.ok(&["terminate-cluster", "withkey", "--yes"]);
+
+    // delete: gone from EC2 and from the list; the file stays the student's.
+    ctx.ok(&["keys", "delete", "laptop"]);
+    assert!(moto.key_pairs_named(&ec2_name).is_empty());
+    assert_eq!(ctx.ok(&["keys", "list", "--json"]).stdout.trim(), "[]");
+    assert!(file.exists());
+    assert_eq!(ctx.run(&["keys", "delete", "laptop"]).code, 2);
+}
+
+/// A word for `sh -c`, single-quoted.
+fn shell_words(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
