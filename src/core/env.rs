@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 /// The AWS settings of a user's own environment, for the EC2 client of their own commands
 /// (`Trust::Caller`): endpoints, static keys, the shared credentials file and profile.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct AwsEnv {
     pub endpoint_url: Option<String>,
     pub endpoint_url_ec2: Option<String>,
@@ -22,6 +22,26 @@ pub struct AwsEnv {
     pub profile: Option<String>,
     pub shared_credentials_file: Option<String>,
     pub home: Option<String>,
+}
+
+/// No secret in a `{:?}` of the environment (a settings dump at `RUST_LOG=trace`).
+impl std::fmt::Debug for AwsEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |v: &Option<String>| v.as_ref().map(|_| "<redacted>");
+        f.debug_struct("AwsEnv")
+            .field("endpoint_url", &self.endpoint_url)
+            .field("endpoint_url_ec2", &self.endpoint_url_ec2)
+            .field("endpoint_url_ssm", &self.endpoint_url_ssm)
+            .field("endpoint_url_iam", &self.endpoint_url_iam)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &hidden(&self.secret_access_key))
+            .field("session_token", &hidden(&self.session_token))
+            .field("credential_expiration", &self.credential_expiration)
+            .field("profile", &self.profile)
+            .field("shared_credentials_file", &self.shared_credentials_file)
+            .field("home", &self.home)
+            .finish()
+    }
 }
 
 impl AwsEnv {
@@ -123,5 +143,26 @@ impl Environment {
     /// Nothing: what a privileged process reads of its caller's environment.
     pub fn empty() -> Self {
         Self::default()
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use super::*;
+
+    #[test]
+    fn a_debug_of_the_aws_environment_shows_no_secret() {
+        let env = AwsEnv {
+            access_key_id: Some("AKIAEXAMPLE".into()),
+            secret_access_key: Some("very/secret".into()),
+            session_token: Some("token-secret".into()),
+            ..Default::default()
+        };
+        let shown = format!("{env:?}");
+        assert!(shown.contains("AKIAEXAMPLE"), "{shown}");
+        assert!(
+            !shown.contains("very/secret") && !shown.contains("token-secret"),
+            "{shown}"
+        );
     }
 }

@@ -13,6 +13,8 @@ use crate::store::identities::KeyPairRow;
 
 /// The most characters of a key pair's own name.
 const NAME_MAX: usize = 32;
+/// The most key pairs one student keeps (EC2 allows 5,000 per region for the whole account).
+const PER_OWNER: usize = 10;
 
 /// A key pair's own name: 1 to 32 of a-z, 0-9 and '-', starting with a letter or digit. No '.',
 /// so `<login>.<name>` names one owner's one key (a login may hold '.', a name may not).
@@ -82,6 +84,13 @@ impl Service {
             return Err(Error::runtime("the EC2 provider is not EC2's"));
         };
         let ec2_name = format!("{owner}.{name}");
+        let held = self.store().key_pairs(Some(owner.as_str()))?;
+        if held.len() >= PER_OWNER && !held.iter().any(|k| k.name == name) {
+            return Err(Error::refused(format!(
+                "{owner} has {} key pairs, the most one student keeps: `stratus keys delete NAME` one first",
+                held.len()
+            )));
+        }
         let Some(id) =
             self.store()
                 .record_key_pair(owner.as_str(), name, &ec2_name, now_millis())?

@@ -94,6 +94,8 @@ pub struct IdentityScope {
     /// `/stratus/<class>/`.
     pub path: String,
     pub group: String,
+    /// What the students' IAM user names start with.
+    pub user_prefix: String,
 }
 
 /// What the policy is generated from.
@@ -227,6 +229,17 @@ fn identities(d: &Doc<'_>, scope: &IdentityScope) -> Vec<Value> {
                 "RemoveUserFromGroup",
             ]),
             "Resource": group,
+        }),
+        json!({
+            // A lookup of a user or group that does not exist yet (before `init` or the first
+            // sync makes it) is checked against its ARN without the path, which IAM cannot know.
+            "Sid": "LookUpStudentsNotMadeYet",
+            "Effect": "Allow",
+            "Action": ["iam:GetUser", "iam:GetGroup"],
+            "Resource": [
+                format!("arn:{}:iam::*:user/{}*", d.partition, scope.user_prefix),
+                format!("arn:{}:iam::*:group/{}", d.partition, scope.group),
+            ],
         }),
         json!({
             // ListUsers names no user: it is allowed on `*`, and stratus lists the path only.
@@ -553,6 +566,7 @@ pub fn input_from_site(
         identities: config.identities.as_ref().map(|i| IdentityScope {
             path: i.path(),
             group: i.group(),
+            user_prefix: i.user_prefix(),
         }),
     })
 }
@@ -850,6 +864,7 @@ mod tests {
         with.identities = Some(IdentityScope {
             path: "/stratus/c1/".into(),
             group: "c1-students".into(),
+            user_prefix: "c1-".into(),
         });
         let policy = generate(&with);
         let allowed: BTreeSet<String> = policy["Statement"]
