@@ -324,7 +324,7 @@ fn scenario(moto: &IamMoto, edit: &dyn Fn(&Value) -> Value) -> (Value, Outcome) 
         moto.rt.block_on(async {
             let group = ec2
                 .create_security_group()
-                .group_name(format!("stratus-{owner}-one"))
+                .group_name(format!("stratus-{owner}@one"))
                 .description("an earlier cluster")
                 .vpc_id(&vpc)
                 .tag_specifications(spec(ResourceType::SecurityGroup, &tags("one")))
@@ -345,7 +345,7 @@ fn scenario(moto: &IamMoto, edit: &dyn Fn(&Value) -> Value) -> (Value, Outcome) 
                 .await
                 .unwrap();
             ec2.import_key_pair()
-                .key_name(format!("{owner}-one"))
+                .key_name(format!("{owner}@one"))
                 .public_key_material(aws_sdk_ec2::primitives::Blob::new(fresh_public_key(
                     russh::keys::Algorithm::Ed25519,
                 )))
