@@ -93,6 +93,11 @@ impl Client {
         })
     }
 
+    /// This user's own state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
     /// The site's `[ec2]` table, and the trust this user's own calls run with.
     pub fn ec2(&self) -> Option<(&crate::config::Ec2Config, &crate::config::Trust)> {
         self.ec2.as_ref().map(|e| (e, &self.trust))

@@ -32,6 +32,31 @@ fn home(env: &Environment) -> Result<PathBuf, Error> {
         .ok_or_else(|| Error::invalid("HOME is not set and this user has no home directory"))
 }
 
+/// One `identity init` or `rotate` of this user at a time (the student's own, and root's bulk
+/// rotation, which runs as the student): two interleaved rotations could each delete the
+/// other's new key. Held until dropped.
+fn rotation_lock(client: &Client) -> Result<std::fs::File, Error> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = client.state_dir().join("identity.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|e| Error::runtime(format!("cannot open {}", path.display())).with_source(e))?;
+    if !crate::sys::try_lock_file(&file).unwrap_or(false) {
+        client
+            .printer()
+            .status("waiting for another `stratus identity` of yours to finish");
+        crate::sys::lock_file_wait(&file).map_err(|e| {
+            Error::runtime(format!("cannot lock {}", path.display())).with_source(e)
+        })?;
+    }
+    Ok(file)
+}
+
 pub(super) async fn run(
     client: &Client,
     action: IdentityAction,
@@ -40,6 +65,7 @@ pub(super) async fn run(
     let crash_at = env.test_crash_at.as_deref();
     match action {
         IdentityAction::Init => {
+            let _lock = rotation_lock(client)?;
             let home = home(env)?;
             // A file that would be refused is reported before a key exists.
             aws_files::check_profile(&home, PROFILE)?;
@@ -69,13 +95,12 @@ pub(super) async fn run(
             install(client, &home, issued, crash_at).await
         }
         IdentityAction::Rotate => {
+            let _lock = rotation_lock(client)?;
             let home = home(env)?;
             aws_files::check_profile(&home, PROFILE)?;
             let keep = aws_files::key_id(&home, PROFILE)?;
             let issued = expect!(
-                client
-                    .call(Request::IdentityRotate { keep, owner: None })
-                    .await?,
+                client.call(Request::IdentityRotate { keep }).await?,
                 Response::KeyIssued
             );
             install(client, &home, issued, crash_at).await
@@ -185,7 +210,6 @@ async fn install(
         client
             .call(Request::IdentityRetire {
                 keep: access.id.clone(),
-                owner: None,
             })
             .await?,
         Response::KeysRemoved

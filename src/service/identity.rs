@@ -49,14 +49,11 @@ impl Service {
         Ok(Iam::new(site.ec2, &self.settings().trust)?)
     }
 
-    /// Whose identity a request is about, and whether they may have one: the caller's own (or,
-    /// for an instructor, `owner`'s), on the class roster. The install's own user and the
-    /// instructors need not be on it for their own.
-    fn identity_owner(&self, asked: &Asked<'_>, owner: Option<&str>) -> Result<Owner, Error> {
-        let owner = asked.owner_for(owner)?;
-        let exempt =
-            owner == asked.caller.owner && (self.is_own(asked.caller) || asked.is_instructor());
-        if exempt {
+    /// Whose identity a request is about, and whether they may have one: the caller's own, on
+    /// the class roster. The install's own user and the instructors need not be on it.
+    fn identity_owner(&self, asked: &Asked<'_>) -> Result<Owner, Error> {
+        let owner = asked.caller.owner.clone();
+        if self.is_own(asked.caller) || asked.is_instructor() {
             return Ok(owner);
         }
         match self.store().roster()? {
@@ -68,6 +65,18 @@ impl Service {
             ))),
             Some(_) => Ok(owner),
         }
+    }
+
+    /// Whether `owner` may have an identity without being on the roster: the install's own user
+    /// (the service account) and the instructors, whom a sync therefore never removes.
+    fn exempt_from_roster(&self, asked: &Asked<'_>, owner: &Owner) -> bool {
+        let own = crate::sys::passwd(self.shared.uid)
+            .ok()
+            .flatten()
+            .is_some_and(|p| p.name == owner.as_str());
+        own || asked.policy.present().is_some_and(|p| {
+            p.is_instructor(owner.as_str(), &crate::sys::groups_of_user(owner.as_str()))
+        })
     }
 
     /// The owner's IAM user, if IAM has it and it is this class's (path, owner and store tags);
@@ -97,19 +106,27 @@ impl Service {
         }
     }
 
-    /// The group (made with the site's policy if it is missing) with the user in it.
+    /// The group (made with the site's policy if it is missing, or given it if it has none)
+    /// with the user in it.
     async fn in_group(&self, iam: &Iam, site: &Site<'_>, user: &str) -> Result<(), Error> {
         let group = site.identities.group();
         let policy =
             crate::config::identities::site_group_policy(site.identities, &site.ec2.region)
                 .map_err(Error::invalid)?;
-        iam.ensure_group(
-            &group,
-            &site.identities.path(),
-            GROUP_POLICY_NAME,
-            &policy.to_string(),
-        )
-        .await?;
+        let made = iam
+            .ensure_group(
+                &group,
+                &site.identities.path(),
+                GROUP_POLICY_NAME,
+                &policy.to_string(),
+            )
+            .await?;
+        // A group left without its policy (a crash between making it and putting the policy)
+        // would leave every new key unable to describe.
+        if !made && iam.group_policy(&group, GROUP_POLICY_NAME).await?.is_none() {
+            iam.put_group_policy(&group, GROUP_POLICY_NAME, &policy.to_string())
+                .await?;
+        }
         if !iam.groups_of(user).await?.contains(&group) {
             iam.add_to_group(user, &group).await?;
         }
@@ -123,7 +140,8 @@ impl Service {
         owner: &Owner,
         user: Option<&IamUser>,
     ) -> Result<IdentityView, Error> {
-        let name = site.identities.user_name(owner);
+        // The user as IAM has it (checked by path and tags), else the name it would have.
+        let name = user.map_or_else(|| site.identities.user_name(owner), |u| u.name.clone());
         let (groups, keys) = match user {
             Some(_) => (iam.groups_of(&name).await?, iam.keys(&name).await?),
             None => (Vec::new(), Vec::new()),
@@ -143,7 +161,7 @@ impl Service {
         keep: Option<String>,
         trail: &mut audit::Trail,
     ) -> Result<Response, Error> {
-        let owner = self.identity_owner(asked, None)?;
+        let owner = self.identity_owner(asked)?;
         let site = self.identity_site()?;
         let iam = self.iam(&site)?;
         let name = site.identities.user_name(&owner);
@@ -159,6 +177,7 @@ impl Service {
                         self.store().id().as_str(),
                     )
                     .await?;
+                iam.user_made(&name).await?;
                 self.own_user(&iam, &site, &owner).await?.ok_or_else(|| {
                     Error::runtime(format!("IAM does not show the user {name} just made"))
                 })?
@@ -191,10 +210,9 @@ impl Service {
         &self,
         asked: &Asked<'_>,
         keep: Option<String>,
-        owner: Option<&str>,
         trail: &mut audit::Trail,
     ) -> Result<Response, Error> {
-        let owner = self.identity_owner(asked, owner)?;
+        let owner = self.identity_owner(asked)?;
         let site = self.identity_site()?;
         let iam = self.iam(&site)?;
         let name = site.identities.user_name(&owner);
@@ -219,10 +237,9 @@ impl Service {
         &self,
         asked: &Asked<'_>,
         keep: &str,
-        owner: Option<&str>,
         trail: &mut audit::Trail,
     ) -> Result<Response, Error> {
-        let owner = self.identity_owner(asked, owner)?;
+        let owner = self.identity_owner(asked)?;
         let site = self.identity_site()?;
         let iam = self.iam(&site)?;
         let name = site.identities.user_name(&owner);
@@ -230,14 +247,18 @@ impl Service {
             return Err(Error::invalid(format!("{owner} has no class identity")));
         };
         let keys = iam.keys(&name).await?;
-        if !keys.iter().any(|k| k.id == keep) {
+        let Some(kept) = keys.iter().find(|k| k.id == keep) else {
             return Err(Error::refused(format!(
                 "the key {keep} is not one of {name}'s keys ({}); nothing deleted",
                 ids(&keys)
             )));
-        }
+        };
+        // Only the keys made before it: a newer one is another rotation's, in flight.
         let mut deleted = Vec::new();
-        for k in keys.iter().filter(|k| k.id != keep) {
+        for k in keys
+            .iter()
+            .filter(|k| k.id != keep && k.created <= kept.created)
+        {
             iam.delete_key(&name, &k.id).await?;
             deleted.push(k.id.clone());
         }
@@ -252,7 +273,7 @@ impl Service {
     }
 
     pub(crate) async fn identity_show(&self, asked: &Asked<'_>) -> Result<Response, Error> {
-        let owner = self.identity_owner(asked, None)?;
+        let owner = self.identity_owner(asked)?;
         let site = self.identity_site()?;
         let iam = self.iam(&site)?;
         let user = self.own_user(&iam, &site, &owner).await?;
@@ -266,7 +287,7 @@ impl Service {
         asked: &Asked<'_>,
         trail: &mut audit::Trail,
     ) -> Result<Response, Error> {
-        let owner = self.identity_owner(asked, None)?;
+        let owner = self.identity_owner(asked)?;
         let site = self.identity_site()?;
         let iam = self.iam(&site)?;
         let user = self.own_user(&iam, &site, &owner).await?;
@@ -346,7 +367,15 @@ impl Service {
         let iam = self.iam(&site)?;
         let users = self.class_users(&iam, &site).await?;
         let existing: BTreeSet<Owner> = users.iter().map(|(o, _)| o.clone()).collect();
-        let plan = crate::config::identities::sync_plan(&roster, &existing);
+        let mut plan = crate::config::identities::sync_plan(&roster, &existing);
+        // Those who may have an identity without being on the roster keep it.
+        plan.remove.retain(|o| !self.exempt_from_roster(asked, o));
+        let name_of = |owner: &Owner| {
+            users
+                .iter()
+                .find(|(o, _)| o == owner)
+                .map_or_else(|| site.identities.user_name(owner), |(_, u)| u.name.clone())
+        };
         let mut done = Synced {
             dry_run,
             create: plan.create.iter().map(Owner::to_string).collect(),
@@ -388,7 +417,7 @@ impl Service {
             }
         }
         for owner in &plan.remove {
-            let name = site.identities.user_name(owner);
+            let name = name_of(owner);
             match remove_user(&iam, &name).await {
                 Ok(keys) => done.deleted_keys.extend(keys),
                 Err(e) => done
@@ -397,7 +426,7 @@ impl Service {
             }
         }
         for owner in roster.logins.intersection(&existing) {
-            let name = site.identities.user_name(owner);
+            let name = name_of(owner);
             if let Err(e) = self.in_group(&iam, &site, &name).await {
                 done.failed
                     .push(format!("{owner}: {}", crate::core::error::one_line(&e)));

@@ -419,14 +419,8 @@ impl Service {
                 self.image_build(asked, &profile, dry_run).await
             }
             Request::IdentityInit { keep } => self.identity_init(asked, keep, trail).await,
-            Request::IdentityRotate { keep, owner } => {
-                self.identity_rotate(asked, keep, owner.as_deref(), trail)
-                    .await
-            }
-            Request::IdentityRetire { keep, owner } => {
-                self.identity_retire(asked, &keep, owner.as_deref(), trail)
-                    .await
-            }
+            Request::IdentityRotate { keep } => self.identity_rotate(asked, keep, trail).await,
+            Request::IdentityRetire { keep } => self.identity_retire(asked, &keep, trail).await,
             Request::IdentityShow {} => self.identity_show(asked).await,
             Request::IdentityDelete {} => self.identity_delete(asked, trail).await,
             Request::IdentitiesSync { logins, dry_run } => {

@@ -124,17 +124,16 @@ pub enum Request {
     IdentityInit {
         keep: Option<String>,
     },
-    /// `identity rotate`, first step: a new key for the caller's user, after making room (see
-    /// `service::identity`). `owner`: instructors, for a student (`admin identities rotate`).
+    /// `identity rotate`, first step: a new key for the caller's own user, after making room
+    /// (see `service::identity`). Only ever the caller's: a new key's secret goes to its owner
+    /// alone (`admin identities rotate` runs this as each student).
     IdentityRotate {
         keep: Option<String>,
-        owner: Option<String>,
     },
     /// `identity rotate` (and `init`), last step, once the caller's files hold `keep` and it
-    /// works: every other key of the user is deleted.
+    /// works: every older key of the user is deleted.
     IdentityRetire {
         keep: String,
-        owner: Option<String>,
     },
     /// The caller's identity: user, groups, key ids and ages; never a secret.
     IdentityShow {},

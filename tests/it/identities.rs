@@ -349,6 +349,10 @@ fn the_roster_sync_is_idempotent_and_removes_a_departed_user_with_two_keys() {
     let (ctx, dir) = context(&moto);
     // Someone else's user under the class's path: never touched.
     iam.create_user("c1-stranger", "/stratus/c1/");
+    // The install's own user (as an instructor would be) has an identity off the roster: a
+    // sync never removes it.
+    ctx.ok(&["identity", "init"]);
+    let own = format!("c1-{}", login());
     let roster = dir.path().join("roster.csv");
     fs::write(&roster, "name,login\nAlice,alice\nBob,bob\nCarol,carol\n").unwrap();
     let r = roster.to_str().unwrap();
@@ -359,12 +363,12 @@ fn the_roster_sync_is_idempotent_and_removes_a_departed_user_with_two_keys() {
     );
     assert_eq!(
         iam.users_under("/stratus/c1/"),
-        BTreeSet::from(["c1-stranger".to_owned()]),
+        BTreeSet::from(["c1-stranger".to_owned(), own.clone()]),
         "a dry run changes nothing"
     );
     ctx.ok(&["admin", "identities", "sync", "--roster", r]);
     let made = iam.users_under("/stratus/c1/");
-    let expected: BTreeSet<String> = ["c1-alice", "c1-bob", "c1-carol", "c1-stranger"]
+    let expected: BTreeSet<String> = ["c1-alice", "c1-bob", "c1-carol", "c1-stranger", &own]
         .map(String::from)
         .into();
     assert_eq!(made, expected);
@@ -383,7 +387,7 @@ fn the_roster_sync_is_idempotent_and_removes_a_departed_user_with_two_keys() {
     let rows: Vec<Value> = serde_json::from_str(&listed.stdout).unwrap();
     let bob = rows.iter().find(|r| r["login"] == "bob").unwrap();
     assert_eq!(bob["keys"].as_array().unwrap().len(), 2, "{bob}");
-    assert_eq!(rows.len(), 3, "the stranger is not listed: {rows:?}");
+    assert_eq!(rows.len(), 4, "the stranger is not listed: {rows:?}");
     fs::write(&roster, "login\nalice\ncarol\n").unwrap();
     let removed = ctx.ok(&["admin", "identities", "sync", "--roster", r]);
     assert!(removed.stdout.contains("removed bob"), "{removed}");
@@ -391,7 +395,7 @@ fn the_roster_sync_is_idempotent_and_removes_a_departed_user_with_two_keys() {
         assert!(removed.stdout.contains(k.as_str()), "{removed}");
     }
     assert_eq!(iam.user("c1-bob"), None);
-    let after: BTreeSet<String> = ["c1-alice", "c1-carol", "c1-stranger"]
+    let after: BTreeSet<String> = ["c1-alice", "c1-carol", "c1-stranger", &own]
         .map(String::from)
         .into();
     assert_eq!(iam.users_under("/stratus/c1/"), after);

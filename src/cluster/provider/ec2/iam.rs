@@ -132,6 +132,18 @@ impl Iam {
         }))
     }
 
+    /// `user`, for a user just made: IAM may not show it to every call at once, so a missing
+    /// user is looked for again for a while.
+    pub async fn user_made(&self, name: &str) -> Result<Option<IamUser>, ProviderError> {
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            match self.user(name).await? {
+                None if Instant::now() < deadline => tokio::time::sleep(SETTLE_STEP).await,
+                found => return Ok(found),
+            }
+        }
+    }
+
     /// Makes the user under `path`, tagged with its owner and the store; an existing user of
     /// the name is left as it is (the caller checks its tags).
     pub async fn create_user(
@@ -207,7 +219,16 @@ impl Iam {
         policy: &str,
     ) -> Result<bool, ProviderError> {
         match self.client.get_group().group_name(group).send().await {
-            Ok(_) => return Ok(false),
+            Ok(got) => {
+                let theirs = got.group().map(|g| g.path().to_owned());
+                if theirs.as_deref() != Some(path) {
+                    return Err(ProviderError::InvalidRequest(format!(
+                        "the IAM group {group} exists under the path {}, not {path}: it is not the class's, and stratus leaves it alone ([identities] group names another)",
+                        theirs.as_deref().unwrap_or("?")
+                    )));
+                }
+                return Ok(false);
+            }
             Err(e) if code_of(&e).as_deref() == Some("NoSuchEntity") => {}
             Err(e) => return Err(classify("GetGroup", &self.ctx, e)),
         }

@@ -216,6 +216,8 @@ fn identities(d: &Doc<'_>, scope: &IdentityScope) -> Vec<Value> {
                 "ListGroupsForUser",
             ]),
             "Resource": users,
+            // Only this install's students: another's under the same path are not its own.
+            "Condition": { "StringEquals": { format!("aws:ResourceTag/{TAG_STORE}"): d.store } },
         }),
         json!({
             "Sid": "StudentsGroup",
