@@ -119,6 +119,13 @@ impl Service {
             &asked.groups_of(&owner),
         );
         self.reconcile_first(provider.as_ref(), &owner).await;
+        // The owner's own keys go on the new workers only while the owner still has them.
+        let mut c = c;
+        let live = self.store().key_pairs(Some(owner.as_str()))?;
+        c.record.extra_keys.retain(|(name, public)| {
+            live.iter()
+                .any(|k| k.name == *name && k.public_key.as_deref() == Some(public.as_str()))
+        });
         let request = RequestId::new();
         trail.launching(&request);
         let added = launch::add_workers(
