@@ -2231,6 +2231,32 @@ pub(crate) fn runner_pids(site: &Site) -> Vec<u32> {
 }
 
 /// A process's state letter (`S`, `R`, `T` stopped, `Z` zombie), or `None` once it is gone.
+/// Whether a CLI of this install running `subcommand` is running (not stopped) with its
+/// process group in the foreground of its terminal.
+pub(crate) fn cli_in_foreground(site: &Site, subcommand: &str) -> bool {
+    let cli = site.cli().display().to_string();
+    fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        let args: Vec<String> = fs::read(e.path().join("cmdline"))
+            .unwrap_or_default()
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.len() < 2 || args[0] != cli || args[1] != subcommand {
+            return false;
+        }
+        let Ok(stat) = fs::read_to_string(e.path().join("stat")) else {
+            return false;
+        };
+        // After the command's name: state ppid pgrp session tty_nr tpgid.
+        let f: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or("", |(_, rest)| rest)
+            .split_whitespace()
+            .collect();
+        f.len() > 5 && matches!(f[0], "R" | "S" | "D") && f[2] == f[5]
+    })
+}
+
 pub(crate) fn process_state(pid: u32) -> Option<char> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit_once(')')?.1.trim_start().chars().next()
@@ -2901,7 +2927,13 @@ fn the_callers_terminal_can_interrupt_a_launch_but_neither_stop_nor_quit_nor_kil
     pty.expect("ready> ");
     pty.send("fg\n");
     pty.expect("launch-cluster held 1 --no-configure");
-    std::thread::sleep(Duration::from_millis(300));
+    // Readiness, not a pause: the CLI runs again and its process group holds the terminal
+    // (bash gives it the terminal, then continues it). A ^\\ before that would reach bash,
+    // which ignores it.
+    eventually(Duration::from_secs(30), || {
+        cli_in_foreground(&site, "launch-cluster").then_some(())
+    })
+    .expect("the CLI is continued in the foreground after fg");
     // ^\\ quits the CLI (the caller's own process), not the runner.
     pty.send("\u{1c}");
     pty.expect("ready> ");
