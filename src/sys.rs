@@ -543,11 +543,29 @@ pub fn session_on_terminal_std(cmd: &mut std::process::Command) {
     }
 }
 
-/// Runs between fork and exec. Only async-signal-safe calls (setsid, ioctl), no allocation, so
-/// it is sound as a `pre_exec` hook.
+/// Runs between fork and exec. Only async-signal-safe calls (setsid, ioctl, signal), no
+/// allocation, so it is sound as a `pre_exec` hook. A session on a terminal gets the terminal's
+/// signals at their default, as a login does: a parent started as a background job (`cmd &` in
+/// a shell without job control ignores SIGINT and SIGQUIT) must not leave ^C and ^\ without
+/// effect in the session.
 fn new_session_on_stdin_terminal() -> io::Result<()> {
     setsid_in_child()?;
-    set_controlling_terminal_in_child()
+    set_controlling_terminal_in_child()?;
+    for sig in [
+        libc::SIGINT,
+        libc::SIGQUIT,
+        libc::SIGTSTP,
+        libc::SIGTTIN,
+        libc::SIGTTOU,
+        libc::SIGHUP,
+    ] {
+        // SAFETY: SIG_DFL is a valid disposition for each of these signals; signal(2) is
+        // async-signal-safe.
+        if unsafe { libc::signal(sig, libc::SIG_DFL) } == libc::SIG_ERR {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Registers an owned descriptor (a pty controller) with tokio's reactor.

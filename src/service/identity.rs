@@ -34,7 +34,30 @@ struct Site<'a> {
     ec2: &'a Ec2Config,
 }
 
+/// What a request about the caller's own identity works with.
+struct Mine<'a> {
+    owner: Owner,
+    site: Site<'a>,
+    iam: Iam,
+    /// The user's name as the site names it.
+    name: String,
+}
+
 impl Service {
+    /// The caller (who must be allowed an identity), the site's tables and the IAM client.
+    fn mine(&self, asked: &Asked<'_>) -> Result<Mine<'_>, Error> {
+        let owner = self.identity_owner(asked)?;
+        let site = self.identity_site()?;
+        let iam = self.iam(&site)?;
+        let name = site.identities.user_name(&owner);
+        Ok(Mine {
+            owner,
+            site,
+            iam,
+            name,
+        })
+    }
+
     fn identity_site(&self) -> Result<Site<'_>, Error> {
         let config = self.config();
         match (&config.identities, &config.ec2) {
@@ -161,10 +184,12 @@ impl Service {
         keep: Option<String>,
         trail: &mut audit::Trail,
     ) -> Result<Response, Error> {
-        let owner = self.identity_owner(asked)?;
-        let site = self.identity_site()?;
-        let iam = self.iam(&site)?;
-        let name = site.identities.user_name(&owner);
+        let Mine {
+            owner,
+            site,
+            iam,
+            name,
+        } = self.mine(asked)?;
         let mut user_created = false;
         let user = match self.own_user(&iam, &site, &owner).await? {
             Some(u) => u,
@@ -212,10 +237,12 @@ impl Service {
         keep: Option<String>,
         trail: &mut audit::Trail,
     ) -> Result<Response, Error> {
-        let owner = self.identity_owner(asked)?;
-        let site = self.identity_site()?;
-        let iam = self.iam(&site)?;
-        let name = site.identities.user_name(&owner);
+        let Mine {
+            owner,
+            site,
+            iam,
+            name,
+        } = self.mine(asked)?;
         let Some(user) = self.own_user(&iam, &site, &owner).await? else {
             return Err(Error::invalid(format!(
                 "{owner} has no class identity yet: `stratus identity init` makes it"
@@ -239,10 +266,12 @@ impl Service {
         keep: &str,
         trail: &mut audit::Trail,
     ) -> Result<Response, Error> {
-        let owner = self.identity_owner(asked)?;
-        let site = self.identity_site()?;
-        let iam = self.iam(&site)?;
-        let name = site.identities.user_name(&owner);
+        let Mine {
+            owner,
+            site,
+            iam,
+            name,
+        } = self.mine(asked)?;
         let Some(user) = self.own_user(&iam, &site, &owner).await? else {
             return Err(Error::invalid(format!("{owner} has no class identity")));
         };
@@ -273,9 +302,9 @@ impl Service {
     }
 
     pub(crate) async fn identity_show(&self, asked: &Asked<'_>) -> Result<Response, Error> {
-        let owner = self.identity_owner(asked)?;
-        let site = self.identity_site()?;
-        let iam = self.iam(&site)?;
+        let Mine {
+            owner, site, iam, ..
+        } = self.mine(asked)?;
         let user = self.own_user(&iam, &site, &owner).await?;
         Ok(Response::Identity(
             self.view_of(&iam, &site, &owner, user.as_ref()).await?,
@@ -287,9 +316,9 @@ impl Service {
         asked: &Asked<'_>,
         trail: &mut audit::Trail,
     ) -> Result<Response, Error> {
-        let owner = self.identity_owner(asked)?;
-        let site = self.identity_site()?;
-        let iam = self.iam(&site)?;
+        let Mine {
+            owner, site, iam, ..
+        } = self.mine(asked)?;
         let user = self.own_user(&iam, &site, &owner).await?;
         let view = self.view_of(&iam, &site, &owner, user.as_ref()).await?;
         let deleted = match &user {

@@ -35,6 +35,14 @@ fn key_name(name: &str) -> Result<&str, Error> {
     }
 }
 
+/// The EC2 provider inside the `AnyProvider` that `Service::ec2` returns.
+fn as_ec2(provider: &AnyProvider) -> Result<&crate::cluster::provider::ec2::Ec2Provider, Error> {
+    match provider {
+        AnyProvider::Ec2(ec2) => Ok(ec2),
+        _ => Err(Error::runtime("the EC2 provider is not EC2's")),
+    }
+}
+
 fn view(row: &KeyPairRow) -> KeyPairView {
     KeyPairView {
         name: row.name.clone(),
@@ -80,9 +88,7 @@ impl Service {
         let owner = &asked.caller.owner;
         let name = key_name(name)?;
         let provider = self.ec2().await?;
-        let AnyProvider::Ec2(ec2) = provider.as_ref() else {
-            return Err(Error::runtime("the EC2 provider is not EC2's"));
-        };
+        let ec2 = as_ec2(&provider)?;
         let ec2_name = format!("{owner}.{name}");
         let held = self.store().key_pairs(Some(owner.as_str()))?;
         if held.len() >= PER_OWNER && !held.iter().any(|k| k.name == name) {
@@ -141,9 +147,7 @@ impl Service {
         let owner = &asked.caller.owner;
         let row = self.own_key_pair(owner, name)?;
         let provider = self.ec2().await?;
-        let AnyProvider::Ec2(ec2) = provider.as_ref() else {
-            return Err(Error::runtime("the EC2 provider is not EC2's"));
-        };
+        let ec2 = as_ec2(&provider)?;
         let was_there = ec2
             .delete_user_key_pair(&row.ec2_name, owner.as_str(), self.store().id())
             .await?;
@@ -169,9 +173,7 @@ impl Service {
     ) -> Result<(String, String), Error> {
         let row = self.own_key_pair(owner, name)?;
         let provider = self.ec2().await?;
-        let AnyProvider::Ec2(ec2) = provider.as_ref() else {
-            return Err(Error::runtime("the EC2 provider is not EC2's"));
-        };
+        let ec2 = as_ec2(&provider)?;
         let found = ec2.user_key_pair(&row.ec2_name).await?;
         let theirs = found.as_ref().is_some_and(|f| {
             f.owner.as_deref() == Some(owner.as_str())

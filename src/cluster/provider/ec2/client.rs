@@ -223,14 +223,20 @@ pub(super) struct Built {
     pub credentials: Facts,
 }
 
-pub(super) async fn build(config: &Ec2Config, trust: &Trust) -> Result<Built, ProviderError> {
-    if config.region.trim().is_empty() {
-        return Err(ProviderError::InvalidRequest(
-            "[ec2] region must not be empty".into(),
-        ));
-    }
-    let endpoint = endpoint(config, trust)?;
-    let ssm_endpoint = ssm_endpoint(config, trust)?;
+/// What every client of an install shares: the credentials (refused when expired), the HTTP
+/// client and the timeouts.
+fn common(
+    config: &Ec2Config,
+    trust: &Trust,
+) -> Result<
+    (
+        SharedCredentialsProvider,
+        Facts,
+        aws_sdk_ec2::config::SharedHttpClient,
+        TimeoutConfig,
+    ),
+    ProviderError,
+> {
     let (credentials, facts) = credentials(config, trust)?;
     // Expired keys would fail every call with ExpiredToken; say so plainly before any.
     if let Some(message) = facts.expired(jiff::Timestamp::now()) {
@@ -242,6 +248,18 @@ pub(super) async fn build(config: &Ec2Config, trust: &Trust) -> Result<Built, Pr
         .operation_attempt_timeout(ATTEMPT_TIMEOUT)
         .operation_timeout(OPERATION_TIMEOUT)
         .build();
+    Ok((credentials, facts, http, timeouts))
+}
+
+pub(super) async fn build(config: &Ec2Config, trust: &Trust) -> Result<Built, ProviderError> {
+    if config.region.trim().is_empty() {
+        return Err(ProviderError::InvalidRequest(
+            "[ec2] region must not be empty".into(),
+        ));
+    }
+    let endpoint = endpoint(config, trust)?;
+    let ssm_endpoint = ssm_endpoint(config, trust)?;
+    let (credentials, facts, http, timeouts) = common(config, trust)?;
     let retry = RetryConfig::adaptive().with_max_attempts(MAX_ATTEMPTS);
     let mut builder = aws_sdk_ec2::Config::builder()
         .behavior_version(BehaviorVersion::latest())
@@ -303,16 +321,7 @@ pub(super) fn build_iam(
     trust: &Trust,
 ) -> Result<(aws_sdk_iam::Client, Context), ProviderError> {
     let endpoint = iam_endpoint(config, trust)?;
-    let (credentials, facts) = credentials(config, trust)?;
-    if let Some(message) = facts.expired(jiff::Timestamp::now()) {
-        return Err(ProviderError::Auth(message));
-    }
-    let http = http_client(trust, config.https_proxy.as_deref())?;
-    let timeouts = TimeoutConfig::builder()
-        .connect_timeout(CONNECT_TIMEOUT)
-        .operation_attempt_timeout(ATTEMPT_TIMEOUT)
-        .operation_timeout(OPERATION_TIMEOUT)
-        .build();
+    let (credentials, facts, http, timeouts) = common(config, trust)?;
     let mut builder = aws_sdk_iam::Config::builder()
         .behavior_version(aws_sdk_iam::config::BehaviorVersion::latest())
         .region(aws_sdk_iam::config::Region::new("us-east-1"))
