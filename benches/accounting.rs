@@ -29,6 +29,7 @@ fn file_size(dir: &std::path::Path) -> u64 {
 
 fn record() -> ClusterRecord {
     ClusterRecord {
+        guard: None,
         profile: stratus::config::profile::Profile::for_tests("hadoop"),
         env: Default::default(),
         extra_keys: Vec::new(),
@@ -59,6 +60,7 @@ fn snapshot_of_10000() {
                     provider: ProviderKind::Ec2,
                     request_id: &request,
                     record: &rec,
+                    lifetime: None,
                 },
                 |_, _| Ok(Ok(())),
             )
@@ -184,6 +186,7 @@ fn term_report() {
                             provider: ProviderKind::Ec2,
                             request_id: &request,
                             record: &rec,
+                            lifetime: None,
                         },
                         |_, _| Ok(Ok(())),
                     )

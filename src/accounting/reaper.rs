@@ -15,7 +15,7 @@ use crate::cluster::provider::{Provider, Selector};
 use crate::cluster::{reconcile, terminate};
 use crate::config::SiteConfig;
 use crate::core::error::Error;
-use crate::core::model::{ClusterState, Millis, Owner, rfc3339};
+use crate::core::model::{ClusterState, Millis, Owner, hours_text, local_time, rfc3339};
 use crate::core::money::dollars_text;
 use crate::policy::Policy;
 use crate::store::{AuditRecord, ClusterRow};
@@ -41,7 +41,8 @@ pub enum Orphans {
     Terminate,
 }
 
-/// Why a cluster is due, if it is.
+/// Why a cluster is due, if it is: its deadline passed, or its owner's budget is spent. The
+/// limit is named in the policy's own units (`0.25 h`).
 fn due(
     c: &ClusterRow,
     policy: &Policy,
@@ -53,13 +54,20 @@ fn due(
         c.owner.as_str(),
         &crate::sys::groups_of_user(c.owner.as_str()),
     );
-    if let Some(max) = limits.lifetime(&c.record.profile)
-        && now - c.created_at > max
+    if let Some(deadline) = limits.deadline_of(c)
+        && now > deadline
     {
+        let lived = hours_text(deadline - c.created_at);
+        let extended = match c.extensions {
+            0 => String::new(),
+            1 => ", extended once".into(),
+            n => format!(", extended {n} times"),
+        };
         return Ok(Some(format!(
-            "it has run {:.1} hours, longer than the {:.1} allowed",
-            (now - c.created_at) as f64 / 3_600_000.0,
-            max as f64 / 3_600_000.0
+            "its lifetime of {lived} h{extended} is over ({} h allowed)",
+            limits
+                .max_lifetime_of(&c.record.profile)
+                .map_or_else(|| lived.clone(), hours_text)
         )));
     }
     if let Some(budget) = limits.budget {
@@ -75,6 +83,9 @@ fn due(
     }
     Ok(None)
 }
+
+/// What the reaper's warning says, where it says when: once, in local time with the zone.
+const TERMINATED_AFTER: &str = "; it will be terminated after";
 
 /// One pass of the reaper over every cluster of this store on `provider`.
 pub async fn reap<P: Provider>(
@@ -141,9 +152,11 @@ impl<P: Provider> Reaper<'_, P> {
         }
         let Some(reason) = due(c, self.policy, self.config, ctx.store, now)? else {
             // No longer due (the instructor raised a limit, say): a new breach gets a new
-            // warning and a new grace.
+            // warning and a new grace, and the nodes get their deadline back.
             if c.reap_after.is_some() && !self.dry_run {
                 ctx.store.set_reap(c.id, None, None)?;
+                let back = "stratus: the reaper's warning is withdrawn (the policy changed); the cluster keeps running.";
+                self.tell_nodes(c, c.deadline, back).await;
             }
             return Ok(None);
         };
@@ -162,7 +175,7 @@ impl<P: Provider> Reaper<'_, P> {
                 let after = now + self.policy.reaper_grace;
                 let a = action(
                     "warn",
-                    format!("{reason}; it will be terminated after {}", rfc3339(after)),
+                    format!("{reason}{TERMINATED_AFTER} {}", local_time(after)),
                 );
                 if !self.dry_run {
                     ctx.store.set_reap(c.id, Some(after), Some(&a.reason))?;
@@ -173,6 +186,17 @@ impl<P: Provider> Reaper<'_, P> {
                     {
                         tracing::warn!("cannot tag {} with its reaper warning: {e}", c.name);
                     }
+                    // The nodes' guard ends it by then too, if this machine cannot: its
+                    // deadline on the nodes becomes now (the guard's grace is the reaper's).
+                    let notice = format!(
+                        "stratus: the reaper warns cluster {}: {}. Copy your results off now; `stratus list` says more.",
+                        c.name, a.reason
+                    );
+                    let on_nodes = match c.deadline {
+                        Some(d) if d <= now => Some(d),
+                        _ => Some(now),
+                    };
+                    self.tell_nodes(c, on_nodes, &notice).await;
                 }
                 self.audit(&a, ids);
                 Ok(Some(a))
@@ -182,11 +206,14 @@ impl<P: Provider> Reaper<'_, P> {
                     .reap_reason
                     .clone()
                     .unwrap_or(reason)
-                    .split("; it will be terminated after")
+                    .split(TERMINATED_AFTER)
                     .next()
                     .unwrap_or_default()
                     .to_owned();
                 let a = action("terminate", why);
+                if !self.dry_run {
+                    ctx.store.set_ended_by(c.id, "the reaper", &a.reason)?;
+                }
                 if !self.dry_run
                     && let Err(e) = terminate::terminate(ctx, self.provider, c).await
                 {
@@ -285,6 +312,25 @@ impl<P: Provider> Reaper<'_, P> {
             }
         }
         Ok(actions)
+    }
+
+    /// Moves the deadline on `c`'s nodes and leaves them a notice for their terminals; a node
+    /// that cannot be reached is logged (the reaper's own terminate does not depend on it).
+    async fn tell_nodes(&self, c: &ClusterRow, deadline: Option<Millis>, notice: &str) {
+        if c.record.guard.is_none() {
+            return;
+        }
+        let script = crate::cluster::clock::set_script(deadline, Some(notice));
+        match crate::cluster::clock::push(self.ctx, c, &script).await {
+            Ok(failed) => {
+                for (node, why) in failed {
+                    tracing::warn!(cluster = %c.name, owner = %c.owner, "cannot reach {node} to leave the reaper's notice: {why}");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(cluster = %c.name, "cannot leave the reaper's notice on the nodes: {e}")
+            }
+        }
     }
 
     /// One row of the audit trail and one syslog line per action (none in a dry run).

@@ -14,7 +14,7 @@ use crate::cluster::keys::ClusterKeys;
 use crate::cluster::meta::target_of;
 use crate::cluster::ssh::{self, Client as SshClient, ExecOutput};
 use crate::core::error::Error;
-use crate::core::model::{ClusterName, Role, node_name};
+use crate::core::model::{ClusterName, ClusterState, Role, node_name, span_text};
 use crate::core::printer::Printer;
 use crate::service::protocol::{ClusterView, Request, Response};
 use crate::store::NodeRow;
@@ -39,6 +39,12 @@ struct ClusterJson<'a> {
     provider: &'a str,
     state: &'a str,
     created_at: String,
+    /// RFC 3339, or null when no lifetime applies: the name is the contract.
+    deadline: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ended_by: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ended_reason: Option<&'a str>,
     nodes: Vec<NodeJson<'a>>,
 }
 
@@ -83,6 +89,9 @@ pub(super) async fn list(
                 provider: &c.provider,
                 state: &c.state,
                 created_at: c.created_at.clone(),
+                deadline: c.deadline.as_deref(),
+                ended_by: c.ended_by.as_deref(),
+                ended_reason: c.ended_reason.as_deref(),
                 nodes: c.nodes.iter().map(|n| node_json(&c.name, n)).collect(),
             })
             .collect();
@@ -134,7 +143,7 @@ pub(super) async fn list(
         return Ok(ExitCode::SUCCESS);
     }
     let mut t = Table::new(&[
-        "NAME", "OWNER", "STATE", "PROFILE", "PROVIDER", "RUNNING", "CREATED",
+        "NAME", "OWNER", "STATE", "PROFILE", "PROVIDER", "RUNNING", "CREATED", "DEADLINE",
     ]);
     for c in &views {
         let running = c.nodes.iter().filter(|n| n.state.is_billed()).count();
@@ -146,6 +155,7 @@ pub(super) async fn list(
             c.provider.clone(),
             format!("{running}/{}", c.nodes.len()),
             local_time(&c.created_at),
+            deadline_text(c),
         ]);
     }
     printer.out(t.render())?;
@@ -155,6 +165,26 @@ pub(super) async fn list(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A live cluster's deadline and the time left (`2026-12-03 16:00 (1 h 59 min left)`); `-`
+/// for none, or an ended cluster.
+pub(super) fn deadline_text(c: &ClusterView) -> String {
+    let live = ClusterState::parse(&c.state).is_some_and(|s| s.is_live());
+    match c.deadline.as_deref().filter(|_| live) {
+        None => "-".into(),
+        Some(d) => {
+            let left = d
+                .parse::<jiff::Timestamp>()
+                .map(|t| t.as_millisecond() - crate::core::model::now_millis())
+                .unwrap_or(0);
+            if left > 0 {
+                format!("{} ({} left)", local_time(d), span_text(left))
+            } else {
+                format!("{} (passed)", local_time(d))
+            }
+        }
+    }
 }
 
 fn node_json<'a>(cluster: &str, n: &'a NodeRow) -> NodeJson<'a> {

@@ -133,6 +133,7 @@ pub fn check(profile: &Profile, owner: &Owner, store: &StoreId) -> Result<(), Er
         request: &request,
         store,
         image_build: true,
+        clock: None,
     };
     let renderer = Renderer::for_profile(profile)?;
     meta.batch(
@@ -187,6 +188,8 @@ pub async fn build(inputs: BuildInputs<'_>, profile: Profile) -> Result<Built, E
         wait_for_ssh: true,
         image_build: true,
         extra_keys: Vec::new(),
+        lifetime: None,
+        guard: None,
     };
     // A failed launch rolls itself back.
     let cluster = launch::launch(

@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::cluster::clock::Clock;
 use crate::cluster::configure::{Step, configure};
 use crate::cluster::interrupt::Interrupt;
 use crate::cluster::keys::ClusterKeys;
@@ -24,7 +25,9 @@ use crate::cluster::terminate::{live_nodes, rollback};
 use crate::cluster::{Admit, Ctx};
 use crate::config::profile::Profile;
 use crate::core::error::{Error, InputError};
-use crate::core::model::{ClusterName, ClusterState, Owner, ProviderKind, RequestId, Role};
+use crate::core::model::{
+    ClusterName, ClusterState, Owner, ProviderKind, RequestId, Role, now_millis,
+};
 use crate::store::{ClusterRecord, ClusterRow, Created, NewCluster, NodeRow};
 use crate::templates::Renderer;
 
@@ -48,6 +51,11 @@ pub struct LaunchRequest {
     pub image_build: bool,
     /// The owner's own key pairs to authorise on every node (name, OpenSSH public key).
     pub extra_keys: Vec<(String, String)>,
+    /// How long the cluster may live (the policy's lifetime, or the profile's): its deadline is
+    /// its creation plus this. `None`: no lifetime applies.
+    pub lifetime: Option<crate::core::model::Millis>,
+    /// The guard's settings for every node (`cluster::clock`); none for an image build.
+    pub guard: Option<crate::store::GuardRecord>,
 }
 
 /// Checks what a launch asks for against the profile and provider; nothing is created.
@@ -136,6 +144,14 @@ pub async fn launch<P: Provider>(
         request,
         store: ctx.store.id(),
         image_build: req.image_build,
+        // Until the row is written, a deadline from now: the user-data checked below is as
+        // large as the one sent.
+        clock: req.guard.as_ref().map(|g| Clock {
+            deadline: req.lifetime.map(|l| now_millis().saturating_add(l)),
+            grace: g.grace_ms,
+            started: now_millis(),
+            rate: g.rate,
+        }),
     };
     // Everything that can be checked without creating anything, first.
     let renderer = Renderer::for_profile(&req.profile)?;
@@ -150,6 +166,7 @@ pub async fn launch<P: Provider>(
         profile: req.profile.clone(),
         env: req.env.clone(),
         extra_keys: req.extra_keys.clone(),
+        guard: req.guard.clone(),
     };
     let new = NewCluster {
         name: &req.name,
@@ -157,6 +174,7 @@ pub async fn launch<P: Provider>(
         provider: provider.kind(),
         request_id: request,
         record: &record,
+        lifetime: req.lifetime,
     };
     let cluster = match ctx.store.create_cluster(&new, |tx, id| {
         admission.admit_launch(tx, id, &new, req.workers)
@@ -166,6 +184,10 @@ pub async fn launch<P: Provider>(
         Created::Refused(refusal) => return Err(refusal),
     };
     tracing::info!(cluster = %cluster.name, request = %request, "launch reserved");
+    let meta = Meta {
+        clock: Clock::of(&cluster),
+        ..meta
+    };
 
     let keys = ClusterKeys::of(ctx.state_dir, &cluster);
     let work = async {

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use russh::keys::PrivateKey;
 
+use crate::cluster::clock::Clock;
 use crate::cluster::provider::{BatchSpec, ClusterRef, Instance, SshAccess};
 use crate::cluster::ssh::{self, Target};
 use crate::config::profile::{FileTarget, Profile};
@@ -26,6 +27,9 @@ pub struct Meta<'a> {
     pub store: &'a StoreId,
     /// The launch bakes an image (`BootContext::image_build`).
     pub image_build: bool,
+    /// The guard every node's user-data starts with (`cluster::clock`); none for a cluster
+    /// launched before it existed, and for an image build (the image must not keep it).
+    pub clock: Option<Clock>,
 }
 
 /// Nodes of one role to launch in one call.
@@ -49,6 +53,7 @@ impl<'a> Meta<'a> {
             request,
             store,
             image_build: false,
+            clock: Clock::of(cluster),
         }
     }
 
@@ -80,7 +85,16 @@ impl<'a> Meta<'a> {
     /// retried call (the same token) can never launch twice.
     pub fn batch(&self, renderer: &Renderer, want: Want, round: u32) -> Result<BatchSpec, Error> {
         let settings = self.profile.role(want.role);
-        let user_data = renderer.user_data(&settings.user_data, &self.boot(want.role))?;
+        let mut user_data = renderer.user_data(&settings.user_data, &self.boot(want.role))?;
+        if let Some(clock) = self.clock.as_ref().filter(|_| !self.image_build) {
+            let part = clock.user_data_part(
+                self.cluster.as_str(),
+                self.owner.as_str(),
+                &self.profile.ssh_user,
+            );
+            user_data = crate::cluster::clock::user_data(&part, &user_data);
+            crate::templates::check_user_data(&settings.user_data, &user_data)?;
+        }
         let role = match want.role {
             Role::Master => "m",
             Role::Worker => "w",

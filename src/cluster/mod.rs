@@ -8,6 +8,7 @@
 //! The value types (names, owners, tags, states) live in `crate::core::model` and are re-exported
 //! here.
 
+pub mod clock;
 pub mod configure;
 pub(crate) mod console;
 pub mod image;

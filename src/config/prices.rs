@@ -171,6 +171,37 @@ pub fn node_rate(config: &SiteConfig, node: &NodeCost<'_>) -> Option<Micros> {
     Some((instance + ipv4) * HOURS_PER_MONTH + i64::from(node.volume_gb) * gp3_gb_month(config))
 }
 
+/// What a cluster of `profile` with `masters` masters and `workers` workers costs, in
+/// micro-dollars per 730 hours: each role's first instance type (what a launch asks for
+/// first), its root volume and a public address; `None` if a price is unknown.
+pub fn cluster_rate(
+    config: &SiteConfig,
+    profile: &crate::config::profile::Profile,
+    masters: u32,
+    workers: u32,
+) -> Option<Micros> {
+    let mut rate = 0;
+    for (settings, n) in [(&profile.master, masters), (&profile.worker, workers)] {
+        if n == 0 {
+            continue;
+        }
+        let node = NodeCost {
+            instance_type: settings.types()[0],
+            spot: settings.spot,
+            volume_gb: settings.volume_gb.unwrap_or(DEFAULT_ROOT_GB),
+            public_ipv4: true,
+        };
+        rate += node_rate(config, &node)? * i64::from(n);
+    }
+    Some(rate)
+}
+
+/// A rate (micro-dollars per 730 hours) as people read it: `$0.48/h`.
+pub fn rate_text(rate: Micros) -> String {
+    let per_hour = (rate + HOURS_PER_MONTH / 2) / HOURS_PER_MONTH;
+    format!("{}/h", crate::core::money::dollars_text(per_hour))
+}
+
 /// The cost of one run of `millis` at `per_hour`: per second, rounded up to whole seconds, with
 /// EC2's 60-second minimum (a run whose end was never seen after its start still ran, and is
 /// billed the minute); the micro-dollar rounded to nearest, once. The accounting report counts

@@ -68,6 +68,39 @@ pub fn rfc3339(ms: Millis) -> String {
         .unwrap_or_default()
 }
 
+/// A time as people read it where they are: local minutes and the zone (`2026-12-03 16:00 CET`).
+pub fn local_time(ms: Millis) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| {
+            t.to_zoned_datetime(jiff::tz::TimeZone::system())
+                .strftime("%Y-%m-%d %H:%M %Z")
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+/// Hours as a policy writes them: `8`, `0.25`, `1.5` (to seven decimals, no trailing zeros).
+pub fn hours_text(ms: Millis) -> String {
+    let whole = ms / 3_600_000;
+    let rest = ms % 3_600_000;
+    if rest == 0 {
+        return whole.to_string();
+    }
+    // 3,600,000 ms an hour: seven decimals hold every millisecond.
+    let frac = format!("{:07}", rest * 10_000_000 / 3_600_000);
+    format!("{whole}.{}", frac.trim_end_matches('0'))
+}
+
+/// A span as people read it: `2 h 05 min`, `14 min`, `under a minute`.
+pub fn span_text(ms: Millis) -> String {
+    let minutes = ms.max(0) / 60_000;
+    match minutes {
+        0 => "under a minute".into(),
+        1..=59 => format!("{minutes} min"),
+        _ => format!("{} h {:02} min", minutes / 60, minutes % 60),
+    }
+}
+
 /// A duration in milliseconds, the longest ones capped at `Millis::MAX`.
 pub fn millis_of(d: std::time::Duration) -> Millis {
     Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX)
@@ -514,6 +547,17 @@ pub fn shell_quote(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hours_read_as_the_policy_writes_them() {
+        assert_eq!(hours_text(8 * 3_600_000), "8");
+        assert_eq!(hours_text(900_000), "0.25");
+        assert_eq!(hours_text(5_400_000), "1.5");
+        assert_eq!(hours_text(1), "0.0000002");
+        assert_eq!(span_text(30_000), "under a minute");
+        assert_eq!(span_text(14 * 60_000 + 59_999), "14 min");
+        assert_eq!(span_text(125 * 60_000), "2 h 05 min");
+    }
 
     #[test]
     fn times_carry_three_digits_of_milliseconds() {

@@ -167,7 +167,7 @@ impl<'a> Rules<'a> {
             parts.push(format!("{n} {what} of {ty} at {} each", units_text(u)));
             rate += price * i64::from(n);
         }
-        let max_cost = match self.limits.lifetime(profile) {
+        let max_cost = match self.limits.first_lifetime(profile) {
             Some(ms) if rate > 0 => prices::cost_at_rate(rate, ms),
             _ => 0,
         };

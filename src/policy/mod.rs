@@ -14,7 +14,9 @@
 //! max_clusters = 2
 //! max_nodes = 9                    # per cluster, master included
 //! profiles = ["hadoop", "hadoop-spot"]
-//! max_lifetime_hours = 8.0
+//! max_lifetime_hours = 8.0        # extensions included
+//! lifetime_hours = 4.0             # what a launch gets; `extend` adds up to the max
+//! max_extensions = 2
 //! budget_dollars = 50.0
 //! [groups.cs-grads]                # a Unix group: overrides keys of [default]
 //! max_units = 24
@@ -36,6 +38,10 @@ use crate::core::model::Millis;
 pub use crate::core::money::{Micros, MilliUnits};
 
 pub mod admission;
+
+/// The reaper's grace between its warning and the termination when `[reaper] grace_minutes`
+/// is not set (and the guard's, without a policy).
+pub const DEFAULT_GRACE: Millis = 30 * 60_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -79,6 +85,8 @@ struct LimitsFile {
     max_nodes: Option<u32>,
     profiles: Option<Vec<String>>,
     max_lifetime_hours: Option<Number>,
+    lifetime_hours: Option<Number>,
+    max_extensions: Option<u32>,
     budget_dollars: Option<Number>,
 }
 
@@ -127,12 +135,38 @@ pub struct Limits {
     pub max_nodes: Option<u32>,
     pub profiles: Option<BTreeSet<String>>,
     pub max_lifetime: Option<Millis>,
+    /// The lifetime a launch gets (`lifetime_hours`); `extend` adds to it, up to
+    /// `max_lifetime` in all. `None`: `max_lifetime`.
+    pub lifetime: Option<Millis>,
+    /// How many times `extend` may move one cluster's deadline; `None`: no limit but
+    /// `max_lifetime`.
+    pub max_extensions: Option<u32>,
     pub budget: Option<Micros>,
 }
 
 impl Limits {
-    /// The longest a cluster of `profile` may live: these limits', or the profile's if lower.
-    pub fn lifetime(&self, profile: &crate::config::profile::Profile) -> Option<Millis> {
+    /// The lifetime a new cluster of `profile` gets, from which its deadline is set:
+    /// `lifetime_hours`, within the longest it may live (`max_lifetime`).
+    pub fn first_lifetime(&self, profile: &crate::config::profile::Profile) -> Option<Millis> {
+        let max = self.max_lifetime_of(profile);
+        match (self.lifetime, max) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// When `cluster`'s lifetime ends: its recorded deadline, or for a cluster recorded before
+    /// deadlines were, its creation plus the longest it may live.
+    pub fn deadline_of(&self, cluster: &crate::store::ClusterRow) -> Option<Millis> {
+        cluster.deadline.or_else(|| {
+            self.max_lifetime_of(&cluster.record.profile)
+                .map(|l| cluster.created_at.saturating_add(l))
+        })
+    }
+
+    /// The longest a cluster of `profile` may live, extensions included: these limits', or the
+    /// profile's if lower.
+    pub fn max_lifetime_of(&self, profile: &crate::config::profile::Profile) -> Option<Millis> {
         let p = profile
             .max_lifetime_hours
             .map(|h| Millis::try_from(h).unwrap_or(Millis::MAX / 3_600_000) * 3_600_000);
@@ -194,6 +228,11 @@ impl Policy {
                     .max_lifetime_hours
                     .map(|n| scaled(n, 3_600_000, &format!("[{name}] max_lifetime_hours")))
                     .transpose()?,
+                lifetime: t
+                    .lifetime_hours
+                    .map(|n| scaled(n, 3_600_000, &format!("[{name}] lifetime_hours")))
+                    .transpose()?,
+                max_extensions: t.max_extensions,
                 budget: t
                     .budget_dollars
                     .map(|n| scaled(n, 1_000_000, &format!("[{name}] budget_dollars")))
@@ -222,7 +261,7 @@ impl Policy {
                 .transpose()
         };
         let grace = match file.reaper.grace_minutes {
-            None => 30 * 60_000,
+            None => DEFAULT_GRACE,
             Some(n) => scaled(n, 60_000, "[reaper] grace_minutes")?,
         };
         let mut groups = BTreeMap::new();
@@ -285,6 +324,8 @@ impl Policy {
             max_nodes: resolve!(max_nodes),
             profiles,
             max_lifetime: resolve!(max_lifetime),
+            lifetime: resolve!(lifetime),
+            max_extensions: resolve!(max_extensions),
             budget: resolve!(budget),
         }
     }
@@ -319,7 +360,9 @@ max_units = 12                   # concurrent units of running instances
 max_clusters = 2                 # live clusters at once
 max_nodes = 9                    # per cluster, master included
 profiles = ["hadoop", "hadoop-spot"]
-max_lifetime_hours = 8.0
+max_lifetime_hours = 8.0         # the longest a cluster may live, extensions included
+lifetime_hours = 4.0             # what a launch gets; `stratus extend` adds time up to the max
+max_extensions = 2               # extends per cluster
 budget_dollars = 50.0            # per term, from recorded usage
 
 [reaper]

@@ -120,12 +120,26 @@ impl Service {
     /// A cluster with its nodes, as its owner or an instructor sees it.
     pub(crate) fn view(&self, c: &ClusterRow) -> Result<ClusterView, Error> {
         let reaped = c.reap_after.filter(|_| c.state.is_live()).map(|after| {
+            // The reason says when, in local time.
             format!(
-                "the reaper terminates this cluster after {}: {}",
-                crate::core::model::rfc3339(after),
-                c.reap_reason.as_deref().unwrap_or("it breaks the policy")
+                "the reaper warned this cluster: {}",
+                c.reap_reason.as_deref().map_or_else(
+                    || format!(
+                        "it breaks the policy; it will be terminated after {}",
+                        crate::core::model::local_time(after)
+                    ),
+                    str::to_owned
+                )
             )
         });
+        let ended = match (&c.ended_by, c.terminated_at) {
+            (Some(by), Some(at)) if c.state == ClusterState::Terminated => Some(format!(
+                "terminated {} by {by}: {}",
+                crate::core::model::local_time(at),
+                c.ended_reason.as_deref().unwrap_or("no reason recorded")
+            )),
+            _ => None,
+        };
         let cut_off = self.abandoned(c).then(|| {
             // In a multi-user install the runner reconciles before every launch and
             // terminate; a student's own `reconcile` does not reach its state.
@@ -146,8 +160,12 @@ impl Service {
             created_at: crate::core::model::rfc3339(c.created_at),
             failure: c.failure.clone(),
             ssh_user: c.record.profile.ssh_user.clone(),
-            notes: reaped.into_iter().chain(cut_off).collect(),
+            notes: reaped.into_iter().chain(cut_off).chain(ended).collect(),
             nodes: self.store().nodes_of(c.id)?,
+            deadline: c.deadline.map(crate::core::model::rfc3339),
+            extensions: c.extensions,
+            ended_by: c.ended_by.clone(),
+            ended_reason: c.ended_reason.clone(),
         })
     }
 
@@ -247,6 +265,7 @@ mod tests {
             terminated_at: ended,
             failure: None,
             record: ClusterRecord {
+                guard: None,
                 profile: crate::config::profile::Profile::for_tests("p"),
                 env: Default::default(),
                 extra_keys: Vec::new(),
@@ -255,6 +274,10 @@ mod tests {
             reap_after: None,
             reap_reason: None,
             naming: crate::core::model::Naming::At,
+            deadline: None,
+            extensions: 0,
+            ended_by: None,
+            ended_reason: None,
         }
     }
 

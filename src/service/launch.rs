@@ -15,6 +15,7 @@ use crate::cluster::{observe, reconcile, terminate};
 use crate::config::{Mode, ProviderKind};
 use crate::core::error::Error;
 use crate::core::model::{ClusterName, Owner, RequestId};
+use crate::store::GuardRecord;
 
 /// A launch as asked for, unchecked.
 pub(crate) struct LaunchAsk {
@@ -25,6 +26,28 @@ pub(crate) struct LaunchAsk {
     pub configure: bool,
     /// One of the owner's own key pairs, authorised besides the cluster key.
     pub key: Option<String>,
+}
+
+/// A new cluster's lifetime (the policy's for its owner, else the profile's) and its guard's
+/// settings: the reaper's grace, and the cluster's rate at its prices.
+fn clock_of(
+    policy: Option<&crate::policy::Policy>,
+    config: &crate::config::SiteConfig,
+    caller: &super::caller::Caller,
+    profile: &crate::config::profile::Profile,
+    workers: u32,
+) -> (Option<crate::core::model::Millis>, GuardRecord) {
+    let lifetime = match policy {
+        Some(p) => p
+            .limits(caller.owner.as_str(), &caller.groups)
+            .first_lifetime(profile),
+        None => crate::policy::Limits::default().first_lifetime(profile),
+    };
+    let guard = GuardRecord {
+        grace_ms: policy.map_or(crate::policy::DEFAULT_GRACE, |p| p.reaper_grace),
+        rate: crate::config::prices::cluster_rate(config, profile, 1, workers),
+    };
+    (lifetime, guard)
 }
 
 impl Service {
@@ -56,6 +79,8 @@ impl Service {
             Some(key) => vec![self.key_for_launch(&asked.caller.owner, key).await?],
             None => Vec::new(),
         };
+        let caller = asked.caller;
+        let (lifetime, guard) = clock_of(policy, config, caller, &profile, ask.workers);
         let req = LaunchRequest {
             name,
             workers: ask.workers,
@@ -67,8 +92,9 @@ impl Service {
             wait_for_ssh: ask.configure,
             image_build: false,
             extra_keys,
+            lifetime,
+            guard: Some(guard),
         };
-        let caller = asked.caller;
         let admission = Admission::new(policy, config, caller.owner.as_str(), &caller.groups);
         let provider = self.provider(config.provider).await?;
         self.reconcile_first(provider.as_ref(), &caller.owner).await;
@@ -163,6 +189,15 @@ impl Service {
         );
         let provider = self.provider(c.provider).await?;
         self.reconcile_first(provider.as_ref(), &owner).await;
+        if c.state.is_live() {
+            let by = asked.caller.owner.as_str();
+            let why = if by == owner.as_str() {
+                "its owner asked for it".to_owned()
+            } else {
+                format!("instructor {by} asked for it")
+            };
+            self.store().set_ended_by(c.id, by, &why)?;
+        }
         let n = terminate::terminate(self.ctx(), provider.as_ref(), &c).await?;
         Ok(Response::Terminated(Terminated {
             cluster: c.name.to_string(),

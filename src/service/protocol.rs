@@ -272,6 +272,17 @@ pub struct ClusterView {
     #[serde(default)]
     pub notes: Vec<String>,
     pub nodes: Vec<NodeRow>,
+    /// When its lifetime ends (RFC 3339); none when no lifetime applies.
+    #[serde(default)]
+    pub deadline: Option<String>,
+    /// How many times `extend` moved it.
+    #[serde(default)]
+    pub extensions: u32,
+    /// Who ended it and why, when someone did (`alice`, `reaper`).
+    #[serde(default)]
+    pub ended_by: Option<String>,
+    #[serde(default)]
+    pub ended_reason: Option<String>,
 }
 
 /// A cluster and its key, for its owner to keep (mode 0600, in the owner's own state

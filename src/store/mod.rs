@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::model::{ClusterName, Naming, Owner, ProviderKind, RequestId, StoreId};
 pub use crate::core::model::{ClusterState, Millis, now_millis};
+use crate::core::money::Micros;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -67,6 +68,21 @@ pub struct ClusterRecord {
     /// cluster key: their names and OpenSSH public keys.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_keys: Vec<(String, String)>,
+    /// What the guard on its nodes is set up with (`cluster::clock`); none for a cluster
+    /// recorded before the guard was, and for an image build.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<GuardRecord>,
+}
+
+/// The guard's settings that are fixed at launch; its deadline is the cluster's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuardRecord {
+    /// A node powers off this long after the deadline: the reaper's grace, so the reaper (the
+    /// normal path, with its warning) acts first.
+    pub grace_ms: Millis,
+    /// What the cluster costs as launched, in micro-dollars per 730 hours
+    /// (`prices::cluster_rate`), if its prices are known.
+    pub rate: Option<Micros>,
 }
 
 #[derive(Debug, Clone)]
@@ -90,6 +106,14 @@ pub struct ClusterRow {
     pub reap_reason: Option<String>,
     /// How its EC2 resources are named.
     pub naming: Naming,
+    /// When its lifetime ends (moved by `extend`); `None` for no lifetime, or for a cluster
+    /// recorded before deadlines were (`Store::deadline_of` falls back to its lifetime).
+    pub deadline: Option<Millis>,
+    /// How many times `extend` moved the deadline.
+    pub extensions: u32,
+    /// Who ended it (`alice`, `reaper`) and why, when someone did.
+    pub ended_by: Option<String>,
+    pub ended_reason: Option<String>,
 }
 
 /// What `create_cluster` did. Returned once per launch, so the size of the row it carries costs
@@ -110,6 +134,8 @@ pub struct NewCluster<'a> {
     pub provider: ProviderKind,
     pub request_id: &'a RequestId,
     pub record: &'a ClusterRecord,
+    /// How long it may live from now: its deadline is recorded as now plus this.
+    pub lifetime: Option<Millis>,
 }
 
 const MIGRATIONS: &[&str] = &[
@@ -265,6 +291,16 @@ const MIGRATIONS: &[&str] = &[
         deleted_at  INTEGER
     );
     CREATE UNIQUE INDEX key_pairs_live ON key_pairs(owner, name) WHERE deleted_at IS NULL;
+    "#,
+    // 9: the class day. Each cluster's deadline (when its lifetime ends, moved by `extend`;
+    // none when no lifetime applies) and how many times it was extended; and who ended a cluster
+    // and why (its owner, an instructor, the reaper), for its owner's `list`. Clusters recorded
+    // before have no deadline stored: theirs is their creation plus their lifetime.
+    r#"
+    ALTER TABLE clusters ADD COLUMN deadline INTEGER;
+    ALTER TABLE clusters ADD COLUMN extensions INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE clusters ADD COLUMN ended_by TEXT;
+    ALTER TABLE clusters ADD COLUMN ended_reason TEXT;
     "#,
 ];
 
@@ -452,8 +488,8 @@ impl Store {
             serde_json::to_string(new.record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         tx.execute(
             "INSERT INTO clusters (name, owner, profile, provider, state, request_id,
-                                   created_at, updated_at, record, naming)
-             VALUES (?1, ?2, ?3, ?4, 'reserved', ?5, ?6, ?6, ?7, ?8)",
+                                   created_at, updated_at, record, naming, deadline)
+             VALUES (?1, ?2, ?3, ?4, 'reserved', ?5, ?6, ?6, ?7, ?8, ?9)",
             params![
                 new.name.as_str(),
                 new.owner.as_str(),
@@ -462,7 +498,8 @@ impl Store {
                 new.request_id.as_str(),
                 now,
                 record,
-                Naming::for_new_clusters().as_i64()
+                Naming::for_new_clusters().as_i64(),
+                new.lifetime.map(|l| now.saturating_add(l))
             ],
         )?;
         let id = tx.last_insert_rowid();
@@ -491,6 +528,7 @@ impl Store {
         let mut p = crate::config::profile::Profile::placeholder(&profile);
         p.description = "found by reconcile: instances no record knew".into();
         let record = ClusterRecord {
+            guard: None,
             profile: p,
             env: Default::default(),
             extra_keys: Vec::new(),
@@ -603,6 +641,47 @@ impl Store {
         Ok(())
     }
 
+    /// Moves a live cluster's deadline to `to` and counts one more extension, if its deadline is
+    /// still `from` (compare and set: two extends at once move it once each, never both from
+    /// the same start); the most its open reservation may cost grows by `cost`, so that the
+    /// budget holds the extension as it holds the launch. Returns whether it moved.
+    pub fn extend_deadline(
+        &self,
+        id: i64,
+        from: Option<Millis>,
+        to: Millis,
+        cost: Micros,
+    ) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE clusters SET deadline = ?3, extensions = extensions + 1, updated_at = ?4
+                 WHERE id = ?1 AND deadline IS ?2
+                   AND state NOT IN ('failed', 'terminated')",
+                params![id, from, to, now_millis()],
+            )?;
+            if n == 1 {
+                tx.execute(
+                    "UPDATE reservations SET max_cost_micros = max_cost_micros + ?2
+                     WHERE id = (SELECT MIN(id) FROM reservations
+                                 WHERE cluster_id = ?1 AND released_at IS NULL)",
+                    params![id, cost],
+                )?;
+            }
+            Ok(n == 1)
+        })
+    }
+
+    /// Records who ended a cluster and why (kept the first time: a reaper's terminate that
+    /// its owner's own terminate finishes stays the reaper's).
+    pub fn set_ended_by(&self, id: i64, by: &str, reason: &str) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE clusters SET ended_by = ?2, ended_reason = ?3
+             WHERE id = ?1 AND ended_by IS NULL",
+            params![id, by, reason],
+        )?;
+        Ok(())
+    }
+
     /// A value kept in the meta table.
     pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
         Ok(self
@@ -686,7 +765,7 @@ fn set_wal(conn: &Connection) -> rusqlite::Result<()> {
 
 const CLUSTER_SELECT: &str = "SELECT id, name, owner, profile, provider, state, request_id,
     created_at, updated_at, terminated_at, failure, record, hidden, reap_after, reap_reason,
-    naming FROM clusters";
+    naming, deadline, extensions, ended_by, ended_reason FROM clusters";
 
 fn cluster_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ClusterRow, StoreError>> {
     let name: String = r.get(1)?;
@@ -718,6 +797,10 @@ fn cluster_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ClusterRow
             reap_reason: r.get(14)?,
             naming: Naming::from_i64(r.get(15)?)
                 .ok_or_else(|| StoreError::Corrupt("cluster naming".into()))?,
+            deadline: r.get(16)?,
+            extensions: r.get(17)?,
+            ended_by: r.get(18)?,
+            ended_reason: r.get(19)?,
         })
     };
     Ok(build())
@@ -736,6 +819,7 @@ pub(crate) mod tests {
 
     pub(crate) fn record() -> ClusterRecord {
         ClusterRecord {
+            guard: None,
             profile: Profile::for_tests("p"),
             env: Default::default(),
             extra_keys: Vec::new(),
@@ -757,6 +841,7 @@ pub(crate) mod tests {
                     provider: ProviderKind::Local,
                     request_id: req,
                     record: rec,
+                    lifetime: None,
                 },
                 |_, _| Ok(Ok(())),
             )
@@ -877,6 +962,7 @@ pub(crate) mod tests {
                     provider: ProviderKind::Local,
                     request_id: &RequestId::new(),
                     record: &rec,
+                    lifetime: None,
                 },
                 |_, _| Ok(Err("over quota")),
             )

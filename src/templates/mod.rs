@@ -200,6 +200,63 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
     enc.finish().unwrap_or_default()
 }
 
+/// User-data of several parts, as cloud-init reads it (a MIME multi-part message): each part
+/// named (cloud-init runs shell-script parts in the order of their names) and typed by its
+/// first line, `#cloud-config` or a `#!` script. The boundary is one no part contains.
+pub fn multipart(parts: &[(&str, &str)]) -> String {
+    let mut n = 0u32;
+    let boundary = loop {
+        let b = format!("==stratus-part-boundary-{n}==");
+        if !parts.iter().any(|(_, text)| text.contains(&b)) {
+            break b;
+        }
+        n += 1;
+    };
+    let mut out =
+        format!("Content-Type: multipart/mixed; boundary=\"{boundary}\"\nMIME-Version: 1.0\n\n");
+    for (name, text) in parts {
+        let kind = if text.starts_with("#cloud-config") {
+            "text/cloud-config"
+        } else if text.starts_with("#!") {
+            "text/x-shellscript"
+        } else {
+            "text/plain"
+        };
+        out.push_str(&format!(
+            "--{boundary}\nContent-Type: {kind}; charset=\"utf-8\"\nMIME-Version: 1.0\nContent-Transfer-Encoding: 8bit\nContent-Disposition: attachment; filename=\"{name}\"\n\n{text}"
+        ));
+        if !text.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    out.push_str(&format!("--{boundary}--\n"));
+    out
+}
+
+/// The parts of a multi-part user-data (`multipart`), as cloud-init splits it: each part's
+/// file name and body; `None` if `text` is not one.
+pub fn split_multipart(text: &str) -> Option<Vec<(String, String)>> {
+    let head = text.lines().next()?;
+    let rest = head.strip_prefix("Content-Type: multipart/mixed; boundary=\"")?;
+    let boundary = format!("--{}", rest.strip_suffix('"')?);
+    let mut parts = Vec::new();
+    for chunk in text.split(&boundary).skip(1) {
+        if chunk.starts_with("--") {
+            break;
+        }
+        let chunk = chunk.strip_prefix('\n').unwrap_or(chunk);
+        let (headers, body) = chunk.split_once("\n\n")?;
+        let name = headers
+            .lines()
+            .find_map(|l| l.split_once("filename=\""))
+            .and_then(|(_, n)| n.strip_suffix('"'))
+            .unwrap_or("part")
+            .to_owned();
+        parts.push((name, body.to_owned()));
+    }
+    Some(parts)
+}
+
 pub fn check_user_data(template: &str, text: &str) -> Result<(), TemplateError> {
     let lower = text.to_ascii_lowercase();
     let secret = if lower.contains("private key-----") {
@@ -251,6 +308,33 @@ mod tests {
             env,
             image_build: false,
         }
+    }
+
+    #[test]
+    fn a_multipart_user_data_splits_into_its_parts_in_order() {
+        let guard = "#!/bin/bash\necho guard\n";
+        // A part that holds the first boundary stratus would pick gets another.
+        let profile = "#!/bin/bash\necho '--==stratus-part-boundary-0=='\n";
+        let text = multipart(&[("00-guard.sh", guard), ("50-user-data", profile)]);
+        assert!(
+            text.contains("boundary=\"==stratus-part-boundary-1==\""),
+            "{text}"
+        );
+        assert!(text.contains("Content-Type: text/x-shellscript"), "{text}");
+        let parts = split_multipart(&text).unwrap();
+        assert_eq!(
+            parts,
+            vec![
+                ("00-guard.sh".to_owned(), guard.to_owned()),
+                ("50-user-data".to_owned(), profile.to_owned())
+            ]
+        );
+        assert_eq!(split_multipart(guard), None);
+        let config = multipart(&[("c", "#cloud-config\nruncmd: []")]);
+        assert!(
+            config.contains("Content-Type: text/cloud-config"),
+            "{config}"
+        );
     }
 
     #[test]

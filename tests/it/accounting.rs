@@ -223,6 +223,7 @@ fn scripted_term(ctx: &TestContext) -> i64 {
         let mut p = stratus::config::profile::Profile::for_tests(profile);
         p.name = profile.into();
         let rec = ClusterRecord {
+            guard: None,
             profile: p,
             env: Default::default(),
             extra_keys: Vec::new(),
@@ -235,6 +236,7 @@ fn scripted_term(ctx: &TestContext) -> i64 {
                     provider: ProviderKind::Local,
                     request_id: &RequestId::new(),
                     record: &rec,
+                    lifetime: None,
                 },
                 |_, _| Ok(Ok(())),
             )

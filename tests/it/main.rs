@@ -5,6 +5,7 @@
 mod accounting;
 mod bench_class;
 mod cli;
+mod clock;
 mod doubles;
 mod ec2;
 mod hadoop_profile;

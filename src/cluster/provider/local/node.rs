@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::server::{self, ServerConfig};
+use super::server::{self, ServerConfig, Terminals};
 use super::{NODE_ID_ENV, NodeConfig, NodePaths, STOP_GRACE, processes_with_env, sweep};
 use crate::core::error::BoxError;
 use crate::sys;
@@ -74,6 +74,7 @@ async fn node_main(dir: &Path) -> Result<(), BoxError> {
         russh::keys::PrivateKey::from_openssh(std::fs::read_to_string(paths.host_key())?)?;
     let authorized = russh::keys::PublicKey::from_openssh(&cfg.authorized_key)?;
     let env = node_env(&cfg, &paths);
+    let terminals = Arc::new(Terminals::default());
     let server_cfg = Arc::new(ServerConfig {
         host_key,
         user: cfg.ssh_user.clone(),
@@ -81,6 +82,8 @@ async fn node_main(dir: &Path) -> Result<(), BoxError> {
         env: env.clone(),
         home: paths.home(),
         shell: shell(),
+        terminals: terminals.clone(),
+        motd: paths.dir.join("state/guard/motd"),
     });
     let mut server = tokio::spawn(server::serve(listener, server_cfg));
 
@@ -90,7 +93,8 @@ async fn node_main(dir: &Path) -> Result<(), BoxError> {
     drop(ready);
     tracing::info!(node = %cfg.name, address = %cfg.address, port = cfg.port, "node up");
 
-    tokio::spawn(boot(paths.dir.clone(), env));
+    tokio::spawn(boot(paths.dir.clone(), env.clone()));
+    let mut guard = tokio::spawn(guard(paths.dir.clone(), env, terminals));
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -99,6 +103,10 @@ async fn node_main(dir: &Path) -> Result<(), BoxError> {
         _ = term.recv() => Ok(()),
         _ = int.recv() => Ok(()),
         _ = hup.recv() => Ok(()),
+        _ = &mut guard => {
+            tracing::info!("the cluster's deadline and grace have passed: the node stops itself");
+            Ok(())
+        }
         r = &mut server => match r {
             Ok(Ok(())) => Err("the SSH server stopped".into()),
             Ok(Err(e)) => Err(BoxError::from(e)),
@@ -190,6 +198,46 @@ fn node_env(cfg: &NodeConfig, paths: &NodePaths) -> Vec<(String, String)> {
     env
 }
 
+/// How often a local node runs its guard (`cluster::clock`): more often than an instance's
+/// timer, since a notice stratus leaves over SSH waits for it.
+const GUARD_EVERY: Duration = Duration::from_secs(10);
+/// The guard's exit status that asks the node to stop.
+const GUARD_STOP: i32 = 99;
+
+/// Runs the guard the user-data installed (if it did) every `GUARD_EVERY`, writes what it
+/// broadcasts to this node's own terminals, and returns once it asks the node to stop.
+async fn guard(dir: PathBuf, env: Vec<(String, String)>, terminals: Arc<Terminals>) {
+    let script = dir.join("state/clock/stratus-guard");
+    let home = NodePaths { dir: dir.clone() }.home();
+    loop {
+        if script.exists() {
+            let out = tokio::process::Command::new(&script)
+                .arg("tick")
+                .current_dir(&home)
+                .env_clear()
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .stdin(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .output()
+                .await;
+            match out {
+                Ok(o) => {
+                    let text = String::from_utf8_lossy(&o.stdout);
+                    if !text.trim().is_empty() {
+                        tracing::info!(sessions = terminals.count(), "guard: {}", text.trim());
+                        terminals.broadcast(&text).await;
+                    }
+                    if o.status.code() == Some(GUARD_STOP) {
+                        return;
+                    }
+                }
+                Err(e) => tracing::warn!("cannot run the guard: {e}"),
+            }
+        }
+        tokio::time::sleep(GUARD_EVERY).await;
+    }
+}
+
 /// Runs the user-data once, as cloud-init runs a `#!` script: output to the boot log, and
 /// `boot-finished` written with the exit status when it is done.
 async fn boot(dir: PathBuf, env: Vec<(String, String)>) {
@@ -211,25 +259,67 @@ async fn boot(dir: PathBuf, env: Vec<(String, String)>) {
 
 async fn run_user_data(paths: &NodePaths, env: &[(String, String)]) -> Result<i32, BoxError> {
     let script = paths.user_data();
-    let head = std::fs::read(&script)?;
-    if !head.starts_with(b"#!") {
-        return Err(
-            "user-data is not a script starting with #! (the local provider runs only scripts)"
-                .into(),
-        );
-    }
+    let text = std::fs::read(&script)?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o644)
         .open(paths.boot_log())?;
-    let mut child = tokio::process::Command::new(&script)
+    // A multi-part user-data (stratus's guard, then the profile's): each script part in the
+    // order of its name, as cloud-init's scripts-user runs them; one failing does not stop the
+    // others, and the first failure is the boot's status.
+    let Some(parts) = std::str::from_utf8(&text)
+        .ok()
+        .and_then(crate::templates::split_multipart)
+    else {
+        return run_script(&script, &text, paths, env, &log).await;
+    };
+    let dir = paths.dir.join("user-data.d");
+    std::fs::create_dir_all(&dir)?;
+    let mut parts = parts;
+    parts.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut status = 0;
+    for (name, body) in parts {
+        let safe: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let path = dir.join(safe);
+        super::write_atomic(&path, body.as_bytes(), 0o700)?;
+        let code = run_script(&path, body.as_bytes(), paths, env, &log).await?;
+        if status == 0 {
+            status = code;
+        }
+    }
+    Ok(status)
+}
+
+async fn run_script(
+    script: &Path,
+    text: &[u8],
+    paths: &NodePaths,
+    env: &[(String, String)],
+    log: &std::fs::File,
+) -> Result<i32, BoxError> {
+    if !text.starts_with(b"#!") {
+        return Err(
+            "user-data is not a script starting with #! (the local provider runs only scripts)"
+                .into(),
+        );
+    }
+    let mut child = tokio::process::Command::new(script)
         .current_dir(paths.home())
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
-        .stderr(log)
+        .stderr(log.try_clone()?)
         .spawn()?;
     let status = child.wait().await?;
     Ok(exit_code(status))

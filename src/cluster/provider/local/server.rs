@@ -28,6 +28,61 @@ pub struct ServerConfig {
     pub env: Vec<(String, String)>,
     pub home: PathBuf,
     pub shell: PathBuf,
+    /// The terminals of this node's sessions: where its broadcasts go (never the machine's).
+    pub terminals: Arc<Terminals>,
+    /// What a login shell is greeted with, if the file exists (the guard keeps it current).
+    pub motd: PathBuf,
+}
+
+/// The terminals of the node's interactive sessions, as `wall` sees a machine's ttys.
+#[derive(Default)]
+pub struct Terminals {
+    next: std::sync::atomic::AtomicU64,
+    open: std::sync::Mutex<Vec<(u64, OwnedFd)>>,
+}
+
+impl Terminals {
+    fn register(&self, terminal: OwnedFd) -> u64 {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.lock().push((id, terminal));
+        id
+    }
+
+    fn remove(&self, id: u64) {
+        self.lock().retain(|(i, _)| *i != id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(u64, OwnedFd)>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many sessions have a terminal now.
+    pub fn count(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Writes `text` to every session's terminal, framed as `wall` frames it (its own lines,
+    /// carriage returns included, whatever mode the terminal is in). A write blocks only while
+    /// a session's output is not drained, so it runs off the runtime's threads.
+    pub async fn broadcast(self: &Arc<Self>, text: &str) {
+        let framed = format!("\r\n{}\r\n", text.trim_end().replace('\n', "\r\n"));
+        let me = self.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for (_, fd) in me.lock().iter() {
+                write_all(fd.as_raw_fd(), framed.as_bytes());
+            }
+        })
+        .await;
+    }
+}
+
+fn write_all(fd: std::os::fd::RawFd, mut rest: &[u8]) {
+    while !rest.is_empty() {
+        match sys::write_fd(fd, rest) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => rest = &rest[n..],
+        }
+    }
 }
 
 /// Serves SSH on `listener` until the process ends.
@@ -259,7 +314,7 @@ async fn run(
         .envs(env.iter().map(|(k, v)| (k, v)));
     let code = match pty {
         None => run_piped(cmd, rx, &tx).await,
-        Some(p) => run_on_pty(cmd, p, rx, &tx).await,
+        Some(p) => run_on_pty(cmd, p, rx, &tx, &cfg, command.is_none()).await,
     };
     let _ = tx.exit_status(code as u32).await;
     let _ = tx.eof().await;
@@ -376,9 +431,20 @@ async fn run_on_pty(
     req: PtyRequest,
     mut rx: ChannelReadHalf,
     tx: &ChannelWriteHalf<Msg>,
+    cfg: &ServerConfig,
+    login: bool,
 ) -> i32 {
+    let mut registered = None;
     let started = (|| -> std::io::Result<(OwnedFd, tokio::process::Child)> {
         let (controller, terminal) = sys::openpty(req.cols, req.rows)?;
+        if login && let Ok(motd) = std::fs::read_to_string(&cfg.motd) {
+            // As sshd shows the message of the day: before the shell starts.
+            write_all(
+                terminal.as_raw_fd(),
+                format!("{}\r\n", motd.trim_end().replace('\n', "\r\n")).as_bytes(),
+            );
+        }
+        registered = Some(cfg.terminals.register(terminal.try_clone()?));
         cmd.env("TERM", &req.term)
             .stdin(terminal.try_clone()?)
             .stdout(terminal.try_clone()?)
@@ -394,6 +460,9 @@ async fn run_on_pty(
     let (controller, mut child) = match started {
         Ok(x) => x,
         Err(e) => {
+            if let Some(id) = registered {
+                cfg.terminals.remove(id);
+            }
             let _ = tx
                 .extended_data_bytes(1, format!("cannot start a terminal: {e}\n").into_bytes())
                 .await;
@@ -472,6 +541,9 @@ async fn run_on_pty(
         }
     };
     in_task.abort();
+    if let Some(id) = registered {
+        cfg.terminals.remove(id);
+    }
     let _ = tokio::time::timeout(DRAIN, out_task).await;
     match status {
         Ok(s) => exit_code(s),
