@@ -119,6 +119,18 @@ pub enum Command {
         #[arg(long, value_name = "USER")]
         owner: Option<String>,
     },
+    /// Give a live cluster more time before its deadline (30m, 2h, 1h30m), within the policy
+    Extend {
+        name: String,
+        /// How much more: 30m, 2h, 1h30m
+        duration: String,
+        /// Instructors: a cluster of this user
+        #[arg(long, value_name = "USER")]
+        owner: Option<String>,
+        /// Print the result as JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove what is left of a cluster that no longer runs: instances, security group, key pair
     DeleteCluster { name: String },
     /// Finish or undo what a crash or an interrupted command left behind (stuck launches,

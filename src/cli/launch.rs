@@ -9,6 +9,7 @@ use super::client::Client;
 use crate::cli::LaunchOptions;
 use crate::core::error::Error;
 use crate::core::model::{ClusterName, Role};
+use crate::core::money::dollars_text;
 use crate::service::protocol::{Request, Response};
 
 /// The answer `request` must have: anything else is the service's mistake.
@@ -114,6 +115,59 @@ pub(super) async fn terminate_cmd(
         "terminated cluster {name} ({} nodes)",
         t.terminated
     ));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `stratus extend NAME DURATION`: the new deadline, what the time costs, the budget left.
+pub(super) async fn extend_cmd(
+    client: &Client,
+    name: &str,
+    duration: &str,
+    owner: Option<String>,
+    json: bool,
+) -> Result<ExitCode, Error> {
+    ClusterName::parse(name)?;
+    let by = crate::core::input::parse_duration(duration)?;
+    let answer = client
+        .call(Request::Extend {
+            name: name.to_owned(),
+            by_secs: (by / 1000) as u64,
+            owner,
+        })
+        .await?;
+    let e = expect!(answer, Response::Extended);
+    let printer = client.printer();
+    if json {
+        printer.json(&e)?;
+    } else {
+        let at = e
+            .deadline
+            .parse::<jiff::Timestamp>()
+            .map(|t| crate::core::model::local_time(t.as_millisecond()))
+            .unwrap_or_else(|_| e.deadline.clone());
+        let rate = e
+            .rate
+            .map(|r| format!(" at {}", crate::config::prices::rate_text(r)))
+            .unwrap_or_default();
+        let left = e
+            .budget_left_micros
+            .map(|l| format!("; {} of the budget left", dollars_text(l)))
+            .unwrap_or_default();
+        printer.out(format!(
+            "extended cluster {} by {}: its deadline is now {at}",
+            e.cluster,
+            crate::core::model::span_text(e.added_secs as i64 * 1000),
+        ))?;
+        printer.out(format!(
+            "the extension costs {}{rate}{left}",
+            dollars_text(e.cost_micros)
+        ))?;
+    }
+    for node in &e.unreachable {
+        printer.warn(format!(
+            "could not move the deadline on {node}; the reaper keeps to the new one"
+        ));
+    }
     Ok(ExitCode::SUCCESS)
 }
 

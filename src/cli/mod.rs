@@ -90,6 +90,12 @@ pub async fn run(cli: Cli, env: Environment, printer: Arc<Printer>) -> Result<Ex
         Command::TerminateCluster { name, yes, owner } => {
             launch::terminate_cmd(&client, &name, yes, owner).await
         }
+        Command::Extend {
+            name,
+            duration,
+            owner,
+            json,
+        } => launch::extend_cmd(&client, &name, &duration, owner, json).await,
         Command::DeleteCluster { name } => launch::delete_cluster(&client, &name).await,
         Command::Reconcile { dry_run, json } => launch::reconcile_cmd(&client, dry_run, json).await,
         Command::List {

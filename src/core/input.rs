@@ -47,6 +47,32 @@ pub fn check_env(env: BTreeMap<String, String>) -> Result<BTreeMap<String, Strin
 }
 
 /// A time given on the command line: RFC 3339, or a date (its start, UTC).
+/// A duration as people type it: `30m`, `2h`, `1h30m`, `90m` (hours and minutes, in that
+/// order, whole numbers); at least a minute.
+pub fn parse_duration(s: &str) -> Result<Millis, Error> {
+    let bad = || {
+        Error::invalid(format!(
+            "invalid duration {s:?}: use hours and minutes, such as 30m, 2h or 1h30m"
+        ))
+    };
+    let mut rest = s.trim();
+    let mut total: Millis = 0;
+    for (unit, ms) in [('h', 3_600_000), ('m', 60_000)] {
+        if let Some(i) = rest.find(unit) {
+            let n: Millis = rest[..i].parse().map_err(|_| bad())?;
+            total = n
+                .checked_mul(ms)
+                .and_then(|v| total.checked_add(v))
+                .ok_or_else(bad)?;
+            rest = &rest[i + 1..];
+        }
+    }
+    if !rest.is_empty() || total < 60_000 {
+        return Err(bad());
+    }
+    Ok(total)
+}
+
 pub fn parse_time(s: &str) -> Result<Millis, Error> {
     if let Ok(t) = s.parse::<jiff::Timestamp>() {
         return Ok(t.as_millisecond());
@@ -66,6 +92,28 @@ pub fn parse_time(s: &str) -> Result<Millis, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_as_people_type_them() {
+        assert_eq!(parse_duration("30m").unwrap(), 30 * 60_000);
+        assert_eq!(parse_duration("2h").unwrap(), 2 * 3_600_000);
+        assert_eq!(parse_duration("1h30m").unwrap(), 90 * 60_000);
+        for bad in [
+            "",
+            "0m",
+            "30s",
+            "m",
+            "1.5h",
+            "30m2h",
+            "-1h",
+            "1h 30m",
+            "99999999999999h",
+        ] {
+            let e = parse_duration(bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad}");
+            assert!(e.to_string().contains("invalid duration"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn env_values_are_checked() {

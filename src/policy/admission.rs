@@ -7,8 +7,10 @@ use crate::config::SiteConfig;
 use crate::config::prices;
 use crate::config::profile::Profile;
 use crate::core::error::Error;
+use crate::core::model::{Millis, hours_text, span_text};
 use crate::core::money::{Micros, MilliUnits, dollars_text, units_text};
 use crate::policy::{Limits, Policy};
+use crate::store::ClusterRow;
 
 /// What a launch asks for, in the policy's terms.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,6 +238,106 @@ impl<'a> Rules<'a> {
         }
         Ok(Ok(()))
     }
+}
+
+/// An extension the policy admits: the deadline from and to, and what the time added costs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Extension {
+    pub from: Option<Millis>,
+    pub to: Millis,
+    pub cost: Micros,
+    /// The budget left once the extension is held (none without a budget).
+    pub left: Option<Micros>,
+}
+
+/// What an extension is checked against: the cluster, the time asked for, now, its rate
+/// (micro-dollars per 730 hours) and, read only when a budget applies, what its owner has
+/// spent and still holds.
+pub struct ExtensionAsk<'a> {
+    pub cluster: &'a ClusterRow,
+    pub by: Millis,
+    pub now: Millis,
+    pub rate: Option<Micros>,
+}
+
+/// `stratus extend`: moves the deadline by `by` (from now, if it has passed), within
+/// `max_extensions`, `max_lifetime_hours` in all, and the owner's budget at the cluster's rate.
+/// The outer error is `spending`'s; the inner one a refusal naming the limit.
+pub fn admit_extension<E>(
+    limits: &Limits,
+    ask: &ExtensionAsk<'_>,
+    spending: impl FnOnce() -> Result<(Micros, Micros), E>,
+) -> Result<Result<Extension, String>, E> {
+    let c = ask.cluster;
+    let Some(deadline) = limits.deadline_of(c) else {
+        return Ok(Err(format!(
+            "no lifetime applies to cluster {}: it has no deadline to move",
+            c.name
+        )));
+    };
+    if let Some(max) = limits.max_extensions
+        && c.extensions >= max
+    {
+        return Ok(Err(format!(
+            "max_extensions for {} is {max}, and cluster {} has been extended {} times",
+            c.owner, c.name, c.extensions
+        )));
+    }
+    let base = deadline.max(ask.now);
+    let to = base.saturating_add(ask.by);
+    if let Some(max) = limits.max_lifetime_of(&c.record.profile)
+        && to - c.created_at > max
+    {
+        let room = (c.created_at + max - base).max(0);
+        return Ok(Err(format!(
+            "max_lifetime_hours for {} is {} h in all, extensions included; cluster {} would live {} h{}",
+            c.owner,
+            hours_text(max),
+            c.name,
+            hours_text(to - c.created_at),
+            if room >= 60_000 {
+                format!(" (at most {} more can be added)", span_text(room))
+            } else {
+                String::new()
+            }
+        )));
+    }
+    let cost = match ask.rate {
+        Some(rate) => prices::piece_at_rate(rate, to - base),
+        None if limits.budget.is_some() => {
+            return Ok(Err(format!(
+                "no price is known for cluster {}'s nodes, so its extension cannot be checked against the budget",
+                c.name
+            )));
+        }
+        None => 0,
+    };
+    let mut left = None;
+    if let Some(budget) = limits.budget {
+        let (spent, committed) = spending()?;
+        let free = budget - spent - committed;
+        if cost > free {
+            return Ok(Err(format!(
+                "{} has {} of the {} budget left ({} spent, {} held by running clusters), and {} more of cluster {} at {} costs {}",
+                c.owner,
+                dollars_text(free.max(0)),
+                dollars_text(budget),
+                dollars_text(spent),
+                dollars_text(committed),
+                span_text(to - base),
+                c.name,
+                ask.rate.map(prices::rate_text).unwrap_or_default(),
+                dollars_text(cost)
+            )));
+        }
+        left = Some(free - cost);
+    }
+    Ok(Ok(Extension {
+        from: c.deadline,
+        to,
+        cost,
+        left,
+    }))
 }
 
 #[cfg(test)]

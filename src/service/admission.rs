@@ -211,6 +211,48 @@ impl Admit for Admission<'_> {
     }
 }
 
+/// Checks an extension and moves the deadline, in one transaction: two extends at once (of
+/// one cluster, or of two clusters of one budget) are decided one after the other.
+pub fn extend(
+    store: &Store,
+    policy: Option<&Policy>,
+    config: &SiteConfig,
+    limits: &crate::policy::Limits,
+    ask: &crate::policy::admission::ExtensionAsk<'_>,
+) -> Result<crate::policy::admission::Extension, Error> {
+    let user = ask.cluster.owner.as_str();
+    store.immediate(|tx| -> Result<_, Error> {
+        let spending = || match policy {
+            Some(policy) => Ledger {
+                tx,
+                user,
+                except: -1,
+                policy,
+                config,
+            }
+            .spending(),
+            None => Ok((0, 0)),
+        };
+        let ext =
+            crate::policy::admission::admit_extension(limits, ask, spending)?.map_err(|why| {
+                match policy {
+                    Some(p) => Error::refused(format!(
+                        "refused by the policy ({}): {why}",
+                        p.path.display()
+                    )),
+                    None => Error::invalid(why),
+                }
+            })?;
+        if !ledger::extend_deadline(tx, ask.cluster.id, ext.from, ext.to, ext.cost)? {
+            return Err(Error::runtime(format!(
+                "cluster {} changed meanwhile (another extend, or a terminate); run extend again",
+                ask.cluster.name
+            )));
+        }
+        Ok(ext)
+    })
+}
+
 /// `stratus quota --json`: a user's limits, use and what is left.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QuotaReport {

@@ -18,6 +18,7 @@ pub(crate) mod admission;
 pub(crate) mod audit;
 pub mod caller;
 pub(crate) mod clusters;
+pub(crate) mod extend;
 pub(crate) mod identity;
 pub(crate) mod inputs;
 pub(crate) mod keys;
@@ -390,6 +391,14 @@ impl Service {
             }
             Request::Terminate { name, owner } => {
                 self.terminate(asked, &name, owner.as_deref(), trail).await
+            }
+            Request::Extend {
+                name,
+                by_secs,
+                owner,
+            } => {
+                self.extend(asked, &name, by_secs, owner.as_deref(), trail)
+                    .await
             }
             Request::Delete { name } => self.delete(asked, &name, trail).await,
             Request::Reconcile { dry_run } => self.reconcile(asked, dry_run).await,

@@ -57,6 +57,14 @@ pub enum Request {
         name: String,
         owner: Option<String>,
     },
+    /// More time before a live cluster's deadline (`stratus extend NAME DURATION`).
+    Extend {
+        name: String,
+        /// Seconds to add: at least a minute, at most 30 days.
+        by_secs: u64,
+        /// Instructors only: a cluster of another user.
+        owner: Option<String>,
+    },
     /// Clusters, as `list --json` shows them, with their nodes' pinned host keys.
     List {
         name: Option<String>,
@@ -194,6 +202,7 @@ impl Request {
             Request::Launch { .. } => "launch",
             Request::LaunchSlaves { .. } => "launch-slaves",
             Request::Terminate { .. } => "terminate",
+            Request::Extend { .. } => "extend",
             Request::List { .. } => "list",
             Request::Key { .. } => "key",
             Request::Reach { .. } => "reach",
@@ -245,6 +254,7 @@ impl Request {
             Request::Launch { name, .. }
             | Request::LaunchSlaves { name, .. }
             | Request::Terminate { name, .. }
+            | Request::Extend { name, .. }
             | Request::Key { name }
             | Request::Reach { name, .. }
             | Request::Delete { name }
@@ -283,6 +293,23 @@ pub struct ClusterView {
     pub ended_by: Option<String>,
     #[serde(default)]
     pub ended_reason: Option<String>,
+}
+
+/// What `extend` did: the new deadline, what the time added costs, the budget left, and the
+/// nodes that could not be told (the reaper tells them again when it next acts).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extended {
+    pub cluster: String,
+    pub owner: String,
+    /// RFC 3339.
+    pub deadline: String,
+    pub added_secs: u64,
+    pub cost_micros: i64,
+    /// Micro-dollars per 730 hours of the cluster, when known.
+    pub rate: Option<i64>,
+    pub budget_left_micros: Option<i64>,
+    pub extensions: u32,
+    pub unreachable: Vec<String>,
 }
 
 /// A cluster and its key, for its owner to keep (mode 0600, in the owner's own state
@@ -438,6 +465,7 @@ pub enum Response {
     Launched(Launched),
     WorkersAdded(WorkersAdded),
     Terminated(Terminated),
+    Extended(Extended),
     Clusters(Vec<ClusterView>),
     /// The cluster and its key (`Key` and `Reach`).
     Key(Launched),
@@ -469,6 +497,7 @@ impl Response {
             Request::Launch { .. } => Response::Launched(of(value)?),
             Request::LaunchSlaves { .. } => Response::WorkersAdded(of(value)?),
             Request::Terminate { .. } => Response::Terminated(of(value)?),
+            Request::Extend { .. } => Response::Extended(of(value)?),
             Request::List { .. } => Response::Clusters(of(value)?),
             Request::Key { .. } | Request::Reach { .. } => Response::Key(of(value)?),
             Request::Usage { .. } => Response::Usage(of(value)?),

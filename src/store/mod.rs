@@ -26,7 +26,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::model::{ClusterName, Naming, Owner, ProviderKind, RequestId, StoreId};
 pub use crate::core::model::{ClusterState, Millis, now_millis};
-use crate::core::money::Micros;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -82,7 +81,7 @@ pub struct GuardRecord {
     pub grace_ms: Millis,
     /// What the cluster costs as launched, in micro-dollars per 730 hours
     /// (`prices::cluster_rate`), if its prices are known.
-    pub rate: Option<Micros>,
+    pub rate: Option<crate::core::money::Micros>,
 }
 
 #[derive(Debug, Clone)]
@@ -639,36 +638,6 @@ impl Store {
             params![id, after, reason],
         )?;
         Ok(())
-    }
-
-    /// Moves a live cluster's deadline to `to` and counts one more extension, if its deadline is
-    /// still `from` (compare and set: two extends at once move it once each, never both from
-    /// the same start); the most its open reservation may cost grows by `cost`, so that the
-    /// budget holds the extension as it holds the launch. Returns whether it moved.
-    pub fn extend_deadline(
-        &self,
-        id: i64,
-        from: Option<Millis>,
-        to: Millis,
-        cost: Micros,
-    ) -> Result<bool, StoreError> {
-        self.write(|tx| {
-            let n = tx.execute(
-                "UPDATE clusters SET deadline = ?3, extensions = extensions + 1, updated_at = ?4
-                 WHERE id = ?1 AND deadline IS ?2
-                   AND state NOT IN ('failed', 'terminated')",
-                params![id, from, to, now_millis()],
-            )?;
-            if n == 1 {
-                tx.execute(
-                    "UPDATE reservations SET max_cost_micros = max_cost_micros + ?2
-                     WHERE id = (SELECT MIN(id) FROM reservations
-                                 WHERE cluster_id = ?1 AND released_at IS NULL)",
-                    params![id, cost],
-                )?;
-            }
-            Ok(n == 1)
-        })
     }
 
     /// Records who ended a cluster and why (kept the first time: a reaper's terminate that

@@ -98,3 +98,118 @@ fn a_login_shows_the_deadline_the_cost_so_far_and_the_rate() {
         assert!(motd.contains("stratus extend shown 1h"), "{motd}");
     }
 }
+
+#[test]
+fn extend_moves_the_deadline_on_the_nodes_within_the_policy_and_the_budget() {
+    // Two local nodes at $1.00 an hour: $2.00 an hour.
+    let ctx = clock_context(
+        "lifetime_hours = 1\nmax_lifetime_hours = 3\nmax_extensions = 2\nbudget_dollars = 10",
+        "30",
+    );
+    ctx.ok(&["launch-cluster", "lab", "1"]);
+    let created = ts(&ctx.cluster_json("lab")["created_at"]);
+    assert_eq!(
+        ts(&ctx.cluster_json("lab")["deadline"]) - created,
+        3_600_000
+    );
+
+    let r = ctx.ok(&["extend", "lab", "30m"]);
+    assert!(r.stdout.contains("extended cluster lab by 30 min"), "{r}");
+    // The launch holds $2.00 (its first hour); half an hour more costs $1.00.
+    assert!(
+        r.stdout
+            .contains("costs $1.00 at $2.00/h; $7.00 of the budget left"),
+        "{r}"
+    );
+    let deadline = ts(&ctx.cluster_json("lab")["deadline"]);
+    assert_eq!(deadline - created, 90 * 60_000);
+    for d in nodes(&ctx) {
+        assert_eq!(
+            deadline_on(&d),
+            Some((deadline + 999).div_euclid(1000)),
+            "{}",
+            d.display()
+        );
+        let notice = clock_file(&d, "notice").unwrap_or_default();
+        assert!(notice.contains("was given 30 min more"), "{notice}");
+    }
+
+    // Past max_lifetime_hours in all: refused, naming the limit; nothing moves.
+    let r = ctx.run(&["extend", "lab", "2h"]);
+    assert_eq!(r.code, 2, "{r}");
+    assert!(r.stderr.contains("max_lifetime_hours for"), "{r}");
+    assert!(r.stderr.contains("3 h in all"), "{r}");
+    assert!(r.stderr.contains("at most 1 h 30 min more"), "{r}");
+    assert_eq!(ts(&ctx.cluster_json("lab")["deadline"]), deadline);
+
+    ctx.ok(&["extend", "lab", "1h"]);
+    // The third: past max_extensions.
+    let r = ctx.run(&["extend", "lab", "10m"]);
+    assert_eq!(r.code, 2, "{r}");
+    assert!(r.stderr.contains("max_extensions for"), "{r}");
+    assert!(r.stderr.contains("extended 2 times"), "{r}");
+
+    // Each extension is one row of the audit trail, with what it did.
+    let audit = ctx.ok(&["admin", "audit", "--json"]);
+    let rows: Vec<serde_json::Value> = audit
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .flat_map(|v: serde_json::Value| match v {
+            serde_json::Value::Array(a) => a,
+            one => vec![one],
+        })
+        .filter(|r| r["action"] == "extend")
+        .collect();
+    let done: Vec<_> = rows.iter().filter(|r| r["decision"] == "done").collect();
+    assert_eq!(done.len(), 2, "{rows:?}");
+    assert!(
+        done[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("30 min more, $1.00"),
+        "{rows:?}"
+    );
+    assert_eq!(
+        rows.iter().filter(|r| r["decision"] == "refused").count(),
+        2,
+        "{rows:?}"
+    );
+
+    // Bad input: a clear error, exit 2.
+    for bad in ["0m", "soon", "1.5h"] {
+        let r = ctx.run(&["extend", "lab", bad]);
+        assert_eq!(r.code, 2, "{r}");
+        assert!(r.stderr.contains("invalid duration"), "{r}");
+    }
+}
+
+#[test]
+fn extend_is_refused_when_the_budget_cannot_cover_it() {
+    let ctx = clock_context(
+        "lifetime_hours = 1\nmax_lifetime_hours = 8\nbudget_dollars = 3",
+        "30",
+    );
+    ctx.ok(&["launch-cluster", "lab", "1"]);
+    let before = ctx.cluster_json("lab")["deadline"].clone();
+    // The launch holds $2.00 of the $3.00; an hour more at $2.00/h does not fit.
+    let r = ctx.run(&["extend", "lab", "1h"]);
+    assert_eq!(r.code, 2, "{r}");
+    assert!(r.stderr.contains("budget left"), "{r}");
+    assert!(r.stderr.contains("costs $2.00"), "{r}");
+    assert_eq!(ctx.cluster_json("lab")["deadline"], before);
+    for d in nodes(&ctx) {
+        assert_eq!(clock_file(&d, "notice"), None, "{}", d.display());
+    }
+    // Half an hour fits.
+    let r = ctx.ok(&["extend", "lab", "30m"]);
+    assert!(r.stdout.contains("$0.00 of the budget left"), "{r}");
+}
+
+fn ts(v: &serde_json::Value) -> i64 {
+    v.as_str()
+        .unwrap_or_else(|| panic!("not a time: {v}"))
+        .parse::<jiff::Timestamp>()
+        .unwrap()
+        .as_millisecond()
+}
