@@ -484,7 +484,8 @@ fn reap(ctx: &TestContext, at: i64, args: &[&str]) -> Vec<Value> {
 
 #[test]
 fn the_reaper_warns_waits_for_the_grace_then_terminates() {
-    let ctx = reaper_context("max_lifetime_hours = 1");
+    // A quarter of an hour, as the policy writes it: the warning says `0.25 h`, not `0.2`.
+    let ctx = reaper_context("max_lifetime_hours = 0.25");
     ctx.ok(&["launch-cluster", "old", "1"]);
     let t = now();
     // Within its lifetime: nothing.
@@ -504,17 +505,26 @@ fn the_reaper_warns_waits_for_the_grace_then_terminates() {
     assert_eq!(warned.len(), 1);
     assert_eq!(warned[0]["cluster"], "old");
     assert_eq!(warned[0]["action"], "warn");
+    let reason = warned[0]["reason"].as_str().unwrap();
     assert!(
-        warned[0]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("longer than the 1.0 allowed")
+        reason.starts_with(
+            "its lifetime of 0.25 h is over (0.25 h allowed); it will be terminated after "
+        ),
+        "{reason}"
+    );
+    // The time once, in local time with the zone (the test's zone is the machine's).
+    let after = stratus::core::model::local_time(t + 2 * H + 30 * 60_000);
+    assert!(reason.ends_with(&after), "{reason} / {after}");
+    assert_eq!(
+        reason.matches(&after[..10]).count(),
+        1,
+        "one time in {reason}"
     );
     let listed = ctx.ok(&["list", "old"]);
     assert!(
         listed
             .stdout
-            .contains("the reaper terminates this cluster after"),
+            .contains(&format!("note: the reaper warned this cluster: {reason}")),
         "{listed}"
     );
     // Within the grace: nothing more; the cluster runs.
@@ -526,6 +536,20 @@ fn the_reaper_warns_waits_for_the_grace_then_terminates() {
     assert_eq!(done[0]["action"], "terminate");
     let c = ctx.cluster_json("old");
     assert_eq!(c["state"], "terminated", "{c:#}");
+    // Its owner's list says by whom and why.
+    assert_eq!(c["ended_by"], "the reaper", "{c:#}");
+    assert_eq!(
+        c["ended_reason"], "its lifetime of 0.25 h is over (0.25 h allowed)",
+        "{c:#}"
+    );
+    let listed = ctx.ok(&["list", "--all"]);
+    assert!(
+        listed.stdout.contains("old: terminated ")
+            && listed
+                .stdout
+                .contains(" by the reaper: its lifetime of 0.25 h is over"),
+        "{listed}"
+    );
     let audit = store(&ctx).audit_since(0).unwrap();
     let actions: Vec<&str> = audit.iter().map(|a| a.action.as_str()).collect();
     assert!(
