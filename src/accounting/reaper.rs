@@ -60,8 +60,8 @@ fn due(
         let lived = hours_text(deadline - c.created_at);
         let extended = match c.extensions {
             0 => String::new(),
-            1 => ", extended once".into(),
-            n => format!(", extended {n} times"),
+            1 => ", extended once,".into(),
+            n => format!(", extended {n} times,"),
         };
         return Ok(Some(format!(
             "its lifetime of {lived} h{extended} is over ({} h allowed)",

@@ -213,3 +213,201 @@ fn ts(v: &serde_json::Value) -> i64 {
         .unwrap()
         .as_millisecond()
 }
+
+/// The guard as the node runs it, in a sandbox state directory (a local node's: it prints what
+/// it would broadcast, exit 99 asks to stop), with a `wall` on PATH that records any call.
+struct Guard {
+    dir: tempfile::TempDir,
+}
+
+impl Guard {
+    fn new(facts: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("state/clock")).unwrap();
+        std::fs::create_dir_all(dir.path().join("bin")).unwrap();
+        std::fs::write(dir.path().join("state/clock/facts"), facts).unwrap();
+        let wall = dir.path().join("bin/wall");
+        std::fs::write(
+            &wall,
+            "#!/bin/sh\necho called >> \"$(dirname \"$0\")/wall-called\"\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&wall, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Self { dir }
+    }
+
+    fn set(&self, file: &str, text: &str) {
+        std::fs::write(self.dir.path().join("state/clock").join(file), text).unwrap();
+    }
+
+    fn run(&self, mode: &str) -> (i32, String) {
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/cluster/guard/stratus-guard.sh"
+        );
+        let path = format!(
+            "{}:{}",
+            self.dir.path().join("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let out = std::process::Command::new("bash")
+            .arg(script)
+            .arg(mode)
+            .env("STRATUS_STATE_DIR", self.dir.path().join("state"))
+            .env("PATH", path)
+            .env("TZ", "UTC")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+}
+
+fn epoch_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[test]
+fn the_guard_warns_once_per_threshold_and_deadline_then_stops_the_node() {
+    let now = epoch_now();
+    let g = Guard::new(&format!(
+        "cluster=lab\nowner=alice\ngrace=600\nstarted={}\nrate=1460000000\n",
+        now - 3600
+    ));
+    // No deadline: nothing said, nothing stopped; the login message says so.
+    assert_eq!(g.run("tick"), (0, String::new()));
+    assert!(g.run("show").1.contains("deadline: none"));
+
+    // Four minutes left at the first tick: the 5-minute warning only, once.
+    g.set("deadline", &format!("{}\n", now + 4 * 60 + 30));
+    let (code, said) = g.run("tick");
+    assert_eq!(code, 0);
+    assert!(said.contains("cluster lab ends in 4 min"), "{said}");
+    assert!(said.contains("stratus extend lab 1h"), "{said}");
+    assert_eq!(said.matches("ends in").count(), 1, "{said}");
+    assert_eq!(g.run("tick"), (0, String::new()), "each warning once");
+    // The login message: $2.00 an hour (1460000000 per 730 h), an hour so far.
+    let show = g.run("show").1;
+    assert!(show.contains("about $2.00 so far, at $2.00/h"), "{show}");
+    assert!(show.contains("in 4 min; then it is terminated"), "{show}");
+    let motd = std::fs::read_to_string(g.dir.path().join("state/guard/motd")).unwrap();
+    assert!(motd.contains("stratus: cluster lab of alice"), "{motd}");
+
+    // Extended to 40 minutes out: that deadline gets its own 60-minute warning.
+    g.set("deadline", &format!("{}\n", now + 40 * 60));
+    let said = g.run("tick").1;
+    assert!(
+        said.contains("ends in 39 min") || said.contains("ends in 40 min"),
+        "{said}"
+    );
+
+    // A notice stratus left: broadcast once.
+    g.set("notice", "stratus: the reaper warns cluster lab\n");
+    assert!(g.run("tick").1.contains("the reaper warns cluster lab"));
+    assert_eq!(g.run("tick"), (0, String::new()));
+
+    // A tampered deadline counts as none set... unless one was set at boot: then that one.
+    g.set("deadline", "soon\n");
+    assert_eq!(g.run("tick"), (0, String::new()));
+    std::fs::create_dir_all(g.dir.path().join("state/guard")).unwrap();
+    std::fs::write(
+        g.dir.path().join("state/guard/boot-deadline"),
+        format!("{}\n", now - 60),
+    )
+    .unwrap();
+    let said = g.run("tick").1;
+    assert!(said.contains("lifetime ended at"), "{said}");
+
+    // Past the deadline and the grace: the node is asked to stop (exit 99).
+    g.set("deadline", &format!("{}\n", now - 601));
+    let (code, said) = g.run("tick");
+    assert_eq!(code, 99, "{said}");
+    assert!(said.contains("powering off now"), "{said}");
+    // A local node never writes to the machine's terminals.
+    assert!(!g.dir.path().join("bin/wall-called").exists());
+}
+
+#[test]
+fn the_guard_and_its_user_data_part_pass_bash_n_and_shellcheck() {
+    let clock = stratus::cluster::clock::Clock {
+        deadline: Some(1_767_225_600_000),
+        grace: 1_800_000,
+        started: 1_767_211_200_000,
+        rate: Some(350_400_000),
+    };
+    let part = clock.user_data_part("lab1", "alice", "ubuntu");
+    let guard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/cluster/guard/stratus-guard.sh"
+    ))
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let shellcheck = std::process::Command::new("shellcheck")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !shellcheck {
+        crate::support::skip("shellcheck is not installed (apt-get install shellcheck)");
+    }
+    for (name, text) in [("part", &part), ("guard", &guard)] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let out = std::process::Command::new("bash")
+            .arg("-n")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "bash -n {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if shellcheck {
+            let out = std::process::Command::new("shellcheck")
+                .args(["--shell=bash", "--severity=style", "--format=gcc"])
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "shellcheck {name}:\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+    }
+}
+
+#[test]
+fn the_warnings_reach_a_terminal_on_the_cluster() {
+    let ctx = clock_context("lifetime_hours = 1\nmax_lifetime_hours = 3", "30");
+    ctx.ok(&["launch-cluster", "lab", "1"]);
+    let mut cmd = ctx.cmd();
+    cmd.args(["login", "lab"]);
+    let mut term = crate::support::pty::Pty::spawn(cmd);
+    // The login message, before the shell.
+    term.expect("stratus: cluster lab");
+    term.expect("deadline: ");
+    term.send("echo shell-$((6*7))\n");
+    term.expect("shell-42");
+    // An extension, from elsewhere: its notice reaches this terminal.
+    ctx.ok(&["extend", "lab", "30m"]);
+    term.expect("cluster lab was given 30 min more");
+    // The reaper's warning too (its clock past the deadline).
+    let later = stratus::core::model::rfc3339(stratus::core::model::now_millis() + 2 * 3_600_000);
+    let r = ctx
+        .cmd()
+        .env("STRATUS_TEST_NOW", later)
+        .args(["accounting", "reap"])
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    term.expect("the reaper warns cluster lab: its lifetime of 1.5 h, extended once, is over");
+    term.send("exit\n");
+    assert_eq!(term.wait(), Some(0));
+}

@@ -36,6 +36,8 @@ cat > "$guard.new" <<'STRATUS_GUARD'
 STRATUS_GUARD
 chmod 755 "$guard.new"
 mv -f "$guard.new" "$guard"
+# The login message from the first login on; the guard keeps it current.
+"$guard" show > "$state/guard/motd" || true
 
 if [ -n "${STRATUS_STATE_DIR:-}" ]; then
     exit 0

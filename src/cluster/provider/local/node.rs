@@ -204,13 +204,20 @@ const GUARD_EVERY: Duration = Duration::from_secs(10);
 /// The guard's exit status that asks the node to stop.
 const GUARD_STOP: i32 = 99;
 
-/// Runs the guard the user-data installed (if it did) every `GUARD_EVERY`, writes what it
-/// broadcasts to this node's own terminals, and returns once it asks the node to stop.
+/// Runs the guard the user-data installed (if it did) as soon as it is there and then every
+/// `GUARD_EVERY`, writes what it broadcasts to this node's own terminals, and returns once it
+/// asks the node to stop.
 async fn guard(dir: PathBuf, env: Vec<(String, String)>, terminals: Arc<Terminals>) {
     let script = dir.join("state/clock/stratus-guard");
     let home = NodePaths { dir: dir.clone() }.home();
     loop {
-        if script.exists() {
+        // Until the user-data has installed it, look for it every second: its first run writes
+        // the login message.
+        if !script.exists() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        {
             let out = tokio::process::Command::new(&script)
                 .arg("tick")
                 .current_dir(&home)
