@@ -18,8 +18,15 @@ pub struct Ask {
     pub units: MilliUnits,
     /// Nodes the cluster will hold, master included.
     pub nodes: u32,
-    /// The most it may cost: every node for the longest lifetime the policy allows.
+    /// The most it may cost: every node for the lifetime it gets, or what is left of the
+    /// budget if less (the reaper ends it when that is spent).
     pub max_cost: Micros,
+    /// What it costs, in micro-dollars per 730 hours (the most any of its fallback types
+    /// costs); 0 when no budget applies.
+    pub rate: Micros,
+    /// Set when the budget left is less than `max_cost`: what is left, which the cluster runs
+    /// until the reaper ends it.
+    pub runs_out: Option<Micros>,
     /// How the units were counted, for a refusal.
     pub breakdown: String,
 }
@@ -58,6 +65,11 @@ impl<'a> Rules<'a> {
 
     pub fn user(&self) -> &str {
         &self.user
+    }
+
+    /// The user's budget, if one applies.
+    pub fn budget(&self) -> Option<Micros> {
+        self.limits.budget
     }
 
     fn refuse(&self, why: String) -> Error {
@@ -99,7 +111,8 @@ impl<'a> Rules<'a> {
                 ))));
             }
         }
-        Ok(self.check(&ask, in_use, "this launch")?.map(|()| ask))
+        let mut ask = ask;
+        Ok(self.check(&mut ask, in_use, "this launch")?.map(|()| ask))
     }
 
     /// `count` more workers for a cluster of `profile` that holds `held` nodes.
@@ -115,7 +128,7 @@ impl<'a> Rules<'a> {
             Err(refusal) => return Ok(Err(refusal)),
         };
         ask.nodes = held + count;
-        let checked = self.check(&ask, in_use, &format!("adding {count} workers"))?;
+        let checked = self.check(&mut ask, in_use, &format!("adding {count} workers"))?;
         // The reservation holds the new nodes only.
         ask.nodes = count;
         Ok(checked.map(|()| ask))
@@ -177,15 +190,18 @@ impl<'a> Rules<'a> {
             units,
             nodes: masters + workers,
             max_cost,
+            rate,
+            runs_out: None,
             breakdown: parts.join(" and "),
         })
     }
 
     /// The checks against what is in use: nodes, the user's units, the class's units, the
-    /// budget.
+    /// budget. A launch the budget cannot carry to the end of its lifetime is admitted, holding
+    /// what is left (`Ask::runs_out`), if that pays for its first minute.
     fn check<U: InUse>(
         &self,
-        ask: &Ask,
+        ask: &mut Ask,
         in_use: &mut U,
         what: &str,
     ) -> Result<Result<(), Error>, U::Error> {
@@ -224,16 +240,22 @@ impl<'a> Rules<'a> {
         if let Some(budget) = self.limits.budget {
             let (spent, committed) = in_use.spending()?;
             let left = budget - spent - committed;
-            if ask.max_cost > left {
+            let first_minute = prices::cost_at_rate(ask.rate, 60_000);
+            if ask.max_cost > left && left < first_minute.max(1) {
                 return Ok(Err(self.refuse(format!(
-                    "{} has {} of the {} budget left ({} spent, {} held by running clusters), and {what} could cost up to {} over its lifetime",
+                    "{} has {} of the {} budget left ({} spent, {} held by running clusters), less than the first minute of {what} costs ({} at {})",
                     self.user,
                     dollars_text(left.max(0)),
                     dollars_text(budget),
                     dollars_text(spent),
                     dollars_text(committed),
-                    dollars_text(ask.max_cost)
+                    dollars_text(first_minute),
+                    prices::rate_text(ask.rate)
                 ))));
+            }
+            if ask.max_cost > left {
+                ask.max_cost = left;
+                ask.runs_out = Some(left);
             }
         }
         Ok(Ok(()))

@@ -139,6 +139,39 @@ impl Admitted<'_> {
 }
 
 impl Admission<'_> {
+    /// What a launch of `workers` workers of `profile` would be told now, and the budget left
+    /// (`None` without one); nothing is written.
+    pub fn quote(
+        &self,
+        store: &Store,
+        profile: &crate::config::profile::Profile,
+        workers: u32,
+    ) -> Result<(Result<Option<Ask>, Error>, Option<Micros>), StoreError> {
+        store.immediate(|tx| {
+            let decision = self.decide(tx, -1, |rules, in_use| {
+                rules.admit_launch(profile, workers, in_use)
+            })?;
+            let left = match (&self.rules, self.policy) {
+                (Some(rules), Some(policy)) => match rules.budget() {
+                    Some(budget) => {
+                        let (spent, committed) = Ledger {
+                            tx,
+                            user: rules.user(),
+                            except: -1,
+                            policy,
+                            config: self.config,
+                        }
+                        .spending()?;
+                        Some(budget - spent - committed)
+                    }
+                    None => None,
+                },
+                _ => None,
+            };
+            Ok((decision, left))
+        })
+    }
+
     /// The rules' answer in `tx` (`except`: the cluster being admitted, not counted as in use):
     /// what to reserve, or a refusal; nothing to reserve without a policy.
     fn decide(

@@ -51,6 +51,59 @@ fn clock_of(
 }
 
 impl Service {
+    /// What a launch would cost and whether the policy would admit it; nothing is created.
+    pub(super) async fn quote(
+        &self,
+        asked: &Asked<'_>,
+        name: &str,
+        workers: u32,
+        profile: Option<String>,
+    ) -> Result<Response, Error> {
+        let config = self.config();
+        let policy = asked.policy.for_launch(config.mode)?;
+        let name = ClusterName::parse(name)?;
+        let profile_name = profile.unwrap_or_else(|| self.settings().default_profile());
+        let profile = self.profiles()?.resolve(&profile_name)?;
+        launch::validate_request(&profile, config.provider, workers, 0)?;
+        let caller = asked.caller;
+        let (lifetime, guard) = clock_of(policy, config, caller, &profile, workers);
+        let admission = Admission::new(policy, config, caller.owner.as_str(), &caller.groups);
+        let (decision, left) = admission.quote(self.store(), &profile, workers)?;
+        let in_use = self.find_cluster(&caller.owner, name.as_str()).is_ok();
+        let refusal = match (&decision, in_use) {
+            (_, true) => Some(format!("you already have a live cluster named {name}")),
+            (Err(e), false) => Some(crate::core::error::one_line(e)),
+            (Ok(_), false) => None,
+        };
+        let rate = guard.rate;
+        let allows = |micros: i64| {
+            rate.filter(|r| *r > 0).map(|r| {
+                (i128::from(micros.max(0))
+                    * i128::from(crate::config::prices::HOURS_PER_MONTH)
+                    * 3_600_000
+                    / i128::from(r)) as i64
+            })
+        };
+        let runs_out = decision
+            .as_ref()
+            .ok()
+            .and_then(|a| a.as_ref())
+            .and_then(|a| a.runs_out)
+            .and_then(allows);
+        Ok(Response::Quoted(super::protocol::Quoted {
+            cluster: name.to_string(),
+            profile: profile.name.clone(),
+            nodes: workers + 1,
+            rate,
+            lifetime_ms: lifetime,
+            budget_left_micros: left,
+            budget_allows_ms: left.and_then(allows),
+            admitted: refusal.is_none(),
+            refusal,
+            runs_out_ms: runs_out,
+        }))
+    }
+
     pub(super) async fn launch(
         &self,
         asked: &Asked<'_>,

@@ -385,6 +385,11 @@ impl Service {
                 };
                 self.launch(asked, launch, trail).await
             }
+            Request::Quote {
+                name,
+                workers,
+                profile,
+            } => self.quote(asked, &name, workers, profile).await,
             Request::LaunchSlaves { name, count, owner } => {
                 self.launch_slaves(asked, &name, count, owner.as_deref(), trail)
                     .await

@@ -47,6 +47,13 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         key: Option<String>,
     },
+    /// What a launch would cost and whether the policy would admit it (`launch-cluster` asks
+    /// before it launches; `--dry-run` asks only this). Nothing is created.
+    Quote {
+        name: String,
+        workers: u32,
+        profile: Option<String>,
+    },
     LaunchSlaves {
         name: String,
         count: u32,
@@ -200,6 +207,7 @@ impl Request {
     pub fn action(&self) -> &'static str {
         match self {
             Request::Launch { .. } => "launch",
+            Request::Quote { .. } => "quote",
             Request::LaunchSlaves { .. } => "launch-slaves",
             Request::Terminate { .. } => "terminate",
             Request::Extend { .. } => "extend",
@@ -235,6 +243,7 @@ impl Request {
         matches!(
             self,
             Request::List { .. }
+                | Request::Quote { .. }
                 | Request::Usage { .. }
                 | Request::Quota {}
                 | Request::Audit { .. }
@@ -252,6 +261,7 @@ impl Request {
     pub fn cluster(&self) -> Option<&str> {
         match self {
             Request::Launch { name, .. }
+            | Request::Quote { name, .. }
             | Request::LaunchSlaves { name, .. }
             | Request::Terminate { name, .. }
             | Request::Extend { name, .. }
@@ -293,6 +303,28 @@ pub struct ClusterView {
     pub ended_by: Option<String>,
     #[serde(default)]
     pub ended_reason: Option<String>,
+}
+
+/// What a launch would cost, and the policy's decision on it (`Request::Quote`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quoted {
+    pub cluster: String,
+    pub profile: String,
+    pub nodes: u32,
+    /// Micro-dollars per 730 hours of the whole cluster; none if a price is unknown.
+    pub rate: Option<i64>,
+    /// How long it would live before its deadline (milliseconds); none without a lifetime.
+    pub lifetime_ms: Option<i64>,
+    /// What is left of the owner's budget; none without a budget.
+    pub budget_left_micros: Option<i64>,
+    /// How long the budget left pays for it at its rate (milliseconds).
+    pub budget_allows_ms: Option<i64>,
+    /// Whether the policy would admit it, and if not, why.
+    pub admitted: bool,
+    pub refusal: Option<String>,
+    /// Set when the budget runs out before the lifetime ends: how long after the launch
+    /// (milliseconds); the reaper then ends the cluster.
+    pub runs_out_ms: Option<i64>,
 }
 
 /// What `extend` did: the new deadline, what the time added costs, the budget left, and the
@@ -463,6 +495,7 @@ pub struct KeyPairMade {
 #[serde(untagged)]
 pub enum Response {
     Launched(Launched),
+    Quoted(Quoted),
     WorkersAdded(WorkersAdded),
     Terminated(Terminated),
     Extended(Extended),
@@ -495,6 +528,7 @@ impl Response {
         use serde_json::from_value as of;
         Ok(match request {
             Request::Launch { .. } => Response::Launched(of(value)?),
+            Request::Quote { .. } => Response::Quoted(of(value)?),
             Request::LaunchSlaves { .. } => Response::WorkersAdded(of(value)?),
             Request::Terminate { .. } => Response::Terminated(of(value)?),
             Request::Extend { .. } => Response::Extended(of(value)?),

@@ -203,8 +203,11 @@ fn launch_list_terminate_tags_everything_and_leaves_nothing() {
             other => panic!("role {other}"),
         };
         worker_indices.insert(index);
+        // stratus's guard part, then the profile's own user-data, whole.
+        let parts = stratus::templates::split_multipart(&moto.user_data(id)).unwrap();
+        assert_eq!(parts[0].0, "00-stratus-guard.sh");
         assert_eq!(
-            moto.user_data(id),
+            parts[1].1,
             format!(
                 "#!/bin/bash\n# tg role={role} owner={owner} request={request} profile=tagged\necho booted\n"
             )
@@ -2349,4 +2352,94 @@ fn estimates_count_each_node_s_public_address_and_volume() {
     assert_eq!(ivs.len(), 2);
     assert!(ivs.iter().all(|iv| !iv.public_ipv4), "{ivs:?}");
     private.ok(&["terminate-cluster", "pv", "--yes"]);
+}
+
+#[test]
+fn an_ec2_nodes_user_data_sets_the_deadline_and_extend_moves_it_on_the_nodes() {
+    let Some(moto) = Moto::acquire() else { return };
+    let ctx = loopback_context(&moto);
+    e2e_profile(&ctx, 60, None);
+    std::fs::write(
+        ctx.config.parent().unwrap().join("policy.toml"),
+        "[units]\n\"m5.large\" = 1\n[default]\nlifetime_hours = 2\nmax_lifetime_hours = 4\n[reaper]\ngrace_minutes = 20\n",
+    )
+    .unwrap();
+    let hv = hypervisor(&moto, "clock", &[]);
+    ctx.ok(&["launch-cluster", "clock", "1", "-p", "e2e"]);
+    let c = ctx.cluster_json("clock");
+    let at = |v: &serde_json::Value| {
+        v.as_str()
+            .unwrap()
+            .parse::<jiff::Timestamp>()
+            .unwrap()
+            .as_millisecond()
+    };
+    let (created, deadline) = (at(&c["created_at"]), at(&c["deadline"]));
+    assert_eq!(deadline - created, 2 * 3_600_000, "{c:#}");
+    let secs = (deadline + 999).div_euclid(1000);
+
+    // The user-data EC2 holds: stratus's guard part first, with the deadline and the grace,
+    // then the profile's own.
+    for n in nodes(&c) {
+        let text = moto.user_data(n["id"].as_str().unwrap());
+        let parts = stratus::templates::split_multipart(&text).expect("a multi-part user-data");
+        assert_eq!(parts.len(), 2, "{text}");
+        assert_eq!(parts[0].0, "00-stratus-guard.sh");
+        assert!(
+            parts[0].1.contains(&format!("\ndeadline={secs}\n")),
+            "{}",
+            parts[0].1
+        );
+        assert!(parts[0].1.contains("grace=1200\n"), "{}", parts[0].1);
+        assert!(
+            parts[0]
+                .1
+                .contains("systemctl enable --now stratus-guard.timer")
+        );
+        assert!(parts[1].1.starts_with("#!/bin/bash"), "{}", parts[1].1);
+    }
+    // The hypervisor's nodes ran it: the deadline on each node, and the login message.
+    let r = ctx.ok(&[
+        "exec",
+        "clock",
+        "--all",
+        "--",
+        "cat \"$STRATUS_STATE_DIR/clock/deadline\"; head -n 1 \"$STRATUS_STATE_DIR/guard/motd\"",
+    ]);
+    for node in ["clock-master", "clock-worker-1"] {
+        assert!(r.stdout.contains(&format!("[{node}] {secs}\n")), "{r}");
+        assert!(
+            r.stdout
+                .contains(&format!("[{node}] stratus: cluster clock of ")),
+            "{r}"
+        );
+    }
+
+    // extend moves it on every node.
+    let r = ctx.ok(&["extend", "clock", "1h30m"]);
+    assert!(
+        r.stdout.contains("extended cluster clock by 1 h 30 min"),
+        "{r}"
+    );
+    let moved = (deadline + 90 * 60_000 + 999).div_euclid(1000);
+    let r = ctx.ok(&[
+        "exec",
+        "clock",
+        "--all",
+        "--",
+        "cat \"$STRATUS_STATE_DIR/clock/deadline\"",
+    ]);
+    assert_eq!(r.stdout.matches(&format!("{moved}\n")).count(), 2, "{r}");
+    // Past max_lifetime_hours: refused, and the nodes keep the deadline.
+    let r = ctx.run(&["extend", "clock", "1h"]);
+    assert_eq!(r.code, 2, "{r}");
+    assert!(r.stderr.contains("4 h in all"), "{r}");
+
+    ctx.ok(&["terminate-cluster", "clock", "--yes"]);
+    let report = eventually(Duration::from_secs(20), || {
+        let r = hv.report();
+        (r.stopped.len() == 2).then_some(r)
+    })
+    .unwrap_or_else(|| panic!("the hypervisor did not stop every node: {:?}", hv.report()));
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
 }

@@ -1538,7 +1538,12 @@ fn hadoop_spot_launches_on_moto_with_the_rendered_user_data() {
             .unwrap()
             .user_data(&p.role(role).user_data, &ctx_boot)
             .unwrap();
-        assert_eq!(moto.user_data(i.instance_id().unwrap()), want, "{name}");
+        // stratus's guard part first, then the profile's user-data as rendered.
+        let parts =
+            stratus::templates::split_multipart(&moto.user_data(i.instance_id().unwrap())).unwrap();
+        assert_eq!(parts.len(), 2, "{name}");
+        assert_eq!(parts[0].0, "00-stratus-guard.sh", "{name}");
+        assert_eq!(parts[1].1, want, "{name}");
         seen.insert(name.to_owned());
     }
     assert_eq!(
