@@ -382,6 +382,10 @@ pub struct LaunchOptions {
     /// Also authorise one of your own key pairs (`stratus keys create NAME`) on every node
     #[arg(long, value_name = "NAME")]
     pub key: Option<String>,
+    /// Print the cluster's rate and the policy's decision, and launch nothing (exit 0 if the
+    /// policy would admit it, 2 if not)
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

@@ -474,9 +474,29 @@ mod tests {
             m.contains("the class's max_units is 5; 4 are in use"),
             "{m}"
         );
-        let m = refused(&mut Numbers::default(), 1);
-        // 2 nodes for 8 hours at the rate above: $1.63.
-        assert!(m.contains("could cost up to $1.63"), "{m}");
+        // 2 nodes for 8 hours at the rate above cost $1.63, more than the $1.00 budget: the
+        // launch is admitted holding the $1.00, and says the budget runs out first.
+        let ask = rules
+            .admit_launch(&profile(), 1, &mut Numbers::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!((ask.max_cost, ask.runs_out), (1_000_000, Some(1_000_000)));
+        // With less left than its first minute costs: refused, naming both.
+        let m = refused(
+            &mut Numbers {
+                spent: 999_000,
+                ..Default::default()
+            },
+            1,
+        );
+        assert!(
+            m.contains("alice has $0.00 of the $1.00 budget left"),
+            "{m}"
+        );
+        assert!(
+            m.contains("less than the first minute of this launch costs ($0.00 at $0.20/h)"),
+            "{m}"
+        );
         assert!(m.starts_with("refused by the policy (/etc/stratus/policy.toml): "));
     }
 

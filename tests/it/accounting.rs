@@ -562,12 +562,16 @@ fn the_reaper_warns_waits_for_the_grace_then_terminates() {
 fn a_spent_budget_is_enforced_at_launch_and_by_the_reaper() {
     // Local nodes at $1 an hour; a budget of a cent.
     let ctx = reaper_context("budget_dollars = 0.01\nmax_lifetime_hours = 8");
-    // Within budget at the start? A cluster of 2 nodes for up to 8 hours could cost $16: more
-    // than is left, so the launch is refused, naming what is left and what it could cost.
+    // A cent is less than the first minute of 2 nodes at $1 an hour costs ($0.03): the launch
+    // is refused, naming what is left and what that minute costs.
     let r = ctx.run(&["launch-cluster", "b", "1"]);
     assert_eq!(r.code, 2, "{r}");
     assert!(r.stderr.contains("$0.01 of the $0.01 budget left"), "{r}");
-    assert!(r.stderr.contains("could cost up to $16.00"), "{r}");
+    assert!(
+        r.stderr
+            .contains("less than the first minute of this launch costs ($0.03 at $2.00/h)"),
+        "{r}"
+    );
     assert!(ctx.list_json().is_empty(), "nothing is created");
 
     // A cluster launched before the budget was set spends it; the reaper warns, then ends it.

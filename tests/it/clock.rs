@@ -411,3 +411,52 @@ fn the_warnings_reach_a_terminal_on_the_cluster() {
     term.send("exit\n");
     assert_eq!(term.wait(), Some(0));
 }
+
+#[test]
+fn a_dry_run_launches_nothing_and_prints_the_rate_and_the_decision() {
+    // Two local nodes at $1.00 an hour, for a lifetime of 4 hours ($8.00), on a $5.00 budget.
+    let ctx = clock_context(
+        "lifetime_hours = 4\nmax_nodes = 3\nbudget_dollars = 5",
+        "30",
+    );
+    let r = ctx.ok(&["launch-cluster", "dry", "1", "--dry-run"]);
+    assert!(
+        r.stdout.contains(
+            "cluster dry: 2 nodes of profile local-demo, at $2.00/h, for up to 4 h 00 min"
+        ),
+        "{r}"
+    );
+    assert!(
+        r.stdout
+            .contains("your budget has $5.00 left: 2 h 30 min at that rate"),
+        "{r}"
+    );
+    assert!(
+        r.stdout
+            .contains("your budget runs out after about 2 h 30 min, before its lifetime ends"),
+        "{r}"
+    );
+    assert!(
+        r.stdout
+            .contains("the policy would admit it; nothing was launched"),
+        "{r}"
+    );
+    assert!(ctx.list_json().is_empty(), "a dry run creates nothing");
+    assert!(ctx.node_dirs().is_empty());
+    // Refused: exit 2, the reason, nothing created.
+    let r = ctx.run(&["launch-cluster", "dry", "5", "--dry-run"]);
+    assert_eq!(r.code, 2, "{r}");
+    assert!(
+        r.stdout
+            .contains("the policy would refuse it: refused by the policy"),
+        "{r}"
+    );
+    assert!(r.stdout.contains("max_nodes for"), "{r}");
+    assert!(ctx.list_json().is_empty());
+    // The launch itself says the same before it launches, and is admitted though its budget
+    // runs out before its lifetime.
+    let r = ctx.ok(&["launch-cluster", "dry", "1"]);
+    assert!(r.stderr.contains("at $2.00/h"), "{r}");
+    assert!(r.stderr.contains("the reaper then ends the cluster"), "{r}");
+    assert_eq!(ctx.cluster_json("dry")["state"], "configured");
+}
