@@ -41,8 +41,8 @@ pub enum Orphans {
     Terminate,
 }
 
-/// Why a cluster is due, if it is: its deadline passed, or its owner's budget is spent. The
-/// limit is named in the policy's own units (`0.25 h`).
+/// Why a cluster is due, if it is: the term is over, its deadline passed, or its owner's
+/// budget is spent. The limit is named in the policy's own units (`0.25 h`).
 fn due(
     c: &ClusterRow,
     policy: &Policy,
@@ -50,6 +50,9 @@ fn due(
     store: &crate::store::Store,
     now: Millis,
 ) -> Result<Option<String>, Error> {
+    if let Some(end) = policy.term_over(now) {
+        return Ok(Some(format!("the term ended {end} ([class] term_end)")));
+    }
     let limits = policy.limits(
         c.owner.as_str(),
         &crate::sys::groups_of_user(c.owner.as_str()),

@@ -1,11 +1,11 @@
 //! What a user has spent in the policy's term, from recorded usage, counted exactly as the
-//! accounting report counts it (clipped to the term, per second, the 60-second minimum where a
-//! run starts): what budgets are checked against, by the admission and by the reaper.
+//! accounting report counts it (from the term's start to now, per second, the 60-second
+//! minimum where a run starts): what budgets are checked against, by the admission and by the reaper.
 
 use std::collections::BTreeMap;
 
 use crate::config::SiteConfig;
-use crate::core::model::{Millis, now_millis};
+use crate::core::model::now_millis;
 use crate::core::money::Micros;
 use crate::policy::Policy;
 use crate::store::{Store, StoreError};
@@ -30,11 +30,9 @@ pub fn spending(
 ) -> Result<(Micros, BTreeMap<i64, Micros>), StoreError> {
     let now = now_millis();
     let since = policy.term_start.map(|t| t.as_millisecond()).unwrap_or(0);
-    let until = policy
-        .term_end
-        .map(|t| t.as_millisecond())
-        .unwrap_or(Millis::MAX)
-        .min(now);
+    // Up to now, past the term's end too: what runs after it still spends the budget (were it
+    // clipped at the end, a budget would read as unspent once the term is over).
+    let until = now;
     let intervals = crate::store::quota::intervals_in(conn, Some(owner), since, until)?;
     let r = super::report::report(
         config,

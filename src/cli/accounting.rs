@@ -65,6 +65,7 @@ pub(super) async fn run(client: &Client, action: AccountingAction) -> Result<Exi
             by,
             since,
             until,
+            term,
             csv,
             json,
         } => {
@@ -72,7 +73,14 @@ pub(super) async fn run(client: &Client, action: AccountingAction) -> Result<Exi
                 crate::core::input::parse_time(t)?;
             }
             let answer = expect!(
-                client.call(Request::Report { by, since, until }).await?,
+                client
+                    .call(Request::Report {
+                        by,
+                        since,
+                        until,
+                        term
+                    })
+                    .await?,
                 Response::Report
             );
             let r = answer.report;
@@ -88,6 +96,20 @@ pub(super) async fn run(client: &Client, action: AccountingAction) -> Result<Exi
                 printer.out(super::report::csv(&r)?.trim_end())?;
             } else {
                 printer.out(super::report::table(&r))?;
+                if term {
+                    let (n, ms, micros) = r
+                        .rows
+                        .iter()
+                        .filter(|row| row.estimated)
+                        .fold((0, 0, 0), |(n, ms, m), row| {
+                            (n + 1, ms + row.millis, m + row.micros)
+                        });
+                    printer.out(format!(
+                        "of which estimated (runs whose end stratus did not see, closed by its rule): {} over {} instance hours, in {n} rows",
+                        crate::core::money::dollars_text(micros),
+                        crate::core::model::hours_text(ms)
+                    ))?;
+                }
             }
         }
     }

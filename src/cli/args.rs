@@ -215,6 +215,10 @@ pub enum AccountingAction {
         /// Up to this time (a date, or RFC 3339)
         #[arg(long, value_name = "TIME")]
         until: Option<String>,
+        /// The term's close: the policy's term (term_start to term_end), by user, with the
+        /// estimated share apart
+        #[arg(long, conflicts_with_all = ["since", "until", "by"])]
+        term: bool,
         #[arg(long, conflicts_with = "json")]
         csv: bool,
         #[arg(long)]

@@ -87,6 +87,11 @@ impl<'a> Rules<'a> {
         workers: u32,
         in_use: &mut U,
     ) -> Result<Result<Ask, Error>, U::Error> {
+        if let Some(end) = self.policy.term_over(crate::core::model::now_millis()) {
+            return Ok(Err(self.refuse(format!(
+                "the term ended {end} ([class] term_end): no cluster may be launched until the instructor sets the next term"
+            ))));
+        }
         if let Some(allowed) = &self.limits.profiles
             && !allowed.contains(&profile.name)
         {
@@ -287,6 +292,7 @@ pub struct ExtensionAsk<'a> {
 /// The outer error is `spending`'s; the inner one a refusal naming the limit.
 pub fn admit_extension<E>(
     limits: &Limits,
+    term_end: Option<Millis>,
     ask: &ExtensionAsk<'_>,
     spending: impl FnOnce() -> Result<(Micros, Micros), E>,
 ) -> Result<Result<Extension, String>, E> {
@@ -307,6 +313,15 @@ pub fn admit_extension<E>(
     }
     let base = deadline.max(ask.now);
     let to = base.saturating_add(ask.by);
+    if let Some(end) = term_end
+        && to > end
+    {
+        return Ok(Err(format!(
+            "the term ends {} ([class] term_end): cluster {} cannot be extended past it",
+            crate::core::model::local_time(end),
+            c.name
+        )));
+    }
     if let Some(max) = limits.max_lifetime_of(&c.record.profile)
         && to - c.created_at > max
     {

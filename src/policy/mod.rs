@@ -243,11 +243,18 @@ impl Policy {
         for (ty, n) in &file.units {
             units.insert(ty.clone(), units_of(*n, &format!("[units] {ty:?}"))?);
         }
+        // A date alone is a whole day: the term starts at its first moment (UTC) and ends
+        // after its last (`term_end = 2026-12-20` takes in the 20th).
         let date = |d: &Option<toml::value::Datetime>, key: &str| {
             d.as_ref()
                 .map(|d| {
                     let text = d.to_string();
                     let day = text.parse::<jiff::civil::Date>().map(|day| {
+                        let day = if key == "term_end" {
+                            day.tomorrow().unwrap_or(day)
+                        } else {
+                            day
+                        };
                         day.to_zoned_datetime(jiff::tz::TimeZone::UTC)
                             .map(|z| z.timestamp())
                     });
@@ -289,6 +296,15 @@ impl Policy {
             groups,
             users,
         })
+    }
+
+    /// When the term ended, in local time, if it has by `now` (`[class] term_end`): no
+    /// launches, and the reaper ends what still runs.
+    pub fn term_over(&self, now: Millis) -> Option<String> {
+        self.term_end
+            .map(|t| t.as_millisecond())
+            .filter(|end| now >= *end)
+            .map(crate::core::model::local_time)
     }
 
     /// Whether this user (with these groups) may see and act on every cluster.

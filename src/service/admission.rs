@@ -255,6 +255,7 @@ pub fn extend(
 ) -> Result<crate::policy::admission::Extension, Error> {
     let user = ask.cluster.owner.as_str();
     store.immediate(|tx| -> Result<_, Error> {
+        let term_end = policy.and_then(|p| p.term_end).map(|t| t.as_millisecond());
         let spending = || match policy {
             Some(policy) => Ledger {
                 tx,
@@ -266,15 +267,13 @@ pub fn extend(
             .spending(),
             None => Ok((0, 0)),
         };
-        let ext =
-            crate::policy::admission::admit_extension(limits, ask, spending)?.map_err(|why| {
-                match policy {
-                    Some(p) => Error::refused(format!(
-                        "refused by the policy ({}): {why}",
-                        p.path.display()
-                    )),
-                    None => Error::invalid(why),
-                }
+        let ext = crate::policy::admission::admit_extension(limits, term_end, ask, spending)?
+            .map_err(|why| match policy {
+                Some(p) => Error::refused(format!(
+                    "refused by the policy ({}): {why}",
+                    p.path.display()
+                )),
+                None => Error::invalid(why),
             })?;
         if !ledger::extend_deadline(tx, ask.cluster.id, ext.from, ext.to, ext.cost)? {
             return Err(Error::runtime(format!(

@@ -423,9 +423,15 @@ impl Service {
                 self.usage(asked, owner.as_deref(), everyone).await
             }
             Request::Quota {} => self.quota(asked),
-            Request::Report { by, since, until } => {
-                self.report(asked, by, since.as_deref(), until.as_deref())
-            }
+            Request::Report {
+                by,
+                since,
+                until,
+                term,
+            } => match term {
+                true => self.term_report(asked),
+                false => self.report(asked, by, since.as_deref(), until.as_deref()),
+            },
             Request::Audit { since } => self.audit_trail(asked, since.as_deref()),
             Request::Snapshot {} => self.snapshot(asked).await,
             Request::Reap { dry_run, orphans } => self.reap(asked, dry_run, orphans).await,

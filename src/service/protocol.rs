@@ -110,6 +110,9 @@ pub enum Request {
         by: By,
         since: Option<String>,
         until: Option<String>,
+        /// The policy's term, by user (`report --term`): instead of `since`, `until` and `by`.
+        #[serde(default)]
+        term: bool,
     },
     /// Removes an ended cluster from the list, with anything left of it at the provider.
     Delete {

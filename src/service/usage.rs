@@ -71,6 +71,21 @@ impl Service {
         Ok(Response::Report(ReportAnswer { report }))
     }
 
+    /// The term's close (`report --term`): the policy's term, by user.
+    pub(super) fn term_report(&self, asked: &Asked<'_>) -> Result<Response, Error> {
+        let policy = asked.policy.present().ok_or_else(|| {
+            Error::invalid("report --term needs the policy's term, and there is no policy")
+        })?;
+        let (Some(start), Some(end)) = (policy.term_start, policy.term_end) else {
+            return Err(Error::invalid(format!(
+                "report --term needs [class] term_start and term_end in {}",
+                policy.path.display()
+            )));
+        };
+        let (start, end) = (start.to_string(), end.to_string());
+        self.report(asked, By::User, Some(&start), Some(&end))
+    }
+
     pub(super) fn audit_trail(
         &self,
         asked: &Asked<'_>,

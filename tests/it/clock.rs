@@ -460,3 +460,89 @@ fn a_dry_run_launches_nothing_and_prints_the_rate_and_the_decision() {
     assert!(r.stderr.contains("the reaper then ends the cluster"), "{r}");
     assert_eq!(ctx.cluster_json("dry")["state"], "configured");
 }
+
+#[test]
+fn after_the_term_launches_are_refused_the_reaper_ends_what_runs_and_budgets_stay_spent() {
+    let today = jiff::Timestamp::now()
+        .to_zoned_datetime(jiff::tz::TimeZone::UTC)
+        .date();
+    let start = today.checked_sub(jiff::Span::new().days(30)).unwrap();
+    let ctx = TestContext::with_config("[prices]\n\"local\" = 1.0\n");
+    std::fs::write(
+        ctx.config.parent().unwrap().join("policy.toml"),
+        format!(
+            "[class]\nterm_start = {start}\nterm_end = {today}\n[units]\n\"local\" = 1\n[default]\nprofiles = [\"local-demo\"]\nbudget_dollars = 50\n[reaper]\ngrace_minutes = 30\n"
+        ),
+    )
+    .unwrap();
+    // The term takes in the whole of its last day.
+    ctx.ok(&["launch-cluster", "last", "1"]);
+    let after = today
+        .tomorrow()
+        .unwrap()
+        .to_zoned_datetime(jiff::tz::TimeZone::UTC)
+        .unwrap()
+        .timestamp()
+        .as_millisecond()
+        + 3_600_000;
+    let at = |ms: i64| stratus::core::model::rfc3339(ms);
+    let run = |when: i64, args: &[&str]| {
+        let out = ctx
+            .cmd()
+            .env("STRATUS_TEST_NOW", at(when))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // After term_end: a launch is refused, naming the term; nothing is created.
+    let (code, _, err) = run(after, &["launch-cluster", "late", "1"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("the term ended"), "{err}");
+    assert!(err.contains("[class] term_end"), "{err}");
+    assert!(!ctx.list_json().iter().any(|c| c["name"] == "late"));
+    // The budget is not reset: what ran in the term, and after it, is still spent.
+    let (_, quota, err) = run(after, &["quota", "--json"]);
+    let quota: serde_json::Value = serde_json::from_str(&quota).unwrap_or_else(|_| panic!("{err}"));
+    assert!(
+        quota["used"]["dollars"].as_f64().unwrap() > 1.0,
+        "{quota:#}"
+    );
+    // The reaper warns, then ends what still runs.
+    let (code, out, err) = run(after, &["accounting", "reap", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("\"warn\"") && out.contains("the term ended"),
+        "{out}"
+    );
+    let (code, out, err) = run(after + 31 * 60_000, &["accounting", "reap", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"terminate\""), "{out}");
+    assert_eq!(ctx.cluster_json("last")["state"], "terminated");
+    // The term's close: by user, in total.
+    let (code, out, err) = run(
+        after + 32 * 60_000,
+        &["accounting", "report", "--term", "--json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let owner = ctx.cluster_json("last")["owner"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        report["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["user"] == owner.as_str()),
+        "{report:#}"
+    );
+    let (code, out, _) = run(after + 32 * 60_000, &["accounting", "report", "--term"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("of which estimated"), "{out}");
+}
