@@ -206,6 +206,7 @@ pub(super) fn install_or_doctor(printer: &Printer, action: AdminAction) -> Resul
             service_user,
         } => doctor(printer, prefix.as_deref(), service_user.as_deref()),
         AdminAction::Audit { .. }
+        | AdminAction::Class { .. }
         | AdminAction::IamPolicy
         | AdminAction::Identities { .. }
         | AdminAction::Image { .. } => Err(Error::runtime("not an install command")),
@@ -231,6 +232,60 @@ fn audit_line(r: &crate::store::AuditRecord) -> String {
         line.push_str(&format!(" [{}]", r.instances.join(", ")));
     }
     line
+}
+
+/// `admin class`: every live cluster of the class, what needs attention first.
+pub(super) async fn class(client: &Client, json: bool) -> Result<ExitCode, Error> {
+    use crate::core::model::span_text;
+    let rows = expect!(client.call(Request::Class {}).await?, Response::Class);
+    let printer = client.printer();
+    if json {
+        printer.json(&rows)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if rows.is_empty() {
+        printer.status("no live clusters in the class");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut t = super::table::Table::new(&[
+        "OWNER",
+        "CLUSTER",
+        "STATE",
+        "NODES",
+        "AGE",
+        "DEADLINE",
+        "ACTIVITY",
+        "COST",
+        "BUDGET LEFT",
+    ]);
+    let dollars = crate::core::money::dollars_text;
+    for r in &rows {
+        t.row(vec![
+            r.owner.clone(),
+            r.cluster.clone(),
+            r.state.clone(),
+            format!("{}/{}", r.running, r.nodes),
+            span_text(r.age_secs * 1000),
+            match r.left_secs {
+                Some(s) if s > 0 => format!("in {}", span_text(s * 1000)),
+                Some(_) => "passed".into(),
+                None => "-".into(),
+            },
+            r.activity.clone().unwrap_or_else(|| "-".into()),
+            dollars(r.cost_micros),
+            r.budget_left_micros.map_or_else(|| "-".into(), dollars),
+        ]);
+    }
+    printer.out(t.render())?;
+    for r in rows.iter().filter(|r| r.warning.is_some()) {
+        printer.out(format!(
+            "{}/{}: the reaper warned it: {}",
+            r.owner,
+            r.cluster,
+            r.warning.as_deref().unwrap_or_default()
+        ))?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `admin audit`: the decisions of the privileged path, for instructors.

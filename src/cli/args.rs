@@ -241,6 +241,11 @@ pub enum AccountingAction {
 
 #[derive(Debug, Subcommand)]
 pub enum AdminAction {
+    /// Every live cluster of the class, what needs attention first (instructors only)
+    Class {
+        #[arg(long)]
+        json: bool,
+    },
     /// The decisions of the privileged path, as JSON lines with --json (instructors only)
     Audit {
         #[arg(long)]
@@ -424,6 +429,7 @@ impl Command {
                 }
                 | Command::Admin {
                     action: AdminAction::Audit { json: true, .. }
+                        | AdminAction::Class { json: true }
                         | AdminAction::Identities {
                             action: IdentitiesAction::List { json: true }
                         }
@@ -435,6 +441,7 @@ impl Command {
                     action: KeysAction::List { json: true }
                 }
                 | Command::Reconcile { json: true, .. }
+                | Command::Extend { json: true, .. }
         )
     }
 }

@@ -147,6 +147,9 @@ pub async fn run(cli: Cli, env: Environment, printer: Arc<Printer>) -> Result<Ex
         Command::Admin {
             action: AdminAction::Identities { action },
         } => identity::admin(&client, action, &env).await,
+        Command::Admin {
+            action: AdminAction::Class { json },
+        } => admin::class(&client, json).await,
         Command::Admin { action } => admin::audit(&client, action).await,
         Command::Accounting { action } => accounting::run(&client, action).await,
         Command::Profiles { .. } | Command::Node { .. } | Command::Runner | Command::Serve => {

@@ -17,6 +17,7 @@
 pub(crate) mod admission;
 pub(crate) mod audit;
 pub mod caller;
+pub(crate) mod class;
 pub(crate) mod clusters;
 pub(crate) mod extend;
 pub(crate) mod identity;
@@ -385,6 +386,7 @@ impl Service {
                 };
                 self.launch(asked, launch, trail).await
             }
+            Request::Class {} => self.class(asked),
             Request::Quote {
                 name,
                 workers,

@@ -72,6 +72,8 @@ pub enum Request {
         /// Instructors only: a cluster of another user.
         owner: Option<String>,
     },
+    /// Every live cluster of the class, what needs attention first (instructors only).
+    Class {},
     /// Clusters, as `list --json` shows them, with their nodes' pinned host keys.
     List {
         name: Option<String>,
@@ -215,6 +217,7 @@ impl Request {
             Request::Terminate { .. } => "terminate",
             Request::Extend { .. } => "extend",
             Request::List { .. } => "list",
+            Request::Class {} => "class",
             Request::Key { .. } => "key",
             Request::Reach { .. } => "reach",
             Request::Usage { .. } => "usage",
@@ -246,6 +249,7 @@ impl Request {
         matches!(
             self,
             Request::List { .. }
+                | Request::Class {}
                 | Request::Quote { .. }
                 | Request::Usage { .. }
                 | Request::Quota {}
@@ -503,6 +507,7 @@ pub enum Response {
     Terminated(Terminated),
     Extended(Extended),
     Clusters(Vec<ClusterView>),
+    Class(Vec<crate::service::class::ClassRow>),
     /// The cluster and its key (`Key` and `Reach`).
     Key(Launched),
     Usage(Vec<UsageRow>),
@@ -536,6 +541,7 @@ impl Response {
             Request::Terminate { .. } => Response::Terminated(of(value)?),
             Request::Extend { .. } => Response::Extended(of(value)?),
             Request::List { .. } => Response::Clusters(of(value)?),
+            Request::Class {} => Response::Class(of(value)?),
             Request::Key { .. } | Request::Reach { .. } => Response::Key(of(value)?),
             Request::Usage { .. } => Response::Usage(of(value)?),
             Request::Quota {} => Response::Quota(of(value)?),

@@ -546,3 +546,52 @@ fn after_the_term_launches_are_refused_the_reaper_ends_what_runs_and_budgets_sta
     assert_eq!(code, 0);
     assert!(out.contains("of which estimated"), "{out}");
 }
+
+#[test]
+fn admin_class_shows_the_class_s_clusters_what_needs_attention_first() {
+    let ctx = clock_context(
+        "lifetime_hours = 1\nmax_lifetime_hours = 3\nbudget_dollars = 20",
+        "30",
+    );
+    ctx.ok(&["launch-cluster", "calm", "1"]);
+    ctx.ok(&["launch-cluster", "soon", "1"]);
+    // `soon` is nearer its deadline once `calm` is extended.
+    ctx.ok(&["extend", "calm", "1h"]);
+    let r = ctx.ok(&["admin", "class", "--json"]);
+    let rows: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0]["cluster"], "soon", "{rows:?}");
+    assert_eq!(rows[1]["cluster"], "calm", "{rows:?}");
+    for row in rows {
+        assert_eq!(
+            (row["running"].as_u64(), row["nodes"].as_u64()),
+            (Some(2), Some(2)),
+            "{row}"
+        );
+        assert!(row["deadline"].is_string(), "{row}");
+        assert!(row["cost_micros"].as_i64().unwrap() > 0, "{row}");
+        // $20 less what each holds and has spent.
+        assert!(
+            row["budget_left_micros"].as_i64().unwrap() < 20_000_000,
+            "{row}"
+        );
+    }
+    // The reaper's warning puts a cluster first.
+    let later = stratus::core::model::rfc3339(stratus::core::model::now_millis() + 90 * 60_000);
+    let out = ctx
+        .cmd()
+        .env("STRATUS_TEST_NOW", &later)
+        .args(["accounting", "reap"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let r = ctx.ok(&["admin", "class"]);
+    let first = r.stdout.lines().nth(1).unwrap_or_default();
+    assert!(first.contains("soon"), "{r}");
+    assert!(
+        r.stdout
+            .contains("/soon: the reaper warned it: its lifetime of 1 h is over"),
+        "{r}"
+    );
+}
