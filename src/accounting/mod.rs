@@ -1,6 +1,7 @@
 //! Usage and cost, computed from the recorded usage intervals (never from counting snapshots):
 //! hours per cluster, and cost in micro-dollars from a price table (`config::prices`).
 
+pub mod idle;
 pub mod reaper;
 pub mod report;
 pub mod snapshot;

@@ -153,7 +153,11 @@ impl<P: Provider> Reaper<'_, P> {
         if c.state == ClusterState::Terminating {
             return self.stuck_terminate(c).await;
         }
-        let Some(reason) = due(c, self.policy, self.config, ctx.store, now)? else {
+        let reason = match due(c, self.policy, self.config, ctx.store, now)? {
+            Some(r) => Some(r),
+            None => super::idle::idle_reason(ctx, self.policy, c, now, self.dry_run).await?,
+        };
+        let Some(reason) = reason else {
             // No longer due (the instructor raised a limit, say): a new breach gets a new
             // warning and a new grace, and the nodes get their deadline back.
             if c.reap_after.is_some() && !self.dry_run {

@@ -14,16 +14,14 @@
 //! The reaper stays the normal path: a student owns the node and can stop the guard
 //! (docs/threats.md).
 
-use std::sync::Arc;
-
 use crate::cluster::Ctx;
 use crate::cluster::meta::target;
 use crate::cluster::ssh::{self, Client};
 use crate::cluster::terminate::live_nodes;
 use crate::core::error::Error;
-use crate::core::model::{Millis, shell_quote};
+use crate::core::model::{Millis, Role, shell_quote};
 use crate::core::money::Micros;
-use crate::store::ClusterRow;
+use crate::store::{ClusterRow, NodeRow};
 
 /// The guard, as installed on a node.
 const GUARD: &str = include_str!("guard/stratus-guard.sh");
@@ -130,40 +128,66 @@ pub async fn push(
     cluster: &ClusterRow,
     script: &str,
 ) -> Result<Vec<(String, String)>, Error> {
+    Ok(
+        run_on_nodes(ctx, cluster, |_| script.to_owned(), PUSH_TIMEOUT)
+            .await?
+            .into_iter()
+            .filter_map(|(name, _, r)| r.err().map(|why| (name, why)))
+            .collect(),
+    )
+}
+
+/// How long one node may take to answer a push or a probe.
+const PUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The idle rule's probe of one node (`stratus-guard idle`): its interactive sessions, its CPU
+/// use and the age of the student's keep-alive file.
+pub const IDLE_PROBE: &str = "g=/usr/local/sbin/stratus-guard; if [ -n \"${STRATUS_STATE_DIR:-}\" ]; then g=\"$STRATUS_STATE_DIR/clock/stratus-guard\"; fi; \"$g\" idle";
+
+/// Runs on every live node of `cluster` that stratus has reached before (its host key pinned)
+/// the script `script_for` gives it, in parallel, each within `timeout`: per node, its name,
+/// role, and its standard output or why it failed (unreachable, timed out, a non-zero status).
+pub async fn run_on_nodes(
+    ctx: Ctx<'_>,
+    cluster: &ClusterRow,
+    script_for: impl Fn(&NodeRow) -> String,
+    timeout: std::time::Duration,
+) -> Result<Vec<(String, Role, Result<String, String>)>, Error> {
     let key = crate::cluster::keys::ClusterKeys::of(ctx.state_dir, cluster).load()?;
     let client = Client::new(key, ctx.connect_timeout());
-    let mut failed = Vec::new();
-    let mut targets = Vec::new();
-    // Only nodes stratus has reached before (their host key pinned): one never reached is not
-    // reachable now either, and its address may be no real node's.
+    let mut done = Vec::new();
+    let mut jobs = Vec::new();
+    // A node never reached is not reachable now either, and its address may be no real node's.
     for n in live_nodes(ctx, cluster)?
         .into_iter()
         .filter(|n| n.host_key.is_some())
     {
         match target(&n, cluster) {
-            Ok(t) => targets.push(t),
-            Err(e) => failed.push((n.instance_id.clone(), e.to_string())),
+            Ok(t) => jobs.push((t, n.role, script_for(&n))),
+            Err(e) => done.push((n.instance_id.clone(), n.role, Err(e.to_string()))),
         }
     }
-    let script = Arc::new(script.to_owned());
-    let results = ssh::fan_out(targets, ctx.ssh.max_parallel, move |t| {
+    let results = ssh::fan_out(jobs, ctx.ssh.max_parallel, move |(t, role, script)| {
         let client = client.clone();
-        let script = script.clone();
         async move {
             let name = t.name.clone();
-            let r = async {
+            let run = async {
                 let s = client.connect(&t).await?;
                 let out = s.run(&script).await;
                 s.close().await;
-                out.map(drop)
-            }
-            .await;
-            r.map_err(|e: ssh::SshError| (name, e.to_string()))
+                out
+            };
+            let r = match tokio::time::timeout(timeout, run).await {
+                Ok(Ok(out)) => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {}s", timeout.as_secs())),
+            };
+            (name, role, r)
         }
     })
     .await;
-    failed.extend(results.into_iter().filter_map(Result::err));
-    Ok(failed)
+    done.extend(results);
+    Ok(done)
 }
 
 #[cfg(test)]

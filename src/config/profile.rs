@@ -149,6 +149,11 @@ pub struct Profile {
     /// the reaper ends clusters past it).
     #[serde(default)]
     pub max_lifetime_hours: Option<u64>,
+    /// For the policy's idle rule: a command run on the master (as the login user, over SSH)
+    /// that prints how many jobs are running or waiting to run (the hadoop profile asks YARN's
+    /// ResourceManager). A failure counts as busy. Unset: jobs are not a signal.
+    #[serde(default)]
+    pub busy_command: Option<String>,
     /// Seconds the configure step (files, workers file, commands on the master) may take before
     /// the launch fails and rolls back.
     #[serde(default = "default_configure_timeout")]
@@ -199,6 +204,7 @@ struct ProfileFile {
     boot_timeout_secs: Option<u64>,
     configure_timeout_secs: Option<u64>,
     max_lifetime_hours: Option<u64>,
+    busy_command: Option<String>,
     workers_file: Option<String>,
     ports: Option<Vec<u16>>,
     intra_cluster_key: Option<bool>,
@@ -653,6 +659,7 @@ impl Profile {
             boot_timeout_secs: None,
             configure_timeout_secs: 60,
             max_lifetime_hours: None,
+            busy_command: None,
             workers_file: None,
             ports: vec![],
             intra_cluster_key: false,

@@ -103,6 +103,8 @@ struct ClassFile {
 #[serde(deny_unknown_fields)]
 struct ReaperFile {
     grace_minutes: Option<Number>,
+    idle_minutes: Option<Number>,
+    idle_cpu_percent: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -189,6 +191,11 @@ pub struct Policy {
     pub units: BTreeMap<String, MilliUnits>,
     /// The reaper's grace between its warning and the termination.
     pub reaper_grace: Millis,
+    /// The idle rule (`[reaper] idle_minutes`), off without it: a cluster idle that long (and
+    /// older than that) is warned, then ended.
+    pub idle: Option<Millis>,
+    /// Below this CPU use (percent, each node), a node counts as idle.
+    pub idle_cpu_percent: u32,
     default: Limits,
     groups: BTreeMap<String, Limits>,
     users: BTreeMap<String, Limits>,
@@ -292,6 +299,13 @@ impl Policy {
             term_end: date(&file.class.term_end, "term_end")?,
             units,
             reaper_grace: grace,
+            idle: file
+                .reaper
+                .idle_minutes
+                .map(|n| scaled(n, 60_000, "[reaper] idle_minutes"))
+                .transpose()?
+                .filter(|ms| *ms > 0),
+            idle_cpu_percent: file.reaper.idle_cpu_percent.unwrap_or(10).min(100),
             default: table(&file.default, "default")?,
             groups,
             users,
@@ -383,6 +397,8 @@ budget_dollars = 50.0            # per term, from recorded usage
 
 [reaper]
 grace_minutes = 30               # between the reaper's warning and the termination
+# idle_minutes = 60              # end clusters idle this long (off by default; see the README)
+# idle_cpu_percent = 10          # a node below this CPU use counts as idle
 "#;
 }
 

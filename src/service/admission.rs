@@ -138,6 +138,10 @@ impl Admitted<'_> {
     }
 }
 
+/// The policy's decision on a launch (what it would reserve, or the refusal), and the budget
+/// left (`None` without one).
+pub type Quote = (Result<Option<Ask>, Error>, Option<Micros>);
+
 impl Admission<'_> {
     /// What a launch of `workers` workers of `profile` would be told now, and the budget left
     /// (`None` without one); nothing is written.
@@ -146,7 +150,7 @@ impl Admission<'_> {
         store: &Store,
         profile: &crate::config::profile::Profile,
         workers: u32,
-    ) -> Result<(Result<Option<Ask>, Error>, Option<Micros>), StoreError> {
+    ) -> Result<Quote, StoreError> {
         store.immediate(|tx| {
             let decision = self.decide(tx, -1, |rules, in_use| {
                 rules.admit_launch(profile, workers, in_use)

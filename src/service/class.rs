@@ -97,7 +97,7 @@ impl Service {
                 age_secs: (now - c.created_at) / 1000,
                 deadline: deadline.map(rfc3339),
                 left_secs: deadline.map(|d| (d - now).div_euclid(1000)),
-                activity: None,
+                activity: c.activity.clone(),
                 cost_micros: costs.get(&c.id).copied().unwrap_or(0),
                 budget_left_micros: left_of[&owner],
                 warning: c.reap_reason.clone().filter(|_| c.reap_after.is_some()),

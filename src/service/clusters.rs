@@ -278,6 +278,8 @@ mod tests {
             extensions: 0,
             ended_by: None,
             ended_reason: None,
+            idle_since: None,
+            activity: None,
         }
     }
 

@@ -113,6 +113,9 @@ pub struct ClusterRow {
     /// Who ended it (`alice`, `reaper`) and why, when someone did.
     pub ended_by: Option<String>,
     pub ended_reason: Option<String>,
+    /// Since when the reaper has seen it idle, and what it last saw (`idle`, `busy: …`).
+    pub idle_since: Option<Millis>,
+    pub activity: Option<String>,
 }
 
 /// What `create_cluster` did. Returned once per launch, so the size of the row it carries costs
@@ -300,6 +303,12 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE clusters ADD COLUMN extensions INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE clusters ADD COLUMN ended_by TEXT;
     ALTER TABLE clusters ADD COLUMN ended_reason TEXT;
+    "#,
+    // 10: the reaper's idle rule: since when the cluster has been seen idle (every signal
+    // agreeing), and what it last saw (`idle`, `busy: …`), for `admin class`.
+    r#"
+    ALTER TABLE clusters ADD COLUMN idle_since INTEGER;
+    ALTER TABLE clusters ADD COLUMN activity TEXT;
     "#,
 ];
 
@@ -640,6 +649,20 @@ impl Store {
         Ok(())
     }
 
+    /// Records what the idle rule saw: since when the cluster is idle (`None`: it is not).
+    pub fn set_activity(
+        &self,
+        id: i64,
+        idle_since: Option<Millis>,
+        activity: &str,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE clusters SET idle_since = ?2, activity = ?3 WHERE id = ?1",
+            params![id, idle_since, activity],
+        )?;
+        Ok(())
+    }
+
     /// Records who ended a cluster and why (kept the first time: a reaper's terminate that
     /// its owner's own terminate finishes stays the reaper's).
     pub fn set_ended_by(&self, id: i64, by: &str, reason: &str) -> Result<(), StoreError> {
@@ -734,7 +757,7 @@ fn set_wal(conn: &Connection) -> rusqlite::Result<()> {
 
 const CLUSTER_SELECT: &str = "SELECT id, name, owner, profile, provider, state, request_id,
     created_at, updated_at, terminated_at, failure, record, hidden, reap_after, reap_reason,
-    naming, deadline, extensions, ended_by, ended_reason FROM clusters";
+    naming, deadline, extensions, ended_by, ended_reason, idle_since, activity FROM clusters";
 
 fn cluster_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ClusterRow, StoreError>> {
     let name: String = r.get(1)?;
@@ -770,6 +793,8 @@ fn cluster_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ClusterRow
             extensions: r.get(17)?,
             ended_by: r.get(18)?,
             ended_reason: r.get(19)?,
+            idle_since: r.get(20)?,
+            activity: r.get(21)?,
         })
     };
     Ok(build())

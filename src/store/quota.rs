@@ -262,6 +262,33 @@ impl Store {
     }
 }
 
+/// Moves a live cluster's deadline to `to` and counts one more extension, if its deadline is
+/// still `from` (compare and set: two extends at once move it once each, never both from the
+/// same start); the most its open reservation may cost grows by `cost`, so that the budget
+/// holds the extension as it holds the launch. Returns whether it moved.
+pub fn extend_deadline(
+    conn: &Connection,
+    id: i64,
+    from: Option<Millis>,
+    to: Millis,
+    cost: i64,
+) -> Result<bool, StoreError> {
+    let n = conn.execute(
+        "UPDATE clusters SET deadline = ?3, extensions = extensions + 1, updated_at = ?4
+         WHERE id = ?1 AND deadline IS ?2 AND state NOT IN ('failed', 'terminated')",
+        params![id, from, to, now_millis()],
+    )?;
+    if n == 1 {
+        conn.execute(
+            "UPDATE reservations SET max_cost_micros = max_cost_micros + ?2
+             WHERE id = (SELECT MIN(id) FROM reservations
+                         WHERE cluster_id = ?1 AND released_at IS NULL)",
+            params![id, cost],
+        )?;
+    }
+    Ok(n == 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,31 +322,4 @@ mod tests {
         );
         assert_eq!(r.instances, ["i-1"]);
     }
-}
-
-/// Moves a live cluster's deadline to `to` and counts one more extension, if its deadline is
-/// still `from` (compare and set: two extends at once move it once each, never both from the
-/// same start); the most its open reservation may cost grows by `cost`, so that the budget
-/// holds the extension as it holds the launch. Returns whether it moved.
-pub fn extend_deadline(
-    conn: &Connection,
-    id: i64,
-    from: Option<Millis>,
-    to: Millis,
-    cost: i64,
-) -> Result<bool, StoreError> {
-    let n = conn.execute(
-        "UPDATE clusters SET deadline = ?3, extensions = extensions + 1, updated_at = ?4
-         WHERE id = ?1 AND deadline IS ?2 AND state NOT IN ('failed', 'terminated')",
-        params![id, from, to, now_millis()],
-    )?;
-    if n == 1 {
-        conn.execute(
-            "UPDATE reservations SET max_cost_micros = max_cost_micros + ?2
-             WHERE id = (SELECT MIN(id) FROM reservations
-                         WHERE cluster_id = ?1 AND released_at IS NULL)",
-            params![id, cost],
-        )?;
-    }
-    Ok(n == 1)
 }

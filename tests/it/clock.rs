@@ -331,6 +331,11 @@ fn the_guard_warns_once_per_threshold_and_deadline_then_stops_the_node() {
     assert!(said.contains("powering off now"), "{said}");
     // A local node never writes to the machine's terminals.
     assert!(!g.dir.path().join("bin/wall-called").exists());
+    // The idle rule's reading: no sessions recorded, no keep-alive file.
+    let (code, reading) = g.run("idle");
+    assert_eq!(code, 0);
+    assert!(reading.starts_with("sessions=0 cpu="), "{reading}");
+    assert!(reading.trim_end().ends_with(" busy_age=none"), "{reading}");
 }
 
 #[test]
@@ -594,4 +599,102 @@ fn admin_class_shows_the_class_s_clusters_what_needs_attention_first() {
             .contains("/soon: the reaper warned it: its lifetime of 1 h is over"),
         "{r}"
     );
+}
+
+/// `accounting reap --json` with the reaper's clock at `at`.
+fn reap_at(ctx: &TestContext, at: i64) -> Vec<serde_json::Value> {
+    let out = ctx
+        .cmd()
+        .env("STRATUS_TEST_NOW", stratus::core::model::rfc3339(at))
+        .args(["accounting", "reap", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn an_idle_local_cluster_is_warned_then_reaped_and_a_busy_one_is_not() {
+    let ctx = clock_context("max_lifetime_hours = 8", "0\nidle_minutes = 1");
+    for name in ["quiet", "keep", "session", "job"] {
+        ctx.ok(&["launch-cluster", name, "1"]);
+    }
+    let t0 = stratus::core::model::now_millis();
+    // In its first idle_minutes nothing is idle.
+    assert!(reap_at(&ctx, t0 + 30_000).is_empty());
+    let class = ctx.ok(&["admin", "class", "--json"]);
+    assert!(
+        class.stdout.contains("launched less than idle_minutes ago"),
+        "{class}"
+    );
+
+    // Busy: the keep-alive file on a worker; a login on the master; a job on the master.
+    ctx.ok(&["exec", "keep", "--all", "--", "touch ~/.stratus-busy"]);
+    ctx.ok(&["exec", "job", "--", "mkdir -p jobs && touch jobs/wordcount"]);
+    let mut cmd = ctx.cmd();
+    cmd.args(["login", "session"]);
+    let mut term = crate::support::pty::Pty::spawn(cmd);
+    term.send("echo in-$((2*21))\n");
+    term.expect("in-42");
+
+    // First seen idle: not yet due.
+    assert!(reap_at(&ctx, t0 + 2 * 60_000).is_empty());
+    let class: serde_json::Value =
+        serde_json::from_str(&ctx.ok(&["admin", "class", "--json"]).stdout).unwrap();
+    let activity = |name: &str| {
+        class
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["cluster"] == name)
+            .map(|r| r["activity"].as_str().unwrap_or_default().to_owned())
+            .unwrap()
+    };
+    assert_eq!(activity("quiet"), "idle");
+    assert!(
+        activity("keep").contains("~/.stratus-busy touched"),
+        "{class:#}"
+    );
+    assert!(
+        activity("session").contains("1 SSH sessions on session-master"),
+        "{class:#}"
+    );
+    assert!(
+        activity("job").contains("1 jobs running or waiting"),
+        "{class:#}"
+    );
+
+    // Idle for idle_minutes: warned like a lifetime breach; the busy ones are not.
+    let warned = reap_at(&ctx, t0 + 3 * 60_000 + 1_000);
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert_eq!(warned[0]["cluster"], "quiet");
+    assert_eq!(warned[0]["action"], "warn");
+    assert!(
+        warned[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("it has been idle for 1 min (idle_minutes = 1)"),
+        "{warned:?}"
+    );
+    // After the grace: ended; the others run on.
+    let done = reap_at(&ctx, t0 + 3 * 60_000 + 2_000);
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(
+        (done[0]["cluster"].as_str(), done[0]["action"].as_str()),
+        (Some("quiet"), Some("terminate"))
+    );
+    assert_eq!(ctx.cluster_json("quiet")["state"], "terminated");
+    for name in ["keep", "session", "job"] {
+        assert_eq!(ctx.cluster_json(name)["state"], "configured", "{name}");
+    }
+    term.send("exit\n");
+    assert_eq!(term.wait(), Some(0));
 }

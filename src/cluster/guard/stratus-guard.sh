@@ -8,6 +8,8 @@
 #                          broadcast a notice stratus left, power off once the deadline and the
 #                          grace have passed, and refresh the login message
 #   stratus-guard show     print the login message (the deadline, the cost so far, the rate)
+#   stratus-guard idle     what the reaper's idle rule reads (run by stratus over SSH as the
+#                          login user): `sessions=N cpu=PERCENT busy_age=SECONDS|none`
 #
 # Its files, in $STATE/clock (/var/lib/stratus/clock, owned by the login user, who is the one
 # stratus connects as):
@@ -160,11 +162,84 @@ tick() {
     show > "$state/guard/motd.new" && mv -f "$state/guard/motd.new" "$state/guard/motd"
 }
 
+# Interactive sessions: logins on a terminal (an instance's utmp; a local node counts its own).
+sessions() {
+    if ((local_node)); then
+        local n
+        n=$(head -c 16 "$state/guard/sessions" 2>/dev/null | tr -cd '0-9')
+        echo "${n:-0}"
+    else
+        who | wc -l
+    fi
+}
+
+# CPU ticks: the whole machine's busy and total (an instance), or the node's own processes'
+# (a local node, which shares the machine).
+machine_ticks() {
+    local user nice system idle iowait irq softirq steal
+    read -r _ user nice system idle iowait irq softirq steal _ < /proc/stat
+    echo "$((user + nice + system + irq + softirq + steal)) $((user + nice + system + idle + iowait + irq + softirq + steal))"
+}
+
+# A local node's own processes (those carrying its marker) and their CPU ticks, `PID TICKS`.
+node_ticks() {
+    local f pid rest
+    for f in /proc/[0-9]*/environ; do
+        pid=${f#/proc/}
+        pid=${pid%/environ}
+        [ "$pid" = "$$" ] && continue
+        if grep -qzxF "STRATUS_NODE_ID=${STRATUS_NODE_ID:-}" "$f" 2>/dev/null; then
+            rest=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+            rest=${rest##*) }
+            # shellcheck disable=SC2086 # the fields, split
+            set -- $rest
+            echo "$pid $((${12} + ${13}))"
+        fi
+    done
+}
+
+# Percent of one CPU over a second: the machine's on an instance; on a local node, its own
+# processes' that lived through the second (a probe's own short-lived ones do not count).
+cpu_percent() {
+    if ((local_node)); then
+        local -A before=()
+        local pid ticks used=0 hz
+        hz=$(getconf CLK_TCK)
+        while read -r pid ticks; do
+            before[$pid]=$ticks
+        done < <(node_ticks)
+        sleep 1
+        while read -r pid ticks; do
+            if [ -n "${before[$pid]:-}" ] && ((ticks > before[$pid])); then
+                used=$((used + ticks - before[$pid]))
+            fi
+        done < <(node_ticks)
+        echo $((used * 100 / hz))
+    else
+        local a b
+        read -r -a a <<< "$(machine_ticks)"
+        sleep 1
+        read -r -a b <<< "$(machine_ticks)"
+        local total=$((b[1] - a[1]))
+        ((total > 0)) || total=1
+        echo $(((b[0] - a[0]) * 100 / total))
+    fi
+}
+
+idle() {
+    local busy_age=none
+    if [ -e "$HOME/.stratus-busy" ]; then
+        busy_age=$(($(date +%s) - $(stat -c %Y "$HOME/.stratus-busy")))
+    fi
+    echo "sessions=$(sessions) cpu=$(cpu_percent) busy_age=$busy_age"
+}
+
 case ${1:-tick} in
     show) show ;;
+    idle) idle ;;
     tick) tick ;;
     *)
-        echo "usage: stratus-guard [tick|show]" >&2
+        echo "usage: stratus-guard [tick|show|idle]" >&2
         exit 2
         ;;
 esac

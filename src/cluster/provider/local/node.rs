@@ -74,7 +74,7 @@ async fn node_main(dir: &Path) -> Result<(), BoxError> {
         russh::keys::PrivateKey::from_openssh(std::fs::read_to_string(paths.host_key())?)?;
     let authorized = russh::keys::PublicKey::from_openssh(&cfg.authorized_key)?;
     let env = node_env(&cfg, &paths);
-    let terminals = Arc::new(Terminals::default());
+    let terminals = Arc::new(Terminals::new(paths.dir.join("state/guard/sessions")));
     let server_cfg = Arc::new(ServerConfig {
         host_key,
         user: cfg.ssh_user.clone(),

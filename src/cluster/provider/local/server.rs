@@ -35,21 +35,42 @@ pub struct ServerConfig {
 }
 
 /// The terminals of the node's interactive sessions, as `wall` sees a machine's ttys.
-#[derive(Default)]
 pub struct Terminals {
     next: std::sync::atomic::AtomicU64,
     open: std::sync::Mutex<Vec<(u64, OwnedFd)>>,
+    /// Where their number is kept for the guard's idle probe (a login on a terminal is an
+    /// interactive session, as `who` counts them on an instance).
+    count_file: PathBuf,
 }
 
 impl Terminals {
+    pub fn new(count_file: PathBuf) -> Self {
+        Self {
+            next: Default::default(),
+            open: Default::default(),
+            count_file,
+        }
+    }
+
     fn register(&self, terminal: OwnedFd) -> u64 {
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.lock().push((id, terminal));
+        let mut open = self.lock();
+        open.push((id, terminal));
+        self.write_count(open.len());
         id
     }
 
     fn remove(&self, id: u64) {
-        self.lock().retain(|(i, _)| *i != id);
+        let mut open = self.lock();
+        open.retain(|(i, _)| *i != id);
+        self.write_count(open.len());
+    }
+
+    fn write_count(&self, n: usize) {
+        if let Some(dir) = self.count_file.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let _ = super::write_atomic(&self.count_file, format!("{n}\n").as_bytes(), 0o644);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(u64, OwnedFd)>> {
