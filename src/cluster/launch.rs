@@ -122,6 +122,51 @@ async fn pause_point(ctx: Ctx<'_>, state: ClusterState) {
     }
 }
 
+/// Records the new cluster, its reservation checked and written by `admission` in the same
+/// transaction: the row, or why not.
+fn reserve(
+    ctx: Ctx<'_>,
+    provider: ProviderKind,
+    owner: &Owner,
+    request: &RequestId,
+    req: &LaunchRequest,
+    admission: &dyn Admit,
+) -> Result<ClusterRow, Error> {
+    let record = ClusterRecord {
+        profile: req.profile.clone(),
+        env: req.env.clone(),
+        extra_keys: req.extra_keys.clone(),
+        guard: req.guard.clone(),
+    };
+    let new = NewCluster {
+        name: &req.name,
+        owner,
+        provider,
+        request_id: request,
+        record: &record,
+        lifetime: req.lifetime,
+    };
+    let cluster = match ctx.store.create_cluster(&new, |tx, id| {
+        admission.admit_launch(tx, id, &new, req.workers)
+    })? {
+        Created::Row(c) => c,
+        Created::NameInUse => return Err(InputError::NameInUse(req.name.to_string()).into()),
+        Created::Refused(refusal) => return Err(refusal),
+    };
+    Ok(cluster)
+}
+
+/// Until the cluster's row is written, its clock with a deadline from now: the user-data checked
+/// before anything is created is as large as the one sent.
+fn provisional_clock(req: &LaunchRequest) -> Option<Clock> {
+    req.guard.as_ref().map(|g| Clock {
+        deadline: req.lifetime.map(|l| now_millis().saturating_add(l)),
+        grace: g.grace_ms,
+        started: now_millis(),
+        rate: g.rate,
+    })
+}
+
 /// Launches a new cluster for `owner`: a master and `workers` workers, then (unless asked not
 /// to) waits for SSH and configures it. `admission` checks and reserves quota in the transaction
 /// that records the cluster. On any failure everything launched is terminated again.
@@ -144,14 +189,7 @@ pub async fn launch<P: Provider>(
         request,
         store: ctx.store.id(),
         image_build: req.image_build,
-        // Until the row is written, a deadline from now: the user-data checked below is as
-        // large as the one sent.
-        clock: req.guard.as_ref().map(|g| Clock {
-            deadline: req.lifetime.map(|l| now_millis().saturating_add(l)),
-            grace: g.grace_ms,
-            started: now_millis(),
-            rate: g.rate,
-        }),
+        clock: provisional_clock(&req),
     };
     // Everything that can be checked without creating anything, first.
     let renderer = Renderer::for_profile(&req.profile)?;
@@ -162,27 +200,7 @@ pub async fn launch<P: Provider>(
     meta.check_configure_templates(&renderer)?;
     let key = ssh::generate_key()?;
 
-    let record = ClusterRecord {
-        profile: req.profile.clone(),
-        env: req.env.clone(),
-        extra_keys: req.extra_keys.clone(),
-        guard: req.guard.clone(),
-    };
-    let new = NewCluster {
-        name: &req.name,
-        owner,
-        provider: provider.kind(),
-        request_id: request,
-        record: &record,
-        lifetime: req.lifetime,
-    };
-    let cluster = match ctx.store.create_cluster(&new, |tx, id| {
-        admission.admit_launch(tx, id, &new, req.workers)
-    })? {
-        Created::Row(c) => c,
-        Created::NameInUse => return Err(InputError::NameInUse(req.name.to_string()).into()),
-        Created::Refused(refusal) => return Err(refusal),
-    };
+    let cluster = reserve(ctx, provider.kind(), owner, request, &req, admission)?;
     tracing::info!(cluster = %cluster.name, request = %request, "launch reserved");
     let meta = Meta {
         clock: Clock::of(&cluster),

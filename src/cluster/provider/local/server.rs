@@ -447,25 +447,25 @@ async fn run_piped(
     }
 }
 
-async fn run_on_pty(
+/// Starts `cmd` on a new terminal, greeted with the message of the day if `login`, the
+/// terminal registered for the node's broadcasts: the controller, the child and its
+/// registration.
+fn start_on_pty(
     mut cmd: tokio::process::Command,
-    req: PtyRequest,
-    mut rx: ChannelReadHalf,
-    tx: &ChannelWriteHalf<Msg>,
+    req: &PtyRequest,
     cfg: &ServerConfig,
     login: bool,
-) -> i32 {
-    let mut registered = None;
-    let started = (|| -> std::io::Result<(OwnedFd, tokio::process::Child)> {
-        let (controller, terminal) = sys::openpty(req.cols, req.rows)?;
-        if login && let Ok(motd) = std::fs::read_to_string(&cfg.motd) {
-            // As sshd shows the message of the day: before the shell starts.
-            write_all(
-                terminal.as_raw_fd(),
-                format!("{}\r\n", motd.trim_end().replace('\n', "\r\n")).as_bytes(),
-            );
-        }
-        registered = Some(cfg.terminals.register(terminal.try_clone()?));
+) -> std::io::Result<(OwnedFd, tokio::process::Child, u64)> {
+    let (controller, terminal) = sys::openpty(req.cols, req.rows)?;
+    if login && let Ok(motd) = std::fs::read_to_string(&cfg.motd) {
+        // As sshd shows the message of the day: before the shell starts.
+        write_all(
+            terminal.as_raw_fd(),
+            format!("{}\r\n", motd.trim_end().replace('\n', "\r\n")).as_bytes(),
+        );
+    }
+    let registered = cfg.terminals.register(terminal.try_clone()?);
+    let started = (|| -> std::io::Result<tokio::process::Child> {
         cmd.env("TERM", &req.term)
             .stdin(terminal.try_clone()?)
             .stdout(terminal.try_clone()?)
@@ -476,14 +476,28 @@ async fn run_on_pty(
         // (EIO) once the shell and its jobs are gone.
         drop(cmd);
         sys::set_nonblocking(controller.as_raw_fd())?;
-        Ok((controller, child))
+        Ok(child)
     })();
-    let (controller, mut child) = match started {
+    match started {
+        Ok(child) => Ok((controller, child, registered)),
+        Err(e) => {
+            cfg.terminals.remove(registered);
+            Err(e)
+        }
+    }
+}
+
+async fn run_on_pty(
+    cmd: tokio::process::Command,
+    req: PtyRequest,
+    mut rx: ChannelReadHalf,
+    tx: &ChannelWriteHalf<Msg>,
+    cfg: &ServerConfig,
+    login: bool,
+) -> i32 {
+    let (controller, mut child, registered) = match start_on_pty(cmd, &req, cfg, login) {
         Ok(x) => x,
         Err(e) => {
-            if let Some(id) = registered {
-                cfg.terminals.remove(id);
-            }
             let _ = tx
                 .extended_data_bytes(1, format!("cannot start a terminal: {e}\n").into_bytes())
                 .await;
@@ -562,9 +576,7 @@ async fn run_on_pty(
         }
     };
     in_task.abort();
-    if let Some(id) = registered {
-        cfg.terminals.remove(id);
-    }
+    cfg.terminals.remove(registered);
     let _ = tokio::time::timeout(DRAIN, out_task).await;
     match status {
         Ok(s) => exit_code(s),
