@@ -342,6 +342,44 @@ pub(super) fn build_iam(
     Ok((aws_sdk_iam::Client::from_conf(builder.build()), context))
 }
 
+/// The Service Quotas endpoint: `service_quotas_endpoint_url`, else `endpoint_url` (an API
+/// serving both, as moto does), else (a user's own command) `AWS_ENDPOINT_URL_SERVICE_QUOTAS`
+/// or `AWS_ENDPOINT_URL`.
+fn quotas_endpoint(config: &Ec2Config, trust: &Trust) -> Result<Option<String>, ProviderError> {
+    endpoint_of(
+        config
+            .service_quotas_endpoint_url
+            .as_ref()
+            .or(config.endpoint_url.as_ref()),
+        trust
+            .caller_env()
+            .and_then(|e| e.endpoint_url_service_quotas.as_ref()),
+        trust,
+    )
+}
+
+/// The Service Quotas client of `admin preflight` (the account's vCPU quota): the same
+/// credentials, HTTP client, timeouts and retries as the EC2 client, in the site's region.
+pub(super) fn build_quotas(
+    config: &Ec2Config,
+    trust: &Trust,
+) -> Result<aws_sdk_servicequotas::Client, ProviderError> {
+    use aws_sdk_servicequotas::config as sq;
+    let endpoint = quotas_endpoint(config, trust)?;
+    let (credentials, _, http, timeouts) = common(config, trust)?;
+    let mut builder = sq::Builder::new()
+        .behavior_version(sq::BehaviorVersion::latest())
+        .region(sq::Region::new(config.region.clone()))
+        .credentials_provider(credentials)
+        .http_client(http)
+        .retry_config(RetryConfig::adaptive().with_max_attempts(MAX_ATTEMPTS))
+        .timeout_config(timeouts);
+    if let Some(url) = &endpoint {
+        builder = builder.endpoint_url(url);
+    }
+    Ok(aws_sdk_servicequotas::Client::from_conf(builder.build()))
+}
+
 /// An EC2 client that signs with `key` alone (a student's new access key, as their files now
 /// hold it), for checking that the key works: the site's region and endpoint, no retries of
 /// its own (the caller waits for IAM to make the key known).

@@ -22,6 +22,8 @@
 //!   resources only where `ec2:ResourceTag/stratus:store` is this store's id;
 //! - `ssm:GetParameters` for the profiles' `resolve:ssm:` images (those parameters only), which
 //!   stratus resolves itself to learn the image's root device;
+//! - `servicequotas:GetServiceQuota` on the two EC2 vCPU quotas `admin preflight` reads (running
+//!   On-Demand Standard instances, Standard spot requests), and no other quota;
 //! - what EC2 does on stratus's behalf: `iam:CreateServiceLinkedRole` for spot, once per account,
 //!   when a profile runs workers on spot;
 //! - with `[identities]`, the students' identities (`IAM_ACTIONS`, which the same kind of test
@@ -45,6 +47,8 @@ pub const ACTIONS: &[&str] = &[
     "DeleteKeyPair",
     "DeleteSecurityGroup",
     "DescribeImages",
+    "DescribeInstanceTypeOfferings",
+    "DescribeInstanceTypes",
     "DescribeInstances",
     "DescribeKeyPairs",
     "DescribeSecurityGroups",
@@ -423,9 +427,23 @@ fn tags_and_changes(d: &Doc<'_>) -> Vec<Value> {
     ]
 }
 
-/// SSM for the profiles' `resolve:ssm:` images, and spot's service role, when needed.
+/// The vCPU quotas `admin preflight` reads; SSM for the profiles' `resolve:ssm:` images, and
+/// spot's service role, when needed.
 fn others(d: &Doc<'_>, input: &PolicyInput) -> Vec<Value> {
-    let mut statements = Vec::new();
+    use super::preflight::{ON_DEMAND_QUOTA, SPOT_QUOTA};
+    let quota = |code: &str| {
+        format!(
+            "arn:{}:servicequotas:{}:*:ec2/{code}",
+            d.partition, d.region
+        )
+    };
+    let mut statements = vec![json!({
+        // Read only, these two quotas only: whether the account's vCPUs cover the class.
+        "Sid": "ReadTheVcpuQuotas",
+        "Effect": "Allow",
+        "Action": "servicequotas:GetServiceQuota",
+        "Resource": [quota(ON_DEMAND_QUOTA), quota(SPOT_QUOTA)],
+    })];
     if !input.ssm_parameters.is_empty() {
         let params: Vec<String> = input
             .ssm_parameters
@@ -793,6 +811,34 @@ mod tests {
         assert!(!text.contains("spot-instances-request/*\",\"arn:aws:ec2:eu-west-1:*:volume"));
         // Every EC2 action but DescribeVpcs (the input names a subnet).
         assert_eq!(ec2_actions_of(&plain).len(), ACTIONS.len() - 1);
+    }
+
+    #[test]
+    fn the_preflight_may_read_the_two_vcpu_quotas_and_no_other() {
+        let policy = generate(&input());
+        let on_demand = "arn:aws:servicequotas:eu-west-1:123:ec2/L-1216C47A";
+        let spot = "arn:aws:servicequotas:eu-west-1:123:ec2/L-34B43A08";
+        for quota in [on_demand, spot] {
+            assert_eq!(
+                allowing(&policy, "servicequotas:GetServiceQuota", quota),
+                vec![Value::Null],
+                "{quota}"
+            );
+        }
+        for other in [
+            "arn:aws:servicequotas:eu-west-1:123:ec2/L-0263D0A3",
+            "arn:aws:servicequotas:us-east-1:123:ec2/L-1216C47A",
+        ] {
+            assert!(allowing(&policy, "servicequotas:GetServiceQuota", other).is_empty());
+        }
+        assert!(
+            allowing(
+                &policy,
+                "servicequotas:RequestServiceQuotaIncrease",
+                on_demand
+            )
+            .is_empty()
+        );
     }
 
     #[test]
