@@ -76,7 +76,7 @@ fn workers(
     }
     Ok((
         DEFAULT_WORKERS.min(profile.max_workers),
-        "the default (--workers sets it)".into(),
+        "the default; --workers sets it".into(),
     ))
 }
 

@@ -210,7 +210,7 @@ fn preflight_passes_a_good_setup_and_creates_nothing() {
     let table = ctx.ok(&["admin", "preflight", "--students", "5", "--profile", "pf"]);
     assert!(
         table.stdout.starts_with(
-            "5 students, profile pf: a master and 2 workers each (the default (--workers sets it)), 15 nodes in all\nCHECK"
+            "5 students, profile pf: a master and 2 workers each (the default; --workers sets it), 15 nodes in all\nCHECK"
         ),
         "{table}"
     );
@@ -329,7 +329,7 @@ fn preflight_fails_naming_a_full_subnet() {
     let (_, addresses) = check(&report4, "addresses");
     assert!(
         addresses.contains(&format!(
-            "need 12 addresses; {} (us-east-1a) has 11 free; 1 addresses short",
+            "need 12 addresses; {} (us-east-1a) has 11 free; 1 address short",
             subnet[0]
         )),
         "{addresses}"

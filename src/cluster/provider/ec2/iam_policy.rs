@@ -22,8 +22,8 @@
 //!   resources only where `ec2:ResourceTag/stratus:store` is this store's id;
 //! - `ssm:GetParameters` for the profiles' `resolve:ssm:` images (those parameters only), which
 //!   stratus resolves itself to learn the image's root device;
-//! - `servicequotas:GetServiceQuota` on the two EC2 vCPU quotas `admin preflight` reads (running
-//!   On-Demand Standard instances, Standard spot requests), and no other quota;
+//! - `servicequotas:GetServiceQuota` and `GetAWSDefaultServiceQuota` in the region, for the vCPU
+//!   quotas `admin preflight` compares with the class (reads only; they take no resource);
 //! - what EC2 does on stratus's behalf: `iam:CreateServiceLinkedRole` for spot, once per account,
 //!   when a profile runs workers on spot;
 //! - with `[identities]`, the students' identities (`IAM_ACTIONS`, which the same kind of test
@@ -430,19 +430,14 @@ fn tags_and_changes(d: &Doc<'_>) -> Vec<Value> {
 /// The vCPU quotas `admin preflight` reads; SSM for the profiles' `resolve:ssm:` images, and
 /// spot's service role, when needed.
 fn others(d: &Doc<'_>, input: &PolicyInput) -> Vec<Value> {
-    use super::preflight::{ON_DEMAND_QUOTA, SPOT_QUOTA};
-    let quota = |code: &str| {
-        format!(
-            "arn:{}:servicequotas:{}:*:ec2/{code}",
-            d.partition, d.region
-        )
-    };
     let mut statements = vec![json!({
-        // Read only, these two quotas only: whether the account's vCPUs cover the class.
+        // Read only: the account's vCPU quotas, whether they cover the class. Service Quotas'
+        // reads are not limited by resource (`*`), so by region, as the Describes.
         "Sid": "ReadTheVcpuQuotas",
         "Effect": "Allow",
-        "Action": "servicequotas:GetServiceQuota",
-        "Resource": [quota(ON_DEMAND_QUOTA), quota(SPOT_QUOTA)],
+        "Action": ["servicequotas:GetServiceQuota", "servicequotas:GetAWSDefaultServiceQuota"],
+        "Resource": "*",
+        "Condition": { "StringEquals": { "aws:RequestedRegion": d.region } },
     })];
     if !input.ssm_parameters.is_empty() {
         let params: Vec<String> = input
@@ -814,31 +809,21 @@ mod tests {
     }
 
     #[test]
-    fn the_preflight_may_read_the_two_vcpu_quotas_and_no_other() {
+    fn the_preflight_may_read_quotas_in_the_region_and_change_none() {
         let policy = generate(&input());
-        let on_demand = "arn:aws:servicequotas:eu-west-1:123:ec2/L-1216C47A";
-        let spot = "arn:aws:servicequotas:eu-west-1:123:ec2/L-34B43A08";
-        for quota in [on_demand, spot] {
+        let quota = "arn:aws:servicequotas:eu-west-1:123:ec2/L-1216C47A";
+        let region = json!({"StringEquals": {"aws:RequestedRegion": "eu-west-1"}});
+        for read in [
+            "servicequotas:GetServiceQuota",
+            "servicequotas:GetAWSDefaultServiceQuota",
+        ] {
             assert_eq!(
-                allowing(&policy, "servicequotas:GetServiceQuota", quota),
-                vec![Value::Null],
-                "{quota}"
+                allowing(&policy, read, quota),
+                vec![region.clone()],
+                "{read}"
             );
         }
-        for other in [
-            "arn:aws:servicequotas:eu-west-1:123:ec2/L-0263D0A3",
-            "arn:aws:servicequotas:us-east-1:123:ec2/L-1216C47A",
-        ] {
-            assert!(allowing(&policy, "servicequotas:GetServiceQuota", other).is_empty());
-        }
-        assert!(
-            allowing(
-                &policy,
-                "servicequotas:RequestServiceQuotaIncrease",
-                on_demand
-            )
-            .is_empty()
-        );
+        assert!(allowing(&policy, "servicequotas:RequestServiceQuotaIncrease", quota).is_empty());
     }
 
     #[test]

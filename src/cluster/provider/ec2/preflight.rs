@@ -432,50 +432,56 @@ impl Ec2Provider {
         let mut parts = Vec::new();
         for (code, need) in needs {
             parts.push(match self.quota(code).await {
-                Ok(have) => quota_verdict(plan, code, need, have, &self.config.region),
-                Err(why) => (Verdict::Unknown, why),
+                Ok((have, default)) => {
+                    let (v, mut why) = quota_verdict(plan, code, need, have, &self.config.region);
+                    if default {
+                        why.push_str(" (AWS's default: the account has not raised it)");
+                    }
+                    (v, why)
+                }
+                Err(why) => (
+                    Verdict::Unknown,
+                    format!("{why}; the vCPUs are not checked"),
+                ),
             });
         }
         Check::of("vcpu-quota", parts)
     }
 
-    /// The account's value of an EC2 quota (vCPUs), or why it cannot be read.
-    async fn quota(&self, code: &str) -> Result<u64, String> {
-        use aws_sdk_servicequotas::error::ProvideErrorMetadata;
-        let r = self
+    /// The account's value of an EC2 quota (vCPUs) and whether it is AWS's default, or why it
+    /// cannot be read. GetServiceQuota answers the applied value, and for a quota never raised
+    /// it may have none (NoSuchResourceException); then AWS's default applies.
+    /// <https://docs.aws.amazon.com/servicequotas/2019-06-24/apireference/API_GetServiceQuota.html>
+    async fn quota(&self, code: &str) -> Result<(u64, bool), String> {
+        let applied = self
             .quotas
             .get_service_quota()
             .service_code("ec2")
             .quota_code(code)
             .send()
             .await;
-        let e = match r {
-            Ok(out) => {
-                return out
-                    .quota()
-                    .and_then(|q| q.value())
-                    .filter(|v| v.is_finite() && *v >= 0.0)
-                    // A count of vCPUs: whole, and far below 2^53.
-                    .map(|v| v.floor() as u64)
-                    .ok_or_else(|| format!("Service Quotas gave no value for ec2/{code}"));
-            }
+        let e = match applied {
+            Ok(out) => return quota_value(out.quota(), code).map(|v| (v, false)),
             Err(e) => e,
         };
-        let what = e.code().unwrap_or_default().to_owned();
-        let message = e.message().unwrap_or_default().to_owned();
-        Err(match what.as_str() {
-            "AccessDeniedException" | "NoAccessException" | "UnauthorizedOperation" => format!(
-                "the service account may not read Service Quotas ({what}): it needs servicequotas:GetServiceQuota on ec2/{code}, which the policy `stratus admin iam-policy` prints allows"
-            ),
-            "NoSuchResourceException" => format!(
-                "Service Quotas has no quota ec2/{code} here ({message}), so the vCPUs cannot be checked"
-            ),
-            "" => format!(
-                "cannot read the quota ec2/{code}: {}",
-                aws_sdk_servicequotas::error::DisplayErrorContext(&e)
-            ),
-            _ => format!("cannot read the quota ec2/{code}: {message} ({what})"),
-        })
+        if quota_error(&e).0 != "NoSuchResourceException" {
+            return Err(quota_reason(&e, code, "GetServiceQuota"));
+        }
+        let default = self
+            .quotas
+            .get_aws_default_service_quota()
+            .service_code("ec2")
+            .quota_code(code)
+            .send()
+            .await;
+        match default {
+            Ok(out) => quota_value(out.quota(), code).map(|v| (v, true)),
+            Err(d) => Err(format!(
+                "{}; {}",
+                quota_reason(&e, code, "GetServiceQuota"),
+                quota_reason(&d, code, "GetAWSDefaultServiceQuota")
+            )),
+        }
     }
 
     /// What the class costs per hour and per lab session.
@@ -601,8 +607,9 @@ fn check_addresses(plan: &Plan<'_>, places: &[Place], usable: &[bool]) -> Check 
     }
     if free < need {
         detail.push_str(&format!(
-            "; {} addresses short: widen the subnets or list more under [ec2] subnet_ids",
-            need - free
+            "; {} address{} short: widen the subnets or list more under [ec2] subnet_ids",
+            need - free,
+            if need - free == 1 { "" } else { "es" }
         ));
         return Check::new("addresses", Verdict::Fail, detail);
     }
@@ -709,6 +716,51 @@ fn vcpu_needs(
     Ok(needs.into_iter().collect())
 }
 
+/// A quota's value: a count of vCPUs, whole and far below 2^53.
+fn quota_value(
+    quota: Option<&aws_sdk_servicequotas::types::ServiceQuota>,
+    code: &str,
+) -> Result<u64, String> {
+    quota
+        .and_then(|q| q.value())
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .map(|v| v.floor() as u64)
+        .ok_or_else(|| format!("Service Quotas gave no value for ec2/{code}"))
+}
+
+/// The code and message of a Service Quotas error.
+fn quota_error<E>(e: &E) -> (String, String)
+where
+    E: aws_sdk_servicequotas::error::ProvideErrorMetadata,
+{
+    (
+        e.code().unwrap_or_default().to_owned(),
+        e.message().unwrap_or_default().to_owned(),
+    )
+}
+
+/// Why a quota could not be read, in a sentence (never "not allowed to call", which names an
+/// EC2 refusal: this one is not a failure).
+fn quota_reason<E>(e: &E, code: &str, op: &str) -> String
+where
+    E: aws_sdk_servicequotas::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let (what, message) = quota_error(e);
+    match what.as_str() {
+        "AccessDeniedException" | "NoAccessException" | "UnauthorizedOperation" => format!(
+            "the service account may not read Service Quotas ({op}: {what}); the policy `stratus admin iam-policy` prints allows servicequotas:{op}"
+        ),
+        "NoSuchResourceException" => {
+            format!("Service Quotas has no quota ec2/{code} here ({op}: {message})")
+        }
+        "" => format!(
+            "cannot read the quota ec2/{code} ({op}): {}",
+            aws_sdk_servicequotas::error::DisplayErrorContext(e)
+        ),
+        _ => format!("cannot read the quota ec2/{code} ({op}): {message} ({what})"),
+    }
+}
+
 fn quota_verdict(
     plan: &Plan<'_>,
     code: &str,
@@ -777,10 +829,15 @@ fn spend(plan: &Plan<'_>, public_ipv4: bool) -> Check {
     let class = rate * i64::from(plan.students);
     let hour = 3_600_000;
     let mut detail = format!(
-        "{} an hour for {} ({} each, with volumes and addresses)",
+        "{} an hour for {} ({} each, root volumes{} included)",
         dollars_text(prices::piece_at_rate(class, hour)),
         plan.clusters(),
-        dollars_text(prices::piece_at_rate(rate, hour))
+        dollars_text(prices::piece_at_rate(rate, hour)),
+        if public_ipv4 {
+            " and public addresses"
+        } else {
+            ""
+        }
     );
     let Some(lifetime) = plan.lifetime else {
         detail.push_str("; no lifetime limits a cluster (the policy's or the profile's max_lifetime_hours), so a session's spend has no bound");
