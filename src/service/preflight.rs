@@ -210,19 +210,7 @@ impl Service {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn policy(text: &str) -> Policy {
-        Policy::parse(text, std::path::Path::new("/etc/stratus/policy.toml")).unwrap()
-    }
-
-    fn profile() -> Profile {
-        let mut p = Profile::for_tests("hadoop");
-        for role in [&mut p.master, &mut p.worker] {
-            role.instance_type = "m5.large".into();
-            role.instance_types = vec!["m5.large".into()];
-        }
-        p
-    }
+    use crate::policy::admission::tests::{policy, profile};
 
     #[test]
     fn workers_come_from_the_flag_then_max_nodes_then_the_default() {

@@ -866,6 +866,15 @@ mod tests {
         p
     }
 
+    /// A site with the built-in prices, the profile, a store.
+    fn fixture() -> (SiteConfig, Profile, StoreId) {
+        (
+            SiteConfig::default(),
+            profile(),
+            StoreId::from_stored("st-1".into()),
+        )
+    }
+
     fn plan<'a>(site: &'a SiteConfig, profile: &'a Profile, store: &'a StoreId) -> Plan<'a> {
         Plan {
             site,
@@ -905,11 +914,7 @@ mod tests {
 
     #[test]
     fn a_type_missing_in_one_zone_warns_and_in_every_zone_fails() {
-        let (site, p, store) = (
-            SiteConfig::default(),
-            profile(),
-            StoreId::from_stored("st-1".into()),
-        );
+        let (site, p, store) = fixture();
         let plan = plan(&site, &p, &store);
         let places = [
             place("subnet-a", "us-east-1a", 100),
@@ -950,11 +955,7 @@ mod tests {
 
     #[test]
     fn addresses_count_only_where_every_role_runs() {
-        let (site, p, store) = (
-            SiteConfig::default(),
-            profile(),
-            StoreId::from_stored("st-1".into()),
-        );
+        let (site, p, store) = fixture();
         let plan = plan(&site, &p, &store);
         let places = [
             place("subnet-a", "us-east-1a", 20),
@@ -979,11 +980,7 @@ mod tests {
 
     #[test]
     fn too_many_rules_or_port_zero_fail_and_open_uis_warn() {
-        let (site, mut p, store) = (
-            SiteConfig::default(),
-            profile(),
-            StoreId::from_stored("st-1".into()),
-        );
+        let (site, mut p, store) = fixture();
         let cidrs: Vec<String> = (0..30).map(|i| format!("10.0.{i}.0/24")).collect();
         let worst = |parts: Vec<(Verdict, String)>| parts.into_iter().max().unwrap();
         let ok = rule_verdicts(&plan(&site, &p, &store), &cidrs[..2], &[]);
@@ -1007,11 +1004,7 @@ mod tests {
 
     #[test]
     fn vcpus_by_quota_and_their_verdict() {
-        let (site, mut p, store) = (
-            SiteConfig::default(),
-            profile(),
-            StoreId::from_stored("st-1".into()),
-        );
+        let (site, mut p, store) = fixture();
         let vcpus: BTreeMap<String, u64> =
             [("m5.large".to_owned(), 2), ("m5.xlarge".to_owned(), 4)].into();
         // 10 × (2 + 2 × 4).
@@ -1046,11 +1039,7 @@ mod tests {
 
     #[test]
     fn spend_per_hour_and_per_session_in_micro_dollars() {
-        let (site, p, store) = (
-            SiteConfig::default(),
-            profile(),
-            StoreId::from_stored("st-1".into()),
-        );
+        let (site, p, store) = fixture();
         let plan = plan(&site, &p, &store);
         // An hour of a cluster without addresses: m5.large $0.096 + 2 × m5.xlarge $0.192, and
         // three 8 GiB gp3 volumes at $0.08 per GB-month (24 × 80_000 / 730 micro-dollars).
