@@ -741,10 +741,18 @@ where
 
 /// Why a quota could not be read, in a sentence (never "not allowed to call", which names an
 /// EC2 refusal: this one is not a failure).
-fn quota_reason<E>(e: &E, code: &str, op: &str) -> String
+fn quota_reason<E>(
+    e: &aws_sdk_servicequotas::error::SdkError<
+        E,
+        aws_sdk_servicequotas::config::http::HttpResponse,
+    >,
+    code: &str,
+    op: &str,
+) -> String
 where
     E: aws_sdk_servicequotas::error::ProvideErrorMetadata + std::error::Error + 'static,
 {
+    use aws_sdk_servicequotas::error::SdkError;
     let (what, message) = quota_error(e);
     match what.as_str() {
         "AccessDeniedException" | "NoAccessException" | "UnauthorizedOperation" => format!(
@@ -753,10 +761,20 @@ where
         "NoSuchResourceException" => {
             format!("Service Quotas has no quota ec2/{code} here ({op}: {message})")
         }
-        "" => format!(
-            "cannot read the quota ec2/{code} ({op}): {}",
-            aws_sdk_servicequotas::error::DisplayErrorContext(e)
-        ),
+        // An answer that is no Service Quotas error (an endpoint without the API), or none.
+        "" => match e {
+            SdkError::ServiceError(se) => format!(
+                "cannot read the quota ec2/{code} ({op}): the endpoint answered HTTP {} and no Service Quotas error",
+                se.raw().status().as_u16()
+            ),
+            _ => format!(
+                "cannot read the quota ec2/{code} ({op}): {}",
+                crate::core::text::shortened(
+                    &aws_sdk_servicequotas::error::DisplayErrorContext(e).to_string(),
+                    300
+                )
+            ),
+        },
         _ => format!("cannot read the quota ec2/{code} ({op}): {message} ({what})"),
     }
 }
