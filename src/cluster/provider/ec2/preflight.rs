@@ -27,6 +27,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use aws_sdk_ec2::types::{InstanceType, LocationType, ResourceType};
 use serde::{Deserialize, Serialize};
 
+use super::image::ImageState;
 use super::{Ec2Provider, filter, tag_spec};
 use crate::cluster::provider::ProviderError;
 use crate::config::profile::{Profile, RoleSettings};
@@ -194,7 +195,6 @@ impl Ec2Provider {
             } else {
                 format!("{whose} ({ami})")
             };
-            use super::image::ImageState;
             parts.push(match self.image_state(&ami).await {
                 Ok(ImageState::Available { .. }) => (Verdict::Pass, format!("{named} is available")),
                 Ok(ImageState::Pending) => (
@@ -309,8 +309,7 @@ impl Ec2Provider {
                 return (check, vec![true; places.len()]);
             }
         };
-        let verdicts = offering_verdicts(plan, places, &offered);
-        (verdicts.0, verdicts.1)
+        offering_verdicts(plan, places, &offered)
     }
 
     /// The cluster's security group as a launch makes it: the rules' count and ports, the VPC
