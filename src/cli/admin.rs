@@ -209,7 +209,8 @@ pub(super) fn install_or_doctor(printer: &Printer, action: AdminAction) -> Resul
         | AdminAction::Class { .. }
         | AdminAction::IamPolicy
         | AdminAction::Identities { .. }
-        | AdminAction::Image { .. } => Err(Error::runtime("not an install command")),
+        | AdminAction::Image { .. }
+        | AdminAction::Preflight { .. } => Err(Error::runtime("not an install command")),
     }
 }
 

@@ -281,6 +281,23 @@ pub enum AdminAction {
         #[command(subcommand)]
         action: ImageAction,
     },
+    /// Before a lab: check that the account can take N students' clusters of a profile (image,
+    /// instance types in the subnets' zones, free addresses, the security group, the vCPU
+    /// quota, the class policy) and what they cost; exit 1 if a check fails
+    Preflight {
+        /// How many students launch a cluster each
+        #[arg(long, value_name = "N")]
+        students: u32,
+        /// The profile the class launches
+        #[arg(long, short = 'p')]
+        profile: String,
+        /// Workers per cluster (default: the policy's max_nodes less the master, else 2)
+        #[arg(long, value_name = "W")]
+        workers: Option<u32>,
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
     /// Check every owner and mode of an install; exit 1 naming each problem
     Doctor {
         /// The install to check (default /usr/local, with the config in /etc/stratus and the
@@ -430,6 +447,7 @@ impl Command {
                 | Command::Admin {
                     action: AdminAction::Audit { json: true, .. }
                         | AdminAction::Class { json: true }
+                        | AdminAction::Preflight { json: true, .. }
                         | AdminAction::Identities {
                             action: IdentitiesAction::List { json: true }
                         }

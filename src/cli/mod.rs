@@ -12,6 +12,7 @@
 //! - `info`: usage, quota, profiles;
 //! - `accounting`: snapshot, report, reap;
 //! - `admin`: install, doctor, audit;
+//! - `preflight`: admin preflight (the account checked before a lab);
 //! - `identity`: identity init, rotate, show, delete; admin identities sync, list, rotate;
 //! - `aws_files`: the student's own `~/.aws/credentials` and `~/.aws/config`, for `identity`.
 
@@ -23,6 +24,7 @@ mod aws_files;
 mod identity;
 mod info;
 mod launch;
+mod preflight;
 pub use args::*;
 mod client;
 pub mod report;
@@ -142,6 +144,15 @@ pub async fn run(cli: Cli, env: Environment, printer: Arc<Printer>) -> Result<Ex
                     action: ImageAction::Build { profile, dry_run },
                 },
         } => admin::image_build(&client, profile, dry_run).await,
+        Command::Admin {
+            action:
+                AdminAction::Preflight {
+                    students,
+                    profile,
+                    workers,
+                    json,
+                },
+        } => preflight::preflight(&client, profile, students, workers, json).await,
         Command::Identity { action } => identity::run(&client, action, &env).await,
         Command::Keys { action } => identity::keys(&client, action, &env).await,
         Command::Admin {

@@ -236,6 +236,10 @@ pub struct Ec2Config {
     /// The IAM endpoint the students' identities are made at (`[identities]`); by default
     /// `endpoint_url` when that is set (an API serving both, as moto does), else AWS's.
     pub iam_endpoint_url: Option<String>,
+    /// The Service Quotas endpoint `admin preflight` reads the account's vCPU quota at; by
+    /// default `endpoint_url` when that is set (an API serving both, as moto does), else AWS's
+    /// in the region.
+    pub service_quotas_endpoint_url: Option<String>,
 }
 
 impl Ec2Config {
@@ -295,6 +299,10 @@ impl Ec2Config {
             ("endpoint_url", &self.endpoint_url),
             ("ssm_endpoint_url", &self.ssm_endpoint_url),
             ("iam_endpoint_url", &self.iam_endpoint_url),
+            (
+                "service_quotas_endpoint_url",
+                &self.service_quotas_endpoint_url,
+            ),
         ] {
             if let Some(u) = url
                 && !(u.starts_with("http://") || u.starts_with("https://"))

@@ -14,6 +14,7 @@ pub struct AwsEnv {
     pub endpoint_url_ec2: Option<String>,
     pub endpoint_url_ssm: Option<String>,
     pub endpoint_url_iam: Option<String>,
+    pub endpoint_url_service_quotas: Option<String>,
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
     pub session_token: Option<String>,
@@ -33,6 +34,10 @@ impl std::fmt::Debug for AwsEnv {
             .field("endpoint_url_ec2", &self.endpoint_url_ec2)
             .field("endpoint_url_ssm", &self.endpoint_url_ssm)
             .field("endpoint_url_iam", &self.endpoint_url_iam)
+            .field(
+                "endpoint_url_service_quotas",
+                &self.endpoint_url_service_quotas,
+            )
             .field("access_key_id", &self.access_key_id)
             .field("secret_access_key", &hidden(&self.secret_access_key))
             .field("session_token", &hidden(&self.session_token))
@@ -53,6 +58,8 @@ impl AwsEnv {
             endpoint_url_ec2: var("AWS_ENDPOINT_URL_EC2"),
             endpoint_url_ssm: var("AWS_ENDPOINT_URL_SSM"),
             endpoint_url_iam: var("AWS_ENDPOINT_URL_IAM"),
+            // The SDKs' name for Service Quotas' own endpoint variable.
+            endpoint_url_service_quotas: var("AWS_ENDPOINT_URL_SERVICE_QUOTAS"),
             access_key_id: var("AWS_ACCESS_KEY_ID"),
             secret_access_key: var("AWS_SECRET_ACCESS_KEY"),
             session_token: var("AWS_SESSION_TOKEN"),

@@ -378,7 +378,7 @@ pub fn admit_extension<E>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::convert::Infallible;
 
@@ -413,11 +413,12 @@ mod tests {
         }
     }
 
-    fn policy(text: &str) -> Policy {
+    pub(crate) fn policy(text: &str) -> Policy {
         Policy::parse(text, std::path::Path::new("/etc/stratus/policy.toml")).unwrap()
     }
 
-    fn profile() -> Profile {
+    /// A profile of m5.large masters and workers.
+    pub(crate) fn profile() -> Profile {
         let mut p = Profile::for_tests("hadoop");
         for role in [&mut p.master, &mut p.worker] {
             role.instance_type = "m5.large".into();

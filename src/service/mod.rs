@@ -10,6 +10,7 @@
 //! - `clusters`: list, key, reach (what a user needs to connect), and the view of a cluster;
 //! - `usage`: usage, quota, the report, the audit trail, the snapshot and the reaper;
 //! - `admission`: the policy's rules at work in the store's transaction, and the quota view;
+//! - `preflight`: `admin preflight`, the class's launches checked against the account;
 //! - `identity`: the students' IAM identities (users, group, access keys) and the roster;
 //! - `audit`: the audit trail and syslog;
 //! - `protocol`: the request, the typed answer, and their wire form.
@@ -24,6 +25,7 @@ pub(crate) mod identity;
 pub(crate) mod inputs;
 pub(crate) mod keys;
 pub(crate) mod launch;
+pub(crate) mod preflight;
 pub(crate) mod protocol;
 pub(crate) mod serve;
 pub(crate) mod usage;
@@ -440,6 +442,11 @@ impl Service {
             Request::ImageBuild { profile, dry_run } => {
                 self.image_build(asked, &profile, dry_run).await
             }
+            Request::Preflight {
+                profile,
+                students,
+                workers,
+            } => self.preflight(asked, &profile, students, workers).await,
             Request::IdentityInit { keep } => self.identity_init(asked, keep, trail).await,
             Request::IdentityRotate { keep } => self.identity_rotate(asked, keep, trail).await,
             Request::IdentityRetire { keep } => self.identity_retire(asked, &keep, trail).await,

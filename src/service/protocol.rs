@@ -20,6 +20,7 @@ use crate::accounting::UsageRow;
 use crate::accounting::reaper::{Orphans, ReapAction};
 use crate::accounting::report::{By, Report};
 use crate::accounting::snapshot::SnapshotReport;
+use crate::cluster::provider::ec2::preflight::Check;
 use crate::cluster::reconcile::Action as ReconcileAction;
 use crate::core::error::{Error, Kind};
 use crate::core::printer::Event;
@@ -138,6 +139,15 @@ pub enum Request {
         #[serde(default)]
         dry_run: bool,
     },
+    /// Instructors, the service account: `students` clusters of `profile` (a master and
+    /// `workers` workers each; the policy's largest without it) checked against the account
+    /// before a lab. Creates nothing.
+    Preflight {
+        profile: String,
+        students: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        workers: Option<u32>,
+    },
     /// The caller's own IAM identity (`identity init`): the user (made if missing, in the
     /// students' group) and a key, unless `keep` (the key the caller's files hold) is already
     /// one of the user's.
@@ -230,6 +240,7 @@ impl Request {
             Request::Snapshot {} => "snapshot",
             Request::Reap { .. } => "reap",
             Request::ImageBuild { .. } => "image-build",
+            Request::Preflight { .. } => "preflight",
             Request::IdentityInit { .. } => "identity-init",
             Request::IdentityRotate { .. } => "identity-rotate",
             Request::IdentityRetire { .. } => "identity-retire",
@@ -259,6 +270,7 @@ impl Request {
                 | Request::Reconcile { dry_run: true }
                 | Request::Reap { dry_run: true, .. }
                 | Request::ImageBuild { dry_run: true, .. }
+                | Request::Preflight { .. }
                 | Request::IdentitiesSync { dry_run: true, .. }
                 | Request::KeysList {}
         )
@@ -408,6 +420,22 @@ pub struct ImageBuilt {
     pub record: String,
 }
 
+/// What `admin preflight` found: a verdict per check, and whether none failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreflightReport {
+    pub profile: String,
+    pub students: u32,
+    /// Workers per cluster, and where that number came from (`--workers`, the policy's
+    /// `max_nodes`, or the default).
+    pub workers: u32,
+    pub workers_from: String,
+    /// Nodes per cluster, the master included.
+    pub nodes_per_cluster: u32,
+    pub checks: Vec<Check>,
+    /// No check failed.
+    pub ok: bool,
+}
+
 /// An access key as `identity show` and `admin identities list` show it: never its secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyView {
@@ -520,6 +548,7 @@ pub enum Response {
     Snapshot(SnapshotReport),
     Reaped(Vec<ReapAction>),
     Image(ImageBuilt),
+    Preflight(PreflightReport),
     KeyIssued(KeyIssued),
     KeysRemoved(KeysRemoved),
     Identity(IdentityView),
@@ -553,6 +582,7 @@ impl Response {
             Request::Snapshot {} => Response::Snapshot(of(value)?),
             Request::Reap { .. } => Response::Reaped(of(value)?),
             Request::ImageBuild { .. } => Response::Image(of(value)?),
+            Request::Preflight { .. } => Response::Preflight(of(value)?),
             Request::IdentityInit { .. } | Request::IdentityRotate { .. } => {
                 Response::KeyIssued(of(value)?)
             }

@@ -16,6 +16,7 @@ mod identities;
 mod image;
 mod local;
 mod openssh;
+mod preflight;
 mod privileged;
 mod service;
 mod support;

@@ -136,12 +136,23 @@ fn endpoint(config: &Ec2Config, trust: &Trust) -> Result<Option<String>, Provide
 /// both, such as moto), else (a user's own command) `AWS_ENDPOINT_URL_SSM` or
 /// `AWS_ENDPOINT_URL`.
 fn ssm_endpoint(config: &Ec2Config, trust: &Trust) -> Result<Option<String>, ProviderError> {
+    beside_ec2(config, &config.ssm_endpoint_url, trust, |e| {
+        &e.endpoint_url_ssm
+    })
+}
+
+/// The endpoint of another service of the site: its own setting (`own`), else `endpoint_url`
+/// (an API serving them all, as moto does), else (a user's own command) its own variable
+/// (`own_env`) or `AWS_ENDPOINT_URL`.
+fn beside_ec2(
+    config: &Ec2Config,
+    own: &Option<String>,
+    trust: &Trust,
+    own_env: impl Fn(&crate::core::env::AwsEnv) -> &Option<String>,
+) -> Result<Option<String>, ProviderError> {
     endpoint_of(
-        config
-            .ssm_endpoint_url
-            .as_ref()
-            .or(config.endpoint_url.as_ref()),
-        trust.caller_env().and_then(|e| e.endpoint_url_ssm.as_ref()),
+        own.as_ref().or(config.endpoint_url.as_ref()),
+        trust.caller_env().and_then(|e| own_env(e).as_ref()),
         trust,
     )
 }
@@ -303,14 +314,9 @@ pub(super) async fn build(config: &Ec2Config, trust: &Trust) -> Result<Built, Pr
 /// The IAM endpoint: `iam_endpoint_url`, else `endpoint_url` (an API serving both, as moto
 /// does), else (a user's own command) `AWS_ENDPOINT_URL_IAM` or `AWS_ENDPOINT_URL`.
 fn iam_endpoint(config: &Ec2Config, trust: &Trust) -> Result<Option<String>, ProviderError> {
-    endpoint_of(
-        config
-            .iam_endpoint_url
-            .as_ref()
-            .or(config.endpoint_url.as_ref()),
-        trust.caller_env().and_then(|e| e.endpoint_url_iam.as_ref()),
-        trust,
-    )
+    beside_ec2(config, &config.iam_endpoint_url, trust, |e| {
+        &e.endpoint_url_iam
+    })
 }
 
 /// The IAM client of the students' identities: the same credentials, HTTP client (proxy, trust
@@ -340,6 +346,37 @@ pub(super) fn build_iam(
         credentials: facts.described.clone(),
     };
     Ok((aws_sdk_iam::Client::from_conf(builder.build()), context))
+}
+
+/// The Service Quotas endpoint: `service_quotas_endpoint_url`, else `endpoint_url` (an API
+/// serving both, as moto does), else (a user's own command) `AWS_ENDPOINT_URL_SERVICE_QUOTAS`
+/// or `AWS_ENDPOINT_URL`.
+fn quotas_endpoint(config: &Ec2Config, trust: &Trust) -> Result<Option<String>, ProviderError> {
+    beside_ec2(config, &config.service_quotas_endpoint_url, trust, |e| {
+        &e.endpoint_url_service_quotas
+    })
+}
+
+/// The Service Quotas client of `admin preflight` (the account's vCPU quota): the same
+/// credentials, HTTP client, timeouts and retries as the EC2 client, in the site's region.
+pub(super) fn build_quotas(
+    config: &Ec2Config,
+    trust: &Trust,
+) -> Result<aws_sdk_servicequotas::Client, ProviderError> {
+    use aws_sdk_servicequotas::config as sq;
+    let endpoint = quotas_endpoint(config, trust)?;
+    let (credentials, _, http, timeouts) = common(config, trust)?;
+    let mut builder = sq::Builder::new()
+        .behavior_version(sq::BehaviorVersion::latest())
+        .region(sq::Region::new(config.region.clone()))
+        .credentials_provider(credentials)
+        .http_client(http)
+        .retry_config(RetryConfig::adaptive().with_max_attempts(MAX_ATTEMPTS))
+        .timeout_config(timeouts);
+    if let Some(url) = &endpoint {
+        builder = builder.endpoint_url(url);
+    }
+    Ok(aws_sdk_servicequotas::Client::from_conf(builder.build()))
 }
 
 /// An EC2 client that signs with `key` alone (a student's new access key, as their files now

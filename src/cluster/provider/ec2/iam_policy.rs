@@ -22,6 +22,8 @@
 //!   resources only where `ec2:ResourceTag/stratus:store` is this store's id;
 //! - `ssm:GetParameters` for the profiles' `resolve:ssm:` images (those parameters only), which
 //!   stratus resolves itself to learn the image's root device;
+//! - `servicequotas:GetServiceQuota` and `GetAWSDefaultServiceQuota` in the region, for the vCPU
+//!   quotas `admin preflight` compares with the class (reads only; they take no resource);
 //! - what EC2 does on stratus's behalf: `iam:CreateServiceLinkedRole` for spot, once per account,
 //!   when a profile runs workers on spot;
 //! - with `[identities]`, the students' identities (`IAM_ACTIONS`, which the same kind of test
@@ -45,6 +47,8 @@ pub const ACTIONS: &[&str] = &[
     "DeleteKeyPair",
     "DeleteSecurityGroup",
     "DescribeImages",
+    "DescribeInstanceTypeOfferings",
+    "DescribeInstanceTypes",
     "DescribeInstances",
     "DescribeKeyPairs",
     "DescribeSecurityGroups",
@@ -423,9 +427,18 @@ fn tags_and_changes(d: &Doc<'_>) -> Vec<Value> {
     ]
 }
 
-/// SSM for the profiles' `resolve:ssm:` images, and spot's service role, when needed.
+/// The vCPU quotas `admin preflight` reads; SSM for the profiles' `resolve:ssm:` images, and
+/// spot's service role, when needed.
 fn others(d: &Doc<'_>, input: &PolicyInput) -> Vec<Value> {
-    let mut statements = Vec::new();
+    let mut statements = vec![json!({
+        // Read only: the account's vCPU quotas, whether they cover the class. Service Quotas'
+        // reads are not limited by resource (`*`), so by region, as the Describes.
+        "Sid": "ReadTheVcpuQuotas",
+        "Effect": "Allow",
+        "Action": ["servicequotas:GetServiceQuota", "servicequotas:GetAWSDefaultServiceQuota"],
+        "Resource": "*",
+        "Condition": { "StringEquals": { "aws:RequestedRegion": d.region } },
+    })];
     if !input.ssm_parameters.is_empty() {
         let params: Vec<String> = input
             .ssm_parameters
@@ -793,6 +806,24 @@ mod tests {
         assert!(!text.contains("spot-instances-request/*\",\"arn:aws:ec2:eu-west-1:*:volume"));
         // Every EC2 action but DescribeVpcs (the input names a subnet).
         assert_eq!(ec2_actions_of(&plain).len(), ACTIONS.len() - 1);
+    }
+
+    #[test]
+    fn the_preflight_may_read_quotas_in_the_region_and_change_none() {
+        let policy = generate(&input());
+        let quota = "arn:aws:servicequotas:eu-west-1:123:ec2/L-1216C47A";
+        let region = json!({"StringEquals": {"aws:RequestedRegion": "eu-west-1"}});
+        for read in [
+            "servicequotas:GetServiceQuota",
+            "servicequotas:GetAWSDefaultServiceQuota",
+        ] {
+            assert_eq!(
+                allowing(&policy, read, quota),
+                vec![region.clone()],
+                "{read}"
+            );
+        }
+        assert!(allowing(&policy, "servicequotas:RequestServiceQuotaIncrease", quota).is_empty());
     }
 
     #[test]

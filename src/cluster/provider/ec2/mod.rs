@@ -30,6 +30,7 @@ pub mod iam_policy;
 pub mod image;
 pub mod key_pairs;
 mod network;
+pub mod preflight;
 mod rate;
 mod rules;
 
@@ -110,6 +111,8 @@ pub struct Ec2Provider {
     client: aws_sdk_ec2::Client,
     /// Resolves `resolve:ssm:` images.
     ssm: aws_sdk_ssm::Client,
+    /// Reads the account's vCPU quotas (`admin preflight`).
+    quotas: aws_sdk_servicequotas::Client,
     /// What the credentials are (temporary, until when).
     credentials: credentials::Facts,
     ctx: error::Context,
@@ -305,6 +308,7 @@ impl Ec2Provider {
         let provider = Self {
             client: built.client,
             ssm: built.ssm,
+            quotas: client::build_quotas(config, trust)?,
             credentials: built.credentials,
             ctx: built.context,
             config: config.clone(),

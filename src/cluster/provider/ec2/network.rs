@@ -160,7 +160,7 @@ impl Ec2Provider {
     }
 
     /// The region's default VPC, where nodes launch without a configured subnet.
-    async fn default_vpc(&self) -> Result<String, ProviderError> {
+    pub(super) async fn default_vpc(&self) -> Result<String, ProviderError> {
         let out = self
             .client
             .describe_vpcs()
