@@ -162,7 +162,7 @@ impl<P: Provider> Reaper<'_, P> {
             // warning and a new grace, and the nodes get their deadline back.
             if c.reap_after.is_some() && !self.dry_run {
                 ctx.store.set_reap(c.id, None, None)?;
-                let back = "stratus: the reaper's warning is withdrawn (the policy changed); the cluster keeps running.";
+                let back = "stratus: the reaper's warning is withdrawn (what it warned of no longer holds); the cluster keeps running.";
                 self.tell_nodes(c, c.deadline, back).await;
             }
             return Ok(None);
