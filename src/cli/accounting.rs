@@ -83,7 +83,7 @@ pub(super) async fn run(client: &Client, action: AccountingAction) -> Result<Exi
                 ));
             }
             if json {
-                printer.json(&super::report::json(&r))?;
+                printer.out(super::report::json_text(&r)?)?;
             } else if csv {
                 printer.out(super::report::csv(&r)?.trim_end())?;
             } else {
