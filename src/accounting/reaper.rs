@@ -297,7 +297,7 @@ impl<P: Provider> Reaper<'_, P> {
             at: String::new(),
             user: "reaper".into(),
             action: format!("reap-{}", a.action),
-            cluster: Some(format!("{}/{}", a.owner, a.cluster)),
+            cluster: Some(AuditRecord::cluster_of(&a.owner, &a.cluster)),
             decision: "done".into(),
             reason: Some(a.reason.clone()),
             instances,

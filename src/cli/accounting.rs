@@ -6,9 +6,32 @@ use std::process::ExitCode;
 
 use super::client::Client;
 use super::launch::expect;
+use crate::accounting::snapshot::SnapshotReport;
 use crate::cli::AccountingAction;
 use crate::core::error::Error;
 use crate::service::protocol::{Request, Response};
+
+/// `accounting snapshot --json`: the report, its time in RFC 3339 as every JSON time.
+#[derive(serde::Serialize)]
+struct SnapshotJson<'a> {
+    at: String,
+    seen: usize,
+    ended: usize,
+    missing: &'a [String],
+    orphans: &'a [String],
+}
+
+impl<'a> From<&'a SnapshotReport> for SnapshotJson<'a> {
+    fn from(r: &'a SnapshotReport) -> Self {
+        Self {
+            at: crate::core::model::rfc3339(r.at),
+            seen: r.seen,
+            ended: r.ended,
+            missing: &r.missing,
+            orphans: &r.orphans,
+        }
+    }
+}
 
 pub(super) async fn run(client: &Client, action: AccountingAction) -> Result<ExitCode, Error> {
     let printer = client.printer();
@@ -16,7 +39,7 @@ pub(super) async fn run(client: &Client, action: AccountingAction) -> Result<Exi
         AccountingAction::Snapshot { json } => {
             let r = expect!(client.call(Request::Snapshot {}).await?, Response::Snapshot);
             if json {
-                printer.json(&r)?;
+                printer.json(&SnapshotJson::from(&r))?;
                 return Ok(ExitCode::SUCCESS);
             }
             printer.status(format!(

@@ -332,7 +332,7 @@ fn audit(ctx: Ctx<'_>, action: &Action, owner: Option<&str>) {
         user: "reconcile".into(),
         action: format!("reconcile-{}", action.action),
         cluster: Some(match owner {
-            Some(o) => format!("{o}/{}", action.cluster),
+            Some(o) => crate::store::AuditRecord::cluster_of(o, &action.cluster),
             None => action.cluster.clone(),
         }),
         decision: "done".into(),

@@ -128,7 +128,10 @@ impl Admitted<'_> {
                 at: String::new(),
                 user: self.owner.to_owned(),
                 action: self.action.to_owned(),
-                cluster: Some(self.cluster.to_owned()),
+                cluster: Some(crate::store::AuditRecord::cluster_of(
+                    self.owner,
+                    self.cluster,
+                )),
                 decision: "accepted".into(),
                 reason: Some(reason),
                 instances: Vec::new(),

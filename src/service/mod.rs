@@ -353,7 +353,7 @@ impl Service {
             caller,
             policy: &policy,
         };
-        let mut trail = audit::Trail::begin(&request);
+        let mut trail = audit::Trail::begin(&request, caller);
         let r = self.dispatch(&asked, request, &mut trail).await;
         trail.end(self, caller, &r);
         r

@@ -240,6 +240,16 @@ impl Request {
     }
 
     /// The cluster the request is about, as given.
+    /// The owner a request names (an instructor acting on another user's cluster), if any.
+    pub fn owner(&self) -> Option<&str> {
+        match self {
+            Request::LaunchSlaves { owner, .. }
+            | Request::Terminate { owner, .. }
+            | Request::List { owner, .. } => owner.as_deref(),
+            _ => None,
+        }
+    }
+
     pub fn cluster(&self) -> Option<&str> {
         match self {
             Request::Launch { name, .. }

@@ -18,4 +18,5 @@ mod openssh;
 mod privileged;
 mod service;
 mod support;
+mod trial;
 mod waits;

