@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use super::admission::Admission;
 use super::audit::Trail;
-use super::protocol::{Deleted, Launched, Response, Terminated, WorkersAdded, WorkersFile};
+use super::protocol::{
+    AlreadyEnded, Deleted, Launched, Response, Terminated, WorkersAdded, WorkersFile,
+};
 use super::{Asked, Service};
 use crate::cluster::keys::ClusterKeys;
 use crate::cluster::launch::{self, LaunchRequest};
@@ -14,7 +16,7 @@ use crate::cluster::terminate::live_nodes;
 use crate::cluster::{observe, reconcile, terminate};
 use crate::config::{Mode, ProviderKind};
 use crate::core::error::Error;
-use crate::core::model::{ClusterName, Owner, RequestId};
+use crate::core::model::{ClusterName, Owner, RequestId, rfc3339};
 
 /// A launch as asked for, unchecked.
 pub(crate) struct LaunchAsk {
@@ -163,10 +165,17 @@ impl Service {
         );
         let provider = self.provider(c.provider).await?;
         self.reconcile_first(provider.as_ref(), &owner).await;
+        // An ended cluster is still looked at (a straggler, a rollback left unfinished), and
+        // the answer says it had ended, and when.
+        let already = (!c.state.is_live()).then(|| AlreadyEnded {
+            state: c.state.as_str().to_owned(),
+            at: rfc3339(c.terminated_at.unwrap_or(c.updated_at)),
+        });
         let n = terminate::terminate(self.ctx(), provider.as_ref(), &c).await?;
         Ok(Response::Terminated(Terminated {
             cluster: c.name.to_string(),
             terminated: n as u64,
+            already,
         }))
     }
 

@@ -304,6 +304,17 @@ pub struct Terminated {
     pub cluster: String,
     /// How many nodes were terminated.
     pub terminated: u64,
+    /// The cluster had already ended before this request: its state (`terminated`, `failed`)
+    /// and when it ended (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub already: Option<AlreadyEnded>,
+}
+
+/// An ended cluster's state and end, as a terminate of it finds them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlreadyEnded {
+    pub state: String,
+    pub at: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -617,6 +628,7 @@ mod tests {
         let t = Terminated {
             cluster: "c".into(),
             terminated: 3,
+            already: None,
         };
         let text = serde_json::to_string(&Line::Result {
             result: Response::Terminated(t.clone()),

@@ -40,3 +40,31 @@ fn audit_rows_name_clusters_as_owner_slash_name_and_snapshot_times_are_rfc3339()
         .unwrap_or_else(|| panic!("at is not a string: {snap}"));
     assert!(at.parse::<jiff::Timestamp>().is_ok(), "{snap}");
 }
+
+#[test]
+fn terminating_an_ended_cluster_says_it_already_was_and_when() {
+    let ctx = TestContext::new();
+    ctx.ok(&["launch-master", "lab2", "--no-configure"]);
+    ctx.ok(&["terminate-cluster", "lab2", "--yes"]);
+    let again = ctx.ok(&["terminate-cluster", "lab2", "--yes"]);
+    assert!(!again.stderr.contains("(0 nodes)"), "{again}");
+    let line = again
+        .stderr
+        .lines()
+        .find(|l| l.contains("cluster lab2 was already terminated at "))
+        .unwrap_or_else(|| panic!("{again}"));
+    // Local time with its zone: "2026-12-03 05:53 UTC".
+    let when = line
+        .split(" at ")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches([')', '.']);
+    let parts: Vec<&str> = when.split(' ').collect();
+    assert_eq!(parts.len(), 3, "{line}");
+    assert!(
+        jiff::civil::DateTime::strptime("%Y-%m-%d %H:%M", format!("{} {}", parts[0], parts[1]))
+            .is_ok(),
+        "{line}"
+    );
+    assert!(!parts[2].is_empty(), "{line}");
+}
