@@ -21,6 +21,7 @@ struct UsageJson<'a> {
     cluster: &'a str,
     owner: &'a str,
     profile: &'a str,
+    created_at: String,
     instance_hours: f64,
     /// The same as `cost_dollars` (kept for scripts of earlier versions).
     estimated_cost: f64,
@@ -35,6 +36,7 @@ impl<'a> From<&'a UsageRow> for UsageJson<'a> {
             cluster: &r.cluster,
             owner: &r.owner,
             profile: &r.profile,
+            created_at: crate::core::model::rfc3339(r.created_at),
             instance_hours: hours(r.millis),
             estimated_cost: micros_to_dollars(r.micros),
             cost_dollars: micros_to_dollars(r.micros),
@@ -54,6 +56,8 @@ pub(super) async fn usage(
     owner: Option<String>,
     everyone: bool,
 ) -> Result<ExitCode, Error> {
+    // Someone else's clusters, or everyone's: whose each one is.
+    let owners = everyone || owner.is_some();
     let answer = client.call(Request::Usage { owner, everyone }).await?;
     let rows = expect!(answer, Response::Usage);
     let printer = client.printer();
@@ -61,14 +65,30 @@ pub(super) async fn usage(
         printer.json(&rows.iter().map(UsageJson::from).collect::<Vec<_>>())?;
         return Ok(ExitCode::SUCCESS);
     }
-    let mut t = Table::new(&["CLUSTER", "PROFILE", "HOURS", "COST", "OPEN"]);
+    printer.out(usage_table(&rows, owners).render())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `usage` for people: a row per cluster (with its owner when `owners`), and a total. The
+/// creation time tells apart two clusters of one name.
+fn usage_table(rows: &[UsageRow], owners: bool) -> Table {
+    let mut header = vec!["CLUSTER"];
+    if owners {
+        header.push("OWNER");
+    }
+    header.extend(["PROFILE", "CREATED", "HOURS", "COST", "OPEN"]);
+    let mut t = Table::new(&header);
     let (mut millis, mut micros) = (0, 0);
-    for r in &rows {
+    for r in rows {
         millis += r.millis;
         micros += r.micros;
-        t.row(vec![
-            r.cluster.clone(),
+        let mut cells = vec![r.cluster.clone()];
+        if owners {
+            cells.push(r.owner.clone());
+        }
+        cells.extend([
             r.profile.clone(),
+            created(r.created_at),
             format!("{:.2}", hours(r.millis)),
             format!(
                 "{}{}",
@@ -77,16 +97,29 @@ pub(super) async fn usage(
             ),
             if r.open { "yes".into() } else { "no".into() },
         ]);
+        t.row(cells);
     }
-    t.row(vec![
-        "total".into(),
-        String::new(),
+    let mut total = vec!["total".to_owned()];
+    total.extend(vec![String::new(); if owners { 3 } else { 2 }]);
+    total.extend([
         format!("{:.2}", hours(millis)),
         dollars_text(micros),
         String::new(),
     ]);
-    printer.out(t.render())?;
-    Ok(ExitCode::SUCCESS)
+    t.row(total);
+    t
+}
+
+/// A creation time in local time, to the second (two launches of one name a minute apart are
+/// still two rows that differ).
+fn created(at: crate::core::model::Millis) -> String {
+    jiff::Timestamp::from_millisecond(at)
+        .map(|t| {
+            t.to_zoned_datetime(jiff::tz::TimeZone::system())
+                .strftime("%Y-%m-%d %H:%M:%S")
+                .to_string()
+        })
+        .unwrap_or_default()
 }
 
 pub(super) async fn quota(client: &Client, json: bool) -> Result<ExitCode, Error> {

@@ -20,6 +20,11 @@ impl Service {
     ) -> Result<Response, Error> {
         let owners = asked.owners(owner, everyone, "see everyone's usage")?;
         let clusters = self.store().list_clusters(owners.as_ref())?;
+        if let Some(o) = owners.as_ref()
+            && clusters.is_empty()
+        {
+            known_user(o)?;
+        }
         self.refresh_all(&clusters).await;
         let intervals = self
             .store()
@@ -141,6 +146,21 @@ impl Service {
         )
         .await?;
         Ok(Response::Reaped(actions))
+    }
+}
+
+/// A user with no clusters must at least be a user: an instructor's typo (`--owner alcie`) is
+/// an error naming it, not an empty table. One who left (no account any more) but launched
+/// clusters is still known by them.
+fn known_user(owner: &crate::core::model::Owner) -> Result<(), Error> {
+    match crate::sys::passwd_by_name(owner.as_str()) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(Error::invalid(format!(
+            "no such user: {owner} (no account of that name, and no cluster of theirs on record)"
+        ))),
+        Err(e) => Err(Error::runtime(format!(
+            "cannot look up the user {owner}: {e}"
+        ))),
     }
 }
 

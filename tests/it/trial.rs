@@ -68,3 +68,42 @@ fn terminating_an_ended_cluster_says_it_already_was_and_when() {
     );
     assert!(!parts[2].is_empty(), "{line}");
 }
+
+#[test]
+fn usage_for_instructors_shows_owners_and_creation_times_and_refuses_an_unknown_user() {
+    let ctx = TestContext::new();
+    for _ in 0..2 {
+        ctx.ok(&["launch-master", "twice", "--no-configure"]);
+        ctx.ok(&["terminate-cluster", "twice", "--yes"]);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    let owner = ctx.cluster_json("twice")["owner"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let all = ctx.ok(&["usage", "--everyone"]);
+    let mut lines = all.stdout.lines();
+    let header = lines.next().unwrap();
+    assert!(
+        header.contains("OWNER") && header.contains("CREATED"),
+        "{all}"
+    );
+    let rows: Vec<&str> = lines.filter(|l| l.starts_with("twice ")).collect();
+    assert_eq!(rows.len(), 2, "{all}");
+    assert_ne!(rows[0], rows[1], "the same name twice, told apart: {all}");
+    assert!(rows.iter().all(|r| r.contains(&owner)), "{all}");
+    let json: Value =
+        serde_json::from_str(&ctx.ok(&["usage", "--everyone", "--json"]).stdout).unwrap();
+    assert!(
+        json[0]["created_at"]
+            .as_str()
+            .unwrap()
+            .parse::<jiff::Timestamp>()
+            .is_ok(),
+        "{json}"
+    );
+
+    let unknown = ctx.run(&["usage", "--owner", "nosuchuser17"]);
+    assert_eq!(unknown.code, 2, "{unknown}");
+    assert!(unknown.stderr.contains("nosuchuser17"), "{unknown}");
+}
