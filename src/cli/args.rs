@@ -157,6 +157,9 @@ pub enum Command {
     Quota {
         #[arg(long)]
         json: bool,
+        /// Instructors: what this user resolves to (their own table, groups, or the default)
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
     },
     /// Hours and cost of every instance: cron's snapshot and reaper, the instructors' report
     Accounting {
@@ -396,7 +399,7 @@ impl Command {
             Command::List { json: true, .. }
                 | Command::Exec { json: true, .. }
                 | Command::Usage { json: true, .. }
-                | Command::Quota { json: true }
+                | Command::Quota { json: true, .. }
                 | Command::Accounting {
                     action: AccountingAction::Snapshot { json: true }
                         | AccountingAction::Report { json: true, .. }

@@ -122,8 +122,12 @@ fn created(at: crate::core::model::Millis) -> String {
         .unwrap_or_default()
 }
 
-pub(super) async fn quota(client: &Client, json: bool) -> Result<ExitCode, Error> {
-    let answer = client.call(Request::Quota {}).await?;
+pub(super) async fn quota(
+    client: &Client,
+    json: bool,
+    user: Option<String>,
+) -> Result<ExitCode, Error> {
+    let answer = client.call(Request::Quota { owner: user }).await?;
     let r = expect!(answer, Response::Quota);
     let printer = client.printer();
     if json {
@@ -170,12 +174,38 @@ pub(super) async fn quota(client: &Client, json: bool) -> Result<ExitCode, Error
         String::new(),
         String::new(),
     ]);
+    if let Some(c) = &r.class {
+        t.row(vec![
+            "class units (all students)".into(),
+            num(c.max_units),
+            num(Some(c.units)),
+            num(c.left),
+        ]);
+    }
     printer.out(format!("quota of {}", r.user))?;
     printer.out(t.render())?;
     if let Some(p) = &r.limits.profiles {
         printer.out(format!("profiles: {}", p.join(", ")))?;
     }
+    if let Some(c) = &r.class
+        && (c.term_start.is_some() || c.term_end.is_some())
+    {
+        printer.out(format!(
+            "term: {} to {}",
+            term_day(c.term_start.as_deref()),
+            term_day(c.term_end.as_deref())
+        ))?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A term date as the policy wrote it: the day, when the time is midnight UTC (a date in the
+/// policy), else the whole RFC 3339 time; "open" when unset.
+fn term_day(t: Option<&str>) -> String {
+    match t {
+        None => "open".into(),
+        Some(t) => t.strip_suffix("T00:00:00.000Z").unwrap_or(t).to_owned(),
+    }
 }
 
 pub(super) fn profiles(

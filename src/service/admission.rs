@@ -11,7 +11,7 @@ use crate::accounting;
 use crate::cluster::Admit;
 use crate::config::SiteConfig;
 use crate::core::error::Error;
-use crate::core::model::{Millis, RequestId, now_millis};
+use crate::core::model::{Millis, RequestId, now_millis, rfc3339};
 use crate::core::money::{Micros, MilliUnits};
 use crate::policy::Policy;
 use crate::policy::admission::{Ask, InUse, Rules};
@@ -221,6 +221,21 @@ pub struct QuotaReport {
     pub limits: QuotaNumbers,
     pub used: QuotaUse,
     pub left: QuotaUse,
+    /// The class as a whole (with a policy): its cap on concurrent units, what every student
+    /// together uses of it, and the term.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<ClassQuota>,
+}
+
+/// `[class]` of the policy, and the class's use of its cap.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassQuota {
+    pub max_units: Option<f64>,
+    pub units: f64,
+    pub left: Option<f64>,
+    /// RFC 3339.
+    pub term_start: Option<String>,
+    pub term_end: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -249,14 +264,15 @@ pub fn quota(
     groups: &[String],
 ) -> Result<QuotaReport, StoreError> {
     let limits = policy.map(|p| p.limits(user, groups)).unwrap_or_default();
-    let (units, clusters, spent) = store.immediate(|tx| -> Result<_, StoreError> {
+    let (units, clusters, spent, class_units) = store.immediate(|tx| -> Result<_, StoreError> {
         let units = ledger::open_units(tx, user, -1)?;
         let clusters = ledger::live_clusters(tx, user, -1)?;
+        let class_units = ledger::class_units(tx, -1)?;
         let spent = match policy {
             Some(p) => Some(accounting::spending::spending(tx, p, config, user)?.0),
             None => None,
         };
-        Ok((units, clusters, spent))
+        Ok((units, clusters, spent, class_units))
     })?;
     let spent = match spent {
         Some(s) => s,
@@ -287,5 +303,12 @@ pub fn quota(
             clusters: limits.max_clusters.map(|m| m.saturating_sub(clusters)),
             dollars: limits.budget.map(|b| d((b - spent).max(0))),
         },
+        class: policy.map(|p| ClassQuota {
+            max_units: p.class_max_units.map(u),
+            units: u(class_units),
+            left: p.class_max_units.map(|m| u(m.saturating_sub(class_units))),
+            term_start: p.term_start.map(|t| t.as_millisecond()).map(rfc3339),
+            term_end: p.term_end.map(|t| t.as_millisecond()).map(rfc3339),
+        }),
     })
 }

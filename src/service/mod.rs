@@ -408,7 +408,7 @@ impl Service {
             Request::Usage { owner, everyone } => {
                 self.usage(asked, owner.as_deref(), everyone).await
             }
-            Request::Quota {} => self.quota(asked),
+            Request::Quota { owner } => self.quota(asked, owner.as_deref()),
             Request::Report { by, since, until } => {
                 self.report(asked, by, since.as_deref(), until.as_deref())
             }

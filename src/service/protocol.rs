@@ -85,7 +85,11 @@ pub enum Request {
         #[serde(default)]
         everyone: bool,
     },
-    Quota {},
+    /// The caller's quota, or (instructors) what `owner` resolves to.
+    Quota {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<String>,
+    },
     /// Instructors only: the audit trail from `since` (RFC 3339 or a date) on.
     Audit {
         since: Option<String>,
@@ -198,7 +202,7 @@ impl Request {
             Request::Key { .. } => "key",
             Request::Reach { .. } => "reach",
             Request::Usage { .. } => "usage",
-            Request::Quota {} => "quota",
+            Request::Quota { .. } => "quota",
             Request::Audit { .. } => "audit",
             Request::Report { .. } => "report",
             Request::Delete { .. } => "delete",
@@ -227,7 +231,7 @@ impl Request {
             self,
             Request::List { .. }
                 | Request::Usage { .. }
-                | Request::Quota {}
+                | Request::Quota { .. }
                 | Request::Audit { .. }
                 | Request::Report { .. }
                 | Request::Reach { .. }
@@ -245,7 +249,8 @@ impl Request {
         match self {
             Request::LaunchSlaves { owner, .. }
             | Request::Terminate { owner, .. }
-            | Request::List { owner, .. } => owner.as_deref(),
+            | Request::List { owner, .. }
+            | Request::Quota { owner } => owner.as_deref(),
             _ => None,
         }
     }
@@ -482,7 +487,7 @@ impl Response {
             Request::List { .. } => Response::Clusters(of(value)?),
             Request::Key { .. } | Request::Reach { .. } => Response::Key(of(value)?),
             Request::Usage { .. } => Response::Usage(of(value)?),
-            Request::Quota {} => Response::Quota(of(value)?),
+            Request::Quota { .. } => Response::Quota(of(value)?),
             Request::Audit { .. } => Response::Audit(of(value)?),
             Request::Report { .. } => Response::Report(of(value)?),
             Request::Delete { .. } => Response::Deleted(of(value)?),
@@ -590,7 +595,7 @@ mod tests {
         let back: Request = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(back, r);
         assert_eq!(
-            serde_json::to_string(&Request::Quota {}).unwrap(),
+            serde_json::to_string(&Request::Quota { owner: None }).unwrap(),
             r#"{"action":"quota"}"#
         );
         for bad in [

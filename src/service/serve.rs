@@ -377,7 +377,10 @@ mod tests {
         let ok = br#"{"action":"quota"}
 "#;
         let mut rd = BufReader::new(&ok[..]);
-        assert_eq!(read_request(&mut rd, within).await, Ok(Request::Quota {}));
+        assert_eq!(
+            read_request(&mut rd, within).await,
+            Ok(Request::Quota { owner: None })
+        );
 
         // Nothing comes: refused once the time is up.
         let (client, server) = tokio::io::duplex(64);

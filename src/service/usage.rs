@@ -21,6 +21,7 @@ impl Service {
         let owners = asked.owners(owner, everyone, "see everyone's usage")?;
         let clusters = self.store().list_clusters(owners.as_ref())?;
         if let Some(o) = owners.as_ref()
+            && *o != asked.caller.owner
             && clusters.is_empty()
         {
             known_user(o)?;
@@ -39,17 +40,21 @@ impl Service {
         Ok(Response::Usage(rows))
     }
 
-    pub(super) fn quota(&self, asked: &Asked<'_>) -> Result<Response, Error> {
+    /// The caller's quota, or (instructors) another user's, resolved with that user's groups.
+    pub(super) fn quota(&self, asked: &Asked<'_>, owner: Option<&str>) -> Result<Response, Error> {
         if let LoadedPolicy::Broken(e) = asked.policy {
             return Err(Error::invalid(crate::core::error::one_line(e)));
         }
-        let caller = asked.caller;
+        let owner = asked.owner_for(owner)?;
+        if owner != asked.caller.owner && self.store().list_clusters(Some(&owner))?.is_empty() {
+            known_user(&owner)?;
+        }
         let r = super::admission::quota(
             self.store(),
             asked.policy.present(),
             self.config(),
-            caller.owner.as_str(),
-            &caller.groups,
+            owner.as_str(),
+            &asked.groups_of(&owner),
         )?;
         Ok(Response::Quota(r))
     }

@@ -107,3 +107,67 @@ fn usage_for_instructors_shows_owners_and_creation_times_and_refuses_an_unknown_
     assert_eq!(unknown.code, 2, "{unknown}");
     assert!(unknown.stderr.contains("nosuchuser17"), "{unknown}");
 }
+
+#[test]
+fn quota_shows_the_class_cap_and_term_and_an_instructor_may_ask_for_any_user() {
+    use crate::privileged::{Site, start};
+    let Some(_serial) = start() else { return };
+    let site = Site::offline(2);
+    let (s1, s2, ins) = (site.student(0), site.student(1), &site.instructor);
+    site.set_policy(&format!(
+        r#"
+instructors = ["INSTRUCTOR"]
+[class]
+max_units = 200
+term_start = 2026-09-01
+term_end = 2026-12-20
+[units]
+"m5.large" = 1
+[default]
+max_units = 12
+max_clusters = 2
+profiles = ["tiny"]
+[users.{}]
+max_clusters = 3
+"#,
+        s1.name
+    ));
+    let table = site.stratus(s2, &["quota"]).ok();
+    let text = format!("{table}");
+    assert!(text.contains("class units"), "{text}");
+    assert!(text.contains("200"), "{text}");
+    assert!(
+        text.contains("2026-09-01") && text.contains("2026-12-20"),
+        "{text}"
+    );
+    let own = site.stratus(s2, &["quota", "--json"]).ok().json();
+    assert_eq!(own["class"]["max_units"], 200.0, "{own}");
+    assert_eq!(own["class"]["units"], 0.0, "{own}");
+    assert!(
+        own["class"]["term_start"]
+            .as_str()
+            .unwrap()
+            .starts_with("2026-09-01"),
+        "{own}"
+    );
+    assert!(
+        own["class"]["term_end"]
+            .as_str()
+            .unwrap()
+            .starts_with("2026-12-20"),
+        "{own}"
+    );
+
+    // The instructor sees what a student resolves to; a student may not ask for another.
+    let theirs = site
+        .stratus(ins, &["quota", "--user", &s1.name, "--json"])
+        .ok()
+        .json();
+    assert_eq!(theirs["user"], s1.name.as_str(), "{theirs}");
+    assert_eq!(theirs["limits"]["max_clusters"], 3, "{theirs}");
+    assert_eq!(theirs["limits"]["max_units"], 12.0, "{theirs}");
+    site.stratus(s2, &["quota", "--user", &s1.name])
+        .refused_with(2, "only instructors");
+    site.stratus(ins, &["quota", "--user", "nosuchuser17"])
+        .refused_with(2, "nosuchuser17");
+}
