@@ -14,9 +14,11 @@ use crate::cluster::launch::{self, LaunchRequest};
 use crate::cluster::provider::Provider;
 use crate::cluster::terminate::live_nodes;
 use crate::cluster::{observe, reconcile, terminate};
+use crate::config::profile::ProfileError;
 use crate::config::{Mode, ProviderKind};
 use crate::core::error::Error;
 use crate::core::model::{ClusterName, Owner, RequestId, rfc3339};
+use crate::policy::Policy;
 
 /// A launch as asked for, unchecked.
 pub(crate) struct LaunchAsk {
@@ -47,7 +49,12 @@ impl Service {
         let profile_name = ask
             .profile
             .unwrap_or_else(|| self.settings().default_profile());
-        let profile = self.profiles()?.resolve(&profile_name)?;
+        let profile = match self.profiles()?.resolve(&profile_name) {
+            Err(ProfileError::Unknown { name, .. }) if name == profile_name => {
+                return Err(self.unknown_profile(asked, policy, &profile_name));
+            }
+            r => r?,
+        };
         let env = crate::core::input::check_env(ask.env)?;
         let extra_keys = match &ask.key {
             Some(key) if !ask.configure => {
@@ -146,6 +153,37 @@ impl Service {
                 .map(|n| crate::core::model::node_name(&c.name, n.role, n.index))
                 .collect(),
         }))
+    }
+
+    /// A launch's profile that does not exist: the error lists only the profiles this site's
+    /// provider runs and the policy lets the caller launch, and suggests the nearest of them.
+    fn unknown_profile(&self, asked: &Asked<'_>, policy: Option<&Policy>, name: &str) -> Error {
+        let caller = asked.caller;
+        let allowed = policy.and_then(|p| p.limits(caller.owner.as_str(), &caller.groups).profiles);
+        let usable: Vec<String> = match self.profiles() {
+            Ok(profiles) => profiles
+                .names()
+                .into_iter()
+                .filter(|n| allowed.as_ref().is_none_or(|a| a.contains(n)))
+                .filter(|n| {
+                    profiles
+                        .resolve(n)
+                        .is_ok_and(|p| p.supports(self.config().provider))
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        let hint = crate::core::text::nearest(name, &usable)
+            .map(|n| format!(" (did you mean {n:?}?)"))
+            .unwrap_or_default();
+        Error::invalid(format!(
+            "unknown profile {name:?}{hint}; profiles you may launch here: {}",
+            if usable.is_empty() {
+                "none".to_owned()
+            } else {
+                usable.join(", ")
+            }
+        ))
     }
 
     pub(super) async fn terminate(

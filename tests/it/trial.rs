@@ -171,3 +171,40 @@ max_clusters = 3
     site.stratus(ins, &["quota", "--user", "nosuchuser17"])
         .refused_with(2, "nosuchuser17");
 }
+
+#[test]
+fn a_mistyped_profile_suggests_the_nearest_one_this_site_runs_and_the_policy_allows() {
+    let ctx = TestContext::new();
+    for name in ["hadoop-local", "hadoop-loca", "hadoop-lab"] {
+        ctx.profile_file(&format!("{name}.toml"), "extends = \"local-demo\"\n");
+    }
+    std::fs::write(
+        ctx.root.path().join("policy.toml"),
+        "[default]\nprofiles = [\"hadoop-local\", \"local-demo\", \"hadoop\"]\n",
+    )
+    .unwrap();
+    let r = ctx.run(&[
+        "launch-master",
+        "typo",
+        "--profile",
+        "hadoop-locl",
+        "--no-configure",
+    ]);
+    assert_eq!(r.code, 2, "{r}");
+    let error = r
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("{r}"));
+    assert!(error.contains("did you mean \"hadoop-local\"?"), "{r}");
+    // Listed: what this site's provider runs and the policy allows, nothing else (not the
+    // nearer hadoop-loca the policy does not allow, nor the EC2 profiles).
+    let listed: Vec<&str> = error
+        .split("profiles you may launch here: ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{r}"))
+        .split(", ")
+        .collect();
+    assert_eq!(listed, ["hadoop-local", "local-demo"], "{r}");
+    assert!(ctx.list_json().is_empty(), "nothing launched");
+}
