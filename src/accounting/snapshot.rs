@@ -26,8 +26,8 @@ use crate::core::model::Millis;
 use crate::store::{ClusterRow, Observation};
 
 /// The interval cron runs snapshots at: a missed end is estimated at the last sighting plus
-/// this much.
-pub const DEFAULT_INTERVAL: Millis = 5 * 60 * 1000;
+/// at most this much (`store::written_off_end`, the one rule for every write-off).
+pub const DEFAULT_INTERVAL: Millis = crate::core::model::SNAPSHOT_INTERVAL;
 
 /// What one snapshot found.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,9 +70,6 @@ pub fn ingest(
     now: Millis,
 ) -> Result<SnapshotReport, Error> {
     let listed: HashMap<String, Instance> = listed.into_iter().map(|i| (i.id.clone(), i)).collect();
-    // An end nobody saw is estimated at the last sighting plus one snapshot interval (cron's),
-    // never later than now.
-    let interval = DEFAULT_INTERVAL;
 
     let mut report = SnapshotReport {
         at: now,
@@ -110,13 +107,9 @@ pub fn ingest(
                     }
                 };
                 if on_this && now - n.launched_at > grace {
-                    let seen = ctx
-                        .store
-                        .last_sighting(&n.instance_id)?
-                        .unwrap_or(n.launched_at);
-                    observations.push(Observation::Missing {
+                    observations.push(Observation::Vanished {
                         instance_id: n.instance_id.clone(),
-                        end: (seen + interval).min(now),
+                        at: now,
                     });
                     report.missing.push(n.instance_id.clone());
                 }

@@ -60,6 +60,7 @@ pub async fn refresh<P: Provider>(
             }),
             None if now - n.launched_at > grace => Some(Observation::Vanished {
                 instance_id: n.instance_id,
+                at: now,
             }),
             // Too new to be missing for good (eventual consistency): say nothing yet.
             None => None,

@@ -208,3 +208,102 @@ fn a_mistyped_profile_suggests_the_nearest_one_this_site_runs_and_the_policy_all
     assert_eq!(listed, ["hadoop-local", "local-demo"], "{r}");
     assert!(ctx.list_json().is_empty(), "nothing launched");
 }
+
+/// The node directories of a local cluster.
+fn nodes_of(ctx: &TestContext, cluster: &str) -> Vec<std::path::PathBuf> {
+    ctx.node_dirs()
+        .into_iter()
+        .filter(|d| {
+            std::fs::read_to_string(d.join("node.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                .is_some_and(|v| v["tags"]["cluster"] == cluster)
+        })
+        .collect()
+}
+
+/// Makes a local cluster's nodes vanish as an instance does that is terminated and forgotten
+/// outside stratus: the process killed, the directory gone.
+fn vanish(ctx: &TestContext, cluster: &str) {
+    let dirs = nodes_of(ctx, cluster);
+    assert!(!dirs.is_empty(), "{cluster} has no node directories");
+    for d in dirs {
+        if let Some(pid) = crate::support::node_pid(&d) {
+            let _ = stratus::sys::kill(pid, libc::SIGKILL);
+        }
+        crate::support::eventually(std::time::Duration::from_secs(10), || {
+            crate::support::node_pid(&d).is_none().then_some(())
+        })
+        .expect("the node process ends");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
+
+/// The usage intervals of a cluster, from the store the binary leaves.
+fn intervals_of(ctx: &TestContext, cluster: &str) -> Vec<stratus::store::Interval> {
+    let s = stratus::store::Store::open_in(&ctx.state).unwrap();
+    let ids: Vec<i64> = s
+        .list_clusters(None)
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.name.as_str() == cluster)
+        .map(|c| c.id)
+        .collect();
+    s.intervals(&ids).unwrap()
+}
+
+fn rfc3339(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms).unwrap().to_string()
+}
+
+const MINUTE: i64 = 60_000;
+
+#[test]
+fn a_vanished_instance_closes_at_its_last_sighting_plus_at_most_one_snapshot_interval_whoever_writes_it_off()
+ {
+    let ctx = TestContext::new();
+    ctx.ok(&["launch-master", "va", "--no-configure"]);
+    ctx.ok(&["launch-master", "vb", "--no-configure"]);
+    let later = jiff::Timestamp::now().as_millisecond() + 20 * MINUTE;
+
+    // Written off by a read (`list` looks at the nodes) twenty minutes on...
+    vanish(&ctx, "va");
+    let last = intervals_of(&ctx, "va")[0].last_seen_at;
+    let r = ctx
+        .cmd()
+        .env("STRATUS_TEST_NOW", rfc3339(later))
+        .args(["list"])
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let iv = intervals_of(&ctx, "va");
+    assert!(iv[0].estimated, "{iv:?}");
+    assert_eq!(iv[0].ended_at, Some(last + 5 * MINUTE), "{iv:?}");
+
+    // ...or by the accounting snapshot: the same rule.
+    vanish(&ctx, "vb");
+    let last = intervals_of(&ctx, "vb")[0].last_seen_at;
+    let r = ctx
+        .cmd()
+        .env("STRATUS_TEST_NOW", rfc3339(later + 20 * MINUTE))
+        .args(["accounting", "snapshot", "--json"])
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let iv = intervals_of(&ctx, "vb");
+    assert!(iv[0].estimated, "{iv:?}");
+    assert_eq!(iv[0].ended_at, Some(last + 5 * MINUTE), "{iv:?}");
+
+    // Written off sooner than that after its last sighting: at the write-off, at most.
+    ctx.ok(&["launch-master", "vc", "--no-configure"]);
+    vanish(&ctx, "vc");
+    let last = intervals_of(&ctx, "vc")[0].last_seen_at;
+    let r = ctx
+        .cmd()
+        .env("STRATUS_TEST_NOW", rfc3339(last + MINUTE))
+        .args(["accounting", "snapshot", "--json"])
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(intervals_of(&ctx, "vc")[0].ended_at, Some(last + MINUTE));
+}
