@@ -6,6 +6,8 @@
 //!   terminated closes it at that sighting.
 //! - One that disappears without ever being seen terminated is closed at its last sighting plus
 //!   at most one snapshot interval, marked estimated: never billed forever, never lost.
+//! - A cluster whose every instance ended that way (or was seen terminated) while stratus was
+//!   not ending it is settled as terminated, its quota released (`cluster::observe`).
 //! - An instance of this store that no row knows (its launcher died before recording it) is
 //!   recorded as an orphan, with its hours from its launch, under the cluster its tags name, and
 //!   reported (the reaper terminates orphans when asked).
@@ -41,6 +43,10 @@ pub struct SnapshotReport {
     pub missing: Vec<String>,
     /// Instances no row knew, now recorded.
     pub orphans: Vec<String>,
+    /// Clusters (`owner/name`) whose every instance ended outside stratus, now settled as
+    /// terminated with their quota released.
+    #[serde(default)]
+    pub settled: Vec<String>,
 }
 
 /// Takes one snapshot of `provider`'s instances of this store, now.
@@ -58,7 +64,18 @@ pub async fn snapshot<P: Provider>(ctx: Ctx<'_>, provider: &P) -> Result<Snapsho
         }
     }
     let grace = crate::core::model::millis_of(provider.consistency_grace());
-    ingest(ctx, provider.kind(), grace, listed, now)
+    let mut report = ingest(ctx, provider.kind(), grace, listed, now)?;
+    let clusters: Vec<ClusterRow> = ctx
+        .store
+        .list_clusters(None)?
+        .into_iter()
+        .filter(|c| c.provider == provider.kind())
+        .collect();
+    report.settled = crate::cluster::observe::settle_ended_outside(ctx, &clusters, "snapshot")?
+        .iter()
+        .map(|c| crate::store::AuditRecord::cluster_of(c.owner.as_str(), c.name.as_str()))
+        .collect();
+    Ok(report)
 }
 
 /// Records what one describe of `kind` listed at `now` (the part of a snapshot that writes).

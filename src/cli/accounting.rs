@@ -19,6 +19,7 @@ struct SnapshotJson<'a> {
     ended: usize,
     missing: &'a [String],
     orphans: &'a [String],
+    settled: &'a [String],
 }
 
 impl<'a> From<&'a SnapshotReport> for SnapshotJson<'a> {
@@ -29,6 +30,7 @@ impl<'a> From<&'a SnapshotReport> for SnapshotJson<'a> {
             ended: r.ended,
             missing: &r.missing,
             orphans: &r.orphans,
+            settled: &r.settled,
         }
     }
 }
@@ -49,6 +51,12 @@ pub(super) async fn run(client: &Client, action: AccountingAction) -> Result<Exi
                 r.missing.len(),
                 r.orphans.len()
             ));
+            for c in &r.settled {
+                printer.warn(format!(
+                    "cluster {c}: {}; settled as terminated, its quota released",
+                    crate::cluster::observe::ENDED_OUTSIDE
+                ));
+            }
             for o in &r.orphans {
                 printer.warn(format!(
                     "instance {o} runs under this store's tags with no record; it is now accounted (`stratus accounting reap --orphans terminate` ends it)"

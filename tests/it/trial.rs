@@ -307,3 +307,119 @@ fn a_vanished_instance_closes_at_its_last_sighting_plus_at_most_one_snapshot_int
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert_eq!(intervals_of(&ctx, "vc")[0].ended_at, Some(last + MINUTE));
 }
+
+/// A policy under which local nodes cost a unit each, so reservations are made and released.
+const LOCAL_UNITS: &str = "[units]\n\"local\" = 1\n[default]\nmax_units = 4\nmax_clusters = 1\n";
+
+#[test]
+fn a_cluster_whose_instances_all_ended_outside_stratus_is_settled_as_ended_by_the_snapshot() {
+    let ctx = TestContext::new();
+    std::fs::write(ctx.root.path().join("policy.toml"), LOCAL_UNITS).unwrap();
+    ctx.ok(&["launch-cluster", "lab", "1", "--no-configure"]);
+    let quota: Value = serde_json::from_str(&ctx.ok(&["quota", "--json"]).stdout).unwrap();
+    assert_eq!(quota["used"]["units"], 2.0, "{quota}");
+    assert_eq!(quota["used"]["clusters"], 1, "{quota}");
+
+    vanish(&ctx, "lab");
+    let snap: Value =
+        serde_json::from_str(&ctx.ok(&["accounting", "snapshot", "--json"]).stdout).unwrap();
+    assert_eq!(
+        snap["settled"],
+        serde_json::json!([format!(
+            "{}/lab",
+            ctx.cluster_json("lab")["owner"].as_str().unwrap()
+        )]),
+        "{snap}"
+    );
+    let c = ctx.cluster_json("lab");
+    assert_eq!(c["state"], "terminated", "{c:#}");
+    let s = stratus::store::Store::open_in(&ctx.state).unwrap();
+    let row = s
+        .list_clusters(None)
+        .unwrap()
+        .into_iter()
+        .find(|c| c.name.as_str() == "lab")
+        .unwrap();
+    assert!(
+        row.failure
+            .as_deref()
+            .unwrap_or("")
+            .contains("all its instances ended outside stratus"),
+        "{row:?}"
+    );
+    assert!(
+        audit(&ctx).iter().any(
+            |r| r["cluster"].as_str().is_some_and(|c| c.ends_with("/lab"))
+                && r["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("all its instances ended outside stratus"))
+        ),
+        "audited"
+    );
+    // Its units and its slot are free: the quota says so, and a launch is admitted.
+    let quota: Value = serde_json::from_str(&ctx.ok(&["quota", "--json"]).stdout).unwrap();
+    assert_eq!(quota["used"]["units"], 0.0, "{quota}");
+    assert_eq!(quota["used"]["clusters"], 0, "{quota}");
+    ctx.ok(&["launch-master", "lab", "--no-configure"]);
+    ctx.ok(&["terminate-cluster", "lab", "--yes"]);
+}
+
+/// An EC2 profile of one m5.large per role, booting nothing.
+fn ec2_profile(ctx: &TestContext) {
+    use crate::ec2::ec2_moto::UBUNTU_AMI;
+    let role = format!(
+        "image = \"{UBUNTU_AMI}\"\ninstance_type = \"m5.large\"\nuser_data = \"trial/ud.sh.hbs\"\n"
+    );
+    ctx.profile_file(
+        "trial.toml",
+        &format!(
+            "description = \"trial\"\nproviders = [\"ec2\"]\nmax_workers = 2\nssh_user = \"ubuntu\"\n[master]\n{role}[worker]\n{role}"
+        ),
+    );
+    ctx.profile_file("trial/ud.sh.hbs", "#!/bin/sh\necho {{role}}\n");
+}
+
+fn snapshot_at(ctx: &TestContext, at: i64) -> Value {
+    let out = ctx
+        .cmd()
+        .env("STRATUS_TEST_NOW", rfc3339(at))
+        .args(["accounting", "snapshot", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn an_ec2_cluster_gone_from_ec2_is_settled_only_after_the_consistency_grace() {
+    use crate::ec2::ec2_moto::Moto;
+    let Some(moto) = Moto::acquire() else { return };
+    let ctx = crate::ec2::ec2_context(&moto, "client_cidrs = [\"203.0.113.0/24\"]\n");
+    ec2_profile(&ctx);
+    ctx.ok(&["launch-master", "gone", "-p", "trial", "--no-configure"]);
+    let t = jiff::Timestamp::now().as_millisecond();
+    // moto forgets everything: EC2 answers NotFound, as it may for an instance just launched.
+    moto.reset();
+    let state = |ctx: &TestContext| {
+        let s = stratus::store::Store::open_in(&ctx.state).unwrap();
+        let c = s
+            .list_clusters(None)
+            .unwrap()
+            .into_iter()
+            .find(|c| c.name.as_str() == "gone")
+            .unwrap();
+        c.state.as_str().to_owned()
+    };
+    // Within EC2's consistency grace (10 minutes from launch) it is not gone...
+    let r = snapshot_at(&ctx, t + 2 * MINUTE);
+    assert_eq!(r["settled"], serde_json::json!([]), "{r}");
+    assert_eq!(state(&ctx), "running");
+    // ...after it, it is, and so is its cluster.
+    let r = snapshot_at(&ctx, t + 20 * MINUTE);
+    assert_eq!(r["settled"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(state(&ctx), "terminated");
+}
