@@ -33,13 +33,8 @@ pub struct ReapAction {
     pub reason: String,
 }
 
-/// What to do about orphans.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Orphans {
-    Report,
-    Terminate,
-}
+/// What to do about orphans: the policy's `[reaper] orphans`, or the reaper's flag.
+pub use crate::policy::Orphans;
 
 /// Why a cluster is due, if it is.
 fn due(
@@ -246,7 +241,7 @@ impl<P: Provider> Reaper<'_, P> {
         let mut owners: Vec<Owner> = Vec::new();
         for i in &listed {
             let Some(t) = &i.tags else { continue };
-            if !crate::cluster::orphans::is_orphan(ctx, i, self.now, grace)? {
+            if !crate::cluster::orphans::to_terminate(ctx, i, self.now, grace)? {
                 continue;
             }
             let a = ReapAction {

@@ -41,8 +41,11 @@ pub struct SnapshotReport {
     pub ended: usize,
     /// Instances gone without a sighting of their end, closed as estimated.
     pub missing: Vec<String>,
-    /// Instances no row knew, now recorded.
+    /// Instances no row knew, now recorded (and reported: left running).
     pub orphans: Vec<String>,
+    /// Orphans recorded and terminated first, where the policy's `[reaper] orphans` says so.
+    #[serde(default)]
+    pub orphans_terminated: Vec<String>,
     /// Clusters (`owner/name`) whose every instance ended outside stratus, now settled as
     /// terminated with their quota released.
     #[serde(default)]

@@ -19,6 +19,7 @@ struct SnapshotJson<'a> {
     ended: usize,
     missing: &'a [String],
     orphans: &'a [String],
+    orphans_terminated: &'a [String],
     settled: &'a [String],
 }
 
@@ -30,9 +31,32 @@ impl<'a> From<&'a SnapshotReport> for SnapshotJson<'a> {
             ended: r.ended,
             missing: &r.missing,
             orphans: &r.orphans,
+            orphans_terminated: &r.orphans_terminated,
             settled: &r.settled,
         }
     }
+}
+
+/// The reaper's orphans, counted: "orphans: N reported, M terminated" (what was done, or in a
+/// dry run what would be).
+fn orphans_summary(
+    printer: &crate::core::printer::Printer,
+    actions: &[crate::accounting::reaper::ReapAction],
+    dry_run: bool,
+) {
+    let orphans: Vec<_> = actions.iter().filter(|a| a.action == "orphan").collect();
+    if orphans.is_empty() {
+        return;
+    }
+    let terminated = orphans
+        .iter()
+        .filter(|a| a.reason.ends_with("; terminated"))
+        .count();
+    printer.status(format!(
+        "{}orphans: {} reported, {terminated} terminated",
+        if dry_run { "would be: " } else { "" },
+        orphans.len() - terminated
+    ));
 }
 
 pub(super) async fn run(client: &Client, action: AccountingAction) -> Result<ExitCode, Error> {
@@ -45,11 +69,12 @@ pub(super) async fn run(client: &Client, action: AccountingAction) -> Result<Exi
                 return Ok(ExitCode::SUCCESS);
             }
             printer.status(format!(
-                "snapshot: {} instances seen, {} ended, {} gone without a sighting of their end, {} orphans recorded",
+                "snapshot: {} instances seen, {} ended, {} gone without a sighting of their end; {} orphan(s) reported, {} terminated",
                 r.seen,
                 r.ended,
                 r.missing.len(),
-                r.orphans.len()
+                r.orphans.len(),
+                r.orphans_terminated.len()
             ));
             for c in &r.settled {
                 printer.warn(format!(
@@ -91,6 +116,7 @@ pub(super) async fn run(client: &Client, action: AccountingAction) -> Result<Exi
             if actions.is_empty() && !json {
                 printer.status("nothing to reap");
             }
+            orphans_summary(printer, &actions, dry_run);
         }
         AccountingAction::Report {
             by,

@@ -217,9 +217,10 @@ pub enum AccountingAction {
         /// Only say what would be done
         #[arg(long)]
         dry_run: bool,
-        /// Instances of this store no record knows: report them, or terminate them
-        #[arg(long, value_enum, default_value = "report")]
-        orphans: crate::accounting::reaper::Orphans,
+        /// Instances of this store no record knows: report them, or terminate them (default:
+        /// the policy's `[reaper] orphans`, else report)
+        #[arg(long, value_enum)]
+        orphans: Option<crate::accounting::reaper::Orphans>,
         /// One JSON line per action
         #[arg(long)]
         json: bool,

@@ -95,6 +95,21 @@ struct ClassFile {
 #[serde(deny_unknown_fields)]
 struct ReaperFile {
     grace_minutes: Option<Number>,
+    /// Read as text, so a typo is named with the key (`Orphans` parses it).
+    orphans: Option<String>,
+}
+
+/// What to do about orphans (instances of this store no row knows): the policy's
+/// `[reaper] orphans`, which the accounting snapshot and the reaper both follow (the reaper's
+/// `--orphans` overrides it for one run). The same values as that flag.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Orphans {
+    /// Recorded (their hours accounted) and reported; left running.
+    #[default]
+    Report,
+    /// Recorded, then terminated.
+    Terminate,
 }
 
 #[derive(Debug, Deserialize)]
@@ -155,6 +170,8 @@ pub struct Policy {
     pub units: BTreeMap<String, MilliUnits>,
     /// The reaper's grace between its warning and the termination.
     pub reaper_grace: Millis,
+    /// What the snapshot and the reaper do about orphans (`[reaper] orphans`).
+    pub orphans: Orphans,
     default: Limits,
     groups: BTreeMap<String, Limits>,
     users: BTreeMap<String, Limits>,
@@ -246,6 +263,15 @@ impl Policy {
             term_end: date(&file.class.term_end, "term_end")?,
             units,
             reaper_grace: grace,
+            orphans: match file.reaper.orphans.as_deref() {
+                None | Some("report") => Orphans::Report,
+                Some("terminate") => Orphans::Terminate,
+                Some(other) => {
+                    return Err(invalid(format!(
+                        "[reaper] orphans must be \"report\" or \"terminate\", not {other:?}"
+                    )));
+                }
+            },
             default: table(&file.default, "default")?,
             groups,
             users,
@@ -324,6 +350,7 @@ budget_dollars = 50.0            # per term, from recorded usage
 
 [reaper]
 grace_minutes = 30               # between the reaper's warning and the termination
+orphans = "report"               # instances no record knows: "report" (snapshot and reaper), or "terminate"
 "#;
 }
 

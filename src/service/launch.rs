@@ -287,7 +287,8 @@ impl Service {
     /// Finishes or undoes what crashed commands left behind, before one that launches or
     /// terminates; a failure is reported, not fatal.
     pub(super) async fn reconcile_first<P: Provider>(&self, provider: &P, owner: &Owner) {
-        let options = reconcile::Options::new(false);
+        let options =
+            super::usage::automatic_reconcile(&super::LoadedPolicy::load(self.settings()));
         if let Err(e) = reconcile::reconcile(self.ctx(), provider, Some(owner), &options).await {
             self.printer().warn(format!(
                 "could not reconcile leftovers first: {}",

@@ -164,8 +164,9 @@ pub enum Request {
     Reap {
         #[serde(default)]
         dry_run: bool,
-        #[serde(default = "report_orphans")]
-        orphans: Orphans,
+        /// What to do about orphans this run; the policy's `[reaper] orphans` without it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        orphans: Option<Orphans>,
     },
 }
 
@@ -185,10 +186,6 @@ pub fn parse_request(buf: &[u8]) -> Result<Request, String> {
         return Err("no request".into());
     }
     serde_json::from_slice(buf).map_err(|e| format!("malformed request: {e}"))
-}
-
-fn report_orphans() -> Orphans {
-    Orphans::Report
 }
 
 impl Request {

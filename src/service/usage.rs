@@ -100,20 +100,32 @@ impl Service {
         self.own_or_instructor(asked, "only instructors may take the accounting snapshot")?;
         let provider = self.provider(self.config().provider).await?;
         self.warn_of_expiring_credentials(&provider);
-        if let Err(e) = crate::cluster::reconcile::reconcile(
+        // Orphans as the policy says: terminated here (recorded first), or left to the snapshot,
+        // which records and reports them.
+        let options = automatic_reconcile(asked.policy);
+        let terminated = match crate::cluster::reconcile::reconcile(
             self.ctx(),
             provider.as_ref(),
             None,
-            &crate::cluster::reconcile::Options::new(false),
+            &options,
         )
         .await
         {
-            self.printer().warn(format!(
-                "could not reconcile first: {}",
-                crate::core::error::one_line(&e)
-            ));
-        }
-        let r = snapshot::snapshot(self.ctx(), provider.as_ref()).await?;
+            Ok(actions) => actions
+                .into_iter()
+                .filter(|a| a.action == "orphans")
+                .flat_map(|a| a.instances)
+                .collect(),
+            Err(e) => {
+                self.printer().warn(format!(
+                    "could not reconcile first: {}",
+                    crate::core::error::one_line(&e)
+                ));
+                Vec::new()
+            }
+        };
+        let mut r = snapshot::snapshot(self.ctx(), provider.as_ref()).await?;
+        r.orphans_terminated = terminated;
         Ok(Response::Snapshot(r))
     }
 
@@ -123,7 +135,7 @@ impl Service {
         &self,
         asked: &Asked<'_>,
         dry_run: bool,
-        orphans: Orphans,
+        orphans: Option<Orphans>,
     ) -> Result<Response, Error> {
         self.own_or_instructor(asked, "only instructors may run the reaper")?;
         let none;
@@ -147,10 +159,21 @@ impl Service {
             self.config(),
             now_millis(),
             dry_run,
-            orphans,
+            orphans.unwrap_or(policy.orphans),
         )
         .await?;
         Ok(Response::Reaped(actions))
+    }
+}
+
+/// The options of a reconcile that runs by itself (before the snapshot, a launch or a terminate,
+/// at the class service's start): orphans as the policy's `[reaper] orphans` says, terminated
+/// only under `terminate`, else left to the snapshot to record and report.
+pub(super) fn automatic_reconcile(policy: &LoadedPolicy) -> crate::cluster::reconcile::Options {
+    let orphans = policy.present().map(|p| p.orphans).unwrap_or_default();
+    crate::cluster::reconcile::Options {
+        terminate_orphans: orphans == Orphans::Terminate,
+        ..crate::cluster::reconcile::Options::new(false)
     }
 }
 

@@ -267,6 +267,17 @@ impl Store {
             .flatten())
     }
 
+    /// Whether an instance was recorded as an orphan (by a snapshot that only reports them)
+    /// and its interval is still open: an orphan still, for whoever terminates orphans.
+    pub fn is_open_orphan(&self, instance_id: &str) -> Result<bool, StoreError> {
+        Ok(self.conn().query_row(
+            "SELECT EXISTS (SELECT 1 FROM usage_intervals
+                            WHERE instance_id = ?1 AND orphan AND ended_at IS NULL)",
+            params![instance_id],
+            |r| r.get(0),
+        )?)
+    }
+
     /// The nodes one request launched.
     pub fn nodes_of_request(&self, request: &str) -> Result<Vec<NodeRow>, StoreError> {
         let conn = self.conn();

@@ -423,3 +423,88 @@ fn an_ec2_cluster_gone_from_ec2_is_settled_only_after_the_consistency_grace() {
     assert_eq!(r["settled"].as_array().unwrap().len(), 1, "{r}");
     assert_eq!(state(&ctx), "terminated");
 }
+
+/// An orphan of `cluster` (an instance of this store no row knows, launched three hours ago):
+/// its id.
+fn plant_orphan(
+    moto: &crate::ec2::ec2_moto::Moto,
+    ctx: &TestContext,
+    provider: &stratus::cluster::provider::ec2::Ec2Provider,
+    cluster: &str,
+) -> String {
+    crate::ec2::leftovers(moto, provider, &crate::ec2::store_id(ctx), cluster, 1);
+    let ids: Vec<String> = moto
+        .instances(&[("tag:stratus:cluster", cluster)])
+        .iter()
+        .map(|i| i.instance_id().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 1);
+    assert_eq!(moto.faults().age(&[ids[0].as_str()], 3 * 3600), 1);
+    ids[0].clone()
+}
+
+#[test]
+fn one_orphan_policy_decides_for_the_snapshot_and_the_reaper_and_their_summaries_say_what_was_done()
+{
+    use crate::ec2::{CIDRS, ec2_provider, live_instances, tagged_profile};
+    let Some(moto) = crate::ec2::ec2_moto::Moto::acquire() else {
+        return;
+    };
+    let extra = format!("client_cidrs = {CIDRS:?}\n");
+    let ctx = crate::ec2::ec2_context(&moto, &extra);
+    tagged_profile(&ctx);
+    let provider = ec2_provider(&moto, ctx.root.path(), &extra);
+    let first = plant_orphan(&moto, &ctx, &provider, "orph");
+
+    // The policy's default, as the reaper's: reported (and accounted), never terminated.
+    let r = ctx.ok(&["accounting", "snapshot"]);
+    assert!(
+        r.stderr.contains("1 orphan(s) reported, 0 terminated"),
+        "{r}"
+    );
+    assert_eq!(live_instances(&moto, "orph"), 1, "{r}");
+    let reaped = ctx.ok(&["accounting", "reap"]);
+    assert!(
+        reaped.stdout.contains(&first),
+        "the recorded orphan is still one: {reaped}"
+    );
+    assert!(
+        reaped.stderr.contains("orphans: 1 reported, 0 terminated"),
+        "{reaped}"
+    );
+    assert_eq!(live_instances(&moto, "orph"), 1, "{reaped}");
+
+    // The policy says terminate: the reaper (without its flag) and the snapshot follow it...
+    std::fs::write(
+        ctx.root.path().join("policy.toml"),
+        "[reaper]\norphans = \"terminate\"\n",
+    )
+    .unwrap();
+    let reaped = ctx.ok(&["accounting", "reap"]);
+    assert!(
+        reaped.stderr.contains("orphans: 0 reported, 1 terminated"),
+        "{reaped}"
+    );
+    assert_eq!(live_instances(&moto, "orph"), 0, "{reaped}");
+    plant_orphan(&moto, &ctx, &provider, "orph2");
+    // ...unless the flag says otherwise...
+    ctx.ok(&["accounting", "reap", "--orphans", "report"]);
+    assert_eq!(live_instances(&moto, "orph2"), 1);
+    // ...and the snapshot says what it did.
+    let r = ctx.ok(&["accounting", "snapshot"]);
+    assert!(
+        r.stderr.contains("0 orphan(s) reported, 1 terminated"),
+        "{r}"
+    );
+    assert_eq!(live_instances(&moto, "orph2"), 0, "{r}");
+
+    // A typo in the key's value is an error naming it.
+    std::fs::write(
+        ctx.root.path().join("policy.toml"),
+        "[reaper]\norphans = \"terminat\"\n",
+    )
+    .unwrap();
+    let r = ctx.run(&["accounting", "reap"]);
+    assert_eq!(r.code, 2, "{r}");
+    assert!(r.stderr.contains("[reaper] orphans must be"), "{r}");
+}
