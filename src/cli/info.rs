@@ -113,13 +113,7 @@ fn usage_table(rows: &[UsageRow], owners: bool) -> Table {
 /// A creation time in local time, to the second (two launches of one name a minute apart are
 /// still two rows that differ).
 fn created(at: crate::core::model::Millis) -> String {
-    jiff::Timestamp::from_millisecond(at)
-        .map(|t| {
-            t.to_zoned_datetime(jiff::tz::TimeZone::system())
-                .strftime("%Y-%m-%d %H:%M:%S")
-                .to_string()
-        })
-        .unwrap_or_default()
+    super::table::local_time(at, "%Y-%m-%d %H:%M:%S")
 }
 
 pub(super) async fn quota(

@@ -127,14 +127,10 @@ pub(super) async fn terminate_cmd(
 
 /// An RFC 3339 time as local minutes with the zone ("2026-12-03 14:05 CET"), for messages.
 fn local_time_with_zone(rfc3339: &str) -> String {
-    rfc3339
-        .parse::<jiff::Timestamp>()
-        .map(|t| {
-            t.to_zoned_datetime(jiff::tz::TimeZone::system())
-                .strftime("%Y-%m-%d %H:%M %Z")
-                .to_string()
-        })
-        .unwrap_or_else(|_| rfc3339.to_owned())
+    match rfc3339.parse::<jiff::Timestamp>() {
+        Ok(t) => super::table::local_time(t.as_millisecond(), "%Y-%m-%d %H:%M %Z"),
+        Err(_) => rfc3339.to_owned(),
+    }
 }
 
 /// Asks `question` on the terminal; off a terminal, refuses to `what` (scripts pass `--yes`).
