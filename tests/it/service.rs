@@ -851,7 +851,10 @@ fn a_huge_or_padded_cluster_name_is_stored_bounded_and_shown_quoted() {
         assert_eq!(f[1], s1.name, "{line}");
         assert_eq!(f[2], "launch", "{line}");
         assert!(
-            f[3].chars().count() <= 101 && (f[3].starts_with('h') || f[3].starts_with('p')),
+            // The cluster as owner/name, the whole cut to its bound.
+            f[3].chars().count() <= 101
+                && (f[3].starts_with(&format!("{}/h", s1.name))
+                    || f[3].starts_with(&format!("{}/p", s1.name))),
             "{line}"
         );
         assert_eq!(f[4], "refused", "{line}");
