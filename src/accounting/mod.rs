@@ -22,6 +22,10 @@ pub struct UsageRow {
     pub cluster: String,
     pub owner: String,
     pub profile: String,
+    /// When the cluster was made: two clusters of one name (one after the other) are told
+    /// apart by it.
+    #[serde(default)]
+    pub created_at: Millis,
     pub millis: Millis,
     pub micros: prices::Micros,
     pub open: bool,
@@ -91,6 +95,7 @@ pub fn usage_rows(
                 cluster: c.name.to_string(),
                 owner: c.owner.to_string(),
                 profile: c.profile.clone(),
+                created_at: c.created_at,
                 millis,
                 micros: cost,
                 open: ivs.iter().any(|i| i.ended_at.is_none()),

@@ -33,13 +33,8 @@ pub struct ReapAction {
     pub reason: String,
 }
 
-/// What to do about orphans.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Orphans {
-    Report,
-    Terminate,
-}
+/// What to do about orphans: the policy's `[reaper] orphans`, or the reaper's flag.
+pub use crate::policy::Orphans;
 
 /// Why a cluster is due, if it is: the term is over, its deadline passed, or its owner's
 /// budget is spent. The limit is named in the policy's own units (`0.25 h`).
@@ -280,7 +275,7 @@ impl<P: Provider> Reaper<'_, P> {
         let mut owners: Vec<Owner> = Vec::new();
         for i in &listed {
             let Some(t) = &i.tags else { continue };
-            if !crate::cluster::orphans::is_orphan(ctx, i, self.now, grace)? {
+            if !crate::cluster::orphans::to_terminate(ctx, i, self.now, grace)? {
                 continue;
             }
             let a = ReapAction {
@@ -350,7 +345,7 @@ impl<P: Provider> Reaper<'_, P> {
             at: String::new(),
             user: "reaper".into(),
             action: format!("reap-{}", a.action),
-            cluster: Some(format!("{}/{}", a.owner, a.cluster)),
+            cluster: Some(AuditRecord::cluster_of(&a.owner, &a.cluster)),
             decision: "done".into(),
             reason: Some(a.reason.clone()),
             instances,

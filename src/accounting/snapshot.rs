@@ -6,6 +6,8 @@
 //!   terminated closes it at that sighting.
 //! - One that disappears without ever being seen terminated is closed at its last sighting plus
 //!   at most one snapshot interval, marked estimated: never billed forever, never lost.
+//! - A cluster whose every instance ended that way (or was seen terminated) while stratus was
+//!   not ending it is settled as terminated, its quota released (`cluster::observe`).
 //! - An instance of this store that no row knows (its launcher died before recording it) is
 //!   recorded as an orphan, with its hours from its launch, under the cluster its tags name, and
 //!   reported (the reaper terminates orphans when asked).
@@ -26,8 +28,8 @@ use crate::core::model::Millis;
 use crate::store::{ClusterRow, Observation};
 
 /// The interval cron runs snapshots at: a missed end is estimated at the last sighting plus
-/// this much.
-pub const DEFAULT_INTERVAL: Millis = 5 * 60 * 1000;
+/// at most this much (`store::written_off_end`, the one rule for every write-off).
+pub const DEFAULT_INTERVAL: Millis = crate::core::model::SNAPSHOT_INTERVAL;
 
 /// What one snapshot found.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,8 +41,15 @@ pub struct SnapshotReport {
     pub ended: usize,
     /// Instances gone without a sighting of their end, closed as estimated.
     pub missing: Vec<String>,
-    /// Instances no row knew, now recorded.
+    /// Instances no row knew, now recorded (and reported: left running).
     pub orphans: Vec<String>,
+    /// Orphans recorded and terminated first, where the policy's `[reaper] orphans` says so.
+    #[serde(default)]
+    pub orphans_terminated: Vec<String>,
+    /// Clusters (`owner/name`) whose every instance ended outside stratus, now settled as
+    /// terminated with their quota released.
+    #[serde(default)]
+    pub settled: Vec<String>,
 }
 
 /// Takes one snapshot of `provider`'s instances of this store, now.
@@ -58,7 +67,18 @@ pub async fn snapshot<P: Provider>(ctx: Ctx<'_>, provider: &P) -> Result<Snapsho
         }
     }
     let grace = crate::core::model::millis_of(provider.consistency_grace());
-    ingest(ctx, provider.kind(), grace, listed, now)
+    let mut report = ingest(ctx, provider.kind(), grace, listed, now)?;
+    let clusters: Vec<ClusterRow> = ctx
+        .store
+        .list_clusters(None)?
+        .into_iter()
+        .filter(|c| c.provider == provider.kind())
+        .collect();
+    report.settled = crate::cluster::observe::settle_ended_outside(ctx, &clusters, "snapshot")?
+        .iter()
+        .map(|c| crate::store::AuditRecord::cluster_of(c.owner.as_str(), c.name.as_str()))
+        .collect();
+    Ok(report)
 }
 
 /// Records what one describe of `kind` listed at `now` (the part of a snapshot that writes).
@@ -70,9 +90,6 @@ pub fn ingest(
     now: Millis,
 ) -> Result<SnapshotReport, Error> {
     let listed: HashMap<String, Instance> = listed.into_iter().map(|i| (i.id.clone(), i)).collect();
-    // An end nobody saw is estimated at the last sighting plus one snapshot interval (cron's),
-    // never later than now.
-    let interval = DEFAULT_INTERVAL;
 
     let mut report = SnapshotReport {
         at: now,
@@ -110,13 +127,9 @@ pub fn ingest(
                     }
                 };
                 if on_this && now - n.launched_at > grace {
-                    let seen = ctx
-                        .store
-                        .last_sighting(&n.instance_id)?
-                        .unwrap_or(n.launched_at);
-                    observations.push(Observation::Missing {
+                    observations.push(Observation::Vanished {
                         instance_id: n.instance_id.clone(),
-                        end: (seen + interval).min(now),
+                        at: now,
                     });
                     report.missing.push(n.instance_id.clone());
                 }

@@ -169,6 +169,9 @@ pub enum Command {
     Quota {
         #[arg(long)]
         json: bool,
+        /// Instructors: what this user resolves to (their own table, groups, or the default)
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
     },
     /// Hours and cost of every instance: cron's snapshot and reaper, the instructors' report
     Accounting {
@@ -230,9 +233,10 @@ pub enum AccountingAction {
         /// Only say what would be done
         #[arg(long)]
         dry_run: bool,
-        /// Instances of this store no record knows: report them, or terminate them
-        #[arg(long, value_enum, default_value = "report")]
-        orphans: crate::accounting::reaper::Orphans,
+        /// Instances of this store no record knows: report them, or terminate them (default:
+        /// the policy's `[reaper] orphans`, else report)
+        #[arg(long, value_enum)]
+        orphans: Option<crate::accounting::reaper::Orphans>,
         /// One JSON line per action
         #[arg(long)]
         json: bool,
@@ -438,7 +442,7 @@ impl Command {
             Command::List { json: true, .. }
                 | Command::Exec { json: true, .. }
                 | Command::Usage { json: true, .. }
-                | Command::Quota { json: true }
+                | Command::Quota { json: true, .. }
                 | Command::Accounting {
                     action: AccountingAction::Snapshot { json: true }
                         | AccountingAction::Report { json: true, .. }

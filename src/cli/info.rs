@@ -21,6 +21,7 @@ struct UsageJson<'a> {
     cluster: &'a str,
     owner: &'a str,
     profile: &'a str,
+    created_at: String,
     instance_hours: f64,
     /// The same as `cost_dollars` (kept for scripts of earlier versions).
     estimated_cost: f64,
@@ -35,6 +36,7 @@ impl<'a> From<&'a UsageRow> for UsageJson<'a> {
             cluster: &r.cluster,
             owner: &r.owner,
             profile: &r.profile,
+            created_at: crate::core::model::rfc3339(r.created_at),
             instance_hours: hours(r.millis),
             estimated_cost: micros_to_dollars(r.micros),
             cost_dollars: micros_to_dollars(r.micros),
@@ -54,6 +56,8 @@ pub(super) async fn usage(
     owner: Option<String>,
     everyone: bool,
 ) -> Result<ExitCode, Error> {
+    // Someone else's clusters, or everyone's: whose each one is.
+    let owners = everyone || owner.is_some();
     let answer = client.call(Request::Usage { owner, everyone }).await?;
     let rows = expect!(answer, Response::Usage);
     let printer = client.printer();
@@ -61,14 +65,30 @@ pub(super) async fn usage(
         printer.json(&rows.iter().map(UsageJson::from).collect::<Vec<_>>())?;
         return Ok(ExitCode::SUCCESS);
     }
-    let mut t = Table::new(&["CLUSTER", "PROFILE", "HOURS", "COST", "OPEN"]);
+    printer.out(usage_table(&rows, owners).render())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `usage` for people: a row per cluster (with its owner when `owners`), and a total. The
+/// creation time tells apart two clusters of one name.
+fn usage_table(rows: &[UsageRow], owners: bool) -> Table {
+    let mut header = vec!["CLUSTER"];
+    if owners {
+        header.push("OWNER");
+    }
+    header.extend(["PROFILE", "CREATED", "HOURS", "COST", "OPEN"]);
+    let mut t = Table::new(&header);
     let (mut millis, mut micros) = (0, 0);
-    for r in &rows {
+    for r in rows {
         millis += r.millis;
         micros += r.micros;
-        t.row(vec![
-            r.cluster.clone(),
+        let mut cells = vec![r.cluster.clone()];
+        if owners {
+            cells.push(r.owner.clone());
+        }
+        cells.extend([
             r.profile.clone(),
+            created(r.created_at),
             format!("{:.2}", hours(r.millis)),
             format!(
                 "{}{}",
@@ -77,20 +97,31 @@ pub(super) async fn usage(
             ),
             if r.open { "yes".into() } else { "no".into() },
         ]);
+        t.row(cells);
     }
-    t.row(vec![
-        "total".into(),
-        String::new(),
+    let mut total = vec!["total".to_owned()];
+    total.extend(vec![String::new(); if owners { 3 } else { 2 }]);
+    total.extend([
         format!("{:.2}", hours(millis)),
         dollars_text(micros),
         String::new(),
     ]);
-    printer.out(t.render())?;
-    Ok(ExitCode::SUCCESS)
+    t.row(total);
+    t
 }
 
-pub(super) async fn quota(client: &Client, json: bool) -> Result<ExitCode, Error> {
-    let answer = client.call(Request::Quota {}).await?;
+/// A creation time in local time, to the second (two launches of one name a minute apart are
+/// still two rows that differ).
+fn created(at: crate::core::model::Millis) -> String {
+    super::table::local_time(at, "%Y-%m-%d %H:%M:%S")
+}
+
+pub(super) async fn quota(
+    client: &Client,
+    json: bool,
+    user: Option<String>,
+) -> Result<ExitCode, Error> {
+    let answer = client.call(Request::Quota { owner: user }).await?;
     let r = expect!(answer, Response::Quota);
     let printer = client.printer();
     if json {
@@ -137,12 +168,69 @@ pub(super) async fn quota(client: &Client, json: bool) -> Result<ExitCode, Error
         String::new(),
         String::new(),
     ]);
+    if let Some(c) = &r.class {
+        t.row(vec![
+            "class units (all students)".into(),
+            num(c.max_units),
+            num(Some(c.units)),
+            num(c.left),
+        ]);
+    }
     printer.out(format!("quota of {}", r.user))?;
     printer.out(t.render())?;
     if let Some(p) = &r.limits.profiles {
         printer.out(format!("profiles: {}", p.join(", ")))?;
     }
+    if let Some(c) = &r.class
+        && (c.term_start.is_some() || c.term_end.is_some())
+    {
+        printer.out(format!(
+            "term: {} to {}",
+            term_day(c.term_start.as_deref(), false),
+            term_day(c.term_end.as_deref(), true)
+        ))?;
+    }
+    for c in &r.clusters {
+        let when = match (&c.deadline, c.left_secs) {
+            (Some(d), Some(left)) => {
+                let at = d
+                    .parse::<jiff::Timestamp>()
+                    .map(|t| crate::core::model::local_time(t.as_millisecond()))
+                    .unwrap_or_else(|_| d.clone());
+                if left > 0 {
+                    format!(
+                        "deadline {at} ({} left)",
+                        crate::core::model::span_text(left * 1000)
+                    )
+                } else {
+                    format!("deadline {at} (passed)")
+                }
+            }
+            _ => "no deadline".into(),
+        };
+        printer.out(format!("cluster {}: {when}", c.name))?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A term date as the policy wrote it: the day, when the time is midnight UTC (a date in the
+/// policy; a term's end is then the day before, the last it takes in), else the whole RFC 3339
+/// time; "open" when unset.
+fn term_day(t: Option<&str>, end: bool) -> String {
+    let Some(t) = t else {
+        return "open".into();
+    };
+    let Some(day) = t
+        .strip_suffix("T00:00:00.000Z")
+        .and_then(|d| d.parse::<jiff::civil::Date>().ok())
+    else {
+        return t.to_owned();
+    };
+    if end {
+        day.yesterday().unwrap_or(day).to_string()
+    } else {
+        day.to_string()
+    }
 }
 
 pub(super) fn profiles(

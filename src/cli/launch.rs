@@ -172,10 +172,18 @@ pub(super) async fn terminate_cmd(
         })
         .await?;
     let t = expect!(answer, Response::Terminated);
-    client.printer().status(format!(
-        "terminated cluster {name} ({} nodes)",
-        t.terminated
-    ));
+    client.printer().status(match &t.already {
+        Some(a) => format!(
+            "cluster {name} was already {} at {}{}",
+            a.state,
+            local_time_with_zone(&a.at),
+            match t.terminated {
+                0 => String::new(),
+                n => format!("; {n} instance(s) still found under it were terminated"),
+            }
+        ),
+        None => format!("terminated cluster {name} ({} nodes)", t.terminated),
+    });
     Ok(ExitCode::SUCCESS)
 }
 
@@ -230,6 +238,14 @@ pub(super) async fn extend_cmd(
         ));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// An RFC 3339 time as local minutes with the zone ("2026-12-03 14:05 CET"), for messages.
+fn local_time_with_zone(rfc3339: &str) -> String {
+    match rfc3339.parse::<jiff::Timestamp>() {
+        Ok(t) => super::table::local_time(t.as_millisecond(), "%Y-%m-%d %H:%M %Z"),
+        Err(_) => rfc3339.to_owned(),
+    }
 }
 
 /// Asks `question` on the terminal; off a terminal, refuses to `what` (scripts pass `--yes`).

@@ -137,7 +137,7 @@ pub async fn run(cli: Cli, env: Environment, printer: Arc<Printer>) -> Result<Ex
             owner,
             everyone,
         } => info::usage(&client, json, owner, everyone).await,
-        Command::Quota { json } => info::quota(&client, json).await,
+        Command::Quota { json, user } => info::quota(&client, json, user).await,
         Command::Admin {
             action:
                 AdminAction::Image {

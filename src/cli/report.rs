@@ -74,6 +74,89 @@ pub fn json(r: &Report) -> ReportJson<'_> {
     }
 }
 
+/// `json(r)` as pretty JSON text, with every `instance_hours` written with exactly nine
+/// decimals (a JSON number still): what README promises, and what the CSV writes.
+pub fn json_text(r: &Report) -> Result<String, Error> {
+    let mut out = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, NineDecimalHours::default());
+    json(r)
+        .serialize(&mut ser)
+        .map_err(|e| Error::runtime(format!("cannot write the JSON: {e}")))?;
+    String::from_utf8(out).map_err(|e| Error::runtime(e.to_string()))
+}
+
+/// serde_json's pretty formatter, except that a number under the key `instance_hours` is
+/// written with nine decimals (serde_json alone writes the shortest form of an f64, which
+/// drops trailing zeros and shows binary noise beyond the millisecond).
+#[derive(Default)]
+struct NineDecimalHours {
+    pretty: serde_json::ser::PrettyFormatter<'static>,
+    /// The object key being written, and the last one written.
+    in_key: bool,
+    key: String,
+}
+
+impl serde_json::ser::Formatter for NineDecimalHours {
+    fn write_f64<W: ?Sized + std::io::Write>(&mut self, w: &mut W, v: f64) -> std::io::Result<()> {
+        if self.key == "instance_hours" {
+            write!(w, "{v:.9}")
+        } else {
+            self.pretty.write_f64(w, v)
+        }
+    }
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        self.in_key = true;
+        self.key.clear();
+        self.pretty.begin_object_key(w, first)
+    }
+    fn end_object_key<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.in_key = false;
+        self.pretty.end_object_key(w)
+    }
+    fn write_string_fragment<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        if self.in_key {
+            self.key.push_str(fragment);
+        }
+        self.pretty.write_string_fragment(w, fragment)
+    }
+    fn begin_array<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.pretty.begin_array(w)
+    }
+    fn end_array<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.pretty.end_array(w)
+    }
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        self.pretty.begin_array_value(w, first)
+    }
+    fn end_array_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.pretty.end_array_value(w)
+    }
+    fn begin_object<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.pretty.begin_object(w)
+    }
+    fn end_object<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.pretty.end_object(w)
+    }
+    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.pretty.begin_object_value(w)
+    }
+    fn end_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.pretty.end_object_value(w)
+    }
+}
+
 /// CSV with a header and a total line, full precision.
 pub fn csv(r: &Report) -> Result<String, Error> {
     let fields = r.key_fields();
@@ -175,6 +258,19 @@ mod tests {
             table.contains("demo     alice  p        0.00   $0.00"),
             "{table}"
         );
+    }
+
+    #[test]
+    fn json_prints_hours_with_nine_decimals() {
+        let mut r = one("demo");
+        r.rows[0].millis = 2 * 3_600_000;
+        let text = json_text(&r).unwrap();
+        assert!(text.contains("\"instance_hours\": 2.000000000,"), "{text}");
+        assert!(text.contains("\"instance_hours\": 0.000277778,"), "{text}");
+        assert!(text.contains("\"cost_dollars\": 0.0016"), "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["rows"][0]["instance_hours"], 2.0);
+        assert_eq!(v["rows"][0]["cluster"], "demo");
     }
 
     #[test]

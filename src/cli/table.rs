@@ -1,4 +1,17 @@
-//! A plain left-aligned text table, for the commands' human output.
+//! A plain left-aligned text table, for the commands' human output, and times as people read
+//! them there.
+
+/// A time (milliseconds since the epoch) in this machine's local time zone, in `format`
+/// (strftime); empty if out of range.
+pub fn local_time(ms: crate::core::model::Millis, format: &str) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| {
+            t.to_zoned_datetime(jiff::tz::TimeZone::system())
+                .strftime(format)
+                .to_string()
+        })
+        .unwrap_or_default()
+}
 
 pub struct Table {
     rows: Vec<Vec<String>>,

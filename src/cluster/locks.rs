@@ -266,6 +266,12 @@ impl GrowLock {
             .join(format!("grow-{cluster_id}.lock"))
     }
 
+    /// Whether a live process is adding workers to the cluster (holds the lock, its lease
+    /// running).
+    pub fn is_held(state_dir: &Path, cluster_id: i64) -> bool {
+        LeasedLock::is_held(&Self::path(state_dir, cluster_id))
+    }
+
     pub fn acquire(state_dir: &Path, cluster: &crate::store::ClusterRow) -> Result<Self, Error> {
         match LeasedLock::take_or_take_over(&Self::path(state_dir, cluster.id), "adding workers")? {
             Some(held) => Ok(Self { _held: held }),

@@ -37,6 +37,26 @@ pub fn is_orphan(ctx: Ctx<'_>, i: &Instance, now: Millis, grace: Millis) -> Resu
     })
 }
 
+/// Whether a live instance of this store is an orphan to terminate: one no row knows (as
+/// `is_orphan` decides), or one a snapshot recorded as an orphan and left running.
+pub fn to_terminate(ctx: Ctx<'_>, i: &Instance, now: Millis, grace: Millis) -> Result<bool, Error> {
+    if i.state.is_gone() {
+        return Ok(false);
+    }
+    Ok(is_orphan(ctx, i, now, grace)? || ctx.store.is_open_orphan(&i.id)?)
+}
+
+/// The cluster an orphan is recorded under: the row its node is in if it was recorded (by a
+/// snapshot), else `cluster_for`.
+pub fn record_of(ctx: Ctx<'_>, i: &Instance, kind: ProviderKind) -> Result<ClusterRow, Error> {
+    if let Some(n) = ctx.store.node(&i.id)?
+        && let Some(c) = ctx.store.cluster_by_id(n.cluster_id)?
+    {
+        return Ok(c);
+    }
+    cluster_for(ctx, i, kind)
+}
+
 /// The cluster whose record an unrecorded instance belongs in: the one its request launched or
 /// grew, else a row made for it (already ended: nobody launched it through this store's
 /// record). Never a live cluster that only shares its name.

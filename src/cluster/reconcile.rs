@@ -56,6 +56,9 @@ pub struct Options {
     /// A launch counts as abandoned after this long in `reserved` or `requested`; by default,
     /// every round of waiting its profile allows plus half an hour.
     pub stuck_after: Option<Duration>,
+    /// Whether orphans are recorded and terminated here (by hand, and where the policy's
+    /// `[reaper] orphans` says `terminate`), or left to the snapshot to record and report.
+    pub terminate_orphans: bool,
 }
 
 impl Options {
@@ -64,6 +67,7 @@ impl Options {
             dry_run,
             orphan_grace: Duration::from_secs(10 * 60),
             stuck_after: None,
+            terminate_orphans: true,
         }
     }
 }
@@ -332,7 +336,7 @@ fn audit(ctx: Ctx<'_>, action: &Action, owner: Option<&str>) {
         user: "reconcile".into(),
         action: format!("reconcile-{}", action.action),
         cluster: Some(match owner {
-            Some(o) => format!("{o}/{}", action.cluster),
+            Some(o) => crate::store::AuditRecord::cluster_of(o, &action.cluster),
             None => action.cluster.clone(),
         }),
         decision: "done".into(),
@@ -536,11 +540,22 @@ impl Planner<'_> {
                         reopen.entry(n.cluster_id).or_default().push(i.clone());
                     }
                 }
-                Some(_) => {}
+                Some(_) => {
+                    // Recorded as an orphan by a snapshot that only reports them.
+                    if self.options.terminate_orphans && ctx.store.is_open_orphan(&i.id)? {
+                        orphans
+                            .entry((tags.owner.clone(), tags.cluster.clone()))
+                            .or_default()
+                            .push(i.clone());
+                    }
+                }
                 None => {
                     // A launch (or launch-slaves) in progress records its nodes right after its
-                    // call returns: leave its instances alone while its launcher lives.
-                    if orphans::is_orphan(ctx, i, self.now, ms(self.options.orphan_grace))? {
+                    // call returns: leave its instances alone while its launcher lives. Without
+                    // terminating them, orphans are the snapshot's to record and report.
+                    if self.options.terminate_orphans
+                        && orphans::is_orphan(ctx, i, self.now, ms(self.options.orphan_grace))?
+                    {
                         orphans
                             .entry((tags.owner.clone(), tags.cluster.clone()))
                             .or_default()
@@ -688,7 +703,7 @@ async fn carry_out<P: Provider>(ctx: Ctx<'_>, provider: &P, step: Step) -> Resul
             // only shares its name), then terminated.
             let mut by_cluster: BTreeMap<i64, (ClusterRow, BTreeSet<String>)> = BTreeMap::new();
             for i in &found {
-                let cluster = orphans::cluster_for(ctx, i, provider.kind())?;
+                let cluster = orphans::record_of(ctx, i, provider.kind())?;
                 ctx.store
                     .record_orphan(&cluster, &orphans::row_for(&cluster, i))?;
                 if let Some(t) = &i.tags {

@@ -183,6 +183,7 @@ pub async fn terminate_ids<P: Provider>(
                     Some(t) if now - t > grace => {
                         observations.push(Observation::Vanished {
                             instance_id: id.clone(),
+                            at: now,
                         });
                         left.remove(&id);
                     }

@@ -121,6 +121,7 @@ fn observe(
             if waiting.contains(&row.instance_id) && now - row.launched_at > grace {
                 observations.push(Observation::Vanished {
                     instance_id: row.instance_id.clone(),
+                    at: now,
                 });
                 row.state = InstanceState::Terminated;
                 waiting.remove(&row.instance_id);

@@ -59,6 +59,10 @@ pub fn is_local_instance_type(instance_type: &str) -> bool {
     instance_type == "local" || instance_type.starts_with("local.")
 }
 
+/// The interval cron (or the class service) takes accounting snapshots at: an instance gone
+/// without a sighting of its end is closed at its last sighting plus at most this much.
+pub const SNAPSHOT_INTERVAL: Millis = 5 * 60 * 1000;
+
 /// A time as RFC 3339 in UTC with milliseconds, always three digits of them
 /// (`2026-11-30T01:26:54.430Z`), so the lines of the audit trail and `list` line up and sort as
 /// text.

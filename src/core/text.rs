@@ -42,9 +42,50 @@ pub fn shortened(s: &str, max: usize) -> String {
     }
 }
 
+/// The edit distance between two names (Levenshtein: insertions, deletions, substitutions of
+/// characters).
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+/// The candidate nearest to `name` by edit distance, if it is near enough to be a typo of it
+/// (at most 2 edits, or a third of the name's length); the first of equals.
+pub fn nearest<'a>(name: &str, candidates: &'a [String]) -> Option<&'a str> {
+    let near = 2.max(name.chars().count() / 3);
+    candidates
+        .iter()
+        .map(|c| (edit_distance(name, c), c))
+        .filter(|(d, _)| *d <= near)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c.as_str())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_nearest_name_is_a_few_edits_away_or_none() {
+        assert_eq!(edit_distance("hadop", "hadoop"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        let names = vec!["hadoop-spot".to_owned(), "hadoop".to_owned()];
+        assert_eq!(nearest("hadop", &names), Some("hadoop"));
+        assert_eq!(nearest("spark", &names), None);
+    }
 
     #[test]
     fn long_reasons_are_cut_on_a_character_boundary() {

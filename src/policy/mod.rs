@@ -105,6 +105,21 @@ struct ReaperFile {
     grace_minutes: Option<Number>,
     idle_minutes: Option<Number>,
     idle_cpu_percent: Option<u32>,
+    /// Read as text, so a typo is named with the key (`Orphans` parses it).
+    orphans: Option<String>,
+}
+
+/// What to do about orphans (instances of this store no row knows): the policy's
+/// `[reaper] orphans`, which the accounting snapshot and the reaper both follow (the reaper's
+/// `--orphans` overrides it for one run). The same values as that flag.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Orphans {
+    /// Recorded (their hours accounted) and reported; left running.
+    #[default]
+    Report,
+    /// Recorded, then terminated.
+    Terminate,
 }
 
 #[derive(Debug, Deserialize)]
@@ -196,6 +211,8 @@ pub struct Policy {
     pub idle: Option<Millis>,
     /// Below this CPU use (percent, each node), a node counts as idle.
     pub idle_cpu_percent: u32,
+    /// What the snapshot and the reaper do about orphans (`[reaper] orphans`).
+    pub orphans: Orphans,
     default: Limits,
     groups: BTreeMap<String, Limits>,
     users: BTreeMap<String, Limits>,
@@ -306,6 +323,15 @@ impl Policy {
                 .transpose()?
                 .filter(|ms| *ms > 0),
             idle_cpu_percent: file.reaper.idle_cpu_percent.unwrap_or(10).min(100),
+            orphans: match file.reaper.orphans.as_deref() {
+                None | Some("report") => Orphans::Report,
+                Some("terminate") => Orphans::Terminate,
+                Some(other) => {
+                    return Err(invalid(format!(
+                        "[reaper] orphans must be \"report\" or \"terminate\", not {other:?}"
+                    )));
+                }
+            },
             default: table(&file.default, "default")?,
             groups,
             users,
@@ -399,6 +425,7 @@ budget_dollars = 50.0            # per term, from recorded usage
 grace_minutes = 30               # between the reaper's warning and the termination
 # idle_minutes = 60              # end clusters idle this long (off by default; see the README)
 # idle_cpu_percent = 10          # a node below this CPU use counts as idle
+orphans = "report"               # instances no record knows: "report" (snapshot and reaper), or "terminate"
 "#;
 }
 

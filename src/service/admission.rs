@@ -11,7 +11,7 @@ use crate::accounting;
 use crate::cluster::Admit;
 use crate::config::SiteConfig;
 use crate::core::error::Error;
-use crate::core::model::{Millis, RequestId, now_millis};
+use crate::core::model::{Millis, RequestId, now_millis, rfc3339};
 use crate::core::money::{Micros, MilliUnits};
 use crate::policy::Policy;
 use crate::policy::admission::{Ask, InUse, Rules};
@@ -128,7 +128,10 @@ impl Admitted<'_> {
                 at: String::new(),
                 user: self.owner.to_owned(),
                 action: self.action.to_owned(),
-                cluster: Some(self.cluster.to_owned()),
+                cluster: Some(crate::store::AuditRecord::cluster_of(
+                    self.owner,
+                    self.cluster,
+                )),
                 decision: "accepted".into(),
                 reason: Some(reason),
                 instances: Vec::new(),
@@ -296,6 +299,33 @@ pub struct QuotaReport {
     pub limits: QuotaNumbers,
     pub used: QuotaUse,
     pub left: QuotaUse,
+    /// The class as a whole (with a policy): its cap on concurrent units, what every student
+    /// together uses of it, and the term.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<ClassQuota>,
+    /// The user's live clusters and their deadlines.
+    #[serde(default)]
+    pub clusters: Vec<QuotaCluster>,
+}
+
+/// A live cluster as `quota` shows it: when its lifetime ends, and the time left.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaCluster {
+    pub name: String,
+    /// RFC 3339, or none when no lifetime applies.
+    pub deadline: Option<String>,
+    pub left_secs: Option<i64>,
+}
+
+/// `[class]` of the policy, and the class's use of its cap.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassQuota {
+    pub max_units: Option<f64>,
+    pub units: f64,
+    pub left: Option<f64>,
+    /// RFC 3339.
+    pub term_start: Option<String>,
+    pub term_end: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -324,14 +354,15 @@ pub fn quota(
     groups: &[String],
 ) -> Result<QuotaReport, StoreError> {
     let limits = policy.map(|p| p.limits(user, groups)).unwrap_or_default();
-    let (units, clusters, spent) = store.immediate(|tx| -> Result<_, StoreError> {
+    let (units, clusters, spent, class_units) = store.immediate(|tx| -> Result<_, StoreError> {
         let units = ledger::open_units(tx, user, -1)?;
         let clusters = ledger::live_clusters(tx, user, -1)?;
+        let class_units = ledger::class_units(tx, -1)?;
         let spent = match policy {
             Some(p) => Some(accounting::spending::spending(tx, p, config, user)?.0),
             None => None,
         };
-        Ok((units, clusters, spent))
+        Ok((units, clusters, spent, class_units))
     })?;
     let spent = match spent {
         Some(s) => s,
@@ -342,6 +373,23 @@ pub fn quota(
     };
     let u = |m: u64| m as f64 / 1000.0;
     let d = accounting::micros_to_dollars;
+    let now = now_millis();
+    let deadlines = store
+        .list_clusters(Some(
+            &crate::core::model::Owner::parse(user)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        ))?
+        .into_iter()
+        .filter(|c| c.state.is_live())
+        .map(|c| {
+            let deadline = limits.deadline_of(&c);
+            QuotaCluster {
+                name: c.name.to_string(),
+                deadline: deadline.map(rfc3339),
+                left_secs: deadline.map(|d| (d - now).div_euclid(1000)),
+            }
+        })
+        .collect();
     Ok(QuotaReport {
         user: user.to_owned(),
         limits: QuotaNumbers {
@@ -362,5 +410,13 @@ pub fn quota(
             clusters: limits.max_clusters.map(|m| m.saturating_sub(clusters)),
             dollars: limits.budget.map(|b| d((b - spent).max(0))),
         },
+        class: policy.map(|p| ClassQuota {
+            max_units: p.class_max_units.map(u),
+            units: u(class_units),
+            left: p.class_max_units.map(|m| u(m.saturating_sub(class_units))),
+            term_start: p.term_start.map(|t| t.as_millisecond()).map(rfc3339),
+            term_end: p.term_end.map(|t| t.as_millisecond()).map(rfc3339),
+        }),
+        clusters: deadlines,
     })
 }

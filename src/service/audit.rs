@@ -24,10 +24,15 @@ pub(crate) struct Trail {
 }
 
 impl Trail {
-    pub(crate) fn begin(request: &Request) -> Self {
+    /// The row of `caller`'s `request`; a cluster is named `owner/name`, its owner the one the
+    /// request names, else the caller.
+    pub(crate) fn begin(request: &Request, caller: &Caller) -> Self {
+        let owner = request.owner().unwrap_or(caller.owner.as_str());
         Self {
             action: request.action(),
-            cluster: request.cluster().map(str::to_owned),
+            cluster: request
+                .cluster()
+                .map(|name| AuditRecord::cluster_of(owner, name)),
             // Reads are not decisions, nor are the snapshot and the reconcile (which record
             // what exists); the reaper audits each of its own actions.
             read: request.is_read()

@@ -5,16 +5,20 @@ use std::collections::BTreeMap;
 
 use super::admission::Admission;
 use super::audit::Trail;
-use super::protocol::{Deleted, Launched, Response, Terminated, WorkersAdded, WorkersFile};
+use super::protocol::{
+    AlreadyEnded, Deleted, Launched, Response, Terminated, WorkersAdded, WorkersFile,
+};
 use super::{Asked, Service};
 use crate::cluster::keys::ClusterKeys;
 use crate::cluster::launch::{self, LaunchRequest};
 use crate::cluster::provider::Provider;
 use crate::cluster::terminate::live_nodes;
 use crate::cluster::{observe, reconcile, terminate};
+use crate::config::profile::ProfileError;
 use crate::config::{Mode, ProviderKind};
 use crate::core::error::Error;
-use crate::core::model::{ClusterName, Owner, RequestId};
+use crate::core::model::{ClusterName, Owner, RequestId, rfc3339};
+use crate::policy::Policy;
 use crate::store::GuardRecord;
 
 /// A launch as asked for, unchecked.
@@ -121,7 +125,12 @@ impl Service {
         let profile_name = ask
             .profile
             .unwrap_or_else(|| self.settings().default_profile());
-        let profile = self.profiles()?.resolve(&profile_name)?;
+        let profile = match self.profiles()?.resolve(&profile_name) {
+            Err(ProfileError::Unknown { name, .. }) if name == profile_name => {
+                return Err(self.unknown_profile(asked, policy, &profile_name));
+            }
+            r => r?,
+        };
         let env = crate::core::input::check_env(ask.env)?;
         let extra_keys = match &ask.key {
             Some(key) if !ask.configure => {
@@ -225,6 +234,37 @@ impl Service {
         }))
     }
 
+    /// A launch's profile that does not exist: the error lists only the profiles this site's
+    /// provider runs and the policy lets the caller launch, and suggests the nearest of them.
+    fn unknown_profile(&self, asked: &Asked<'_>, policy: Option<&Policy>, name: &str) -> Error {
+        let caller = asked.caller;
+        let allowed = policy.and_then(|p| p.limits(caller.owner.as_str(), &caller.groups).profiles);
+        let usable: Vec<String> = match self.profiles() {
+            Ok(profiles) => profiles
+                .names()
+                .into_iter()
+                .filter(|n| allowed.as_ref().is_none_or(|a| a.contains(n)))
+                .filter(|n| {
+                    profiles
+                        .resolve(n)
+                        .is_ok_and(|p| p.supports(self.config().provider))
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        let hint = crate::core::text::nearest(name, &usable)
+            .map(|n| format!(" (did you mean {n:?}?)"))
+            .unwrap_or_default();
+        Error::invalid(format!(
+            "unknown profile {name:?}{hint}; profiles you may launch here: {}",
+            if usable.is_empty() {
+                "none".to_owned()
+            } else {
+                usable.join(", ")
+            }
+        ))
+    }
+
     pub(super) async fn terminate(
         &self,
         asked: &Asked<'_>,
@@ -251,10 +291,17 @@ impl Service {
             };
             self.store().set_ended_by(c.id, by, &why)?;
         }
+        // An ended cluster is still looked at (a straggler, a rollback left unfinished), and
+        // the answer says it had ended, and when.
+        let already = (!c.state.is_live()).then(|| AlreadyEnded {
+            state: c.state.as_str().to_owned(),
+            at: rfc3339(c.terminated_at.unwrap_or(c.updated_at)),
+        });
         let n = terminate::terminate(self.ctx(), provider.as_ref(), &c).await?;
         Ok(Response::Terminated(Terminated {
             cluster: c.name.to_string(),
             terminated: n as u64,
+            already,
         }))
     }
 
@@ -328,7 +375,8 @@ impl Service {
     /// Finishes or undoes what crashed commands left behind, before one that launches or
     /// terminates; a failure is reported, not fatal.
     pub(super) async fn reconcile_first<P: Provider>(&self, provider: &P, owner: &Owner) {
-        let options = reconcile::Options::new(false);
+        let options =
+            super::usage::automatic_reconcile(&super::LoadedPolicy::load(self.settings()));
         if let Err(e) = reconcile::reconcile(self.ctx(), provider, Some(owner), &options).await {
             self.printer().warn(format!(
                 "could not reconcile leftovers first: {}",

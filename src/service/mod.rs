@@ -357,7 +357,7 @@ impl Service {
             caller,
             policy: &policy,
         };
-        let mut trail = audit::Trail::begin(&request);
+        let mut trail = audit::Trail::begin(&request, caller);
         let r = self.dispatch(&asked, request, &mut trail).await;
         trail.end(self, caller, &r);
         r
@@ -426,7 +426,7 @@ impl Service {
             Request::Usage { owner, everyone } => {
                 self.usage(asked, owner.as_deref(), everyone).await
             }
-            Request::Quota {} => self.quota(asked),
+            Request::Quota { owner } => self.quota(asked, owner.as_deref()),
             Request::Report {
                 by,
                 since,

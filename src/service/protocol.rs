@@ -103,7 +103,11 @@ pub enum Request {
         #[serde(default)]
         everyone: bool,
     },
-    Quota {},
+    /// The caller's quota, or (instructors) what `owner` resolves to.
+    Quota {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<String>,
+    },
     /// Instructors only: the audit trail from `since` (RFC 3339 or a date) on.
     Audit {
         since: Option<String>,
@@ -190,8 +194,9 @@ pub enum Request {
     Reap {
         #[serde(default)]
         dry_run: bool,
-        #[serde(default = "report_orphans")]
-        orphans: Orphans,
+        /// What to do about orphans this run; the policy's `[reaper] orphans` without it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        orphans: Option<Orphans>,
     },
 }
 
@@ -213,10 +218,6 @@ pub fn parse_request(buf: &[u8]) -> Result<Request, String> {
     serde_json::from_slice(buf).map_err(|e| format!("malformed request: {e}"))
 }
 
-fn report_orphans() -> Orphans {
-    Orphans::Report
-}
-
 impl Request {
     /// The action's name, for the audit trail.
     pub fn action(&self) -> &'static str {
@@ -231,7 +232,7 @@ impl Request {
             Request::Key { .. } => "key",
             Request::Reach { .. } => "reach",
             Request::Usage { .. } => "usage",
-            Request::Quota {} => "quota",
+            Request::Quota { .. } => "quota",
             Request::Audit { .. } => "audit",
             Request::Report { .. } => "report",
             Request::Delete { .. } => "delete",
@@ -263,7 +264,7 @@ impl Request {
                 | Request::Class {}
                 | Request::Quote { .. }
                 | Request::Usage { .. }
-                | Request::Quota {}
+                | Request::Quota { .. }
                 | Request::Audit { .. }
                 | Request::Report { .. }
                 | Request::Reach { .. }
@@ -277,6 +278,17 @@ impl Request {
     }
 
     /// The cluster the request is about, as given.
+    /// The owner a request names (an instructor acting on another user's cluster), if any.
+    pub fn owner(&self) -> Option<&str> {
+        match self {
+            Request::LaunchSlaves { owner, .. }
+            | Request::Terminate { owner, .. }
+            | Request::List { owner, .. }
+            | Request::Quota { owner } => owner.as_deref(),
+            _ => None,
+        }
+    }
+
     pub fn cluster(&self) -> Option<&str> {
         match self {
             Request::Launch { name, .. }
@@ -383,6 +395,17 @@ pub struct Terminated {
     pub cluster: String,
     /// How many nodes were terminated.
     pub terminated: u64,
+    /// The cluster had already ended before this request: its state (`terminated`, `failed`)
+    /// and when it ended (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub already: Option<AlreadyEnded>,
+}
+
+/// An ended cluster's state and end, as a terminate of it finds them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlreadyEnded {
+    pub state: String,
+    pub at: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -573,7 +596,7 @@ impl Response {
             Request::Class {} => Response::Class(of(value)?),
             Request::Key { .. } | Request::Reach { .. } => Response::Key(of(value)?),
             Request::Usage { .. } => Response::Usage(of(value)?),
-            Request::Quota {} => Response::Quota(of(value)?),
+            Request::Quota { .. } => Response::Quota(of(value)?),
             Request::Audit { .. } => Response::Audit(of(value)?),
             Request::Report { .. } => Response::Report(of(value)?),
             Request::Delete { .. } => Response::Deleted(of(value)?),
@@ -682,7 +705,7 @@ mod tests {
         let back: Request = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(back, r);
         assert_eq!(
-            serde_json::to_string(&Request::Quota {}).unwrap(),
+            serde_json::to_string(&Request::Quota { owner: None }).unwrap(),
             r#"{"action":"quota"}"#
         );
         for bad in [
@@ -720,6 +743,7 @@ mod tests {
         let t = Terminated {
             cluster: "c".into(),
             terminated: 3,
+            already: None,
         };
         let text = serde_json::to_string(&Line::Result {
             result: Response::Terminated(t.clone()),

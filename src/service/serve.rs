@@ -312,7 +312,7 @@ impl Service {
                 self.ctx(),
                 provider.as_ref(),
                 None,
-                &crate::cluster::reconcile::Options::new(false),
+                &super::usage::automatic_reconcile(&super::LoadedPolicy::load(self.settings())),
             )
             .await?;
             Ok(())
@@ -338,7 +338,8 @@ impl Service {
                 s.reap_minutes,
                 Request::Reap {
                     dry_run: false,
-                    orphans: crate::accounting::reaper::Orphans::Report,
+                    // The policy's `[reaper] orphans` decides.
+                    orphans: None,
                 },
             ),
         ];
@@ -377,7 +378,10 @@ mod tests {
         let ok = br#"{"action":"quota"}
 "#;
         let mut rd = BufReader::new(&ok[..]);
-        assert_eq!(read_request(&mut rd, within).await, Ok(Request::Quota {}));
+        assert_eq!(
+            read_request(&mut rd, within).await,
+            Ok(Request::Quota { owner: None })
+        );
 
         // Nothing comes: refused once the time is up.
         let (client, server) = tokio::io::duplex(64);

@@ -20,6 +20,12 @@ impl Service {
     ) -> Result<Response, Error> {
         let owners = asked.owners(owner, everyone, "see everyone's usage")?;
         let clusters = self.store().list_clusters(owners.as_ref())?;
+        if let Some(o) = owners.as_ref()
+            && *o != asked.caller.owner
+            && clusters.is_empty()
+        {
+            known_user(o)?;
+        }
         self.refresh_all(&clusters).await;
         let intervals = self
             .store()
@@ -34,17 +40,21 @@ impl Service {
         Ok(Response::Usage(rows))
     }
 
-    pub(super) fn quota(&self, asked: &Asked<'_>) -> Result<Response, Error> {
+    /// The caller's quota, or (instructors) another user's, resolved with that user's groups.
+    pub(super) fn quota(&self, asked: &Asked<'_>, owner: Option<&str>) -> Result<Response, Error> {
         if let LoadedPolicy::Broken(e) = asked.policy {
             return Err(Error::invalid(crate::core::error::one_line(e)));
         }
-        let caller = asked.caller;
+        let owner = asked.owner_for(owner)?;
+        if owner != asked.caller.owner && self.store().list_clusters(Some(&owner))?.is_empty() {
+            known_user(&owner)?;
+        }
         let r = super::admission::quota(
             self.store(),
             asked.policy.present(),
             self.config(),
-            caller.owner.as_str(),
-            &caller.groups,
+            owner.as_str(),
+            &asked.groups_of(&owner),
         )?;
         Ok(Response::Quota(r))
     }
@@ -105,20 +115,32 @@ impl Service {
         self.own_or_instructor(asked, "only instructors may take the accounting snapshot")?;
         let provider = self.provider(self.config().provider).await?;
         self.warn_of_expiring_credentials(&provider);
-        if let Err(e) = crate::cluster::reconcile::reconcile(
+        // Orphans as the policy says: terminated here (recorded first), or left to the snapshot,
+        // which records and reports them.
+        let options = automatic_reconcile(asked.policy);
+        let terminated = match crate::cluster::reconcile::reconcile(
             self.ctx(),
             provider.as_ref(),
             None,
-            &crate::cluster::reconcile::Options::new(false),
+            &options,
         )
         .await
         {
-            self.printer().warn(format!(
-                "could not reconcile first: {}",
-                crate::core::error::one_line(&e)
-            ));
-        }
-        let r = snapshot::snapshot(self.ctx(), provider.as_ref()).await?;
+            Ok(actions) => actions
+                .into_iter()
+                .filter(|a| a.action == "orphans")
+                .flat_map(|a| a.instances)
+                .collect(),
+            Err(e) => {
+                self.printer().warn(format!(
+                    "could not reconcile first: {}",
+                    crate::core::error::one_line(&e)
+                ));
+                Vec::new()
+            }
+        };
+        let mut r = snapshot::snapshot(self.ctx(), provider.as_ref()).await?;
+        r.orphans_terminated = terminated;
         Ok(Response::Snapshot(r))
     }
 
@@ -128,7 +150,7 @@ impl Service {
         &self,
         asked: &Asked<'_>,
         dry_run: bool,
-        orphans: Orphans,
+        orphans: Option<Orphans>,
     ) -> Result<Response, Error> {
         self.own_or_instructor(asked, "only instructors may run the reaper")?;
         let none;
@@ -152,10 +174,36 @@ impl Service {
             self.config(),
             now_millis(),
             dry_run,
-            orphans,
+            orphans.unwrap_or(policy.orphans),
         )
         .await?;
         Ok(Response::Reaped(actions))
+    }
+}
+
+/// The options of a reconcile that runs by itself (before the snapshot, a launch or a terminate,
+/// at the class service's start): orphans as the policy's `[reaper] orphans` says, terminated
+/// only under `terminate`, else left to the snapshot to record and report.
+pub(super) fn automatic_reconcile(policy: &LoadedPolicy) -> crate::cluster::reconcile::Options {
+    let orphans = policy.present().map(|p| p.orphans).unwrap_or_default();
+    crate::cluster::reconcile::Options {
+        terminate_orphans: orphans == Orphans::Terminate,
+        ..crate::cluster::reconcile::Options::new(false)
+    }
+}
+
+/// A user with no clusters must at least be a user: an instructor's typo (`--owner alcie`) is
+/// an error naming it, not an empty table. One who left (no account any more) but launched
+/// clusters is still known by them.
+fn known_user(owner: &crate::core::model::Owner) -> Result<(), Error> {
+    match crate::sys::passwd_by_name(owner.as_str()) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(Error::invalid(format!(
+            "no such user: {owner} (no account of that name, and no cluster of theirs on record)"
+        ))),
+        Err(e) => Err(Error::runtime(format!(
+            "cannot look up the user {owner}: {e}"
+        ))),
     }
 }
 

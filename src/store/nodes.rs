@@ -13,7 +13,7 @@ use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use super::{ClusterRow, Store, StoreError, cluster_state};
-use crate::core::model::{ClusterState, InstanceState, Millis, Role};
+use crate::core::model::{ClusterState, InstanceState, Millis, Role, SNAPSHOT_INTERVAL};
 
 /// A read path records that a running node was seen at most this often: enough for a vanished
 /// node to be closed near its end, without a write on every `stratus list`.
@@ -81,12 +81,18 @@ pub enum Observation {
         private_address: Option<String>,
         at: Millis,
     },
-    /// Not listed for longer than the provider's consistency allows: gone without a sighting
-    /// of its end. Its interval is closed at its last sighting and marked estimated.
-    Vanished { instance_id: String },
-    /// Gone without a sighting of its end, as an accounting snapshot finds it: closed at `end`
-    /// (its last sighting plus at most one snapshot interval), marked estimated.
-    Missing { instance_id: String, end: Millis },
+    /// Not listed for longer than the provider's consistency allows, as found at `at` (by the
+    /// snapshot, a read, a wait or a terminate alike): gone without a sighting of its end. Its
+    /// interval is closed by one rule, `written_off_end`, and marked estimated.
+    Vanished { instance_id: String, at: Millis },
+}
+
+/// The end of an instance gone without a sighting of its end, written off at `at`: its last
+/// sighting plus one snapshot interval (it ran until some time before the next snapshot would
+/// have seen it), never later than `at`, never earlier than the sighting. Never billed
+/// forever, and the same whoever notices it first.
+pub fn written_off_end(last_seen: Millis, at: Millis) -> Millis {
+    (last_seen + SNAPSHOT_INTERVAL).min(at).max(last_seen)
 }
 
 /// One usage interval, as the cost computation needs it.
@@ -259,6 +265,17 @@ impl Store {
             )
             .optional()?
             .flatten())
+    }
+
+    /// Whether an instance was recorded as an orphan (by a snapshot that only reports them)
+    /// and its interval is still open: an orphan still, for whoever terminates orphans.
+    pub fn is_open_orphan(&self, instance_id: &str) -> Result<bool, StoreError> {
+        Ok(self.conn().query_row(
+            "SELECT EXISTS (SELECT 1 FROM usage_intervals
+                            WHERE instance_id = ?1 AND orphan AND ended_at IS NULL)",
+            params![instance_id],
+            |r| r.get(0),
+        )?)
     }
 
     /// The nodes one request launched.
@@ -536,10 +553,8 @@ fn observation_changes(
     resolution: Millis,
 ) -> Result<bool, StoreError> {
     match o {
-        Observation::Vanished { instance_id } | Observation::Missing { instance_id, .. } => {
-            Ok(current(conn, instance_id)?
-                .is_some_and(|(n, open)| open.is_some() || !n.state.is_gone()))
-        }
+        Observation::Vanished { instance_id, .. } => Ok(current(conn, instance_id)?
+            .is_some_and(|(n, open)| open.is_some() || !n.state.is_gone())),
         Observation::Seen {
             instance_id,
             state,
@@ -573,19 +588,26 @@ fn observation_changes(
     }
 }
 
-/// Ends an instance that was not seen to end: its open interval closes at its last sighting, or
-/// at `end` if that is later, flagged estimated; its node is terminated.
+/// Ends an instance that was not seen to end, written off at `at`: its open interval closes at
+/// `written_off_end` of its last sighting, flagged estimated; its node is terminated.
 fn close_unseen(
     tx: &rusqlite::Connection,
     instance_id: &str,
-    end: Option<Millis>,
+    at: Millis,
 ) -> Result<(), StoreError> {
-    tx.execute(
-        "UPDATE usage_intervals SET ended_at = MAX(last_seen_at, COALESCE(?2, last_seen_at)),
-                end_source = 'estimated'
-         WHERE instance_id = ?1 AND ended_at IS NULL",
-        params![instance_id, end],
-    )?;
+    let open: Option<(i64, Millis)> = tx
+        .query_row(
+            "SELECT id, last_seen_at FROM usage_intervals WHERE instance_id = ?1 AND ended_at IS NULL",
+            params![instance_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    if let Some((id, last_seen)) = open {
+        tx.execute(
+            "UPDATE usage_intervals SET ended_at = ?2, end_source = 'estimated' WHERE id = ?1",
+            params![id, written_off_end(last_seen, at)],
+        )?;
+    }
     tx.execute(
         "UPDATE nodes SET state = 'terminated',
                 ended_at = COALESCE(ended_at,
@@ -598,8 +620,7 @@ fn close_unseen(
 
 fn apply_observation(tx: &rusqlite::Connection, o: &Observation) -> Result<(), StoreError> {
     match o {
-        Observation::Missing { instance_id, end } => close_unseen(tx, instance_id, Some(*end))?,
-        Observation::Vanished { instance_id } => close_unseen(tx, instance_id, None)?,
+        Observation::Vanished { instance_id, at } => close_unseen(tx, instance_id, *at)?,
         Observation::Seen {
             instance_id,
             state,
@@ -818,6 +839,16 @@ mod tests {
     }
 
     #[test]
+    fn a_write_off_ends_at_the_last_sighting_plus_at_most_one_snapshot_interval() {
+        assert_eq!(
+            written_off_end(1_000, 1_000 + 60 * 60_000),
+            1_000 + SNAPSHOT_INTERVAL
+        );
+        assert_eq!(written_off_end(1_000, 1_000 + 60_000), 1_000 + 60_000);
+        assert_eq!(written_off_end(1_000, 500), 1_000);
+    }
+
+    #[test]
     fn a_vanished_node_closes_at_its_last_sighting_and_can_be_reopened() {
         let (_d, store, c) = setup();
         store
@@ -830,10 +861,11 @@ mod tests {
         store
             .observe(&[Observation::Vanished {
                 instance_id: "i-1".into(),
+                at: later + 60 * 60_000,
             }])
             .unwrap();
         let iv = store.intervals(&[c.id]).unwrap();
-        assert_eq!(iv[0].ended_at, Some(later));
+        assert_eq!(iv[0].ended_at, Some(later + SNAPSHOT_INTERVAL));
         assert!(iv[0].estimated);
         assert!(store.node("i-1").unwrap().unwrap().state.is_gone());
         // The provider says it runs after all: it counts again until its end is seen.

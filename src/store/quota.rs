@@ -34,6 +34,12 @@ pub const AUDIT_NAME_CHARS: usize = 100;
 pub const AUDIT_REASON_CHARS: usize = 300;
 
 impl AuditRecord {
+    /// How a row names a cluster, everywhere: `owner/name` (a name alone is ambiguous across
+    /// owners).
+    pub fn cluster_of(owner: &str, name: &str) -> String {
+        format!("{owner}/{name}")
+    }
+
     /// The record as the audit trail keeps it: every field cut to its bound (a name padded to a
     /// megabyte takes 100 characters, not a megabyte per row of an append-only table) and
     /// escaped (no control character, line separator or bidi control: no value can pose as a

@@ -83,6 +83,24 @@ fn a_local_node_past_its_deadline_stops_itself_while_no_stratus_process_runs() {
 fn a_login_shows_the_deadline_the_cost_so_far_and_the_rate() {
     let ctx = clock_context("max_lifetime_hours = 2", "30");
     ctx.ok(&["launch-cluster", "shown", "1"]);
+    // `list` and `quota` show the deadline and the time left.
+    let listed = ctx.ok(&["list"]);
+    assert!(listed.stdout.contains("DEADLINE"), "{listed}");
+    assert!(listed.stdout.contains(" left)"), "{listed}");
+    let quota = ctx.ok(&["quota"]);
+    assert!(quota.stdout.contains("cluster shown: deadline "), "{quota}");
+    assert!(quota.stdout.contains(" left)"), "{quota}");
+    let json: serde_json::Value =
+        serde_json::from_str(&ctx.ok(&["quota", "--json"]).stdout).unwrap();
+    assert_eq!(
+        json["clusters"][0]["deadline"],
+        ctx.cluster_json("shown")["deadline"],
+        "{json:#}"
+    );
+    assert!(
+        json["clusters"][0]["left_secs"].as_i64().unwrap() > 7000,
+        "{json:#}"
+    );
     for d in nodes(&ctx) {
         let motd = eventually(Duration::from_secs(30), || {
             std::fs::read_to_string(d.join("state/guard/motd")).ok()

@@ -20,4 +20,5 @@ mod preflight;
 mod privileged;
 mod service;
 mod support;
+mod trial;
 mod waits;

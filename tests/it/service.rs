@@ -464,7 +464,7 @@ fn a_restart_of_the_service_during_a_launch_loses_nothing() {
     assert!(
         audit.iter().any(|r| r["user"] == s1.name.as_str()
             && r["action"] == "launch"
-            && r["cluster"] == "r"
+            && r["cluster"] == format!("{}/r", s1.name).as_str()
             && r["decision"] == "accepted"),
         "{audit:#?}"
     );
@@ -753,7 +753,11 @@ fn a_runner_killed_between_reservation_and_run_instances_leaves_an_accepted_row_
     let audit = site.audit();
     let accepted: Vec<&Value> = audit
         .iter()
-        .filter(|r| r["user"] == s1.name.as_str() && r["action"] == "launch" && r["cluster"] == "k")
+        .filter(|r| {
+            r["user"] == s1.name.as_str()
+                && r["action"] == "launch"
+                && r["cluster"] == format!("{}/k", s1.name).as_str()
+        })
         .collect();
     assert_eq!(accepted.len(), 1, "{audit:#?}");
     assert_eq!(accepted[0]["decision"], "accepted", "{audit:#?}");
@@ -851,7 +855,10 @@ fn a_huge_or_padded_cluster_name_is_stored_bounded_and_shown_quoted() {
         assert_eq!(f[1], s1.name, "{line}");
         assert_eq!(f[2], "launch", "{line}");
         assert!(
-            f[3].chars().count() <= 101 && (f[3].starts_with('h') || f[3].starts_with('p')),
+            // The cluster as owner/name, the whole cut to its bound.
+            f[3].chars().count() <= 101
+                && (f[3].starts_with(&format!("{}/h", s1.name))
+                    || f[3].starts_with(&format!("{}/p", s1.name))),
             "{line}"
         );
         assert_eq!(f[4], "refused", "{line}");
