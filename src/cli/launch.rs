@@ -49,7 +49,8 @@ pub(super) async fn launch_cmd(
     for line in quote_lines(&quote) {
         if opts.dry_run {
             printer.out(line)?;
-        } else {
+        } else if quote.refusal.is_none() {
+            // A refused launch says why, once: the launch's own answer.
             printer.status(line);
         }
     }

@@ -82,7 +82,9 @@ impl Trail {
                 tried(),
             ),
         };
-        if self.read && decision != "refused" {
+        // A quote asks what a launch would be told; the launch that follows is the decision,
+        // and its refusal the one row.
+        if self.action == "quote" || (self.read && decision != "refused") {
             return;
         }
         record(
