@@ -37,24 +37,20 @@ pub(super) async fn launch_cmd(
     // Checked here too, so a typo is reported before the wrapper is even started.
     ClusterName::parse(name)?;
     let env = crate::core::input::parse_env(&opts.env)?;
-    let quote = client
-        .call(Request::Quote {
-            name: name.to_owned(),
-            workers,
-            profile: opts.profile.clone(),
-        })
-        .await?;
-    let quote = expect!(quote, Response::Quoted);
-    let printer = client.printer();
-    for line in quote_lines(&quote) {
-        if opts.dry_run {
-            printer.out(line)?;
-        } else if quote.refusal.is_none() {
-            // A refused launch says why, once: the launch's own answer.
-            printer.status(line);
-        }
-    }
+    // The launch says its rate itself, once its own checks pass; a dry run asks for it alone.
     if opts.dry_run {
+        let quote = client
+            .call(Request::Quote {
+                name: name.to_owned(),
+                workers,
+                profile: opts.profile.clone(),
+            })
+            .await?;
+        let quote = expect!(quote, Response::Quoted);
+        let printer = client.printer();
+        for line in quote.lines() {
+            printer.out(line)?;
+        }
         return Ok(match &quote.refusal {
             None => {
                 printer.out("the policy would admit it; nothing was launched")?;
@@ -89,39 +85,6 @@ pub(super) async fn launch_cmd(
         c.name, c.profile, c.provider, c.name
     ))?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// What a launch costs, in a student's words: the rate, what the budget allows, and when the
-/// reaper ends a cluster the budget cannot carry to its deadline.
-fn quote_lines(q: &crate::service::protocol::Quoted) -> Vec<String> {
-    use crate::core::model::{local_time, now_millis, span_text};
-    let mut lines = vec![format!(
-        "cluster {}: {} nodes of profile {}, at {}{}",
-        q.cluster,
-        q.nodes,
-        q.profile,
-        q.rate
-            .map(crate::config::prices::rate_text)
-            .unwrap_or_else(|| "an unknown rate (no price for its instance types)".into()),
-        q.lifetime_ms
-            .map(|l| format!(", for up to {} (its lifetime)", span_text(l)))
-            .unwrap_or_default()
-    )];
-    if let (Some(left), Some(allows)) = (q.budget_left_micros, q.budget_allows_ms) {
-        lines.push(format!(
-            "your budget has {} left: {} at that rate",
-            dollars_text(left.max(0)),
-            span_text(allows)
-        ));
-    }
-    if let Some(out) = q.runs_out_ms {
-        lines.push(format!(
-            "your budget runs out after about {}, before its lifetime ends: the reaper then ends the cluster (around {})",
-            span_text(out),
-            local_time(now_millis() + out)
-        ));
-    }
-    lines
 }
 
 pub(super) async fn launch_slaves(

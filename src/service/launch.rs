@@ -63,11 +63,39 @@ impl Service {
         workers: u32,
         profile: Option<String>,
     ) -> Result<Response, Error> {
+        Ok(Response::Quoted(
+            self.quoted(asked, name, workers, profile)?,
+        ))
+    }
+
+    /// The profile a launch names, or an error that suggests the nearest one it may use.
+    fn profile_for_launch(
+        &self,
+        asked: &Asked<'_>,
+        policy: Option<&crate::policy::Policy>,
+        profile_name: &str,
+    ) -> Result<crate::config::profile::Profile, Error> {
+        match self.profiles()?.resolve(profile_name) {
+            Err(ProfileError::Unknown { name, .. }) if name == profile_name => {
+                Err(self.unknown_profile(asked, policy, profile_name))
+            }
+            r => Ok(r?),
+        }
+    }
+
+    /// What a launch would cost, and the policy's decision on it now.
+    fn quoted(
+        &self,
+        asked: &Asked<'_>,
+        name: &str,
+        workers: u32,
+        profile: Option<String>,
+    ) -> Result<super::protocol::Quoted, Error> {
         let config = self.config();
         let policy = asked.policy.for_launch(config.mode)?;
         let name = ClusterName::parse(name)?;
         let profile_name = profile.unwrap_or_else(|| self.settings().default_profile());
-        let profile = self.profiles()?.resolve(&profile_name)?;
+        let profile = self.profile_for_launch(asked, policy, &profile_name)?;
         launch::validate_request(&profile, config.provider, workers, 0)?;
         let caller = asked.caller;
         let (lifetime, guard) = clock_of(policy, config, caller, &profile, workers);
@@ -94,7 +122,7 @@ impl Service {
             .and_then(|a| a.as_ref())
             .and_then(|a| a.runs_out)
             .and_then(allows);
-        Ok(Response::Quoted(super::protocol::Quoted {
+        Ok(super::protocol::Quoted {
             cluster: name.to_string(),
             profile: profile.name.clone(),
             nodes: workers + 1,
@@ -105,7 +133,7 @@ impl Service {
             admitted: refusal.is_none(),
             refusal,
             runs_out_ms: runs_out,
-        }))
+        })
     }
 
     pub(super) async fn launch(
@@ -125,12 +153,7 @@ impl Service {
         let profile_name = ask
             .profile
             .unwrap_or_else(|| self.settings().default_profile());
-        let profile = match self.profiles()?.resolve(&profile_name) {
-            Err(ProfileError::Unknown { name, .. }) if name == profile_name => {
-                return Err(self.unknown_profile(asked, policy, &profile_name));
-            }
-            r => r?,
-        };
+        let profile = self.profile_for_launch(asked, policy, &profile_name)?;
         let env = crate::core::input::check_env(ask.env)?;
         let extra_keys = match &ask.key {
             Some(key) if !ask.configure => {
@@ -143,6 +166,7 @@ impl Service {
         };
         let caller = asked.caller;
         let (lifetime, guard) = clock_of(policy, config, caller, &profile, ask.workers);
+        let said = (name.to_string(), profile.name.clone());
         let req = LaunchRequest {
             name,
             workers: ask.workers,
@@ -160,6 +184,14 @@ impl Service {
         let admission = Admission::new(policy, config, caller.owner.as_str(), &caller.groups);
         let provider = self.provider(config.provider).await?;
         self.reconcile_first(provider.as_ref(), &caller.owner).await;
+        // What it costs, said before it launches (a launch the policy refuses says why alone).
+        if let Ok(q) = self.quoted(asked, &said.0, req.workers, Some(said.1))
+            && q.refusal.is_none()
+        {
+            for line in q.lines() {
+                self.ctx().printer.status(line);
+            }
+        }
         let request = RequestId::new();
         trail.launching(&request);
         let c = launch::launch(

@@ -358,6 +358,42 @@ pub struct Quoted {
     pub runs_out_ms: Option<i64>,
 }
 
+impl Quoted {
+    /// What a launch costs, in a student's words: the rate, what the budget allows, and when
+    /// the reaper ends a cluster the budget cannot carry to its deadline.
+    pub fn lines(&self) -> Vec<String> {
+        use crate::core::model::{local_time, now_millis, span_text};
+        use crate::core::money::dollars_text;
+        let mut lines = vec![format!(
+            "cluster {}: {} nodes of profile {}, at {}{}",
+            self.cluster,
+            self.nodes,
+            self.profile,
+            self.rate
+                .map(crate::config::prices::rate_text)
+                .unwrap_or_else(|| "an unknown rate (no price for its instance types)".into()),
+            self.lifetime_ms
+                .map(|l| format!(", for up to {} (its lifetime)", span_text(l)))
+                .unwrap_or_default()
+        )];
+        if let (Some(left), Some(allows)) = (self.budget_left_micros, self.budget_allows_ms) {
+            lines.push(format!(
+                "your budget has {} left: {} at that rate",
+                dollars_text(left.max(0)),
+                span_text(allows)
+            ));
+        }
+        if let Some(out) = self.runs_out_ms {
+            lines.push(format!(
+                "your budget runs out after about {}, before its lifetime ends: the reaper then ends the cluster (around {})",
+                span_text(out),
+                local_time(now_millis() + out)
+            ));
+        }
+        lines
+    }
+}
+
 /// What `extend` did: the new deadline, what the time added costs, the budget left, and the
 /// nodes that could not be told (the reaper tells them again when it next acts).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -3083,7 +3083,11 @@ fn a_state_of_dash_names_is_migrated_and_both_colliding_clusters_stay_reachable_
     assert_eq!(moto.groups_named(&old_group).len(), 1);
     assert_eq!(moto.key_pairs_named(&old_key).len(), 1);
     site.sql(
-        "DROP TABLE key_pairs; ALTER TABLE clusters DROP COLUMN naming; PRAGMA user_version = 6;",
+        "DROP TABLE key_pairs; ALTER TABLE clusters DROP COLUMN naming; \
+         ALTER TABLE clusters DROP COLUMN deadline; ALTER TABLE clusters DROP COLUMN extensions; \
+         ALTER TABLE clusters DROP COLUMN ended_by; ALTER TABLE clusters DROP COLUMN ended_reason; \
+         ALTER TABLE clusters DROP COLUMN idle_since; ALTER TABLE clusters DROP COLUMN activity; \
+         PRAGMA user_version = 6;",
     );
     assert_eq!(
         site.sql("PRAGMA user_version"),

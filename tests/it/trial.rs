@@ -150,11 +150,12 @@ max_clusters = 3
             .starts_with("2026-09-01"),
         "{own}"
     );
+    // A date alone as term_end takes in that whole day: the term ends as the next begins.
     assert!(
         own["class"]["term_end"]
             .as_str()
             .unwrap()
-            .starts_with("2026-12-20"),
+            .starts_with("2026-12-21T00:00:00"),
         "{own}"
     );
 
