@@ -230,11 +230,20 @@ async fn guard(dir: PathBuf, env: Vec<(String, String)>, terminals: Arc<Terminal
             match out {
                 Ok(o) => {
                     let text = String::from_utf8_lossy(&o.stdout);
+                    let mut said = None;
                     if !text.trim().is_empty() {
                         tracing::info!(sessions = terminals.count(), "guard: {}", text.trim());
-                        terminals.broadcast(&text).await;
+                        // Not waited for: a stuck session must not hold the guard up.
+                        let (terminals, text) = (terminals.clone(), text.into_owned());
+                        said = Some(tokio::spawn(
+                            async move { terminals.broadcast(&text).await },
+                        ));
                     }
                     if o.status.code() == Some(GUARD_STOP) {
+                        // The sessions get a moment to show why, then the node stops.
+                        if let Some(said) = said {
+                            let _ = tokio::time::timeout(Duration::from_secs(2), said).await;
+                        }
                         return;
                     }
                 }

@@ -87,9 +87,15 @@ impl Terminals {
     /// a session's output is not drained, so it runs off the runtime's threads.
     pub async fn broadcast(self: &Arc<Self>, text: &str) {
         let framed = format!("\r\n{}\r\n", text.trim_end().replace('\n', "\r\n"));
-        let me = self.clone();
+        // Copies of the descriptors, so that a session whose output is not drained (its client
+        // stopped reading) blocks only this write, never a login or a logout.
+        let fds: Vec<OwnedFd> = self
+            .lock()
+            .iter()
+            .filter_map(|(_, fd)| fd.try_clone().ok())
+            .collect();
         let _ = tokio::task::spawn_blocking(move || {
-            for (_, fd) in me.lock().iter() {
+            for fd in &fds {
                 write_all(fd.as_raw_fd(), framed.as_bytes());
             }
         })
