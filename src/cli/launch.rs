@@ -48,8 +48,11 @@ pub(super) async fn launch_cmd(
             .await?;
         let quote = expect!(quote, Response::Quoted);
         let printer = client.printer();
-        for line in quote.lines() {
-            printer.out(line)?;
+        for (i, line) in quote.lines().into_iter().enumerate() {
+            match i {
+                0 => printer.out(format!("cluster {}: {line}", quote.cluster))?,
+                _ => printer.out(line)?,
+            }
         }
         return Ok(match &quote.refusal {
             None => {

@@ -364,9 +364,10 @@ impl Quoted {
     pub fn lines(&self) -> Vec<String> {
         use crate::core::model::{local_time, now_millis, span_text};
         use crate::core::money::dollars_text;
+        // The cluster is not named: a launch says this about the one it was asked for (and
+        // says the same whatever the name).
         let mut lines = vec![format!(
-            "cluster {}: {} nodes of profile {}, at {}{}",
-            self.cluster,
+            "{} nodes of profile {}, at {}{}",
             self.nodes,
             self.profile,
             self.rate

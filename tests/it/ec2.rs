@@ -1070,7 +1070,7 @@ fn assert_one_sentence(r: &crate::support::Run, needle: &str) {
         .stderr
         .lines()
         .filter(|l| !l.trim().is_empty())
-        .filter(|l| !(l.starts_with("cluster ") && l.contains(" nodes of profile ")))
+        .filter(|l| !l.contains(" nodes of profile "))
         .collect();
     assert_eq!(lines.len(), 1, "{r}");
     assert!(lines[0].starts_with("error: "), "{r}");
