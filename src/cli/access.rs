@@ -50,14 +50,7 @@ struct ClusterJson<'a> {
 
 /// An RFC 3339 time as local minutes, for tables.
 fn local_time(rfc3339: &str) -> String {
-    rfc3339
-        .parse::<jiff::Timestamp>()
-        .map(|t| {
-            t.to_zoned_datetime(jiff::tz::TimeZone::system())
-                .strftime("%Y-%m-%d %H:%M")
-                .to_string()
-        })
-        .unwrap_or_default()
+    super::table::local_rfc3339(rfc3339, "%Y-%m-%d %H:%M")
 }
 
 pub(super) async fn list(

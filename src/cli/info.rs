@@ -193,10 +193,7 @@ pub(super) async fn quota(
     for c in &r.clusters {
         let when = match (&c.deadline, c.left_secs) {
             (Some(d), Some(left)) => {
-                let at = d
-                    .parse::<jiff::Timestamp>()
-                    .map(|t| crate::core::model::local_time(t.as_millisecond()))
-                    .unwrap_or_else(|_| d.clone());
+                let at = super::table::local_rfc3339(d, "%Y-%m-%d %H:%M %Z");
                 if left > 0 {
                     format!(
                         "deadline {at} ({} left)",

@@ -176,11 +176,7 @@ pub(super) async fn extend_cmd(
     if json {
         printer.json(&e)?;
     } else {
-        let at = e
-            .deadline
-            .parse::<jiff::Timestamp>()
-            .map(|t| crate::core::model::local_time(t.as_millisecond()))
-            .unwrap_or_else(|_| e.deadline.clone());
+        let at = local_time_with_zone(&e.deadline);
         let rate = e
             .rate
             .map(|r| format!(" at {}", crate::config::prices::rate_text(r)))
@@ -209,10 +205,7 @@ pub(super) async fn extend_cmd(
 
 /// An RFC 3339 time as local minutes with the zone ("2026-12-03 14:05 CET"), for messages.
 fn local_time_with_zone(rfc3339: &str) -> String {
-    match rfc3339.parse::<jiff::Timestamp>() {
-        Ok(t) => super::table::local_time(t.as_millisecond(), "%Y-%m-%d %H:%M %Z"),
-        Err(_) => rfc3339.to_owned(),
-    }
+    super::table::local_rfc3339(rfc3339, "%Y-%m-%d %H:%M %Z")
 }
 
 /// Asks `question` on the terminal; off a terminal, refuses to `what` (scripts pass `--yes`).

@@ -3,14 +3,15 @@
 
 /// A time (milliseconds since the epoch) in this machine's local time zone, in `format`
 /// (strftime); empty if out of range.
-pub fn local_time(ms: crate::core::model::Millis, format: &str) -> String {
-    jiff::Timestamp::from_millisecond(ms)
-        .map(|t| {
-            t.to_zoned_datetime(jiff::tz::TimeZone::system())
-                .strftime(format)
-                .to_string()
-        })
-        .unwrap_or_default()
+pub use crate::core::model::local_time_as as local_time;
+
+/// An RFC 3339 time (as the service answers) in local time, in `format`; the text itself if it
+/// is none.
+pub fn local_rfc3339(rfc3339: &str, format: &str) -> String {
+    match rfc3339.parse::<jiff::Timestamp>() {
+        Ok(t) => local_time(t.as_millisecond(), format),
+        Err(_) => rfc3339.to_owned(),
+    }
 }
 
 pub struct Table {

@@ -74,10 +74,15 @@ pub fn rfc3339(ms: Millis) -> String {
 
 /// A time as people read it where they are: local minutes and the zone (`2026-12-03 16:00 CET`).
 pub fn local_time(ms: Millis) -> String {
+    local_time_as(ms, "%Y-%m-%d %H:%M %Z")
+}
+
+/// A time in this machine's local time zone, in `format` (strftime); empty if out of range.
+pub fn local_time_as(ms: Millis, format: &str) -> String {
     jiff::Timestamp::from_millisecond(ms)
         .map(|t| {
             t.to_zoned_datetime(jiff::tz::TimeZone::system())
-                .strftime("%Y-%m-%d %H:%M %Z")
+                .strftime(format)
                 .to_string()
         })
         .unwrap_or_default()
