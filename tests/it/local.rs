@@ -257,19 +257,27 @@ fn a_node_killed_from_outside_is_not_running() {
 }
 
 #[test]
-fn a_node_that_never_answers_ssh_fails_the_launch_and_rolls_back() {
+fn a_node_that_hangs_while_it_boots_fails_the_launch_and_rolls_back() {
     let ctx = TestContext::new();
     ctx.profile_file(
         "hang.toml",
         "extends = \"local-demo\"\nready_timeout_secs = 3\n[worker]\nuser_data = \"hang/worker.sh.hbs\"\n",
     );
-    // The worker's boot stops its own node process dead, as a hung instance would be.
+    // The worker's boot stops its own node process dead, as a hung instance would be. The node
+    // serves SSH before its user-data runs (as an instance's sshd starts beside cloud-init), so
+    // the launch may have met it once before it froze: then it is the next handshake that never
+    // completes. Either way the launch names the node, gives up in bounded time and rolls back.
     ctx.profile_file("hang/worker.sh.hbs", "#!/bin/bash\nkill -STOP \"$PPID\"\n");
     let started = std::time::Instant::now();
     let r = ctx.run(&["launch-cluster", "h", "1", "--profile", "hang"]);
     assert_eq!(r.code, 1, "{r}");
     assert!(r.stderr.contains("h-worker-1"), "{r}");
-    assert!(r.stderr.contains("did not answer SSH within 3s"), "{r}");
+    assert!(
+        r.stderr.contains("did not answer SSH within 3s")
+            || r.stderr
+                .contains("did not complete an SSH handshake within"),
+        "{r}"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(60),
         "took {:?}",
