@@ -138,34 +138,35 @@ pub async fn run(cli: Cli, env: Environment, printer: Arc<Printer>) -> Result<Ex
             everyone,
         } => info::usage(&client, json, owner, everyone).await,
         Command::Quota { json, user } => info::quota(&client, json, user).await,
-        Command::Admin {
-            action:
-                AdminAction::Image {
-                    action: ImageAction::Build { profile, dry_run },
-                },
-        } => admin::image_build(&client, profile, dry_run).await,
-        Command::Admin {
-            action:
-                AdminAction::Preflight {
-                    students,
-                    profile,
-                    workers,
-                    json,
-                },
-        } => preflight::preflight(&client, profile, students, workers, json).await,
         Command::Identity { action } => identity::run(&client, action, &env).await,
         Command::Keys { action } => identity::keys(&client, action, &env).await,
-        Command::Admin {
-            action: AdminAction::Identities { action },
-        } => identity::admin(&client, action, &env).await,
-        Command::Admin {
-            action: AdminAction::Class { json },
-        } => admin::class(&client, json).await,
-        Command::Admin { action } => admin::audit(&client, action).await,
+        Command::Admin { action } => admin_cmd(&client, action, &env).await,
         Command::Accounting { action } => accounting::run(&client, action).await,
         Command::Profiles { .. } | Command::Node { .. } | Command::Runner | Command::Serve => {
             unreachable!("handled above")
         }
+    }
+}
+
+/// The instructor's commands that go through the service.
+async fn admin_cmd(
+    client: &Client,
+    action: AdminAction,
+    env: &Environment,
+) -> Result<ExitCode, Error> {
+    match action {
+        AdminAction::Image {
+            action: ImageAction::Build { profile, dry_run },
+        } => admin::image_build(client, profile, dry_run).await,
+        AdminAction::Preflight {
+            students,
+            profile,
+            workers,
+            json,
+        } => preflight::preflight(client, profile, students, workers, json).await,
+        AdminAction::Identities { action } => identity::admin(client, action, env).await,
+        AdminAction::Class { json } => admin::class(client, json).await,
+        action => admin::audit(client, action).await,
     }
 }
 
