@@ -191,6 +191,10 @@ fn preflight_passes_a_good_setup_and_creates_nothing() {
     // Service Quotas of moto 5.2.5 holds no EC2 quota: said, not failed.
     let (_, quota) = check(&report, "vcpu-quota");
     assert!(quota.contains("L-1216C47A"), "{quota}");
+    assert!(
+        quota.ends_with("nothing of it runs in the account now"),
+        "{quota}"
+    );
     // 5 × (m5.large + 2 m5.xlarge, three 8 GiB volumes, no public address) for 3 hours.
     let (_, spend) = check(&report, "spend");
     assert!(spend.starts_with("$2.41 an hour for 5 clusters"), "{spend}");
@@ -266,6 +270,48 @@ fn preflight_passes_a_good_setup_and_creates_nothing() {
         let r = ctx.run(&bad);
         assert_eq!(r.code, 2, "{r}");
     }
+}
+
+#[test]
+fn preflight_counts_what_already_runs_against_the_vcpu_quota() {
+    let Some(moto) = Moto::acquire() else { return };
+    let subnet = subnets(&moto, &[("127.0.0.0/24", "a")]);
+    let ctx = context(&moto, &subnet, UBUNTU_AMI);
+    // Three m5.large (2 vCPUs each) that someone else runs in the account, and one stopped,
+    // which takes none.
+    let ids = moto.block_on(async {
+        let out = moto
+            .ec2
+            .run_instances()
+            .image_id(UBUNTU_AMI)
+            .instance_type(aws_sdk_ec2::types::InstanceType::M5Large)
+            .subnet_id(&subnet[0])
+            .min_count(4)
+            .max_count(4)
+            .send()
+            .await
+            .unwrap();
+        out.instances()
+            .iter()
+            .map(|i| i.instance_id().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    });
+    moto.block_on(async {
+        moto.ec2
+            .stop_instances()
+            .instance_ids(&ids[0])
+            .send()
+            .await
+            .unwrap()
+    });
+    let (run, report) = preflight_json(&ctx, 5);
+    assert_eq!(run.code, 0, "{run}");
+    let (verdict, quota) = check(&report, "vcpu-quota");
+    assert_eq!(verdict, "unknown", "{quota}");
+    assert!(
+        quota.ends_with("instances running in the account now take 6 vCPUs of ec2/L-1216C47A"),
+        "{quota}"
+    );
 }
 
 #[test]

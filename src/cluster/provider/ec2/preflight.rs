@@ -17,14 +17,16 @@
 //!   names, and a DryRun of CreateSecurityGroup in it, tagged as a launch tags it, is allowed;
 //!   the rules themselves are not sent (AuthorizeSecurityGroupIngress needs a group);
 //! - `vcpu-quota`: the account's quota of running On-Demand Standard vCPUs (Service Quotas
-//!   `L-1216C47A`; spot workers against `L-34B43A08`) covers the class's clusters, what already
-//!   runs in the account not counted; `unknown` when the service account may not read it;
+//!   `L-1216C47A`; spot workers against `L-34B43A08`) covers the class's clusters: `fail` when
+//!   the quota itself is too small, `warn` when it is only with what already runs in the account
+//!   (pending and running instances of those families, DescribeInstances); `unknown` when the
+//!   service account may not read it, which still says what already runs;
 //! - `spend`: the class's expected spend per hour, and per lab session of the lifetime the
 //!   policy or the profile allows, from the site's prices (integer micro-dollars).
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use aws_sdk_ec2::types::{InstanceType, LocationType, ResourceType};
+use aws_sdk_ec2::types::{InstanceLifecycleType, InstanceType, LocationType, ResourceType};
 use serde::{Deserialize, Serialize};
 
 use super::image::ImageState;
@@ -390,11 +392,19 @@ impl Ec2Provider {
     }
 
     /// The vCPUs of each type, from DescribeInstanceTypes.
-    async fn vcpus(&self, types: &BTreeSet<&str>) -> Result<BTreeMap<String, u64>, ProviderError> {
+    async fn vcpus(
+        &self,
+        types: &BTreeSet<String>,
+    ) -> Result<BTreeMap<String, u64>, ProviderError> {
         let out = self
             .client
             .describe_instance_types()
-            .set_instance_types(Some(types.iter().map(|t| InstanceType::from(*t)).collect()))
+            .set_instance_types(Some(
+                types
+                    .iter()
+                    .map(|t| InstanceType::from(t.as_str()))
+                    .collect(),
+            ))
             .send()
             .await
             .map_err(|e| self.err("DescribeInstanceTypes", e))?;
@@ -411,12 +421,22 @@ impl Ec2Provider {
             .collect())
     }
 
-    /// The class's vCPUs (each role's preferred type) against the account's quotas.
+    /// The class's vCPUs (each role's preferred type) against the account's quotas, beside what
+    /// already runs.
     async fn check_vcpus(&self, plan: &Plan<'_>) -> Check {
-        let types: BTreeSet<&str> = plan.roles().iter().map(|(_, s, _)| s.types()[0]).collect();
+        let running = self.running_types().await;
+        let mut types: BTreeSet<String> = plan
+            .roles()
+            .iter()
+            .map(|(_, s, _)| s.types()[0].to_owned())
+            .collect();
+        if let Ok(running) = &running {
+            types.extend(running.iter().map(|(t, _)| t.clone()));
+        }
         let vcpus = match self.vcpus(&types).await {
             Ok(v) => v,
             Err(e) => {
+                let types: BTreeSet<&str> = types.iter().map(String::as_str).collect();
                 return Check::new(
                     "vcpu-quota",
                     Verdict::Unknown,
@@ -428,11 +448,22 @@ impl Ec2Provider {
             Ok(n) => n,
             Err(why) => return Check::new("vcpu-quota", Verdict::Unknown, why),
         };
+        let in_use = running.map(|r| vcpus_in_use(&r, &vcpus));
         let mut parts = Vec::new();
         for (code, need) in needs {
+            let used = match &in_use {
+                Ok(u) => Ok(u.get(code).copied().unwrap_or(0)),
+                Err(why) => Err(why.clone()),
+            };
             parts.push(match self.quota(code).await {
                 Ok((have, default)) => {
-                    let (v, mut why) = quota_verdict(plan, code, need, have, &self.config.region);
+                    let quota = Quota {
+                        code,
+                        need,
+                        have,
+                        used: used.clone(),
+                    };
+                    let (v, mut why) = quota_verdict(plan, &quota, &self.config.region);
                     if default {
                         why.push_str(" (AWS's default: the account has not raised it)");
                     }
@@ -440,11 +471,42 @@ impl Ec2Provider {
                 }
                 Err(why) => (
                     Verdict::Unknown,
-                    format!("{why}; the vCPUs are not checked"),
+                    format!(
+                        "{why}; the vCPUs are not checked{}",
+                        in_use_text(code, &used)
+                    ),
                 ),
             });
         }
         Check::of("vcpu-quota", parts)
+    }
+
+    /// The type and lifecycle of each pending or running instance in the account's region,
+    /// whoever launched it: they all count against the same quotas.
+    async fn running_types(&self) -> Result<Vec<(String, bool)>, String> {
+        let mut pages = self
+            .client
+            .describe_instances()
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("instance-state-name")
+                    .values("pending")
+                    .values("running")
+                    .build(),
+            )
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.err("DescribeInstances", e).to_string())?;
+            for i in page.reservations().iter().flat_map(|r| r.instances()) {
+                if let Some(t) = i.instance_type() {
+                    let spot = i.instance_lifecycle() == Some(&InstanceLifecycleType::Spot);
+                    out.push((t.as_str().to_owned(), spot));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The account's value of an EC2 quota (vCPUs) and whether it is AWS's default, or why it
@@ -715,6 +777,44 @@ fn vcpu_needs(
     Ok(needs.into_iter().collect())
 }
 
+/// The vCPUs that instances already running take, by quota (those of other families count
+/// against other quotas, and a type EC2 did not describe is left out).
+fn vcpus_in_use(
+    running: &[(String, bool)],
+    vcpus: &BTreeMap<String, u64>,
+) -> BTreeMap<&'static str, u64> {
+    let mut used: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for (t, spot) in running {
+        if !standard_family(t) {
+            continue;
+        }
+        if let Some(v) = vcpus.get(t) {
+            *used
+                .entry(if *spot { SPOT_QUOTA } else { ON_DEMAND_QUOTA })
+                .or_default() += v;
+        }
+    }
+    used
+}
+
+/// What a quota check weighs: the class's need, the quota, and what already runs (or why that
+/// could not be read).
+struct Quota<'a> {
+    code: &'a str,
+    need: u64,
+    have: u64,
+    used: Result<u64, String>,
+}
+
+/// The clause on what already runs, for a quota's line.
+fn in_use_text(code: &str, used: &Result<u64, String>) -> String {
+    match used {
+        Ok(0) => "; nothing of it runs in the account now".to_owned(),
+        Ok(n) => format!("; instances running in the account now take {n} vCPUs of ec2/{code}"),
+        Err(why) => format!("; what already runs is not counted ({why})"),
+    }
+}
+
 /// A quota's value: a count of vCPUs, whole and far below 2^53.
 fn quota_value(
     quota: Option<&aws_sdk_servicequotas::types::ServiceQuota>,
@@ -778,29 +878,28 @@ where
     }
 }
 
-fn quota_verdict(
-    plan: &Plan<'_>,
-    code: &str,
-    need: u64,
-    have: u64,
-    region: &str,
-) -> (Verdict, String) {
-    let what = if code == SPOT_QUOTA {
+fn quota_verdict(plan: &Plan<'_>, q: &Quota<'_>, region: &str) -> (Verdict, String) {
+    let what = if q.code == SPOT_QUOTA {
         "All Standard Spot Instance Requests"
     } else {
         "Running On-Demand Standard instances"
     };
+    let (code, need, have) = (q.code, q.need, q.have);
     let said = format!(
-        "{} need {need} vCPUs of {what} (ec2/{code}); the account's quota in {region} is {have}, what already runs not counted",
+        "{} need {need} vCPUs of {what} (ec2/{code}); the account's quota in {region} is {have}",
         plan.clusters()
     );
-    if need > have {
-        (
-            Verdict::Fail,
-            format!("{said}: ask AWS to raise it (Service Quotas, Amazon EC2, {code})"),
-        )
-    } else {
-        (Verdict::Pass, said)
+    let raise = format!("ask AWS to raise it (Service Quotas, Amazon EC2, {code})");
+    match &q.used {
+        _ if need > have => (Verdict::Fail, format!("{said}: {raise}")),
+        Ok(used) if need + used > have => (
+            Verdict::Warn,
+            format!(
+                "{said}, and instances running now take {used} of it, leaving {}: launches past that are refused until those end, or {raise}",
+                have - used.min(&have)
+            ),
+        ),
+        used => (Verdict::Pass, format!("{said}{}", in_use_text(code, used))),
     }
 }
 
@@ -1035,13 +1134,50 @@ mod tests {
             [(ON_DEMAND_QUOTA, 20), (SPOT_QUOTA, 80)]
         );
         let plan = plan(&site, &p, &store);
-        assert_eq!(
-            quota_verdict(&plan, ON_DEMAND_QUOTA, 20, 32, "us-east-1").0,
-            Verdict::Pass
+        let q = |code, need, have, used| Quota {
+            code,
+            need,
+            have,
+            used,
+        };
+        let (v, why) = quota_verdict(&plan, &q(ON_DEMAND_QUOTA, 20, 32, Ok(12)), "us-east-1");
+        assert_eq!(v, Verdict::Pass, "{why}");
+        assert!(why.ends_with("take 12 vCPUs of ec2/L-1216C47A"), "{why}");
+        // The quota covers the class, but not beside what runs now.
+        let (v, why) = quota_verdict(&plan, &q(ON_DEMAND_QUOTA, 20, 32, Ok(13)), "us-east-1");
+        assert_eq!(v, Verdict::Warn, "{why}");
+        assert!(
+            why.contains("instances running now take 13 of it, leaving 19"),
+            "{why}"
         );
-        let (v, why) = quota_verdict(&plan, SPOT_QUOTA, 80, 64, "us-east-1");
+        let (v, why) = quota_verdict(
+            &plan,
+            &q(
+                ON_DEMAND_QUOTA,
+                20,
+                32,
+                Err("DescribeInstances refused".into()),
+            ),
+            "us-east-1",
+        );
+        assert_eq!(v, Verdict::Pass, "{why}");
+        assert!(
+            why.contains("what already runs is not counted (DescribeInstances refused)"),
+            "{why}"
+        );
+        let (v, why) = quota_verdict(&plan, &q(SPOT_QUOTA, 80, 64, Ok(0)), "us-east-1");
         assert_eq!(v, Verdict::Fail);
         assert!(why.contains("need 80 vCPUs of All Standard Spot Instance Requests (ec2/L-34B43A08); the account's quota in us-east-1 is 64"), "{why}");
+        let running = [
+            ("m5.large".to_owned(), false),
+            ("m5.xlarge".to_owned(), true),
+            ("g5.xlarge".to_owned(), false),
+            ("m5.unknown".to_owned(), false),
+        ];
+        assert_eq!(
+            vcpus_in_use(&running, &vcpus),
+            [(ON_DEMAND_QUOTA, 2), (SPOT_QUOTA, 4)].into()
+        );
         assert!(
             standard_family("m5.large")
                 && standard_family("t3.micro")
