@@ -2450,3 +2450,67 @@ fn an_ec2_nodes_user_data_sets_the_deadline_and_extend_moves_it_on_the_nodes() {
     .unwrap_or_else(|| panic!("the hypervisor did not stop every node: {:?}", hv.report()));
     assert!(report.errors.is_empty(), "{:?}", report.errors);
 }
+
+#[test]
+fn an_ec2_node_past_its_deadline_powers_off_and_ec2_terminates_it_with_no_stratus_process() {
+    let Some(moto) = Moto::acquire() else { return };
+    let ctx = loopback_context(&moto);
+    e2e_profile(&ctx, 60, None);
+    std::fs::write(
+        ctx.config.parent().unwrap().join("policy.toml"),
+        "[units]\n\"m5.large\" = 1\n[default]\nlifetime_hours = 2\n[reaper]\ngrace_minutes = 0\n",
+    )
+    .unwrap();
+    let hv = hypervisor(&moto, "off", &[]);
+    ctx.ok(&["launch-cluster", "off", "1", "-p", "e2e"]);
+    let ids: Vec<String> = nodes(&ctx.cluster_json("off"))
+        .iter()
+        .map(|n| n["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    // The deadline on the nodes passed a minute ago (as if the cluster had lived its 2 hours):
+    // from here no stratus process runs, and each node's own guard powers it off.
+    ctx.ok(&[
+        "exec",
+        "off",
+        "--all",
+        "--",
+        "echo $(( $(date +%s) - 60 )) > \"$STRATUS_STATE_DIR/clock/deadline\"",
+    ]);
+    let report = eventually(Duration::from_secs(60), || {
+        let r = hv.report();
+        (r.powered_off.len() == 2).then_some(r)
+    })
+    .unwrap_or_else(|| panic!("the nodes did not power off: {:?}", hv.report()));
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    // Their launch asked EC2 to terminate them on a shutdown, not to stop them (a stopped
+    // instance still costs its volumes, and would escape the class's lifetime).
+    for id in &ids {
+        assert!(
+            report
+                .powered_off
+                .contains(&(id.clone(), "terminate".to_owned())),
+            "{:?}",
+            report.powered_off
+        );
+    }
+    let states: Vec<String> = moto
+        .instances(&[("tag:stratus:cluster", "off")])
+        .iter()
+        .map(|i| i.state().unwrap().name().unwrap().as_str().to_owned())
+        .collect();
+    assert!(
+        states.len() == 2
+            && states
+                .iter()
+                .all(|s| s == "terminated" || s == "shutting-down"),
+        "{states:?}"
+    );
+    // The next snapshot settles the cluster as ended.
+    ctx.ok(&["accounting", "snapshot", "--quiet"]);
+    let c = ctx.cluster_json("off");
+    assert!(
+        nodes(&c).iter().all(|n| n["state"] == "terminated"),
+        "{c:#}"
+    );
+}

@@ -5,6 +5,11 @@
 //! is stopped. moto itself runs nothing, so this is what makes the EC2 provider's whole path,
 //! SSH included, run for real.
 //!
+//! A node that powers itself off (its process ends without being asked: stratus's guard past
+//! the deadline) is an instance-initiated shutdown, and EC2 does what the instance's
+//! `InstanceInitiatedShutdownBehavior` says: terminate it, or, by default, only stop it (it
+//! then still costs its volumes).
+//!
 //! The instance's console (what GetConsoleOutput answers, set through the fault proxy's
 //! `/stratus-faults/console`) follows cloud-init's order on Ubuntu, as faithfully as the tests
 //! need:
@@ -37,6 +42,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::{Filter, InstanceStateName};
 use futures_util::StreamExt;
+use stratus::cluster::provider::InstanceState;
 use stratus::cluster::provider::local::LocalProvider;
 use stratus::cluster::provider::{BatchSpec, Provider, SshAccess};
 use stratus::core::model::{ClusterName, Owner, RequestId, Role, StoreId, Tags, node_name};
@@ -152,6 +158,9 @@ pub struct Report {
     pub booted: Vec<String>,
     /// Instance ids whose node was stopped because moto reported them terminated.
     pub stopped: Vec<String>,
+    /// Instance ids whose node powered itself off, and what EC2 then did with the instance
+    /// (`terminate` or `stop`, as its shutdown behaviour says).
+    pub powered_off: Vec<(String, String)>,
     /// Each booted instance's host public key (`ssh-ed25519 AAAA…`), by instance id.
     pub host_keys: HashMap<String, String>,
     pub errors: Vec<String>,
@@ -376,6 +385,17 @@ async fn run(
                 continue;
             }
         };
+        // Before the listing is looked at: it may still say running for a node that is off,
+        // which must not boot again.
+        power_off(
+            &ec2,
+            &local,
+            &mut nodes,
+            &mut screens,
+            &mut refused,
+            &report,
+        )
+        .await;
         let mut to_boot = Vec::new();
         for i in instances {
             let Some(id) = i.instance_id().map(str::to_owned) else {
@@ -462,6 +482,88 @@ async fn run(
     if let Err(e) = local.terminate(&all).await {
         report.lock().unwrap().errors.push(format!("stop all: {e}"));
     }
+}
+
+/// The nodes that powered themselves off: each one's instance is terminated or stopped in moto,
+/// as EC2 does on an instance-initiated shutdown, and is no longer this hypervisor's to run.
+async fn power_off(
+    ec2: &aws_sdk_ec2::Client,
+    local: &LocalProvider,
+    nodes: &mut HashMap<String, String>,
+    screens: &mut HashMap<String, Screen>,
+    ended: &mut BTreeSet<String>,
+    report: &Mutex<Report>,
+) {
+    if nodes.is_empty() {
+        return;
+    }
+    let ids: Vec<String> = nodes.values().cloned().collect();
+    let described = match local.describe_ids(&ids).await {
+        Ok(d) => d,
+        Err(e) => {
+            report
+                .lock()
+                .unwrap()
+                .errors
+                .push(format!("describe the nodes: {e}"));
+            return;
+        }
+    };
+    let gone: BTreeSet<String> = described
+        .into_iter()
+        .filter(|n| {
+            n.state == InstanceState::Terminated
+                && n.reason.as_deref() != Some("terminated by request")
+        })
+        .map(|n| n.id)
+        .collect();
+    let off: Vec<String> = nodes
+        .iter()
+        .filter(|(_, node)| gone.contains(*node))
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in off {
+        nodes.remove(&id);
+        screens.remove(&id);
+        ended.insert(id.clone());
+        let done = match shutdown_behaviour(ec2, &id).await {
+            Ok(b) if b == "terminate" => ec2
+                .terminate_instances()
+                .instance_ids(&id)
+                .send()
+                .await
+                .map(|_| b)
+                .map_err(|e| format!("terminate {id}: {e}")),
+            Ok(b) => ec2
+                .stop_instances()
+                .instance_ids(&id)
+                .send()
+                .await
+                .map(|_| b)
+                .map_err(|e| format!("stop {id}: {e}")),
+            Err(e) => Err(e),
+        };
+        let mut report = report.lock().unwrap();
+        match done {
+            Ok(b) => report.powered_off.push((id, b)),
+            Err(e) => report.errors.push(e),
+        }
+    }
+}
+
+/// An instance's `InstanceInitiatedShutdownBehavior` (`stop` unless its launch said otherwise).
+async fn shutdown_behaviour(ec2: &aws_sdk_ec2::Client, id: &str) -> Result<String, String> {
+    let out = ec2
+        .describe_instance_attribute()
+        .instance_id(id)
+        .attribute(aws_sdk_ec2::types::InstanceAttributeName::InstanceInitiatedShutdownBehavior)
+        .send()
+        .await
+        .map_err(|e| format!("{id}'s shutdown behaviour: {e}"))?;
+    out.instance_initiated_shutdown_behavior()
+        .and_then(|v| v.value())
+        .map(str::to_owned)
+        .ok_or_else(|| format!("{id}'s shutdown behaviour: moto answered none"))
 }
 
 async fn describe(
