@@ -66,23 +66,6 @@ fn ec2_profile(ctx: &TestContext) {
     ctx.profile_file("acct/ud.sh.hbs", "#!/bin/sh\necho {{role}}\n");
 }
 
-fn snapshot(ctx: &TestContext, at: Option<i64>) -> Value {
-    let mut cmd = ctx.cmd();
-    if let Some(t) = at {
-        cmd.env("STRATUS_TEST_NOW", rfc3339(t));
-    }
-    let out = cmd
-        .args(["accounting", "snapshot", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 #[test]
 fn snapshots_record_run_stop_start_and_terminate() {
     let Some(moto) = Moto::acquire() else { return };
@@ -93,12 +76,12 @@ fn snapshots_record_run_stop_start_and_terminate() {
     assert_eq!(ids.len(), 1);
     let id = ids[0].clone();
     let start = now();
-    let r = snapshot(&ctx, Some(start + 60_000));
+    let r = ctx.snapshot_json(Some(start + 60_000));
     assert_eq!(r["seen"], 1, "{r}");
 
     moto.block_on(moto.ec2.stop_instances().instance_ids(&id).send())
         .unwrap();
-    snapshot(&ctx, Some(start + 120_000));
+    ctx.snapshot_json(Some(start + 120_000));
     let iv = &intervals(&ctx)[&id];
     assert_eq!(iv.len(), 1, "{iv:?}");
     assert_eq!(
@@ -110,18 +93,18 @@ fn snapshots_record_run_stop_start_and_terminate() {
     assert!(!iv[0].estimated);
 
     // Stopped hours are not billed; running again opens a new interval at the sighting.
-    snapshot(&ctx, Some(start + 180_000));
+    ctx.snapshot_json(Some(start + 180_000));
     assert_eq!(intervals(&ctx)[&id].len(), 1);
     moto.block_on(moto.ec2.start_instances().instance_ids(&id).send())
         .unwrap();
-    snapshot(&ctx, Some(start + 240_000));
+    ctx.snapshot_json(Some(start + 240_000));
     let iv = &intervals(&ctx)[&id];
     assert_eq!(iv.len(), 2, "{iv:?}");
     assert_eq!((iv[1].started_at, iv[1].ended_at), (start + 240_000, None));
 
     moto.block_on(moto.ec2.terminate_instances().instance_ids(&id).send())
         .unwrap();
-    let r = snapshot(&ctx, Some(start + 300_000));
+    let r = ctx.snapshot_json(Some(start + 300_000));
     assert_eq!(r["ended"], 1, "{r}");
     let iv = &intervals(&ctx)[&id];
     assert_eq!(iv[1].ended_at, Some(start + 300_000));
@@ -149,15 +132,15 @@ fn an_instance_gone_without_a_sighting_of_its_end_is_closed_and_flagged() {
     ec2_profile(&ctx);
     ctx.ok(&["launch-master", "gone", "-p", "acct", "--no-configure"]);
     let t = now();
-    snapshot(&ctx, Some(t + 60_000));
+    ctx.snapshot_json(Some(t + 60_000));
     // moto forgets everything: the instance vanishes without ever being seen terminated.
     moto.reset();
     // Within EC2's consistency grace (10 minutes from launch) it is not written off...
-    let r = snapshot(&ctx, Some(t + 120_000));
+    let r = ctx.snapshot_json(Some(t + 120_000));
     assert!(r["missing"].as_array().unwrap().is_empty(), "{r}");
     // ...after it, it is closed at its last sighting plus one snapshot interval (5 minutes),
     // flagged estimated: never billed forever.
-    let r = snapshot(&ctx, Some(t + 3 * H));
+    let r = ctx.snapshot_json(Some(t + 3 * H));
     assert_eq!(r["missing"].as_array().unwrap().len(), 1, "{r}");
     let all = intervals(&ctx);
     let iv = all.values().next().unwrap();
@@ -462,26 +445,6 @@ fn reaper_context(policy: &str) -> TestContext {
     ctx
 }
 
-fn reap(ctx: &TestContext, at: i64, args: &[&str]) -> Vec<Value> {
-    let out = ctx
-        .cmd()
-        .env("STRATUS_TEST_NOW", rfc3339(at))
-        .args(["accounting", "reap", "--json"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 #[test]
 fn the_reaper_warns_waits_for_the_grace_then_terminates() {
     // A quarter of an hour, as the policy writes it: the warning says `0.25 h`, not `0.2`.
@@ -489,9 +452,9 @@ fn the_reaper_warns_waits_for_the_grace_then_terminates() {
     ctx.ok(&["launch-cluster", "old", "1"]);
     let t = now();
     // Within its lifetime: nothing.
-    assert!(reap(&ctx, t + 10 * 60_000, &[]).is_empty());
+    assert!(ctx.reap_json(t + 10 * 60_000, &[]).is_empty());
     // Past it: a dry run says what it would do and changes nothing.
-    let would = reap(&ctx, t + 2 * H, &["--dry-run"]);
+    let would = ctx.reap_json(t + 2 * H, &["--dry-run"]);
     assert_eq!(would.len(), 1, "{would:?}");
     assert_eq!(would[0]["action"], "warn");
     assert!(
@@ -501,7 +464,7 @@ fn the_reaper_warns_waits_for_the_grace_then_terminates() {
             .all(|l| !l.contains("reaper"))
     );
     // The warning: a note in the owner's list, an audit row.
-    let warned = reap(&ctx, t + 2 * H, &[]);
+    let warned = ctx.reap_json(t + 2 * H, &[]);
     assert_eq!(warned.len(), 1);
     assert_eq!(warned[0]["cluster"], "old");
     assert_eq!(warned[0]["action"], "warn");
@@ -528,10 +491,10 @@ fn the_reaper_warns_waits_for_the_grace_then_terminates() {
         "{listed}"
     );
     // Within the grace: nothing more; the cluster runs.
-    assert!(reap(&ctx, t + 2 * H + 10 * 60_000, &[]).is_empty());
+    assert!(ctx.reap_json(t + 2 * H + 10 * 60_000, &[]).is_empty());
     assert_eq!(ctx.cluster_json("old")["state"], "configured");
     // After it: terminated.
-    let done = reap(&ctx, t + 2 * H + 31 * 60_000, &[]);
+    let done = ctx.reap_json(t + 2 * H + 31 * 60_000, &[]);
     assert_eq!(done.len(), 1, "{done:?}");
     assert_eq!(done[0]["action"], "terminate");
     let c = ctx.cluster_json("old");
@@ -587,7 +550,7 @@ fn a_spent_budget_is_enforced_at_launch_and_by_the_reaper() {
     )
     .unwrap();
     let t = now();
-    let warned = reap(&ctx, t + H, &[]);
+    let warned = ctx.reap_json(t + H, &[]);
     assert_eq!(warned.len(), 1, "{warned:?}");
     assert!(
         warned[0]["reason"]
@@ -595,7 +558,7 @@ fn a_spent_budget_is_enforced_at_launch_and_by_the_reaper() {
             .unwrap()
             .contains("budget of $0.01 is spent")
     );
-    let done = reap(&ctx, t + H + 31 * 60_000, &[]);
+    let done = ctx.reap_json(t + H + 31 * 60_000, &[]);
     assert_eq!(done[0]["action"], "terminate", "{done:?}");
     let gone = eventually(Duration::from_secs(30), || {
         (ctx.cluster_json("b")["state"] == "terminated").then_some(())

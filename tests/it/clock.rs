@@ -619,26 +619,6 @@ fn admin_class_shows_the_class_s_clusters_what_needs_attention_first() {
     );
 }
 
-/// `accounting reap --json` with the reaper's clock at `at`.
-fn reap_at(ctx: &TestContext, at: i64) -> Vec<serde_json::Value> {
-    let out = ctx
-        .cmd()
-        .env("STRATUS_TEST_NOW", stratus::core::model::rfc3339(at))
-        .args(["accounting", "reap", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 #[test]
 fn an_idle_local_cluster_is_warned_then_reaped_and_a_busy_one_is_not() {
     let ctx = clock_context("max_lifetime_hours = 8", "0\nidle_minutes = 1");
@@ -647,7 +627,7 @@ fn an_idle_local_cluster_is_warned_then_reaped_and_a_busy_one_is_not() {
     }
     let t0 = stratus::core::model::now_millis();
     // In its first idle_minutes nothing is idle.
-    assert!(reap_at(&ctx, t0 + 30_000).is_empty());
+    assert!(ctx.reap_json(t0 + 30_000, &[]).is_empty());
     let class = ctx.ok(&["admin", "class", "--json"]);
     assert!(
         class.stdout.contains("launched less than idle_minutes ago"),
@@ -664,7 +644,7 @@ fn an_idle_local_cluster_is_warned_then_reaped_and_a_busy_one_is_not() {
     term.expect("in-42");
 
     // First seen idle: not yet due.
-    assert!(reap_at(&ctx, t0 + 2 * 60_000).is_empty());
+    assert!(ctx.reap_json(t0 + 2 * 60_000, &[]).is_empty());
     let class: serde_json::Value =
         serde_json::from_str(&ctx.ok(&["admin", "class", "--json"]).stdout).unwrap();
     let activity = |name: &str| {
@@ -691,7 +671,7 @@ fn an_idle_local_cluster_is_warned_then_reaped_and_a_busy_one_is_not() {
     );
 
     // Idle for idle_minutes: warned like a lifetime breach; the busy ones are not.
-    let warned = reap_at(&ctx, t0 + 3 * 60_000 + 1_000);
+    let warned = ctx.reap_json(t0 + 3 * 60_000 + 1_000, &[]);
     assert_eq!(warned.len(), 1, "{warned:?}");
     assert_eq!(warned[0]["cluster"], "quiet");
     assert_eq!(warned[0]["action"], "warn");
@@ -703,7 +683,7 @@ fn an_idle_local_cluster_is_warned_then_reaped_and_a_busy_one_is_not() {
         "{warned:?}"
     );
     // After the grace: ended; the others run on.
-    let done = reap_at(&ctx, t0 + 3 * 60_000 + 2_000);
+    let done = ctx.reap_json(t0 + 3 * 60_000 + 2_000, &[]);
     assert_eq!(done.len(), 1, "{done:?}");
     assert_eq!(
         (done[0]["cluster"].as_str(), done[0]["action"].as_str()),

@@ -380,21 +380,6 @@ fn ec2_profile(ctx: &TestContext) {
     ctx.profile_file("trial/ud.sh.hbs", "#!/bin/sh\necho {{role}}\n");
 }
 
-fn snapshot_at(ctx: &TestContext, at: i64) -> Value {
-    let out = ctx
-        .cmd()
-        .env("STRATUS_TEST_NOW", rfc3339(at))
-        .args(["accounting", "snapshot", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 #[test]
 fn an_ec2_cluster_gone_from_ec2_is_settled_only_after_the_consistency_grace() {
     use crate::ec2::ec2_moto::Moto;
@@ -416,11 +401,11 @@ fn an_ec2_cluster_gone_from_ec2_is_settled_only_after_the_consistency_grace() {
         c.state.as_str().to_owned()
     };
     // Within EC2's consistency grace (10 minutes from launch) it is not gone...
-    let r = snapshot_at(&ctx, t + 2 * MINUTE);
+    let r = ctx.snapshot_json(Some(t + 2 * MINUTE));
     assert_eq!(r["settled"], serde_json::json!([]), "{r}");
     assert_eq!(state(&ctx), "running");
     // ...after it, it is, and so is its cluster.
-    let r = snapshot_at(&ctx, t + 20 * MINUTE);
+    let r = ctx.snapshot_json(Some(t + 20 * MINUTE));
     assert_eq!(r["settled"].as_array().unwrap().len(), 1, "{r}");
     assert_eq!(state(&ctx), "terminated");
 }

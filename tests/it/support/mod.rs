@@ -107,6 +107,39 @@ impl TestContext {
         r
     }
 
+    /// Runs `stratus accounting ACTION --json ARGS` with the clock at `at` (epoch ms; the
+    /// debug build's `STRATUS_TEST_NOW`), insists on success, and gives its stdout.
+    fn accounting_at(&self, at: Option<i64>, action: &str, args: &[&str]) -> String {
+        let mut cmd = self.cmd();
+        if let Some(at) = at {
+            cmd.env("STRATUS_TEST_NOW", stratus::core::model::rfc3339(at));
+        }
+        let out = cmd
+            .args(["accounting", action, "--json"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `accounting snapshot --json` at `at` (now when `None`): its summary.
+    pub fn snapshot_json(&self, at: Option<i64>) -> Value {
+        serde_json::from_str(&self.accounting_at(at, "snapshot", &[])).unwrap()
+    }
+
+    /// `accounting reap --json ARGS` at `at`: one object per line.
+    pub fn reap_json(&self, at: i64, args: &[&str]) -> Vec<Value> {
+        self.accounting_at(Some(at), "reap", args)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
     pub fn list_json(&self) -> Vec<Value> {
         let r = self.ok(&["list", "--json"]);
         serde_json::from_str::<Value>(&r.stdout)
