@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::Value;
-use stratus::core::model::{ClusterName, InstanceState, Owner, ProviderKind, RequestId, Role};
+use stratus::core::model::{
+    ClusterName, InstanceState, Owner, ProviderKind, RequestId, Role, rfc3339,
+};
 use stratus::store::{ClusterRecord, Created, NewCluster, NodeRow, Observation, Store};
 
 use crate::ec2::ec2_context;
@@ -16,10 +18,6 @@ use crate::ec2::ec2_moto::{Moto, UBUNTU_AMI};
 use crate::support::{TestContext, eventually};
 
 const H: i64 = 3_600_000;
-
-fn rfc3339(ms: i64) -> String {
-    jiff::Timestamp::from_millisecond(ms).unwrap().to_string()
-}
 
 fn now() -> i64 {
     jiff::Timestamp::now().as_millisecond()
@@ -304,22 +302,6 @@ fn scripted_term(ctx: &TestContext) -> i64 {
     day("2026-10-01") + 6 * H
 }
 
-fn report(ctx: &TestContext, now: i64, args: &[&str]) -> String {
-    let out = ctx
-        .cmd()
-        .env("STRATUS_TEST_NOW", rfc3339(now))
-        .args(["accounting", "report"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 #[test]
 fn a_scripted_term_reports_hand_computed_numbers_in_every_format() {
     let ctx = TestContext::new();
@@ -328,7 +310,8 @@ fn a_scripted_term_reports_hand_computed_numbers_in_every_format() {
     // a1: 10 h x 96000 = 960000; a2: 2 x 60 s x 192000/3600 = 6400 (the minimum);
     // b1: 1 h x 67200 = 67200; c1 (open): 6 h x 96000 = 576000.
     let json: Value =
-        serde_json::from_str(&report(&ctx, now, &["--by", "user", "--json"])).unwrap();
+        serde_json::from_str(&ctx.accounting_at(Some(now), &["report", "--by", "user", "--json"]))
+            .unwrap();
     let rows = json["rows"].as_array().unwrap();
     let by_user: BTreeMap<&str, (f64, f64)> = rows
         .iter()
@@ -348,7 +331,7 @@ fn a_scripted_term_reports_hand_computed_numbers_in_every_format() {
     assert_eq!(by_user["carol"], (6.0, 0.576));
     assert_eq!(json["total"]["cost_dollars"], 1.6096);
     // The same in CSV, to the micro-dollar, and in the table, to the cent.
-    let csv = report(&ctx, now, &["--by", "user", "--csv"]);
+    let csv = ctx.accounting_at(Some(now), &["report", "--by", "user", "--csv"]);
     assert!(
         csv.starts_with("user,instance_hours,cost_dollars,estimated\n"),
         "{csv}"
@@ -357,7 +340,7 @@ fn a_scripted_term_reports_hand_computed_numbers_in_every_format() {
     assert!(csv.contains("bob,1.000000000,0.067200,false"), "{csv}");
     assert!(csv.contains("carol,6.000000000,0.576000,false"), "{csv}");
     assert!(csv.contains("total,17.016666667,1.609600,"), "{csv}");
-    let table = report(&ctx, now, &["--by", "user"]);
+    let table = ctx.accounting_at(Some(now), &["report", "--by", "user"]);
     assert!(
         table.contains("alice") && table.contains("$0.97"),
         "{table}"
@@ -369,10 +352,10 @@ fn a_scripted_term_reports_hand_computed_numbers_in_every_format() {
 
     // Clipping: from 2026-09-16 to 03:00 on 2026-10-01: bob's half hour after midnight, and
     // three of carol's hours; alice's runs are before the window.
-    let json: Value = serde_json::from_str(&report(
-        &ctx,
-        now,
+    let json: Value = serde_json::from_str(&ctx.accounting_at(
+        Some(now),
         &[
+            "report",
             "--by",
             "cluster",
             "--since",
@@ -405,7 +388,9 @@ fn a_scripted_term_reports_hand_computed_numbers_in_every_format() {
     );
 
     // By day: bob's run splits at midnight; alice's two 30-second runs are one day.
-    let json: Value = serde_json::from_str(&report(&ctx, now, &["--by", "day", "--json"])).unwrap();
+    let json: Value =
+        serde_json::from_str(&ctx.accounting_at(Some(now), &["report", "--by", "day", "--json"]))
+            .unwrap();
     let days: BTreeMap<&str, f64> = json["rows"]
         .as_array()
         .unwrap()
@@ -423,7 +408,7 @@ fn a_scripted_term_reports_hand_computed_numbers_in_every_format() {
     assert_eq!(days["2026-09-16"], 0.0336);
     assert_eq!(days["2026-10-01"], 0.576);
     // By profile.
-    let csv = report(&ctx, now, &["--by", "profile", "--csv"]);
+    let csv = ctx.accounting_at(Some(now), &["report", "--by", "profile", "--csv"]);
     assert!(csv.contains("hadoop,16.016666667,1.542400,false"), "{csv}");
     assert!(
         csv.contains("hadoop-spot,1.000000000,0.067200,false"),

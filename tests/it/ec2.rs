@@ -2268,17 +2268,6 @@ fn https_proxy_carries_every_call_and_the_environment_s_proxies_do_not() {
 #[test]
 fn estimates_count_each_node_s_public_address_and_volume() {
     let Some(moto) = Moto::acquire() else { return };
-    let intervals = |ctx: &TestContext, name: &str| {
-        let store = stratus::store::Store::open_in(&ctx.state).unwrap();
-        let ids: Vec<i64> = store
-            .list_clusters(None)
-            .unwrap()
-            .into_iter()
-            .filter(|c| c.name.as_str() == name)
-            .map(|c| c.id)
-            .collect();
-        store.intervals(&ids).unwrap()
-    };
     // The default VPC gives every node a public address.
     let ctx = ec2_context(&moto, &format!("client_cidrs = {CIDRS:?}\n"));
     tagged_profile(&ctx);
@@ -2291,7 +2280,7 @@ fn estimates_count_each_node_s_public_address_and_volume() {
         "--no-configure",
     ]);
     ctx.ok(&["terminate-cluster", "ev", "--yes"]);
-    let ivs = intervals(&ctx, "ev");
+    let ivs = ctx.intervals_of("ev");
     assert_eq!(ivs.len(), 3);
     let image_gb = moto.block_on(async {
         let images = moto
@@ -2355,7 +2344,7 @@ fn estimates_count_each_node_s_public_address_and_volume() {
         "tagged",
         "--no-configure",
     ]);
-    let ivs = intervals(&private, "pv");
+    let ivs = private.intervals_of("pv");
     assert_eq!(ivs.len(), 2);
     assert!(ivs.iter().all(|iv| !iv.public_ipv4), "{ivs:?}");
     private.ok(&["terminate-cluster", "pv", "--yes"]);

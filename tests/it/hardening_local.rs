@@ -104,19 +104,6 @@ fn assert_no_process_left(ctx: &TestContext, cluster: &str, ids: &[String]) {
     }
 }
 
-/// Every usage interval of the clusters named `name`, read from the store itself.
-fn intervals_of(ctx: &TestContext, name: &str) -> Vec<stratus::store::Interval> {
-    let store = stratus::store::Store::open_in(&ctx.state).expect("open the state database");
-    let ids: Vec<i64> = store
-        .list_clusters(None)
-        .unwrap()
-        .into_iter()
-        .filter(|c| c.name.as_str() == name)
-        .map(|c| c.id)
-        .collect();
-    store.intervals(&ids).unwrap()
-}
-
 fn spawn(ctx: &TestContext, args: &[&str], env: &[(&str, &str)]) -> Child {
     let mut cmd = ctx.cmd();
     cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
@@ -173,7 +160,7 @@ fn assert_reconcile_rolls_back(ctx: &TestContext, name: &str, state: &str, min_n
         "{r}"
     );
     assert_no_process_left(ctx, name, &ids(&c));
-    let intervals = intervals_of(ctx, name);
+    let intervals = ctx.intervals_of(name);
     assert_eq!(intervals.len(), ns.len(), "{intervals:?}");
     for i in &intervals {
         assert!(
@@ -367,7 +354,7 @@ fn launch_slaves_racing_terminate_cluster_leaves_nothing_running() {
     // Nothing of any round runs, and the books hold no open interval.
     for c in list_all(&ctx) {
         let name = c["name"].as_str().unwrap();
-        for i in intervals_of(&ctx, name) {
+        for i in ctx.intervals_of(name) {
             assert!(i.ended_at.is_some(), "{name}: open interval {i:?}");
         }
     }
@@ -630,7 +617,7 @@ fn a_configure_step_past_its_timeout_fails_the_launch_and_rolls_back() {
         "{c:#}"
     );
     assert_no_process_left(&ctx, "to", &ids(&c));
-    for i in intervals_of(&ctx, "to") {
+    for i in ctx.intervals_of("to") {
         assert!(i.ended_at.is_some(), "{i:?}");
     }
 }

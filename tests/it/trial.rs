@@ -5,6 +5,7 @@
 //! and the class limits in `quota`.
 
 use serde_json::Value;
+use stratus::core::model::rfc3339;
 
 use crate::support::TestContext;
 
@@ -240,23 +241,6 @@ fn vanish(ctx: &TestContext, cluster: &str) {
     }
 }
 
-/// The usage intervals of a cluster, from the store the binary leaves.
-fn intervals_of(ctx: &TestContext, cluster: &str) -> Vec<stratus::store::Interval> {
-    let s = stratus::store::Store::open_in(&ctx.state).unwrap();
-    let ids: Vec<i64> = s
-        .list_clusters(None)
-        .unwrap()
-        .into_iter()
-        .filter(|c| c.name.as_str() == cluster)
-        .map(|c| c.id)
-        .collect();
-    s.intervals(&ids).unwrap()
-}
-
-fn rfc3339(ms: i64) -> String {
-    jiff::Timestamp::from_millisecond(ms).unwrap().to_string()
-}
-
 const MINUTE: i64 = 60_000;
 
 #[test]
@@ -269,7 +253,7 @@ fn a_vanished_instance_closes_at_its_last_sighting_plus_at_most_one_snapshot_int
 
     // Written off by a read (`list` looks at the nodes) twenty minutes on...
     vanish(&ctx, "va");
-    let last = intervals_of(&ctx, "va")[0].last_seen_at;
+    let last = ctx.intervals_of("va")[0].last_seen_at;
     let r = ctx
         .cmd()
         .env("STRATUS_TEST_NOW", rfc3339(later))
@@ -277,36 +261,24 @@ fn a_vanished_instance_closes_at_its_last_sighting_plus_at_most_one_snapshot_int
         .output()
         .unwrap();
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let iv = intervals_of(&ctx, "va");
+    let iv = ctx.intervals_of("va");
     assert!(iv[0].estimated, "{iv:?}");
     assert_eq!(iv[0].ended_at, Some(last + 5 * MINUTE), "{iv:?}");
 
     // ...or by the accounting snapshot: the same rule.
     vanish(&ctx, "vb");
-    let last = intervals_of(&ctx, "vb")[0].last_seen_at;
-    let r = ctx
-        .cmd()
-        .env("STRATUS_TEST_NOW", rfc3339(later + 20 * MINUTE))
-        .args(["accounting", "snapshot", "--json"])
-        .output()
-        .unwrap();
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let iv = intervals_of(&ctx, "vb");
+    let last = ctx.intervals_of("vb")[0].last_seen_at;
+    ctx.snapshot_json(Some(later + 20 * MINUTE));
+    let iv = ctx.intervals_of("vb");
     assert!(iv[0].estimated, "{iv:?}");
     assert_eq!(iv[0].ended_at, Some(last + 5 * MINUTE), "{iv:?}");
 
     // Written off sooner than that after its last sighting: at the write-off, at most.
     ctx.ok(&["launch-master", "vc", "--no-configure"]);
     vanish(&ctx, "vc");
-    let last = intervals_of(&ctx, "vc")[0].last_seen_at;
-    let r = ctx
-        .cmd()
-        .env("STRATUS_TEST_NOW", rfc3339(last + MINUTE))
-        .args(["accounting", "snapshot", "--json"])
-        .output()
-        .unwrap();
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    assert_eq!(intervals_of(&ctx, "vc")[0].ended_at, Some(last + MINUTE));
+    let last = ctx.intervals_of("vc")[0].last_seen_at;
+    ctx.snapshot_json(Some(last + MINUTE));
+    assert_eq!(ctx.intervals_of("vc")[0].ended_at, Some(last + MINUTE));
 }
 
 /// A policy under which local nodes cost a unit each, so reservations are made and released.

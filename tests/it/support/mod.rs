@@ -107,18 +107,14 @@ impl TestContext {
         r
     }
 
-    /// Runs `stratus accounting ACTION --json ARGS` with the clock at `at` (epoch ms; the
-    /// debug build's `STRATUS_TEST_NOW`), insists on success, and gives its stdout.
-    fn accounting_at(&self, at: Option<i64>, action: &str, args: &[&str]) -> String {
+    /// Runs `stratus accounting ARGS` with the clock at `at` (epoch ms; the debug build's
+    /// `STRATUS_TEST_NOW`), insists on success, and gives its stdout.
+    pub fn accounting_at(&self, at: Option<i64>, args: &[&str]) -> String {
         let mut cmd = self.cmd();
         if let Some(at) = at {
             cmd.env("STRATUS_TEST_NOW", stratus::core::model::rfc3339(at));
         }
-        let out = cmd
-            .args(["accounting", action, "--json"])
-            .args(args)
-            .output()
-            .unwrap();
+        let out = cmd.arg("accounting").args(args).output().unwrap();
         assert!(
             out.status.success(),
             "{}",
@@ -129,15 +125,29 @@ impl TestContext {
 
     /// `accounting snapshot --json` at `at` (now when `None`): its summary.
     pub fn snapshot_json(&self, at: Option<i64>) -> Value {
-        serde_json::from_str(&self.accounting_at(at, "snapshot", &[])).unwrap()
+        serde_json::from_str(&self.accounting_at(at, &["snapshot", "--json"])).unwrap()
     }
 
     /// `accounting reap --json ARGS` at `at`: one object per line.
     pub fn reap_json(&self, at: i64, args: &[&str]) -> Vec<Value> {
-        self.accounting_at(Some(at), "reap", args)
+        let args: Vec<&str> = ["reap", "--json"].iter().chain(args).copied().collect();
+        self.accounting_at(Some(at), &args)
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
+    }
+
+    /// Every usage interval of the clusters named `name`, read from the state database.
+    pub fn intervals_of(&self, name: &str) -> Vec<stratus::store::Interval> {
+        let store = stratus::store::Store::open_in(&self.state).expect("open the state database");
+        let ids: Vec<i64> = store
+            .list_clusters(None)
+            .unwrap()
+            .into_iter()
+            .filter(|c| c.name.as_str() == name)
+            .map(|c| c.id)
+            .collect();
+        store.intervals(&ids).unwrap()
     }
 
     pub fn list_json(&self) -> Vec<Value> {
