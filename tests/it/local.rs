@@ -386,19 +386,30 @@ fn a_launch_whose_process_dies_is_rolled_back_by_the_next_launch() {
     assert_eq!(ctx.cluster_json("next")["state"], "configured");
 }
 
-/// A profile (`extra` holds its own settings) whose workers hang (never answer SSH) the first `hangs` times one boots, and run
-/// normally after: the marker directory, outside every node, counts the boots.
+/// A profile (`extra` holds its own settings) whose workers hang (their node process stops, SSH
+/// server and all) the first `hangs` times one boots, and run normally after: the marker
+/// directory, outside every node, counts the boots. Every node's boot ends by writing its phase
+/// `done`, so with `boot_timeout_secs` a hung worker fails whether it stopped before it answered
+/// SSH (a node serves SSH while its user-data runs, as an instance's sshd does while cloud-init
+/// runs) or just after: either way it never finishes its boot.
 fn flaky_profile(ctx: &TestContext, name: &str, extra: &str, hangs: u32) -> String {
     let marks = ctx.root.path().join(format!("{name}-boots"));
     std::fs::create_dir_all(&marks).unwrap();
     ctx.profile_file(
         &format!("{name}.toml"),
         &format!(
-            "extends = \"local-demo\"\n{extra}\n[worker]\nuser_data = \"{name}/worker.sh.hbs\"\n"
+            "extends = \"local-demo\"\n{extra}\n\
+             [master]\nuser_data = \"{name}/master.sh.hbs\"\n\
+             [worker]\nuser_data = \"{name}/worker.sh.hbs\"\n"
         ),
     );
-    // The shipped worker boot, preceded by the hang.
     let shipped = include_str!("../../cluster-profiles/local-demo/node.sh.hbs");
+    let done = "mkdir -p \"$STRATUS_STATE_DIR\"\necho done > \"$STRATUS_STATE_DIR/phase\"\n";
+    ctx.profile_file(
+        &format!("{name}/master.sh.hbs"),
+        &format!("{shipped}\n{done}"),
+    );
+    // The shipped worker boot, preceded by the hang.
     // mkdir is atomic: each of the `hangs` slots is claimed by exactly one boot.
     let hang = format!(
         "for slot in $(seq 1 {hangs}); do\n\
@@ -411,7 +422,7 @@ fn flaky_profile(ctx: &TestContext, name: &str, extra: &str, hangs: u32) -> Stri
         &format!("set -euo pipefail\n{hang}"),
         1,
     );
-    ctx.profile_file(&format!("{name}/worker.sh.hbs"), &body);
+    ctx.profile_file(&format!("{name}/worker.sh.hbs"), &format!("{body}\n{done}"));
     name.to_owned()
 }
 
@@ -421,7 +432,7 @@ fn a_worker_that_never_answers_is_replaced() {
     let p = flaky_profile(
         &ctx,
         "replace",
-        "ready_timeout_secs = 6\nmax_replacements = 1",
+        "ready_timeout_secs = 6\nboot_timeout_secs = 6\nmax_replacements = 1",
         1,
     );
     let r = ctx.ok(&["launch-cluster", "rep", "2", "--profile", &p]);
@@ -458,7 +469,7 @@ fn a_launch_continues_with_min_workers_when_replacements_run_out() {
     let p = flaky_profile(
         &ctx,
         "degrade",
-        "ready_timeout_secs = 6\nmin_workers = 1",
+        "ready_timeout_secs = 6\nboot_timeout_secs = 6\nmin_workers = 1",
         1,
     );
     let r = ctx.ok(&["launch-cluster", "deg", "2", "--profile", &p]);
