@@ -627,9 +627,11 @@ fn ctrl_c_during_a_launch_rolls_it_back_and_exits_130() {
     let ctx = TestContext::new();
     ctx.profile_file(
         "hang.toml",
-        "extends = \"local-demo\"\nready_timeout_secs = 120\n[worker]\nuser_data = \"hang/worker.sh.hbs\"\n",
+        "extends = \"local-demo\"\nready_timeout_secs = 120\nboot_timeout_secs = 120\n[worker]\nuser_data = \"hang/worker.sh.hbs\"\n",
     );
-    // The worker stops its own node process dead: it never answers SSH.
+    // The worker stops its own node process dead: it never answers SSH, or never again if the
+    // launch met it in the moment before it froze; no node writes its phase `done`, so the boot
+    // wait holds the launch in `requested` either way.
     ctx.profile_file("hang/worker.sh.hbs", "#!/bin/bash\nkill -STOP \"$PPID\"\n");
     let launcher = spawn(
         &ctx,
@@ -799,12 +801,12 @@ fn delete_cluster_and_what_list_shows() {
 fn reconcile_dry_run_says_exactly_what_the_real_run_does() {
     let ctx = TestContext::new();
     // Two launches killed in `requested`: one later, its nodes up and waiting for SSH (the worker
-    // never answers), whose roll-back terminates them; one before it launched anything (the
-    // pause hook). Both run together: a launch reconciles first, and would roll back the other
-    // were its launcher dead already.
+    // never answers, and the boot wait holds the launch whatever it met first), whose roll-back
+    // terminates them; one before it launched anything (the pause hook). Both run together: a
+    // launch reconciles first, and would roll back the other were its launcher dead already.
     ctx.profile_file(
         "hang.toml",
-        "extends = \"local-demo\"\nready_timeout_secs = 120\n[worker]\nuser_data = \"hang/worker.sh.hbs\"\n",
+        "extends = \"local-demo\"\nready_timeout_secs = 120\nboot_timeout_secs = 120\n[worker]\nuser_data = \"hang/worker.sh.hbs\"\n",
     );
     ctx.profile_file("hang/worker.sh.hbs", "#!/bin/bash\nkill -STOP \"$PPID\"\n");
     let with_nodes = spawn(

@@ -343,9 +343,11 @@ fn a_launch_whose_process_dies_is_rolled_back_by_the_next_launch() {
     let ctx = TestContext::new();
     ctx.profile_file(
         "slow.toml",
-        "extends = \"local-demo\"\nready_timeout_secs = 120\n[worker]\nuser_data = \"slow/worker.sh.hbs\"\n",
+        "extends = \"local-demo\"\nready_timeout_secs = 120\nboot_timeout_secs = 120\n[worker]\nuser_data = \"slow/worker.sh.hbs\"\n",
     );
-    // The worker never answers, so the launch waits: long enough to kill it mid-way.
+    // The worker stops its node dead, so the launch waits: long enough to kill it mid-way. Its
+    // boot wait (no node writes its phase `done`) holds the launch in `requested` even when it
+    // met the worker's SSH server in the moment before it froze.
     ctx.profile_file("slow/worker.sh.hbs", "#!/bin/bash\nkill -STOP \"$PPID\"\n");
     let mut launcher = ctx
         .cmd()
@@ -486,7 +488,12 @@ fn a_launch_continues_with_min_workers_when_replacements_run_out() {
 #[test]
 fn sigterm_during_a_launch_rolls_it_back() {
     let ctx = TestContext::new();
-    let p = flaky_profile(&ctx, "term", "ready_timeout_secs = 120", 100);
+    let p = flaky_profile(
+        &ctx,
+        "term",
+        "ready_timeout_secs = 120\nboot_timeout_secs = 120",
+        100,
+    );
     let launcher = ctx
         .cmd()
         .args(["launch-cluster", "sig", "2", "--profile", &p])
