@@ -434,7 +434,7 @@ fn a_worker_that_never_answers_is_replaced() {
     let p = flaky_profile(
         &ctx,
         "replace",
-        "ready_timeout_secs = 6\nboot_timeout_secs = 6\nmax_replacements = 1",
+        "ready_timeout_secs = 6\nboot_timeout_secs = 15\nmax_replacements = 1",
         1,
     );
     let r = ctx.ok(&["launch-cluster", "rep", "2", "--profile", &p]);
@@ -471,7 +471,7 @@ fn a_launch_continues_with_min_workers_when_replacements_run_out() {
     let p = flaky_profile(
         &ctx,
         "degrade",
-        "ready_timeout_secs = 6\nboot_timeout_secs = 6\nmin_workers = 1",
+        "ready_timeout_secs = 6\nboot_timeout_secs = 15\nmin_workers = 1",
         1,
     );
     let r = ctx.ok(&["launch-cluster", "deg", "2", "--profile", &p]);
