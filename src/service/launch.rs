@@ -97,24 +97,31 @@ impl Service {
         let profile_name = profile.unwrap_or_else(|| self.settings().default_profile());
         let profile = self.profile_for_launch(asked, policy, &profile_name)?;
         launch::validate_request(&profile, config.provider, workers, 0)?;
-        let (lifetime, guard) = clock_of(policy, config, asked.caller, &profile, workers);
-        self.quote_of(asked, policy, &name, &profile, workers, (lifetime, &guard))
+        let caller = asked.caller;
+        let (lifetime, guard) = clock_of(policy, config, caller, &profile, workers);
+        let admission = Admission::new(policy, config, caller.owner.as_str(), &caller.groups);
+        self.quote_of(
+            asked,
+            &admission,
+            &name,
+            &profile,
+            workers,
+            (lifetime, &guard),
+        )
     }
 
     /// What a launch of `profile` would cost, with the lifetime and guard it gets, and the
-    /// policy's decision on it now.
+    /// decision of the caller's admission on it now.
     fn quote_of(
         &self,
         asked: &Asked<'_>,
-        policy: Option<&Policy>,
+        admission: &Admission<'_>,
         name: &ClusterName,
         profile: &crate::config::profile::Profile,
         workers: u32,
         (lifetime, guard): (Option<crate::core::model::Millis>, &GuardRecord),
     ) -> Result<super::protocol::Quoted, Error> {
         let caller = asked.caller;
-        let admission =
-            Admission::new(policy, self.config(), caller.owner.as_str(), &caller.groups);
         let (decision, left) = admission.quote(self.store(), profile, workers)?;
         let in_use = self.find_cluster(&caller.owner, name.as_str()).is_ok();
         let refusal = match (&decision, in_use) {
@@ -202,7 +209,14 @@ impl Service {
         // for what it asks, says why alone).
         let clock = (req.lifetime, &guard);
         if launch::validate_request(&req.profile, config.provider, req.workers, 0).is_ok()
-            && let Ok(q) = self.quote_of(asked, policy, &req.name, &req.profile, req.workers, clock)
+            && let Ok(q) = self.quote_of(
+                asked,
+                &admission,
+                &req.name,
+                &req.profile,
+                req.workers,
+                clock,
+            )
             && q.refusal.is_none()
         {
             for line in q.lines() {
