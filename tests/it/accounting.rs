@@ -8,9 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::Value;
-use stratus::core::model::{
-    ClusterName, InstanceState, Owner, ProviderKind, RequestId, Role, rfc3339,
-};
+use stratus::core::model::{ClusterName, InstanceState, Owner, ProviderKind, RequestId, Role};
 use stratus::store::{ClusterRecord, Created, NewCluster, NodeRow, Observation, Store};
 
 use crate::ec2::ec2_context;
@@ -109,12 +107,8 @@ fn snapshots_record_run_stop_start_and_terminate() {
     assert!(!iv[1].estimated);
     // Hours: 2 minutes, then 1 minute, nothing for the stop.
     let usage: Vec<Value> = serde_json::from_str(
-        &ctx.cmd()
-            .env("STRATUS_TEST_NOW", rfc3339(start + 400_000))
-            .args(["usage", "--json"])
-            .output()
-            .map(|o| String::from_utf8(o.stdout).unwrap())
-            .unwrap(),
+        &ctx.ok_at(Some(start + 400_000), &["usage", "--json"])
+            .stdout,
     )
     .unwrap();
     let hours = usage[0]["instance_hours"].as_f64().unwrap();
@@ -550,13 +544,8 @@ fn a_spent_budget_is_enforced_at_launch_and_by_the_reaper() {
     });
     assert!(gone.is_some());
     // Seen at the same (scripted) time: the budget is spent, nothing is left.
-    let out = ctx
-        .cmd()
-        .env("STRATUS_TEST_NOW", rfc3339(t + 2 * H))
-        .args(["quota", "--json"])
-        .output()
-        .unwrap();
-    let q: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let q: Value =
+        serde_json::from_str(&ctx.ok_at(Some(t + 2 * H), &["quota", "--json"]).stdout).unwrap();
     assert_eq!(q["left"]["dollars"], 0.0, "{q:#}");
     assert!(q["used"]["dollars"].as_f64().unwrap() >= 0.01, "{q:#}");
 }

@@ -422,14 +422,8 @@ fn the_warnings_reach_a_terminal_on_the_cluster() {
     ctx.ok(&["extend", "lab", "30m"]);
     term.expect("cluster lab was given 30 min more");
     // The reaper's warning too (its clock past the deadline).
-    let later = stratus::core::model::rfc3339(stratus::core::model::now_millis() + 2 * 3_600_000);
-    let r = ctx
-        .cmd()
-        .env("STRATUS_TEST_NOW", later)
-        .args(["accounting", "reap"])
-        .output()
-        .unwrap();
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let later = stratus::core::model::now_millis() + 2 * 3_600_000;
+    ctx.accounting_at(Some(later), &["reap"]);
     term.expect("the reaper warns cluster lab: its lifetime of 1.5 h, extended once, is over");
     term.send("exit\n");
     assert_eq!(term.wait(), Some(0));
@@ -508,19 +502,9 @@ fn after_the_term_launches_are_refused_the_reaper_ends_what_runs_and_budgets_sta
         .timestamp()
         .as_millisecond()
         + 3_600_000;
-    let at = |ms: i64| stratus::core::model::rfc3339(ms);
     let run = |when: i64, args: &[&str]| {
-        let out = ctx
-            .cmd()
-            .env("STRATUS_TEST_NOW", at(when))
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let r = ctx.run_at(Some(when), args);
+        (r.code, r.stdout, r.stderr)
     };
     // After term_end: a launch is refused, naming the term; nothing is created.
     let (code, _, err) = run(after, &["launch-cluster", "late", "1"]);
@@ -601,14 +585,8 @@ fn admin_class_shows_the_class_s_clusters_what_needs_attention_first() {
         );
     }
     // The reaper's warning puts a cluster first.
-    let later = stratus::core::model::rfc3339(stratus::core::model::now_millis() + 90 * 60_000);
-    let out = ctx
-        .cmd()
-        .env("STRATUS_TEST_NOW", &later)
-        .args(["accounting", "reap"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let later = stratus::core::model::now_millis() + 90 * 60_000;
+    ctx.accounting_at(Some(later), &["reap"]);
     let r = ctx.ok(&["admin", "class"]);
     let first = r.stdout.lines().nth(1).unwrap_or_default();
     assert!(first.contains("soon"), "{r}");

@@ -5,7 +5,6 @@
 //! and the class limits in `quota`.
 
 use serde_json::Value;
-use stratus::core::model::rfc3339;
 
 use crate::support::TestContext;
 
@@ -254,13 +253,7 @@ fn a_vanished_instance_closes_at_its_last_sighting_plus_at_most_one_snapshot_int
     // Written off by a read (`list` looks at the nodes) twenty minutes on...
     vanish(&ctx, "va");
     let last = ctx.intervals_of("va")[0].last_seen_at;
-    let r = ctx
-        .cmd()
-        .env("STRATUS_TEST_NOW", rfc3339(later))
-        .args(["list"])
-        .output()
-        .unwrap();
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    ctx.ok_at(Some(later), &["list"]);
     let iv = ctx.intervals_of("va");
     assert!(iv[0].estimated, "{iv:?}");
     assert_eq!(iv[0].ended_at, Some(last + 5 * MINUTE), "{iv:?}");

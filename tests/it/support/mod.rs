@@ -96,31 +96,38 @@ impl TestContext {
     }
 
     pub fn run(&self, args: &[&str]) -> Run {
-        let out = self.cmd().args(args).output().expect("run stratus");
+        self.run_at(None, args)
+    }
+
+    /// Runs with the clock at `at` (epoch ms; the debug build's `STRATUS_TEST_NOW`), or now.
+    pub fn run_at(&self, at: Option<i64>, args: &[&str]) -> Run {
+        let mut cmd = self.cmd();
+        if let Some(at) = at {
+            cmd.env("STRATUS_TEST_NOW", stratus::core::model::rfc3339(at));
+        }
+        let out = cmd.args(args).output().expect("run stratus");
         Run::new(args, out)
     }
 
     /// Runs and insists on success.
     pub fn ok(&self, args: &[&str]) -> Run {
-        let r = self.run(args);
+        self.ok_at(None, args)
+    }
+
+    /// Runs with the clock at `at` (see `run_at`) and insists on success.
+    pub fn ok_at(&self, at: Option<i64>, args: &[&str]) -> Run {
+        let r = self.run_at(at, args);
         assert_eq!(r.code, 0, "stratus {args:?} failed:\n{r}");
         r
     }
 
-    /// Runs `stratus accounting ARGS` with the clock at `at` (epoch ms; the debug build's
-    /// `STRATUS_TEST_NOW`), insists on success, and gives its stdout.
+    /// `stratus accounting ARGS` with the clock at `at` (see `run_at`), insisting on success:
+    /// its stdout, which must be UTF-8.
     pub fn accounting_at(&self, at: Option<i64>, args: &[&str]) -> String {
-        let mut cmd = self.cmd();
-        if let Some(at) = at {
-            cmd.env("STRATUS_TEST_NOW", stratus::core::model::rfc3339(at));
-        }
-        let out = cmd.arg("accounting").args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        let args: Vec<&str> = std::iter::once("accounting")
+            .chain(args.iter().copied())
+            .collect();
+        String::from_utf8(self.ok_at(at, &args).stdout_bytes).unwrap()
     }
 
     /// `accounting snapshot --json` at `at` (now when `None`): its summary.
