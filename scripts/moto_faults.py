@@ -36,6 +36,12 @@ and Unavailable; 500 for EC2's server errors (InternalError, ServerInternal and 
 Insufficient*Capacity codes, which EC2's error reference lists as server errors); 400 for every
 other code. A refusal's `status` overrides it. The SDK decides what to retry from these (a 500
 or 503 is transient to it), so they matter.
+It also makes one thing of moto's own safe that EC2 never gets wrong: moto hands out a subnet's
+private addresses from a generator that two threads cannot run at once, so two RunInstances in
+one subnet at the same moment (a launch's master and worker calls go together) can fail midway,
+leave one instance behind and answer 500, which the SDK retries with the same ClientToken into a
+second launch. The calls of an action that takes addresses from a subnet (`ALLOCATING_ACTIONS`)
+reach moto one at a time; faults, holds and counts still apply to each as it arrives.
 With nothing configured it is transparent. Calls signed with an access key starting with
 `stratus-double` (the tests' hypervisor, which stands for EC2's own machinery and no client of
 its API) pass through untouched: no fault, bucket or count applies to them. The control API, JSON in and out:
@@ -94,6 +100,9 @@ CONTROL = "/stratus-faults/"
 DOUBLE_KEY_PREFIX = "stratus-double"
 # The actions that answer InvalidInstanceID.NotFound for an instance id that is still new.
 NOT_FOUND_ACTIONS = {"DescribeInstances", "TerminateInstances", "CreateTags"}
+# The actions that take private addresses from a subnet in moto's backend, which does not take
+# them safely from two threads at once: forwarded one at a time.
+ALLOCATING_ACTIONS = {"RunInstances", "CreateNetworkInterface", "AssignPrivateIpAddresses"}
 INSTANCE_ID_IN_ANSWER = re.compile(rb"<instanceId>(i-[0-9a-zA-Z]+)</instanceId>")
 CONSOLE_OUTPUT_IN_ANSWER = re.compile(rb"<output>[^<]*</output>|<output\s*/>")
 
@@ -418,6 +427,8 @@ class FaultMiddleware:
     def __init__(self, app):
         self.app = app
         self.faults = Faults()
+        # Held while an ALLOCATING_ACTIONS call is in moto (not by reset: a call may be in flight).
+        self.allocating = threading.Lock()
 
     # -- plumbing
 
@@ -457,6 +468,13 @@ class FaultMiddleware:
                 result.close()
         body = b"".join(captured.get("written", [])) + body
         return captured["status"], captured["headers"], body
+
+    def forward_ec2(self, environ, action):
+        """`forward`, one call at a time for the actions that take addresses from a subnet."""
+        if action in ALLOCATING_ACTIONS:
+            with self.allocating:
+                return self.forward(environ)
+        return self.forward(environ)
 
     @staticmethod
     def answer(start_response, status, body, content_type, headers=None):
@@ -562,14 +580,14 @@ class FaultMiddleware:
                 with f.lock:
                     first = f.token_answers.get(token)
                 if first is None:
-                    status, headers, body = self.forward(environ)
+                    status, headers, body = self.forward_ec2(environ, action)
                     if status.startswith("2"):
                         with f.lock:
                             f.token_answers[token] = (status, headers, body)
                 else:
                     status, headers, body = first
         else:
-            status, headers, body = self.forward(environ)
+            status, headers, body = self.forward_ec2(environ, action)
         if action == "RunInstances" and status.startswith("2"):
             f.track([m.decode() for m in INSTANCE_ID_IN_ANSWER.findall(body)])
         if f.take(f.lose_answer, action):

@@ -1,7 +1,8 @@
 //! The test doubles behave as the real things do (issue 13, item 1): the hypervisor shows the
 //! user-data's output on the console as it is written and cloud-init's host keys only once the
 //! user-data has returned; the fault proxy throttles with a token bucket per action, counts what
-//! it throttled, and answers any action with any EC2 error code and that code's HTTP status.
+//! it throttled, answers any action with any EC2 error code and that code's HTTP status, and
+//! lets launches in one subnet run together as EC2 does, where moto alone can fail them.
 //!
 //! Instances are launched here with the SDK, not with stratus, so that each double is seen on
 //! its own; the last tests run stratus through the faithful hypervisor.
@@ -497,4 +498,54 @@ fn stratus_launches_while_a_user_data_that_printed_the_keys_first_still_runs() {
     }
     eprintln!("launched in {:?}", start.elapsed());
     ctx.ok(&["terminate-cluster", "ek", "--yes"]);
+}
+
+/// Launches at the same moment in one subnet each get their instances, once (EC2 never fails
+/// them for running together). moto takes a subnet's addresses from a generator two threads
+/// cannot run at once: two RunInstances in it together could fail midway, leave an instance
+/// behind and answer 500, which an SDK retries (same ClientToken) into a second launch. The proxy
+/// forwards such calls one at a time. The client here retries nothing, so any such failure shows.
+#[test]
+fn launches_at_once_in_one_subnet_each_get_their_instances_once() {
+    let Some(moto) = Moto::acquire() else { return };
+    let (_vpc, subnet) = moto.loopback_subnet();
+    let ec2 = one_shot_client(&moto);
+    const CALLS: usize = 24;
+    let answers = moto.block_on(futures_util::future::join_all((0..CALLS).map(|_| {
+        ec2.run_instances()
+            .image_id(UBUNTU_AMI)
+            .instance_type(aws_sdk_ec2::types::InstanceType::M5Large)
+            .min_count(2)
+            .max_count(2)
+            .subnet_id(&subnet)
+            .send()
+    })));
+    let mut launched = Vec::new();
+    for a in answers {
+        let a = a.map_err(fail).expect("every launch succeeds");
+        launched.extend(
+            a.instances()
+                .iter()
+                .map(|i| i.instance_id().unwrap().to_owned()),
+        );
+    }
+    assert_eq!(launched.len(), 2 * CALLS);
+    let held = moto.instances(&[("subnet-id", subnet.as_str())]);
+    let mut ids: Vec<String> = held
+        .iter()
+        .map(|i| i.instance_id().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    launched.sort();
+    assert_eq!(
+        ids, launched,
+        "moto holds exactly what the launches answered"
+    );
+    let addresses: std::collections::BTreeSet<&str> =
+        held.iter().filter_map(|i| i.private_ip_address()).collect();
+    assert_eq!(
+        addresses.len(),
+        2 * CALLS,
+        "one address each: {addresses:?}"
+    );
 }
